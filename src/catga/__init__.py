@@ -1,0 +1,35 @@
+"""catga: asyncio CQRS, event sourcing and reliable messaging on memory, NATS JetStream and Redis."""
+
+from __future__ import annotations
+
+from catga.errors import (
+    CatgaError,
+    ConcurrencyError,
+    ConfigurationError,
+    HandlerNotFoundError,
+    NotFoundError,
+    ValidationError,
+)
+from catga.messages import Command, DeliveryMode, Event, Message, Metadata, QoS, Query, Request
+from catga.result import Result
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "CatgaError",
+    "Command",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "DeliveryMode",
+    "Event",
+    "HandlerNotFoundError",
+    "Message",
+    "Metadata",
+    "NotFoundError",
+    "QoS",
+    "Query",
+    "Request",
+    "Result",
+    "ValidationError",
+    "__version__",
+)

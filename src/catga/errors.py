@@ -1,0 +1,291 @@
+"""The catga exception hierarchy.
+
+Every error catga raises derives from :class:`CatgaError`. Messages say what happened, name the ids
+involved and say what to do; the same facts are available as attributes.
+
+::
+
+    CatgaError
+    ├── ConfigurationError (ValueError)
+    │   └── InvalidIdentifierError        a stream id / key / name is malformed
+    ├── HandlerNotFoundError (LookupError)
+    ├── DuplicateHandlerError (ConfigurationError)
+    ├── SerializationError (ValueError)
+    │   └── UnknownMessageTypeError       a type name that was never registered
+    ├── HandlerError                      business errors raised from handlers
+    │   ├── ValidationError               with field errors
+    │   ├── NotFoundError (LookupError)
+    │   ├── ConflictError
+    │   │   └── ConcurrencyError          expected vs actual stream version
+    │   ├── UnauthorizedError
+    │   ├── ForbiddenError
+    │   └── RetryableError                transient; the retry behavior retries these
+    │       └── OperationTimeoutError (TimeoutError)
+    ├── LockError
+    │   ├── LockNotAcquiredError (TimeoutError)
+    │   └── LockNotOwnedError
+    └── BackendError                      a storage or transport backend failed
+        ├── BackendUnavailableError (ConnectionError)
+        └── BackendTimeoutError (TimeoutError)
+
+``asyncio.CancelledError`` is never translated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = (
+    "BackendError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "CatgaError",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "ConflictError",
+    "DuplicateHandlerError",
+    "ErrorCode",
+    "ForbiddenError",
+    "HandlerError",
+    "HandlerNotFoundError",
+    "InvalidIdentifierError",
+    "LockError",
+    "LockNotAcquiredError",
+    "LockNotOwnedError",
+    "NotFoundError",
+    "OperationTimeoutError",
+    "RetryableError",
+    "SerializationError",
+    "UnauthorizedError",
+    "UnknownMessageTypeError",
+    "ValidationError",
+)
+
+
+class ErrorCode:
+    """Stable error codes carried by failed :class:`~catga.result.Result` values."""
+
+    VALIDATION = "validation"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    CONCURRENCY = "concurrency"
+    TIMEOUT = "timeout"
+    HANDLER_NOT_FOUND = "handler_not_found"
+    CONFIGURATION = "configuration"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RETRYABLE = "retryable"
+    BUSINESS = "business"
+    INTERNAL = "internal"
+    SERIALIZATION = "serialization"
+    BACKEND = "backend"
+
+
+class CatgaError(Exception):
+    """Root of every error raised by catga."""
+
+    code: str = ErrorCode.INTERNAL
+    retryable: bool = False
+
+
+class ConfigurationError(CatgaError, ValueError):
+    """Raised when catga is configured wrongly: a bad URL, layout, option or registration."""
+
+    code = ErrorCode.CONFIGURATION
+
+
+class InvalidIdentifierError(ConfigurationError):
+    """Raised when a stream id, key or name is empty, too long or has forbidden characters.
+
+    Attributes:
+        identifier: the rejected value.
+        kind: what it was meant to be (``"stream id"``, ``"lock key"``...).
+    """
+
+    def __init__(self, kind: str, identifier: object, reason: str) -> None:
+        self.kind = kind
+        self.identifier = identifier
+        super().__init__(f"invalid {kind} {identifier!r}: {reason}")
+
+
+class DuplicateHandlerError(ConfigurationError):
+    """Raised at registration when a command or query type gets a second handler."""
+
+    def __init__(self, message_type: type, existing: object, new: object) -> None:
+        self.message_type = message_type
+        super().__init__(
+            f"{message_type.__qualname__} already has a handler ({existing!r}); "
+            f"refusing to register {new!r}: commands and queries have exactly one handler"
+        )
+
+
+class HandlerNotFoundError(CatgaError, LookupError):
+    """Raised (or returned as a failed Result) when no handler is registered for a message type."""
+
+    code = ErrorCode.HANDLER_NOT_FOUND
+
+    def __init__(self, message_type: type) -> None:
+        self.message_type = message_type
+        super().__init__(
+            f"no handler registered for {message_type.__qualname__}; "
+            "register one with @app.handler or mediator.register(...)"
+        )
+
+
+class SerializationError(CatgaError, ValueError):
+    """Raised when bytes cannot be decoded into a registered message type, or a value cannot be encoded."""
+
+    code = ErrorCode.SERIALIZATION
+
+
+class UnknownMessageTypeError(SerializationError):
+    """Raised when a type name on the wire was never registered; catga decodes only registered types."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+        super().__init__(
+            f"unknown message type {type_name!r}: register it with TypeRegistry.register() "
+            "(only registered types are ever decoded)"
+        )
+
+
+class HandlerError(CatgaError):
+    """Base for business errors a handler raises on purpose; they become failed Results."""
+
+    code = ErrorCode.BUSINESS
+
+
+class ValidationError(HandlerError, ValueError):
+    """Raised when a message fails validation.
+
+    Attributes:
+        field_errors: mapping of field name to a list of problems.
+    """
+
+    code = ErrorCode.VALIDATION
+
+    def __init__(
+        self, message: str = "validation failed", field_errors: dict[str, list[str]] | None = None
+    ) -> None:
+        self.field_errors: dict[str, list[str]] = dict(field_errors or {})
+        if self.field_errors:
+            detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.field_errors.items())
+            message = f"{message} ({detail})"
+        super().__init__(message)
+
+
+class NotFoundError(HandlerError, LookupError):
+    """Raised when the thing a message refers to does not exist."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class ConflictError(HandlerError):
+    """Raised when a change conflicts with the current state."""
+
+    code = ErrorCode.CONFLICT
+
+
+class ConcurrencyError(ConflictError):
+    """Raised when an append's expected version does not match the stream's actual version.
+
+    Attributes:
+        stream_id: the stream appended to.
+        expected_version: what the caller expected (an int, or a mode name such as ``"NO_STREAM"``).
+        actual_version: the stream's version when the append was rejected (-1 for no stream), or None
+            when the backend could not tell.
+    """
+
+    code = ErrorCode.CONCURRENCY
+
+    def __init__(self, stream_id: str, expected_version: object, actual_version: int | None) -> None:
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        actual = "unknown" if actual_version is None else str(actual_version)
+        super().__init__(
+            f"concurrency conflict on stream {stream_id!r}: expected version {expected_version}, "
+            f"actual version {actual}; reload the stream and retry"
+        )
+
+
+class UnauthorizedError(HandlerError):
+    """Raised when the caller is not authenticated."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class ForbiddenError(HandlerError):
+    """Raised when the caller is authenticated but not allowed to do this."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class RetryableError(HandlerError):
+    """A transient failure: the retry behavior retries these (and only these)."""
+
+    code = ErrorCode.RETRYABLE
+    retryable = True
+
+
+class OperationTimeoutError(RetryableError, TimeoutError):
+    """Raised when an operation did not finish within its time limit.
+
+    Attributes:
+        operation: what timed out.
+        seconds: the limit.
+    """
+
+    code = ErrorCode.TIMEOUT
+
+    def __init__(self, operation: str, seconds: float | None) -> None:
+        self.operation = operation
+        self.seconds = seconds
+        super().__init__(f"{operation} timed out after {seconds} s")
+
+
+class LockError(CatgaError):
+    """Base for distributed lock errors."""
+
+
+class LockNotAcquiredError(LockError, TimeoutError):
+    """Raised when a lock could not be acquired within the wait timeout."""
+
+    def __init__(self, key: str, wait: float | None) -> None:
+        self.key = key
+        self.wait = wait
+        super().__init__(f"lock {key!r} not acquired within {wait} s; another holder has it")
+
+
+class LockNotOwnedError(LockError):
+    """Raised when releasing or extending a lock that this holder no longer owns (expired or taken)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(
+            f"lock {key!r} is not held by this holder (it expired or was taken over); "
+            "use a longer ttl or auto-renewal"
+        )
+
+
+class BackendError(CatgaError):
+    """Raised when a storage or transport backend fails; the client's error is the ``__cause__``."""
+
+    code = ErrorCode.BACKEND
+
+    def __init__(self, message: str, *, backend: str = "", **details: Any) -> None:
+        self.backend = backend
+        self.details = details
+        super().__init__(message)
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
+    """Raised when the backend server cannot be reached."""
+
+    retryable = True
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """Raised when a backend call exceeds its timeout; the message names the operation and seconds."""
+
+    retryable = True

@@ -1,0 +1,518 @@
+"""Snowflake ids: 63-bit, time-ordered, unique per worker, generated without I/O.
+
+An id packs three fields, most significant first::
+
+    0 | timestamp (ms since the layout's epoch) | worker id | sequence
+
+The default layout is 44/8/11 bits with epoch 2024-01-01T00:00:00Z: 256 workers, 2048 ids per
+millisecond per worker, about 557 years of lifespan. Other layouts are validated on creation and
+four presets cover the usual trade-offs (see :class:`SnowflakeLayout`).
+
+One :class:`SnowflakeIdGenerator` is thread-safe: ids are unique and strictly increasing across all
+threads and asyncio tasks that share it. When the sequence of a millisecond is used up, the
+generator waits for the next millisecond. When the wall clock moves backwards, it waits up to
+``max_backwards_ms`` for the clock to catch up and otherwise raises
+:class:`ClockMovedBackwardsError`; it never returns a duplicate. Distinct processes must use
+distinct worker ids.
+
+Example:
+    >>> gen = SnowflakeIdGenerator(worker_id=3)
+    >>> a, b = gen.next_id(), gen.next_id()
+    >>> a < b and gen.parse(a).worker_id == 3
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from catga.errors import CatgaError, ConfigurationError
+
+__all__ = (
+    "DEFAULT_EPOCH_MS",
+    "WORKER_ID_ENV",
+    "ClockMovedBackwardsError",
+    "ClockStalledError",
+    "SnowflakeIdGenerator",
+    "SnowflakeLayout",
+    "SnowflakeParts",
+    "default_generator",
+    "new_id",
+)
+
+DEFAULT_EPOCH_MS = 1_704_067_200_000
+"""2024-01-01T00:00:00Z in Unix milliseconds, the default epoch."""
+
+WORKER_ID_ENV = "CATGA_WORKER_ID"
+"""Environment variable read when no worker id is given."""
+
+_ID_BITS = 63
+_MS_PER_YEAR = 365.25 * 24 * 3600 * 1000
+_OVERFLOW_POLL_S = 0.0001  # poll interval while waiting for the next millisecond
+_STALL_LIMIT_S = 1.0  # a clock that does not advance for this long is broken
+
+
+class ClockMovedBackwardsError(CatgaError):
+    """Raised when the clock went back further than ``max_backwards_ms`` allows.
+
+    The generator first waits up to ``max_backwards_ms`` for the clock to catch up with the last
+    timestamp it used; it raises only when that is not enough, so that no id is ever repeated.
+
+    Attributes:
+        last_ms: the last timestamp used for an id (Unix ms).
+        now_ms: the clock reading that was behind it (Unix ms).
+        max_backwards_ms: the bound that was exceeded.
+    """
+
+    def __init__(self, last_ms: int, now_ms: int, max_backwards_ms: int) -> None:
+        self.last_ms = last_ms
+        self.now_ms = now_ms
+        self.max_backwards_ms = max_backwards_ms
+        super().__init__(
+            f"clock moved backwards by {last_ms - now_ms} ms (last id at {last_ms} ms, clock now "
+            f"{now_ms} ms), more than max_backwards_ms={max_backwards_ms}; refusing to generate "
+            "ids that could repeat. Fix the clock (NTP slewing, not stepping) or raise "
+            "max_backwards_ms"
+        )
+
+
+class ClockStalledError(CatgaError):
+    """Raised when the sequence of a millisecond is used up and the clock does not advance.
+
+    A real clock always moves on within a millisecond; this guards against a frozen custom clock
+    so that the generator fails instead of hanging.
+
+    Attributes:
+        last_ms: the millisecond whose sequence is exhausted (Unix ms).
+    """
+
+    def __init__(self, last_ms: int) -> None:
+        self.last_ms = last_ms
+        super().__init__(
+            f"the sequence for {last_ms} ms is used up and the clock has not advanced for "
+            f"{_STALL_LIMIT_S} s; check the clock passed to SnowflakeIdGenerator"
+        )
+
+
+class SnowflakeParts(NamedTuple):
+    """The fields of a parsed id."""
+
+    timestamp_ms: int
+    """When the id was generated, in Unix milliseconds."""
+    worker_id: int
+    sequence: int
+
+    def to_datetime(self) -> datetime:
+        """Return the timestamp as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+
+
+def _check_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be an int, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SnowflakeLayout:
+    """How the 63 bits of an id are split, and the epoch timestamps count from.
+
+    Presets (bits timestamp/worker/sequence):
+
+    ==================  ==========  =======  =========  ========
+    preset              bits        workers  ids/ms     years
+    ==================  ==========  =======  =========  ========
+    default             44/8/11     256      2048       557
+    high_concurrency    41/8/14     256      16384      69
+    large_cluster       42/12/9     4096     512        139
+    long_lifespan       46/7/10     128      1024       2229
+    ==================  ==========  =======  =========  ========
+
+    Args:
+        timestamp_bits: bits for milliseconds since ``epoch_ms``.
+        worker_bits: bits for the worker id.
+        sequence_bits: bits for the per-millisecond sequence.
+        epoch_ms: the epoch in Unix milliseconds; must not be in the future.
+
+    Raises:
+        ConfigurationError: a field is not a positive int, the bits do not add up to 63, the epoch
+            is negative or in the future, or the timestamp range has already run out.
+    """
+
+    timestamp_bits: int = 44
+    worker_bits: int = 8
+    sequence_bits: int = 11
+    epoch_ms: int = DEFAULT_EPOCH_MS
+
+    def __post_init__(self) -> None:
+        for name in ("timestamp_bits", "worker_bits", "sequence_bits"):
+            if _check_int(name, getattr(self, name)) < 1:
+                raise ConfigurationError(
+                    f"SnowflakeLayout.{name} must be at least 1, got {getattr(self, name)}"
+                )
+        total = self.timestamp_bits + self.worker_bits + self.sequence_bits
+        if total != _ID_BITS:
+            raise ConfigurationError(
+                f"SnowflakeLayout bits must add up to {_ID_BITS}, got {self.timestamp_bits}+"
+                f"{self.worker_bits}+{self.sequence_bits}={total}; adjust one of them by "
+                f"{_ID_BITS - total:+d}"
+            )
+        epoch = _check_int("epoch_ms", self.epoch_ms)
+        now = time.time_ns() // 1_000_000
+        if epoch < 0 or epoch > now:
+            raise ConfigurationError(
+                f"SnowflakeLayout.epoch_ms={epoch} must be between 0 and now ({now} ms); "
+                "pick an epoch in the past, such as the day the system went live"
+            )
+        if now - epoch > self.max_timestamp:
+            raise ConfigurationError(
+                f"SnowflakeLayout with {self.timestamp_bits} timestamp bits ran out "
+                f"{now - epoch - self.max_timestamp} ms ago for epoch_ms={epoch}; "
+                "use more timestamp bits or a later epoch"
+            )
+
+    @property
+    def max_worker_id(self) -> int:
+        """The largest worker id this layout can hold."""
+        return (1 << self.worker_bits) - 1
+
+    @property
+    def max_sequence(self) -> int:
+        """The largest sequence number; ``max_sequence + 1`` ids fit in one millisecond."""
+        return (1 << self.sequence_bits) - 1
+
+    @property
+    def max_timestamp(self) -> int:
+        """The largest timestamp field, in milliseconds after ``epoch_ms``."""
+        return (1 << self.timestamp_bits) - 1
+
+    @property
+    def lifespan_years(self) -> float:
+        """How many (Julian) years after ``epoch_ms`` the layout can produce ids."""
+        return (self.max_timestamp + 1) / _MS_PER_YEAR
+
+    @classmethod
+    def default(cls) -> SnowflakeLayout:
+        """44/8/11: 256 workers, 2048 ids/ms each, ~557 years."""
+        return cls()
+
+    @classmethod
+    def high_concurrency(cls) -> SnowflakeLayout:
+        """41/8/14: 256 workers, 16384 ids/ms each, ~69 years (until ~2093)."""
+        return cls(timestamp_bits=41, worker_bits=8, sequence_bits=14)
+
+    @classmethod
+    def large_cluster(cls) -> SnowflakeLayout:
+        """42/12/9: 4096 workers, 512 ids/ms each, ~139 years."""
+        return cls(timestamp_bits=42, worker_bits=12, sequence_bits=9)
+
+    @classmethod
+    def long_lifespan(cls) -> SnowflakeLayout:
+        """46/7/10: 128 workers, 1024 ids/ms each, ~2229 years."""
+        return cls(timestamp_bits=46, worker_bits=7, sequence_bits=10)
+
+    def compose(self, timestamp_ms: int, worker_id: int, sequence: int) -> int:
+        """Build the id for the given fields (e.g. the smallest id at a time, for range queries).
+
+        Args:
+            timestamp_ms: Unix milliseconds, not before ``epoch_ms``.
+            worker_id: 0..``max_worker_id``.
+            sequence: 0..``max_sequence``.
+
+        Raises:
+            ValueError: a field is out of range.
+        """
+        tick = timestamp_ms - self.epoch_ms
+        if not 0 <= tick <= self.max_timestamp:
+            raise ValueError(f"timestamp_ms={timestamp_ms} is outside this layout's range")
+        if not 0 <= worker_id <= self.max_worker_id:
+            raise ValueError(f"worker_id={worker_id} is outside 0..{self.max_worker_id}")
+        if not 0 <= sequence <= self.max_sequence:
+            raise ValueError(f"sequence={sequence} is outside 0..{self.max_sequence}")
+        shift = self.worker_bits + self.sequence_bits
+        return (tick << shift) | (worker_id << self.sequence_bits) | sequence
+
+    def parse(self, snowflake_id: int) -> SnowflakeParts:
+        """Split an id made with this layout into its fields.
+
+        Raises:
+            ValueError: the id is not a non-negative 63-bit int.
+        """
+        if not isinstance(snowflake_id, int) or not 0 <= snowflake_id < 1 << _ID_BITS:
+            raise ValueError(f"{snowflake_id!r} is not a 63-bit Snowflake id")
+        return SnowflakeParts(
+            (snowflake_id >> (self.worker_bits + self.sequence_bits)) + self.epoch_ms,
+            (snowflake_id >> self.sequence_bits) & self.max_worker_id,
+            snowflake_id & self.max_sequence,
+        )
+
+
+def _worker_id_from_env() -> int:
+    raw = os.environ.get(WORKER_ID_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{WORKER_ID_ENV}={raw!r} is not an integer; set it to this process's worker id"
+        ) from None
+
+
+class SnowflakeIdGenerator:
+    """Generates unique, strictly increasing ids for one worker. Thread-safe.
+
+    A :class:`threading.Lock` guards a few integer operations, so ids are unique and strictly
+    increasing across every thread and asyncio task using the same generator. Processes that run
+    at the same time must use different worker ids.
+
+    Args:
+        worker_id: this worker's id; ``None`` reads ``CATGA_WORKER_ID`` from the environment and
+            falls back to 0.
+        layout: the bit layout; :meth:`SnowflakeLayout.default` when omitted.
+        clock: returns the current time in Unix milliseconds; the wall clock when omitted.
+        max_backwards_ms: how long to wait for a clock that moved backwards to catch up before
+            raising :class:`ClockMovedBackwardsError`.
+        sleep: used to wait (clock moved backwards, or sequence used up); injectable for tests.
+
+    Raises:
+        ConfigurationError: the worker id is not an int or outside ``0..layout.max_worker_id``, or
+            ``max_backwards_ms`` is negative.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_div",
+        "_epoch",
+        "_last",
+        "_layout",
+        "_lock",
+        "_max_backwards_ms",
+        "_max_seq",
+        "_max_tick",
+        "_seq",
+        "_shift",
+        "_sleep",
+        "_worker_id",
+        "_worker_part",
+    )
+
+    def __init__(
+        self,
+        worker_id: int | None = None,
+        *,
+        layout: SnowflakeLayout | None = None,
+        clock: Callable[[], int] | None = None,
+        max_backwards_ms: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._layout = layout = layout if layout is not None else SnowflakeLayout()
+        if _check_int("max_backwards_ms", max_backwards_ms) < 0:
+            raise ConfigurationError(f"max_backwards_ms must be >= 0, got {max_backwards_ms}")
+        self._max_backwards_ms = max_backwards_ms
+        # The default clock is the C function time_ns, divided on the hot path: no Python frame.
+        self._clock: Callable[[], int] = time.time_ns if clock is None else clock
+        self._div = 1_000_000 if clock is None else 1
+        self._sleep = sleep
+        self._epoch = layout.epoch_ms
+        self._shift = layout.worker_bits + layout.sequence_bits
+        self._max_seq = layout.max_sequence
+        self._max_tick = layout.max_timestamp
+        self._lock = threading.Lock()
+        self._last = -1  # last tick (ms since epoch) used; ticks only ever grow
+        self._seq = self._max_seq  # last sequence used within self._last (none left at start)
+        self._worker_id = 0
+        self._worker_part = 0
+        self._set_worker_id(_worker_id_from_env() if worker_id is None else worker_id)
+
+    def _set_worker_id(self, worker_id: int) -> None:
+        layout = self._layout
+        if _check_int("worker_id", worker_id) < 0 or worker_id > layout.max_worker_id:
+            raise ConfigurationError(
+                f"worker_id {worker_id} is out of range: this layout allows "
+                f"0..{layout.max_worker_id} ({layout.worker_bits} worker bits); "
+                "give each process a distinct id in that range"
+            )
+        self._worker_id = worker_id
+        self._worker_part = worker_id << layout.sequence_bits
+
+    @property
+    def worker_id(self) -> int:
+        """This generator's worker id."""
+        return self._worker_id
+
+    @property
+    def layout(self) -> SnowflakeLayout:
+        """The bit layout of the ids."""
+        return self._layout
+
+    @property
+    def max_backwards_ms(self) -> int:
+        """How long a clock that moved backwards is waited for before raising."""
+        return self._max_backwards_ms
+
+    def next_id(self) -> int:
+        """Return a new id, greater than every id this generator returned before.
+
+        Raises:
+            ClockMovedBackwardsError: the clock went back more than ``max_backwards_ms``.
+            ClockStalledError: a custom clock stopped while the sequence was used up.
+            ConfigurationError: the clock is before the epoch or past the layout's lifespan.
+        """
+        with self._lock:
+            tick = self._clock() // self._div - self._epoch
+            if self._last < tick <= self._max_tick:
+                self._last = tick
+                self._seq = 0
+                return (tick << self._shift) | self._worker_part
+            if tick == self._last and self._seq < self._max_seq:
+                self._seq = seq = self._seq + 1
+                return (tick << self._shift) | self._worker_part | seq
+            tick = self._usable_tick(tick)
+            if tick > self._last:
+                self._last = tick
+                self._seq = 0
+            else:
+                self._seq += 1
+            return (tick << self._shift) | self._worker_part | self._seq
+
+    def next_ids(self, n: int) -> list[int]:
+        """Return ``n`` new ids in increasing order, reserved under a single lock hold.
+
+        Within a millisecond the ids are consecutive integers; when ``n`` is more than the
+        sequence has left, the batch continues in the following milliseconds.
+
+        Raises:
+            ValueError: ``n`` is negative.
+            ClockMovedBackwardsError: as for :meth:`next_id`.
+            ClockStalledError: as for :meth:`next_id`.
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        out: list[int] = []
+        with self._lock:
+            while n > 0:
+                tick = self._usable_tick(self._clock() // self._div - self._epoch)
+                if tick > self._last:
+                    self._last = tick
+                    start = 0
+                else:
+                    start = self._seq + 1
+                end = min(self._max_seq, start + n - 1)
+                base = (tick << self._shift) | self._worker_part
+                out.extend(range(base + start, base + end + 1))
+                self._seq = end
+                n -= end - start + 1
+        return out
+
+    def next_id_str(self) -> str:
+        """Return :meth:`next_id` as a decimal string, for JSON readers without 64-bit ints."""
+        return str(self.next_id())
+
+    def parse(self, snowflake_id: int) -> SnowflakeParts:
+        """Split an id into timestamp (Unix ms), worker id and sequence.
+
+        Raises:
+            ValueError: the id is not a non-negative 63-bit int.
+        """
+        return self._layout.parse(snowflake_id)
+
+    def _usable_tick(self, tick: int) -> int:
+        """Wait until ``tick`` can take an id: past the last tick, or equal with sequence left.
+
+        Called with the lock held. The time waited is counted from the requested sleeps, so the
+        bounds hold even with a fake ``sleep``.
+        """
+        waited_s = 0.0
+        while True:
+            if tick < 0 or tick > self._max_tick:
+                raise self._out_of_range(tick)
+            last = self._last
+            if tick > last or (tick == last and self._seq < self._max_seq):
+                return tick
+            if tick < last:
+                behind = last - tick
+                if waited_s * 1000 + behind > self._max_backwards_ms:
+                    raise ClockMovedBackwardsError(
+                        last + self._epoch, tick + self._epoch, self._max_backwards_ms
+                    )
+                delay = behind / 1000
+            else:  # sequence used up in this millisecond
+                if waited_s >= _STALL_LIMIT_S:
+                    raise ClockStalledError(last + self._epoch)
+                delay = _OVERFLOW_POLL_S
+            self._sleep(delay)
+            waited_s += delay
+            tick = self._clock() // self._div - self._epoch
+
+    def _out_of_range(self, tick: int) -> ConfigurationError:
+        now = tick + self._epoch
+        if tick < 0:
+            return ConfigurationError(
+                f"clock reads {now} ms, before the layout epoch {self._epoch} ms; "
+                "use an epoch in the past or fix the clock"
+            )
+        return ConfigurationError(
+            f"clock reads {now} ms, past the end of the layout ({self._layout.timestamp_bits} "
+            f"timestamp bits from epoch {self._epoch} ms); use a layout with more timestamp bits"
+        )
+
+    def __repr__(self) -> str:
+        return f"SnowflakeIdGenerator(worker_id={self._worker_id}, layout={self._layout!r})"
+
+
+class _DefaultGenerator(SnowflakeIdGenerator):
+    """The process-wide generator: created at import, reads its worker id on first use.
+
+    Until then ``_last`` is past every valid tick, so the fast path of :meth:`next_id` falls
+    through to :meth:`_usable_tick`, which configures the worker id once; the hot path pays nothing.
+    """
+
+    __slots__ = ("_configured",)
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self._configured = False
+        self._last = self._max_tick + 1
+
+    def _configure(self) -> None:
+        # Called with the lock held.
+        if not self._configured:
+            self._set_worker_id(_worker_id_from_env())
+            self._last = -1
+            self._configured = True
+
+    def _usable_tick(self, tick: int) -> int:
+        if not self._configured:
+            self._configure()
+        return super()._usable_tick(tick)
+
+    @property
+    def worker_id(self) -> int:
+        """This generator's worker id, read from ``CATGA_WORKER_ID`` on first use."""
+        if not self._configured:
+            with self._lock:
+                self._configure()
+        return self._worker_id
+
+
+_DEFAULT = _DefaultGenerator()
+
+
+def default_generator() -> SnowflakeIdGenerator:
+    """Return the process-wide generator used by :func:`new_id`.
+
+    It uses the default layout and takes its worker id from ``CATGA_WORKER_ID`` (else 0), read
+    when the first id is generated. Set that variable before generating ids.
+    """
+    return _DEFAULT
+
+
+new_id: Callable[[], int] = _DEFAULT.next_id
+"""Return a new id from :func:`default_generator` (the bound method itself: no extra call)."""

@@ -1,0 +1,192 @@
+"""Message markers, metadata and the wire envelope.
+
+Messages are the user's own classes: msgspec Structs, dataclasses or pydantic models. They opt in by also
+inheriting one marker:
+
+* :class:`Command` ``[R]`` — changes state; exactly one handler, which returns ``R``.
+* :class:`Query` ``[R]`` — reads state; exactly one handler, no side effects.
+* :class:`Event` — something that happened; any number of handlers, no response.
+
+The markers have empty ``__slots__`` and no fields, so they mix into any of the three families::
+
+    @dataclass(frozen=True)
+    class PlaceOrder(Command[str]):
+        customer_id: str
+
+    class OrderPlaced(msgspec.Struct, Event, frozen=True):
+        order_id: str
+
+Metadata (ids, correlation, QoS, headers) travels *beside* the message in :class:`Metadata`, never inside.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+__all__ = (
+    "Command",
+    "DeliveryMode",
+    "Event",
+    "Message",
+    "Metadata",
+    "QoS",
+    "Query",
+    "Request",
+    "message_name",
+    "type_name",
+)
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Message:
+    """Base marker of every catga message. Carries no data."""
+
+    __slots__ = ()
+
+
+class Request(Message, Generic[R_co]):
+    """A message with exactly one handler that returns ``R_co`` (commands and queries)."""
+
+    __slots__ = ()
+
+
+class Command(Request[R_co]):
+    """A request to change state. ``Command[None]`` when the handler returns nothing."""
+
+    __slots__ = ()
+
+
+class Query(Request[R_co]):
+    """A request to read state; its handler must not change anything."""
+
+    __slots__ = ()
+
+
+class Event(Message):
+    """A fact that happened; published to every subscribed handler, which return nothing."""
+
+    __slots__ = ()
+
+
+class QoS(enum.IntEnum):
+    """Delivery guarantee of a message.
+
+    ``EXACTLY_ONCE`` is at-least-once delivery plus de-duplication by message id on the consumer side
+    (an inbox); it is *effectively* once, not a distributed transaction.
+    """
+
+    AT_MOST_ONCE = 0
+    AT_LEAST_ONCE = 1
+    EXACTLY_ONCE = 2
+
+
+class DeliveryMode(enum.IntEnum):
+    """Whether the sender waits for the outcome (``WAIT``) or hands off and retries in the background."""
+
+    WAIT = 0
+    ASYNC_RETRY = 1
+
+
+class Metadata(msgspec.Struct, kw_only=True, gc=False):
+    """What travels beside a message.
+
+    Attributes:
+        message_id: unique id of this message (a Snowflake id by default).
+        correlation_id: id shared by every message caused, directly or not, by one original message.
+        causation_id: id of the message whose handling sent this one.
+        created_at: unix time in seconds.
+        qos: delivery guarantee.
+        delivery_mode: wait for the result or retry asynchronously.
+        headers: free-form string headers (W3C ``traceparent`` lives here).
+    """
+
+    message_id: int
+    correlation_id: int | None = None
+    causation_id: int | None = None
+    created_at: float = 0.0
+    qos: QoS = QoS.AT_MOST_ONCE
+    delivery_mode: DeliveryMode = DeliveryMode.WAIT
+    headers: dict[str, str] | None = None
+
+    def to_headers(self, type_name: str) -> dict[str, str]:
+        """Render as wire headers (see ``docs/messages.md``), user headers included."""
+        h: dict[str, str] = dict(self.headers) if self.headers else {}
+        h[H_TYPE] = type_name
+        h[H_ID] = str(self.message_id)
+        if self.correlation_id is not None:
+            h[H_CORRELATION] = str(self.correlation_id)
+        if self.causation_id is not None:
+            h[H_CAUSATION] = str(self.causation_id)
+        h[H_CREATED] = repr(self.created_at)
+        h[H_QOS] = str(int(self.qos))
+        if self.delivery_mode:
+            h[H_DELIVERY] = str(int(self.delivery_mode))
+        return h
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str]) -> tuple[str, Metadata]:
+        """Parse wire headers back into ``(type_name, metadata)``.
+
+        Raises:
+            SerializationError: a catga header is missing or malformed.
+        """
+        from catga.errors import SerializationError
+
+        try:
+            type_name = headers[H_TYPE]
+            user = {k: v for k, v in headers.items() if not k.startswith(_PREFIX)}
+            corr = headers.get(H_CORRELATION)
+            caus = headers.get(H_CAUSATION)
+            return type_name, cls(
+                message_id=int(headers[H_ID]),
+                correlation_id=int(corr) if corr is not None else None,
+                causation_id=int(caus) if caus is not None else None,
+                created_at=float(headers.get(H_CREATED, "0")),
+                qos=QoS(int(headers.get(H_QOS, "0"))),
+                delivery_mode=DeliveryMode(int(headers.get(H_DELIVERY, "0"))),
+                headers=user or None,
+            )
+        except (KeyError, ValueError) as exc:
+            raise SerializationError(f"malformed catga headers {headers!r}: {exc}") from exc
+
+
+_PREFIX = "Catga-"
+H_TYPE = "Catga-Type"
+H_ID = "Catga-Id"
+H_CORRELATION = "Catga-Correlation-Id"
+H_CAUSATION = "Catga-Causation-Id"
+H_CREATED = "Catga-Created-At"
+H_QOS = "Catga-QoS"
+H_DELIVERY = "Catga-Delivery"
+
+
+def new_metadata(message_id: int, **fields: Any) -> Metadata:
+    """Build metadata stamped with the current time."""
+    return Metadata(message_id=message_id, created_at=time.time(), **fields)
+
+
+def message_name(name: str) -> Any:
+    """Class decorator giving a message type a stable wire name (default: the class ``__name__``).
+
+    Example:
+        >>> @message_name("orders.OrderPlaced")
+        ... class OrderPlaced(Event): ...
+    """
+
+    def apply(cls: type[R]) -> type[R]:
+        cls.__catga_name__ = name  # type: ignore[attr-defined]
+        return cls
+
+    return apply
+
+
+def type_name(cls: type) -> str:
+    """The wire name of a message type: ``__catga_name__`` when set on the class itself, else ``__name__``."""
+    name = cls.__dict__.get("__catga_name__")
+    return name if isinstance(name, str) else cls.__name__

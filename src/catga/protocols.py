@@ -1,0 +1,475 @@
+"""The storage and transport contracts every backend implements.
+
+Each protocol states precisely what is atomic, what a duplicate does and what a conflict raises. The
+conformance suites in :mod:`catga.testing.contracts` check exactly these statements against every backend
+(``catga.memory``, ``catga.nats``, ``catga.redis``).
+
+Identifiers (stream ids, keys, destinations) are validated by :func:`validate_identifier`: 1–200
+characters from ``[A-Za-z0-9_\\-:.@=+]`` ... see its docstring. Backends that map them to NATS subjects or
+Redis keys must additionally make sure no id can address another stream's data.
+
+Times are seconds (float). Every backend object supports ``async with`` and ``aclose()``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import msgspec
+
+from catga.errors import InvalidIdentifierError
+from catga.messages import Metadata, QoS
+
+__all__ = (
+    "ANY",
+    "NO_STREAM",
+    "Cache",
+    "Claim",
+    "ClaimStatus",
+    "DeadLetter",
+    "DeadLetterQueue",
+    "DistributedLock",
+    "EventStore",
+    "IdempotencyStore",
+    "InboxStore",
+    "Lease",
+    "MessageHandler",
+    "OutboxMessage",
+    "OutboxStatus",
+    "OutboxStore",
+    "StoredEvent",
+    "Subscription",
+    "Transport",
+    "validate_identifier",
+)
+
+T = TypeVar("T")
+
+#: Expected version: append whatever the stream's current version is.
+ANY = -2
+#: Expected version: the stream must not exist yet (no event in it). Same as exact version -1.
+NO_STREAM = -1
+
+MAX_IDENTIFIER_LENGTH = 200
+_IDENT = re.compile(r"[A-Za-z0-9_\-:@=+]+(?:\.[A-Za-z0-9_\-:@=+]+)*\Z")
+
+
+def validate_identifier(value: object, kind: str = "stream id") -> str:
+    """Check an id/key is safe to map onto subjects and keys; return it.
+
+    Rules: a ``str`` of 1–200 characters, ASCII letters, digits and ``_ - : @ = +``, with ``.`` allowed
+    only between other characters (no leading, trailing or doubled dots). Whitespace, ``*``, ``>``,
+    ``/``, ``{``, ``}``, non-ASCII and control characters are rejected.
+
+    Raises:
+        InvalidIdentifierError: the value breaks a rule; the message says which.
+    """
+    if not isinstance(value, str):
+        raise InvalidIdentifierError(kind, value, f"must be a str, got {type(value).__name__}")
+    if not value:
+        raise InvalidIdentifierError(kind, value, "must not be empty")
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        raise InvalidIdentifierError(
+            kind, value[:40] + "...", f"longer than {MAX_IDENTIFIER_LENGTH} characters"
+        )
+    if _IDENT.match(value) is None:
+        raise InvalidIdentifierError(
+            kind,
+            value,
+            "use ASCII letters, digits and _ - : @ = + (dots only between other characters)",
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Event store
+
+
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as stored.
+
+    Attributes:
+        stream_id: the stream it belongs to.
+        version: its 0-based, contiguous version within the stream.
+        position: its global position: strictly increasing across all streams in append order,
+            starting at 1, gaps allowed.
+        type_name: the event's wire type name.
+        data: the event object (decoded through the store's registry).
+        timestamp: unix time (seconds) of the append; all events of one append share it.
+        metadata: string metadata (message id, correlation and causation ids...).
+    """
+
+    stream_id: str
+    version: int
+    position: int
+    type_name: str
+    data: Any
+    timestamp: float
+    metadata: Mapping[str, str] = msgspec.field(default_factory=dict)
+
+
+class EventStore(Protocol):
+    """An append-only store of event streams with optimistic concurrency.
+
+    Contract:
+        * ``append`` is atomic: all events are stored or none is.
+        * ``expected_version``: :data:`ANY` appends unconditionally; :data:`NO_STREAM` (== -1) requires an
+          empty stream; an int ``n >= 0`` requires the stream's version to be exactly ``n``. A mismatch
+          raises :class:`~catga.errors.ConcurrencyError` with ``stream_id``, ``expected_version`` and
+          ``actual_version``, and stores nothing. The check is done atomically with the write (never
+          read-then-write from the client).
+        * Versions are 0-based and contiguous per stream; an append returns the new stream version (the
+          version of its last event). Appending an empty list stores nothing and returns the current
+          version (still checking ``expected_version``).
+        * Positions are global, strictly increasing in commit order, starting at 1.
+        * Invalid stream ids raise :class:`~catga.errors.InvalidIdentifierError` before any I/O.
+        * Events must be of a type the store can encode (registered in its registry for remote backends).
+    """
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[object],
+        expected_version: int = ANY,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Append ``events`` to ``stream_id``; return the new version. ``metadata`` applies to each."""
+        ...
+
+    async def read(
+        self, stream_id: str, from_version: int = 0, max_count: int | None = None
+    ) -> list[StoredEvent]:
+        """Events of one stream with ``version >= from_version``, oldest first, at most ``max_count``.
+
+        An unknown stream reads as an empty list.
+        """
+        ...
+
+    async def version(self, stream_id: str) -> int:
+        """The stream's current version (the last event's version), -1 when empty."""
+        ...
+
+    async def read_all(self, from_position: int = 1, max_count: int | None = None) -> list[StoredEvent]:
+        """Events of all streams with ``position >= from_position``, in position order."""
+        ...
+
+    def subscribe_all(self, from_position: int = 1) -> AsyncIterator[StoredEvent]:
+        """Catch up from ``from_position``, then yield new events live, in position order, forever.
+
+        Close the iterator (``aclose()``) or cancel the consuming task to stop.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and tasks. Idempotent."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Outbox
+
+
+class OutboxStatus(enum.IntEnum):
+    """Lifecycle of an outbox message."""
+
+    PENDING = 0
+    PUBLISHED = 1
+    DEAD = 2
+
+
+class OutboxMessage(msgspec.Struct, kw_only=True):
+    """A message waiting in the outbox.
+
+    Attributes:
+        id: unique id (the message id as a string); adding a duplicate id is ignored.
+        destination: subject/topic to publish to.
+        type_name: wire type name of the body.
+        body: encoded message.
+        headers: wire headers (metadata).
+        created_at: unix seconds.
+        attempts: failed publish attempts so far.
+        next_attempt_at: unix seconds before which the relay must not retry it.
+        last_error: the last publish error.
+        status: lifecycle state.
+    """
+
+    id: str
+    destination: str
+    type_name: str
+    body: bytes
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    created_at: float = 0.0
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    status: OutboxStatus = OutboxStatus.PENDING
+
+
+class OutboxStore(Protocol):
+    """Durable store of messages to publish, written with the state change they belong to.
+
+    Contract:
+        * ``add`` stores all messages atomically; a message whose id is already stored is ignored
+          (the first one wins), so adding is idempotent.
+        * ``fetch_pending(limit, lease)`` returns up to ``limit`` PENDING messages whose
+          ``next_attempt_at <= now``, oldest first, and leases them for ``lease`` seconds: a concurrent
+          ``fetch_pending`` does not return a leased message until the lease expires (a relay that died
+          mid-publish leaves them to another relay; nothing is lost).
+        * ``mark_published`` sets PUBLISHED (idempotent; unknown ids ignored).
+        * ``mark_failed(id, error, retry_at)`` increments ``attempts``, records ``last_error`` and sets
+          ``next_attempt_at = retry_at``; with ``retry_at=None`` the message becomes DEAD.
+        * ``get`` returns a message whatever its state, or None; ``count(status)`` counts by state.
+        * ``purge_published(older_than)`` deletes PUBLISHED messages created before that unix time and
+          returns how many.
+    """
+
+    async def add(self, messages: Sequence[OutboxMessage]) -> None: ...
+    async def fetch_pending(self, limit: int = 100, lease: float = 30.0) -> list[OutboxMessage]: ...
+    async def mark_published(self, ids: Sequence[str]) -> None: ...
+    async def mark_failed(self, id: str, error: str, retry_at: float | None) -> None: ...
+    async def get(self, id: str) -> OutboxMessage | None: ...
+    async def count(self, status: OutboxStatus = OutboxStatus.PENDING) -> int: ...
+    async def purge_published(self, older_than: float) -> int: ...
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Idempotency and inbox
+
+
+class ClaimStatus(enum.IntEnum):
+    """Outcome of :meth:`IdempotencyStore.claim`."""
+
+    CLAIMED = 0  #: the caller owns the key now and must complete() or release() it
+    IN_PROGRESS = 1  #: someone else holds an unexpired claim
+    COMPLETED = 2  #: already done; ``Claim.result`` holds the stored result
+
+
+class Claim(msgspec.Struct, frozen=True, gc=False):
+    """What :meth:`IdempotencyStore.claim` found. ``result`` is set when ``status`` is COMPLETED."""
+
+    status: ClaimStatus
+    result: bytes | None = None
+
+
+class IdempotencyStore(Protocol):
+    """Records that a key (a message id) was processed, with its result.
+
+    Contract:
+        * ``claim(key, lock_ttl)`` is one atomic step: if the key is free (never claimed, released, or
+          its claim expired after ``lock_ttl`` seconds) the caller gets CLAIMED; if another holder's claim
+          is live, IN_PROGRESS; if completed, COMPLETED with the stored result. Of N concurrent claims
+          of a free key exactly one gets CLAIMED.
+        * ``complete(key, result, ttl)`` stores the result; it is returned by claims for ``ttl`` seconds,
+          after which the key is forgotten (free again).
+        * ``release(key)`` drops an unfinished claim so the message can be retried at once; it never
+          removes a completed record.
+        * Keys are validated with :func:`validate_identifier` (kind ``"idempotency key"``).
+    """
+
+    async def claim(self, key: str, lock_ttl: float = 30.0) -> Claim: ...
+    async def complete(self, key: str, result: bytes = b"", ttl: float = 86400.0) -> None: ...
+    async def release(self, key: str) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class InboxStore(IdempotencyStore, Protocol):
+    """Consumer-side idempotency keyed by message id: same contract as :class:`IdempotencyStore`.
+
+    A consumer claims the message id before handling, completes it after, and releases it on failure so
+    the redelivery is processed; a duplicate delivery of a completed message is acked without running
+    the handler again.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Dead letters
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A message that could not be processed.
+
+    Attributes:
+        id: unique id of the dead letter (the message id when known).
+        source: where it came from (subject, stream, outbox...).
+        type_name: wire type name, or "" when unknown (undecodable).
+        body: the raw bytes, untouched.
+        headers: wire headers.
+        error: why it failed.
+        attempts: deliveries or publish attempts made.
+        failed_at: unix seconds.
+    """
+
+    id: str
+    source: str
+    type_name: str
+    body: bytes
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    error: str = ""
+    attempts: int = 0
+    failed_at: float = 0.0
+
+
+class DeadLetterQueue(Protocol):
+    """Where failed messages go, to be inspected and replayed.
+
+    Contract: ``add`` stores a letter (a duplicate id replaces it); ``list`` returns up to ``limit``
+    letters, oldest first; ``get``/``delete`` by id (``delete`` returns whether it existed); ``count``.
+    Nothing is lost: bodies are stored as given.
+    """
+
+    async def add(self, letter: DeadLetter) -> None: ...
+    async def list(self, limit: int = 100) -> list[DeadLetter]: ...
+    async def get(self, id: str) -> DeadLetter | None: ...
+    async def delete(self, id: str) -> bool: ...
+    async def count(self) -> int: ...
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Lock
+
+
+class Lease(Protocol):
+    """A held lock.
+
+    Attributes:
+        key: the lock key.
+        token: random token identifying this holder (checked atomically on release/extend).
+        fencing_token: strictly increasing per key across all acquisitions; pass it to downstream
+            writes so they can reject a stale holder.
+    """
+
+    key: str
+    token: str
+    fencing_token: int
+
+    async def release(self) -> None:
+        """Release; raises :class:`~catga.errors.LockNotOwnedError` if no longer the holder."""
+        ...
+
+    async def extend(self, ttl: float) -> None:
+        """Reset the lock's ttl; raises :class:`~catga.errors.LockNotOwnedError` if not the holder."""
+        ...
+
+    async def __aenter__(self) -> Lease: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+class DistributedLock(Protocol):
+    """Mutual exclusion across processes.
+
+    Contract:
+        * ``acquire(key, ttl, wait)`` returns a :class:`Lease` once the key is free, retrying for up to
+          ``wait`` seconds (0 = try once), else raises :class:`~catga.errors.LockNotAcquiredError`.
+        * At most one live lease per key; a lease expires after ``ttl`` seconds unless extended.
+        * Only the holder's token can release/extend (checked atomically on the server).
+        * ``fencing_token`` strictly increases per key with every successful acquisition.
+        * ``auto_renew=True`` extends the lease every ``ttl/3`` seconds until released.
+        * Leases are per holder object, never per thread or task: one task cannot release another's.
+    """
+
+    async def acquire(
+        self, key: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
+    ) -> Lease: ...
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache
+
+
+class Cache(Protocol):
+    """Key → bytes with optional TTL.
+
+    Contract: ``get`` returns None for a missing or expired key; ``set`` overwrites; ``delete`` returns
+    whether the key existed; ``get_or_set`` calls ``factory`` only on a miss and stores its value.
+    """
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+    async def delete(self, key: str) -> bool: ...
+    async def get_or_set(
+        self, key: str, factory: Callable[[], Awaitable[bytes]], ttl: float | None = None
+    ) -> bytes: ...
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Transport
+
+#: A subscriber: receives the decoded message and its metadata. Raising means failure (nack/retry).
+MessageHandler = Callable[[Any, Metadata], Awaitable[None]]
+
+
+class Subscription(Protocol):
+    """A live subscription; ``aclose()`` stops it after in-flight handlers finish."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Moves messages between processes.
+
+    Contract:
+        * ``publish(message)`` fans an event out: every subscription group gets one copy (subscriptions
+          with ``group=None`` each get their own copy).
+        * ``send(message, destination)`` delivers to one consumer among those subscribed to the
+          destination (competing consumers).
+        * ``subscribe(message_type, handler, qos=..., group=..., destination=...)``: the destination
+          defaults to the message type's wire name. Only ``message_type`` is decoded from it.
+        * QoS ``AT_MOST_ONCE``: fire and forget; a failing handler loses the message (logged).
+          ``AT_LEAST_ONCE``: ack after the handler returns; on exception nack and redeliver after a
+          backoff; after ``max_deliver`` deliveries the message goes to the dead-letter queue with its
+          error. ``EXACTLY_ONCE``: at-least-once plus an inbox check on the message id.
+        * A message that cannot be decoded goes straight to the dead-letter queue with the reason.
+        * At most ``max_in_flight`` handlers run at once per subscription (back-pressure).
+        * ``request(message, destination, timeout)`` sends and waits for the handler's encoded reply
+          (see :mod:`catga.rpc`); no reply in time raises :class:`~catga.errors.OperationTimeoutError`.
+    """
+
+    async def publish(
+        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
+    ) -> None: ...
+
+    async def publish_batch(self, messages: Sequence[object], *, destination: str | None = None) -> None: ...
+
+    async def send(
+        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
+    ) -> None: ...
+
+    async def subscribe(
+        self,
+        message_type: type[T],
+        handler: Callable[[T, Metadata], Awaitable[None]],
+        *,
+        qos: QoS = QoS.AT_LEAST_ONCE,
+        group: str | None = None,
+        destination: str | None = None,
+        max_in_flight: int = 64,
+        max_deliver: int = 5,
+    ) -> Subscription: ...
+
+    async def request(
+        self,
+        destination: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> tuple[bytes, dict[str, str]]: ...
+
+    async def serve(
+        self,
+        destination: str,
+        handler: Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]],
+        *,
+        group: str | None = "rpc",
+    ) -> Subscription: ...
+
+    async def aclose(self) -> None: ...

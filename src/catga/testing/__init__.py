@@ -1,0 +1,27 @@
+"""Testing helpers shipped with catga: real servers for tests (more to come).
+
+The pytest fixtures live in :mod:`catga.testing.pytest_plugin` (not imported here, so
+importing :mod:`catga.testing` does not need pytest).
+"""
+
+from catga.testing.servers import (
+    NatsServer,
+    RedisServer,
+    ServerStartError,
+    check_loopback_url,
+    find_nats_server,
+    find_redis_server,
+    free_port,
+    url_from_env,
+)
+
+__all__ = (
+    "NatsServer",
+    "RedisServer",
+    "ServerStartError",
+    "check_loopback_url",
+    "find_nats_server",
+    "find_redis_server",
+    "free_port",
+    "url_from_env",
+)

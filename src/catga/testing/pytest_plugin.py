@@ -1,0 +1,56 @@
+"""pytest fixtures giving tests real NATS JetStream and Redis servers on loopback.
+
+Enable it with ``pytest_plugins = ["catga.testing.pytest_plugin"]`` in your top-level
+``conftest.py``. Fixtures:
+
+* ``nats_url`` (session): URL of a ``nats-server`` with JetStream.
+* ``redis_url`` (session): URL of a ``redis-server`` (database 0).
+* ``unique_name`` (function): a short unique name for isolating streams, keys and prefixes.
+
+The servers are started on free ports on first use and stopped at the end of the session (one
+per pytest-xdist worker). If ``CATGA_NATS_URL`` / ``CATGA_REDIS_URL`` are set, those servers are
+used instead; they must be on loopback. A server that cannot start makes the tests using it
+error with the reason; they are never skipped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from catga.testing.servers import NatsServer, RedisServer, url_from_env
+
+__all__ = ("nats_url", "redis_url", "unique_name")
+
+NATS_URL_ENV = "CATGA_NATS_URL"
+REDIS_URL_ENV = "CATGA_REDIS_URL"
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """URL of a NATS server with JetStream: ``$CATGA_NATS_URL`` or one started for the session."""
+    url = url_from_env(NATS_URL_ENV)
+    if url is not None:
+        yield url
+        return
+    with NatsServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis server: ``$CATGA_REDIS_URL`` or one started for the session."""
+    url = url_from_env(REDIS_URL_ENV)
+    if url is not None:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A short unique name (``t`` + 12 hex digits), valid as a NATS stream name or Redis key."""
+    return f"t{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,3 @@
+"""Shared test configuration: the real-server fixtures from catga.testing."""
+
+pytest_plugins = ["catga.testing.pytest_plugin"]
