@@ -282,15 +282,19 @@ class _ServerProcess:
             directory = Path(tempfile.mkdtemp(prefix=f"catga-{self.kind}-"))
             self.directory = directory
             self.command = [*self._pinning(), binary, *self._args(directory)]
-            with (directory / "server.log").open("wb") as log:
-                self._proc = subprocess.Popen(
-                    self.command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=directory,
-                    env=self._env(),
-                )
+            try:
+                with (directory / "server.log").open("wb") as log:
+                    self._proc = subprocess.Popen(
+                        self.command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=directory,
+                        env=self._env(),
+                    )
+            except OSError as exc:
+                self.stop()
+                raise ServerStartError(f"{self.kind} could not be run: {exc}", command=self.command) from exc
             _running.add(self)
             problem = self._wait_ready()
             if problem is None:
@@ -380,11 +384,16 @@ class NatsServer(_ServerProcess):
         binary: Path of the binary; default :func:`find_nats_server`.
         port: Client port; default a free one.
         monitor_port: HTTP monitoring port; default a free one.
+        store_dir: JetStream storage directory, kept by :meth:`stop` (pass the same one again
+            to restart a server with its data); default the server's temp directory.
         extra_args: More command-line arguments, e.g. ``["-n", "n1", "--cluster_name", "c",
             "--cluster", "nats://127.0.0.1:6250", "--routes", "nats://127.0.0.1:6251"]``.
         cpu: Pin the server to this CPU with ``taskset -c`` (when available) and run it with
             ``GOMAXPROCS=1``, for steadier benchmarks.
         start_timeout: Seconds :meth:`start` waits for readiness.
+
+    Raises:
+        ConfigurationError: ``cpu`` is not one this process may run on.
 
     Example:
         >>> with NatsServer() as server:  # doctest: +SKIP
@@ -399,6 +408,7 @@ class NatsServer(_ServerProcess):
         binary: str | None = None,
         port: int | None = None,
         monitor_port: int | None = None,
+        store_dir: str | Path | None = None,
         extra_args: Sequence[str] = (),
         cpu: int | None = None,
         start_timeout: float = START_TIMEOUT,
@@ -406,6 +416,7 @@ class NatsServer(_ServerProcess):
         super().__init__(
             binary=binary, port=port, extra_args=extra_args, cpu=cpu, start_timeout=start_timeout
         )
+        self.store_dir = None if store_dir is None else Path(store_dir)
         self._fixed_monitor_port = monitor_port
         self.monitor_port = monitor_port if monitor_port is not None else 0
         self.info: dict[str, Any] = {}
@@ -441,7 +452,7 @@ class NatsServer(_ServerProcess):
 
     def _args(self, directory: Path) -> list[str]:
         return [
-            "-a", HOST, "-p", str(self.port), "-js", "-sd", str(directory),
+            "-a", HOST, "-p", str(self.port), "-js", "-sd", str(self.store_dir or directory),
             "-m", str(self.monitor_port), *self.extra_args,
         ]  # fmt: skip
 
@@ -484,6 +495,9 @@ class RedisServer(_ServerProcess):
         extra_args: More arguments in ``--name value`` form, e.g. ``["--maxmemory", "64mb"]``.
         cpu: Pin the server to this CPU with ``taskset -c`` (when available).
         start_timeout: Seconds :meth:`start` waits for readiness.
+
+    Raises:
+        ConfigurationError: ``cpu`` is not one this process may run on.
     """
 
     kind = "redis-server"
