@@ -286,19 +286,30 @@ class SnowflakeIdGenerator:
             ``max_backwards_ms`` is negative.
     """
 
+    # Hot-path state, all guarded by _lock. Clock readings are in clock units (ns for the
+    # default clock, ms for a custom one) so that the common case needs no division:
+    #   _tick        ms since epoch of the last id, -1 before the first one
+    #   _lo, _hi     the clock readings that fall in _tick: _lo <= now < _hi
+    #   _id, _id_max the last id issued in _tick (base - 1 if none yet) and the largest possible
     __slots__ = (
+        "_acquire",
         "_clock",
         "_div",
+        "_end",
         "_epoch",
-        "_last",
+        "_hi",
+        "_id",
+        "_id_max",
         "_layout",
+        "_lo",
         "_lock",
         "_max_backwards_ms",
         "_max_seq",
         "_max_tick",
-        "_seq",
+        "_release",
         "_shift",
         "_sleep",
+        "_tick",
         "_worker_id",
         "_worker_part",
     )
@@ -316,19 +327,21 @@ class SnowflakeIdGenerator:
         if _check_int("max_backwards_ms", max_backwards_ms) < 0:
             raise ConfigurationError(f"max_backwards_ms must be >= 0, got {max_backwards_ms}")
         self._max_backwards_ms = max_backwards_ms
-        # The default clock is the C function time_ns, divided on the hot path: no Python frame.
+        # The default clock is the C function time_ns (no Python frame on the hot path).
         self._clock: Callable[[], int] = time.time_ns if clock is None else clock
-        self._div = 1_000_000 if clock is None else 1
+        self._div = div = 1_000_000 if clock is None else 1
         self._sleep = sleep
         self._epoch = layout.epoch_ms
         self._shift = layout.worker_bits + layout.sequence_bits
         self._max_seq = layout.max_sequence
         self._max_tick = layout.max_timestamp
-        self._lock = threading.Lock()
-        self._last = -1  # last tick (ms since epoch) used; ticks only ever grow
-        self._seq = self._max_seq  # last sequence used within self._last (none left at start)
-        self._worker_id = 0
-        self._worker_part = 0
+        self._end = (layout.epoch_ms + layout.max_timestamp + 1) * div
+        self._lock = lock = threading.Lock()
+        self._acquire = lock.acquire
+        self._release = lock.release
+        self._tick = self._id = self._id_max = -1
+        self._lo = self._hi = layout.epoch_ms * div
+        self._worker_id = self._worker_part = 0
         self._set_worker_id(_worker_id_from_env() if worker_id is None else worker_id)
 
     def _set_worker_id(self, worker_id: int) -> None:
@@ -365,22 +378,30 @@ class SnowflakeIdGenerator:
             ClockStalledError: a custom clock stopped while the sequence was used up.
             ConfigurationError: the clock is before the epoch or past the layout's lifespan.
         """
-        with self._lock:
-            tick = self._clock() // self._div - self._epoch
-            if self._last < tick <= self._max_tick:
-                self._last = tick
-                self._seq = 0
-                return (tick << self._shift) | self._worker_part
-            if tick == self._last and self._seq < self._max_seq:
-                self._seq = seq = self._seq + 1
-                return (tick << self._shift) | self._worker_part | seq
-            tick = self._usable_tick(tick)
-            if tick > self._last:
-                self._last = tick
-                self._seq = 0
-            else:
-                self._seq += 1
-            return (tick << self._shift) | self._worker_part | self._seq
+        self._acquire()
+        try:
+            now = self._clock()
+            if self._lo <= now < self._hi:  # same millisecond as the last id
+                nid = self._id + 1
+                if nid <= self._id_max:
+                    self._id = nid
+                    return nid
+            elif self._hi <= now < self._end:  # a later millisecond
+                q = now // self._div
+                self._lo = lo = q * self._div
+                self._hi = lo + self._div
+                self._tick = tick = q - self._epoch
+                self._id = nid = (tick << self._shift) | self._worker_part
+                self._id_max = nid + self._max_seq
+                return nid
+            # Sequence used up, clock went backwards, or clock out of the layout's range.
+            tick = self._usable_tick(now)
+            if tick != self._tick:
+                self._start_tick(tick)
+            self._id += 1
+            return self._id
+        finally:
+            self._release()
 
     def next_ids(self, n: int) -> list[int]:
         """Return ``n`` new ids in increasing order, reserved under a single lock hold.
@@ -392,22 +413,19 @@ class SnowflakeIdGenerator:
             ValueError: ``n`` is negative.
             ClockMovedBackwardsError: as for :meth:`next_id`.
             ClockStalledError: as for :meth:`next_id`.
+            ConfigurationError: as for :meth:`next_id`.
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         out: list[int] = []
         with self._lock:
             while n > 0:
-                tick = self._usable_tick(self._clock() // self._div - self._epoch)
-                if tick > self._last:
-                    self._last = tick
-                    start = 0
-                else:
-                    start = self._seq + 1
-                end = min(self._max_seq, start + n - 1)
-                base = (tick << self._shift) | self._worker_part
-                out.extend(range(base + start, base + end + 1))
-                self._seq = end
+                tick = self._usable_tick(self._clock())
+                if tick != self._tick:
+                    self._start_tick(tick)
+                start = self._id + 1
+                self._id = end = min(self._id_max, start + n - 1)
+                out.extend(range(start, end + 1))
                 n -= end - start + 1
         return out
 
@@ -423,18 +441,28 @@ class SnowflakeIdGenerator:
         """
         return self._layout.parse(snowflake_id)
 
-    def _usable_tick(self, tick: int) -> int:
-        """Wait until ``tick`` can take an id: past the last tick, or equal with sequence left.
+    def _start_tick(self, tick: int) -> None:
+        """Make ``tick`` (> the last tick) current with its whole sequence free. Lock held."""
+        self._tick = tick
+        self._lo = lo = (tick + self._epoch) * self._div
+        self._hi = lo + self._div
+        base = (tick << self._shift) | self._worker_part
+        self._id = base - 1
+        self._id_max = base + self._max_seq
 
-        Called with the lock held. The time waited is counted from the requested sleeps, so the
-        bounds hold even with a fake ``sleep``.
+    def _usable_tick(self, now: int) -> int:
+        """Wait until the clock is at a tick that can take an id; return that tick. Lock held.
+
+        A tick is usable when it is past the last tick, or equal to it with sequence left. The
+        time waited is counted from the requested sleeps, so the bounds hold with a fake ``sleep``.
         """
         waited_s = 0.0
         while True:
+            tick = now // self._div - self._epoch
             if tick < 0 or tick > self._max_tick:
                 raise self._out_of_range(tick)
-            last = self._last
-            if tick > last or (tick == last and self._seq < self._max_seq):
+            last = self._tick
+            if tick > last or (tick == last and self._id < self._id_max):
                 return tick
             if tick < last:
                 behind = last - tick
@@ -449,7 +477,7 @@ class SnowflakeIdGenerator:
                 delay = _OVERFLOW_POLL_S
             self._sleep(delay)
             waited_s += delay
-            tick = self._clock() // self._div - self._epoch
+            now = self._clock()
 
     def _out_of_range(self, tick: int) -> ConfigurationError:
         now = tick + self._epoch
@@ -470,8 +498,9 @@ class SnowflakeIdGenerator:
 class _DefaultGenerator(SnowflakeIdGenerator):
     """The process-wide generator: created at import, reads its worker id on first use.
 
-    Until then ``_last`` is past every valid tick, so the fast path of :meth:`next_id` falls
-    through to :meth:`_usable_tick`, which configures the worker id once; the hot path pays nothing.
+    Until then the clock window ``_lo <= now < _hi`` is empty and ``_hi`` is past every reading,
+    so :meth:`next_id` always reaches :meth:`_usable_tick`, which reads the worker id once; the
+    hot path pays nothing for the laziness.
     """
 
     __slots__ = ("_configured",)
@@ -479,19 +508,19 @@ class _DefaultGenerator(SnowflakeIdGenerator):
     def __init__(self) -> None:
         super().__init__(0)
         self._configured = False
-        self._last = self._max_tick + 1
+        self._lo = self._hi = self._end
 
     def _configure(self) -> None:
         # Called with the lock held.
         if not self._configured:
             self._set_worker_id(_worker_id_from_env())
-            self._last = -1
+            self._lo = self._hi = self._epoch * self._div
             self._configured = True
 
-    def _usable_tick(self, tick: int) -> int:
+    def _usable_tick(self, now: int) -> int:
         if not self._configured:
             self._configure()
-        return super()._usable_tick(tick)
+        return super()._usable_tick(now)
 
     @property
     def worker_id(self) -> int:
