@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from catga.app import App
+from catga.context import Context, current_context
 from catga.errors import (
     CatgaError,
     ConcurrencyError,
@@ -10,6 +12,8 @@ from catga.errors import (
     NotFoundError,
     ValidationError,
 )
+from catga.handlers import handler
+from catga.mediator import Mediator
 from catga.messages import Command, DeliveryMode, Event, Message, Metadata, QoS, Query, Request
 from catga.result import Result
 
@@ -32,4 +36,9 @@ __all__ = (
     "Result",
     "ValidationError",
     "__version__",
+    "App",
+    "Context",
+    "Mediator",
+    "current_context",
+    "handler",
 )

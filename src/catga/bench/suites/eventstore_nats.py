@@ -1,0 +1,151 @@
+"""NATS JetStream event store: optimistic-concurrency append, against raw nats-py in the same run.
+
+Case ``append_occ``: each worker owns one stream (worker ``w`` appends to stream ``s<w>``) and appends
+one event with the exact expected version, awaiting the server's ack before its next append (closed
+loop). Both implementations run against the same server, each on a fresh JetStream stream (file
+storage) deleted afterwards.
+
+* ``catga``: :meth:`NatsEventStore.append(stream, [event], expected_version)
+  <catga.nats.NatsEventStore.append>` -- the version check is done by the server
+  (``Nats-Expected-Last-Subject-Sequence``), through catga's lean connection.
+* ``nats-py``: ``js.publish(subject, body, headers={"Nats-Expected-Last-Subject-Sequence": last})``
+  with nats-py's JetStream context, one await per append per task -- the same server-side work with
+  the stock client (the body is the same encoded event; the worker keeps its last sequence).
+
+Pinning: with ``--server-cpu N`` the harness runs nats-server on CPU ``N`` with ``GOMAXPROCS=1``, and
+this suite moves the benchmark process (both implementations alike) to the other CPUs for the
+duration of each case, restoring its affinity afterwards. On a small machine this stands in for a
+server on its own host; without it Go's scheduler and Python fight for the same cores.
+
+Example::
+
+    catga bench eventstore-nats --loop uvloop --server-cpu 0 --concurrency 1,16
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import msgspec
+
+from catga.bench.harness import BenchCase, BenchEnv, BenchError, Op
+from catga.messages import Event, message_name
+
+__all__ = ("SUITE", "BenchOrderPlaced", "cases")
+
+SUITE = "eventstore-nats"
+
+
+@message_name("bench.NatsOrderPlaced")
+class BenchOrderPlaced(msgspec.Struct, Event, frozen=True):
+    """The appended event (about 100 bytes of JSON)."""
+
+    order_id: str
+    customer_id: str
+    total: int
+    currency: str
+
+
+_EVENT = BenchOrderPlaced("order-000000000001", "customer-00000000042", 4200, "EUR")
+
+
+@contextlib.contextmanager
+def _client_off_server_cpu(env: BenchEnv) -> Iterator[None]:
+    """Run this thread on the CPUs the server is not pinned to (when it is pinned)."""
+    cpu = env.server_cpu
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    others = before - {cpu}
+    if not others:
+        yield
+        return
+    os.sched_setaffinity(0, others)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+async def _drop(url: str, stream: str) -> None:
+    from catga.nats import NatsConnection
+
+    async with await NatsConnection.connect(url) as conn:
+        with contextlib.suppress(Exception):
+            await conn.js.delete_stream(stream)
+
+
+@asynccontextmanager
+async def _catga_append(env: BenchEnv) -> AsyncIterator[Op]:
+    from catga.nats import NatsEventStore
+    from catga.protocols import NO_STREAM
+    from catga.serialization import TypeRegistry
+
+    url = await env.nats_url()
+    name = f"bench{uuid.uuid4().hex[:8]}"
+    with _client_off_server_cpu(env):
+        store = await NatsEventStore.connect(
+            url, stream=name.upper(), prefix=name, registry=TypeRegistry("json", [BenchOrderPlaced])
+        )
+        try:
+            streams = [f"s{i}" for i in range(env.max_concurrency)]
+            versions = [NO_STREAM] * env.max_concurrency
+            if await store.append("check", [_EVENT], NO_STREAM) != 0:
+                raise BenchError("catga self-check: the first append did not return version 0")
+            events = [_EVENT]
+
+            async def op(worker: int) -> None:
+                versions[worker] = await store.append(streams[worker], events, versions[worker])
+
+            yield op
+            stored = await store.read(streams[0])
+            if [e.version for e in stored] != list(range(len(stored))):
+                raise BenchError("catga self-check: versions of a benchmarked stream are not contiguous")
+        finally:
+            await store.aclose()
+            await _drop(url, name.upper())
+
+
+@asynccontextmanager
+async def _nats_py_append(env: BenchEnv) -> AsyncIterator[Op]:
+    from nats.js.api import StorageType
+
+    import nats
+
+    url = await env.nats_url()
+    name = f"bench{uuid.uuid4().hex[:8]}"
+    with _client_off_server_cpu(env):
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name=name.upper(), subjects=[f"{name}.>"], storage=StorageType.FILE)
+            body = msgspec.json.encode(_EVENT)
+            subjects = [f"{name}.s{i}" for i in range(env.max_concurrency)]
+            last = [0] * env.max_concurrency
+            header = "Nats-Expected-Last-Subject-Sequence"
+
+            async def op(worker: int) -> None:
+                ack = await js.publish(
+                    subjects[worker], body, headers={header: str(last[worker]), "Catga-Type": "x"}
+                )
+                last[worker] = ack.seq
+
+            yield op
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.jetstream().delete_stream(name.upper())
+            await nc.drain()
+
+
+def cases(env: BenchEnv) -> list[BenchCase]:
+    """The suite's cases: ``append_occ`` for catga and raw nats-py."""
+    note = "1 event, exact expected version (server-checked), one stream per worker, file storage"
+    return [
+        BenchCase("append_occ", "catga", _catga_append, note=note),
+        BenchCase("append_occ", "nats-py", _nats_py_append, note=note + "; js.publish one at a time"),
+    ]

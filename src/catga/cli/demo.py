@@ -1,0 +1,88 @@
+"""``catga demo``: run the orders example and narrate it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from catga.cli._common import out_console, print_json, reported_errors, run_async
+
+__all__ = ("demo",)
+
+_STYLE = {
+    "event": "cyan",
+    "notify": "magenta",
+    "inventory": "blue",
+    "compensate": "yellow",
+    "problem": "bold red",
+}
+
+
+def demo(
+    transport: Annotated[
+        str,
+        typer.Option(
+            envvar="CATGA_TRANSPORT", help="Where events travel: memory://, nats://..., redis://..."
+        ),
+    ] = "memory://",
+    store: Annotated[
+        str, typer.Option(envvar="CATGA_STORE", help="Where order event streams live.")
+    ] = "memory://",
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="CATGA_DEMO_JSON", help="Print the steps as JSON.")
+    ] = False,
+) -> None:
+    """Run the orders example (create, pay, roll back, cancel, query) step by step.
+
+    Exits 1 when a step does not behave as expected.
+    """
+    from catga.examples.orders_demo import DemoStep, run_demo
+
+    with reported_errors():
+        console = out_console()
+
+        def show(step: DemoStep) -> None:
+            if as_json:
+                return
+            console.print(f"[bold]{step.number}. {escape(step.title)}[/]")
+            for kind, text in step.lines:
+                style = _STYLE.get(kind, "")
+                console.print(
+                    f"     [{style}]{kind:<10}[/] {escape(text)}" if style else f"     {kind:<10} {text}"
+                )
+            mark = "[green]✓[/]" if step.ok else "[bold red]✗ UNEXPECTED[/]"
+            expected = "" if step.ok else f" (expected {escape(step.expected)})"
+            console.print(f"   {mark} {escape(step.outcome)}: {escape(step.detail)}{expected}\n")
+
+        if not as_json:
+            console.print(
+                f"[bold]catga demo[/] · orders on transport {escape(transport)}, store {escape(store)}\n"
+                "stock at start: widget 10, gadget 1\n"
+            )
+        report = run_async(lambda: run_demo(transport, store, on_step=show))
+        if as_json:
+            print_json(
+                {
+                    "ok": report.ok,
+                    "transport": report.transport,
+                    "store": report.store,
+                    "steps": [asdict(s) for s in report.steps],
+                    "stock": report.stock,
+                    "streams": report.streams,
+                }
+            )
+        else:
+            stock = ", ".join(f"{k} {v}" for k, v in report.stock.items())
+            streams = ", ".join(f"{k}: {v} event(s)" for k, v in report.streams.items())
+            console.print(f"stock at end: {escape(stock)}")
+            console.print(f"order streams: {escape(streams)}")
+            if report.ok:
+                console.print(f"[bold green]✓ all {len(report.steps)} steps behaved as expected[/]")
+            else:
+                bad = [str(s.number) for s in report.steps if not s.ok]
+                console.print(f"[bold red]✗ unexpected outcome in step(s) {', '.join(bad)}[/]")
+        if not report.ok:
+            raise typer.Exit(1)

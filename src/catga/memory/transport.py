@@ -1,0 +1,331 @@
+"""In-memory transport: the reference implementation of :class:`~catga.protocols.Transport`.
+
+A :class:`MemoryBroker` is the bus: it maps each destination to a tuple of subscriptions (replaced whole
+on every subscribe/unsubscribe, so routing reads without locks). Several :class:`MemoryTransport`
+instances on one broker behave like several processes on one NATS or Redis server: fan-out to groups,
+competing consumers inside a group, request/reply. Nothing is process-global: a transport created
+without a broker gets a private one.
+
+Delivery follows the QoS of each subscription: at-most-once drops a message whose handler fails;
+at-least-once redelivers it after an exponential backoff and dead-letters it after ``max_deliver``
+deliveries; exactly-once adds an inbox claim on the message id. Undecodable messages go straight to the
+dead-letter queue. Redelivery timers and handler tasks belong to the transport and are cancelled by
+``aclose()`` (after in-flight handlers had ``drain_timeout`` seconds to finish).
+
+A message published to a destination nobody subscribes to is dropped (like NATS core).
+
+Thread-safety: not thread-safe. Use a broker and its transports from one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
+
+from catga.errors import BackendUnavailableError, ConfigurationError, OperationTimeoutError
+from catga.ids import new_id
+from catga.memory._subscription import (
+    H_ERROR,
+    MemorySubscription,
+    RawHandler,
+    _Delivery,
+    _MessageSubscription,
+    _ServeSubscription,
+)
+from catga.memory.broker import MemoryBroker
+from catga.messages import H_ID, H_TYPE, Metadata, QoS
+from catga.protocols import DeadLetter, DeadLetterQueue, IdempotencyStore, validate_identifier
+from catga.serialization import TypeRegistry, default_registry
+
+__all__ = ("H_ERROR", "MemorySubscription", "MemoryTransport")
+
+T = TypeVar("T")
+_log = logging.getLogger("catga.memory.transport")
+
+
+class MemoryTransport:
+    """A :class:`~catga.protocols.Transport` over a :class:`MemoryBroker`.
+
+    Args:
+        broker: the bus to join; a private one when None.
+        registry: message types allowed on the wire (default :func:`~catga.serialization.default_registry`).
+        dead_letters: where undecodable and repeatedly failing messages go; when None they are logged
+            and dropped.
+        inbox: idempotency store for ``EXACTLY_ONCE`` subscriptions (default: the broker's inbox).
+        retry_backoff: delay in seconds before the first redelivery; doubles with each attempt.
+        retry_backoff_max: cap of the redelivery delay.
+        inbox_lock_ttl: how long an exactly-once claim is held before another delivery may take over.
+        drain_timeout: seconds ``aclose()`` lets in-flight handlers finish before cancelling them.
+    """
+
+    def __init__(
+        self,
+        broker: MemoryBroker | None = None,
+        *,
+        registry: TypeRegistry | None = None,
+        dead_letters: DeadLetterQueue | None = None,
+        inbox: IdempotencyStore | None = None,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float = 30.0,
+        inbox_lock_ttl: float = 30.0,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        if not retry_backoff >= 0 or not retry_backoff_max >= retry_backoff:
+            raise ConfigurationError(
+                f"need 0 <= retry_backoff <= retry_backoff_max, got {retry_backoff} and {retry_backoff_max}"
+            )
+        self.broker = broker if broker is not None else MemoryBroker()
+        self.registry = registry if registry is not None else default_registry()
+        self.dead_letters = dead_letters
+        self._inbox = inbox
+        self._retry_backoff = retry_backoff
+        self._retry_backoff_max = retry_backoff_max
+        self._inbox_lock_ttl = inbox_lock_ttl
+        self._drain_timeout = drain_timeout
+        self._subs: set[MemorySubscription] = set()
+        self._timers: dict[_Delivery, tuple[asyncio.TimerHandle, MemorySubscription]] = {}
+        self._closing = False
+        self._closed = False
+
+    # ---------------------------------------------------------------------------------------------
+    # sending
+
+    def _encode(self, message: object, metadata: Metadata | None) -> tuple[str, bytes, dict[str, str]]:
+        if self._closed:
+            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
+        codec = self.registry.codec_for(type(message))
+        body = codec.encode(message)
+        if metadata is None:
+            metadata = Metadata(message_id=new_id(), created_at=time.time())
+        return codec.name, body, metadata.to_headers(codec.name)
+
+    async def publish(
+        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
+    ) -> None:
+        """Fan ``message`` out to every group (and every ungrouped subscription) of its destination.
+
+        The destination defaults to the message type's wire name.
+        """
+        name, body, headers = self._encode(message, metadata)
+        self.broker._publish(_dest(destination, name), body, headers)
+
+    async def publish_batch(self, messages: Sequence[object], *, destination: str | None = None) -> None:
+        """Publish each message in order (each with fresh metadata)."""
+        for message in messages:
+            await self.publish(message, destination=destination)
+
+    async def send(
+        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
+    ) -> None:
+        """Deliver ``message`` to one subscription of the destination (competing consumers)."""
+        name, body, headers = self._encode(message, metadata)
+        self.broker._send(_dest(destination, name), body, headers)
+
+    async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Publish already encoded bytes and wire headers as they are (replay, tests, bridges).
+
+        Subscribers decode them like any message; bytes that do not decode are dead-lettered.
+        """
+        if self._closed:
+            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
+        self.broker._publish(validate_identifier(destination, "destination"), bytes(body), dict(headers))
+
+    # ---------------------------------------------------------------------------------------------
+    # receiving
+
+    async def subscribe(
+        self,
+        message_type: type[T],
+        handler: Callable[[T, Metadata], Awaitable[None]],
+        *,
+        qos: QoS = QoS.AT_LEAST_ONCE,
+        group: str | None = None,
+        destination: str | None = None,
+        max_in_flight: int = 64,
+        max_deliver: int = 5,
+    ) -> MemorySubscription:
+        """Call ``handler`` for each ``message_type`` arriving on the destination; ready on return.
+
+        Raises:
+            ConfigurationError: bad limits, or the transport is closing.
+            InvalidIdentifierError: a malformed destination or group.
+        """
+        self._check_open()
+        if not isinstance(message_type, type):
+            raise ConfigurationError(f"subscribe() needs a message class, got {message_type!r}")
+        if max_in_flight < 1 or max_deliver < 1:
+            raise ConfigurationError(
+                f"max_in_flight and max_deliver must be >= 1, got {max_in_flight} and {max_deliver}"
+            )
+        codec = self.registry.codec_for(message_type)
+        dest = _dest(destination, codec.name)
+        if group is not None:
+            validate_identifier(group, "group")
+        inbox = None
+        if qos == QoS.EXACTLY_ONCE:
+            inbox = self._inbox if self._inbox is not None else self.broker.inbox
+        scope = f"{dest}.{group}" if group is not None else f"{dest}.s{next(self.broker._scopes)}"
+        sub = _MessageSubscription(
+            self,
+            dest,
+            group,
+            max_in_flight,
+            codec=codec,
+            handler=handler,
+            qos=QoS(qos),
+            max_deliver=max_deliver,
+            inbox=inbox,
+            scope=scope,
+        )
+        self._attach(sub)
+        return sub
+
+    async def serve(
+        self,
+        destination: str,
+        handler: RawHandler,
+        *,
+        group: str | None = "rpc",
+        max_in_flight: int = 64,
+    ) -> MemorySubscription:
+        """Answer requests sent to ``destination`` with ``handler(body, headers) -> (body, headers)``.
+
+        A handler that raises is logged and answered with an empty body and a ``Catga-Error`` header.
+        """
+        self._check_open()
+        dest = validate_identifier(destination, "destination")
+        if group is not None:
+            validate_identifier(group, "group")
+        if max_in_flight < 1:
+            raise ConfigurationError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        sub = _ServeSubscription(self, dest, group, max_in_flight, handler)
+        self._attach(sub)
+        return sub
+
+    async def request(
+        self,
+        destination: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> tuple[bytes, dict[str, str]]:
+        """Send a request and wait for the first reply.
+
+        Raises:
+            OperationTimeoutError: no reply within ``timeout`` seconds (also when nobody serves it).
+        """
+        if self._closed:
+            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
+        dest = validate_identifier(destination, "destination")
+        h = dict(headers) if headers else {}
+        h.setdefault(H_ID, str(new_id()))
+        reply: asyncio.Future[tuple[bytes, dict[str, str]]] = asyncio.get_running_loop().create_future()
+        self.broker._request(dest, bytes(body), h, reply)
+        try:
+            async with asyncio.timeout(timeout):
+                return await reply
+        except TimeoutError:
+            raise OperationTimeoutError(f"request to {dest!r}", timeout) from None
+
+    # ---------------------------------------------------------------------------------------------
+    # internals used by subscriptions
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ConfigurationError("memory transport is closed; subscribe on a new one")
+
+    def _attach(self, sub: MemorySubscription) -> None:
+        self._subs.add(sub)
+        self.broker._attach(sub)
+
+    def _detach(self, sub: MemorySubscription) -> None:
+        self._subs.discard(sub)
+        self.broker._detach(sub)
+
+    def _backoff(self, attempts: int) -> float:
+        delay: float = self._retry_backoff * (1 << max(attempts - 1, 0))
+        return min(delay, self._retry_backoff_max)
+
+    def _redeliver_later(self, sub: MemorySubscription, delivery: _Delivery, delay: float) -> None:
+        if self._closing:
+            return
+        handle = asyncio.get_running_loop().call_later(delay, self._redeliver, delivery)
+        self._timers[delivery] = (handle, sub)
+
+    def _redeliver(self, delivery: _Delivery) -> None:
+        entry = self._timers.pop(delivery, None)
+        if entry is None:
+            return
+        sub = entry[1]
+        if not sub._enqueue(delivery):
+            self._reroute(sub, delivery)
+
+    def _reroute(self, sub: MemorySubscription, delivery: _Delivery) -> None:
+        peer = self.broker._peer(sub)
+        if peer is None or not peer._enqueue(delivery):
+            _log.warning(
+                "message %s on %r dropped: its subscription closed and no group member is left",
+                delivery.headers.get(H_ID, "?"),
+                sub.destination,
+            )
+
+    async def _dead_letter(self, sub: MemorySubscription, delivery: _Delivery, error: str) -> None:
+        dlq = self.dead_letters
+        message_id = delivery.headers.get(H_ID) or uuid.uuid4().hex
+        if dlq is None:
+            _log.error(
+                "message %s on %r dropped (no dead-letter queue): %s", message_id, sub.destination, error
+            )
+            return
+        letter = DeadLetter(
+            id=message_id,
+            source=sub.destination,
+            type_name=delivery.headers.get(H_TYPE, ""),
+            body=delivery.body,
+            headers=dict(delivery.headers),
+            error=error,
+            attempts=delivery.attempts,
+            failed_at=time.time(),
+        )
+        try:
+            await dlq.add(letter)
+        except Exception:
+            _log.exception("could not dead-letter message %s from %r", message_id, sub.destination)
+
+    # ---------------------------------------------------------------------------------------------
+    # lifecycle
+
+    async def aclose(self) -> None:
+        """Stop every subscription, let in-flight handlers finish (up to ``drain_timeout``), cancel
+        redelivery timers and what is left. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        for handle, _ in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        workers: list[asyncio.Task[None]] = []
+        for sub in list(self._subs):
+            workers.extend(sub._stop())
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=self._drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        self._closed = True
+
+    async def __aenter__(self) -> MemoryTransport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _dest(destination: str | None, name: str) -> str:
+    return validate_identifier(destination if destination is not None else name, "destination")

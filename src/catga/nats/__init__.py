@@ -1,0 +1,26 @@
+"""The NATS JetStream backend: event store, outbox, idempotency/inbox, dead letters, lock and cache.
+
+Install with ``pip install "catga[nats]"``. See ``docs/nats.md`` for URLs, authentication, the stream
+layout and what is atomic.
+"""
+
+from catga.nats.cache import NatsCache
+from catga.nats.connection import LazyInit, NatsConnection
+from catga.nats.dead_letter import NatsDeadLetterQueue
+from catga.nats.event_store import NatsEventStore
+from catga.nats.idempotency import NatsIdempotencyStore, NatsInboxStore
+from catga.nats.lock import NatsLease, NatsLock
+from catga.nats.outbox import NatsOutboxStore
+
+__all__ = (
+    "LazyInit",
+    "NatsCache",
+    "NatsConnection",
+    "NatsDeadLetterQueue",
+    "NatsEventStore",
+    "NatsIdempotencyStore",
+    "NatsInboxStore",
+    "NatsLease",
+    "NatsLock",
+    "NatsOutboxStore",
+)

@@ -1,0 +1,444 @@
+"""The consuming side of :class:`~catga.nats.transport.NatsTransport`: subscriptions and pull consumers.
+
+A :class:`NatsSubscription` owns what one ``subscribe()`` call started: core NATS subscriptions
+(at-most-once) or :class:`PullConsumer` loops (at-least-once), the handler tasks, and a semaphore that
+keeps at most ``max_in_flight`` handlers running.
+
+A :class:`PullConsumer` feeds one JetStream consumer without nats-py's ``fetch()`` (which holds every
+message until the whole batch arrived or the timeout passed): it keeps one pull request outstanding on
+``$JS.API.CONSUMER.MSG.NEXT.<stream>.<name>``, for the free slots only, so messages requested plus
+messages in hand never exceed ``max_in_flight``; each message is handed to a handler task the moment it
+arrives. A request ends when fully delivered or when the server says so with a status message on its
+own reply subject ``<inbox>.<n>`` (408 expired, 409 conflict, 404, 503); a request the server forgot (a
+reconnect) is given up after ``pull_expires`` plus a grace. A new request waits until a quarter of the
+window is free (or nothing is in hand), so a saturated consumer pulls in batches, not one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+
+from catga.errors import SerializationError, UnknownMessageTypeError
+from catga.messages import H_ID, H_TYPE, Metadata, QoS
+from catga.protocols import ClaimStatus, DeadLetter
+from catga.serialization import Codec
+
+if TYPE_CHECKING:
+    from nats.aio.subscription import Subscription as ClientSubscription
+
+    from catga.nats.transport import NatsTransport
+
+__all__ = ("NatsSubscription", "PullConsumer", "settle")
+
+logger = logging.getLogger("catga.nats.transport")
+
+_STATUS = "Status"
+_DESCRIPTION = "Description"
+_GRACE = 2.0  # seconds past a pull request's expiry before we stop waiting for its 408
+_CONFLICT_PAUSE = 0.25  # seconds before re-pulling after a 409/503 status
+_encode_json = msgspec.json.encode
+
+
+async def settle(op: Coroutine[Any, Any, None], what: str) -> None:
+    """Await an ack/nak/term/reply; a failure is logged (JetStream redelivers after ``ack_wait``)."""
+    try:
+        await op
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        logger.warning("%s failed: %r; the message will be redelivered after ack_wait", what, exc)
+
+
+class NatsSubscription:
+    """A live subscription of :class:`~catga.nats.NatsTransport`; ``aclose()`` stops it gracefully.
+
+    Attributes:
+        destination: the destination it listens on (events and commands).
+        group: its consumer group, or None for a private copy of every event.
+        qos: its delivery guarantee.
+    """
+
+    def __init__(
+        self,
+        transport: NatsTransport,
+        codec: Codec,
+        handler: Callable[[Any, Metadata], Awaitable[None]],
+        qos: QoS,
+        group: str | None,
+        destination: str,
+        max_in_flight: int,
+        max_deliver: int,
+    ) -> None:
+        self.transport = transport
+        self.codec = codec
+        self.handler = handler
+        self.qos = qos
+        self.group = group
+        self.destination = destination
+        self.max_in_flight = max_in_flight
+        self.max_deliver = max_deliver
+        self.sem = asyncio.Semaphore(max_in_flight)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self._core: list[ClientSubscription] = []
+        self._pulls: list[PullConsumer] = []
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once ``aclose()`` was called (or the transport closed)."""
+        return self._closed
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    async def add_core(self, subject: str, queue: str) -> None:
+        self._core.append(await self.transport.client.subscribe(subject, queue=queue, cb=self._on_core))
+
+    async def add_pull(self, consumer: PullConsumer) -> None:
+        self._pulls.append(consumer)
+        await consumer.start()
+
+    # -- decoding and dead letters -----------------------------------------------------------------
+
+    def decode(self, msg: Msg) -> tuple[Any, Metadata]:
+        """Decode a delivery into ``(message, metadata)``.
+
+        Raises:
+            SerializationError: no catga headers, another type, or malformed bytes.
+        """
+        headers = msg.headers
+        wire = headers.get(H_TYPE) if headers else None
+        if wire is None or headers is None:
+            raise SerializationError(
+                f"message on {msg.subject!r} has no {H_TYPE} header; it was not published by catga"
+            )
+        if wire != self.codec.name:
+            if wire not in self.transport.registry:
+                raise UnknownMessageTypeError(wire)
+            raise SerializationError(
+                f"message on {msg.subject!r} is a {wire!r}, but this subscription decodes only "
+                f"{self.codec.name!r}; give the types distinct destinations"
+            )
+        # nats-py made this dict for this delivery alone; JetStream adds no other header on delivery.
+        headers.pop("Nats-Msg-Id", None)
+        _, metadata = Metadata.from_headers(headers)
+        return self.codec.decode(msg.data), metadata
+
+    async def dead_letter(self, msg: Msg, error: str, attempts: int) -> bool:
+        """Store ``msg`` in the dead-letter queue; return False if that failed (keep the message)."""
+        headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+        msg_id = headers.get(H_ID) or _fallback_id(msg)
+        letter = DeadLetter(
+            id=msg_id,
+            source=self.destination,
+            type_name=headers.get(H_TYPE, ""),
+            body=msg.data,
+            headers=headers,
+            error=error,
+            attempts=attempts,
+            failed_at=time.time(),
+        )
+        dlq = self.transport.dead_letters
+        if dlq is None:
+            logger.error(
+                "dropping message %s from %s after %d deliveries (no dead-letter queue configured): %s",
+                msg_id,
+                msg.subject,
+                attempts,
+                error,
+            )
+            return True
+        try:
+            await asyncio.wait_for(dlq.add(letter), self.transport.timeout)
+        except Exception:
+            logger.exception("could not dead-letter message %s from %s; will retry it", msg_id, msg.subject)
+            return False
+        logger.warning("dead-lettered message %s from %s: %s", msg_id, msg.subject, error)
+        return True
+
+    # -- at most once --------------------------------------------------------------------------------
+
+    async def _on_core(self, msg: Msg) -> None:
+        await self.sem.acquire()  # back-pressure: nats-py buffers (and drops past its limits)
+        if self.closing:
+            self.sem.release()
+            return
+        task = asyncio.create_task(self._run_core(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self._core_done)
+
+    def _core_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.sem.release()
+
+    async def _run_core(self, msg: Msg) -> None:
+        try:
+            message, metadata = self.decode(msg)
+        except SerializationError as exc:
+            await self.dead_letter(msg, str(exc), 1)
+            return
+        try:
+            await self.handler(message, metadata)
+        except Exception:
+            logger.exception(
+                "handler failed for message %s on %s (at-most-once: not retried)",
+                metadata.message_id,
+                msg.subject,
+            )
+
+    # -- at least once -------------------------------------------------------------------------------
+
+    def backoff(self, delivered: int) -> float:
+        t = self.transport
+        return float(min(t.retry_backoff * (2 ** max(0, delivered - 1)), t.retry_backoff_max))
+
+    async def run_js(self, msg: Msg, consumer: PullConsumer) -> None:
+        """Handle one JetStream delivery under the in-flight limit; settle it by policy."""
+        async with self.sem:
+            if self.closing:
+                await settle(msg.nak(), "nak on close")
+                return
+            await self._handle_js(msg, consumer)
+
+    async def _handle_js(self, msg: Msg, consumer: PullConsumer) -> None:
+        delivered = _num_delivered(msg.reply)
+        try:
+            message, metadata = self.decode(msg)
+        except SerializationError as exc:
+            await self._fail_terminally(msg, f"undecodable: {exc}", delivered)
+            return
+        if delivered > self.max_deliver:
+            await self._fail_terminally(
+                msg,
+                f"delivered {delivered} times without being acknowledged (the consumer died or the "
+                f"handler ran longer than ack_wait={self.transport.ack_wait} s)",
+                delivered,
+            )
+            return
+        key: str | None = None
+        inbox = self.transport.inbox
+        if self.qos == QoS.EXACTLY_ONCE and inbox is not None:
+            key = f"{consumer.name}:{metadata.message_id}"
+            try:
+                claim = await inbox.claim(key, lock_ttl=self.transport.ack_wait)
+            except Exception:
+                logger.exception("inbox claim of %s failed; will retry", key)
+                await settle(msg.nak(delay=self.backoff(delivered)), "nak")
+                return
+            if claim.status == ClaimStatus.COMPLETED:
+                await settle(msg.ack(), "ack of a duplicate")
+                return
+            if claim.status == ClaimStatus.IN_PROGRESS:
+                await settle(msg.nak(delay=self.backoff(delivered)), "nak of a message in progress")
+                return
+        try:
+            await self.handler(message, metadata)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancelled(msg, key))
+            raise
+        except Exception as exc:
+            logger.warning(
+                "handler failed for message %s on %s (delivery %d of %d)",
+                metadata.message_id,
+                msg.subject,
+                delivered,
+                self.max_deliver,
+                exc_info=True,
+            )
+            if key is not None and inbox is not None:
+                await _quietly(inbox.release(key), f"inbox release of {key}")
+            if delivered >= self.max_deliver:
+                await self._fail_terminally(msg, f"{type(exc).__name__}: {exc}", delivered)
+            else:
+                await settle(msg.nak(delay=self.backoff(delivered)), "nak")
+            return
+        if key is not None and inbox is not None:
+            await _quietly(inbox.complete(key), f"inbox complete of {key}")
+        await settle(msg.ack(), "ack")
+
+    async def _fail_terminally(self, msg: Msg, error: str, delivered: int) -> None:
+        if await self.dead_letter(msg, error, delivered):
+            await settle(msg.term(), "term")
+        else:
+            await settle(msg.nak(delay=self.backoff(delivered)), "nak")
+
+    async def _cancelled(self, msg: Msg, key: str | None) -> None:
+        inbox = self.transport.inbox
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.transport.timeout):
+                if key is not None and inbox is not None:
+                    await _quietly(inbox.release(key), f"inbox release of {key}")
+                await settle(msg.nak(), "nak on cancel")
+
+    # -- shutdown ------------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop receiving, let in-flight handlers finish (up to ``drain_timeout``), release consumers."""
+        if self._closed:
+            return
+        self._closed = True
+        self.closing = True
+        t = self.transport
+        t._forget(self)
+        for pull in self._pulls:
+            await pull.stop()
+        for sub in self._core:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await asyncio.wait_for(sub.unsubscribe(), t.timeout)
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=t.drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                logger.warning(
+                    "%d handlers on %s still running after %s s; cancelled",
+                    len(pending),
+                    self.destination,
+                    t.drain_timeout,
+                )
+                await asyncio.wait(pending, timeout=t.timeout)
+        for pull in self._pulls:
+            if pull.ephemeral:
+                with contextlib.suppress(Exception):
+                    await t.delete_consumer(pull.stream, pull.name)
+
+
+class PullConsumer:
+    """Keeps one JetStream pull consumer supplied with a request for its free slots (see module docs)."""
+
+    def __init__(self, owner: NatsSubscription, stream: str, name: str, *, ephemeral: bool) -> None:
+        self.owner = owner
+        self.stream = stream
+        self.name = name
+        self.ephemeral = ephemeral
+        self.window = owner.max_in_flight
+        self._threshold = max(1, self.window // 4)
+        self._open = 0  # delivered, not yet settled
+        self._token: str | None = None  # the outstanding pull request
+        self._left = 0  # messages it may still deliver
+        self._deadline = 0.0
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._pause_until = 0.0
+        self._inbox = ""
+        self._next_subject = f"{owner.transport.connection.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{name}"
+        self._nsub: ClientSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        client = self.owner.transport.client
+        self._inbox = client.new_inbox()
+        self._nsub = await client.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        self._task = asyncio.create_task(self._loop(), name=f"catga-pull-{self.name}")
+
+    async def _loop(self) -> None:
+        t = self.owner.transport
+        expires_ns = int(t.pull_expires * 1e9)
+        while True:
+            now = time.monotonic()
+            if self._token is not None and now > self._deadline:
+                self._token = None  # the server forgot it (reconnect): ask again
+            free = self.window - self._open
+            if (
+                self._token is None
+                and now >= self._pause_until
+                and (free >= self._threshold or (free > 0 and self._open == 0))
+            ):
+                self._seq += 1
+                token = self._token = str(self._seq)
+                self._left = free
+                self._deadline = now + t.pull_expires + _GRACE
+                try:
+                    await t.client.publish(
+                        self._next_subject,
+                        _encode_json({"batch": free, "expires": expires_ns}),
+                        reply=f"{self._inbox}.{token}",
+                    )
+                except (nats.errors.Error, OSError) as exc:
+                    logger.warning("pull request on %s failed: %r; retrying", self.name, exc)
+                    self._token = None
+                    self._pause_until = time.monotonic() + _CONFLICT_PAUSE
+                continue
+            self._wake.clear()
+            wake_at = self._deadline if self._token is not None else now + t.pull_expires
+            if self._pause_until > now:
+                wake_at = min(wake_at, self._pause_until)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wake_at - now, 0.001)):
+                    await self._wake.wait()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        status = headers.get(_STATUS) if headers else None
+        if status is not None and not msg.data:
+            if status == "100":  # heartbeat
+                return
+            if msg.subject.rpartition(".")[2] == self._token:
+                self._token = None
+                if status in ("409", "503"):
+                    desc = headers.get(_DESCRIPTION, "") if headers else ""
+                    logger.debug("pull on %s/%s ended with %s %s", self.stream, self.name, status, desc)
+                    self._pause_until = time.monotonic() + _CONFLICT_PAUSE
+                self._wake.set()
+            return
+        if self._token is not None:
+            self._left -= 1
+            if self._left <= 0:
+                self._token = None
+                self._wake_if_worth_pulling()
+        self._open += 1
+        task = asyncio.create_task(self.owner.run_js(msg, self))
+        self.owner.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._open -= 1
+        self.owner.tasks.discard(task)
+        if self._token is None:
+            self._wake_if_worth_pulling()
+
+    def _wake_if_worth_pulling(self) -> None:
+        # Wake the loop only when it would send a request: no per-message loop iteration.
+        free = self.window - self._open
+        if free >= self._threshold or (free > 0 and self._open == 0):
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop pulling and stop listening; messages already in hand are left to the owner."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        nsub, self._nsub = self._nsub, None
+        if nsub is not None:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await asyncio.wait_for(nsub.unsubscribe(), self.owner.transport.timeout)
+
+
+async def _quietly(op: Awaitable[Any], what: str) -> None:
+    try:
+        await op
+    except Exception:
+        logger.exception("%s failed", what)
+
+
+def _num_delivered(reply: str) -> int:
+    """The delivery count from a JetStream ack subject (``$JS.ACK.<stream>.<consumer>.<delivered>...``,
+    or the 12-token form with domain and account hash), without nats-py's datetime-building parser."""
+    tokens = reply.split(".")
+    return int(tokens[4] if len(tokens) == 9 else tokens[6])
+
+
+def _fallback_id(msg: Msg) -> str:
+    try:
+        md = msg.metadata
+    except nats.errors.Error:
+        return f"nats-{time.time_ns()}"
+    return f"{md.stream}-{md.sequence.stream}"

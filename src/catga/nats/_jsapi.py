@@ -1,0 +1,179 @@
+"""JetStream requests over the lean connection: publish acks, direct get, message delete.
+
+Replies are decoded with msgspec. Status replies are checked here once: ``503`` (no responders: the
+stream does not exist or JetStream is down) becomes :class:`~catga.errors.BackendUnavailableError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import msgspec
+
+from catga.errors import BackendError
+from catga.nats._errors import (
+    ERR_MSG_DELETE_NOT_FOUND,
+    ERR_NO_MESSAGE,
+    ERR_WRONG_LAST_SEQUENCE,
+    ERR_WRONG_LAST_SEQUENCE_CONSTANT,
+    api_error,
+    unavailable_error,
+)
+from catga.nats._wire import LeanConnection, Reply, parse_headers, reply_status
+
+__all__ = (
+    "ApiError",
+    "PubAck",
+    "StreamMessage",
+    "ack_decoder",
+    "check_reply",
+    "decode_ack",
+    "delete_message",
+    "direct_last",
+    "iter_direct",
+)
+
+WRONG_LAST = (ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_SEQUENCE_CONSTANT)
+
+
+class ApiError(msgspec.Struct):
+    """A JetStream API error object."""
+
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class PubAck(msgspec.Struct):
+    """A JetStream publish acknowledgement (or its error)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: ApiError | None = None
+
+
+class _ApiResponse(msgspec.Struct):
+    success: bool = False
+    error: ApiError | None = None
+
+
+ack_decoder = msgspec.json.Decoder(PubAck)
+_response_decoder = msgspec.json.Decoder(_ApiResponse)
+_json = msgspec.json.Encoder()
+
+
+class StreamMessage(msgspec.Struct, frozen=True, gc=False):
+    """A message read by direct get: its sequence, subject, headers and payload."""
+
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+def check_reply(reply: Reply, operation: str) -> int:
+    """Return the reply's inline status (0 for a normal message); raise on ``503`` no responders."""
+    hdr, data = reply
+    if hdr is None or data:
+        return 0
+    status = reply_status(hdr)
+    if status == 503:
+        raise unavailable_error(
+            operation,
+            "no JetStream stream answered (503 no responders): the stream was deleted or JetStream "
+            "is not enabled",
+        )
+    return status
+
+
+def decode_ack(reply: Reply, operation: str) -> PubAck:
+    """Decode a publish ack. Errors other than "wrong last sequence" raise; that one is returned.
+
+    Raises:
+        BackendUnavailableError: no responders.
+        BackendError: any other JetStream error or an undecodable ack.
+    """
+    status = check_reply(reply, operation)
+    if status:
+        raise BackendError(f"JetStream {operation} got status {status}", backend="nats", status=status)
+    try:
+        ack = ack_decoder.decode(reply[1])
+    except msgspec.DecodeError as exc:
+        raise BackendError(f"JetStream {operation} got an undecodable ack {reply[1]!r}") from exc
+    if ack.error is not None and ack.error.err_code not in WRONG_LAST:
+        raise api_error(operation, msgspec.structs.asdict(ack.error))
+    return ack
+
+
+def _message(hdr: bytes | None, data: bytes) -> StreamMessage:
+    headers = parse_headers(hdr)
+    return StreamMessage(
+        seq=int(headers.get("Nats-Sequence", "0")),
+        subject=headers.get("Nats-Subject", ""),
+        headers=headers,
+        data=data,
+    )
+
+
+async def direct_last(
+    wire: LeanConnection, direct: bytes, subject: bytes, *, timeout: float, operation: str
+) -> StreamMessage | None:
+    """The last message on ``subject`` (direct get ``last_by_subj``), or None."""
+    reply = await wire.request(direct + b"." + subject, b"", timeout=timeout)
+    status = check_reply(reply, operation)
+    if status == 404:
+        return None
+    if status:
+        raise BackendError(f"JetStream {operation} got status {status}", backend="nats", status=status)
+    return _message(*reply)
+
+
+async def iter_direct(
+    wire: LeanConnection,
+    direct: bytes,
+    *,
+    start: int,
+    subject: str | None,
+    timeout: float,
+    operation: str,
+    page: int = 256,
+) -> AsyncGenerator[StreamMessage, None]:
+    """Messages from sequence ``start`` on (matching ``subject`` if given), in order, by batch direct get."""
+    seq = max(1, start)
+    while True:
+        request: dict[str, object] = {"seq": seq, "batch": page}
+        if subject is not None:
+            request["next_by_subj"] = subject
+        replies = await wire.request_many(direct, _json.encode(request), timeout=timeout)
+        end_hdr, _ = replies[-1]
+        status = check_reply(replies[-1], operation)
+        if status == 404:
+            return
+        if status != 204:
+            raise BackendError(f"JetStream {operation} got status {status}", backend="nats", status=status)
+        last = 0
+        for hdr, data in replies[:-1]:
+            message = _message(hdr, data)
+            last = message.seq
+            yield message
+        pending = int(parse_headers(end_hdr).get("Nats-Num-Pending", "0"))
+        if pending <= 0 or last == 0:
+            return
+        seq = last + 1
+
+
+async def delete_message(
+    wire: LeanConnection, api_prefix: str, stream: str, seq: int, *, timeout: float
+) -> bool:
+    """Delete message ``seq`` from ``stream``; False when it does not exist (any more)."""
+    operation = f"delete message {seq} of stream {stream!r}"
+    subject = f"{api_prefix}.STREAM.MSG.DELETE.{stream}".encode()
+    reply = await wire.request(subject, _json.encode({"seq": seq, "no_erase": True}), timeout=timeout)
+    check_reply(reply, operation)
+    response = _response_decoder.decode(reply[1])
+    if response.error is not None:
+        if response.error.err_code in (ERR_MSG_DELETE_NOT_FOUND, ERR_NO_MESSAGE):
+            return False
+        raise api_error(operation, msgspec.structs.asdict(response.error))
+    return response.success

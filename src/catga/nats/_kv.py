@@ -1,0 +1,222 @@
+"""A small key/value layer on a JetStream stream, for the outbox, inbox, DLQ, lock and cache.
+
+Layout: a stream ``KV_<bucket>`` with subjects ``$KV.<bucket>.>`` and one message kept per subject
+(``max_msgs_per_subject = 1``), direct get and per-message TTL enabled -- the layout of a NATS KV
+bucket, so ``nats kv get <bucket> <token>`` shows an entry. Keys are catga identifiers mapped to one
+token by :func:`~catga.nats._subjects.subject_token`. The *revision* of an entry is its stream sequence.
+
+Why not nats-py's ``KeyValue``: it has no TTL on ``update``, no sub-second expiry (``Nats-TTL`` is whole
+seconds), validates keys more strictly than catga identifiers, and each call goes through nats-py's
+slower publish/request path. Here:
+
+* ``create`` / ``update`` are publishes with ``Nats-Expected-Last-Subject-Sequence`` (0 = must not
+  exist), checked by the server -- atomic compare-and-set;
+* a delete removes the entry's message by sequence (``STREAM.MSG.DELETE``), which succeeds only while
+  that revision is still the current one -- an atomic compare-and-delete that leaves no tombstone, so a
+  deleted key can be created again with "must not exist";
+* expiry: stores put an expiry time inside the value (checked on read, so sub-second TTLs work) and
+  may add ``Nats-TTL`` (whole seconds, rounded up) so the server drops the entry later.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import AsyncGenerator
+
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+from catga.errors import ConfigurationError
+from catga.nats._base import check_name
+from catga.nats._errors import translate_errors
+from catga.nats._jsapi import StreamMessage, decode_ack, delete_message, direct_last, iter_direct
+from catga.nats._subjects import key_token, subject_token, token_to_identifier
+from catga.nats.connection import LazyInit, NatsConnection
+
+__all__ = ("KvBucket", "KvEntry")
+
+_CHECK = ("subjects", "max_msgs_per_subject", "allow_direct", "allow_msg_ttl", "storage")
+
+
+class KvEntry:
+    """One entry: its key, value, revision and headers."""
+
+    __slots__ = ("headers", "key", "revision", "value")
+
+    def __init__(self, key: str, value: bytes, revision: int, headers: dict[str, str]) -> None:
+        self.key = key
+        self.value = value
+        self.revision = revision
+        self.headers = headers
+
+
+class KvBucket:
+    """Key/value operations on one bucket over the lean connection.
+
+    Args:
+        conn: the connection.
+        bucket: the bucket name (``[A-Za-z0-9_-]``).
+        kind: what keys are, for error messages (``"lock key"``...).
+        identifiers: keys must pass :func:`~catga.protocols.validate_identifier` (else any non-empty
+            string is accepted and escaped).
+        atomic: enable atomic batch publish on the stream (for :meth:`create_many`).
+        storage: ``"file"`` or ``"memory"``.
+        replicas: stream replicas.
+        timeout: seconds per call.
+    """
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        bucket: str,
+        *,
+        kind: str,
+        identifiers: bool = True,
+        atomic: bool = False,
+        storage: str = "file",
+        replicas: int = 1,
+        timeout: float,
+    ) -> None:
+        check_name(bucket, "bucket name")
+        if storage not in ("file", "memory"):
+            raise ConfigurationError(f"storage must be 'file' or 'memory', got {storage!r}")
+        self.bucket = bucket
+        self.stream = f"KV_{bucket}"
+        self.kind = kind
+        self._conn = conn
+        self._wire = conn.wire
+        self._timeout = timeout
+        self._prefix = f"$KV.{bucket}."
+        self._direct = f"{conn.api_prefix}.DIRECT.GET.{self.stream}".encode()
+        self._config = StreamConfig(
+            name=self.stream,
+            subjects=[f"$KV.{bucket}.>"],
+            storage=StorageType(storage),
+            num_replicas=replicas,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+            allow_msg_ttl=True,
+            deny_delete=False,
+            allow_atomic=True if atomic else None,
+        )
+        self._identifiers = identifiers
+        self._check = (*_CHECK, "allow_atomic") if atomic else _CHECK
+        self.init = LazyInit(self._create)
+
+    async def _create(self) -> None:
+        await self._conn.ensure_stream(self._config, self._check)
+        if not self._wire.connected:
+            await self._wire.connect()
+
+    async def ready(self) -> None:
+        """Create the bucket on first use and make sure the lean connection is up."""
+        if not self.init.ready:
+            await self.init()
+        if not self._wire.connected:
+            await self._wire.connect()
+
+    def subject(self, key: str) -> bytes:
+        """The subject of ``key`` (validated).
+
+        Raises:
+            InvalidIdentifierError: ``key`` is not a valid identifier.
+        """
+        token = subject_token(key, self.kind) if self._identifiers else key_token(key, self.kind)
+        return (self._prefix + token).encode()
+
+    async def get(self, key: str) -> KvEntry | None:
+        """The entry of ``key``, or None."""
+        subject = self.subject(key)
+        await self.ready()
+        message = await direct_last(
+            self._wire, self._direct, subject, timeout=self._timeout, operation=f"get {self.kind} {key!r}"
+        )
+        return None if message is None else KvEntry(key, message.data, message.seq, message.headers)
+
+    async def write(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        last: int | None,
+        ttl: float | None = None,
+        headers: bytes = b"",
+    ) -> int | None:
+        """Store ``value``; with ``last``, only if the current revision is ``last`` (0 = absent).
+
+        Args:
+            key: the key.
+            value: the bytes to store.
+            last: expected current revision (0: the key must not exist); None: unconditional.
+            ttl: seconds after which the server may drop the entry (rounded up to whole seconds).
+            headers: extra header lines (``b"Name: value\\r\\n"``...).
+
+        Returns:
+            The new revision, or None when ``last`` did not match.
+        """
+        subject = self.subject(key)
+        await self.ready()
+        lines = headers
+        if last is not None:
+            lines += b"Nats-Expected-Last-Subject-Sequence: %d\r\n" % last
+        if ttl is not None:
+            lines += b"Nats-TTL: %d\r\n" % max(1, math.ceil(ttl))
+        block = b"NATS/1.0\r\n" + lines + b"\r\n" if lines else None
+        reply = await self._wire.send(subject, value, block, self._timeout)
+        ack = decode_ack(reply, f"write {self.kind} {key!r}")
+        return None if ack.error is not None else ack.seq
+
+    async def create_many(self, items: list[tuple[str, bytes]]) -> bool:
+        """Create all keys in one atomic batch (each must not exist); False stores nothing.
+
+        At most 1000 items (JetStream's atomic batch limit). Keys must be distinct.
+        """
+        subjects = [self.subject(key) for key, _ in items]
+        if not items:
+            return True
+        await self.ready()
+        if len(items) == 1:
+            return await self.write(items[0][0], items[0][1], last=0) is not None
+        batch_id = secrets.token_hex(11).encode()
+        blocks = [
+            b"NATS/1.0\r\nNats-Batch-Id: %b\r\nNats-Batch-Sequence: %d\r\n"
+            b"Nats-Expected-Last-Subject-Sequence: 0\r\n" % (batch_id, index)
+            for index in range(1, len(items) + 1)
+        ]
+        for subject, (_, value), block in zip(subjects[:-1], items[:-1], blocks[:-1], strict=True):
+            self._wire.publish(subject, value, block + b"\r\n")
+        commit = blocks[-1] + b"Nats-Batch-Commit: 1\r\n\r\n"
+        reply = await self._wire.send(subjects[-1], items[-1][1], commit, self._timeout)
+        ack = decode_ack(reply, f"create {len(items)} {self.kind}s")
+        return ack.error is None
+
+    async def delete(self, revision: int) -> bool:
+        """Delete the entry at ``revision``; False if that revision is gone (replaced or deleted)."""
+        await self.ready()
+        return await delete_message(
+            self._wire, self._conn.api_prefix, self.stream, revision, timeout=self._timeout
+        )
+
+    async def scan(self) -> AsyncGenerator[KvEntry, None]:
+        """Every entry, in revision order (oldest write first)."""
+        await self.ready()
+        start = len(self._prefix)
+        message: StreamMessage
+        async for message in iter_direct(
+            self._wire,
+            self._direct,
+            start=1,
+            subject=self._prefix + ">",
+            timeout=self._timeout,
+            operation=f"list bucket {self.bucket!r}",
+        ):
+            key = token_to_identifier(message.subject[start:])
+            yield KvEntry(key, message.data, message.seq, message.headers)
+
+    async def count(self) -> int:
+        """Number of entries (one message per key, no tombstones)."""
+        await self.ready()
+        with translate_errors(f"count bucket {self.bucket!r}", self._timeout):
+            info = await self._conn.js.stream_info(self.stream)
+        return int(info.state.messages)

@@ -1,0 +1,496 @@
+"""A lean NATS protocol connection for JetStream hot paths (publish with ack, direct get).
+
+Why a second connection: nats-py's generic path costs ~50 µs of client CPU per JetStream publish
+(flusher task hop, a subscription queue and task per reply, dict and JSON handling), which caps an
+optimistic-concurrency append at ~15-20K/s on a 2-core machine. This connection is the probe's
+"raw" design (see ``docs/nats.md``, *Performance*):
+
+* one wildcard reply subscription ``<inbox>.<random>.*``; every request publishes with a unique reply
+  token and its reply is matched to a future by that token -- no per-request subscription;
+* bytes are written to the socket at once (write-through: no flusher task, no end-of-tick batching,
+  so client and server overlap instead of taking turns);
+* replies are parsed synchronously in ``data_received`` (an :class:`asyncio.Protocol`, no reader task,
+  no queue), and the waiting future is resolved directly.
+
+It speaks only what the hot paths need: ``CONNECT`` (with the nats-py client's credentials, TLS and
+nkeys/JWT callbacks), ``SUB`` of the reply wildcard, ``PUB``/``HPUB`` with a reply subject, ``PING``/
+``PONG``, and ``MSG``/``HMSG`` for replies. Everything else (stream management, consumers) stays on
+nats-py.
+
+Robustness:
+    * every request has a deadline; a timer sweeps expired requests every 50 ms and fails them with
+      :class:`~catga.errors.BackendTimeoutError`. If nothing at all was received from the server during
+      a timed-out request, the socket is considered dead and is aborted.
+    * when the socket closes, every in-flight request fails with
+      :class:`~catga.errors.BackendUnavailableError` ("outcome unknown" -- an append may or may not
+      have been stored; an optimistic-concurrency retry tells which). The next request reconnects
+      (trying the nats-py client's current server first, then its server pool).
+    * a request larger than the server's ``max_payload`` is refused before sending (the server would
+      otherwise close the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import ssl
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import ParseResult
+
+from catga.errors import BackendError, ConfigurationError
+from catga.nats._errors import timeout_error, unavailable_error
+
+__all__ = ("LeanConnection", "Reply", "parse_headers", "reply_status")
+
+_log = logging.getLogger("catga.nats")
+
+#: A reply: (raw header block or None, payload).
+Reply = tuple[bytes | None, bytes]
+
+_SWEEP_INTERVAL = 0.05
+_DEFAULT_MAX_PAYLOAD = 1024 * 1024
+_SID = b"1"
+
+
+def reply_status(headers: bytes | None) -> int:
+    """The inline status of a reply (``NATS/1.0 404 ...`` -> 404), or 0 for a normal message."""
+    if headers is None or len(headers) < 12 or headers[8:9] != b" ":
+        return 0
+    try:
+        return int(headers[9:12])
+    except ValueError:
+        return 0
+
+
+def parse_headers(headers: bytes | None) -> dict[str, str]:
+    """Parse a ``NATS/1.0`` header block into a dict (the status line is skipped)."""
+    out: dict[str, str] = {}
+    if not headers:
+        return out
+    for line in headers.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep:
+            out[key.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+    return out
+
+
+class _Protocol(asyncio.Protocol):
+    """One socket: parses server ops and resolves pending requests."""
+
+    def __init__(self, prefix: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.prefix = prefix
+        self.prefix_len = len(prefix)
+        # token -> (future, deadline, collector list or None, subject, timeout)
+        self.pending: dict[bytes, tuple[asyncio.Future[Any], float, list[Reply] | None, bytes, float]] = {}
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.info: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.pong: asyncio.Future[None] = loop.create_future()
+        self.closed = False
+        self.last_rx = loop.time()
+        self.on_lost: Callable[[_Protocol, Exception | None], None] | None = None
+        self.on_info: Callable[[dict[str, Any]], None] | None = None
+        self.paused: asyncio.Future[None] | None = None
+
+    # -- asyncio callbacks -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        if self.paused is None:
+            self.paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self.paused = self.paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.resume_writing()
+        error = unavailable_error(
+            "request", f"the connection was lost ({exc or 'closed'}); the outcome of the request is unknown"
+        )
+        for handshake in (self.info, self.pong):
+            if not handshake.done():
+                handshake.set_exception(error)
+        pending, self.pending = self.pending, {}
+        for fut, *_ in pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        if self.on_lost is not None:
+            self.on_lost(self, exc)
+
+    def data_received(self, data: bytes) -> None:  # the hot path
+        self.last_rx = self.loop.time()
+        buf = self.buf
+        buf += data
+        n = len(buf)
+        pos = 0
+        pending = self.pending
+        plen = self.prefix_len
+        while pos < n:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            op = buf[pos]
+            if op == 72 or op == 77:  # HMSG / MSG
+                parts = bytes(buf[pos:eol]).split()
+                size = int(parts[-1])
+                start = eol + 2
+                end = start + size
+                if end + 2 > n:
+                    break  # wait for the rest of the payload
+                pos = end + 2
+                if op == 72:
+                    hsize = int(parts[-2])
+                    hdr: bytes | None = bytes(buf[start : start + hsize])
+                    payload = bytes(buf[start + hsize : end])
+                else:
+                    hdr = None
+                    payload = bytes(buf[start:end])
+                entry = pending.get(parts[1][plen:])
+                if entry is None:
+                    continue
+                fut, _, collector, _, _ = entry
+                if collector is None:
+                    del pending[parts[1][plen:]]
+                    if not fut.done():
+                        fut.set_result((hdr, payload))
+                elif hdr is not None and not payload and hdr[8:9] == b" ":  # status: end of batch
+                    del pending[parts[1][plen:]]
+                    collector.append((hdr, payload))
+                    if not fut.done():
+                        fut.set_result(collector)
+                else:
+                    collector.append((hdr, payload))
+                continue
+            line = bytes(buf[pos:eol])
+            pos = eol + 2
+            self._control(line)
+        if pos:
+            del buf[:pos]
+
+    def _control(self, line: bytes) -> None:
+        if line == b"PING":
+            if self.transport is not None:
+                self.transport.write(b"PONG\r\n")
+        elif line == b"PONG":
+            if not self.pong.done():
+                self.pong.set_result(None)
+        elif line.startswith(b"INFO"):
+            try:
+                info = json.loads(line[5:])
+            except ValueError:
+                info = {}
+            if not self.info.done():
+                self.info.set_result(info)
+            elif self.on_info is not None:
+                self.on_info(info)
+        elif line.startswith(b"-ERR"):
+            message = line[5:].strip().strip(b"'").decode("utf-8", "replace")
+            if not self.pong.done():
+                exc: Exception
+                if "authoriz" in message.lower() or "authentication" in message.lower():
+                    exc = ConfigurationError(
+                        f"NATS refused the credentials of catga's lean connection: {message}; check "
+                        "user/password, token, nkeys or creds"
+                    )
+                else:
+                    exc = BackendError(f"NATS rejected the connection: {message}", backend="nats")
+                self.pong.set_exception(exc)
+            else:
+                _log.warning("nats-server reported an error on catga's lean connection: %s", message)
+        # +OK and unknown ops are ignored
+
+
+class LeanConnection:
+    """A lean request/reply connection riding on a nats-py client's configuration.
+
+    Args:
+        client: the nats-py client whose servers, credentials and TLS settings are reused.
+        name: the connection name shown by the server.
+        connect_timeout: seconds allowed for connecting (TCP, TLS, CONNECT/PONG).
+
+    Not thread-safe: use it from the event loop it was connected on.
+    """
+
+    def __init__(self, client: Any, *, name: str = "catga-lean", connect_timeout: float = 5.0) -> None:
+        self._nc = client
+        self._name = name
+        self.connect_timeout = connect_timeout
+        self.connected = False
+        self.max_payload = _DEFAULT_MAX_PAYLOAD
+        self._proto: _Protocol | None = None
+        self._lock: asyncio.Lock | None = None
+        self._counter = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        inbox = getattr(client, "_inbox_prefix", None)
+        inbox_str = bytes(inbox).decode() if inbox else "_INBOX"
+        self.prefix = f"{inbox_str}.{secrets.token_hex(11)}.".encode()
+
+    # -- connecting ------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect if not connected (lazy; concurrent callers wait for one attempt).
+
+        Raises:
+            BackendUnavailableError: no server could be reached.
+            ConfigurationError: the server refused the credentials or lacks header support.
+        """
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.connected:
+                return
+            if self._closed:
+                raise unavailable_error("request", "the connection was closed by aclose()")
+            last: BaseException | None = None
+            for uri in self._candidates():
+                try:
+                    await asyncio.wait_for(self._connect_to(uri), self.connect_timeout)
+                    return
+                except ConfigurationError:
+                    raise
+                except (OSError, TimeoutError, BackendError, ssl.SSLError) as exc:
+                    last = exc
+            raise unavailable_error(
+                "connect", f"no server answered ({type(last).__name__}: {last})"
+            ) from last
+
+    def _candidates(self) -> list[ParseResult]:
+        seen: set[str] = set()
+        out: list[ParseResult] = []
+        current = self._nc.connected_url
+        for uri in [current, *self._nc.servers]:
+            if uri is not None and uri.netloc not in seen:
+                seen.add(uri.netloc)
+                out.append(uri)
+        if not out:
+            raise unavailable_error("connect", "the nats-py client has no servers configured")
+        return out
+
+    def _tls(self, uri: ParseResult, info: dict[str, Any] | None) -> ssl.SSLContext | None:
+        options = self._nc.options
+        wanted = (
+            uri.scheme == "tls"
+            or options.get("tls") is not None
+            or (info is not None and bool(info.get("tls_required")))
+        )
+        context: ssl.SSLContext | None = self._nc.ssl_context if wanted else None
+        return context
+
+    async def _connect_to(self, uri: ParseResult) -> None:
+        loop = asyncio.get_running_loop()
+        proto = _Protocol(self.prefix)
+        options = self._nc.options
+        hostname = options.get("tls_hostname") or uri.hostname
+        first = bool(options.get("tls_handshake_first"))
+        host, port = uri.hostname or "127.0.0.1", uri.port or 4222
+        if first:
+            first_ctx = self._tls(uri, None) or ssl.create_default_context()
+            transport, _ = await loop.create_connection(
+                lambda: proto, host, port, ssl=first_ctx, server_hostname=hostname
+            )
+        else:
+            transport, _ = await loop.create_connection(lambda: proto, host, port)
+        try:
+            info = await proto.info
+            if not info.get("headers", False):
+                raise ConfigurationError(
+                    f"nats-server at {uri.netloc} does not support headers; catga needs nats-server 2.2+"
+                )
+            if not first:
+                ctx = self._tls(uri, info)
+                if ctx is not None:
+                    upgraded = await loop.start_tls(transport, proto, ctx, server_hostname=hostname)
+                    if upgraded is None:  # pragma: no cover - closed during the handshake
+                        raise unavailable_error("connect", "the TLS handshake was aborted")
+                    transport = upgraded
+                    proto.transport = upgraded
+            connect = json.dumps(self._connect_fields(uri, info), separators=(",", ":")).encode()
+            sub = b"SUB " + self.prefix + b"* " + _SID
+            transport.write(b"CONNECT " + connect + b"\r\n" + sub + b"\r\nPING\r\n")
+            await proto.pong
+        except BaseException:
+            transport.abort()
+            raise
+        self.max_payload = int(info.get("max_payload", _DEFAULT_MAX_PAYLOAD))
+        proto.on_lost = self._lost
+        proto.on_info = self._info
+        self._proto = proto
+        self.connected = True
+
+    def _connect_fields(self, uri: ParseResult, info: dict[str, Any]) -> dict[str, Any]:
+        """The CONNECT options, with the same authentication nats-py would send."""
+        nc = self._nc
+        options = nc.options
+        fields: dict[str, Any] = {
+            "verbose": False,
+            "pedantic": False,
+            "lang": "python3",
+            "version": "catga",
+            "protocol": 1,
+            "headers": True,
+            "no_responders": True,
+            "echo": False,
+            "name": self._name,
+        }
+
+        def value(v: Any) -> Any:
+            return v() if callable(v) else v
+
+        nonce = info.get("nonce")
+        signature_cb = getattr(nc, "_signature_cb", None)
+        if nonce and signature_cb is not None:  # nkeys seed or creds file (JWT)
+            fields["sig"] = signature_cb(nonce).decode()
+            jwt_cb = getattr(nc, "_user_jwt_cb", None)
+            public_nkey = getattr(nc, "_public_nkey", None)
+            if jwt_cb is not None:
+                fields["jwt"] = jwt_cb().decode()
+            elif public_nkey is not None:
+                fields["nkey"] = public_nkey
+            if options.get("token") is not None:
+                fields["auth_token"] = value(options["token"])
+        elif options.get("user") is not None and options.get("password") is not None:
+            fields["user"] = value(options["user"])
+            fields["pass"] = value(options["password"])
+        elif options.get("token") is not None:
+            fields["auth_token"] = value(options["token"])
+        elif uri.username is not None:
+            if uri.password is None:
+                fields["auth_token"] = uri.username
+            else:
+                fields["user"] = uri.username
+                fields["pass"] = uri.password
+        return fields
+
+    def _info(self, info: dict[str, Any]) -> None:
+        if "max_payload" in info:
+            self.max_payload = int(info["max_payload"])
+
+    def _lost(self, proto: _Protocol, exc: Exception | None) -> None:
+        if proto is self._proto:
+            self.connected = False
+            self._proto = None
+            if exc is not None:
+                _log.warning("catga's lean NATS connection was lost: %s; reconnecting on next use", exc)
+
+    # -- requests --------------------------------------------------------------------------
+    def send(
+        self,
+        subject: bytes,
+        payload: bytes,
+        headers: bytes | None,
+        timeout: float,
+        many: bool = False,
+    ) -> asyncio.Future[Any]:
+        """Publish with a unique reply subject and return the future of its reply.
+
+        Must be called while :attr:`connected`. With ``many`` the future resolves to the list of replies
+        up to and including the first status message (batch direct get); otherwise to the first reply.
+
+        Raises:
+            BackendUnavailableError: not connected.
+            ConfigurationError: the message exceeds the server's ``max_payload``.
+        """
+        proto = self._proto
+        if proto is None or proto.closed or proto.transport is None:
+            raise unavailable_error("request", "not connected")
+        self._counter += 1
+        token = b"%d" % self._counter
+        reply = self.prefix + token
+        if headers is None:
+            size = len(payload)
+            data = b"PUB %b %b %d\r\n%b\r\n" % (subject, reply, size, payload)
+        else:
+            size = len(headers) + len(payload)
+            data = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (subject, reply, len(headers), size, headers, payload)
+        if size > self.max_payload:
+            raise ConfigurationError(
+                f"a NATS message of {size} bytes to {subject.decode()!r} exceeds the server's max_payload "
+                f"of {self.max_payload} bytes; send less data per call or raise max_payload on the server"
+            )
+        loop = proto.loop
+        fut: asyncio.Future[Any] = loop.create_future()
+        proto.pending[token] = (fut, loop.time() + timeout, [] if many else None, subject, timeout)
+        proto.transport.write(data)
+        if self._timer is None:
+            self._timer = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+        return fut
+
+    def publish(self, subject: bytes, payload: bytes, headers: bytes | None) -> None:
+        """Publish without a reply subject (must be :attr:`connected`)."""
+        proto = self._proto
+        if proto is None or proto.closed or proto.transport is None:
+            raise unavailable_error("publish", "not connected")
+        if headers is None:
+            size = len(payload)
+            data = b"PUB %b %d\r\n%b\r\n" % (subject, size, payload)
+        else:
+            size = len(headers) + len(payload)
+            data = b"HPUB %b %d %d\r\n%b%b\r\n" % (subject, len(headers), size, headers, payload)
+        if size > self.max_payload:
+            raise ConfigurationError(
+                f"a NATS message of {size} bytes to {subject.decode()!r} exceeds the server's max_payload "
+                f"of {self.max_payload} bytes; send less data per call or raise max_payload on the server"
+            )
+        proto.transport.write(data)
+
+    async def request(
+        self, subject: bytes, payload: bytes = b"", headers: bytes | None = None, *, timeout: float
+    ) -> Reply:
+        """Send one request and wait for its first reply (connecting first if needed)."""
+        if not self.connected:
+            await self.connect()
+        if self._proto is not None and self._proto.paused is not None:
+            await self._proto.paused
+        reply: Reply = await self.send(subject, payload, headers, timeout)
+        return reply
+
+    async def request_many(self, subject: bytes, payload: bytes, *, timeout: float) -> list[Reply]:
+        """Send one request and collect replies until a status message (e.g. ``204 EOB``, ``404``)."""
+        if not self.connected:
+            await self.connect()
+        replies: list[Reply] = await self.send(subject, payload, None, timeout, many=True)
+        return replies
+
+    def _sweep(self) -> None:
+        self._timer = None
+        proto = self._proto
+        if proto is None:
+            return
+        now = proto.loop.time()
+        expired = [token for token, entry in proto.pending.items() if entry[1] <= now]
+        dead = False
+        for token in expired:
+            fut, _, _, subject, timeout = proto.pending.pop(token)
+            if not fut.done():
+                fut.set_exception(timeout_error(f"request to {subject.decode()!r}", timeout))
+            if now - proto.last_rx >= timeout:
+                dead = True
+        if dead and proto.transport is not None:
+            _log.warning("catga's lean NATS connection got nothing while requests timed out; reconnecting")
+            proto.transport.abort()
+        if proto.pending and self._proto is proto:
+            self._timer = proto.loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+    async def disconnect(self) -> None:
+        """Close the socket (the next request reconnects); in-flight requests fail. Idempotent."""
+        self.connected = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None and not proto.closed:
+            proto.transport.close()
+
+    async def aclose(self) -> None:
+        """Close the socket for good; in-flight and later requests fail. Idempotent."""
+        self._closed = True
+        await self.disconnect()

@@ -1,0 +1,132 @@
+"""A cache on a JetStream KV-layout bucket.
+
+Each key holds the raw value bytes (readable with ``nats kv get``); a value with a TTL carries a
+``Catga-Expires`` header (unix seconds, checked on read, so sub-second TTLs work) and a per-message
+``Nats-TTL`` (whole seconds, rounded up, +1) so the server drops it. Overwriting without a TTL removes
+the expiry. ``get_or_set`` calls the factory once per key at a time within one cache object.
+Needs nats-server 2.11+ (per-message TTL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+
+from catga.nats._base import NatsStoreBase
+from catga.nats._kv import KvBucket, KvEntry
+from catga.nats.connection import NatsConnection
+
+__all__ = ("NatsCache",)
+
+_KIND = "cache key"
+_EXPIRES = "Catga-Expires"
+
+
+def _live(entry: KvEntry | None, now: float) -> bool:
+    if entry is None:
+        return False
+    expires = entry.headers.get(_EXPIRES)
+    return expires is None or float(expires) > now
+
+
+class NatsCache(NatsStoreBase):
+    """:class:`~catga.protocols.Cache` on a NATS KV-layout bucket.
+
+    Args:
+        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
+        bucket: the bucket name (stream ``KV_<bucket>``).
+        storage: ``"file"`` or ``"memory"`` (a cache rarely needs file storage).
+        replicas: stream replicas.
+        timeout: seconds per network call (default: the connection's).
+    """
+
+    def __init__(
+        self,
+        source: NatsConnection | Client,
+        *,
+        bucket: str = "catga_cache",
+        storage: str = "file",
+        replicas: int = 1,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(source, timeout=timeout)
+        self._bucket = KvBucket(
+            self._conn, bucket, kind=_KIND, storage=storage, replicas=replicas, timeout=self._timeout
+        )
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self._bucket.bucket
+
+    async def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None when missing or expired.
+
+        Raises:
+            InvalidIdentifierError: ``key`` is invalid.
+        """
+        entry = await self._bucket.get(key)
+        return entry.value if entry is not None and _live(entry, time.time()) else None
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, expiring after ``ttl`` seconds (None: never).
+
+        Raises:
+            InvalidIdentifierError: ``key`` is invalid.
+        """
+        headers = b""
+        if ttl is not None:
+            headers = b"%s: %r\r\n" % (_EXPIRES.encode(), time.time() + ttl)
+        await self._bucket.write(
+            key, bytes(value), last=None, ttl=None if ttl is None else ttl + 1, headers=headers
+        )
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; return whether it held a live value.
+
+        Raises:
+            InvalidIdentifierError: ``key`` is invalid.
+        """
+        bucket = self._bucket
+        while True:
+            entry = await bucket.get(key)
+            if entry is None:
+                return False
+            live = _live(entry, time.time())
+            if await bucket.delete(entry.revision):
+                return live
+
+    async def get_or_set(
+        self, key: str, factory: Callable[[], Awaitable[bytes]], ttl: float | None = None
+    ) -> bytes:
+        """The value of ``key``; on a miss, ``await factory()``, store it with ``ttl`` and return it.
+
+        Concurrent calls for one key on this object share one factory call. A failing factory stores
+        nothing and its exception propagates.
+        """
+        value = await self.get(key)
+        if value is not None:
+            return value
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            value = await factory()
+            await self.set(key, value, ttl)
+            fut.set_result(value)
+            return value
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark it retrieved; concurrent waiters (if any) get it too
+            raise
+        finally:
+            del self._inflight[key]

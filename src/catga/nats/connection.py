@@ -1,0 +1,354 @@
+"""Connecting to NATS, lazy creation of streams and KV buckets, and the shared lean connection.
+
+:class:`NatsConnection` bundles what every NATS store needs: the nats-py client (yours, or one it
+opened from a URL), a JetStream context, a :class:`~catga.nats._wire.LeanConnection` for the hot paths
+(publish with ack, direct get) and :meth:`NatsConnection.ensure_stream`, which creates a stream or checks
+that an existing one is compatible.
+
+Lazy initialisation follows the origin's lock review, option A (see ``docs/nats.md``): call sites test
+a plain attribute, ``if not self._init.ready: await self._init()``, so once initialised no coroutine is
+created and no lock is taken; the slow path (:class:`LazyInit`) takes an :class:`asyncio.Lock`,
+re-checks, runs the initialiser and only then sets the flag. A failed or cancelled initialisation
+leaves the flag unset, so the next call retries.
+
+Example:
+    >>> conn = await NatsConnection.connect("nats://127.0.0.1:4222", token="s3cret")  # doctest: +SKIP
+    >>> store = NatsEventStore(conn)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import ssl
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import StreamConfig, StreamInfo
+
+import nats
+from catga.errors import ConfigurationError
+from catga.nats._errors import (
+    ERR_STREAM_NAME_IN_USE,
+    ERR_STREAM_STORE_FAILED,
+    ERR_SUBJECTS_OVERLAP,
+    translate_errors,
+    unavailable_error,
+)
+from catga.nats._wire import LeanConnection
+
+__all__ = ("DEFAULT_TIMEOUT", "LazyInit", "NatsConnection", "as_connection")
+
+_log = logging.getLogger("catga.nats")
+
+#: Default seconds for every network call of the NATS backend (overridable per object).
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+class LazyInit:
+    """One-time async initialisation with a lock-free fast path (the origin's option A).
+
+    Use it as ``if not init.ready: await init()``. The slow path serialises callers on an
+    :class:`asyncio.Lock`, re-checks :attr:`ready`, runs ``initializer`` and sets :attr:`ready` only
+    after it returned. If it raises or is cancelled, :attr:`ready` stays False and the next call retries.
+
+    Args:
+        initializer: the coroutine function to run once.
+    """
+
+    __slots__ = ("_initializer", "_lock", "ready")
+
+    def __init__(self, initializer: Callable[[], Awaitable[None]]) -> None:
+        self._initializer = initializer
+        self._lock: asyncio.Lock | None = None
+        self.ready = False
+
+    async def __call__(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.ready:
+                return
+            await self._initializer()
+            self.ready = True
+
+    def reset(self) -> None:
+        """Forget the initialisation (e.g. the stream was deleted); the next call runs it again."""
+        self.ready = False
+
+
+async def _log_error(exc: Exception) -> None:
+    _log.warning("nats-py reported an error: %s: %s", type(exc).__name__, exc)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return sorted(_plain(v) for v in value)
+    return value
+
+
+class NatsConnection:
+    """A nats-py client plus what catga's NATS stores share.
+
+    Args:
+        client: a connected ``nats.aio.client.Client``.
+        owns_client: close the client in :meth:`aclose` (True when made by :meth:`connect`).
+        timeout: default seconds for JetStream API calls.
+        api_prefix: JetStream API prefix (``"$JS.API"``, or ``"$JS.<domain>.API"``).
+
+    Attributes:
+        client: the nats-py client.
+        js: a JetStream context with :attr:`timeout`.
+        wire: the lean connection used by the hot paths (connected lazily, on first use).
+        timeout: default seconds for network calls.
+        api_prefix: the JetStream API prefix.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        owns_client: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        api_prefix: str = "$JS.API",
+    ) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.api_prefix = api_prefix
+        self.js = client.jetstream(prefix=api_prefix, timeout=timeout)
+        name = client.options.get("name") or "catga"
+        self.wire = LeanConnection(client, name=f"{name}-lean", connect_timeout=timeout)
+        self._owns_client = owns_client
+        self._closed = False
+        self._users = 0
+
+    def attach(self) -> None:
+        """Count one more store using this connection (see :meth:`detach`)."""
+        self._users += 1
+
+    async def detach(self) -> None:
+        """A store stopped using this connection; the last one out closes the lean socket.
+
+        The nats-py client is left alone (it belongs to whoever made it); the lean socket reconnects if
+        a store uses the connection again.
+        """
+        self._users = max(0, self._users - 1)
+        if self._users == 0:
+            await self.wire.disconnect()
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | Sequence[str] = DEFAULT_URL,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        user_credentials: str | Path | None = None,
+        nkeys_seed: str | Path | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        tls_handshake_first: bool = False,
+        name: str = "catga",
+        connect_timeout: float = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
+        domain: str | None = None,
+        **options: Any,
+    ) -> NatsConnection:
+        """Open a nats-py client and wrap it (the connection owns and closes it).
+
+        ``url`` may hold credentials (``nats://user:pass@host:4222``, ``nats://token@host:4222``) or
+        be a comma-separated list / sequence of servers; ``tls://`` turns TLS on. Everything else is
+        passed to ``nats.connect`` unchanged (``reconnect_time_wait``, ``max_reconnect_attempts``,
+        ``inbox_prefix``...). nkeys and creds files need the ``nkeys`` package.
+
+        Args:
+            url: server URL(s).
+            user: user name (with ``password``).
+            password: password.
+            token: authentication token.
+            user_credentials: path of a ``.creds`` file (JWT + nkey seed).
+            nkeys_seed: path of an nkey seed file.
+            tls: an SSL context for TLS (client certificates, custom CA).
+            tls_hostname: the host name to verify the server certificate against.
+            tls_handshake_first: do the TLS handshake before the server's INFO (server option).
+            name: the connection name shown by the server.
+            connect_timeout: seconds allowed to connect.
+            timeout: default seconds for every later network call.
+            domain: a JetStream domain (sets the API prefix to ``$JS.<domain>.API``).
+            **options: more ``nats.connect`` keyword arguments.
+
+        Raises:
+            BackendUnavailableError: no server could be reached in time.
+            ConfigurationError: the server refused the credentials.
+        """
+        servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "connect_timeout": connect_timeout,
+            "error_cb": _log_error,
+            "tls_handshake_first": tls_handshake_first,
+        }
+        for key, value in (
+            ("user", user),
+            ("password", password),
+            ("token", token),
+            ("user_credentials", str(user_credentials) if user_credentials else None),
+            ("nkeys_seed", str(nkeys_seed) if nkeys_seed else None),
+            ("tls", tls),
+            ("tls_hostname", tls_hostname),
+        ):
+            if value is not None:
+                kwargs[key] = value
+        kwargs.update(options)
+        errors: list[Exception] = []
+        user_error_cb = kwargs["error_cb"]
+
+        async def record(exc: Exception) -> None:
+            errors.append(exc)
+            await user_error_cb(exc)
+
+        kwargs["error_cb"] = record
+        client = Client()
+        ok = False
+        where = ", ".join(servers)
+        try:
+            with translate_errors(f"connect to {where}", connect_timeout):
+                try:
+                    await asyncio.wait_for(client.connect(servers, **kwargs), connect_timeout)
+                except TimeoutError as exc:
+                    last = f"{type(errors[-1]).__name__}: {errors[-1]}" if errors else "no answer"
+                    raise unavailable_error(
+                        f"connect to {where}", f"no server accepted within {connect_timeout} s ({last})"
+                    ) from exc
+            ok = True
+            client._error_cb = user_error_cb
+        finally:
+            if not ok:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 1.0)
+        prefix = f"$JS.{domain}.API" if domain else "$JS.API"
+        return cls(client, owns_client=True, timeout=timeout, api_prefix=prefix)
+
+    async def ensure_stream(self, config: StreamConfig, check: Sequence[str] = ()) -> StreamInfo:
+        """Create the stream, or check that the existing one has the same ``check`` fields.
+
+        Safe to race with other processes: creating an identical stream twice is not an error.
+
+        Args:
+            config: the wanted configuration (``config.name`` is the stream name).
+            check: field names whose existing values must equal ``config``'s (``subjects`` compares
+                as a set).
+
+        Returns:
+            The stream's info.
+
+        Raises:
+            ConfigurationError: the stream exists with an incompatible configuration (the message lists
+                each differing field), or its subjects overlap another stream's.
+            BackendUnavailableError / BackendTimeoutError: the server did not answer.
+        """
+        name = config.name
+        with translate_errors(f"create stream {name!r}", self.timeout):
+            try:
+                info: StreamInfo = await self.js.stream_info(str(name))
+            except nats.js.errors.NotFoundError:
+                try:
+                    info = await self._add_stream(config)
+                    return info
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code == ERR_SUBJECTS_OVERLAP:
+                        raise ConfigurationError(
+                            f"cannot create NATS stream {name!r}: its subjects {config.subjects} overlap "
+                            "with an existing stream's; choose another prefix/bucket name"
+                        ) from exc
+                    if exc.err_code != ERR_STREAM_NAME_IN_USE:
+                        raise
+                    info = await self.js.stream_info(str(name))
+        differences = []
+        for field in check:
+            want, have = _plain(getattr(config, field)), _plain(getattr(info.config, field))
+            if want != have:
+                differences.append(f"{field}: existing {have!r}, wanted {want!r}")
+        if differences:
+            raise ConfigurationError(
+                f"NATS stream {name!r} exists with an incompatible configuration ("
+                + "; ".join(differences)
+                + "); use another stream/bucket name, or migrate/delete the existing stream"
+            )
+        return info
+
+    async def _add_stream(self, config: StreamConfig) -> StreamInfo:
+        """Create a stream, retrying once when the server fails to create its store.
+
+        nats-server removes an account's storage directory when its last stream is deleted; a stream
+        created at that moment fails with err_code 10049 ("error creating store for stream").
+        """
+        try:
+            info: StreamInfo = await self.js.add_stream(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != ERR_STREAM_STORE_FAILED:
+                raise
+            await asyncio.sleep(0.05)
+            info = await self.js.add_stream(config)
+        return info
+
+    async def aclose(self) -> None:
+        """Close the lean connection, and the nats-py client if this object opened it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.wire.aclose()
+        if self._owns_client and not self.client.is_closed:
+            try:
+                await asyncio.wait_for(self.client.drain(), self.timeout)
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                _log.warning("draining the NATS connection failed (%s); closing it", exc)
+                with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                    await asyncio.wait_for(self.client.close(), self.timeout)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+_shared: weakref.WeakKeyDictionary[Client, NatsConnection] = weakref.WeakKeyDictionary()
+
+
+def as_connection(source: NatsConnection | Client) -> NatsConnection:
+    """Return ``source`` if it is a :class:`NatsConnection`, else the one shared by that nats-py client.
+
+    All stores built on one nats-py client share one :class:`NatsConnection` (and one lean socket);
+    the client itself is never closed by catga.
+
+    Raises:
+        ConfigurationError: ``source`` is neither.
+    """
+    if isinstance(source, NatsConnection):
+        return source
+    if isinstance(source, Client):
+        conn = _shared.get(source)
+        if conn is None:
+            conn = _shared[source] = NatsConnection(source)
+        return conn
+    raise ConfigurationError(
+        f"expected a catga NatsConnection or a nats-py Client, got {type(source).__name__}; "
+        "use the store's connect(url) classmethod to connect from a URL"
+    )

@@ -1,0 +1,106 @@
+"""A dead-letter queue on a JetStream KV-layout bucket.
+
+One entry per letter id; the value is the :class:`~catga.protocols.DeadLetter` in msgpack (bodies kept
+byte for byte). Listing reads the bucket in revision order, so "oldest first" means in the order the
+letters were (last) added -- re-adding an id moves it to the end, like the in-memory queue. ``count``
+reads the stream's message count (one message per letter: deletes remove the message, no tombstones).
+Letter ids may be any non-empty string (escaped into one subject token).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+
+import msgspec
+from nats.aio.client import Client
+
+from catga.errors import ConfigurationError
+from catga.nats._base import NatsStoreBase
+from catga.nats._kv import KvBucket
+from catga.nats.connection import NatsConnection
+from catga.protocols import DeadLetter
+
+__all__ = ("NatsDeadLetterQueue",)
+
+_KIND = "dead letter id"
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(DeadLetter).decode
+
+
+class NatsDeadLetterQueue(NatsStoreBase):
+    """:class:`~catga.protocols.DeadLetterQueue` on a NATS KV-layout bucket.
+
+    Args:
+        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
+        bucket: the bucket name (stream ``KV_<bucket>``).
+        storage: ``"file"`` or ``"memory"``.
+        replicas: stream replicas.
+        timeout: seconds per network call (default: the connection's).
+    """
+
+    def __init__(
+        self,
+        source: NatsConnection | Client,
+        *,
+        bucket: str = "catga_dead_letters",
+        storage: str = "file",
+        replicas: int = 1,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(source, timeout=timeout)
+        self._bucket = KvBucket(
+            self._conn,
+            bucket,
+            kind=_KIND,
+            identifiers=False,
+            storage=storage,
+            replicas=replicas,
+            timeout=self._timeout,
+        )
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self._bucket.bucket
+
+    async def add(self, letter: DeadLetter) -> None:
+        """Store ``letter``; a letter with the same id is replaced.
+
+        Raises:
+            ConfigurationError: ``letter`` is not a :class:`~catga.protocols.DeadLetter` or has no id.
+        """
+        if not isinstance(letter, DeadLetter) or not letter.id:
+            raise ConfigurationError(f"add() takes a DeadLetter with a non-empty id, got {letter!r}")
+        await self._bucket.write(letter.id, _encode(letter), last=None)
+
+    async def list(self, limit: int = 100) -> builtins.list[DeadLetter]:
+        """Up to ``limit`` letters, oldest first."""
+        out: builtins.list[DeadLetter] = []
+        if limit <= 0:
+            return out
+        async with contextlib.aclosing(self._bucket.scan()) as entries:
+            async for entry in entries:
+                out.append(_decode(entry.value))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def get(self, id: str) -> DeadLetter | None:
+        """The letter with this id, or None."""
+        entry = await self._bucket.get(id)
+        return None if entry is None else _decode(entry.value)
+
+    async def delete(self, id: str) -> bool:
+        """Delete the letter; return whether it existed."""
+        bucket = self._bucket
+        while True:
+            entry = await bucket.get(id)
+            if entry is None:
+                return False
+            if await bucket.delete(entry.revision):
+                return True
+
+    async def count(self) -> int:
+        """Number of letters."""
+        return await self._bucket.count()

@@ -1,0 +1,507 @@
+"""An event store on one JetStream stream, with optimistic concurrency enforced by the server.
+
+Layout (see ``docs/nats.md``):
+    * one stream (default ``CATGA_EVENTS``) with subjects ``<prefix>.>`` (default ``catga.events.>``),
+      ``allow_direct`` on, no limits;
+    * each event stream id maps to exactly one subject ``<prefix>.<token>`` where the token is made by
+      :func:`~catga.nats._subjects.subject_token` (``.`` and other specials escaped as ``=XX``), so no
+      id can address another stream's subject or a wildcard;
+    * one append = one NATS message, so a multi-event append is atomic: a single event is stored as its
+      encoded body with a ``Catga-Type`` header; several events as an envelope (a JSON or msgpack array
+      of ``{"type", "data"}``) with ``Catga-Count``. Headers ``Catga-Version`` (first version),
+      ``Catga-Time`` (unix seconds) and optionally ``Catga-Metadata`` (JSON object) complete it.
+
+Concurrency: every append carries ``Nats-Expected-Last-Subject-Sequence``, so the server stores it only
+if the subject's last message is the one the client based its version on (``0`` = no message =
+:data:`~catga.protocols.NO_STREAM`). The store keeps a per-stream cache of (version, last sequence),
+updated from acks and reads; when the cache is missing or disagrees, it reads the subject's last message
+by direct get. A rejected append (JetStream error 10071) refreshes the cache and raises
+:class:`~catga.errors.ConcurrencyError` with the actual version. :data:`~catga.protocols.ANY` is
+"expect the last known message, retry on conflict" -- still checked by the server, so versions stay
+contiguous with concurrent writers.
+
+Positions: ``position = stream_sequence * 1024 + index_in_message`` -- strictly increasing, gaps
+allowed, >= 1024; hence at most :data:`MAX_EVENTS_PER_APPEND` events per append.
+
+Reads use (batch) direct get -- never a consumer. :meth:`NatsEventStore.subscribe_all` uses one ordered
+consumer (ephemeral, in-memory, deleted on close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from catga.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConcurrencyError,
+    ConfigurationError,
+    SerializationError,
+)
+from catga.nats._base import NatsStoreBase, check_name
+from catga.nats._errors import translate_errors
+from catga.nats._jsapi import StreamMessage, ack_decoder, decode_ack, direct_last, iter_direct
+from catga.nats._subjects import subject_token, token_to_identifier
+from catga.nats.connection import LazyInit, NatsConnection
+from catga.protocols import ANY, NO_STREAM, StoredEvent
+from catga.serialization import TypeRegistry, default_registry
+
+__all__ = ("MAX_EVENTS_PER_APPEND", "POSITION_SHIFT", "NatsEventStore")
+
+#: ``position = sequence << POSITION_SHIFT | index``.
+POSITION_SHIFT = 10
+#: Events per append (one NATS message holds them all).
+MAX_EVENTS_PER_APPEND = 1 << POSITION_SHIFT
+#: How often an ``ANY`` append retries after losing a race before giving up.
+ANY_RETRIES = 100
+
+_IDLE_POLL = 1.0
+_STREAM_CHECK = (
+    "subjects",
+    "storage",
+    "retention",
+    "allow_direct",
+    "max_msgs_per_subject",
+    "max_msgs",
+    "max_bytes",
+    "max_age",
+)
+
+
+class _Item(msgspec.Struct, array_like=True):
+    type: str
+    data: msgspec.Raw
+
+
+class _State:
+    """Cached per-stream knowledge: its subject, last version and last subject sequence (-1: unknown)."""
+
+    __slots__ = ("seq", "subject", "version")
+
+    def __init__(self, subject: bytes) -> None:
+        self.subject = subject
+        self.version = -1
+        self.seq = -1
+
+
+class NatsEventStore(NatsStoreBase):
+    """:class:`~catga.protocols.EventStore` on NATS JetStream.
+
+    Args:
+        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
+        stream: the JetStream stream name.
+        prefix: the subject prefix; the stream holds ``<prefix>.>``.
+        registry: the types allowed to be stored and decoded (default: the process-wide registry).
+        storage: ``"file"`` (default) or ``"memory"``.
+        replicas: stream replicas (3 on a 3-node cluster for durability).
+        timeout: seconds per network call (default: the connection's).
+        max_cached_streams: how many streams' (version, sequence) to remember.
+
+    Example:
+        >>> store = await NatsEventStore.connect("nats://127.0.0.1:4222", registry=registry)  # doctest: +SKIP
+        >>> await store.append("order-1", [OrderPlaced("order-1", 42)], expected_version=NO_STREAM)
+        0
+    """
+
+    def __init__(
+        self,
+        source: NatsConnection | Client,
+        *,
+        stream: str = "CATGA_EVENTS",
+        prefix: str = "catga.events",
+        registry: TypeRegistry | None = None,
+        storage: str = "file",
+        replicas: int = 1,
+        timeout: float | None = None,
+        max_cached_streams: int = 100_000,
+    ) -> None:
+        check_name(stream, "stream name")
+        check_name(prefix, "subject prefix", dotted=True)
+        if storage not in ("file", "memory"):
+            raise ConfigurationError(f"storage must be 'file' or 'memory', got {storage!r}")
+        super().__init__(source, timeout=timeout)
+        self.stream = stream
+        self.prefix = prefix
+        self.storage = storage
+        self._registry = registry or default_registry()
+        self._config = StreamConfig(
+            name=stream,
+            subjects=[f"{prefix}.>"],
+            storage=StorageType(storage),
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            num_replicas=replicas,
+            allow_direct=True,
+            max_msgs_per_subject=-1,
+            max_msgs=-1,
+            max_bytes=-1,
+            max_age=0,
+        )
+        self._direct = f"{self._conn.api_prefix}.DIRECT.GET.{stream}".encode()
+        self._subject_start = len(prefix) + 1
+        self._states: dict[str, _State] = {}
+        self._max_states = max_cached_streams
+        self._type_headers: dict[str, bytes] = {}
+        self._init = LazyInit(self._create)
+        fmt = self._registry.format
+        self._envelope_encode = msgspec.json.encode if fmt == "json" else msgspec.msgpack.encode
+        self._envelope_decoder: Any = (
+            msgspec.json.Decoder(list[_Item]) if fmt == "json" else msgspec.msgpack.Decoder(list[_Item])
+        )
+
+    @property
+    def registry(self) -> TypeRegistry:
+        """The registry events are encoded and decoded with."""
+        return self._registry
+
+    async def _create(self) -> None:
+        await self._conn.ensure_stream(self._config, _STREAM_CHECK)
+        self._states.clear()
+        if not self._wire.connected:
+            await self._wire.connect()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _state(self, stream_id: str) -> _State:
+        state = self._states.get(stream_id)
+        if state is None:
+            token = subject_token(stream_id)
+            if len(self._states) >= self._max_states:
+                del self._states[next(iter(self._states))]
+            state = self._states[stream_id] = _State(f"{self.prefix}.{token}".encode())
+        return state
+
+    def _type_header(self, name: str) -> bytes:
+        header = self._type_headers.get(name)
+        if header is None:
+            if "\r" in name or "\n" in name:
+                raise SerializationError(f"message type name {name!r} contains a line break")
+            header = self._type_headers[name] = f"Catga-Type: {name}\r\n".encode()
+        return header
+
+    def _encode(self, events: Sequence[object], metadata: Mapping[str, str] | None) -> tuple[bytes, bytes]:
+        """Return (header lines without version/expectation, body)."""
+        try:
+            return self._encode_events(events, metadata)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, SerializationError):
+                raise
+            raise SerializationError(f"cannot encode the events: {exc}") from exc
+
+    def _encode_events(
+        self, events: Sequence[object], metadata: Mapping[str, str] | None
+    ) -> tuple[bytes, bytes]:
+        registry = self._registry
+        if len(events) == 1:
+            event = events[0]
+            codec = registry.codec_for(type(event))
+            body = codec.encode(event)
+            lines = self._type_header(codec.name)
+        else:
+            items = []
+            for event in events:
+                codec = registry.codec_for(type(event))
+                items.append(_Item(codec.name, msgspec.Raw(codec.encode(event))))
+            body = self._envelope_encode(items)
+            lines = b"Catga-Count: %d\r\n" % len(events)
+        lines += b"Catga-Time: %r\r\n" % time.time()
+        if metadata:
+            try:
+                meta = msgspec.json.encode({str(k): str(v) for k, v in metadata.items()})
+            except msgspec.EncodeError as exc:
+                raise SerializationError(f"cannot encode event metadata: {exc}") from exc
+            lines += b"Catga-Metadata: " + meta + b"\r\n"
+        return lines, body
+
+    async def _refresh(self, stream_id: str, state: _State) -> None:
+        """Read the subject's last message and set the cached version and sequence from it."""
+        last = await direct_last(
+            self._wire,
+            self._direct,
+            state.subject,
+            timeout=self._timeout,
+            operation=f"read the version of stream {stream_id!r}",
+        )
+        if last is None:
+            state.version, state.seq = -1, 0
+        else:
+            headers = last.headers
+            state.version = int(headers["Catga-Version"]) + int(headers.get("Catga-Count", "1")) - 1
+            state.seq = last.seq
+
+    def _send(self, state: _State, version: int, last_seq: int, lines: bytes, body: bytes) -> Any:
+        """Publish one append expecting ``last_seq``; return the future of its ack."""
+        headers = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nCatga-Version: %d\r\n%b\r\n" % (
+            last_seq,
+            version,
+            lines,
+        )
+        return self._wire.send(state.subject, body, headers, self._timeout)
+
+    @staticmethod
+    def _stored(stream_id: str, state: _State, reply: Any, version: int, count: int) -> bool:
+        """Check an append's ack; False when the server saw another last message (a conflict)."""
+        hdr, data = reply
+        if hdr is None:
+            try:
+                ack = ack_decoder.decode(data)
+            except msgspec.DecodeError:
+                ack = decode_ack(reply, f"append to stream {stream_id!r}")  # raises a BackendError
+            if ack.error is not None:
+                ack = decode_ack(reply, f"append to stream {stream_id!r}")  # raises unless a conflict
+        else:
+            ack = decode_ack(reply, f"append to stream {stream_id!r}")
+        if ack.error is not None:
+            return False
+        if ack.seq > state.seq:
+            state.seq = ack.seq
+            state.version = version + count - 1
+        return True
+
+    # -- EventStore ------------------------------------------------------------------------
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[object],
+        expected_version: int = ANY,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Append ``events`` atomically; return the new stream version.
+
+        Raises:
+            ConcurrencyError: the stream's version is not ``expected_version`` (nothing stored).
+            InvalidIdentifierError: ``stream_id`` is invalid (before any I/O).
+            ConfigurationError: more than :data:`MAX_EVENTS_PER_APPEND` events, a message larger than
+                the server's ``max_payload``, or an invalid ``expected_version``.
+            BackendUnavailableError: the server could not be reached (if the connection dropped while
+                waiting for the ack, the outcome is unknown: read the version).
+            BackendTimeoutError: no ack within the timeout (outcome unknown likewise).
+        """
+        state = self._states.get(stream_id)
+        if state is None:
+            state = self._state(stream_id)
+        if expected_version < ANY:
+            raise ConfigurationError(
+                f"invalid expected_version {expected_version!r}: use ANY, NO_STREAM or a version >= 0"
+            )
+        if not self._init.ready:
+            await self._init()
+        if not self._wire.connected:
+            await self._wire.connect()
+        count = len(events)
+        if count == 0:
+            await self._refresh(stream_id, state)
+            if expected_version != ANY and expected_version != state.version:
+                raise ConcurrencyError(stream_id, expected_version, state.version)
+            return state.version
+        if count > MAX_EVENTS_PER_APPEND:
+            raise ConfigurationError(
+                f"cannot append {count} events to stream {stream_id!r} at once: the NATS event store "
+                f"stores one append as one message and allows at most {MAX_EVENTS_PER_APPEND}; split it"
+            )
+        lines, body = self._encode(events, metadata)
+        try:
+            return await self._append(stream_id, state, count, expected_version, lines, body)
+        except BackendUnavailableError:
+            self._init.reset()  # the stream may have been deleted: check it again on the next call
+            raise
+
+    async def _append(
+        self, stream_id: str, state: _State, count: int, expected_version: int, lines: bytes, body: bytes
+    ) -> int:
+        if expected_version == ANY:
+            for _ in range(ANY_RETRIES):
+                if state.seq < 0:
+                    await self._refresh(stream_id, state)
+                version = state.version + 1
+                reply = await self._send(state, version, state.seq, lines, body)
+                if self._stored(stream_id, state, reply, version, count):
+                    return version + count - 1
+                await self._refresh(stream_id, state)
+            raise ConcurrencyError(stream_id, "ANY", state.version)
+        if expected_version == NO_STREAM:
+            last_seq = 0
+        else:
+            if state.seq < 0 or state.version != expected_version:
+                await self._refresh(stream_id, state)
+                if state.version != expected_version:
+                    raise ConcurrencyError(stream_id, expected_version, state.version)
+            last_seq = state.seq
+        reply = await self._send(state, expected_version + 1, last_seq, lines, body)
+        if not self._stored(stream_id, state, reply, expected_version + 1, count):
+            await self._refresh(stream_id, state)
+            raise ConcurrencyError(stream_id, expected_version, state.version)
+        return expected_version + count
+
+    def _decode(self, message: StreamMessage, stream_id: str | None = None) -> list[StoredEvent]:
+        headers = message.headers
+        try:
+            first = int(headers["Catga-Version"])
+            timestamp = float(headers.get("Catga-Time", "0"))
+            raw_meta = headers.get("Catga-Metadata")
+            metadata: dict[str, str] = msgspec.json.decode(raw_meta, type=dict[str, str]) if raw_meta else {}
+            if stream_id is None:
+                stream_id = token_to_identifier(message.subject[self._subject_start :])
+            type_name = headers.get("Catga-Type")
+            if type_name is not None:
+                items = [(type_name, message.data)]
+            else:
+                items = [(i.type, i.data) for i in self._envelope_decoder.decode(message.data)]
+        except (KeyError, ValueError, msgspec.DecodeError) as exc:
+            raise SerializationError(
+                f"message {message.seq} on {message.subject!r} in NATS stream {self.stream!r} is not a "
+                f"catga event ({exc}); only catga should publish to {self.prefix}.>"
+            ) from exc
+        base = message.seq << POSITION_SHIFT
+        registry = self._registry
+        return [
+            StoredEvent(
+                stream_id=stream_id,
+                version=first + index,
+                position=base | index,
+                type_name=name,
+                data=registry.decode(name, data),
+                timestamp=timestamp,
+                metadata=metadata,
+            )
+            for index, (name, data) in enumerate(items)
+        ]
+
+    async def _messages(
+        self, start: int, subject: str, operation: str
+    ) -> AsyncGenerator[StreamMessage, None]:
+        async with contextlib.aclosing(
+            iter_direct(
+                self._wire,
+                self._direct,
+                start=start,
+                subject=subject,
+                timeout=self._timeout,
+                operation=operation,
+            )
+        ) as messages:
+            async for message in messages:
+                yield message
+
+    async def read(
+        self, stream_id: str, from_version: int = 0, max_count: int | None = None
+    ) -> list[StoredEvent]:
+        """Events of ``stream_id`` with ``version >= from_version``, oldest first, at most ``max_count``.
+
+        Raises:
+            InvalidIdentifierError: ``stream_id`` is invalid.
+            UnknownMessageTypeError / SerializationError: a stored event cannot be decoded.
+        """
+        state = self._state(stream_id)
+        if not self._init.ready:
+            await self._init()
+        if not self._wire.connected:
+            await self._wire.connect()
+        out: list[StoredEvent] = []
+        if max_count is not None and max_count <= 0:
+            return out
+        last: StreamMessage | None = None
+        subject = state.subject.decode()
+        async with contextlib.aclosing(self._messages(1, subject, f"read stream {stream_id!r}")) as messages:
+            async for message in messages:
+                last = message
+                headers = message.headers
+                end = int(headers.get("Catga-Version", "0")) + int(headers.get("Catga-Count", "1")) - 1
+                if end < from_version:
+                    continue
+                for event in self._decode(message, stream_id):
+                    if event.version >= from_version:
+                        out.append(event)
+                        if max_count is not None and len(out) >= max_count:
+                            return out
+        if last is not None and last.seq > state.seq:  # read to the end: remember where the stream is
+            headers = last.headers
+            state.seq = last.seq
+            state.version = int(headers["Catga-Version"]) + int(headers.get("Catga-Count", "1")) - 1
+        return out
+
+    async def version(self, stream_id: str) -> int:
+        """The stream's current version (-1 when empty), read from the server.
+
+        Raises:
+            InvalidIdentifierError: ``stream_id`` is invalid.
+        """
+        state = self._state(stream_id)
+        if not self._init.ready:
+            await self._init()
+        await self._refresh(stream_id, state)
+        return state.version
+
+    async def read_all(self, from_position: int = 1, max_count: int | None = None) -> list[StoredEvent]:
+        """Events of all streams with ``position >= from_position``, in position order."""
+        if not self._init.ready:
+            await self._init()
+        out: list[StoredEvent] = []
+        if max_count is not None and max_count <= 0:
+            return out
+        start = max(1, from_position >> POSITION_SHIFT)
+        operation = f"read all events of stream {self.stream!r}"
+        async with contextlib.aclosing(self._messages(start, f"{self.prefix}.>", operation)) as messages:
+            async for message in messages:
+                for event in self._decode(message):
+                    if event.position >= from_position:
+                        out.append(event)
+                        if max_count is not None and len(out) >= max_count:
+                            return out
+        return out
+
+    async def subscribe_all(self, from_position: int = 1) -> AsyncGenerator[StoredEvent, None]:
+        """Catch up from ``from_position``, then yield new events live, in position order, forever.
+
+        Uses one ordered consumer (ephemeral, in memory), deleted when the iterator is closed or the
+        consuming task is cancelled.
+        """
+        if not self._init.ready:
+            await self._init()
+        start = max(1, from_position >> POSITION_SHIFT)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        with translate_errors(f"subscribe to stream {self.stream!r}", self._timeout):
+            sub = await self._conn.js.subscribe(
+                f"{self.prefix}.>", stream=self.stream, ordered_consumer=True, config=config
+            )
+        try:
+            while True:
+                try:
+                    with translate_errors(f"receive from stream {self.stream!r}", _IDLE_POLL):
+                        msg = await sub.next_msg(timeout=_IDLE_POLL)
+                except BackendTimeoutError:
+                    continue  # idle: nothing new yet
+                message = StreamMessage(
+                    seq=msg.metadata.sequence.stream,
+                    subject=msg.subject,
+                    headers=dict(msg.headers or {}),
+                    data=msg.data,
+                )
+                for event in self._decode(message):
+                    if event.position >= from_position:
+                        yield event
+        finally:
+            # best effort and time-limited; an abandoned consumer is removed by the server anyway
+            consumer = getattr(sub, "_consumer", None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), self._timeout)
+            if consumer:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        self._conn.js.delete_consumer(self.stream, consumer), self._timeout
+                    )

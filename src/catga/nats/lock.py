@@ -1,0 +1,227 @@
+"""A distributed lock on a JetStream KV-layout bucket, with fencing tokens.
+
+One entry per lock key; its value (msgpack) is the holder's random token and the unix time at which the
+lease expires. All changes are server-checked compare-and-set operations:
+
+* acquire: create the entry ("must not exist"), or -- if the current holder's lease has expired --
+  overwrite it with a compare-and-set on its revision;
+* extend: overwrite with a compare-and-set on the lease's current revision (fails if anybody else wrote);
+* release: delete the entry by the lease's current revision (fails if it changed).
+
+The **fencing token** is the stream sequence of the acquiring write: strictly increasing for every
+acquisition of any key in the bucket, hence per key. Extending keeps it.
+
+Expiry is decided by comparing the stored expiry time with the reader's clock (sub-second TTLs work);
+hosts sharing a lock need clocks in sync to well under the TTL, and a lease should not be used near
+its end without extending -- pass the fencing token to downstream writes so they reject stale holders.
+Each write also carries a per-message ``Nats-TTL`` (whole seconds, rounded up, +1) so abandoned keys
+disappear from the server. Waiting acquirers poll with a capped exponential backoff (10-100 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from types import TracebackType
+
+import msgspec
+from nats.aio.client import Client
+
+from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
+from catga.nats._base import NatsStoreBase
+from catga.nats._kv import KvBucket
+from catga.nats.connection import NatsConnection
+
+__all__ = ("NatsLease", "NatsLock")
+
+_log = logging.getLogger("catga.nats")
+_KIND = "lock key"
+
+
+class _Holder(msgspec.Struct, array_like=True):
+    token: str
+    expires_at: float
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Holder).decode
+
+
+class NatsLease:
+    """A held NATS lock (see :class:`~catga.protocols.Lease`).
+
+    Attributes:
+        key: the lock key.
+        token: this holder's random token.
+        fencing_token: the revision of the acquiring write (strictly increasing per key).
+    """
+
+    def __init__(
+        self, lock: NatsLock, key: str, token: str, revision: int, ttl: float, expires: float
+    ) -> None:
+        self.key = key
+        self.token = token
+        self.fencing_token = revision
+        self._lock = lock
+        self._revision = revision
+        self._ttl = ttl
+        self._expires_at = expires
+        self._released = False
+        self._renewer: asyncio.Task[None] | None = None
+        self._op = asyncio.Lock()
+
+    def _not_owned(self) -> LockNotOwnedError:
+        return LockNotOwnedError(self.key)
+
+    async def release(self) -> None:
+        """Release the lock.
+
+        Raises:
+            LockNotOwnedError: already released, expired, or taken over by another holder.
+        """
+        await self._stop_renewing()
+        async with self._op:
+            if self._released:
+                raise self._not_owned()
+            self._released = True
+            deleted = await self._lock._bucket.delete(self._revision)
+            if not deleted or time.time() >= self._expires_at:
+                raise self._not_owned()
+
+    async def extend(self, ttl: float) -> None:
+        """Reset the lease to expire ``ttl`` seconds from now.
+
+        Raises:
+            LockNotOwnedError: released, expired, or taken over.
+        """
+        if ttl <= 0:
+            raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl!r}")
+        async with self._op:
+            if self._released or time.time() >= self._expires_at:
+                raise self._not_owned()
+            expires = time.time() + ttl
+            value = _encode(_Holder(self.token, expires))
+            revision = await self._lock._bucket.write(self.key, value, last=self._revision, ttl=ttl + 1)
+            if revision is None:
+                raise self._not_owned()
+            self._revision = revision
+            self._expires_at = expires
+            self._ttl = ttl
+
+    def _start_renewing(self) -> None:
+        self._renewer = asyncio.create_task(self._renew(), name=f"catga-lock-renew:{self.key}")
+        self._lock._renewers.add(self._renewer)
+        self._renewer.add_done_callback(self._lock._renewers.discard)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                # shielded: a release cancelling this task must not lose the revision of a write in
+                # flight; release() then waits for it on self._op and deletes the new revision
+                await asyncio.shield(self.extend(self._ttl))
+            except LockNotOwnedError:
+                _log.warning("lock %r was lost before it could be renewed; stopping auto-renewal", self.key)
+                return
+            except BackendError as exc:
+                _log.warning("renewing lock %r failed (%s); retrying", self.key, exc)
+
+    async def _stop_renewing(self) -> None:
+        task, self._renewer = self._renewer, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def __aenter__(self) -> NatsLease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
+
+
+class NatsLock(NatsStoreBase):
+    """:class:`~catga.protocols.DistributedLock` on a NATS KV-layout bucket.
+
+    Args:
+        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
+        bucket: the bucket name (stream ``KV_<bucket>``).
+        storage: ``"file"`` or ``"memory"``.
+        replicas: stream replicas (3 on a cluster: a lock on one node is lost with that node).
+        timeout: seconds per network call (default: the connection's).
+    """
+
+    def __init__(
+        self,
+        source: NatsConnection | Client,
+        *,
+        bucket: str = "catga_locks",
+        storage: str = "file",
+        replicas: int = 1,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(source, timeout=timeout)
+        self._bucket = KvBucket(
+            self._conn, bucket, kind=_KIND, storage=storage, replicas=replicas, timeout=self._timeout
+        )
+        self._renewers: set[asyncio.Task[None]] = set()
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self._bucket.bucket
+
+    async def _try(self, key: str, token: str, ttl: float) -> NatsLease | None:
+        bucket = self._bucket
+        expires = time.time() + ttl
+        value = _encode(_Holder(token, expires))
+        revision = await bucket.write(key, value, last=0, ttl=ttl + 1)
+        if revision is None:
+            entry = await bucket.get(key)
+            if entry is None:
+                revision = await bucket.write(key, value, last=0, ttl=ttl + 1)
+            elif _decode(entry.value).expires_at <= time.time():
+                revision = await bucket.write(key, value, last=entry.revision, ttl=ttl + 1)
+        if revision is None:
+            return None
+        return NatsLease(self, key, token, revision, ttl, expires)
+
+    async def acquire(
+        self, key: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
+    ) -> NatsLease:
+        """Acquire ``key`` for ``ttl`` seconds, retrying for up to ``wait`` seconds.
+
+        Raises:
+            LockNotAcquiredError: still held by another holder after ``wait`` seconds.
+            InvalidIdentifierError: ``key`` is invalid (before any I/O).
+            ConfigurationError: ``ttl`` is not positive.
+        """
+        self._bucket.subject(key)
+        if ttl <= 0:
+            raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl!r}")
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + max(0.0, wait)
+        delay = 0.01
+        while True:
+            lease = await self._try(key, token, ttl)
+            if lease is not None:
+                if auto_renew:
+                    lease._start_renewing()
+                return lease
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockNotAcquiredError(key, wait)
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.1)
+
+    async def _close(self) -> None:
+        tasks = list(self._renewers)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,657 @@
+"""NATS transport: core NATS for at-most-once, JetStream for at-least-once and exactly-once.
+
+Wire format (readable by any NATS client): the headers are :meth:`Metadata.to_headers
+<catga.messages.Metadata.to_headers>` (``Catga-Type``, ``Catga-Id``, ...) plus ``Nats-Msg-Id`` (the message
+id, for JetStream's publish-side de-duplication); the payload is the message encoded by the
+:class:`~catga.serialization.TypeRegistry` (JSON by default). Subjects::
+
+    <prefix>.evt.<destination>   publish (events, fan-out)
+    <prefix>.cmd.<destination>   send (commands, competing consumers)
+    <prefix>.rpc.<destination>   request / serve (core request-reply)
+
+The destination defaults to the message type's wire name.
+
+Two JetStream streams hold at-least-once traffic (created on first use):
+
+* ``<stream>`` (default ``CATGA_MESSAGES``) captures ``<prefix>.evt.>`` with *interest* retention: a
+  message is kept until every consumer (subscription group) has acked it. A new group starts with the
+  messages published after it first subscribed; a durable group resumes where it left off.
+* ``<stream>_COMMANDS`` captures ``<prefix>.cmd.>`` as a *work queue*: a command waits until a worker
+  takes it, even if none is running when it is sent, and is removed once acked.
+
+Per subscription (see :meth:`NatsTransport.subscribe`):
+
+* ``AT_MOST_ONCE``: core NATS subscriptions; a ``group`` becomes a NATS queue group, ``group=None`` gets
+  its own copy. Commands use the fixed queue group ``catga-cmd``.
+* ``AT_LEAST_ONCE`` / ``EXACTLY_ONCE``: durable pull consumers, one for events (shared by every
+  subscription of the same ``group``; a private one deleted on close when ``group=None``) and one for
+  commands (shared by every subscriber of the destination). Ack after the handler returns; on error
+  ``nak`` with an exponential, capped backoff (``retry_backoff``, ``retry_backoff_max``); the failure on
+  delivery ``max_deliver`` puts the message in the dead-letter queue with its error and terminates it.
+  A message that cannot be decoded goes to the dead-letter queue at once. ``EXACTLY_ONCE`` also claims
+  the message id in the ``inbox`` before running the handler and completes it afterwards, so a
+  redelivered duplicate is acked without running the handler again.
+* Stuck messages (a handler that crashed the process, or ran longer than ``ack_wait``) are redelivered
+  by JetStream after ``ack_wait`` seconds. Consumers allow ``max_deliver + 1`` deliveries; a delivery
+  past ``max_deliver`` (the previous one never finished) goes to the dead-letter queue unhandled.
+* At most ``max_in_flight`` handlers run at once per subscription; each consumer keeps at most
+  ``max_in_flight`` messages requested or in hand (pull requests ask only for free slots).
+
+Publish QoS comes from the message's :class:`~catga.messages.Metadata` (``default_qos`` when none is
+given): ``AT_MOST_ONCE`` is a core publish (JetStream still stores it when the stream exists, but the
+publisher does not wait); otherwise a JetStream publish that waits for the stream's ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+
+import nats
+from catga.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    OperationTimeoutError,
+    SerializationError,
+)
+from catga.ids import new_id
+from catga.messages import H_ID, Metadata, QoS
+from catga.nats._consumer import NatsSubscription, PullConsumer, settle
+from catga.nats._errors import translate_errors
+from catga.nats._jsapi import decode_ack
+from catga.nats.connection import DEFAULT_TIMEOUT, DEFAULT_URL, NatsConnection, as_connection
+from catga.nats.idempotency import NatsInboxStore
+from catga.protocols import DeadLetterQueue, InboxStore, Subscription, validate_identifier
+from catga.serialization import TypeRegistry, default_registry
+
+__all__ = ("H_ERROR", "NatsSubscription", "NatsTransport")
+
+T = TypeVar("T")
+logger = logging.getLogger("catga.nats.transport")
+
+#: Header of an RPC reply whose handler raised (same name as the memory transport's).
+H_ERROR = "Catga-Error"
+_CMD_QUEUE = "catga-cmd"
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,200}\Z")
+_DAY = 86400.0
+
+
+def _header_block(headers: Mapping[str, str]) -> bytes:
+    """Render wire headers as a ``NATS/1.0`` header block.
+
+    Raises:
+        SerializationError: a name or value contains CR or LF (it would forge other headers).
+    """
+    text = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    if text.count("\n") != len(headers) or text.count("\r") != len(headers):
+        raise SerializationError(f"header names and values must not contain CR or LF: {dict(headers)!r}")
+    return b"NATS/1.0\r\n" + text.encode() + b"\r\n"
+
+
+async def _interest_barrier(client: Client, timeout: float) -> None:
+    """Return once the server has processed every SUB this client sent: subscribe() is ready on return.
+
+    One ``flush()`` is not enough: nats-py writes its PING straight to the socket, ahead of commands
+    still queued for its flusher task (the SUB), so the PONG can come back before the server saw the
+    SUB (measured: ~1% of requests right after ``serve()`` got "no responders"). The second PING is
+    written after the first PONG arrived, by when the flusher has written the SUB.
+    """
+    seconds = max(1, round(timeout))
+    await client.flush(timeout=seconds)
+    await client.flush(timeout=seconds)
+
+
+def _consumer_name(kind: str, destination: str, group: str | None) -> str:
+    """A readable, collision-free JetStream consumer name for ``(kind, destination, group)``."""
+    raw = f"{kind}\0{destination}\0{group or ''}"
+    digest = hashlib.blake2b(raw.encode(), digest_size=6).hexdigest()
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", destination)[:40]
+    if group:
+        readable += "_" + re.sub(r"[^A-Za-z0-9_-]", "_", group)[:24]
+    return f"{kind}_{readable}_{digest}"
+
+
+class NatsTransport:
+    """A :class:`~catga.protocols.Transport` on NATS core and JetStream.
+
+    Args:
+        connection: a :class:`~catga.nats.connection.NatsConnection` or an open nats-py client (shared
+            with the other NATS objects built on it). The transport does not close it unless
+            ``owns_connection=True`` (as with :meth:`connect`).
+        registry: message types allowed on the wire; :func:`~catga.serialization.default_registry` if None.
+        prefix: first subject token(s), to isolate applications on one server.
+        stream: name of the events stream; the commands stream is ``<stream>_COMMANDS``. Default
+            ``CATGA_MESSAGES`` for the default prefix, else ``<PREFIX>_MESSAGES``.
+        dead_letters: where failed and undecodable messages go. Without one they are logged and dropped.
+        inbox: the inbox ``EXACTLY_ONCE`` subscriptions claim message ids in; by default a
+            :class:`~catga.nats.idempotency.NatsInboxStore` in bucket ``<stream>_INBOX``, made on first use.
+        default_qos: publish QoS when no metadata is given.
+        ack_wait: seconds JetStream waits for an ack before redelivering (also the inbox claim ttl).
+        retry_backoff: nak delay after the first failed delivery; doubles per delivery.
+        retry_backoff_max: cap of the nak delay.
+        duplicate_window: seconds JetStream remembers ``Nats-Msg-Id`` values to drop duplicates.
+        max_age: seconds a message may wait in a stream at most (None: forever).
+        storage: JetStream storage of the streams.
+        timeout: default timeout of every network call, in seconds.
+        drain_timeout: how long :meth:`aclose` waits for in-flight handlers before cancelling them.
+        pull_expires: lifetime of one JetStream pull request (idle consumers re-pull this often).
+        owns_connection: close ``connection`` (drain, then close) in :meth:`aclose`.
+
+    Example:
+        >>> transport = await NatsTransport.connect("nats://127.0.0.1:4222", dead_letters=dlq)
+        >>> async def on_placed(event: OrderPlaced, meta: Metadata) -> None: ...
+        >>> sub = await transport.subscribe(OrderPlaced, on_placed, group="billing")
+        >>> await transport.publish(OrderPlaced(order_id="o-1"))
+        >>> await transport.aclose()
+    """
+
+    def __init__(
+        self,
+        connection: NatsConnection | Client,
+        *,
+        registry: TypeRegistry | None = None,
+        prefix: str = "catga",
+        stream: str | None = None,
+        dead_letters: DeadLetterQueue | None = None,
+        inbox: InboxStore | None = None,
+        default_qos: QoS = QoS.AT_LEAST_ONCE,
+        ack_wait: float = 30.0,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float = 30.0,
+        duplicate_window: float = 120.0,
+        max_age: float | None = 7 * _DAY,
+        storage: Literal["file", "memory"] = "file",
+        timeout: float = 5.0,
+        drain_timeout: float = 10.0,
+        pull_expires: float = 5.0,
+        owns_connection: bool = False,
+    ) -> None:
+        self.prefix = validate_identifier(prefix, "subject prefix")
+        if stream is None:
+            stream = "CATGA_MESSAGES" if prefix == "catga" else f"{prefix.upper()}_MESSAGES"
+            stream = re.sub(r"[^A-Za-z0-9_\-]", "_", stream)
+        if _STREAM_NAME.match(stream) is None:
+            raise ConfigurationError(
+                f"invalid JetStream stream name {stream!r}: use 1-200 ASCII letters, digits, '_' or '-'"
+            )
+        for name, value in (
+            ("ack_wait", ack_wait),
+            ("timeout", timeout),
+            ("drain_timeout", drain_timeout),
+            ("pull_expires", pull_expires),
+        ):
+            if value <= 0:
+                raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
+        if retry_backoff < 0 or retry_backoff_max < retry_backoff:
+            raise ConfigurationError(
+                f"need 0 <= retry_backoff <= retry_backoff_max, got {retry_backoff} and {retry_backoff_max}"
+            )
+        self.connection = as_connection(connection)
+        self.client: Client = self.connection.client
+        self.registry = registry or default_registry()
+        self.stream = stream
+        self.command_stream = f"{stream}_COMMANDS"
+        self.dead_letters = dead_letters
+        self.inbox = inbox
+        self.default_qos = QoS(default_qos)
+        self.ack_wait = ack_wait
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.duplicate_window = duplicate_window
+        self.max_age = max_age
+        self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
+        self.timeout = timeout
+        self.drain_timeout = drain_timeout
+        self.pull_expires = pull_expires
+        self._owns_connection = owns_connection
+        self._js = self.client.jetstream(prefix=self.connection.api_prefix, timeout=timeout)
+        self._wire = self.connection.wire  # the lean socket for JetStream publishes (see connection.py)
+        self.connection.attach()
+        self._streams_ready = False
+        self._init_lock = asyncio.Lock()
+        self._own_inbox: NatsInboxStore | None = None
+        self._subscriptions: set[NatsSubscription] = set()
+        self._servers: set[_RpcServe] = set()
+        self._subjects: dict[tuple[str, str], str] = {}
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls, url: str = DEFAULT_URL, *, connect_options: Mapping[str, Any] | None = None, **options: Any
+    ) -> NatsTransport:
+        """Connect to ``url`` and return a transport that owns (and will close) the connection.
+
+        Args:
+            url: server URL(s), credentials allowed (``nats://user:pass@127.0.0.1:4222``).
+            connect_options: keyword arguments for :meth:`NatsConnection.connect
+                <catga.nats.connection.NatsConnection.connect>` (``token``, ``tls``, ``name``...).
+            **options: keyword options of :class:`NatsTransport`.
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+            ConfigurationError: bad credentials or options.
+        """
+        conn_opts = dict(connect_options or {})
+        conn_opts.setdefault("timeout", float(options.get("timeout", DEFAULT_TIMEOUT)))
+        conn = await NatsConnection.connect(url, **conn_opts)
+        try:
+            return cls(conn, owns_connection=True, **options)
+        except BaseException:
+            await conn.aclose()
+            raise
+
+    # ------------------------------------------------------------------------------------------------
+    # Publishing
+
+    def _subject(self, kind: str, message: object, destination: str | None) -> tuple[str, str]:
+        """Return ``(subject, type_name)`` for a message sent as ``kind`` to ``destination``."""
+        type_name = self.registry.name_of(type(message))
+        dest = type_name if destination is None else destination
+        key = (kind, dest)
+        subject = self._subjects.get(key)
+        if subject is None:
+            validate_identifier(dest, "destination")
+            subject = f"{self.prefix}.{kind}.{dest}"
+            if len(self._subjects) < 10_000:
+                self._subjects[key] = subject
+        return subject, type_name
+
+    async def publish(
+        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
+    ) -> None:
+        """Publish an event to every subscription group of ``destination`` (default: the type's name).
+
+        Raises:
+            InvalidIdentifierError: the destination is malformed.
+            SerializationError: the message cannot be encoded.
+            BackendTimeoutError: JetStream did not confirm within ``timeout``.
+            BackendUnavailableError: the connection is down.
+        """
+        await self._publish("evt", message, metadata, destination)
+
+    async def send(
+        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
+    ) -> None:
+        """Send a command to one consumer among the subscribers of ``destination``.
+
+        At-least-once commands wait in the commands stream until a worker takes them.
+
+        Raises:
+            Same as :meth:`publish`.
+        """
+        await self._publish("cmd", message, metadata, destination)
+
+    async def publish_batch(self, messages: Sequence[object], *, destination: str | None = None) -> None:
+        """Publish events with ``default_qos``; JetStream publishes are pipelined, then all confirmed.
+
+        Raises:
+            Same as :meth:`publish`; on a failure some messages may have been published (they carry
+            distinct ids, so publishing the batch again is de-duplicated within ``duplicate_window``).
+        """
+        if not messages:
+            return
+        if self.default_qos == QoS.AT_MOST_ONCE:
+            for message in messages:
+                await self._publish("evt", message, None, destination)
+            return
+        encoded = [self._encode("evt", message, None, destination) for message in messages]
+        await self._js_publish_many(encoded, f"publishing a batch of {len(messages)} messages")
+
+    async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Publish already encoded bytes and wire headers as they are (dead-letter replay, tests, bridges).
+
+        Goes through JetStream like an at-least-once event; subscribers decode it like any message and
+        dead-letter it if it does not decode.
+
+        Raises:
+            InvalidIdentifierError: the destination is malformed.
+            BackendTimeoutError: JetStream did not confirm within ``timeout``.
+            BackendUnavailableError: the connection is down.
+        """
+        if self._closed:
+            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+        subject = f"{self.prefix}.evt.{validate_identifier(destination, 'destination')}"
+        await self._js_publish_many([(subject, dict(headers), bytes(body))], f"publishing to {subject}")
+
+    def _encode(
+        self, kind: str, message: object, metadata: Metadata | None, destination: str | None
+    ) -> tuple[str, dict[str, str], bytes]:
+        subject, type_name = self._subject(kind, message, destination)
+        body = self.registry.codec_for(type(message)).encode(message)
+        if metadata is None:
+            metadata = Metadata(message_id=new_id(), created_at=time.time(), qos=self.default_qos)
+        headers = metadata.to_headers(type_name)
+        headers["Nats-Msg-Id"] = headers[H_ID]
+        return subject, headers, body
+
+    async def _publish(
+        self, kind: str, message: object, metadata: Metadata | None, destination: str | None
+    ) -> None:
+        if self._closed:
+            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+        subject, headers, body = self._encode(kind, message, metadata, destination)
+        qos = self.default_qos if metadata is None else metadata.qos
+        if qos == QoS.AT_MOST_ONCE:
+            with translate_errors(f"publishing to {subject}", self.timeout):
+                await self.client.publish(subject, body, headers=headers)
+            return
+        if not self._streams_ready:
+            await self._ensure_streams()
+        reply = await self._wire.request(subject.encode(), body, _header_block(headers), timeout=self.timeout)
+        decode_ack(reply, f"publish to {subject}")
+
+    async def _js_publish_many(self, items: Sequence[tuple[str, dict[str, str], bytes]], what: str) -> None:
+        """JetStream-publish ``(subject, headers, body)`` items pipelined, then wait for every ack."""
+        if not self._streams_ready:
+            await self._ensure_streams()
+        wire = self._wire
+        if not wire.connected:
+            await wire.connect()
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for subject, headers, body in items:
+                futures.append(wire.send(subject.encode(), body, _header_block(headers), self.timeout))
+            replies = await asyncio.gather(*futures)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        for (subject, _, _), reply in zip(items, replies, strict=True):
+            decode_ack(reply, f"{what} (to {subject})")
+
+    async def _ensure_streams(self) -> None:
+        async with self._init_lock:
+            if self._streams_ready:
+                return
+            await self._ensure_stream(self.stream, f"{self.prefix}.evt.>", api.RetentionPolicy.INTEREST)
+            await self._ensure_stream(
+                self.command_stream, f"{self.prefix}.cmd.>", api.RetentionPolicy.WORK_QUEUE
+            )
+            self._streams_ready = True
+
+    async def _ensure_stream(self, name: str, subject: str, retention: api.RetentionPolicy) -> None:
+        config = api.StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=retention,
+            storage=self.storage,
+            duplicate_window=self.duplicate_window,
+            max_age=self.max_age,
+        )
+        await self.connection.ensure_stream(config, check=("subjects", "retention"))
+
+    # ------------------------------------------------------------------------------------------------
+    # Subscribing
+
+    async def subscribe(
+        self,
+        message_type: type[T],
+        handler: Callable[[T, Metadata], Awaitable[None]],
+        *,
+        qos: QoS = QoS.AT_LEAST_ONCE,
+        group: str | None = None,
+        destination: str | None = None,
+        max_in_flight: int = 64,
+        max_deliver: int = 5,
+    ) -> NatsSubscription:
+        """Run ``handler`` for every ``message_type`` published or sent to ``destination``.
+
+        Args:
+            message_type: the only type decoded from this destination.
+            handler: ``async (message, metadata) -> None``; raising means failure.
+            qos: delivery guarantee (see the module docs).
+            group: competing consumers sharing one copy of each event; None gives this subscription
+                its own copy. Commands are always shared by every subscriber of the destination.
+            destination: default: the type's wire name.
+            max_in_flight: handlers running at once in this subscription.
+            max_deliver: deliveries before a failing message is dead-lettered (at-least-once).
+
+        Returns:
+            The live subscription; ``aclose()`` it (or the transport) to stop.
+
+        Raises:
+            ConfigurationError: bad limits.
+            InvalidIdentifierError: a malformed destination or group.
+            BackendError: the consumers could not be created.
+        """
+        if self._closed:
+            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+        if max_in_flight < 1 or max_deliver < 1:
+            raise ConfigurationError(
+                f"max_in_flight and max_deliver must be >= 1, got {max_in_flight} and {max_deliver}"
+            )
+        qos = QoS(qos)
+        if qos == QoS.EXACTLY_ONCE and self.inbox is None:
+            self._own_inbox = NatsInboxStore(
+                self.connection, bucket=f"{self.stream}_INBOX", storage=self.storage.value
+            )
+            self.inbox = self._own_inbox
+        codec = self.registry.codec_for(message_type)
+        dest = validate_identifier(codec.name if destination is None else destination, "destination")
+        if group is not None:
+            validate_identifier(group, "consumer group")
+        sub = NatsSubscription(self, codec, handler, qos, group, dest, max_in_flight, max_deliver)
+        evt, cmd = f"{self.prefix}.evt.{dest}", f"{self.prefix}.cmd.{dest}"
+        try:
+            if qos == QoS.AT_MOST_ONCE:
+                with translate_errors(f"subscribing to {evt}", self.timeout):
+                    await sub.add_core(evt, group or "")
+                    await sub.add_core(cmd, _CMD_QUEUE)
+                    await _interest_barrier(self.client, self.timeout)
+            else:
+                if not self._streams_ready:
+                    await self._ensure_streams()
+                ephemeral = group is None
+                evt_name = _consumer_name("evt", dest, group if group else str(new_id()))
+                await self._add_consumer(self.stream, evt_name, evt, sub, ephemeral)
+                await sub.add_pull(PullConsumer(sub, self.stream, evt_name, ephemeral=ephemeral))
+                cmd_name = _consumer_name("cmd", dest, None)
+                await self._add_consumer(self.command_stream, cmd_name, cmd, sub, False)
+                await sub.add_pull(PullConsumer(sub, self.command_stream, cmd_name, ephemeral=False))
+        except BaseException:
+            await asyncio.shield(sub.aclose())
+            raise
+        self._subscriptions.add(sub)
+        return sub
+
+    async def _add_consumer(
+        self, stream: str, name: str, subject: str, sub: NatsSubscription, ephemeral: bool
+    ) -> None:
+        command = stream == self.command_stream
+        config = api.ConsumerConfig(
+            name=name,
+            durable_name=name,
+            deliver_policy=api.DeliverPolicy.ALL if command else api.DeliverPolicy.NEW,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=sub.max_deliver + 1,
+            filter_subject=subject,
+            max_ack_pending=max(1000, 4 * sub.max_in_flight),
+            inactive_threshold=max(60.0, 10 * self.pull_expires) if ephemeral else None,
+        )
+        with translate_errors(f"creating JetStream consumer {name!r} on {stream!r}", self.timeout):
+            try:
+                await self._js.add_consumer(stream, config)
+            except nats.js.errors.BadRequestError as exc:
+                # An existing shared consumer with settings that cannot change: bind to it as it is.
+                logger.warning("using existing JetStream consumer %s on %s as is: %s", name, stream, exc)
+
+    def _forget(self, sub: NatsSubscription) -> None:
+        self._subscriptions.discard(sub)
+
+    async def delete_consumer(self, stream: str, name: str) -> None:
+        """Delete a JetStream consumer (used for private consumers on close); a missing one is fine."""
+        with (
+            translate_errors(f"deleting JetStream consumer {name!r}", self.timeout),
+            contextlib.suppress(nats.js.errors.NotFoundError),
+        ):
+            await asyncio.wait_for(self._js.delete_consumer(stream, name), self.timeout)
+
+    # ------------------------------------------------------------------------------------------------
+    # Request / reply
+
+    async def request(
+        self,
+        destination: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> tuple[bytes, dict[str, str]]:
+        """Send ``body`` to the server of ``destination`` and wait for its reply.
+
+        Returns:
+            ``(reply body, reply headers)``.
+
+        Raises:
+            OperationTimeoutError: no reply within ``timeout`` seconds (including: nobody serves it).
+            BackendUnavailableError: the connection is down.
+        """
+        validate_identifier(destination, "destination")
+        subject = f"{self.prefix}.rpc.{destination}"
+        try:
+            with translate_errors(f"request to {destination!r}", timeout):
+                try:
+                    reply = await self.client.request(
+                        subject, body, timeout=timeout, headers=dict(headers) if headers else None
+                    )
+                except nats.errors.NoRespondersError as exc:
+                    logger.debug("no server for %s: %r", subject, exc)
+                    raise OperationTimeoutError(
+                        f"request to {destination!r} (nobody serves it)", timeout
+                    ) from exc
+        except BackendTimeoutError as exc:
+            raise OperationTimeoutError(f"request to {destination!r}", timeout) from exc.__cause__
+        return reply.data, dict(reply.headers) if reply.headers else {}
+
+    async def serve(
+        self,
+        destination: str,
+        handler: Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]],
+        *,
+        group: str | None = "rpc",
+        max_in_flight: int = 64,
+    ) -> Subscription:
+        """Answer requests to ``destination`` with ``handler`` (a NATS queue group shares the load).
+
+        A handler that raises is logged and answered with an empty body and a ``Catga-Error`` header,
+        so the caller does not wait for nothing.
+
+        Raises:
+            InvalidIdentifierError: a malformed destination or group.
+            BackendUnavailableError: the connection is down.
+        """
+        if self._closed:
+            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+        validate_identifier(destination, "destination")
+        if group is not None:
+            validate_identifier(group, "consumer group")
+        server = _RpcServe(self, destination, handler, max_in_flight)
+        subject = f"{self.prefix}.rpc.{destination}"
+        with translate_errors(f"serving {subject}", self.timeout):
+            server.nsub = await self.client.subscribe(subject, queue=group or "", cb=server.on_msg)
+            await _interest_barrier(self.client, self.timeout)
+        self._servers.add(server)
+        return server
+
+    # ------------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    async def aclose(self) -> None:
+        """Stop every subscription (in-flight handlers get ``drain_timeout``), then close an owned client.
+
+        Idempotent. Shielded from cancellation and time-limited.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        subs: list[Subscription] = [*self._subscriptions, *self._servers]
+        await asyncio.shield(self._close(subs))
+
+    async def _close(self, subs: list[Subscription]) -> None:
+        if subs:
+            results = await asyncio.gather(*(s.aclose() for s in subs), return_exceptions=True)
+            for r in results:
+                if isinstance(r, Exception):
+                    logger.warning("error closing a NATS subscription: %r", r)
+        if self._own_inbox is not None:
+            await self._own_inbox.aclose()
+        await self.connection.detach()
+        if self._owns_connection:
+            await self.connection.aclose()
+
+    async def __aenter__(self) -> NatsTransport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"NatsTransport(prefix={self.prefix!r}, stream={self.stream!r})"
+
+
+class _RpcServe:
+    """A core NATS queue subscription answering requests with a bytes handler."""
+
+    def __init__(
+        self,
+        transport: NatsTransport,
+        destination: str,
+        handler: Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]],
+        max_in_flight: int,
+    ) -> None:
+        self.transport = transport
+        self.destination = destination
+        self.handler = handler
+        self.nsub: Any = None
+        self._sem = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def on_msg(self, msg: Msg) -> None:
+        await self._sem.acquire()
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._sem.release()
+
+    async def _answer(self, msg: Msg) -> None:
+        try:
+            body, headers = await self.handler(msg.data, dict(msg.headers) if msg.headers else {})
+        except Exception as exc:
+            logger.exception("request handler on %r failed", self.destination)
+            body, headers = b"", {H_ERROR: f"{type(exc).__name__}: {exc}"}
+        if msg.reply:
+            await settle(
+                self.transport.client.publish(msg.reply, body, headers=headers or None),
+                f"replying on {self.destination!r}",
+            )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.transport._servers.discard(self)
+        if self.nsub is not None:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await asyncio.wait_for(self.nsub.unsubscribe(), self.transport.timeout)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.transport.drain_timeout)
+            for task in pending:
+                task.cancel()

@@ -1,0 +1,36 @@
+"""Redis backend: event store, outbox, idempotency/inbox, dead letters, lock and cache.
+
+Everything runs on :class:`RedisClient`, an auto-pipelining client (one connection shared by all
+concurrent tasks, hiredis parsing) with a key prefix per application. Build a component from an open
+client (shared) or from a URL with its ``connect`` classmethod (owned, closed by ``aclose()``)::
+
+    from catga.redis import RedisClient, RedisEventStore, RedisLock
+
+    client = RedisClient.from_url("redis://127.0.0.1:6379/0", prefix="shop")
+    store = RedisEventStore(client, registry=registry)
+    lock = RedisLock(client)
+
+See ``docs/redis.md`` for URLs, TLS, the key layout and what each Lua script guarantees.
+"""
+
+from catga.redis.cache import RedisCache
+from catga.redis.connection import RedisClient, RedisSettings, Script
+from catga.redis.dead_letter import RedisDeadLetterQueue
+from catga.redis.event_store import RedisEventStore
+from catga.redis.idempotency import RedisIdempotencyStore, RedisInboxStore
+from catga.redis.lock import RedisLease, RedisLock
+from catga.redis.outbox import RedisOutboxStore
+
+__all__ = (
+    "RedisCache",
+    "RedisClient",
+    "RedisDeadLetterQueue",
+    "RedisEventStore",
+    "RedisIdempotencyStore",
+    "RedisInboxStore",
+    "RedisLease",
+    "RedisLock",
+    "RedisOutboxStore",
+    "RedisSettings",
+    "Script",
+)

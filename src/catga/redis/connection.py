@@ -1,0 +1,427 @@
+"""Connecting to Redis: URL settings, the auto-pipelining :class:`RedisClient`, Lua :class:`Script`.
+
+URLs (the same forms redis-py accepts)::
+
+    redis://[[user]:password@]host[:port][/db][?option=value...]
+    rediss://...                      TLS (certificates verified by default)
+    unix:///path/to/redis.sock[?db=0&password=...]
+
+Options in the query string: ``db``, ``client_name``, ``ssl_cert_reqs`` (``required`` | ``optional`` |
+``none``), ``ssl_ca_certs`` (CA bundle path), ``ssl_certfile`` / ``ssl_keyfile`` (client certificate),
+``ssl_check_hostname`` (``true``/``false``). User and password are percent-decoded. ``AUTH user
+password`` (ACL) or ``AUTH password`` and ``SELECT db`` run on every new connection.
+
+One :class:`RedisClient` holds **one** connection on which the commands of all concurrent tasks are
+pipelined (see :mod:`catga.redis._resp`); it reconnects on the next call after a loss. Every call has a
+timeout (``timeout``, default 5 s; ``None`` only when passed explicitly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.redis._errors import reply_error, translate_error
+from catga.redis._keys import validate_prefix
+from catga.redis._resp import ReplyError, RespConnection
+
+__all__ = ("DEFAULT", "DEFAULT_URL", "RedisClient", "RedisSettings", "Script")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "catga"
+
+
+class _Default(enum.Enum):
+    DEFAULT = "DEFAULT"
+
+
+#: "Use the client's default timeout" (distinct from ``None``, which means no timeout).
+DEFAULT: Final = _Default.DEFAULT
+Timeout = float | None | _Default
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where and how to connect. Build with :meth:`from_url`.
+
+    Attributes:
+        host: server host (ignored with ``unix_path``).
+        port: server port.
+        db: database number, selected on connect.
+        username: ACL user, or None for the default user.
+        password: password, or None for no ``AUTH``.
+        ssl_context: TLS context (``rediss://``), or None for plain TCP.
+        unix_path: Unix socket path instead of TCP.
+        client_name: ``CLIENT SETNAME`` value.
+        timeout: default per-command timeout in seconds (None: none).
+        connect_timeout: seconds allowed for connecting and the handshake.
+        url: the URL it was built from (without changes; may contain the password).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+    unix_path: str | None = None
+    client_name: str | None = None
+    timeout: float | None = 5.0
+    connect_timeout: float = 5.0
+    url: str = DEFAULT_URL
+
+    @property
+    def address(self) -> str:
+        """``host:port`` or the socket path, for messages (never the password)."""
+        return self.unix_path or f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float | None = 5.0,
+        connect_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> RedisSettings:
+        """Parse a ``redis://``, ``rediss://`` or ``unix://`` URL.
+
+        Args:
+            url: the URL (see the module docstring).
+            timeout: default per-command timeout in seconds.
+            connect_timeout: connect + handshake timeout in seconds.
+            ssl_context: TLS context to use instead of one built from the URL's ``ssl_*`` options
+                (implies TLS even for ``redis://``).
+
+        Raises:
+            ConfigurationError: unknown scheme, bad port/db or option value.
+        """
+        try:
+            parts = urlsplit(url)
+            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid Redis URL {_redact(url)!r}: {exc}") from exc
+        scheme = parts.scheme.lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigurationError(
+                f"invalid Redis URL {_redact(url)!r}: scheme must be redis://, rediss:// or unix://"
+            )
+        db_text = query.get("db")
+        if db_text is None and scheme != "unix":
+            db_text = parts.path.strip("/") or "0"
+        try:
+            db = int(db_text or "0")
+        except ValueError:
+            raise ConfigurationError(
+                f"invalid Redis URL {_redact(url)!r}: database must be a number, got {db_text!r}"
+            ) from None
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else query.get("password")
+        if scheme == "rediss" and ssl_context is None:
+            ssl_context = _ssl_context_from(query, url)
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port or 6379,
+            db=db,
+            username=username,
+            password=password,
+            ssl_context=ssl_context,
+            unix_path=parts.path if scheme == "unix" else None,
+            client_name=query.get("client_name"),
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            url=url,
+        )
+
+
+def _ssl_context_from(query: dict[str, str], url: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
+    reqs = query.get("ssl_cert_reqs", "required").lower()
+    if reqs not in ("required", "optional", "none"):
+        raise ConfigurationError(
+            f"invalid Redis URL {_redact(url)!r}: ssl_cert_reqs must be required, optional or none"
+        )
+    check = query.get("ssl_check_hostname", "true" if reqs == "required" else "false").lower() in _TRUE
+    ctx.check_hostname = check
+    ctx.verify_mode = {
+        "required": ssl.CERT_REQUIRED,
+        "optional": ssl.CERT_OPTIONAL,
+        "none": ssl.CERT_NONE,
+    }[reqs]
+    if "ssl_certfile" in query:
+        ctx.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"))
+    return ctx
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> RespConnection:
+    """Open one connection and run the handshake (AUTH, SELECT, CLIENT SETNAME).
+
+    Raises:
+        BackendUnavailableError: the server cannot be reached.
+        BackendTimeoutError: connect or handshake took longer than ``connect_timeout``.
+        ConfigurationError: the server refused the credentials.
+    """
+    loop = asyncio.get_running_loop()
+    address = settings.address
+    op = f"connect to {address}"
+    conn: RespConnection | None = None
+    try:
+        async with asyncio.timeout(settings.connect_timeout):
+            if settings.unix_path is not None:
+                _, conn = await loop.create_unix_connection(
+                    lambda: RespConnection(address, coalesce=coalesce),
+                    settings.unix_path,
+                    ssl=settings.ssl_context,
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: RespConnection(address, coalesce=coalesce),
+                    settings.host,
+                    settings.port,
+                    ssl=settings.ssl_context,
+                    server_hostname=settings.host if settings.ssl_context else None,
+                )
+            commands: list[tuple[Any, ...]] = []
+            if settings.password is not None:
+                if settings.username:
+                    commands.append(("AUTH", settings.username, settings.password))
+                else:
+                    commands.append(("AUTH", settings.password))
+            if settings.db:
+                commands.append(("SELECT", settings.db))
+            if settings.client_name:
+                commands.append(("CLIENT", "SETNAME", settings.client_name))
+            if commands:
+                for args, fut in zip(commands, conn.send_many(commands, None), strict=True):
+                    reply = await fut
+                    if type(reply) is ReplyError:
+                        raise reply_error(str(args[0]), reply)
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        translated = translate_error(exc, op, settings.connect_timeout)
+        if translated is exc:
+            raise
+        raise translated from exc
+    return conn
+
+
+class Script:
+    """A Lua script run with ``EVALSHA``, falling back to ``EVAL`` (which caches it) on ``NOSCRIPT``.
+
+    The SHA1 is computed locally, so the script is registered lazily by its first use on each server
+    and re-registered by itself after a restart or ``SCRIPT FLUSH``.
+
+    Attributes:
+        source: the Lua source.
+        sha: its SHA1 hex digest.
+        name: a short name for error messages.
+    """
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, source: str, name: str = "script") -> None:
+        self.source = source
+        self.name = name
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+class RedisClient:
+    """An auto-pipelining Redis client on one connection, with a key prefix.
+
+    Commands issued concurrently by many tasks share the connection and are pipelined; replies are
+    matched in order. The connection opens on first use and reopens on the next call after it is
+    lost (calls in flight at the loss fail with :class:`~catga.errors.BackendUnavailableError`).
+
+    Replies are raw RESP2 values: ``bytes``, ``int``, ``None`` or lists of them.
+
+    Args:
+        settings: where to connect (see :meth:`from_url`).
+        prefix: the first component of every catga key (``{prefix}:...``); distinct prefixes isolate
+            applications sharing a server. Letters, digits and ``_ - . @ = +`` (no ``:``).
+        coalesce: join the commands issued within one event-loop tick into one write (default; see
+            :mod:`catga.redis._resp` for the measurement) instead of one write per command.
+
+    Example:
+        >>> r = RedisClient.from_url("redis://127.0.0.1:6379/0", prefix="orders")
+        >>> await r.execute("SET", r.prefix + ":hello", b"world")  # doctest: +SKIP
+        b'OK'
+        >>> await r.aclose()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, settings: RedisSettings, *, prefix: str = DEFAULT_PREFIX, coalesce: bool = True
+    ) -> None:
+        self.settings = settings
+        self.prefix = validate_prefix(prefix)
+        self.timeout = settings.timeout
+        self._coalesce = coalesce
+        self._conn: RespConnection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float | None = 5.0,
+        connect_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+        coalesce: bool = True,
+    ) -> RedisClient:
+        """A client for ``url`` (nothing is opened until the first command).
+
+        Raises:
+            ConfigurationError: the URL or prefix is invalid.
+        """
+        settings = RedisSettings.from_url(
+            url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
+        )
+        return cls(settings, prefix=prefix, coalesce=coalesce)
+
+    def clone(self, *, prefix: str | None = None, client_name: str | None = None) -> RedisClient:
+        """A new client with the same settings and its own connection (e.g. for blocking reads).
+
+        Args:
+            prefix: another key prefix (default: this client's).
+            client_name: ``CLIENT SETNAME`` for the new connection (default: this client's).
+        """
+        settings = self.settings if client_name is None else replace(self.settings, client_name=client_name)
+        return RedisClient(
+            settings, prefix=self.prefix if prefix is None else prefix, coalesce=self._coalesce
+        )
+
+    def with_timeout(self, timeout: float | None) -> RedisClient:
+        """A new client like this one but with another default timeout."""
+        return RedisClient(
+            replace(self.settings, timeout=timeout), prefix=self.prefix, coalesce=self._coalesce
+        )
+
+    # -- connection ----------------------------------------------------------------------------
+    async def _connect(self) -> RespConnection:
+        if self._closed:
+            raise BackendUnavailableError(
+                f"this RedisClient for {self.settings.address} was closed; create a new one", backend="redis"
+            )
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                return conn
+            conn = await open_connection(self.settings, coalesce=self._coalesce)
+            if self._closed:
+                conn.close()
+                raise BackendUnavailableError(
+                    f"this RedisClient for {self.settings.address} was closed while connecting",
+                    backend="redis",
+                )
+            self._conn = conn
+            return conn
+
+    # -- commands ------------------------------------------------------------------------------
+    async def execute(self, *args: Any, timeout: Timeout = DEFAULT) -> Any:
+        """Run one command, e.g. ``await r.execute("GET", key)``; return its reply.
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached or the connection was lost.
+            BackendTimeoutError: no reply within ``timeout`` seconds.
+            BackendError: the server answered with an error.
+        """
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connect()
+        reply = await conn.send(args, self.timeout if timeout is DEFAULT else timeout)
+        if type(reply) is ReplyError:
+            raise reply_error(str(args[0]), reply)
+        return reply
+
+    async def execute_many(
+        self, commands: Sequence[tuple[Any, ...]], *, timeout: Timeout = DEFAULT
+    ) -> list[Any]:
+        """Pipeline several commands in one write; return their replies in order.
+
+        Not a transaction: use a :class:`Script` for atomicity. If a reply is an error, the first such
+        error is raised after all replies arrived.
+        """
+        if not commands:
+            return []
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connect()
+        futures = conn.send_many(list(commands), self.timeout if timeout is DEFAULT else timeout)
+        replies = [await fut for fut in futures]
+        for args, reply in zip(commands, replies, strict=True):
+            if type(reply) is ReplyError:
+                raise reply_error(str(args[0]), reply)
+        return replies
+
+    async def run_script(
+        self, script: Script, keys: Sequence[Any], args: Sequence[Any] = (), *, timeout: Timeout = DEFAULT
+    ) -> Any:
+        """Run ``script`` with ``KEYS`` and ``ARGV``; one round trip (two after a script cache flush).
+
+        Raises:
+            BackendError: the script failed (its message names the script).
+        """
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connect()
+        t = self.timeout if timeout is DEFAULT else timeout
+        reply = await conn.send(("EVALSHA", script.sha, len(keys), *keys, *args), t)
+        if type(reply) is ReplyError and str(reply).startswith("NOSCRIPT"):
+            conn = self._conn
+            if conn is None or conn.closed:
+                conn = await self._connect()
+            reply = await conn.send(("EVAL", script.source, len(keys), *keys, *args), t)
+        if type(reply) is ReplyError:
+            raise reply_error(f"script {script.name}", reply)
+        return reply
+
+    async def ping(self) -> None:
+        """Check the server answers ``PING`` (connecting if needed)."""
+        await self.execute("PING")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`aclose`."""
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Close the connection; calls in flight fail with BackendUnavailableError. Idempotent."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            await asyncio.sleep(0)  # let the transport run its close callbacks
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisClient({self.settings.address!r}, db={self.settings.db}, prefix={self.prefix!r})"

@@ -1,0 +1,120 @@
+"""Dead-letter queue on Redis: a hash of records plus a sorted set for order.
+
+``P:dlq`` maps id → the letter encoded with msgpack (bodies kept byte for byte); ``P:dlq-idx`` orders
+ids by an insertion counter ``P:dlq-seq`` (oldest first; re-adding an id replaces the letter and moves
+it to the end). ``add``, ``list`` and ``delete`` are Lua scripts, so each is one atomic round trip.
+"""
+
+from __future__ import annotations
+
+import builtins
+from types import TracebackType
+from typing import Self
+
+import msgspec
+
+from catga.errors import ConfigurationError
+from catga.protocols import DeadLetter
+from catga.redis.connection import DEFAULT_URL, RedisClient, Script
+
+__all__ = ("RedisDeadLetterQueue",)
+
+_ADD = Script(
+    """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+return 1
+""",
+    "dlq-add",
+)
+_LIST = Script(
+    """
+local ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+local out = {}
+for i = 1, #ids, 500 do
+  local part = redis.call('HMGET', KEYS[1], unpack(ids, i, math.min(i + 499, #ids)))
+  for _, v in ipairs(part) do out[#out + 1] = v end
+end
+return out
+""",
+    "dlq-list",
+)
+_DELETE = Script(
+    """
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('HDEL', KEYS[1], ARGV[1])
+""",
+    "dlq-delete",
+)
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(DeadLetter).decode
+
+
+class RedisDeadLetterQueue:
+    """Dead letters in Redis (see :class:`~catga.protocols.DeadLetterQueue`), listed oldest first.
+
+    Args:
+        client: the :class:`~catga.redis.RedisClient` to use; keys live under its prefix.
+        owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
+    """
+
+    def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
+        self._client = client
+        self._owns_client = owns_client
+        p = client.prefix
+        self._keys = (f"{p}:dlq", f"{p}:dlq-idx", f"{p}:dlq-seq")
+
+    @classmethod
+    def connect(cls, url: str = DEFAULT_URL, *, prefix: str = "catga", timeout: float | None = 5.0) -> Self:
+        """A queue with its own client for ``url`` (closed by :meth:`aclose`)."""
+        return cls(RedisClient.from_url(url, prefix=prefix, timeout=timeout), owns_client=True)
+
+    async def add(self, letter: DeadLetter) -> None:
+        """Store ``letter``; a letter with the same id is replaced (and moves to the end).
+
+        Raises:
+            ConfigurationError: ``letter`` is not a :class:`~catga.protocols.DeadLetter` or has no id.
+        """
+        if not isinstance(letter, DeadLetter) or not isinstance(letter.id, str) or not letter.id:
+            raise ConfigurationError(f"add() takes a DeadLetter with a non-empty id, got {letter!r}")
+        if not isinstance(letter.body, bytes):
+            letter = msgspec.structs.replace(letter, body=bytes(letter.body))
+        await self._client.run_script(_ADD, self._keys, (letter.id, _encode(letter)))
+
+    async def list(self, limit: int = 100) -> builtins.list[DeadLetter]:
+        """Up to ``limit`` letters, oldest first."""
+        if limit <= 0:
+            return []
+        blobs = await self._client.run_script(_LIST, self._keys[:2], (limit,))
+        return [_decode(b) for b in blobs if b is not None]
+
+    async def get(self, id: str) -> DeadLetter | None:
+        """The letter with this id, or None."""
+        blob = await self._client.execute("HGET", self._keys[0], id)
+        return None if blob is None else _decode(blob)
+
+    async def delete(self, id: str) -> bool:
+        """Delete a letter; return whether it existed."""
+        return bool(await self._client.run_script(_DELETE, self._keys[:2], (id,)))
+
+    async def count(self) -> int:
+        """How many letters are stored."""
+        n: int = await self._client.execute("HLEN", self._keys[0])
+        return n
+
+    async def aclose(self) -> None:
+        """Close an owned client. Idempotent."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisDeadLetterQueue(prefix={self._client.prefix!r})"

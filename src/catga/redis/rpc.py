@@ -1,0 +1,392 @@
+"""RPC on Redis: ``call(service, method, request) -> Result`` over a transport's ``request``/``serve``.
+
+:class:`RedisRpcClient` and :class:`RedisRpcServer` have the same API and wire format as the NATS
+flavour (``Catga-Rpc-Method``, ``Catga-Rpc-Status``, ``Catga-Rpc-Code``, a JSON error body); on a
+:class:`~catga.redis.RedisTransport` requests travel on the stream ``P:t:rpc:<service>`` and replies on
+a list private to the caller (see :mod:`catga.redis._reqrep`), so replies reach the caller only.
+
+Wire format of a call:
+
+* request: headers ``Catga-Rpc-Method: <method>``, the request's metadata headers (``Catga-Type``,
+  ``Catga-Id``, correlation...), body = the request encoded by the registry;
+* success reply: ``Catga-Rpc-Status: ok``; a registered message type as result has ``Catga-Type`` and
+  its registry encoding; a plain value (None, bool, int, float, str, list, dict) is encoded as is;
+* error reply: ``Catga-Rpc-Status: error``, ``Catga-Rpc-Code: <ErrorCode>``, body = JSON
+  ``{"message": ..., "code": ..., "field_errors": {...}}``.
+
+A business error raised by a method comes back as a failed Result with its message and code; an
+unexpected exception as ``"internal error"`` (logged on the server, no internals leak); no reply in time
+as code ``timeout``; a transport failure as code ``backend``.
+
+Example:
+    >>> server = RedisRpcServer(transport, "pricing")  # doctest: +SKIP
+    >>> @server.method("quote")
+    ... async def quote(req: GetQuote) -> Quote: ...
+    >>> await server.start()  # doctest: +SKIP
+    >>> result = await RedisRpcClient(transport).call("pricing", "quote", GetQuote(sku="x"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Self, TypeVar, overload
+
+import msgspec
+
+from catga.errors import (
+    BackendError,
+    CatgaError,
+    ConfigurationError,
+    ConflictError,
+    ErrorCode,
+    ForbiddenError,
+    HandlerError,
+    NotFoundError,
+    OperationTimeoutError,
+    RetryableError,
+    SerializationError,
+    UnauthorizedError,
+    ValidationError,
+)
+from catga.ids import new_id
+from catga.messages import H_TYPE, Metadata, Request
+from catga.protocols import Subscription, Transport, validate_identifier
+from catga.redis._wire import H_ERROR
+from catga.redis.transport import RedisTransport
+from catga.result import Result
+from catga.serialization import TypeRegistry, default_registry
+
+__all__ = (
+    "H_ERROR",
+    "H_RPC_CODE",
+    "H_RPC_METHOD",
+    "H_RPC_STATUS",
+    "RedisRpcClient",
+    "RedisRpcServer",
+)
+
+R = TypeVar("R")
+Handler = Callable[[Any], Awaitable[Any]]
+logger = logging.getLogger("catga.redis.rpc")
+
+H_RPC_METHOD = "Catga-Rpc-Method"
+H_RPC_STATUS = "Catga-Rpc-Status"
+H_RPC_CODE = "Catga-Rpc-Code"
+
+_PLAIN = (type(None), bool, int, float, str, list, dict)
+_REMOTE_ERRORS: dict[str, type[HandlerError]] = {
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.CONFLICT: ConflictError,
+    ErrorCode.UNAUTHORIZED: UnauthorizedError,
+    ErrorCode.FORBIDDEN: ForbiddenError,
+    ErrorCode.RETRYABLE: RetryableError,
+    ErrorCode.BUSINESS: HandlerError,
+}
+
+
+class _ErrorBody(msgspec.Struct, omit_defaults=True):
+    message: str
+    code: str
+    field_errors: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+
+_encode_error = msgspec.json.Encoder().encode
+_decode_error = msgspec.json.Decoder(_ErrorBody).decode
+
+
+def _error(
+    message: str, code: str, field_errors: dict[str, list[str]] | None = None
+) -> tuple[bytes, dict[str, str]]:
+    return _encode_error(_ErrorBody(message, code, dict(field_errors or {}))), {
+        H_RPC_STATUS: "error",
+        H_RPC_CODE: code,
+    }
+
+
+class RedisRpcServer:
+    """Serves the methods of one service on a transport (requests shared by the servers of ``group``).
+
+    Args:
+        transport: a :class:`~catga.redis.RedisTransport` (any :class:`~catga.protocols.Transport` works).
+        service: the service name (the destination requests are sent to).
+        registry: message types allowed on the wire (default :func:`~catga.serialization.default_registry`).
+        group: servers sharing the load; ``None``: every server answers, the first reply wins.
+    """
+
+    _owned: RedisTransport | None = None
+
+    def __init__(
+        self,
+        transport: Transport,
+        service: str,
+        *,
+        registry: TypeRegistry | None = None,
+        group: str | None = "rpc",
+    ) -> None:
+        self.transport = transport
+        self.service = validate_identifier(service, "rpc service")
+        self.registry = registry if registry is not None else default_registry()
+        self.group = group
+        self._methods: dict[str, tuple[Handler, type | None]] = {}
+        self._subscription: Subscription | None = None
+
+    @classmethod
+    async def connect(cls, url: str, service: str, **options: Any) -> RedisRpcServer:
+        """A server on its own :class:`~catga.redis.RedisTransport` to ``url``, closed by :meth:`aclose`.
+
+        ``options`` go to :meth:`RedisTransport.connect <catga.redis.RedisTransport.connect>`.
+        """
+        transport = RedisTransport.connect(url, **options)
+        server = cls(transport, service, registry=transport.registry)
+        server._owned = transport
+        return server
+
+    def register(self, method: str, handler: Handler, *, request_type: type | None = None) -> None:
+        """Serve ``method`` with ``async handler(request) -> result``.
+
+        Args:
+            method: the method name.
+            handler: called with the decoded request; its return value is the reply.
+            request_type: the only request type accepted (any registered type when None).
+
+        Raises:
+            InvalidIdentifierError: a malformed method name.
+            ConfigurationError: the method is registered already.
+        """
+        validate_identifier(method, "rpc method")
+        if method in self._methods:
+            raise ConfigurationError(f"rpc method {method!r} of service {self.service!r} is registered twice")
+        if request_type is not None:
+            self.registry.register(request_type)
+        self._methods[method] = (handler, request_type)
+
+    def method(self, name: str, *, request_type: type | None = None) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`register`."""
+
+        def apply(handler: Handler) -> Handler:
+            self.register(name, handler, request_type=request_type)
+            return handler
+
+        return apply
+
+    async def start(self) -> None:
+        """Start answering requests (idempotent)."""
+        if self._subscription is None:
+            self._subscription = await self.transport.serve(self.service, self._dispatch, group=self.group)
+
+    async def aclose(self) -> None:
+        """Stop answering (requests in flight finish first); close a transport :meth:`connect` made."""
+        sub, self._subscription = self._subscription, None
+        if sub is not None:
+            await sub.aclose()
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            await owned.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _dispatch(self, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        method = headers.get(H_RPC_METHOD, "")
+        entry = self._methods.get(method)
+        if entry is None:
+            return _error(
+                f"service {self.service!r} has no method {method!r} (it serves {sorted(self._methods)})",
+                ErrorCode.HANDLER_NOT_FOUND,
+            )
+        handler, request_type = entry
+        try:
+            type_name = headers.get(H_TYPE)
+            if type_name is None:
+                raise SerializationError(f"rpc request to {self.service}.{method} has no {H_TYPE} header")
+            codec = self.registry.codec_named(type_name)
+            if request_type is not None and codec.type is not request_type:
+                raise SerializationError(
+                    f"{self.service}.{method} takes {request_type.__qualname__}, got {type_name!r}"
+                )
+            request = codec.decode(body)
+        except SerializationError as exc:
+            return _error(str(exc), exc.code)
+        try:
+            value = await handler(request)
+        except CatgaError as exc:
+            return _error(str(exc), exc.code, getattr(exc, "field_errors", None))
+        except Exception:
+            logger.exception("rpc method %s.%s failed", self.service, method)
+            return _error("internal error", ErrorCode.INTERNAL)
+        try:
+            if isinstance(value, _PLAIN):
+                fmt = self.registry.format
+                data = msgspec.json.encode(value) if fmt == "json" else msgspec.msgpack.encode(value)
+                return data, {H_RPC_STATUS: "ok"}
+            name, data = self.registry.encode(value)
+        except (SerializationError, TypeError, msgspec.EncodeError) as exc:
+            logger.exception("rpc method %s.%s returned an unencodable value", self.service, method)
+            return _error(
+                f"cannot encode the result of {self.service}.{method}: {exc}", ErrorCode.SERIALIZATION
+            )
+        return data, {H_RPC_STATUS: "ok", H_TYPE: name}
+
+
+class RedisRpcClient:
+    """Calls methods of services served by :class:`RedisRpcServer`; replies come to this client only.
+
+    Args:
+        transport: a :class:`~catga.redis.RedisTransport` (any :class:`~catga.protocols.Transport` works).
+        registry: message types allowed on the wire (default :func:`~catga.serialization.default_registry`).
+        timeout: default seconds to wait for a reply.
+    """
+
+    _owned: RedisTransport | None = None
+
+    def __init__(
+        self, transport: Transport, *, registry: TypeRegistry | None = None, timeout: float = 5.0
+    ) -> None:
+        self.transport = transport
+        self.registry = registry if registry is not None else default_registry()
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(cls, url: str, *, timeout: float = 5.0, **options: Any) -> RedisRpcClient:
+        """A client on its own :class:`~catga.redis.RedisTransport` to ``url``, closed by :meth:`aclose`."""
+        transport = RedisTransport.connect(url, **options)
+        client = cls(transport, registry=transport.registry, timeout=timeout)
+        client._owned = transport
+        return client
+
+    @overload
+    async def call(
+        self,
+        service: str,
+        method: str,
+        request: Request[R],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Result[R]: ...
+
+    @overload
+    async def call(
+        self,
+        service: str,
+        method: str,
+        request: object,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Result[Any]: ...
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        request: object,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Result[Any]:
+        """Call ``service.method(request)`` and return its result.
+
+        Args:
+            service: the service name.
+            method: the method name.
+            request: the request message (its type must be encodable by the registry).
+            timeout: seconds to wait for the reply (default: the client's).
+            metadata: ids and headers to send with the request (fresh ones by default).
+
+        Returns:
+            A success with the method's return value, or a failure: the remote error's message and code,
+            ``timeout`` when no reply came in time, ``backend`` when the transport failed, ``internal``
+            when the remote handler crashed.
+
+        Raises:
+            InvalidIdentifierError: a malformed service or method name.
+            SerializationError: the request cannot be encoded.
+        """
+        validate_identifier(service, "rpc service")
+        validate_identifier(method, "rpc method")
+        seconds = self.timeout if timeout is None else timeout
+        name, body = self.registry.encode(request)
+        if metadata is None:
+            metadata = Metadata(message_id=new_id(), created_at=time.time())
+        headers = metadata.to_headers(name)
+        headers[H_RPC_METHOD] = method
+        where = {"service": service, "method": method}
+        try:
+            data, reply = await self.transport.request(service, body, headers=headers, timeout=seconds)
+        except OperationTimeoutError as exc:
+            return Result.failure(
+                f"rpc call {service}.{method} got no reply within {seconds} s", ErrorCode.TIMEOUT, exc, where
+            )
+        except BackendError as exc:
+            return Result.failure(f"rpc call {service}.{method} failed: {exc}", ErrorCode.BACKEND, exc, where)
+        return self._result(service, method, data, reply, where)
+
+    def _result(
+        self, service: str, method: str, data: bytes, reply: dict[str, str], where: dict[str, Any]
+    ) -> Result[Any]:
+        status = reply.get(H_RPC_STATUS)
+        if status == "ok":
+            try:
+                type_name = reply.get(H_TYPE)
+                if type_name is not None:
+                    return Result.success(self.registry.decode(type_name, data))
+                fmt = self.registry.format
+                return Result.success(
+                    msgspec.json.decode(data) if fmt == "json" else msgspec.msgpack.decode(data)
+                )
+            except (SerializationError, msgspec.DecodeError) as exc:
+                return Result.failure(
+                    f"cannot decode the reply of {service}.{method}: {exc}",
+                    ErrorCode.SERIALIZATION,
+                    exc,
+                    where,
+                )
+        if status == "error":
+            try:
+                err = _decode_error(data)
+            except msgspec.DecodeError:
+                err = _ErrorBody(data.decode("utf-8", "replace"), reply.get(H_RPC_CODE, ErrorCode.INTERNAL))
+            meta: dict[str, Any] = dict(where)
+            if err.field_errors:
+                meta["field_errors"] = err.field_errors
+            return Result.failure(err.message, err.code, _remote_exception(err), meta)
+        if H_ERROR in reply:
+            logger.warning("rpc %s.%s: the remote handler crashed: %s", service, method, reply[H_ERROR])
+            return Result.failure(
+                f"rpc call {service}.{method}: internal error", ErrorCode.INTERNAL, None, where
+            )
+        return Result.failure(
+            f"rpc call {service}.{method}: the reply is not a catga rpc reply (no {H_RPC_STATUS} header)",
+            ErrorCode.SERIALIZATION,
+            None,
+            where,
+        )
+
+    async def aclose(self) -> None:
+        """Close the transport if :meth:`connect` opened it (a transport passed in stays open)."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            await owned.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _remote_exception(err: _ErrorBody) -> CatgaError | None:
+    """Rebuild the caller-side exception for well-known codes, so ``unwrap()`` raises something useful."""
+    if err.code == ErrorCode.VALIDATION:
+        invalid = ValidationError(err.message)
+        invalid.field_errors = dict(err.field_errors)
+        return invalid
+    cls = _REMOTE_ERRORS.get(err.code)
+    return cls(err.message) if cls is not None else None

@@ -1,0 +1,529 @@
+"""Redis transport: Streams with consumer groups for at-least-once, pub/sub for at-most-once fan-out.
+
+Keys and channels (``P`` is the prefix, default the client's, ``catga``)::
+
+    P:t:evt:<destination>    stream (and pub/sub channel of the same name): publish, events
+    P:t:cmd:<destination>    stream: send, commands (a work queue: entries are deleted once settled)
+    P:t:rpc:<destination>    stream: request / serve (see :mod:`catga.redis.rpc`)
+    P:t:reply:<client id>    list: the replies of one requesting transport
+
+Wire format, readable by any Redis client: a stream entry's first field is ``body`` (the message
+encoded by the :class:`~catga.serialization.TypeRegistry`, JSON by default), the other fields are the
+headers of :meth:`Metadata.to_headers <catga.messages.Metadata.to_headers>` (``Catga-Type``,
+``Catga-Id``, ...) and the user's headers. A pub/sub message (and an RPC reply) is the headers as one
+JSON object, a newline, then the body.
+
+Every ``publish`` does ``XADD`` (trimmed with ``MAXLEN ~ max_len``) and ``PUBLISH`` in one round trip,
+so each subscriber sees each message whatever QoS the sender chose; the *subscription's* QoS decides
+how it reads:
+
+* ``AT_LEAST_ONCE`` / ``EXACTLY_ONCE``: a consumer group on the event stream -- ``group=None`` gets a
+  private group (fan-out; destroyed on close), a named group is shared by its members (competing
+  consumers). Groups start with the messages published after they were created. ``XREADGROUP``
+  asks only for free slots; the entry is ``XACK``-ed after the handler returns. A failed delivery stays
+  pending and is taken again with ``XCLAIM`` after an exponential, capped backoff (``retry_backoff``,
+  ``retry_backoff_max``); the failure of delivery ``max_deliver`` moves it to the dead-letter queue
+  with its error, then acks it. ``EXACTLY_ONCE`` claims the message id in the ``inbox`` first.
+* Stuck messages: every ``claim_min_idle / 3`` seconds a subscription refreshes the idle time of the
+  entries it holds (``XCLAIM ... JUSTID``, so a long handler is not taken away) and takes over entries
+  idle for ``claim_min_idle`` seconds -- those of a consumer that died -- with ``XAUTOCLAIM``. An entry
+  already delivered more than ``max_deliver`` times goes to the dead-letter queue unhandled.
+* ``AT_MOST_ONCE`` with ``group=None``: Redis pub/sub (``SUBSCRIBE``), one connection per transport.
+  Pub/sub has no competing consumers, so ``AT_MOST_ONCE`` with a named group reads the stream with
+  ``XREADGROUP ... NOACK`` instead (delivered once to the group, never redelivered).
+* Commands (``send``) go to the command stream only; every subscriber of the destination, whatever its
+  group, competes in the one group ``catga-cmd``, created at the start of the stream (commands sent
+  before any worker started are kept). At-most-once subscribers read it with ``NOACK``.
+
+A message that cannot be decoded goes to the dead-letter queue at once with the reason, and is acked.
+At most ``max_in_flight`` handlers run at once per subscription. Each blocking read uses its own
+connection (two per stream subscription: events and commands); every other command is pipelined on the
+shared :class:`~catga.redis.RedisClient`, with its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Self, TypeVar
+
+import redis.asyncio as aioredis
+
+from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.ids import new_id
+from catga.messages import Metadata, QoS
+from catga.protocols import DeadLetterQueue, InboxStore, validate_identifier
+from catga.redis._consumer import RedisSubscription, StreamReader
+from catga.redis._errors import redis_errors
+from catga.redis._keys import validate_prefix
+from catga.redis._reqrep import RawHandler, RedisServer, _ReplyRouter
+from catga.redis._wire import H_ERROR, entry_args, frame
+from catga.redis.connection import DEFAULT_URL, RedisClient, RedisSettings
+from catga.serialization import TypeRegistry, default_registry
+
+__all__ = ("H_ERROR", "RedisServer", "RedisSubscription", "RedisTransport")
+
+T = TypeVar("T")
+logger = logging.getLogger("catga.redis.transport")
+
+CMD_GROUP = "catga-cmd"
+
+
+class RedisTransport:
+    """A :class:`~catga.protocols.Transport` on Redis Streams and pub/sub (see the module docs).
+
+    Args:
+        client: the :class:`~catga.redis.RedisClient` for non-blocking commands (pipelined); blocking
+            reads use clones of it. Not closed by :meth:`aclose` unless ``owns_client=True``.
+        registry: message types allowed on the wire (default :func:`~catga.serialization.default_registry`).
+        prefix: first key component (default: the client's prefix).
+        dead_letters: where failed and undecodable messages go; without one they are logged and dropped.
+        inbox: the store ``EXACTLY_ONCE`` subscriptions claim message ids in (default: a
+            :class:`~catga.redis.RedisInboxStore` on ``client``).
+        max_len: approximate cap of each event stream (``XADD MAXLEN ~``); a group lagging further
+            behind loses the oldest entries. None: unbounded.
+        command_max_len: the same for command streams (default None: settled commands are deleted).
+        retry_backoff: delay before the first redelivery of a failed message; doubles per delivery.
+        retry_backoff_max: cap of that delay.
+        claim_min_idle: seconds an entry must sit unacked and unrefreshed before another consumer takes
+            it over (its consumer died). Also the inbox claim ttl.
+        block: seconds one blocking read waits before it is re-issued.
+        drain_timeout: seconds :meth:`aclose` lets in-flight handlers finish before cancelling them.
+        consumer_ttl: seconds after which idle consumers holding nothing (and private groups whose
+            consumers all went idle) are deleted by the periodic sweep.
+        rpc_max_len: approximate cap of request streams.
+        reply_ttl: seconds a reply list lives after the last reply pushed to it.
+        owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
+
+    Example:
+        >>> transport = RedisTransport.connect("redis://127.0.0.1:6379/0", dead_letters=dlq)  # doctest: +SKIP
+        >>> await transport.subscribe(OrderPlaced, on_placed, group="billing")  # doctest: +SKIP
+        >>> await transport.publish(OrderPlaced(order_id="o-1"))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        registry: TypeRegistry | None = None,
+        prefix: str | None = None,
+        dead_letters: DeadLetterQueue | None = None,
+        inbox: InboxStore | None = None,
+        max_len: int | None = 100_000,
+        command_max_len: int | None = None,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float = 30.0,
+        claim_min_idle: float = 30.0,
+        block: float = 5.0,
+        drain_timeout: float = 10.0,
+        consumer_ttl: float = 3600.0,
+        rpc_max_len: int = 10_000,
+        reply_ttl: float = 60.0,
+        owns_client: bool = False,
+    ) -> None:
+        if not 0 <= retry_backoff <= retry_backoff_max:
+            raise ConfigurationError(
+                f"need 0 <= retry_backoff <= retry_backoff_max, got {retry_backoff} and {retry_backoff_max}"
+            )
+        for name, value in (
+            ("claim_min_idle", claim_min_idle),
+            ("block", block),
+            ("drain_timeout", drain_timeout),
+            ("consumer_ttl", consumer_ttl),
+            ("reply_ttl", reply_ttl),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}")
+        for name, length in (
+            ("max_len", max_len),
+            ("command_max_len", command_max_len),
+            ("rpc_max_len", rpc_max_len),
+        ):
+            if length is not None and length < 1:
+                raise ConfigurationError(f"{name} must be >= 1 or None, got {length!r}")
+        self.client = client
+        self.prefix = validate_prefix(client.prefix if prefix is None else prefix)
+        self.registry = registry if registry is not None else default_registry()
+        self.dead_letters = dead_letters
+        if inbox is None:
+            from catga.redis.idempotency import RedisInboxStore
+
+            inbox = RedisInboxStore(client)
+        self.inbox: InboxStore | None = inbox
+        self.max_len = max_len
+        self.command_max_len = command_max_len
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.claim_min_idle = claim_min_idle
+        self.claim_min_idle_ms = max(1, round(claim_min_idle * 1000))
+        self.claim_interval = max(0.01, claim_min_idle / 3)
+        self.block = block
+        self.timeout = client.timeout if client.timeout is not None else 5.0
+        self.drain_timeout = drain_timeout
+        self.consumer_ttl = consumer_ttl
+        self.rpc_max_len = rpc_max_len
+        self.reply_ttl = reply_ttl
+        self.consumer_base = f"{socket.gethostname()[:40]}-{os.getpid()}"
+        self._owns_client = owns_client
+        self._evt = f"{self.prefix}:t:evt:"
+        self._cmd = f"{self.prefix}:t:cmd:"
+        self._subs: set[RedisSubscription] = set()
+        self._servers: set[Any] = set()
+        self._router: _ReplyRouter | None = None
+        self._pubsub_client: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._pubsub_task: asyncio.Task[None] | None = None
+        self._channels: dict[str, tuple[RedisSubscription, ...]] = {}
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._pubsub_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def connect(
+        cls, url: str = DEFAULT_URL, *, prefix: str = "catga", timeout: float | None = 5.0, **options: Any
+    ) -> RedisTransport:
+        """A transport with its own client for ``url`` (connected on first use, closed by :meth:`aclose`).
+
+        ``options`` are the keyword arguments of :class:`RedisTransport`.
+
+        Raises:
+            ConfigurationError: the URL or prefix is invalid.
+        """
+        return cls(RedisClient.from_url(url, prefix=prefix, timeout=timeout), owns_client=True, **options)
+
+    # -- keys -----------------------------------------------------------------------------------
+    def evt_key(self, destination: str) -> str:
+        """Stream key (and pub/sub channel) of events for ``destination``."""
+        return self._evt + destination
+
+    def cmd_key(self, destination: str) -> str:
+        """Stream key of commands for ``destination``."""
+        return self._cmd + destination
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before redelivering a message that failed ``attempts`` times."""
+        delay: float = self.retry_backoff * (1 << min(max(attempts - 1, 0), 30))
+        return min(delay, self.retry_backoff_max)
+
+    # -- publishing -----------------------------------------------------------------------------
+    def _encode(
+        self, message: object, metadata: Metadata | None, destination: str | None
+    ) -> tuple[str, bytes, dict[str, str]]:
+        if self._closed:
+            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        codec = self.registry.codec_for(type(message))
+        dest = validate_identifier(codec.name if destination is None else destination, "destination")
+        if metadata is None:
+            metadata = Metadata(message_id=new_id(), created_at=time.time(), qos=QoS.AT_LEAST_ONCE)
+        return dest, codec.encode(message), metadata.to_headers(codec.name)
+
+    def _event_commands(self, dest: str, body: bytes, headers: Mapping[str, str]) -> list[tuple[Any, ...]]:
+        key = self._evt + dest
+        return [entry_args(key, body, headers, self.max_len), ("PUBLISH", key, frame(body, headers))]
+
+    async def publish(
+        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
+    ) -> None:
+        """Publish an event to every group of ``destination`` (default: the type's wire name).
+
+        One round trip: ``XADD`` to the event stream and ``PUBLISH`` to its channel.
+
+        Raises:
+            InvalidIdentifierError: the destination is malformed.
+            SerializationError: the message cannot be encoded.
+            BackendError: Redis failed or timed out (``BackendUnavailableError``, ``BackendTimeoutError``).
+        """
+        dest, body, headers = self._encode(message, metadata, destination)
+        await self.client.execute_many(self._event_commands(dest, body, headers))
+
+    async def publish_batch(self, messages: Sequence[object], *, destination: str | None = None) -> None:
+        """Publish events (each with fresh metadata), pipelined in one round trip, in order.
+
+        Raises:
+            Same as :meth:`publish`; on a failure some of the messages may have been published.
+        """
+        commands: list[tuple[Any, ...]] = []
+        for message in messages:
+            dest, body, headers = self._encode(message, None, destination)
+            commands += self._event_commands(dest, body, headers)
+        await self.client.execute_many(commands)
+
+    async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Publish already encoded bytes and wire headers as they are (dead-letter replay, tests, bridges).
+
+        Subscribers decode it like any event and dead-letter it if it does not decode.
+
+        Raises:
+            InvalidIdentifierError: the destination is malformed.
+            BackendError: Redis failed or timed out.
+        """
+        if self._closed:
+            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        dest = validate_identifier(destination, "destination")
+        await self.client.execute_many(self._event_commands(dest, bytes(body), dict(headers)))
+
+    async def send(
+        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
+    ) -> None:
+        """Send a command to one subscriber of ``destination`` (``XADD`` to the command stream).
+
+        The command waits in the stream until a worker takes it, even if none is running yet.
+
+        Raises:
+            Same as :meth:`publish`.
+        """
+        dest, body, headers = self._encode(message, metadata, destination)
+        await self.client.execute(*entry_args(self._cmd + dest, body, headers, self.command_max_len))
+
+    # -- subscribing ----------------------------------------------------------------------------
+    async def subscribe(
+        self,
+        message_type: type[T],
+        handler: Callable[[T, Metadata], Awaitable[None]],
+        *,
+        qos: QoS = QoS.AT_LEAST_ONCE,
+        group: str | None = None,
+        destination: str | None = None,
+        max_in_flight: int = 64,
+        max_deliver: int = 5,
+    ) -> RedisSubscription:
+        """Run ``handler`` for every ``message_type`` published or sent to ``destination``.
+
+        Args:
+            message_type: the only type decoded from this destination.
+            handler: ``async (message, metadata) -> None``; raising means failure.
+            qos: delivery guarantee (see the module docs).
+            group: consumers sharing one copy of each event; None: a private copy. Commands are shared
+                by every subscriber of the destination.
+            destination: default: the type's wire name.
+            max_in_flight: handlers running at once in this subscription.
+            max_deliver: deliveries before a failing message is dead-lettered (at-least-once).
+
+        Returns:
+            The live subscription (ready to receive); ``aclose()`` it (or the transport) to stop.
+
+        Raises:
+            ConfigurationError: bad limits, or ``EXACTLY_ONCE`` without an inbox.
+            InvalidIdentifierError: a malformed destination or group.
+            BackendError: the groups or the pub/sub subscription could not be created.
+        """
+        if self._closed:
+            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        if not isinstance(message_type, type):
+            raise ConfigurationError(f"subscribe() needs a message class, got {message_type!r}")
+        if max_in_flight < 1 or max_deliver < 1:
+            raise ConfigurationError(
+                f"max_in_flight and max_deliver must be >= 1, got {max_in_flight} and {max_deliver}"
+            )
+        qos = QoS(qos)
+        if qos == QoS.EXACTLY_ONCE and self.inbox is None:
+            raise ConfigurationError(
+                "EXACTLY_ONCE subscriptions need an inbox: RedisTransport(..., inbox=...)"
+            )
+        codec = self.registry.codec_for(message_type)
+        dest = validate_identifier(codec.name if destination is None else destination, "destination")
+        if group is not None:
+            validate_identifier(group, "consumer group")
+        sub = RedisSubscription(self, codec, handler, qos, group, dest, max_in_flight, max_deliver)
+        noack = qos == QoS.AT_MOST_ONCE
+        self._subs.add(sub)
+        try:
+            if noack and group is None:
+                await self._pubsub_add(self._evt + dest, sub)
+            else:
+                private = group is None
+                name = group if group is not None else f"~{uuid.uuid4().hex}"
+                reader = StreamReader(sub, "evt", self._evt + dest, name, private=private, noack=noack)
+                sub._readers.append(reader)
+                await reader.create_group("$")
+            reader = StreamReader(sub, "cmd", self._cmd + dest, CMD_GROUP, private=False, noack=noack)
+            sub._readers.append(reader)
+            await reader.create_group("0")
+        except BaseException:
+            await sub.aclose()
+            raise
+        for reader in sub._readers:
+            reader.start()
+        return sub
+
+    def _forget(self, sub: RedisSubscription) -> None:
+        self._subs.discard(sub)
+
+    # -- pub/sub --------------------------------------------------------------------------------
+    async def _pubsub_add(self, channel: str, sub: RedisSubscription) -> None:
+        async with self._pubsub_lock:
+            subs = self._channels.get(channel, ())
+            self._channels[channel] = (*subs, sub)
+            sub._channel = channel
+            ready = self._ready.get(channel)
+            if ready is None:
+                ready = self._ready[channel] = asyncio.get_running_loop().create_future()
+                with redis_errors(f"SUBSCRIBE {channel}", self.timeout):
+                    if self._pubsub is None:
+                        self._pubsub_client = _pubsub_client(self.client.settings, self.timeout)
+                        self._pubsub = self._pubsub_client.pubsub()
+                    await asyncio.wait_for(self._pubsub.subscribe(channel), self.timeout)
+                if self._pubsub_task is None:
+                    self._pubsub_task = asyncio.ensure_future(self._pubsub_loop())
+        try:
+            await asyncio.wait_for(asyncio.shield(ready), self.timeout)
+        except TimeoutError:
+            raise BackendUnavailableError(
+                f"Redis did not confirm SUBSCRIBE {channel} within {self.timeout} s", backend="redis"
+            ) from None
+
+    async def _pubsub_remove(self, channel: str, sub: RedisSubscription) -> None:
+        async with self._pubsub_lock:
+            rest = tuple(s for s in self._channels.get(channel, ()) if s is not sub)
+            if rest:
+                self._channels[channel] = rest
+                return
+            self._channels.pop(channel, None)
+            self._ready.pop(channel, None)
+            if self._pubsub is not None and not self._closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._pubsub.unsubscribe(channel), self.timeout)
+
+    async def _pubsub_loop(self) -> None:
+        pause = 0.05
+        while True:
+            try:
+                with redis_errors("reading pub/sub messages", self.timeout):
+                    msg = await self._pubsub.get_message(timeout=1.0)
+            except Exception as exc:
+                logger.warning("pub/sub connection failed (%s); reconnecting in %.2f s", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            pause = 0.05
+            if msg is None:
+                continue
+            kind = msg["type"]
+            channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else str(msg["channel"])
+            if kind == b"message" or kind == "message":
+                for sub in self._channels.get(channel, ()):
+                    sub._on_frame(msg["data"])
+            elif kind == b"subscribe" or kind == "subscribe":
+                ready = self._ready.get(channel)
+                if ready is not None and not ready.done():
+                    ready.set_result(None)
+
+    # -- request / reply ------------------------------------------------------------------------
+    async def request(
+        self,
+        destination: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> tuple[bytes, dict[str, str]]:
+        """Send ``body`` to a server of ``destination``; wait for its reply (routed to this transport only).
+
+        Returns:
+            ``(reply body, reply headers)``.
+
+        Raises:
+            OperationTimeoutError: no reply within ``timeout`` seconds (also when nobody serves it).
+            BackendError: the request could not be written.
+        """
+        if self._closed:
+            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        if self._router is None:
+            self._router = _ReplyRouter(self)
+        return await self._router.request(destination, body, headers, timeout)
+
+    async def serve(
+        self,
+        destination: str,
+        handler: RawHandler,
+        *,
+        group: str | None = "rpc",
+        max_in_flight: int = 64,
+    ) -> RedisServer:
+        """Answer requests to ``destination`` with ``handler(body, headers) -> (body, headers)``.
+
+        Servers in one ``group`` share the requests; ``group=None`` answers every request (the caller
+        takes the first reply). A handler that raises is logged and answered with an empty body and a
+        ``Catga-Error`` header.
+
+        Raises:
+            InvalidIdentifierError: a malformed destination or group.
+            BackendError: the consumer group could not be created.
+        """
+        if self._closed:
+            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        server = RedisServer(self, destination, handler, group, max_in_flight)
+        await server.start()
+        self._servers.add(server)
+        return server
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Stop every subscription and server (in-flight handlers get ``drain_timeout``), then close the
+        connections this transport opened. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        closers = [s.aclose() for s in (*self._subs, *self._servers)]
+        if self._router is not None:
+            closers.append(self._router.aclose())
+        for result in await asyncio.gather(*closers, return_exceptions=True):
+            if isinstance(result, Exception):
+                logger.warning("error while closing the Redis transport: %r", result)
+        if self._pubsub_task is not None:
+            self._pubsub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pubsub_task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pubsub.aclose(), self.timeout)
+        if self._pubsub_client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pubsub_client.aclose(), self.timeout)
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisTransport({self.client.settings.address!r}, prefix={self.prefix!r})"
+
+
+def _pubsub_client(settings: RedisSettings, timeout: float) -> aioredis.Redis:
+    """A redis-py asyncio client for pub/sub on the same server (TLS settings come from the URL)."""
+    common: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": timeout,
+        "client_name": settings.client_name,
+    }
+    if settings.ssl_context is not None:
+        return aioredis.Redis.from_url(settings.url, **common)
+    if settings.unix_path is not None:
+        return aioredis.Redis(
+            unix_socket_path=settings.unix_path,
+            db=settings.db,
+            username=settings.username,
+            password=settings.password,
+            **common,
+        )
+    return aioredis.Redis(
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        username=settings.username,
+        password=settings.password,
+        **common,
+    )

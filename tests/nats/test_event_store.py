@@ -1,0 +1,315 @@
+"""The EventStore contract on NATS JetStream, plus NATS-only behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from nats.js.api import StorageType, StreamConfig
+
+from catga.errors import (
+    BackendUnavailableError,
+    ConcurrencyError,
+    ConfigurationError,
+    InvalidIdentifierError,
+)
+from catga.nats import NatsConnection, NatsEventStore
+from catga.nats._subjects import subject_token, token_to_identifier
+from catga.nats.event_store import MAX_EVENTS_PER_APPEND, POSITION_SHIFT
+from catga.protocols import ANY, NO_STREAM
+from catga.testing.contracts import (
+    INVALID_IDS,
+    ContractItemAdded,
+    ContractOrderPlaced,
+    EventStoreContract,
+    contract_registry,
+)
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture(params=["file-json", "memory-msgpack"])
+async def event_store(
+    request: pytest.FixtureRequest,
+    nats_connection: NatsConnection,
+    unique_name: str,
+    doomed_streams: list[str],
+) -> AsyncIterator[NatsEventStore]:
+    storage, fmt = request.param.split("-")
+    doomed_streams.append(unique_name.upper())
+    store = NatsEventStore(
+        nats_connection,
+        stream=unique_name.upper(),
+        prefix=unique_name,
+        storage=storage,
+        registry=contract_registry(fmt),
+    )
+    async with store:
+        yield store
+
+
+def _twin(store: NatsEventStore, conn: NatsConnection) -> NatsEventStore:
+    """A second store object on the same stream (another process, as far as caching goes)."""
+    return NatsEventStore(
+        conn, stream=store.stream, prefix=store.prefix, storage=store.storage, registry=store.registry
+    )
+
+
+class TestNatsEventStore(EventStoreContract):
+    """The contract, on file storage with JSON and on memory storage with msgpack."""
+
+
+# --- subject mapping -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", INVALID_IDS, ids=repr)
+def test_hostile_ids_never_become_subject_tokens(bad: object) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        subject_token(bad)  # type: ignore[arg-type]
+
+
+def test_tokens_are_single_distinct_tokens_and_invertible() -> None:
+    ids = ["a", "a.b", "a_b", "a=2Eb", "a-b", "a:b", "a@b", "a+b", "a=b", "A.b", "a.b.c", "x" * 200]
+    tokens = [subject_token(i) for i in ids]
+    assert len(set(tokens)) == len(ids)
+    for identifier, token in zip(ids, tokens, strict=True):
+        assert "." not in token and "*" not in token and ">" not in token and " " not in token
+        assert token_to_identifier(token) == identifier
+    assert subject_token("a.b") == "a=2Eb"
+    assert subject_token("orders-1_x") == "orders-1_x"
+
+
+async def test_stream_ids_with_dots_land_on_one_subject_each(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    await event_store.append("a.b", [ContractOrderPlaced("ab", 1)])
+    await event_store.append("a", [ContractOrderPlaced("a", 1)])
+    info = await nats_connection.js.stream_info(event_store.stream, subjects_filter=">")
+    assert set(info.state.subjects or {}) == {f"{event_store.prefix}.a=2Eb", f"{event_store.prefix}.a"}
+
+
+# --- concurrency enforced by the server ------------------------------------------------------------
+
+
+async def test_a_stale_cache_never_lets_a_conflicting_append_through(
+    event_store: NatsEventStore, nats_connection: NatsConnection, unique_name: str
+) -> None:
+    other = _twin(event_store, nats_connection)
+    try:
+        assert await event_store.append("s", [ContractOrderPlaced("a", 0)], NO_STREAM) == 0
+        assert await other.append("s", [ContractOrderPlaced("b", 1)], 0) == 1  # first store's cache: 0
+        with pytest.raises(ConcurrencyError) as info:
+            await event_store.append("s", [ContractOrderPlaced("a", 2)], 0)
+        assert (info.value.expected_version, info.value.actual_version) == (0, 1)
+        assert await event_store.append("s", [ContractOrderPlaced("a", 2)], 1) == 2
+        assert await other.append("s", [ContractOrderPlaced("b", 3)], ANY) == 3
+        assert [e.data.order_id for e in await event_store.read("s")] == ["a", "b", "a", "b"]
+    finally:
+        await other.aclose()
+
+
+async def test_any_from_two_stores_keeps_versions_contiguous(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    other = _twin(event_store, nats_connection)
+    try:
+
+        async def writer(store: NatsEventStore, name: str) -> None:
+            for i in range(20):
+                await store.append("shared", [ContractItemAdded(name, i), ContractItemAdded(name, i)])
+
+        await asyncio.gather(writer(event_store, "x"), writer(other, "y"))
+        stored = await event_store.read("shared")
+        assert [e.version for e in stored] == list(range(80))
+        pairs = [(stored[k].data, stored[k + 1].data) for k in range(0, 80, 2)]
+        assert all(a == b for a, b in pairs)
+    finally:
+        await other.aclose()
+
+
+# --- layout ---------------------------------------------------------------------------------------
+
+
+async def test_positions_are_sequence_times_1024_plus_index(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    await event_store.append("p", [ContractOrderPlaced("o", i) for i in range(3)])
+    await event_store.append("q", [ContractOrderPlaced("o", 9)])
+    info = await nats_connection.js.stream_info(event_store.stream)
+    last = info.state.last_seq
+    feed = await event_store.read_all()
+    assert [e.position for e in feed] == [
+        (last - 1) << POSITION_SHIFT,
+        ((last - 1) << POSITION_SHIFT) + 1,
+        ((last - 1) << POSITION_SHIFT) + 2,
+        last << POSITION_SHIFT,
+    ]
+
+
+async def test_a_multi_event_append_is_one_message(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    await event_store.append("m", [ContractOrderPlaced("o", i) for i in range(5)], metadata={"k": "v"})
+    info = await nats_connection.js.stream_info(event_store.stream)
+    assert info.state.messages == 1
+    raw = await nats_connection.js.get_last_msg(event_store.stream, f"{event_store.prefix}.m")
+    assert raw.headers is not None
+    assert raw.headers["Catga-Count"] == "5"
+    assert raw.headers["Catga-Version"] == "0"
+    assert msgspec.json.decode(raw.headers["Catga-Metadata"]) == {"k": "v"}
+
+
+async def test_a_single_event_is_stored_readable_by_a_plain_client(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    await event_store.append("plain", [ContractOrderPlaced("o-1", 42)])
+    raw = await nats_connection.js.get_last_msg(event_store.stream, f"{event_store.prefix}.plain")
+    assert raw.headers is not None and raw.headers["Catga-Type"] == "contracts.OrderPlaced"
+    decode = msgspec.json.decode if event_store.registry.format == "json" else msgspec.msgpack.decode
+    assert decode(raw.data or b"") == {"order_id": "o-1", "total": 42}
+
+
+async def test_too_many_events_in_one_append_is_refused(event_store: NatsEventStore) -> None:
+    with pytest.raises(ConfigurationError, match="at most 1024"):
+        await event_store.append("big", [ContractOrderPlaced("o", 0)] * (MAX_EVENTS_PER_APPEND + 1))
+    assert await event_store.version("big") == -1
+
+
+async def test_a_message_over_max_payload_is_refused_before_sending(event_store: NatsEventStore) -> None:
+    huge = ContractItemAdded("x" * (2 * 1024 * 1024), 1)
+    with pytest.raises(ConfigurationError, match="max_payload"):
+        await event_store.append("huge", [huge])
+    assert await event_store.append("huge", [ContractOrderPlaced("o", 0)], NO_STREAM) == 0
+
+
+async def test_invalid_expected_version_is_refused(event_store: NatsEventStore) -> None:
+    with pytest.raises(ConfigurationError):
+        await event_store.append("v", [ContractOrderPlaced("o", 0)], -3)
+
+
+# --- reads never create consumers ------------------------------------------------------------------
+
+
+async def test_reads_use_direct_get_and_leave_no_consumer(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    for i in range(600):  # more than two pages of batch direct get
+        await event_store.append("r", [ContractOrderPlaced("o", i)])
+    assert len(await event_store.read("r")) == 600
+    assert len(await event_store.read_all()) == 600
+    assert await event_store.version("r") == 599
+    info = await nats_connection.js.stream_info(event_store.stream)
+    assert info.state.consumer_count == 0
+
+
+async def test_closing_subscribe_all_deletes_its_consumer(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    await event_store.append("s", [ContractOrderPlaced("o", 0)])
+    it = event_store.subscribe_all()
+    first = await anext(it)
+    assert first.version == 0
+    info = await nats_connection.js.stream_info(event_store.stream)
+    assert info.state.consumer_count == 1
+    await it.aclose()
+    for _ in range(100):
+        info = await nats_connection.js.stream_info(event_store.stream)
+        if info.state.consumer_count == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert info.state.consumer_count == 0
+
+
+# --- stream configuration ---------------------------------------------------------------------------
+
+
+async def test_an_incompatible_existing_stream_is_a_configuration_error(
+    nats_connection: NatsConnection, unique_name: str, doomed_streams: list[str]
+) -> None:
+    name = unique_name.upper()
+    doomed_streams.append(name)
+    await nats_connection.js.add_stream(
+        StreamConfig(name=name, subjects=[f"{unique_name}.>"], storage=StorageType.MEMORY)
+    )
+    async with NatsEventStore(
+        nats_connection, stream=name, prefix=unique_name, registry=contract_registry()
+    ) as store:
+        with pytest.raises(ConfigurationError) as info:
+            await store.append("x", [ContractOrderPlaced("o", 0)])
+        message = str(info.value)
+        assert name in message and "storage" in message and "allow_direct" in message
+        with pytest.raises(ConfigurationError):  # still refused: a failed init is retried, not cached
+            await store.read("x")
+
+
+async def test_a_compatible_existing_stream_is_reused(
+    nats_connection: NatsConnection, unique_name: str, doomed_streams: list[str]
+) -> None:
+    name = unique_name.upper()
+    doomed_streams.append(name)
+    async with NatsEventStore(
+        nats_connection, stream=name, prefix=unique_name, registry=contract_registry()
+    ) as first:
+        await first.append("x", [ContractOrderPlaced("o", 0)])
+    async with NatsEventStore(
+        nats_connection, stream=name, prefix=unique_name, registry=contract_registry()
+    ) as second:
+        assert await second.append("x", [ContractOrderPlaced("o", 1)], 0) == 1
+
+
+async def test_overlapping_subjects_are_a_configuration_error(
+    nats_connection: NatsConnection, unique_name: str, doomed_streams: list[str]
+) -> None:
+    a, b = unique_name.upper() + "A", unique_name.upper() + "B"
+    doomed_streams.extend([a, b])
+    registry = contract_registry()
+    async with NatsEventStore(nats_connection, stream=a, prefix=unique_name, registry=registry) as store:
+        await store.version("x")
+    async with NatsEventStore(nats_connection, stream=b, prefix=unique_name, registry=registry) as store:
+        with pytest.raises(ConfigurationError, match="overlap"):
+            await store.version("x")
+
+
+@pytest.mark.parametrize(
+    ("stream", "prefix"), [("A.B", "p"), ("A B", "p"), ("S", "p.*"), ("S", "p.>"), ("S", "")]
+)
+def test_bad_stream_names_and_prefixes_are_refused(
+    nats_connection: NatsConnection, stream: str, prefix: str
+) -> None:
+    with pytest.raises(ConfigurationError):
+        NatsEventStore(nats_connection, stream=stream, prefix=prefix)
+
+
+# --- the lean connection ------------------------------------------------------------------------------
+
+
+async def test_a_lost_lean_connection_reconnects_on_next_use(event_store: NatsEventStore) -> None:
+    assert await event_store.append("c", [ContractOrderPlaced("o", 0)]) == 0
+    wire = event_store.connection.wire
+    proto = wire._proto
+    assert proto is not None and proto.transport is not None
+    proto.transport.abort()
+    await asyncio.sleep(0.01)
+    assert not wire.connected
+    assert await event_store.append("c", [ContractOrderPlaced("o", 1)], 0) == 1
+    assert wire.connected
+
+
+async def test_requests_in_flight_when_the_connection_drops_fail_as_unavailable(
+    event_store: NatsEventStore,
+) -> None:
+    await event_store.append("d", [ContractOrderPlaced("o", 0)])
+    wire = event_store.connection.wire
+    proto = wire._proto
+    assert proto is not None and proto.transport is not None
+    pending = asyncio.ensure_future(event_store.append("d", [ContractOrderPlaced("o", 1)], 0))
+    await asyncio.sleep(0)
+    proto.transport.abort()
+    try:
+        version = await pending
+    except BackendUnavailableError as exc:
+        assert "unknown" in str(exc)
+        version = await event_store.version("d")
+    assert version in (0, 1)  # the outcome was unknown: the version says which

@@ -1,0 +1,430 @@
+"""The benchmark harness: measurement loops, discovery, runner, report schema, ratios, charts, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+import threading
+import uuid
+from array import array
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from catga.bench import (
+    BenchCase,
+    BenchConfig,
+    BenchEnv,
+    BenchError,
+    BenchReport,
+    BenchResult,
+    SilentProgress,
+    SuiteUnavailableError,
+    available_suites,
+    load_suite,
+    ratios,
+    run_suites,
+)
+from catga.bench._measure import _interpolate, measure_async, measure_threads, percentiles
+from catga.bench.charts import chart_filename, write_charts
+from catga.bench.report import render_markdown, sorted_results
+from catga.cli import app
+from catga.cli.bench import parse_concurrency
+
+RESULT_KEYS = {"suite", "case", "impl", "concurrency", "ops_per_s", "p50_us", "p95_us", "p99_us"}
+
+TINY_SUITE = '''
+"""A tiny fake suite for the harness tests."""
+import asyncio
+import time
+from contextlib import asynccontextmanager
+
+from catga.bench.harness import BenchCase
+
+SUITE = "tiny"
+EVENTS = []
+
+
+@asynccontextmanager
+async def fast(env):
+    EVENTS.append("setup-fast")
+    async def op(worker):
+        await asyncio.sleep(0)
+    yield op
+    EVENTS.append("teardown-fast")
+
+
+@asynccontextmanager
+async def slow(env):
+    async def op(worker):
+        for _ in range(40):
+            await asyncio.sleep(0)
+    yield op
+
+
+@asynccontextmanager
+async def threaded(env):
+    def op(worker):
+        time.sleep(0)
+    yield op
+
+
+@asynccontextmanager
+async def broken_setup(env):
+    raise RuntimeError("cannot set up\\nsecond line")
+    yield
+
+
+@asynccontextmanager
+async def fails_at_two(env):
+    async def op(worker):
+        if worker == 1:
+            raise ValueError("worker 1 exploded")
+        await asyncio.sleep(0)
+    try:
+        yield op
+    finally:
+        EVENTS.append("teardown-fails")
+
+
+def cases(env):
+    return [
+        BenchCase("echo", "catga", fast, note="fast one"),
+        BenchCase("echo", "peer", slow),
+        BenchCase("sleep0", "catga", threaded, mode="threads"),
+        BenchCase("setup", "catga", broken_setup),
+        BenchCase("partial", "catga", fails_at_two),
+    ]
+'''
+
+
+@pytest.fixture
+def suites_pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throw-away suites package: ``tiny`` (works), ``needs_dep`` (missing import), ``_helper``."""
+    name = f"fake_suites_{uuid.uuid4().hex[:8]}"
+    pkg = tmp_path / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "tiny.py").write_text(textwrap.dedent(TINY_SUITE))
+    (pkg / "needs_dep.py").write_text("import catga_no_such_module_xyz\nSUITE = 'needs-dep'\n")
+    (pkg / "_helper.py").write_text("SUITE = 'helper'\ndef cases(env):\n    return []\n")
+    (pkg / "not_a_suite.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[mod]
+
+
+QUICK = BenchConfig.create(quick=True, concurrency=(1, 2), duration=0.03, warmup=0.01)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_config_defaults_and_quick() -> None:
+    full = BenchConfig.create()
+    assert full.concurrency == (1, 2, 4, 8, 16, 32)
+    assert full.duration == 2.0
+    quick = BenchConfig.create(quick=True)
+    assert quick.concurrency == (1, 16)
+    assert quick.duration == pytest.approx(0.2)
+    assert quick.quick is True
+    assert BenchConfig.create(quick=True, concurrency=[3], duration=1.5).concurrency == (3,)
+
+
+@pytest.mark.parametrize("bad", [{"concurrency": [0]}, {"duration": 0.0}, {"warmup": -1.0}])
+def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
+    with pytest.raises(BenchError):
+        BenchConfig.create(**bad)  # type: ignore[arg-type]
+
+
+def test_parse_concurrency() -> None:
+    assert parse_concurrency("1, 2,4,,8") == (1, 2, 4, 8)
+    for bad in ("", "1,x", "0", "-2"):
+        with pytest.raises(BenchError, match="--concurrency"):
+            parse_concurrency(bad)
+
+
+# -- measurement -----------------------------------------------------------------------------
+
+
+async def test_measure_async_counts_every_call_and_uses_every_worker() -> None:
+    calls = 0
+    workers: set[int] = set()
+
+    async def op(worker: int) -> None:
+        nonlocal calls
+        calls += 1
+        workers.add(worker)
+        await asyncio.sleep(0)
+
+    m = await measure_async(op, 4, 0.05)
+    assert m.ops == calls > 0
+    assert workers == {0, 1, 2, 3}
+    assert m.ops_per_s == pytest.approx(m.ops / m.wall_s)
+    assert 0 < m.p50_us <= m.p95_us <= m.p99_us
+
+
+async def test_measure_async_propagates_errors_and_cancels_the_other_workers() -> None:
+    async def op(worker: int) -> None:
+        await asyncio.sleep(0)
+        if worker == 2:
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        await measure_async(op, 3, 5.0)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+def test_measure_threads_runs_real_threads() -> None:
+    idents: set[int] = set()
+    workers: set[int] = set()
+    lock = threading.Lock()
+    calls = 0
+
+    def op(worker: int) -> None:
+        nonlocal calls
+        with lock:
+            calls += 1
+            workers.add(worker)
+            idents.add(threading.get_ident())
+
+    m = measure_threads(op, 3, 0.05)
+    assert m.ops == calls > 0
+    assert workers == {0, 1, 2}
+    assert len(idents) == 3 and threading.get_ident() not in idents
+
+
+def test_measure_threads_reraises_the_first_error() -> None:
+    def op(worker: int) -> None:
+        raise OSError(f"worker {worker} failed")
+
+    with pytest.raises(OSError, match="failed"):
+        measure_threads(op, 2, 5.0)
+
+
+def test_percentiles_interpolate_like_numpy() -> None:
+    data = list(range(1, 101))
+    samples = [array("q", data[:30]), array("q", data[30:]), array("q")]
+    assert percentiles(samples, (50.0, 95.0, 99.0)) == pytest.approx((50.5, 95.05, 99.01))
+    assert [_interpolate(data, q) for q in (50.0, 95.0, 99.0)] == pytest.approx([50.5, 95.05, 99.01])
+    assert percentiles([array("q")], (50.0,)) == (0.0,)
+
+
+# -- ratios and report ------------------------------------------------------------------------
+
+
+def _r(impl: str, conc: int, ops: float, case: str = "send", suite: str = "s") -> BenchResult:
+    return BenchResult(suite, case, impl, conc, ops, 1.0, 2.0, 3.0)
+
+
+def test_ratios_divide_catga_by_each_other_impl_per_group() -> None:
+    rows = [
+        _r("peer", 1, 50.0),
+        _r("catga", 1, 200.0),
+        _r("raw", 1, 400.0),
+        _r("catga", 16, 300.0),
+        _r("peer", 16, 100.0),
+        _r("peer", 1, 10.0, case="lonely"),  # no catga row in its group: no ratio
+        _r("zero", 16, 0.0),  # zero throughput: no ratio
+    ]
+    got = ratios(rows)
+    assert got == {
+        ("s", "send", 1, "peer"): pytest.approx(4.0),
+        ("s", "send", 1, "raw"): pytest.approx(0.5),
+        ("s", "send", 16, "peer"): pytest.approx(3.0),
+    }
+    order = [(r.case, r.concurrency, r.impl) for r in sorted_results(rows)]
+    assert order[:3] == [("send", 1, "catga"), ("send", 1, "peer"), ("send", 1, "raw")]
+    assert order[-1] == ("lonely", 1, "peer")
+    md = render_markdown(BenchReport(python="py", machine="m", results=rows))
+    assert "| s | send | peer | 1 | 50 | 1.0 | 2.0 | 3.0 | 4.00× |" in md
+
+
+def test_report_json_round_trip() -> None:
+    report = BenchReport(python="CPython 3.11", machine="box", results=[_r("catga", 1, 12.5)], loop="uvloop")
+    data = json.loads(json.dumps(report.to_json()))
+    assert list(data)[:4] == ["version", "python", "machine", "results"]
+    assert data["version"] == 1 and data["loop"] == "uvloop"
+    again = BenchReport.from_json(data)
+    assert again.results == report.results
+    with pytest.raises(ValueError, match="version"):
+        BenchReport.from_json({**data, "version": 2})
+
+
+def test_charts_are_png_files(tmp_path: Path) -> None:
+    rows = [_r("catga", 1, 10.0), _r("catga", 4, 30.0), _r("peer", 1, 5.0), _r("peer", 4, 7.0)]
+    written = write_charts(BenchReport(python="py", machine="m", results=rows), tmp_path / "png")
+    assert written == [tmp_path / "png" / chart_filename("s", "send")]
+    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert chart_filename("eventstore-nats", "append 16/x") == "eventstore-nats__append_16_x.png"
+
+
+# -- discovery and runner --------------------------------------------------------------------
+
+
+def test_discovery_finds_suites_and_reports_missing_dependencies(suites_pkg: str) -> None:
+    found = available_suites(suites_pkg)
+    names = {s.name if not isinstance(s, SuiteUnavailableError) else s.suite for s in found}
+    assert names == {"tiny", "needs-dep"}  # not the _helper, not the module without SUITE
+    [missing] = [s for s in found if isinstance(s, SuiteUnavailableError)]
+    assert missing.missing == "catga_no_such_module_xyz"
+    assert "pip install" in str(missing)
+    assert load_suite("tiny", suites_pkg).doc == "A tiny fake suite for the harness tests."
+    with pytest.raises(BenchError, match=r"unknown benchmark suite 'nope'.*tiny"):
+        load_suite("nope", suites_pkg)
+
+
+async def test_run_suites_measures_each_level_and_records_failures(suites_pkg: str) -> None:
+    progress = SilentProgress()
+    report = await run_suites(["tiny", "needs-dep"], QUICK, progress=progress, package=suites_pkg)
+    got = {(r.case, r.impl, r.concurrency) for r in report.results}
+    assert got == {
+        ("echo", "catga", 1),
+        ("echo", "catga", 2),
+        ("echo", "peer", 1),
+        ("echo", "peer", 2),
+        ("sleep0", "catga", 1),
+        ("sleep0", "catga", 2),
+        ("partial", "catga", 1),  # measured before the failure at concurrency 2
+    }
+    assert all(r.ops > 0 and r.ops_per_s > 0 for r in report.results)
+    assert {r.mode for r in report.results if r.case == "sleep0"} == {"threads"}
+    failures = {(f.suite, f.case, f.impl): f.error for f in report.failures}
+    assert failures[("tiny", "setup", "catga")] == "RuntimeError: cannot set up"
+    assert failures[("tiny", "partial", "catga")] == "ValueError: worker 1 exploded"
+    assert failures[("needs-dep", "*", "*")].startswith("SuiteUnavailableError: benchmark suite 'needs-dep'")
+    assert progress.total == progress.done == 5 * 2
+    events = sys.modules[f"{suites_pkg}.tiny"].EVENTS
+    assert events.count("setup-fast") == 1 and "teardown-fast" in events and "teardown-fails" in events
+    assert report.timer_overhead_ns > 0
+
+
+async def test_run_suites_filters_cases_and_impls(suites_pkg: str) -> None:
+    report = await run_suites(
+        ["tiny"], QUICK, package=suites_pkg, cases_filter=["echo"], impls_filter=["peer"]
+    )
+    assert {(r.case, r.impl) for r in report.results} == {("echo", "peer")}
+    assert report.failures == []
+
+
+async def test_bench_env_prefers_the_environment_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATGA_NATS_URL", "nats://127.0.0.1:1")
+    async with BenchEnv() as env:
+        assert await env.nats_url() == "nats://127.0.0.1:1"
+        assert env.started_servers == ()
+
+
+@pytest.mark.redis
+async def test_bench_env_starts_and_stops_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CATGA_REDIS_URL", raising=False)
+    env = BenchEnv()
+    url = await env.redis_url()
+    assert url.startswith("redis://127.0.0.1:") and env.started_servers == ("redis",)
+    assert await env.redis_url() == url  # started once
+    server = env._servers["redis"]
+    assert server.running  # type: ignore[attr-defined]
+    await env.aclose()
+    assert not server.running  # type: ignore[attr-defined]
+    assert env.started_servers == ()
+
+
+def test_bench_case_defaults() -> None:
+    case = BenchCase("c", "i", lambda env: None)  # type: ignore[arg-type,return-value]
+    assert (case.mode, case.note) == ("async", "")
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_bench_writes_the_exact_json_schema_and_pngs(suites_pkg: str, tmp_path: Path) -> None:
+    out, png = tmp_path / "out" / "r.json", tmp_path / "png"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("bench", "tiny", "--quick", "--duration", "0.02", "--warmup", "0", "--case", "echo"),
+            *("--json", str(out), "--png", str(png), "--markdown", str(tmp_path / "r.md")),
+        ],
+        env={"CATGA_BENCH_PACKAGE": suites_pkg, "CATGA_BENCH_CONCURRENCY": "1,3"},
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert {"version", "python", "machine", "results"} <= set(data)
+    assert data["version"] == 1 and isinstance(data["python"], str) and isinstance(data["machine"], str)
+    assert data["loop"] == "asyncio"
+    assert len(data["results"]) == 4
+    for row in data["results"]:
+        assert set(row) >= RESULT_KEYS
+        assert isinstance(row["suite"], str) and isinstance(row["case"], str) and isinstance(row["impl"], str)
+        assert row["concurrency"] in (1, 3)
+        for key in ("ops_per_s", "p50_us", "p95_us", "p99_us"):
+            assert isinstance(row[key], float) and row[key] > 0
+    assert (png / "tiny__echo.png").read_bytes()[:4] == b"\x89PNG"
+    assert "catga/x" in result.stdout and "peer" in result.stdout
+    assert "| tiny | echo | peer | 1 |" in (tmp_path / "r.md").read_text()
+
+
+def test_cli_bench_json_to_stdout_keeps_stdout_machine_readable(suites_pkg: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "tiny",
+            "--quick",
+            "--duration",
+            "0.01",
+            "--concurrency",
+            "2",
+            "--case",
+            "echo",
+            "--json",
+            "-",
+        ],
+        env={"CATGA_BENCH_PACKAGE": suites_pkg},
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {(r["impl"], r["concurrency"]) for r in data["results"]} == {("catga", 2), ("peer", 2)}
+    assert "catga/x" in result.stderr
+
+
+def test_cli_bench_exits_1_and_names_failures(suites_pkg: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["bench", "tiny", "needs-dep", "--quick", "--duration", "0.01", "--concurrency", "1"],
+        env={"CATGA_BENCH_PACKAGE": suites_pkg},
+    )
+    assert result.exit_code == 1
+    assert "tiny · setup · catga: RuntimeError: cannot set up" in result.stderr
+    assert "needs-dep: SuiteUnavailableError" in result.stderr
+    assert "echo" in result.stdout  # the others were still measured and shown
+
+
+def test_cli_bench_list(suites_pkg: str) -> None:
+    result = CliRunner().invoke(app, ["bench", "--list", "--package", suites_pkg, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    rows = {r["suite"]: r["status"] for r in json.loads(result.stdout)["suites"]}
+    assert rows == {"tiny": "ok", "needs-dep": "unavailable"}
+
+
+def test_cli_lists_the_builtin_mediator_suite() -> None:
+    result = CliRunner().invoke(app, ["bench", "--list"])
+    assert result.exit_code == 0, result.output
+    assert "mediator" in result.stdout
+
+
+async def test_mediator_suite_runs_every_case_for_catga_and_python_cqrs() -> None:
+    config = BenchConfig.create(quick=True, concurrency=(1, 4), duration=0.02, warmup=0.0)
+    report = await run_suites(["mediator"], config)
+    assert report.failures == []
+    got = {(r.case, r.impl, r.concurrency) for r in report.results}
+    assert got == {
+        (case, impl, conc)
+        for case in ("send", "send_bare", "publish_2_handlers")
+        for impl in ("catga", "python-cqrs")
+        for conc in (1, 4)
+    }
+    assert len(ratios(report.results)) == 6
