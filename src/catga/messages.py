@@ -164,6 +164,8 @@ H_CAUSATION = "Catga-Causation-Id"
 H_CREATED = "Catga-Created-At"
 H_QOS = "Catga-QoS"
 H_DELIVERY = "Catga-Delivery"
+#: Set on a reply or dead letter when the handler raised; value = the error text.
+H_ERROR = "Catga-Error"
 
 
 def new_metadata(message_id: int, **fields: Any) -> Metadata:

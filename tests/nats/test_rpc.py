@@ -17,9 +17,10 @@ from catga.errors import (
 )
 from catga.memory import MemoryTransport
 from catga.messages import Query
-from catga.nats.rpc import H_RPC_METHOD, H_RPC_STATUS, NatsRpcClient, NatsRpcServer, RpcClient, RpcServer
+from catga.nats.rpc import H_RPC_METHOD, H_RPC_STATUS, NatsRpcClient, NatsRpcServer
 from catga.nats.transport import NatsTransport
 from catga.protocols import Transport
+from catga.rpc import RpcClient, RpcServer
 from catga.serialization import TypeRegistry
 
 

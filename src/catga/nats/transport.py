@@ -59,7 +59,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-import nats
 from catga.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -83,7 +82,8 @@ T = TypeVar("T")
 logger = logging.getLogger("catga.nats.transport")
 
 #: Header of an RPC reply whose handler raised (same name as the memory transport's).
-H_ERROR = "Catga-Error"
+from catga.messages import H_ERROR  # noqa: E402
+
 _CMD_QUEUE = "catga-cmd"
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,200}\Z")
 _DAY = 86400.0
@@ -201,7 +201,7 @@ class NatsTransport:
             )
         self.connection = as_connection(connection)
         self.client: Client = self.connection.client
-        self.registry = registry or default_registry()
+        self.registry = registry if registry is not None else default_registry()
         self.stream = stream
         self.command_stream = f"{stream}_COMMANDS"
         self.dead_letters = dead_letters
@@ -486,7 +486,14 @@ class NatsTransport:
             try:
                 await self._js.add_consumer(stream, config)
             except nats.js.errors.BadRequestError as exc:
-                # An existing shared consumer with settings that cannot change: bind to it as it is.
+                # A shared consumer that exists with settings that cannot change: bind to it as it is.
+                try:
+                    await self._js.consumer_info(stream, name)
+                except nats.js.errors.NotFoundError:
+                    raise ConfigurationError(
+                        f"cannot create JetStream consumer {name!r} on stream {stream!r}: "
+                        f"{exc.description}; check the stream is catga's (prefix={self.prefix!r})"
+                    ) from exc
                 logger.warning("using existing JetStream consumer %s on %s as is: %s", name, stream, exc)
 
     def _forget(self, sub: NatsSubscription) -> None:
@@ -588,7 +595,10 @@ class NatsTransport:
                 if isinstance(r, Exception):
                     logger.warning("error closing a NATS subscription: %r", r)
         if self._own_inbox is not None:
-            await self._own_inbox.aclose()
+            try:
+                await self._own_inbox.aclose()
+            except Exception as exc:
+                logger.warning("error closing the default inbox: %r", exc)
         await self.connection.detach()
         if self._owns_connection:
             await self.connection.aclose()

@@ -1,7 +1,7 @@
 """Wire format of the Redis transport, shared by its publishing, consuming and request/reply code.
 
 * A stream entry: first field ``body`` (the encoded message), then one field per header.
-* A pub/sub message or an RPC reply (one Redis string): the headers as one JSON object, ``\n``, the body.
+* A pub/sub message or an RPC reply (one Redis string): the headers as one JSON object, ``\\n``, the body.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ __all__ = ("H_ERROR", "entry_args", "frame", "parse_entry", "quietly", "unframe"
 logger = logging.getLogger("catga.redis.transport")
 
 #: Header of an RPC reply whose handler raised (same name on every backend).
-H_ERROR = "Catga-Error"
+from catga.messages import H_ERROR  # noqa: E402
+
 _BODY = b"body"
 _encode_headers = msgspec.json.Encoder().encode
 _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
