@@ -17,6 +17,10 @@ from time import perf_counter_ns
 __all__ = ("Measurement", "measure_async", "measure_threads", "percentiles", "summarize", "timer_overhead_ns")
 
 
+#: With concurrency > 1, each asyncio worker yields to the loop after this many calls (see measure_async).
+YIELD_EVERY = 32
+
+
 @dataclass(frozen=True)
 class Measurement:
     """Raw outcome of one measured run."""
@@ -36,7 +40,10 @@ async def measure_async(
 
     Every task makes at least one call (so every worker index is exercised even when the operation
     never yields), then starts new calls only while the deadline has not passed; wall time runs from
-    the start until the last task is done.
+    the start until the last task is done. With more than one task, each task also yields to the event
+    loop (untimed) every :data:`YIELD_EVERY` calls: an operation that never suspends (an in-memory
+    store, a mediator with trivial handlers) would otherwise let worker 0 run alone for the whole run,
+    and "concurrency 16" would measure concurrency 1.
     """
     samples = [array("q") for _ in range(concurrency)]
     start = perf_counter_ns()
@@ -45,6 +52,9 @@ async def measure_async(
     async def worker(w: int) -> None:
         append = samples[w].append
         pc = perf_counter_ns
+        n = 0
+        yield_every = YIELD_EVERY if concurrency > 1 else 0
+        sleep = asyncio.sleep
         while True:  # at least one call per worker, then until the deadline
             t0 = pc()
             await op(w)
@@ -52,6 +62,11 @@ async def measure_async(
             append(t1 - t0)
             if t1 >= deadline:
                 break
+            if yield_every:
+                n += 1
+                if n >= yield_every:
+                    n = 0
+                    await sleep(0)
 
     if concurrency == 1:
         await worker(0)
