@@ -191,20 +191,28 @@ class ConcurrencyError(ConflictError):
 
     Attributes:
         stream_id: the stream appended to.
-        expected_version: what the caller expected (an int, or a mode name such as ``"NO_STREAM"``).
+        expected_version: what the caller expected, always an int: ``-1`` for ``NO_STREAM``, ``-2`` for
+            ``ANY`` (a backend may pass the mode names ``"NO_STREAM"`` / ``"ANY"``; they are normalised).
         actual_version: the stream's version when the append was rejected (-1 for no stream), or None
             when the backend could not tell.
     """
 
     code = ErrorCode.CONCURRENCY
 
-    def __init__(self, stream_id: str, expected_version: object, actual_version: int | None) -> None:
+    _MODES = {"NO_STREAM": -1, "ANY": -2}
+    _NAMES = {-1: "-1 (NO_STREAM)", -2: "ANY"}
+
+    def __init__(self, stream_id: str, expected_version: int | str, actual_version: int | None) -> None:
+        expected = (
+            self._MODES[expected_version] if isinstance(expected_version, str) else int(expected_version)
+        )
         self.stream_id = stream_id
-        self.expected_version = expected_version
+        self.expected_version: int = expected
         self.actual_version = actual_version
         actual = "unknown" if actual_version is None else str(actual_version)
+        shown = self._NAMES.get(expected, str(expected))
         super().__init__(
-            f"concurrency conflict on stream {stream_id!r}: expected version {expected_version}, "
+            f"concurrency conflict on stream {stream_id!r}: expected version {shown}, "
             f"actual version {actual}; reload the stream and retry"
         )
 

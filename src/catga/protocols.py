@@ -221,7 +221,8 @@ class OutboxStore(Protocol):
           mid-publish leaves them to another relay; nothing is lost).
         * ``mark_published`` sets PUBLISHED (idempotent; unknown ids ignored).
         * ``mark_failed(id, error, retry_at)`` increments ``attempts``, records ``last_error`` and sets
-          ``next_attempt_at = retry_at``; with ``retry_at=None`` the message becomes DEAD.
+          ``next_attempt_at = retry_at``; with ``retry_at=None`` the message becomes DEAD. Either way the
+          message's lease ends (a retry is due at ``retry_at``, not at the end of the lease).
         * ``get`` returns a message whatever its state, or None; ``count(status)`` counts by state.
         * ``purge_published(older_than)`` deletes PUBLISHED messages created before that unix time and
           returns how many.
@@ -268,7 +269,8 @@ class IdempotencyStore(Protocol):
           after which the key is forgotten (free again).
         * ``release(key)`` drops an unfinished claim so the message can be retried at once; it never
           removes a completed record.
-        * Keys are validated with :func:`validate_identifier` (kind ``"idempotency key"``).
+        * Keys are strings validated with :func:`validate_identifier` (kind ``"idempotency key"``); the
+          mediator uses the message id's decimal string.
     """
 
     async def claim(self, key: str, lock_ttl: float = 30.0) -> Claim: ...
@@ -454,6 +456,14 @@ class Transport(Protocol):
         max_in_flight: int = 64,
         max_deliver: int = 5,
     ) -> Subscription: ...
+
+    async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Publish pre-encoded bytes with wire headers to a destination's event subject/stream.
+
+        For bridges, replays from the dead-letter queue and tests (an undecodable body must reach the
+        dead-letter queue, not crash the consumer).
+        """
+        ...
 
     async def request(
         self,

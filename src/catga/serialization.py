@@ -1,6 +1,7 @@
 """Serialization through a registry of allowed message types.
 
-Only registered types are ever decoded: a type name that was never registered raises
+Only registered types are ever decoded (encoding registers a type on first use, which is safe: the
+process already has the class; decoding never does): a type name that was never registered raises
 :class:`~catga.errors.UnknownMessageTypeError`, malformed bytes raise
 :class:`~catga.errors.SerializationError`. Nothing is ever unpickled.
 

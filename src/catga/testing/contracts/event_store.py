@@ -53,8 +53,8 @@ class _NotEncodable:
 
 
 def _same_expected(reported: object, expected: int) -> bool:
-    """``ConcurrencyError.expected_version`` may name NO_STREAM as the mode or as -1."""
-    return reported == expected or (expected == NO_STREAM and reported == "NO_STREAM")
+    """``ConcurrencyError.expected_version`` is always the int the caller passed (-1 for NO_STREAM)."""
+    return bool(reported == expected)
 
 
 class EventStoreContract:
