@@ -292,6 +292,9 @@ async def test_run_suites_measures_each_level_and_records_failures(suites_pkg: s
         ("partial", "catga", 1),  # measured before the failure at concurrency 2
     }
     assert all(r.ops > 0 and r.ops_per_s > 0 for r in report.results)
+    # Implementations of one case run side by side, level by level, alternating their order.
+    echo = [(r.impl, r.concurrency) for r in report.results if r.case == "echo"]
+    assert echo == [("catga", 1), ("peer", 1), ("peer", 2), ("catga", 2)]
     assert {r.mode for r in report.results if r.case == "sleep0"} == {"threads"}
     failures = {(f.suite, f.case, f.impl): f.error for f in report.failures}
     assert failures[("tiny", "setup", "catga")] == "RuntimeError: cannot set up"

@@ -33,7 +33,7 @@ involved and say what to do; the same facts are available as attributes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = (
     "BackendError",
@@ -199,8 +199,8 @@ class ConcurrencyError(ConflictError):
 
     code = ErrorCode.CONCURRENCY
 
-    _MODES = {"NO_STREAM": -1, "ANY": -2}
-    _NAMES = {-1: "-1 (NO_STREAM)", -2: "ANY"}
+    _MODES: ClassVar[dict[str, int]] = {"NO_STREAM": -1, "ANY": -2}
+    _NAMES: ClassVar[dict[int, str]] = {-1: "-1 (NO_STREAM)", -2: "ANY"}
 
     def __init__(self, stream_id: str, expected_version: int | str, actual_version: int | None) -> None:
         expected = (

@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats.js.errors
 import pytest
 
-import nats
 from catga.errors import InvalidIdentifierError, OperationTimeoutError
 from catga.memory import MemoryDeadLetterQueue, MemoryInboxStore
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
+from catga.nats import NatsConnection, NatsDeadLetterQueue
 from catga.nats.transport import H_ERROR, NatsTransport
 from catga.protocols import DeadLetterQueue
 from catga.testing.contracts import TransportContract
@@ -27,16 +28,15 @@ from catga.testing.contracts.messages import (
 
 pytestmark = pytest.mark.nats
 
-Factory = Callable[..., Awaitable[NatsTransport]]
-
 
 class Env:
     """What a test needs: a transport factory on one bus (prefix), a shared DLQ and inbox."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, conn: NatsConnection) -> None:
         self.url = url
         self.name = name
-        self.dead_letters = MemoryDeadLetterQueue()
+        self.conn = conn
+        self.dead_letters: DeadLetterQueue = MemoryDeadLetterQueue()
         self.inbox = MemoryInboxStore()
         self.registry = contract_registry()
         self.transports: list[NatsTransport] = []
@@ -55,48 +55,48 @@ class Env:
             "drain_timeout": 5.0,
         }
         opts.update(options)
-        t = await NatsTransport.connect(self.url, **opts)
+        t = await NatsTransport.connect(self.url, **opts)  # its own connection: "another process"
         self.transports.append(t)
         return t
 
     async def aclose(self) -> None:
         for t in self.transports:
             await t.aclose()
-        nc = await nats.connect(self.url)
-        js = nc.jetstream()
         base = self.name.upper()
-        for stream in (base, f"{base}_COMMANDS", f"KV_{base}_INBOX"):
+        for stream in (base, f"{base}_COMMANDS", f"KV_{base}_INBOX", f"KV_{base}_DLQ"):
             with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.delete_stream(stream)
-        await nc.close()
+                await self.conn.js.delete_stream(stream)
 
 
 @pytest.fixture
-async def env(nats_url: str, unique_name: str) -> AsyncIterator[Env]:
-    e = Env(nats_url, unique_name)
+async def env(nats_url: str, unique_name: str, nats_connection: NatsConnection) -> AsyncIterator[Env]:
+    e = Env(nats_url, unique_name, nats_connection)
     yield e
     await e.aclose()
 
 
 class TestNatsTransport(TransportContract):
-    """The transport contract on NATS: each factory call is a new connection (another process)."""
+    """The transport contract on NATS: each factory call is a new connection (another process), all
+    sharing one :class:`~catga.nats.NatsDeadLetterQueue`."""
 
     @pytest.fixture
-    def transport_dead_letters(self) -> DeadLetterQueue:
-        return MemoryDeadLetterQueue()
+    async def transport_dead_letters(
+        self, nats_connection: NatsConnection, unique_name: str
+    ) -> AsyncIterator[DeadLetterQueue]:
+        dlq = NatsDeadLetterQueue(nats_connection, bucket=f"{unique_name.upper()}_DLQ", storage="memory")
+        yield dlq
+        await dlq.aclose()
 
     @pytest.fixture
     async def transport_factory(
-        self, nats_url: str, unique_name: str, transport_dead_letters: DeadLetterQueue
+        self, env: Env, transport_dead_letters: DeadLetterQueue
     ) -> AsyncIterator[Callable[[], Awaitable[NatsTransport]]]:
-        env = Env(nats_url, unique_name)
         env.dead_letters = transport_dead_letters
 
         async def make() -> NatsTransport:
             return await env.transport(retry_backoff=0.01, retry_backoff_max=0.05)
 
         yield make
-        await env.aclose()
 
 
 class Recorder:
@@ -449,3 +449,22 @@ async def test_serve_handler_error_is_answered(env: Env) -> None:
     await t.serve("broken", broken)
     body, headers = await t.request("broken", b"x", timeout=5)
     assert body == b"" and headers[H_ERROR] == "ValueError: nope"
+
+
+# --------------------------------------------------------------------------------------------------
+# the benchmark suite
+
+
+@pytest.mark.parametrize("impl", ["catga", "faststream", "nats-py"])
+async def test_bench_suite_cases_run(nats_url: str, monkeypatch: pytest.MonkeyPatch, impl: str) -> None:
+    from catga.bench.harness import BenchConfig, BenchEnv, run_case
+    from catga.bench.suites import transport_nats
+
+    monkeypatch.setenv("CATGA_NATS_URL", nats_url)
+    assert transport_nats.SUITE == "transport-nats"
+    (case,) = [c for c in transport_nats.cases(BenchEnv(quick=True)) if c.impl == impl]
+    config = BenchConfig(concurrency=(1, 4), duration=0.05, warmup=0.0, quick=True)
+    async with BenchEnv(quick=True, max_concurrency=4) as env:
+        results = await run_case(transport_nats.SUITE, case, env, config)
+    assert [r.concurrency for r in results] == [1, 4]
+    assert all(r.ops > 0 for r in results)

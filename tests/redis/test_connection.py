@@ -32,6 +32,7 @@ def test_url_with_user_password_and_db() -> None:
     assert (s.host, s.port, s.db) == ("127.0.0.1", 7001, 3)
     assert (s.username, s.password, s.client_name) == ("al@ice", "p:ss/w", "app")
     assert s.ssl_context is None and s.unix_path is None
+    assert "p:ss" not in repr(s) and "p%3Ass" not in repr(s)
 
 
 def test_url_with_password_only_and_defaults() -> None:

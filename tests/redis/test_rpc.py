@@ -12,6 +12,7 @@ import pytest
 from catga.errors import ErrorCode, NotFoundError, OperationTimeoutError, ValidationError
 from catga.messages import Query
 from catga.redis import RedisClient
+from catga.redis._reqrep import DEADLINE_GRACE
 from catga.redis.rpc import H_RPC_METHOD, H_RPC_STATUS, RedisRpcClient, RedisRpcServer
 from catga.redis.transport import H_ERROR, RedisTransport
 from catga.serialization import TypeRegistry
@@ -215,6 +216,7 @@ async def test_expired_requests_are_not_served(
     with pytest.raises(OperationTimeoutError) as info:
         await client_t.request("late", b"stale", timeout=0.1)
     assert info.value.seconds == 0.1 and "late" in str(info.value)
+    await asyncio.sleep(DEADLINE_GRACE)  # past the deadline, clock-skew allowance included
     await server_t.serve("late", handler)
     await client_t.request("late", b"fresh", timeout=5)
     assert calls == [b"fresh"]

@@ -50,6 +50,10 @@ __all__ = (
     "Op",
     "ProgressCallback",
     "SyncOp",
+    "machine_description",
+    "measure_level",
+    "now_iso",
+    "python_description",
     "run_case",
     "timer_overhead_ns",
 )
@@ -290,25 +294,36 @@ async def run_case(
     results: list[BenchResult] = []
     async with case.factory(env) as op:
         for level in config.concurrency:
-            m = await _measure(case, op, level, config.warmup, config.duration)
-            result = BenchResult(
-                suite=suite,
-                case=case.case,
-                impl=case.impl,
-                concurrency=level,
-                ops_per_s=m.ops_per_s,
-                p50_us=m.p50_us,
-                p95_us=m.p95_us,
-                p99_us=m.p99_us,
-                ops=m.ops,
-                wall_s=m.wall_s,
-                mode=case.mode,
-                note=case.note,
-            )
+            result = await measure_level(suite, case, op, level, config)
             results.append(result)
             if on_result is not None:
                 on_result(result)
     return results
+
+
+async def measure_level(
+    suite: str, case: BenchCase, op: AnyOp, level: int, config: BenchConfig
+) -> BenchResult:
+    """Warm up, then measure ``op`` (already set up by ``case.factory``) at one concurrency level.
+
+    Raises:
+        Exception: Whatever the operation raised.
+    """
+    m = await _measure(case, op, level, config.warmup, config.duration)
+    return BenchResult(
+        suite=suite,
+        case=case.case,
+        impl=case.impl,
+        concurrency=level,
+        ops_per_s=m.ops_per_s,
+        p50_us=m.p50_us,
+        p95_us=m.p95_us,
+        p99_us=m.p99_us,
+        ops=m.ops,
+        wall_s=m.wall_s,
+        mode=case.mode,
+        note=case.note,
+    )
 
 
 async def _measure(case: BenchCase, op: AnyOp, level: int, warmup: float, duration: float) -> Measurement:

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from catga.bench.discovery import SUITES_PACKAGE, Suite, load_suite, suite_modules
 from catga.bench.harness import (
+    AnyOp,
     BenchCase,
     BenchConfig,
     BenchEnv,
     BenchFailure,
-    BenchResult,
     machine_description,
+    measure_level,
     now_iso,
     python_description,
-    run_case,
     timer_overhead_ns,
 )
 from catga.bench.report import BenchReport
@@ -61,12 +62,60 @@ def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else '(no message)'}"
 
 
-def _collector(report: BenchReport, sink: ProgressSink) -> Callable[[BenchResult], None]:
-    def on_result(result: BenchResult) -> None:
-        report.results.append(result)
-        sink.advance(1)
+async def _run_group(
+    suite: str,
+    cases: list[BenchCase],
+    env: BenchEnv,
+    config: BenchConfig,
+    report: BenchReport,
+    sink: ProgressSink,
+) -> None:
+    """Set up every implementation of one case, then measure them level by level, side by side.
 
-    return on_result
+    Runs of the same case and concurrency level are adjacent in time (the order of implementations
+    alternates from one level to the next), so a change in machine load between them is as small as
+    it can be and hits both sides alike. A failing implementation is recorded and dropped; the
+    others go on.
+    """
+    levels = len(config.concurrency)
+    failed: set[int] = set()
+
+    def fail(i: int, exc: BaseException, remaining: int) -> None:
+        case = cases[i]
+        report.failures.append(BenchFailure(suite, case.case, case.impl, _error_line(exc)))
+        failed.add(i)
+        sink.advance(remaining)
+
+    try:
+        async with AsyncExitStack() as stack:
+            ops: dict[int, AnyOp] = {}
+            for i, case in enumerate(cases):
+                sink.start(suite, case)
+                try:
+                    ops[i] = await stack.enter_async_context(case.factory(env))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    fail(i, exc, levels)
+            for n, level in enumerate(config.concurrency):
+                order = list(ops) if n % 2 == 0 else list(reversed(ops))
+                for i in order:
+                    if i in failed:
+                        continue
+                    sink.start(suite, cases[i])
+                    try:
+                        result = await measure_level(suite, cases[i], ops[i], level, config)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        fail(i, exc, levels - n)
+                        continue
+                    report.results.append(result)
+                    sink.advance(1)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a teardown failed (the results measured are kept)
+        report.failures.append(BenchFailure(suite, cases[0].case, "teardown", _error_line(exc)))
 
 
 async def run_suites(
@@ -131,16 +180,11 @@ async def run_suites(
         levels = len(config.concurrency)
         sink.plan(sum(len(cases) for _, cases in plan) * levels)
         for suite, cases in plan:
+            groups: dict[str, list[BenchCase]] = {}
             for case in cases:
-                sink.start(suite.name, case)
-                before = len(report.results)
-                try:
-                    await run_case(suite.name, case, bench_env, config, on_result=_collector(report, sink))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    report.failures.append(BenchFailure(suite.name, case.case, case.impl, _error_line(exc)))
-                    sink.advance(levels - (len(report.results) - before))
+                groups.setdefault(case.case, []).append(case)
+            for group in groups.values():
+                await _run_group(suite.name, group, bench_env, config, report, sink)
     finally:
         if own_env:
             await bench_env.aclose()

@@ -49,11 +49,12 @@ _encode_json = msgspec.json.encode
 
 
 async def settle(op: Coroutine[Any, Any, None], what: str) -> None:
-    """Await an ack/nak/term/reply; a failure is logged (JetStream redelivers after ``ack_wait``)."""
+    """Await an ack/nak/term/reply; a failure is only logged (an unacked message is redelivered by
+    JetStream after ``ack_wait``; a lost reply makes the caller time out)."""
     try:
         await op
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        logger.warning("%s failed: %r; the message will be redelivered after ack_wait", what, exc)
+        logger.warning("%s failed: %r", what, exc)
 
 
 class NatsSubscription:

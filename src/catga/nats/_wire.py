@@ -154,21 +154,21 @@ class _Protocol(asyncio.Protocol):
                 else:
                     hdr = None
                     payload = bytes(buf[start:end])
-                entry = pending.get(parts[1][plen:])
+                token = parts[1][plen:]
+                entry = pending.pop(token, None)
                 if entry is None:
                     continue
                 fut, _, collector, _, _ = entry
                 if collector is None:
-                    del pending[parts[1][plen:]]
                     if not fut.done():
                         fut.set_result((hdr, payload))
                 elif hdr is not None and not payload and hdr[8:9] == b" ":  # status: end of batch
-                    del pending[parts[1][plen:]]
                     collector.append((hdr, payload))
                     if not fut.done():
                         fut.set_result(collector)
                 else:
                     collector.append((hdr, payload))
+                    pending[token] = entry
                 continue
             line = bytes(buf[pos:eol])
             pos = eol + 2
@@ -402,15 +402,22 @@ class LeanConnection:
         proto = self._proto
         if proto is None or proto.closed or proto.transport is None:
             raise unavailable_error("request", "not connected")
-        self._counter += 1
-        token = b"%d" % self._counter
-        reply = self.prefix + token
+        self._counter = counter = self._counter + 1
+        token = b"%d" % counter
         if headers is None:
             size = len(payload)
-            data = b"PUB %b %b %d\r\n%b\r\n" % (subject, reply, size, payload)
+            data = b"PUB %b %b%b %d\r\n%b\r\n" % (subject, self.prefix, token, size, payload)
         else:
             size = len(headers) + len(payload)
-            data = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (subject, reply, len(headers), size, headers, payload)
+            data = b"HPUB %b %b%b %d %d\r\n%b%b\r\n" % (
+                subject,
+                self.prefix,
+                token,
+                len(headers),
+                size,
+                headers,
+                payload,
+            )
         if size > self.max_payload:
             raise ConfigurationError(
                 f"a NATS message of {size} bytes to {subject.decode()!r} exceeds the server's max_payload "

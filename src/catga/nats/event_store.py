@@ -157,6 +157,7 @@ class NatsEventStore(NatsStoreBase):
         self._states: dict[str, _State] = {}
         self._max_states = max_cached_streams
         self._type_headers: dict[str, bytes] = {}
+        self._fast: dict[type, tuple[Any, bytes]] = {}
         self._init = LazyInit(self._create)
         fmt = self._registry.format
         self._envelope_encode = msgspec.json.encode if fmt == "json" else msgspec.msgpack.encode
@@ -218,7 +219,7 @@ class NatsEventStore(NatsStoreBase):
                 items.append(_Item(codec.name, msgspec.Raw(codec.encode(event))))
             body = self._envelope_encode(items)
             lines = b"Catga-Count: %d\r\n" % len(events)
-        lines += b"Catga-Time: %r\r\n" % time.time()
+        lines += b"Catga-Time: %d\r\n" % time.time_ns()
         if metadata:
             try:
                 meta = msgspec.json.encode({str(k): str(v) for k, v in metadata.items()})
@@ -273,6 +274,20 @@ class NatsEventStore(NatsStoreBase):
         return True
 
     # -- EventStore ------------------------------------------------------------------------
+    def _single(self, event: object) -> tuple[Any, bytes]:
+        """(encode function, type header line) for a single event's type, cached per type."""
+        cls = type(event)
+        fast = self._fast.get(cls)
+        if fast is None:
+            try:
+                codec = self._registry.codec_for(cls)
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, SerializationError):
+                    raise
+                raise SerializationError(f"cannot encode {cls.__qualname__}: {exc}") from exc
+            fast = self._fast[cls] = (codec.encode, self._type_header(codec.name))
+        return fast
+
     async def append(
         self,
         stream_id: str,
@@ -286,12 +301,15 @@ class NatsEventStore(NatsStoreBase):
         Raises:
             ConcurrencyError: the stream's version is not ``expected_version`` (nothing stored).
             InvalidIdentifierError: ``stream_id`` is invalid (before any I/O).
+            SerializationError: an event cannot be encoded (nothing stored).
             ConfigurationError: more than :data:`MAX_EVENTS_PER_APPEND` events, a message larger than
                 the server's ``max_payload``, or an invalid ``expected_version``.
             BackendUnavailableError: the server could not be reached (if the connection dropped while
                 waiting for the ack, the outcome is unknown: read the version).
             BackendTimeoutError: no ack within the timeout (outcome unknown likewise).
         """
+        # The hot path (one event, exact version known to the cache) is kept in this one coroutine:
+        # no nested coroutine, one dict lookup per cache, one write, one await.
         state = self._states.get(stream_id)
         if state is None:
             state = self._state(stream_id)
@@ -301,58 +319,72 @@ class NatsEventStore(NatsStoreBase):
             )
         if not self._init.ready:
             await self._init()
-        if not self._wire.connected:
-            await self._wire.connect()
+        wire = self._wire
+        if not wire.connected:
+            await wire.connect()
         count = len(events)
-        if count == 0:
+        if count == 1 and not metadata:
+            encode, lines = self._single(events[0])
+            body = encode(events[0])
+            lines += b"Catga-Time: %d\r\n" % time.time_ns()
+        elif count == 0:
             await self._refresh(stream_id, state)
             if expected_version != ANY and expected_version != state.version:
                 raise ConcurrencyError(stream_id, expected_version, state.version)
             return state.version
-        if count > MAX_EVENTS_PER_APPEND:
+        elif count > MAX_EVENTS_PER_APPEND:
             raise ConfigurationError(
                 f"cannot append {count} events to stream {stream_id!r} at once: the NATS event store "
                 f"stores one append as one message and allows at most {MAX_EVENTS_PER_APPEND}; split it"
             )
-        lines, body = self._encode(events, metadata)
+        else:
+            lines, body = self._encode(events, metadata)
         try:
-            return await self._append(stream_id, state, count, expected_version, lines, body)
+            if expected_version >= 0 and expected_version == state.version and state.seq >= 0:
+                version = expected_version + 1
+                reply = await wire.send(
+                    state.subject,
+                    body,
+                    b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nCatga-Version: %d\r\n%b\r\n"
+                    % (state.seq, version, lines),
+                    self._timeout,
+                )
+                if self._stored(stream_id, state, reply, version, count):
+                    return expected_version + count
+                await self._refresh(stream_id, state)
+                raise ConcurrencyError(stream_id, expected_version, state.version)
+            if expected_version == ANY:
+                for _ in range(ANY_RETRIES):
+                    if state.seq < 0:
+                        await self._refresh(stream_id, state)
+                    version = state.version + 1
+                    reply = await self._send(state, version, state.seq, lines, body)
+                    if self._stored(stream_id, state, reply, version, count):
+                        return version + count - 1
+                    await self._refresh(stream_id, state)
+                raise ConcurrencyError(stream_id, "ANY", state.version)
+            if expected_version == NO_STREAM:
+                last_seq = 0
+            else:
+                if state.seq < 0 or state.version != expected_version:
+                    await self._refresh(stream_id, state)
+                    if state.version != expected_version:
+                        raise ConcurrencyError(stream_id, expected_version, state.version)
+                last_seq = state.seq
+            reply = await self._send(state, expected_version + 1, last_seq, lines, body)
+            if not self._stored(stream_id, state, reply, expected_version + 1, count):
+                await self._refresh(stream_id, state)
+                raise ConcurrencyError(stream_id, expected_version, state.version)
+            return expected_version + count
         except BackendUnavailableError:
             self._init.reset()  # the stream may have been deleted: check it again on the next call
             raise
-
-    async def _append(
-        self, stream_id: str, state: _State, count: int, expected_version: int, lines: bytes, body: bytes
-    ) -> int:
-        if expected_version == ANY:
-            for _ in range(ANY_RETRIES):
-                if state.seq < 0:
-                    await self._refresh(stream_id, state)
-                version = state.version + 1
-                reply = await self._send(state, version, state.seq, lines, body)
-                if self._stored(stream_id, state, reply, version, count):
-                    return version + count - 1
-                await self._refresh(stream_id, state)
-            raise ConcurrencyError(stream_id, "ANY", state.version)
-        if expected_version == NO_STREAM:
-            last_seq = 0
-        else:
-            if state.seq < 0 or state.version != expected_version:
-                await self._refresh(stream_id, state)
-                if state.version != expected_version:
-                    raise ConcurrencyError(stream_id, expected_version, state.version)
-            last_seq = state.seq
-        reply = await self._send(state, expected_version + 1, last_seq, lines, body)
-        if not self._stored(stream_id, state, reply, expected_version + 1, count):
-            await self._refresh(stream_id, state)
-            raise ConcurrencyError(stream_id, expected_version, state.version)
-        return expected_version + count
 
     def _decode(self, message: StreamMessage, stream_id: str | None = None) -> list[StoredEvent]:
         headers = message.headers
         try:
             first = int(headers["Catga-Version"])
-            timestamp = float(headers.get("Catga-Time", "0"))
+            timestamp = int(headers.get("Catga-Time", "0")) / 1e9
             raw_meta = headers.get("Catga-Metadata")
             metadata: dict[str, str] = msgspec.json.decode(raw_meta, type=dict[str, str]) if raw_meta else {}
             if stream_id is None:

@@ -5,11 +5,13 @@
     request   XADD P:t:rpc:<destination> MAXLEN ~ <rpc_max_len> * body <bytes> <headers...>
                    Catga-Reply-To P:t:reply:<client id>  Catga-Reply-Id <n>  Catga-Deadline <unix s>
     serve     XREADGROUP GROUP <group> ... NOACK on that stream (servers of one group share the
-              requests; group=None: a private group, every server answers); expired requests are
-              skipped; the reply is RPUSH-ed to the caller's list (+ PEXPIRE reply_ttl) as
-              {"header": "value", ..., "Catga-Reply-Id": "<n>"}\n<body>
-    replies   one task per requesting transport BLPOPs its own list (own connection) and resolves the
-              waiting request by Catga-Reply-Id: replies go to the caller only.
+              requests; group=None: a private group, every server answers). A request read more
+              than DEADLINE_GRACE (1 s, for clock skew) after its deadline is skipped. The reply is
+              RPUSH-ed to the caller's list (+ PEXPIRE reply_ttl) as one string:
+              {"header": "value", ..., "Catga-Reply-Id": "<n>"} + "\n" + body
+    replies   one task per requesting transport pops its own list (BLMPOP, or BLPOP + LPOP before
+              Redis 7) on its own connection and resolves the waiting request by Catga-Reply-Id:
+              replies go to the caller only.
 
 Requests are at-most-once: a request nobody reads, or whose server dies, ends in
 :class:`~catga.errors.OperationTimeoutError`. A server only ever pushes to ``P:t:reply:*`` keys.
@@ -42,6 +44,8 @@ logger = logging.getLogger("catga.redis.rpc")
 H_REPLY_TO = "Catga-Reply-To"
 H_REPLY_ID = "Catga-Reply-Id"
 H_DEADLINE = "Catga-Deadline"
+#: Seconds past its deadline (the caller's clock) before a server skips a request (clock skew).
+DEADLINE_GRACE = 1.0
 
 
 class _ReplyRouter:
@@ -222,7 +226,7 @@ class RedisServer:
                 logger.warning("malformed request on %s dropped: %s", self.key, error or "no reply key")
                 return
             try:
-                if deadline and float(deadline) < time.time():
+                if deadline and float(deadline) + DEADLINE_GRACE < time.time():
                     logger.debug("request %s on %s expired before it was read", rid, self.key)
                     return
             except ValueError:

@@ -23,7 +23,7 @@ import enum
 import hashlib
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -65,20 +65,20 @@ class RedisSettings:
         client_name: ``CLIENT SETNAME`` value.
         timeout: default per-command timeout in seconds (None: none).
         connect_timeout: seconds allowed for connecting and the handshake.
-        url: the URL it was built from (without changes; may contain the password).
+        url: the URL it was built from (may contain the password; never in ``repr``).
     """
 
     host: str = "127.0.0.1"
     port: int = 6379
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ssl_context: ssl.SSLContext | None = None
     unix_path: str | None = None
     client_name: str | None = None
     timeout: float | None = 5.0
     connect_timeout: float = 5.0
-    url: str = DEFAULT_URL
+    url: str = field(default=DEFAULT_URL, repr=False)
 
     @property
     def address(self) -> str:

@@ -4,8 +4,9 @@ Keys and channels (``P`` is the prefix, default the client's, ``catga``)::
 
     P:t:evt:<destination>    stream (and pub/sub channel of the same name): publish, events
     P:t:cmd:<destination>    stream: send, commands (a work queue: entries are deleted once settled)
-    P:t:rpc:<destination>    stream: request / serve (see :mod:`catga.redis.rpc`)
+    P:t:rpc:<destination>    stream: request / serve (see :mod:`catga.redis._reqrep`)
     P:t:reply:<client id>    list: the replies of one requesting transport
+    P:t:live:<group>         string with a TTL: a private group's owner is alive (see the sweep)
 
 Wire format, readable by any Redis client: a stream entry's first field is ``body`` (the message
 encoded by the :class:`~catga.serialization.TypeRegistry`, JSON by default), the other fields are the
@@ -36,6 +37,8 @@ how it reads:
   before any worker started are kept). At-most-once subscribers read it with ``NOACK``.
 
 A message that cannot be decoded goes to the dead-letter queue at once with the reason, and is acked.
+A periodic sweep deletes idle consumers holding nothing and private groups whose process died.
+Requires Redis 6.2+. Full description: ``docs/redis-transport.md``.
 At most ``max_in_flight`` handlers run at once per subscription. Each blocking read uses its own
 connection (two per stream subscription: events and commands); every other command is pipelined on the
 shared :class:`~catga.redis.RedisClient`, with its timeout.
@@ -44,7 +47,6 @@ shared :class:`~catga.redis.RedisClient`, with its timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -53,18 +55,18 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self, TypeVar
 
-import redis.asyncio as aioredis
-
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.ids import new_id
 from catga.messages import Metadata, QoS
 from catga.protocols import DeadLetterQueue, InboxStore, validate_identifier
-from catga.redis._consumer import RedisSubscription, StreamReader
-from catga.redis._errors import redis_errors
+from catga.redis._consumer import RedisSubscription
 from catga.redis._keys import validate_prefix
+from catga.redis._pubsub import PubSubHub
+from catga.redis._reader import StreamReader
 from catga.redis._reqrep import RawHandler, RedisServer, _ReplyRouter
 from catga.redis._wire import H_ERROR, entry_args, frame
-from catga.redis.connection import DEFAULT_URL, RedisClient, RedisSettings
+from catga.redis.connection import DEFAULT_URL, RedisClient
+from catga.redis.idempotency import RedisInboxStore
 from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("H_ERROR", "RedisServer", "RedisSubscription", "RedisTransport")
@@ -95,8 +97,8 @@ class RedisTransport:
             it over (its consumer died). Also the inbox claim ttl.
         block: seconds one blocking read waits before it is re-issued.
         drain_timeout: seconds :meth:`aclose` lets in-flight handlers finish before cancelling them.
-        consumer_ttl: seconds after which idle consumers holding nothing (and private groups whose
-            consumers all went idle) are deleted by the periodic sweep.
+        consumer_ttl: seconds after which the periodic sweep deletes idle consumers holding nothing,
+            and private groups whose owner stopped refreshing their liveness key (it died).
         rpc_max_len: approximate cap of request streams.
         reply_ttl: seconds a reply list lives after the last reply pushed to it.
         owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
@@ -151,11 +153,7 @@ class RedisTransport:
         self.prefix = validate_prefix(client.prefix if prefix is None else prefix)
         self.registry = registry if registry is not None else default_registry()
         self.dead_letters = dead_letters
-        if inbox is None:
-            from catga.redis.idempotency import RedisInboxStore
-
-            inbox = RedisInboxStore(client)
-        self.inbox: InboxStore | None = inbox
+        self.inbox: InboxStore = inbox if inbox is not None else RedisInboxStore(client)
         self.max_len = max_len
         self.command_max_len = command_max_len
         self.retry_backoff = retry_backoff
@@ -174,14 +172,9 @@ class RedisTransport:
         self._evt = f"{self.prefix}:t:evt:"
         self._cmd = f"{self.prefix}:t:cmd:"
         self._subs: set[RedisSubscription] = set()
-        self._servers: set[Any] = set()
+        self._servers: set[RedisServer] = set()
         self._router: _ReplyRouter | None = None
-        self._pubsub_client: aioredis.Redis | None = None
-        self._pubsub: Any = None
-        self._pubsub_task: asyncio.Task[None] | None = None
-        self._channels: dict[str, tuple[RedisSubscription, ...]] = {}
-        self._ready: dict[str, asyncio.Future[None]] = {}
-        self._pubsub_lock = asyncio.Lock()
+        self._pubsub: PubSubHub | None = None
         self._closed = False
 
     @classmethod
@@ -309,7 +302,7 @@ class RedisTransport:
             The live subscription (ready to receive); ``aclose()`` it (or the transport) to stop.
 
         Raises:
-            ConfigurationError: bad limits, or ``EXACTLY_ONCE`` without an inbox.
+            ConfigurationError: bad limits.
             InvalidIdentifierError: a malformed destination or group.
             BackendError: the groups or the pub/sub subscription could not be created.
         """
@@ -322,10 +315,6 @@ class RedisTransport:
                 f"max_in_flight and max_deliver must be >= 1, got {max_in_flight} and {max_deliver}"
             )
         qos = QoS(qos)
-        if qos == QoS.EXACTLY_ONCE and self.inbox is None:
-            raise ConfigurationError(
-                "EXACTLY_ONCE subscriptions need an inbox: RedisTransport(..., inbox=...)"
-            )
         codec = self.registry.codec_for(message_type)
         dest = validate_identifier(codec.name if destination is None else destination, "destination")
         if group is not None:
@@ -335,7 +324,9 @@ class RedisTransport:
         self._subs.add(sub)
         try:
             if noack and group is None:
-                await self._pubsub_add(self._evt + dest, sub)
+                if self._pubsub is None:
+                    self._pubsub = PubSubHub(self.client.settings, self.timeout)
+                await self._pubsub.add(self._evt + dest, sub)
             else:
                 private = group is None
                 name = group if group is not None else f"~{uuid.uuid4().hex}"
@@ -355,65 +346,11 @@ class RedisTransport:
     def _forget(self, sub: RedisSubscription) -> None:
         self._subs.discard(sub)
 
-    # -- pub/sub --------------------------------------------------------------------------------
-    async def _pubsub_add(self, channel: str, sub: RedisSubscription) -> None:
-        async with self._pubsub_lock:
-            subs = self._channels.get(channel, ())
-            self._channels[channel] = (*subs, sub)
-            sub._channel = channel
-            ready = self._ready.get(channel)
-            if ready is None:
-                ready = self._ready[channel] = asyncio.get_running_loop().create_future()
-                with redis_errors(f"SUBSCRIBE {channel}", self.timeout):
-                    if self._pubsub is None:
-                        self._pubsub_client = _pubsub_client(self.client.settings, self.timeout)
-                        self._pubsub = self._pubsub_client.pubsub()
-                    await asyncio.wait_for(self._pubsub.subscribe(channel), self.timeout)
-                if self._pubsub_task is None:
-                    self._pubsub_task = asyncio.ensure_future(self._pubsub_loop())
-        try:
-            await asyncio.wait_for(asyncio.shield(ready), self.timeout)
-        except TimeoutError:
-            raise BackendUnavailableError(
-                f"Redis did not confirm SUBSCRIBE {channel} within {self.timeout} s", backend="redis"
-            ) from None
-
     async def _pubsub_remove(self, channel: str, sub: RedisSubscription) -> None:
-        async with self._pubsub_lock:
-            rest = tuple(s for s in self._channels.get(channel, ()) if s is not sub)
-            if rest:
-                self._channels[channel] = rest
-                return
-            self._channels.pop(channel, None)
-            self._ready.pop(channel, None)
-            if self._pubsub is not None and not self._closed:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._pubsub.unsubscribe(channel), self.timeout)
+        if self._pubsub is not None:
+            await self._pubsub.remove(channel, sub)
 
-    async def _pubsub_loop(self) -> None:
-        pause = 0.05
-        while True:
-            try:
-                with redis_errors("reading pub/sub messages", self.timeout):
-                    msg = await self._pubsub.get_message(timeout=1.0)
-            except Exception as exc:
-                logger.warning("pub/sub connection failed (%s); reconnecting in %.2f s", exc, pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
-                continue
-            pause = 0.05
-            if msg is None:
-                continue
-            kind = msg["type"]
-            channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else str(msg["channel"])
-            if kind == b"message" or kind == "message":
-                for sub in self._channels.get(channel, ()):
-                    sub._on_frame(msg["data"])
-            elif kind == b"subscribe" or kind == "subscribe":
-                ready = self._ready.get(channel)
-                if ready is not None and not ready.done():
-                    ready.set_result(None)
-
+    # -- pub/sub --------------------------------------------------------------------------------
     # -- request / reply ------------------------------------------------------------------------
     async def request(
         self,
@@ -473,22 +410,15 @@ class RedisTransport:
         await asyncio.shield(self._close())
 
     async def _close(self) -> None:
-        closers = [s.aclose() for s in (*self._subs, *self._servers)]
+        closers: list[Awaitable[None]] = [s.aclose() for s in self._subs]
+        closers += [s.aclose() for s in self._servers]
         if self._router is not None:
             closers.append(self._router.aclose())
         for result in await asyncio.gather(*closers, return_exceptions=True):
             if isinstance(result, Exception):
                 logger.warning("error while closing the Redis transport: %r", result)
-        if self._pubsub_task is not None:
-            self._pubsub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pubsub_task
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pubsub.aclose(), self.timeout)
-        if self._pubsub_client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pubsub_client.aclose(), self.timeout)
+            await self._pubsub.aclose()
         if self._owns_client:
             await self.client.aclose()
 
@@ -500,30 +430,3 @@ class RedisTransport:
 
     def __repr__(self) -> str:
         return f"RedisTransport({self.client.settings.address!r}, prefix={self.prefix!r})"
-
-
-def _pubsub_client(settings: RedisSettings, timeout: float) -> aioredis.Redis:
-    """A redis-py asyncio client for pub/sub on the same server (TLS settings come from the URL)."""
-    common: dict[str, Any] = {
-        "socket_connect_timeout": settings.connect_timeout,
-        "socket_timeout": timeout,
-        "client_name": settings.client_name,
-    }
-    if settings.ssl_context is not None:
-        return aioredis.Redis.from_url(settings.url, **common)
-    if settings.unix_path is not None:
-        return aioredis.Redis(
-            unix_socket_path=settings.unix_path,
-            db=settings.db,
-            username=settings.username,
-            password=settings.password,
-            **common,
-        )
-    return aioredis.Redis(
-        host=settings.host,
-        port=settings.port,
-        db=settings.db,
-        username=settings.username,
-        password=settings.password,
-        **common,
-    )
