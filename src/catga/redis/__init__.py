@@ -1,4 +1,4 @@
-"""Redis backend: event store, outbox, idempotency/inbox, dead letters, lock and cache.
+"""Redis backend: event store, outbox, idempotency/inbox, dead letters, lock, cache, transport and RPC.
 
 Everything runs on :class:`RedisClient`, an auto-pipelining client (one connection shared by all
 concurrent tasks, hiredis parsing) with a key prefix per application. Build a component from an open
@@ -20,6 +20,8 @@ from catga.redis.event_store import RedisEventStore
 from catga.redis.idempotency import RedisIdempotencyStore, RedisInboxStore
 from catga.redis.lock import RedisLease, RedisLock
 from catga.redis.outbox import RedisOutboxStore
+from catga.redis.rpc import RedisRpcClient, RedisRpcServer
+from catga.redis.transport import RedisServer, RedisSubscription, RedisTransport
 
 __all__ = (
     "RedisCache",
@@ -31,6 +33,11 @@ __all__ = (
     "RedisLease",
     "RedisLock",
     "RedisOutboxStore",
+    "RedisRpcClient",
+    "RedisRpcServer",
+    "RedisServer",
     "RedisSettings",
+    "RedisSubscription",
+    "RedisTransport",
     "Script",
 )
