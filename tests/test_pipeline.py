@@ -191,7 +191,7 @@ async def test_behaviors_that_have_nothing_to_do_for_a_type_are_skipped_at_compo
     assert TimeoutBehavior(None).wrap(info, terminal) is terminal
     assert RetryBehavior(max_attempts=1).wrap(info, terminal) is terminal
     assert RetryBehavior().wrap(HandlerInfo(Tick, (), None), terminal) is terminal  # events not retried
-    assert IdempotencyBehavior(events=False).wrap(HandlerInfo(Tick, (), None), terminal) is terminal
+    assert IdempotencyBehavior().wrap(HandlerInfo(Tick, (), None), terminal) is terminal
 
 
 def test_pipeline_builder() -> None:
@@ -447,8 +447,8 @@ async def test_a_cancelled_handler_releases_its_claim(idem_store: Any) -> None:
     assert (await m.send(Echo("x"), metadata=md)).value == "second"
 
 
-async def test_events_are_deduplicated_as_a_whole() -> None:
-    m = Mediator(behaviors=[IdempotencyBehavior()])
+async def test_events_are_deduplicated_as_a_whole_when_enabled() -> None:
+    m = Mediator(behaviors=[IdempotencyBehavior(events=True)])
     seen: list[int] = []
 
     @m.handler

@@ -10,7 +10,7 @@ published while another is being handled gets:
 whether it is sent with ``ctx.send(...)`` or straight through the mediator or app. Tasks spawned by a
 handler inherit the current context like any other context variable.
 
-Cost: a context is a small ``__slots__`` object; its :class:`~catga.messages.Metadata` and ``items``
+Cost: a context is a small msgspec Struct; its :class:`~catga.messages.Metadata` and ``items``
 dict are built only when first read.
 """
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
 
 from catga.messages import Metadata, Request
 
@@ -38,7 +40,7 @@ def current_context() -> Context | None:
     return _current.get()
 
 
-class Context:
+class Context(msgspec.Struct):
     """What a handler and the behaviors know about the message being handled.
 
     Attributes:
@@ -48,25 +50,16 @@ class Context:
             message, its own id.
         causation_id: the id of the message whose handling sent this one, or None for a root message.
 
-    Not thread-safe: a context belongs to one message handled in one task.
+    A context is a small msgspec Struct (created in C, about twice as fast as a ``__slots__``
+    class). Not thread-safe: a context belongs to one message handled in one task.
     """
 
-    __slots__ = ("_items", "_metadata", "causation_id", "correlation_id", "mediator", "message_id")
-
-    def __init__(
-        self,
-        mediator: Mediator,
-        message_id: int,
-        correlation_id: int,
-        causation_id: int | None = None,
-        metadata: Metadata | None = None,
-    ) -> None:
-        self.mediator = mediator
-        self.message_id = message_id
-        self.correlation_id = correlation_id
-        self.causation_id = causation_id
-        self._metadata = metadata
-        self._items: dict[str, Any] | None = None
+    mediator: Mediator
+    message_id: int
+    correlation_id: int
+    causation_id: int | None = None
+    _metadata: Metadata | None = None
+    _items: dict[str, Any] | None = None
 
     @classmethod
     def from_metadata(cls, mediator: Mediator, metadata: Metadata) -> Context:

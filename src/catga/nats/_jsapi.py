@@ -64,12 +64,13 @@ _json = msgspec.json.Encoder()
 
 
 class StreamMessage(msgspec.Struct, frozen=True, gc=False):
-    """A message read by direct get: its sequence, subject, headers and payload."""
+    """A stream message: its sequence, subject, headers, payload and (when known) unix time."""
 
     seq: int
     subject: str
     headers: dict[str, str]
     data: bytes
+    time: float = 0.0
 
 
 def check_reply(reply: Reply, operation: str) -> int:

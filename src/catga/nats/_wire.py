@@ -92,7 +92,7 @@ class _Protocol(asyncio.Protocol):
         self.info: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.pong: asyncio.Future[None] = loop.create_future()
         self.closed = False
-        self.last_rx = loop.time()
+        self.received = 0  # data_received calls, sampled by the sweeper to tell a dead socket
         self.on_lost: Callable[[_Protocol, Exception | None], None] | None = None
         self.on_info: Callable[[dict[str, Any]], None] | None = None
         self.paused: asyncio.Future[None] | None = None
@@ -127,37 +127,39 @@ class _Protocol(asyncio.Protocol):
             self.on_lost(self, exc)
 
     def data_received(self, data: bytes) -> None:  # the hot path
-        self.last_rx = self.loop.time()
+        self.received += 1
         buf = self.buf
-        buf += data
-        n = len(buf)
+        if buf:  # a partial op is waiting: continue from it
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        n = len(data)
         pos = 0
         pending = self.pending
         plen = self.prefix_len
         while pos < n:
-            eol = buf.find(b"\r\n", pos)
+            eol = data.find(b"\r\n", pos)
             if eol < 0:
                 break
-            op = buf[pos]
+            op = data[pos]
             if op == 72 or op == 77:  # HMSG / MSG
-                parts = bytes(buf[pos:eol]).split()
-                size = int(parts[-1])
+                parts = data[pos:eol].split()
                 start = eol + 2
-                end = start + size
+                end = start + int(parts[-1])
                 if end + 2 > n:
                     break  # wait for the rest of the payload
                 pos = end + 2
-                if op == 72:
-                    hsize = int(parts[-2])
-                    hdr: bytes | None = bytes(buf[start : start + hsize])
-                    payload = bytes(buf[start + hsize : end])
-                else:
-                    hdr = None
-                    payload = bytes(buf[start:end])
                 token = parts[1][plen:]
                 entry = pending.pop(token, None)
                 if entry is None:
                     continue
+                if op == 72:
+                    split = start + int(parts[-2])
+                    hdr: bytes | None = data[start:split]
+                    payload = data[split:end]
+                else:
+                    hdr = None
+                    payload = data[start:end]
                 fut, _, collector, _, _ = entry
                 if collector is None:
                     if not fut.done():
@@ -170,11 +172,11 @@ class _Protocol(asyncio.Protocol):
                     collector.append((hdr, payload))
                     pending[token] = entry
                 continue
-            line = bytes(buf[pos:eol])
+            line = data[pos:eol]
             pos = eol + 2
             self._control(line)
-        if pos:
-            del buf[:pos]
+        if pos < n:
+            buf += data[pos:]
 
     def _control(self, line: bytes) -> None:
         if line == b"PING":
@@ -230,6 +232,9 @@ class LeanConnection:
         self._lock: asyncio.Lock | None = None
         self._counter = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._now = 0.0  # the sweeper's clock
+        self._received = 0  # proto.received at the last sweep
+        self._last_rx = 0.0  # when the sweeper last saw data arrive
         self._closed = False
         inbox = getattr(client, "_inbox_prefix", None)
         inbox_str = bytes(inbox).decode() if inbox else "_INBOX"
@@ -321,6 +326,8 @@ class LeanConnection:
             transport.abort()
             raise
         self.max_payload = int(info.get("max_payload", _DEFAULT_MAX_PAYLOAD))
+        self._received = proto.received
+        self._last_rx = self._now = loop.time()
         proto.on_lost = self._lost
         proto.on_info = self._info
         self._proto = proto
@@ -425,10 +432,13 @@ class LeanConnection:
             )
         loop = proto.loop
         fut: asyncio.Future[Any] = loop.create_future()
-        proto.pending[token] = (fut, loop.time() + timeout, [] if many else None, subject, timeout)
-        proto.transport.write(data)
-        if self._timer is None:
+        if self._timer is None:  # idle until now: refresh the coarse clock and start sweeping
+            self._now = self._last_rx = loop.time()
+            self._received = proto.received
             self._timer = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+        # deadlines use the sweeper's clock (at most one sweep interval old): no clock read per request
+        proto.pending[token] = (fut, self._now + timeout, [] if many else None, subject, timeout)
+        proto.transport.write(data)
         return fut
 
     def publish(self, subject: bytes, payload: bytes, headers: bytes | None) -> None:
@@ -472,14 +482,17 @@ class LeanConnection:
         proto = self._proto
         if proto is None:
             return
-        now = proto.loop.time()
+        now = self._now = proto.loop.time()
+        if proto.received != self._received:
+            self._received = proto.received
+            self._last_rx = now
         expired = [token for token, entry in proto.pending.items() if entry[1] <= now]
         dead = False
         for token in expired:
             fut, _, _, subject, timeout = proto.pending.pop(token)
             if not fut.done():
                 fut.set_exception(timeout_error(f"request to {subject.decode()!r}", timeout))
-            if now - proto.last_rx >= timeout:
+            if now - self._last_rx >= timeout:
                 dead = True
         if dead and proto.transport is not None:
             _log.warning("catga's lean NATS connection got nothing while requests timed out; reconnecting")

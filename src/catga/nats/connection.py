@@ -29,11 +29,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import nats
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import StreamConfig, StreamInfo
 
-import nats
 from catga.errors import ConfigurationError
 from catga.nats._errors import (
     ERR_STREAM_NAME_IN_USE,

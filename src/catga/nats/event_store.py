@@ -9,7 +9,8 @@ Layout (see ``docs/nats.md``):
     * one append = one NATS message, so a multi-event append is atomic: a single event is stored as its
       encoded body with a ``Catga-Type`` header; several events as an envelope (a JSON or msgpack array
       of ``{"type", "data"}``) with ``Catga-Count``. Headers ``Catga-Version`` (first version),
-      ``Catga-Time`` (unix seconds) and optionally ``Catga-Metadata`` (JSON object) complete it.
+      and optionally ``Catga-Metadata`` (JSON object) complete it. The timestamp of stored events is the
+      server's (``Nats-Time-Stamp``): one per message, so shared by the events of one append.
 
 Concurrency: every append carries ``Nats-Expected-Last-Subject-Sequence``, so the server stores it only
 if the subject's last message is the one the client based its version on (``0`` = no message =
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import datetime
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -81,6 +82,26 @@ _STREAM_CHECK = (
     "max_bytes",
     "max_age",
 )
+
+
+_seconds: dict[str, int] = {}
+
+
+def _server_time(stamp: str) -> float:
+    """Parse ``Nats-Time-Stamp`` (RFC 3339 in UTC, e.g. ``2026-01-02T03:04:05.123456789Z``) to unix seconds.
+
+    The whole seconds are cached per distinct value, so a batch of messages costs little.
+    """
+    base, dot, fraction = stamp.partition(".")
+    if dot:
+        fraction = fraction.rstrip("Z")
+        base += "Z"
+    seconds = _seconds.get(base)
+    if seconds is None:
+        if len(_seconds) > 4096:
+            _seconds.clear()
+        seconds = _seconds[base] = int(datetime.datetime.fromisoformat(base).timestamp())
+    return seconds + int(fraction) / 10 ** len(fraction) if fraction else float(seconds)
 
 
 class _Item(msgspec.Struct, array_like=True):
@@ -219,7 +240,6 @@ class NatsEventStore(NatsStoreBase):
                 items.append(_Item(codec.name, msgspec.Raw(codec.encode(event))))
             body = self._envelope_encode(items)
             lines = b"Catga-Count: %d\r\n" % len(events)
-        lines += b"Catga-Time: %d\r\n" % time.time_ns()
         if metadata:
             try:
                 meta = msgspec.json.encode({str(k): str(v) for k, v in metadata.items()})
@@ -285,7 +305,10 @@ class NatsEventStore(NatsStoreBase):
                 if isinstance(exc, SerializationError):
                     raise
                 raise SerializationError(f"cannot encode {cls.__qualname__}: {exc}") from exc
-            fast = self._fast[cls] = (codec.encode, self._type_header(codec.name))
+            # the codec's own encoder when it has one (skips a wrapper frame; errors are translated by
+            # the caller), else its public encode()
+            encode = getattr(codec, "_encode", codec.encode)
+            fast = self._fast[cls] = (encode, self._type_header(codec.name))
         return fast
 
     async def append(
@@ -324,9 +347,17 @@ class NatsEventStore(NatsStoreBase):
             await wire.connect()
         count = len(events)
         if count == 1 and not metadata:
-            encode, lines = self._single(events[0])
-            body = encode(events[0])
-            lines += b"Catga-Time: %d\r\n" % time.time_ns()
+            event = events[0]
+            fast = self._fast.get(type(event))
+            if fast is None:
+                fast = self._single(event)
+            try:
+                body = fast[0](event)
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                if isinstance(exc, SerializationError):
+                    raise
+                raise SerializationError(f"cannot encode {type(event).__qualname__}: {exc}") from exc
+            lines = fast[1]
         elif count == 0:
             await self._refresh(stream_id, state)
             if expected_version != ANY and expected_version != state.version:
@@ -349,6 +380,16 @@ class NatsEventStore(NatsStoreBase):
                     % (state.seq, version, lines),
                     self._timeout,
                 )
+                if reply[0] is None:  # a plain ack (no status headers): decode it here
+                    try:
+                        ack = ack_decoder.decode(reply[1])
+                    except msgspec.DecodeError:
+                        ack = None
+                    if ack is not None and ack.error is None:
+                        if ack.seq > state.seq:
+                            state.seq = ack.seq
+                            state.version = expected_version + count
+                        return expected_version + count
                 if self._stored(stream_id, state, reply, version, count):
                     return expected_version + count
                 await self._refresh(stream_id, state)
@@ -384,7 +425,7 @@ class NatsEventStore(NatsStoreBase):
         headers = message.headers
         try:
             first = int(headers["Catga-Version"])
-            timestamp = int(headers.get("Catga-Time", "0")) / 1e9
+            timestamp = message.time if message.time else _server_time(headers["Nats-Time-Stamp"])
             raw_meta = headers.get("Catga-Metadata")
             metadata: dict[str, str] = msgspec.json.decode(raw_meta, type=dict[str, str]) if raw_meta else {}
             if stream_id is None:
@@ -518,11 +559,13 @@ class NatsEventStore(NatsStoreBase):
                         msg = await sub.next_msg(timeout=_IDLE_POLL)
                 except BackendTimeoutError:
                     continue  # idle: nothing new yet
+                meta = msg.metadata
                 message = StreamMessage(
-                    seq=msg.metadata.sequence.stream,
+                    seq=meta.sequence.stream,
                     subject=msg.subject,
                     headers=dict(msg.headers or {}),
                     data=msg.data,
+                    time=meta.timestamp.timestamp(),
                 )
                 for event in self._decode(message):
                     if event.position >= from_position:

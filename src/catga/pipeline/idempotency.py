@@ -11,7 +11,8 @@ For each message the behavior claims ``str(message_id)`` in an
 * IN_PROGRESS: another delivery of the same id is being handled right now; a failed Result with code
   ``conflict`` is returned (retry later).
 
-Events are deduplicated the same way (the whole fan-out counts as one). A result that cannot be
+With ``events=True``, events are deduplicated the same way (the whole fan-out counts as one); by
+default they are not, since events from a transport go through the consumer's inbox. A result that cannot be
 encoded is not stored (logged once per type): the claim is released, the result still returned.
 """
 
@@ -51,7 +52,8 @@ class IdempotencyBehavior(Behavior):
         store: the store; an in-memory :class:`~catga.memory.MemoryIdempotencyStore` when omitted.
         ttl: how long a completed result is kept and replayed (seconds, default one day).
         lock_ttl: how long a claim blocks duplicates if its holder dies (seconds, default 30).
-        events: also deduplicate events (default True).
+        events: also deduplicate events (default False: events arriving from a transport are
+            deduplicated by the consumer's inbox; an in-process publish gets a fresh id).
     """
 
     def __init__(
@@ -60,7 +62,7 @@ class IdempotencyBehavior(Behavior):
         *,
         ttl: float = 86400.0,
         lock_ttl: float = 30.0,
-        events: bool = True,
+        events: bool = False,
     ) -> None:
         if store is None:
             from catga.memory.idempotency import MemoryIdempotencyStore

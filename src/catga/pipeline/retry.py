@@ -5,6 +5,9 @@ Only failed Results whose :attr:`~catga.result.Result.retryable` is true are ret
 failures, validation errors and internal errors are returned at once. The delay before attempt
 ``n + 1`` is ``uniform(0, min(max_delay, base_delay * 2 ** (n - 1)))`` ("full jitter").
 
+When it is the innermost behavior, the retry loop is fused into the mediator's handler call (same
+semantics, one coroutine less per message).
+
 Events are not retried by default: re-running a fan-out would re-run the handlers that succeeded;
 redelivery of events is the transport's job. Pass ``events=True`` to retry them anyway.
 """
@@ -58,7 +61,7 @@ class RetryBehavior(Behavior):
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.events = events
-        self._sleep = sleep
+        self.sleep = sleep
         self._random = random
 
     def delay(self, attempt: int) -> float:
@@ -69,8 +72,12 @@ class RetryBehavior(Behavior):
         """Compose the retry layer, or skip it (events, or a single attempt)."""
         if self.max_attempts == 1 or (info.is_event and not self.events):
             return call_next
+        fuse = getattr(call_next, "__catga_retry__", None)
+        if fuse is not None:  # innermost: the mediator runs the retry loop inside the handler's frame
+            fused: Next = fuse(self)
+            return fused
         max_attempts = self.max_attempts
-        sleep, delay = self._sleep, self.delay
+        sleep, delay = self.sleep, self.delay
 
         async def retry(message: Any, ctx: Context) -> Result[Any]:
             result = await call_next(message, ctx)

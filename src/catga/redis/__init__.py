@@ -21,7 +21,7 @@ from catga.redis.idempotency import RedisIdempotencyStore, RedisInboxStore
 from catga.redis.lock import RedisLease, RedisLock
 from catga.redis.outbox import RedisOutboxStore
 from catga.redis.rpc import RedisRpcClient, RedisRpcServer
-from catga.redis.transport import RedisServer, RedisSubscription, RedisTransport
+from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTransport
 
 __all__ = (
     "RedisCache",
@@ -35,7 +35,7 @@ __all__ = (
     "RedisOutboxStore",
     "RedisRpcClient",
     "RedisRpcServer",
-    "RedisServer",
+    "RedisRpcEndpoint",
     "RedisSettings",
     "RedisSubscription",
     "RedisTransport",

@@ -36,7 +36,7 @@ from catga.redis._wire import H_ERROR, entry_args, frame, parse_entry, quietly, 
 if TYPE_CHECKING:
     from catga.redis.transport import RedisTransport
 
-__all__ = ("H_DEADLINE", "H_REPLY_ID", "H_REPLY_TO", "RawHandler", "RedisServer")
+__all__ = ("H_DEADLINE", "H_REPLY_ID", "H_REPLY_TO", "RawHandler", "RedisRpcEndpoint")
 
 RawHandler = Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]]
 logger = logging.getLogger("catga.redis.rpc")
@@ -135,7 +135,7 @@ class _ReplyRouter:
         await quietly(self.transport.client.execute("DEL", self.key), f"DEL {self.key}")
 
 
-class RedisServer:
+class RedisRpcEndpoint:
     """A live :meth:`RedisTransport.serve <catga.redis.RedisTransport.serve>`; ``aclose()`` stops it
     after the requests in flight were answered.
 

@@ -63,13 +63,13 @@ from catga.redis._consumer import RedisSubscription
 from catga.redis._keys import validate_prefix
 from catga.redis._pubsub import PubSubHub
 from catga.redis._reader import StreamReader
-from catga.redis._reqrep import RawHandler, RedisServer, _ReplyRouter
+from catga.redis._reqrep import RawHandler, RedisRpcEndpoint, _ReplyRouter
 from catga.redis._wire import H_ERROR, entry_args, frame
 from catga.redis.connection import DEFAULT_URL, RedisClient
 from catga.redis.idempotency import RedisInboxStore
 from catga.serialization import TypeRegistry, default_registry
 
-__all__ = ("H_ERROR", "RedisServer", "RedisSubscription", "RedisTransport")
+__all__ = ("H_ERROR", "RedisRpcEndpoint", "RedisSubscription", "RedisTransport")
 
 T = TypeVar("T")
 logger = logging.getLogger("catga.redis.transport")
@@ -172,7 +172,7 @@ class RedisTransport:
         self._evt = f"{self.prefix}:t:evt:"
         self._cmd = f"{self.prefix}:t:cmd:"
         self._subs: set[RedisSubscription] = set()
-        self._servers: set[RedisServer] = set()
+        self._servers: set[RedisRpcEndpoint] = set()
         self._router: _ReplyRouter | None = None
         self._pubsub: PubSubHub | None = None
         self._closed = False
@@ -382,7 +382,7 @@ class RedisTransport:
         *,
         group: str | None = "rpc",
         max_in_flight: int = 64,
-    ) -> RedisServer:
+    ) -> RedisRpcEndpoint:
         """Answer requests to ``destination`` with ``handler(body, headers) -> (body, headers)``.
 
         Servers in one ``group`` share the requests; ``group=None`` answers every request (the caller
@@ -395,7 +395,7 @@ class RedisTransport:
         """
         if self._closed:
             raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
-        server = RedisServer(self, destination, handler, group, max_in_flight)
+        server = RedisRpcEndpoint(self, destination, handler, group, max_in_flight)
         await server.start()
         self._servers.add(server)
         return server
