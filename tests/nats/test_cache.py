@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from catga.errors import BackendUnavailableError
 from catga.nats import NatsCache, NatsConnection
 from catga.testing.contracts import CacheContract
 
@@ -46,3 +47,15 @@ async def test_concurrent_get_or_set_calls_the_factory_once(cache: NatsCache) ->
     results = await asyncio.gather(*(cache.get_or_set("k", factory) for _ in range(10)))
     assert results == [b"v"] * 10
     assert calls == 1
+
+
+async def test_a_bucket_deleted_behind_its_back_is_created_again(
+    cache: NatsCache, nats_connection: NatsConnection
+) -> None:
+    await cache.set("k", b"v")
+    await nats_connection.js.delete_stream(f"KV_{cache.bucket}")
+    with pytest.raises(BackendUnavailableError, match="no responders"):
+        await cache.get("k")
+    assert await cache.get("k") is None  # the next call created the bucket again
+    await cache.set("k", b"w")
+    assert await cache.get("k") == b"w"

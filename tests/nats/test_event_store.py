@@ -202,6 +202,11 @@ async def test_reads_use_direct_get_and_leave_no_consumer(
     assert await event_store.version("r") == 599
     info = await nats_connection.js.stream_info(event_store.stream)
     assert info.state.consumer_count == 0
+    it = event_store.subscribe_all()
+    async with asyncio.timeout(30):
+        seen = [(await anext(it)).data.total for _ in range(600)]
+    await it.aclose()
+    assert seen == list(range(600))
 
 
 async def test_closing_subscribe_all_deletes_its_consumer(

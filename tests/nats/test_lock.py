@@ -62,7 +62,7 @@ async def test_release_waits_for_an_extend_in_flight(distributed_lock: NatsLock)
 async def test_release_after_auto_renewal_frees_the_key(distributed_lock: NatsLock) -> None:
     lease = await distributed_lock.acquire("r", ttl=1.5, auto_renew=True)
     async with asyncio.timeout(10):
-        while lease._revision == lease.fencing_token:  # wait for the first renewal
+        while lease._revision == lease.fencing_token:  # noqa: ASYNC110 - polling for the first renewal
             await asyncio.sleep(0.02)
     await lease.release()
     again = await distributed_lock.acquire("r", ttl=5.0, wait=0)

@@ -11,6 +11,8 @@ from catga.nats.event_store import NatsEventStore
 from catga.nats.idempotency import NatsIdempotencyStore, NatsInboxStore
 from catga.nats.lock import NatsLease, NatsLock
 from catga.nats.outbox import NatsOutboxStore
+from catga.nats.rpc import NatsRpcClient, NatsRpcServer
+from catga.nats.transport import NatsSubscription, NatsTransport
 
 __all__ = (
     "LazyInit",
@@ -23,4 +25,8 @@ __all__ = (
     "NatsLease",
     "NatsLock",
     "NatsOutboxStore",
+    "NatsRpcClient",
+    "NatsRpcServer",
+    "NatsSubscription",
+    "NatsTransport",
 )

@@ -20,13 +20,14 @@ slower publish/request path. Here:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 from collections.abc import AsyncGenerator
 
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from catga.errors import ConfigurationError
+from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.nats._base import check_name
 from catga.nats._errors import translate_errors
 from catga.nats._jsapi import StreamMessage, decode_ack, delete_message, direct_last, iter_direct
@@ -129,9 +130,13 @@ class KvBucket:
         """The entry of ``key``, or None."""
         subject = self.subject(key)
         await self.ready()
-        message = await direct_last(
-            self._wire, self._direct, subject, timeout=self._timeout, operation=f"get {self.kind} {key!r}"
-        )
+        try:
+            message = await direct_last(
+                self._wire, self._direct, subject, timeout=self._timeout, operation=f"get {self.kind} {key!r}"
+            )
+        except BackendUnavailableError:
+            self.init.reset()  # the bucket may have been deleted: check it again on the next call
+            raise
         return None if message is None else KvEntry(key, message.data, message.seq, message.headers)
 
     async def write(
@@ -163,8 +168,12 @@ class KvBucket:
         if ttl is not None:
             lines += b"Nats-TTL: %d\r\n" % max(1, math.ceil(ttl))
         block = b"NATS/1.0\r\n" + lines + b"\r\n" if lines else None
-        reply = await self._wire.send(subject, value, block, self._timeout)
-        ack = decode_ack(reply, f"write {self.kind} {key!r}")
+        try:
+            reply = await self._wire.send(subject, value, block, self._timeout)
+            ack = decode_ack(reply, f"write {self.kind} {key!r}")
+        except BackendUnavailableError:
+            self.init.reset()
+            raise
         return None if ack.error is not None else ack.seq
 
     async def create_many(self, items: list[tuple[str, bytes]]) -> bool:
@@ -202,17 +211,19 @@ class KvBucket:
         """Every entry, in revision order (oldest write first)."""
         await self.ready()
         start = len(self._prefix)
-        message: StreamMessage
-        async for message in iter_direct(
+        messages = iter_direct(
             self._wire,
             self._direct,
             start=1,
             subject=self._prefix + ">",
             timeout=self._timeout,
             operation=f"list bucket {self.bucket!r}",
-        ):
-            key = token_to_identifier(message.subject[start:])
-            yield KvEntry(key, message.data, message.seq, message.headers)
+        )
+        message: StreamMessage
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                key = token_to_identifier(message.subject[start:])
+                yield KvEntry(key, message.data, message.seq, message.headers)
 
     async def count(self) -> int:
         """Number of entries (one message per key, no tombstones)."""

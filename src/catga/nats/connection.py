@@ -44,7 +44,7 @@ from catga.nats._errors import (
 )
 from catga.nats._wire import LeanConnection
 
-__all__ = ("DEFAULT_TIMEOUT", "LazyInit", "NatsConnection", "as_connection")
+__all__ = ("DEFAULT_TIMEOUT", "DEFAULT_URL", "LazyInit", "NatsConnection", "as_connection")
 
 _log = logging.getLogger("catga.nats")
 
@@ -112,6 +112,8 @@ class NatsConnection:
         wire: the lean connection used by the hot paths (connected lazily, on first use).
         timeout: default seconds for network calls.
         api_prefix: the JetStream API prefix.
+
+    Not thread-safe: use a connection, and the stores on it, from the event loop it was made on.
     """
 
     def __init__(

@@ -180,6 +180,7 @@ class NatsEventStore(NatsStoreBase):
         self._type_headers: dict[str, bytes] = {}
         self._fast: dict[type, tuple[Any, bytes]] = {}
         self._init = LazyInit(self._create)
+        self._created = False
         fmt = self._registry.format
         self._envelope_encode = msgspec.json.encode if fmt == "json" else msgspec.msgpack.encode
         self._envelope_decoder: Any = (
@@ -193,7 +194,9 @@ class NatsEventStore(NatsStoreBase):
 
     async def _create(self) -> None:
         await self._conn.ensure_stream(self._config, _STREAM_CHECK)
-        self._states.clear()
+        if self._created:  # initialised again (the stream may have been deleted): forget the cache
+            self._states.clear()
+        self._created = True
         if not self._wire.connected:
             await self._wire.connect()
 

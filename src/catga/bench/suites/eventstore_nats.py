@@ -11,6 +11,9 @@ storage) deleted afterwards.
 * ``nats-py``: ``js.publish(subject, body, headers={"Nats-Expected-Last-Subject-Sequence": last})``
   with nats-py's JetStream context, one await per append per task -- the same server-side work with
   the stock client (the body is the same encoded event; the worker keeps its last sequence).
+* ``nats-protocol``: a reference ceiling, not a library -- the bare NATS protocol on an asyncio socket
+  (``HPUB`` with a reply token, the ack matched in ``data_received``), same body and header, no
+  encoding, no checks. It shows what the machine allows in this run.
 
 Pinning: with ``--server-cpu N`` the harness runs nats-server on CPU ``N`` with ``GOMAXPROCS=1``, and
 this suite moves the benchmark process (both implementations alike) to the other CPUs for the
@@ -24,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -113,9 +117,8 @@ async def _catga_append(env: BenchEnv) -> AsyncIterator[Op]:
 
 @asynccontextmanager
 async def _nats_py_append(env: BenchEnv) -> AsyncIterator[Op]:
-    from nats.js.api import StorageType
-
     import nats
+    from nats.js.api import StorageType
 
     url = await env.nats_url()
     name = f"bench{uuid.uuid4().hex[:8]}"
@@ -142,10 +145,127 @@ async def _nats_py_append(env: BenchEnv) -> AsyncIterator[Op]:
             await nc.drain()
 
 
+class _BareProtocol(asyncio.Protocol):
+    """Just enough NATS protocol to publish with a reply token and match acks (no auth, no TLS)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.buf = bytearray()
+        self.pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self.prefix = b"_INBOX." + uuid.uuid4().hex.encode() + b"."
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.counter = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection lost"))
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("connection lost"))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos, n, plen = 0, len(buf), len(self.prefix)
+        while pos < n:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            if buf[pos] in (72, 77):  # HMSG / MSG
+                parts = bytes(buf[pos:eol]).split()
+                hsize = int(parts[-2]) if buf[pos] == 72 else 0
+                end = eol + 2 + int(parts[-1])
+                if end + 2 > n:
+                    break
+                fut = self.pending.pop(parts[1][plen:], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(bytes(buf[eol + 2 + hsize : end]))
+                pos = end + 2
+                continue
+            line, pos = bytes(buf[pos:eol]), eol + 2
+            if line == b"PING" and self.transport is not None:
+                self.transport.write(b"PONG\r\n")
+            elif line.startswith(b"INFO") and self.transport is not None:
+                self.transport.write(
+                    b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n'
+                    b"SUB " + self.prefix + b"* 1\r\nPING\r\n"
+                )
+            elif line == b"PONG" and not self.ready.done():
+                self.ready.set_result(None)
+            elif line.startswith(b"-ERR") and not self.ready.done():
+                self.ready.set_exception(BenchError(f"nats-server refused the bare connection: {line!r}"))
+        del buf[:pos]
+
+    async def publish(self, subject: bytes, headers: bytes, payload: bytes) -> int:
+        self.counter += 1
+        token = b"%d" % self.counter
+        fut: asyncio.Future[bytes] = self.loop.create_future()
+        self.pending[token] = fut
+        size = len(headers) + len(payload)
+        if self.transport is None:
+            raise BenchError("the bare connection is closed")
+        self.transport.write(
+            b"HPUB %b %b%b %d %d\r\n%b%b\r\n"
+            % (subject, self.prefix, token, len(headers), size, headers, payload)
+        )
+        ack = msgspec.json.decode(await fut)
+        if "error" in ack:
+            raise BenchError(f"append rejected: {ack['error']}")
+        return int(ack["seq"])
+
+
+@asynccontextmanager
+async def _bare_append(env: BenchEnv) -> AsyncIterator[Op]:
+    from urllib.parse import urlsplit
+
+    import nats
+    from nats.js.api import StorageType
+
+    url = await env.nats_url()
+    name = f"bench{uuid.uuid4().hex[:8]}"
+    with _client_off_server_cpu(env):
+        nc = await nats.connect(url)
+        parts = urlsplit(url)
+        transport, proto = await asyncio.get_running_loop().create_connection(
+            _BareProtocol, parts.hostname or "127.0.0.1", parts.port or 4222
+        )
+        try:
+            await asyncio.wait_for(proto.ready, 5.0)
+            js = nc.jetstream()
+            await js.add_stream(name=name.upper(), subjects=[f"{name}.>"], storage=StorageType.FILE)
+            body = msgspec.json.encode(_EVENT)
+            subjects = [f"{name}.s{i}".encode() for i in range(env.max_concurrency)]
+            last = [0] * env.max_concurrency
+
+            async def op(worker: int) -> None:
+                headers = (
+                    b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nCatga-Type: x\r\n\r\n"
+                    % (last[worker])
+                )
+                last[worker] = await proto.publish(subjects[worker], headers, body)
+
+            yield op
+        finally:
+            transport.close()
+            with contextlib.suppress(Exception):
+                await nc.jetstream().delete_stream(name.upper())
+            await nc.drain()
+
+
 def cases(env: BenchEnv) -> list[BenchCase]:
-    """The suite's cases: ``append_occ`` for catga and raw nats-py."""
+    """The suite's cases: ``append_occ`` for catga, raw nats-py and the bare-protocol ceiling."""
     note = "1 event, exact expected version (server-checked), one stream per worker, file storage"
     return [
         BenchCase("append_occ", "catga", _catga_append, note=note),
         BenchCase("append_occ", "nats-py", _nats_py_append, note=note + "; js.publish one at a time"),
+        BenchCase(
+            "append_occ",
+            "nats-protocol",
+            _bare_append,
+            note=note + "; reference ceiling: bare protocol on an asyncio socket, no encoding or checks",
+        ),
     ]
