@@ -84,7 +84,10 @@ async def test_default_pipeline_and_delegation() -> None:
         assert [r.value for r in batch] == ["order-2", "order-3"]
         assert [r.value async for r in app.send_stream([PlaceOrder("c", 4)])] == ["order-4"]
         assert (await app.publish(OrderPlaced("o", 7))).ok
-        assert [r.ok for r in await app.publish_batch([OrderPlaced("o", 8), OrderPlaced("o", 9)])] == [True, True]
+        assert [r.ok for r in await app.publish_batch([OrderPlaced("o", 8), OrderPlaced("o", 9)])] == [
+            True,
+            True,
+        ]
     assert sorted(seen) == [7, 8, 9]
 
     app2 = catga.App(behaviors=[RetryBehavior(sleep=_no_sleep)])
@@ -210,7 +213,9 @@ async def test_a_failed_start_closes_what_was_started() -> None:
     assert not app.running
 
 
-async def test_shutdown_is_time_limited_and_keeps_going_after_failures(caplog: pytest.LogCaptureFixture) -> None:
+async def test_shutdown_is_time_limited_and_keeps_going_after_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     log: list[str] = []
     app = catga.App(shutdown_timeout=0.2)
     app.add_component(Component("first", log))
@@ -341,3 +346,34 @@ async def test_failed_results_surface_through_the_app() -> None:
     app = catga.App()
     assert (await app.send(PlaceOrder("c", 1))).code == ErrorCode.HANDLER_NOT_FOUND
     assert "running=False" in repr(app)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "catga",
+        "catga.app",
+        "catga.context",
+        "catga.handlers",
+        "catga.mediator",
+        "catga.pipeline",
+        "catga.pipeline.base",
+        "catga.pipeline.caching",
+        "catga.pipeline.idempotency",
+        "catga.pipeline.logging",
+        "catga.pipeline.retry",
+        "catga.pipeline.timeout",
+        "catga.pipeline.validation",
+        "catga.memory.idempotency",
+    ],
+)
+def test_all_lists_only_what_the_module_defines(module: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert isinstance(mod.__all__, tuple)
+    assert len(set(mod.__all__)) == len(mod.__all__)
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.__all__ lists missing {name}"
+    for name in ("App", "Context", "Mediator", "handler", "current_context"):
+        assert name in catga.__all__

@@ -288,7 +288,9 @@ async def test_publish_runs_every_handler_including_base_class_handlers() -> Non
     assert sorted(calls) == ["any", "base:2"]
 
 
-async def test_a_failing_event_handler_is_isolated_logged_and_reported(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_event_handler_is_isolated_logged_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     m = Mediator()
     calls: list[str] = []
 
@@ -539,7 +541,9 @@ async def test_subclass_hooks_and_a_failing_compensation_keep_the_failure(
     class MyMediator(Mediator):
         calls = 0
 
-        async def on_unexpected_error(self, message: Any, ctx: Context, exc: BaseException) -> Result[Any] | None:
+        async def on_unexpected_error(
+            self, message: Any, ctx: Context, exc: BaseException
+        ) -> Result[Any] | None:
             MyMediator.calls += 1
             return None
 
@@ -687,3 +691,9 @@ def test_invalid_mediator_options() -> None:
         Mediator(behaviors=[], pipeline=[])
     with pytest.raises(ConfigurationError):
         Mediator(max_concurrency=0)
+
+
+async def test_a_zero_max_concurrency_is_rejected() -> None:
+    m, _ = _sleepy_mediator()
+    with pytest.raises(ConfigurationError, match="max_concurrency"):
+        await m.send_batch([Sleepy(1)], max_concurrency=0)

@@ -173,7 +173,31 @@ async def test_async_protocol_and_context_manager() -> None:
     assert len(store) == 0
 
 
-@pytest.mark.parametrize("kwargs", [{"shards": 3}, {"shards": 0}, {"sweep_every": 0}])
+@pytest.mark.parametrize("kwargs", [{"shards": 0}, {"sweep_every": 0}])
 def test_invalid_options(kwargs: dict[str, int]) -> None:
     with pytest.raises(ConfigurationError):
         MemoryIdempotencyStore(**kwargs)
+
+
+def test_automatic_sweeps_wait_for_an_expiry_and_the_sweep_interval() -> None:
+    clock = FakeClock()  # t = 1000
+    store = MemoryIdempotencyStore(clock=clock, shards=1, sweep_every=10, sweep_interval=5.0)
+
+    def claim(prefix: str, n: int, ttl: float) -> None:
+        for i in range(n):
+            assert store.claim_nowait(f"{prefix}.{i}", lock_ttl=ttl).status == ClaimStatus.CLAIMED
+
+    claim("a", 10, 1)  # size 10 reached, but nothing can have expired yet: no scan
+    assert len(store) == 10
+    clock.now = 1002
+    claim("b", 10, 100)  # size 20: the a.* claims expired: swept
+    assert len(store) == 10
+    clock.now = 1003
+    claim("c", 15, 1)
+    clock.now = 1005  # c.* expired, but the last sweep was 3 s ago: postponed
+    claim("d", 5, 100)
+    assert len(store) == 30
+    clock.now = 1008
+    claim("e", 15, 100)  # interval passed: c.* dropped
+    assert len(store) == 30
+    assert store.claim_nowait("c.0").status == ClaimStatus.CLAIMED

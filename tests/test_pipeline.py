@@ -281,7 +281,9 @@ async def test_validate_method_returning_field_errors_stops_the_handler() -> Non
 
     bad = await m.send(PlaceOrder("", 0))
     assert (bad.ok, bad.code) == (False, ErrorCode.VALIDATION)
-    assert bad.metadata == {"field_errors": {"customer": ["must not be empty"], "amount": ["must be positive"]}}
+    assert bad.metadata == {
+        "field_errors": {"customer": ["must not be empty"], "amount": ["must be positive"]}
+    }
     assert isinstance(bad.exception, ValidationError)
     assert bad.exception.field_errors["amount"] == ["must be positive"]
     assert calls == []
@@ -353,13 +355,29 @@ class AsyncOnlyStore:
         await self.inner.aclose()
 
 
-@pytest.fixture(params=["memory-fast-path", "async-protocol"])
-def idem_store(request: pytest.FixtureRequest) -> Any:
-    return MemoryIdempotencyStore() if request.param == "memory-fast-path" else AsyncOnlyStore()
+async def passthrough(message: Any, ctx: Context, call_next: Next) -> Result[Any]:
+    return await call_next(message, ctx)
 
 
-async def test_a_duplicate_returns_the_stored_typed_result_without_rerunning(idem_store: Any) -> None:
-    m = Mediator(behaviors=[IdempotencyBehavior(idem_store)])
+@dataclass
+class IdemSetup:
+    store: Any
+    behaviors: list[Any]
+
+
+@pytest.fixture(params=["memory-fused", "memory-layer", "async-protocol"])
+def idem(request: pytest.FixtureRequest) -> IdemSetup:
+    """The three ways the idempotency behavior runs: fused into the handler call (memory store right
+    around the handler), as its own layer over the sync store, and over the async protocol."""
+    store: Any = AsyncOnlyStore() if request.param == "async-protocol" else MemoryIdempotencyStore()
+    behaviors: list[Any] = [IdempotencyBehavior(store)]
+    if request.param == "memory-layer":
+        behaviors.append(passthrough)
+    return IdemSetup(store, behaviors)
+
+
+async def test_a_duplicate_returns_the_stored_typed_result_without_rerunning(idem: IdemSetup) -> None:
+    m = Mediator(behaviors=idem.behaviors)
     calls: list[PlaceOrder] = []
 
     @m.handler
@@ -375,12 +393,12 @@ async def test_a_duplicate_returns_the_stored_typed_result_without_rerunning(ide
     assert isinstance(again.value, Receipt)
     assert fresh.value == Receipt("o-2", 5)
     assert len(calls) == 2
-    if isinstance(idem_store, AsyncOnlyStore):
-        assert idem_store.calls[:3] == ["claim", "complete", "claim"]
+    if isinstance(idem.store, AsyncOnlyStore):
+        assert idem.store.calls[:3] == ["claim", "complete", "claim"]
 
 
-async def test_concurrent_duplicates_run_the_handler_once(idem_store: Any) -> None:
-    m = Mediator(behaviors=[IdempotencyBehavior(idem_store)])
+async def test_concurrent_duplicates_run_the_handler_once(idem: IdemSetup) -> None:
+    m = Mediator(behaviors=idem.behaviors)
     gate = asyncio.Event()
     calls = 0
 
@@ -403,8 +421,8 @@ async def test_concurrent_duplicates_run_the_handler_once(idem_store: Any) -> No
     assert calls == 1
 
 
-async def test_business_failures_are_replayed_and_transient_ones_released(idem_store: Any) -> None:
-    m = Mediator(behaviors=[IdempotencyBehavior(idem_store)])
+async def test_business_failures_are_replayed_and_transient_ones_released(idem: IdemSetup) -> None:
+    m = Mediator(behaviors=idem.behaviors)
     calls: list[str] = []
 
     @m.handler
@@ -426,8 +444,8 @@ async def test_business_failures_are_replayed_and_transient_ones_released(idem_s
     assert (replay.code, replay.error) == (ErrorCode.NOT_FOUND, "no such thing")
 
 
-async def test_a_cancelled_handler_releases_its_claim(idem_store: Any) -> None:
-    m = Mediator(behaviors=[IdempotencyBehavior(idem_store)])
+async def test_a_cancelled_handler_releases_its_claim(idem: IdemSetup) -> None:
+    m = Mediator(behaviors=idem.behaviors)
     calls = 0
 
     @m.handler
@@ -484,6 +502,28 @@ async def test_unencodable_results_are_returned_but_not_stored(caplog: pytest.Lo
         assert isinstance((await m.send(Echo("x"), metadata=md)).value, Opaque)
     assert calls == 2
     assert len([r for r in caplog.records if "not stored" in r.getMessage()]) == 1
+
+
+async def test_idempotency_fused_with_retry_stores_the_final_outcome() -> None:
+    retry, slept = _retry(max_attempts=3)
+    m = Mediator(behaviors=[IdempotencyBehavior(), retry])
+    runs: dict[str, int] = {}
+
+    class Flaky:  # a class handler: the fused terminal builds one instance per attempt
+        async def handle(self, cmd: Echo) -> str:
+            runs[cmd.text] = runs.get(cmd.text, 0) + 1
+            if cmd.text == "down" or runs[cmd.text] < 3:
+                raise RetryableError("again")
+            return f"{cmd.text} after {runs[cmd.text]}"
+
+    m.register(Flaky)
+    recovers, down = Metadata(message_id=31), Metadata(message_id=32)
+    assert (await m.send(Echo("up"), metadata=recovers)).value == "up after 3"
+    assert (await m.send(Echo("up"), metadata=recovers)).value == "up after 3"  # stored, not rerun
+    assert (await m.send(Echo("down"), metadata=down)).retryable
+    assert not (await m.send(Echo("down"), metadata=down)).ok  # released, so run again
+    assert runs == {"up": 3, "down": 6}
+    assert len(slept) == 2 + 2 + 2
 
 
 # -- retry -----------------------------------------------------------------------------------------
@@ -603,6 +643,7 @@ async def test_retry_outside_timeout_retries_timed_out_attempts() -> None:
 
     assert (await m.send(Echo("x"))).value == "third time"
     assert attempts == 3
+    assert len(slept) == 2  # not fused (the timeout sits between): the retry layer slept twice
 
 
 # -- caching ---------------------------------------------------------------------------------------
@@ -623,7 +664,9 @@ class DictCache:
     async def delete(self, key: str) -> bool:
         return self.data.pop(key, None) is not None
 
-    async def get_or_set(self, key: str, factory: Callable[[], Awaitable[bytes]], ttl: float | None = None) -> bytes:
+    async def get_or_set(
+        self, key: str, factory: Callable[[], Awaitable[bytes]], ttl: float | None = None
+    ) -> bytes:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -677,3 +720,21 @@ async def test_caching_with_a_cache_backend_and_the_cached_decorator() -> None:
     assert not (await m.send(GetStock("gone"))).ok
     assert calls == 3  # failures are not cached
     assert CachingBehavior.key_for(GetStock("a")) != CachingBehavior.key_for(GetStock("b"))
+
+
+async def test_logging_of_events_follows_the_level_at_run_time(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.pipeline.events")
+    m = Mediator(behaviors=[LoggingBehavior(logger)])
+    seen: list[int] = []
+
+    @m.handler
+    async def on(e: Tick) -> None:
+        seen.append(e.n)
+
+    with caplog.at_level(logging.WARNING, logger="test.pipeline.events"):
+        assert (await m.publish(Tick(1))).ok  # quiet: the fan-out runs inline, nothing logged
+    with caplog.at_level(logging.DEBUG, logger="test.pipeline.events"):
+        assert (await m.publish(Tick(2))).ok  # the level changed after composition: logged now
+    assert seen == [1, 2]
+    records = [r for r in caplog.records if r.name == "test.pipeline.events"]
+    assert len(records) == 1 and records[0].catga_message_type == "Tick"  # type: ignore[attr-defined]

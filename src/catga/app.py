@@ -25,7 +25,7 @@ import logging
 import signal
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
@@ -43,6 +43,18 @@ T = TypeVar("T")
 Hook = Callable[[], Awaitable[None] | None]
 _log = logging.getLogger("catga.app")
 _MEMORY = ("memory://", "memory")
+
+
+class _Send(Protocol):
+    def __call__(
+        self, request: Request[R], *, metadata: Metadata | None = None
+    ) -> Coroutine[Any, Any, Result[R]]: ...
+
+
+class _Publish(Protocol):
+    def __call__(
+        self, event: object, *, metadata: Metadata | None = None, concurrent: bool | None = None
+    ) -> Coroutine[Any, Any, Result[None]]: ...
 
 
 def _memory_only(kind: str, value: object) -> None:
@@ -114,6 +126,11 @@ class App:
                 on_unexpected_error=on_unexpected_error,
             )
         self.mediator = mediator
+        # The mediator's own bound methods: no extra call per message.
+        self.send: _Send = mediator.send
+        """Send a command or query: :meth:`Mediator.send <catga.mediator.Mediator.send>`."""
+        self.publish: _Publish = mediator.publish
+        """Publish an event: :meth:`Mediator.publish <catga.mediator.Mediator.publish>`."""
         self.shutdown_timeout = shutdown_timeout
 
     # -- handlers and dispatch (delegated to the mediator) ----------------------------------------
@@ -140,18 +157,6 @@ class App:
     def behavior(self, fn: T) -> T:
         """Add an ``async (message, context, call_next)`` behavior (innermost)."""
         return self.mediator.behavior(fn)
-
-    def send(
-        self, request: Request[R], *, metadata: Metadata | None = None
-    ) -> Coroutine[Any, Any, Result[R]]:
-        """Send a command or query. See :meth:`Mediator.send`."""
-        return self.mediator.send(request, metadata=metadata)
-
-    def publish(
-        self, event: object, *, metadata: Metadata | None = None, concurrent: bool | None = None
-    ) -> Coroutine[Any, Any, Result[None]]:
-        """Publish an event. See :meth:`Mediator.publish`."""
-        return self.mediator.publish(event, metadata=metadata, concurrent=concurrent)
 
     def send_batch(
         self, requests: Iterable[Request[R]], *, max_concurrency: int | None = None

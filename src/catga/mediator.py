@@ -43,7 +43,7 @@ from catga.messages import Event, Metadata, Request
 from catga.pipeline.base import BehaviorLike, Next, Pipeline, compose
 from catga.result import Result
 
-__all__ = ("ErrorHook", "HandlerFailure", "Mediator", "RetryPolicy")
+__all__ = ("ErrorHook", "Guard", "HandlerFailure", "Mediator", "RetryPolicy")
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -230,10 +230,11 @@ class Mediator:
 
     # -- dispatch ---------------------------------------------------------------------------------
 
-    def send(
-        self, request: Request[R], *, metadata: Metadata | None = None
-    ) -> Coroutine[Any, Any, Result[R]]:
-        """Send a command or query to its handler; await it for the :class:`~catga.result.Result`.
+    # send/publish and dispatch/dispatch_event share one body, written out twice on purpose: a
+    # wrapper would cost a Python call per message (see docs/pipeline.md, "Speed").
+
+    async def send(self, request: Request[R], *, metadata: Metadata | None = None) -> Result[R]:
+        """Send a command or query to its handler.
 
         Args:
             request: the command or query.
@@ -241,26 +242,32 @@ class Mediator:
                 by default a new id is generated and correlation taken from the current context.
 
         Returns:
-            a coroutine resolving to the handler's Result; failures (no handler, validation, business
-            or unexpected errors) are failed Results, never exceptions.
+            the handler's Result; failures (no handler, validation, business or unexpected errors)
+            are failed Results, never exceptions (``CancelledError`` propagates).
         """
-        return self.dispatch(request, metadata, _current.get())
-
-    def publish(
-        self, event: object, *, metadata: Metadata | None = None, concurrent: bool | None = None
-    ) -> Coroutine[Any, Any, Result[None]]:
-        """Publish an event to all its handlers; await it for a Result.
-
-        Args:
-            event: the event.
-            metadata: as for :meth:`send`.
-            concurrent: override ``concurrent_events`` for this publish.
-
-        Returns:
-            a coroutine resolving to success, or a failure listing each failed handler in
-            ``metadata["failures"]`` (:class:`HandlerFailure` tuples).
-        """
-        return self.dispatch_event(event, metadata, _current.get(), concurrent)
+        parent = _current.get()
+        entry = self._request_chains.get(type(request))
+        if entry is None:
+            entry = self._compile_request(type(request))
+        if metadata is None:
+            mid = self.new_id()
+            if parent is None:
+                ctx = Context(self, mid, mid)
+            else:
+                ctx = Context(self, mid, parent.correlation_id, parent.message_id)
+        else:
+            ctx = Context.from_metadata(self, metadata)
+        token = _current.set(ctx)
+        try:
+            fn = entry[1]
+            if fn is None:
+                return await entry[0](request, ctx)
+            # No behavior applies and the handler is a function: call it right here.
+            return Result(True, await (fn(request, ctx) if entry[2] else fn(request)))
+        except Exception as exc:  # from the direct handler, or raised by a behavior
+            return await self._failed(request, ctx, exc, entry[3], None)
+        finally:
+            _current.reset(token)
 
     async def dispatch(
         self, request: Request[R], metadata: Metadata | None, parent: Context | None
@@ -289,6 +296,59 @@ class Mediator:
         finally:
             _current.reset(token)
 
+    async def publish(
+        self, event: object, *, metadata: Metadata | None = None, concurrent: bool | None = None
+    ) -> Result[None]:
+        """Publish an event to all its handlers.
+
+        Args:
+            event: the event.
+            metadata: as for :meth:`send`.
+            concurrent: override ``concurrent_events`` for this publish.
+
+        Returns:
+            success, or a failure listing each failed handler in ``metadata["failures"]``
+            (:class:`HandlerFailure` tuples).
+        """
+        parent = _current.get()
+        entry = self._event_chains.get(type(event))
+        if entry is None:
+            entry = self._compile_event(type(event))
+        if metadata is None:
+            mid = self.new_id()
+            if parent is None:
+                ctx = Context(self, mid, mid)
+            else:
+                ctx = Context(self, mid, parent.correlation_id, parent.message_id)
+        else:
+            ctx = Context.from_metadata(self, metadata)
+        token = _current.set(ctx)
+        try:
+            if concurrent is not None and concurrent != self.concurrent_events:
+                return await entry[1](event, ctx)
+            direct = entry[2]
+            if direct is None or (entry[4] is not None and not entry[4]()):
+                return await entry[0](event, ctx)
+            # No behavior applies: fan out in turn right here (the loop of _in_turn, inlined).
+            failed: list[tuple[Registration, Result[Any]]] | None = None
+            for reg, fn, mode in direct:
+                try:
+                    if mode == _WITH_CTX:
+                        await fn(event, ctx)
+                    elif mode == _NO_CTX:
+                        await fn(event)
+                    else:
+                        result = await fn(event, ctx)
+                        if not result.ok:
+                            failed = [*(failed or ()), (reg, result)]
+                except Exception as exc:
+                    failed = [*(failed or ()), (reg, await self._failed(event, ctx, exc, reg, None))]
+            return Result(True) if failed is None else _publish_failure(entry[3], ctx, failed)
+        except Exception as exc:
+            return await self._failed(event, ctx, exc, None, None)
+        finally:
+            _current.reset(token)
+
     async def dispatch_event(
         self,
         event: object,
@@ -313,9 +373,9 @@ class Mediator:
             if concurrent is not None and concurrent != self.concurrent_events:
                 return await entry[1](event, ctx)
             direct = entry[2]
-            if direct is None:
+            if direct is None or (entry[4] is not None and not entry[4]()):
                 return await entry[0](event, ctx)
-            # No behavior applies, fan-out in turn: the loop of _in_turn, inlined (one coroutine less).
+            # No behavior applies: fan out in turn right here (the loop of _in_turn, inlined).
             failed: list[tuple[Registration, Result[Any]]] | None = None
             for reg, fn, mode in direct:
                 try:
@@ -351,7 +411,7 @@ class Mediator:
             async for r in _ordered(
                 events,
                 lambda e: self.dispatch_event(e, None, parent),
-                max_concurrency or self.max_concurrency,
+                self.max_concurrency if max_concurrency is None else max_concurrency,
             )
         ]
 
@@ -368,7 +428,9 @@ class Mediator:
         """
         parent = _current.get()
         return _ordered(
-            requests, lambda r: self.dispatch(r, None, parent), max_concurrency or self.max_concurrency
+            requests,
+            lambda r: self.dispatch(r, None, parent),
+            self.max_concurrency if max_concurrency is None else max_concurrency,
         )
 
     # -- error hooks ------------------------------------------------------------------------------
@@ -432,11 +494,15 @@ class Mediator:
 
     # -- composition ------------------------------------------------------------------------------
 
-    def _terminal(self, reg: Registration, retry: RetryPolicy | None = None) -> Next:
+    def _terminal(
+        self, reg: Registration, retry: RetryPolicy | None = None, guard: Guard | None = None
+    ) -> Next:
         """The innermost callable of a chain: run the handler, turn exceptions into Results.
 
-        With ``retry`` (fused in by :class:`~catga.pipeline.RetryBehavior` when it is the innermost
-        behavior) retryable failures are retried right here, which saves one coroutine per message.
+        Built-in behaviors that sit right around the handler may be *fused* into it instead of adding
+        a coroutine layer each (same semantics, measured in ``docs/pipeline.md``): the retry loop
+        (``retry``) and one synchronous :class:`Guard` outside it (``guard``: the idempotency behavior
+        on the in-memory store). A behavior fuses itself through the terminal's ``__catga_fuse__``.
         """
         failed = self._failed
         fn, takes_ctx, make = reg.target, reg.takes_context, reg.factory
@@ -445,28 +511,51 @@ class Mediator:
         max_attempts = 1 if retry is None else retry.max_attempts
         sleep = None if retry is None else retry.sleep
         delay = None if retry is None else retry.delay
+        enter = None if guard is None else guard.enter
+        leave = None if guard is None else guard.leave
+        abort = None if guard is None else guard.abort
 
         async def terminal(message: Any, ctx: Context) -> Result[Any]:
+            if enter is not None:
+                early = enter(message, ctx)
+                if early is not None:
+                    return early
             attempt = 1
-            while True:
-                instance = None
-                try:
-                    if mode == _WITH_CTX:
-                        return Result(True, await fn(message, ctx))
-                    if mode == _NO_CTX:
-                        return Result(True, await fn(message))
-                    instance = make(ctx) if make_takes_ctx else make()  # type: ignore[misc]
-                    handle = instance.handle
-                    return Result(True, await (handle(message, ctx) if takes_ctx else handle(message)))
-                except Exception as exc:
-                    result = await failed(message, ctx, exc, reg, instance)
-                if attempt >= max_attempts or result.ok or not result.retryable:
-                    return result
-                await sleep(delay(attempt))  # type: ignore[misc]
-                attempt += 1
+            try:
+                while True:
+                    instance = None
+                    try:
+                        if mode == _WITH_CTX:
+                            result = Result(True, await fn(message, ctx))
+                        elif mode == _NO_CTX:
+                            result = Result(True, await fn(message))
+                        else:
+                            instance = make(ctx) if make_takes_ctx else make()  # type: ignore[misc]
+                            handle = instance.handle
+                            value = await (handle(message, ctx) if takes_ctx else handle(message))
+                            result = Result(True, value)
+                    except Exception as exc:
+                        result = await failed(message, ctx, exc, reg, instance)
+                    if attempt >= max_attempts or result.ok or not result.retryable:
+                        break
+                    await sleep(delay(attempt))  # type: ignore[misc]
+                    attempt += 1
+            except BaseException:
+                if abort is not None:
+                    abort(message, ctx)
+                raise
+            if leave is not None:
+                leave(message, ctx, result)
+            return result
 
-        if retry is None:
-            terminal.__catga_retry__ = lambda policy: self._terminal(reg, policy)  # type: ignore[attr-defined]
+        def fuse(*, retry: RetryPolicy | None = None, guard: Guard | None = None) -> Next | None:
+            # Retry must stay innermost, and there is room for one guard.
+            if terminal_guard is not None or (retry is not None and terminal_retry is not None):
+                return None
+            return self._terminal(reg, retry or terminal_retry, guard)
+
+        terminal_retry, terminal_guard = retry, guard
+        terminal.__catga_fuse__ = fuse  # type: ignore[attr-defined]
         return terminal
 
     def _compile_request(self, message_type: type) -> _RequestEntry:
@@ -506,11 +595,19 @@ class Mediator:
         concurrent = _gather(self, info, handlers) if len(handlers) > 1 else sequential
         chain_seq = compose(self._behaviors, info, sequential)
         chain_con = compose(self._behaviors, info, concurrent)
-        direct = handlers if chain_seq is sequential and not self.concurrent_events else None
+        # Fan out inline in dispatch_event when no behavior applies, or when the only one is a layer
+        # that can be bypassed while it has nothing to do (the logging behavior while quiet).
+        direct: _Handlers | None = None
+        precheck: Callable[[], bool] | None = None
+        bypass = getattr(chain_seq, "__catga_bypass__", None)
+        if chain_seq is sequential:
+            direct = handlers
+        elif bypass is not None and bypass[1] is sequential:
+            direct, precheck = handlers, bypass[0]
         entry: _EventEntry = (
-            (chain_con, chain_seq, None, info)
+            (chain_con, chain_seq, None, info, None)
             if self.concurrent_events
-            else (chain_seq, chain_con, direct, info)
+            else (chain_seq, chain_con, direct, info, precheck)
         )
         self._event_chains[message_type] = entry
         return entry
@@ -525,12 +622,26 @@ class RetryPolicy(Protocol):
     def sleep(self, seconds: float) -> Awaitable[Any]: ...
 
 
+class Guard(Protocol):
+    """Synchronous hooks around a handler call, fused into its terminal (no coroutine of their own).
+
+    ``enter`` returns a Result to answer without running the handler, or None to proceed;
+    ``leave`` sees the final Result (after retries); ``abort`` runs when an exception or a
+    cancellation escapes instead.
+    """
+
+    def enter(self, message: Any, ctx: Context) -> Result[Any] | None: ...
+    def leave(self, message: Any, ctx: Context, result: Result[Any]) -> None: ...
+    def abort(self, message: Any, ctx: Context) -> None: ...
+
+
 _NO_CTX, _WITH_CTX, _INSTANCE = 0, 1, 2
 _Handlers = tuple[tuple[Registration, Callable[..., Any], int], ...]
 # (chain, direct function or None, takes context, registration when direct)
 _RequestEntry = tuple[Next, Callable[..., Any] | None, bool, Registration | None]
-# (default chain, chain for the other fan-out mode, direct handlers or None, info)
-_EventEntry = tuple[Next, Next, _Handlers | None, HandlerInfo]
+# (default chain, chain for the other fan-out mode, handlers to fan out inline or None, info,
+#  a check that must pass to fan out inline, or None)
+_EventEntry = tuple[Next, Next, _Handlers | None, HandlerInfo, Callable[[], bool] | None]
 
 
 def _publish_failure(

@@ -1,22 +1,29 @@
-"""In-memory, sharded idempotency store (and inbox).
+"""In-memory idempotency store (and inbox).
 
-Keys are spread over ``shards`` dicts by hash. Thread-safe and atomic without a lock on the hot path:
+Thread-safe and atomic without a lock on the hot path:
 
 * claiming a key that is not there is one ``dict.setdefault`` — a single atomic step under the GIL
   (and a per-object critical section on free-threaded builds): of N concurrent claims exactly one
   inserts its entry and gets CLAIMED, for asyncio tasks and threads alike;
 * completing is one atomic ``dict`` store;
 * everything that reads, decides and then writes an *existing* entry (an expired or completed key,
-  a release, a sweep) holds the shard's :class:`threading.Lock`. Those paths only replace or delete
-  keys that exist, so they never race with the lock-free insert.
+  a release) holds the key's lock stripe (one of ``shards`` :class:`threading.Lock`); a sweep holds
+  all of them. Those paths only replace or delete keys that exist, so they never race with the
+  lock-free insert.
 
-Lock-free vs locked claim+complete, measured on the 2-core CI VM (``python -m timeit``): 0.9 µs vs
-1.5 µs per pair (an uncontended ``threading.Lock`` costs ~250 ns there).
+Speed, measured on the 2-core CI VM (200k new message ids, claim + complete, best of 6): 0.79 µs per
+pair, against 1.16 µs for the earlier design with one dict per shard (the shard lookup is two extra
+steps per call) and ~1.5 µs with a lock held on every claim (an uncontended ``threading.Lock`` costs
+~250 ns there). The dict operations themselves are ~0.14 µs: the rest is the Python calls.
 
 Expiry is checked on read: an expired claim or record is free. Memory is reclaimed by a sweep
-amortised over writes: a shard is swept (expired entries dropped) once the writes since its last sweep
-reach ``max(sweep_every, entries left by the last sweep)``, so each write pays O(1) on average.
-:meth:`MemoryIdempotencyStore.sweep` sweeps everything on demand.
+amortised over writes: the store is swept (expired entries dropped) once it has grown by
+``max(sweep_every, entries left by the last sweep)`` since then, at most once per ``sweep_interval``
+seconds, and only when an entry may have expired (the earliest claim expiry is tracked); so each
+write pays O(1) on average and a burst of writes that cannot have expired yet never rescans the
+store. A sweep scans every entry while holding the locks (a few ms per 100k entries).
+:meth:`MemoryIdempotencyStore.sweep` sweeps now. Completed records are ``gc=False`` msgspec Structs
+and claims are floats: millions of records add nothing to garbage-collection passes.
 
 Keys: strings as validated by :func:`~catga.protocols.validate_identifier`. A canonical decimal key
 (a message id: ``"123"``, no leading zero) is stored as the int it spells, so ``claim("123")`` and
@@ -27,10 +34,14 @@ idempotency behavior uses them when present and saves a coroutine and a ``str()`
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
+
+import msgspec
 
 from catga.errors import ConfigurationError
 from catga.protocols import Claim, ClaimStatus, validate_identifier
@@ -39,20 +50,22 @@ __all__ = ("MemoryIdempotencyStore", "MemoryInboxStore")
 
 _CLAIMED_RESULT = Claim(ClaimStatus.CLAIMED)
 _IN_PROGRESS_RESULT = Claim(ClaimStatus.IN_PROGRESS)
-
-# An entry is a float (an unfinished claim: its expiry) or a tuple (expiry, result) once completed.
-_Entry = float | tuple[float, bytes]
 Key = str | int
 
 
-class _Shard:
-    __slots__ = ("data", "lock", "sweep_at", "writes")
+class _Done(msgspec.Struct, gc=False):
+    """A completed record. ``gc=False``: millions of them cost the garbage collector nothing."""
 
-    def __init__(self, sweep_every: int) -> None:
-        self.data: dict[Key, _Entry] = {}
-        self.lock = threading.Lock()
-        self.writes = 0  # approximate under threads; only schedules sweeps
-        self.sweep_at = sweep_every
+    expiry: float
+    result: bytes
+
+
+# An entry is a float (an unfinished claim: its expiry, recognised by identity) or a _Done.
+_Entry = float | _Done
+
+
+def _expiry(entry: _Entry) -> float:
+    return entry.expiry if isinstance(entry, _Done) else entry
 
 
 def _normalize(key: Key) -> Key:
@@ -63,37 +76,41 @@ def _normalize(key: Key) -> Key:
     return validate_identifier(key, "idempotency key")
 
 
-def _expiry(entry: _Entry) -> float:
-    return entry if type(entry) is float else entry[0]  # type: ignore[index]
-
-
 class MemoryIdempotencyStore:
     """Idempotency records in process memory. Thread-safe; survives nothing (use NATS/Redis for that).
 
     Args:
-        shards: number of shards, a power of two (default 16).
-        sweep_every: minimum writes per shard between two sweeps of it (default 1024).
+        shards: number of lock stripes for the paths that update existing keys (default 16).
+        sweep_every: minimum new keys between two automatic sweeps (default 4096).
+        sweep_interval: minimum seconds between two automatic sweeps (default 1.0).
         clock: returns seconds (monotonic); injectable for tests.
 
     Raises:
-        ConfigurationError: ``shards`` is not a power of two or ``sweep_every`` < 1.
+        ConfigurationError: ``shards`` or ``sweep_every`` < 1.
     """
 
     def __init__(
         self,
         *,
         shards: int = 16,
-        sweep_every: int = 1024,
+        sweep_every: int = 4096,
+        sweep_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if shards < 1 or shards & (shards - 1):
-            raise ConfigurationError(f"shards must be a power of two, got {shards}")
+        if shards < 1:
+            raise ConfigurationError(f"shards must be >= 1, got {shards}")
         if sweep_every < 1:
             raise ConfigurationError(f"sweep_every must be >= 1, got {sweep_every}")
-        self._shards = tuple(_Shard(sweep_every) for _ in range(shards))
-        self._mask = shards - 1
+        self._data: dict[Key, _Entry] = {}
+        self._locks = tuple(threading.Lock() for _ in range(shards))
         self._sweep_every = sweep_every
-        self._clock = clock
+        self._sweep_interval = sweep_interval
+        self._sweep_at = sweep_every  # sweep when the store holds this many entries...
+        self._next_sweep = 0.0  # ...the clock has passed this...
+        self._earliest = math.inf  # ...and an entry may have expired (min claim expiry seen)
+        # Claims are fresh float objects recognised by identity: a custom clock is coerced so an
+        # int clock can never hand out a cached (shared) small int.
+        self._clock: Callable[[], float] = clock if clock is time.monotonic else lambda: float(clock())
 
     # -- synchronous core -------------------------------------------------------------------------
 
@@ -105,19 +122,19 @@ class MemoryIdempotencyStore:
         """
         if type(key) is not int or key < 0:
             key = _normalize(key)
-        shard = self._shards[hash(key) & self._mask]
+        data = self._data
         mine = self._clock() + lock_ttl
-        found = shard.data.setdefault(key, mine)
-        if found is mine:  # inserted: the key was free
-            shard.writes += 1
-            if shard.writes >= shard.sweep_at:
-                self._sweep_shard(shard)
+        if data.setdefault(key, mine) is mine:  # inserted: the key was free
+            if mine < self._earliest:
+                self._earliest = mine
+            if len(data) >= self._sweep_at:
+                self._maybe_sweep()
             return _CLAIMED_RESULT
-        return self._claim_existing(shard, key, lock_ttl)
+        return self._claim_existing(key, lock_ttl)
 
-    def _claim_existing(self, shard: _Shard, key: Key, lock_ttl: float) -> Claim:
-        data = shard.data
-        with shard.lock:
+    def _claim_existing(self, key: Key, lock_ttl: float) -> Claim:
+        data = self._data
+        with self._locks[hash(key) % len(self._locks)]:
             while True:
                 now = self._clock()
                 entry = data.get(key)
@@ -126,55 +143,72 @@ class MemoryIdempotencyStore:
                     if data.setdefault(key, mine) is mine:
                         return _CLAIMED_RESULT
                     continue
-                if _expiry(entry) <= now:  # expired claim or record: free
+                if _expiry(entry) <= now:  # an expired claim or record: free
                     data[key] = now + lock_ttl
                     return _CLAIMED_RESULT
-                if type(entry) is tuple:
-                    return Claim(ClaimStatus.COMPLETED, entry[1])
+                if type(entry) is _Done:
+                    return Claim(ClaimStatus.COMPLETED, entry.result)
                 return _IN_PROGRESS_RESULT
 
     def complete_nowait(self, key: Key, result: bytes = b"", ttl: float = 86400.0) -> None:
         """Synchronous :meth:`complete`."""
         if type(key) is not int or key < 0:
             key = _normalize(key)
-        self._shards[hash(key) & self._mask].data[key] = (self._clock() + ttl, result)
+        self._data[key] = _Done(self._clock() + ttl, result)
 
     def release_nowait(self, key: Key) -> None:
         """Synchronous :meth:`release`: drop an unfinished claim; a completed record is kept."""
         if type(key) is not int or key < 0:
             key = _normalize(key)
-        shard = self._shards[hash(key) & self._mask]
-        with shard.lock:
-            entry = shard.data.get(key)
-            if type(entry) is float:
-                self._drop(shard.data, key, entry)
+        with self._locks[hash(key) % len(self._locks)]:
+            entry = self._data.get(key)
+            if entry is not None and type(entry) is not _Done:
+                self._drop(key, entry)
 
-    @staticmethod
-    def _drop(data: dict[Key, _Entry], key: Key, entry: _Entry) -> None:
-        # Called with the shard lock held. A lock-free complete() may have replaced ``entry`` just
+    def _drop(self, key: Key, entry: _Entry) -> None:
+        # Called with the key's lock held. A lock-free complete() may have replaced ``entry`` just
         # now: put that back (unless a new claim took the free key meanwhile).
+        data = self._data
         popped = data.pop(key, None)
         if popped is not None and popped is not entry:
             data.setdefault(key, popped)
 
-    def _sweep_shard(self, shard: _Shard) -> int:
-        with shard.lock:
-            data = shard.data
-            now = self._clock()
-            dead = [(k, e) for k, e in list(data.items()) if _expiry(e) <= now]
-            for k, e in dead:
-                self._drop(data, k, e)
-            shard.writes = 0
-            shard.sweep_at = max(self._sweep_every, len(data))
-            return len(dead)
+    @contextmanager
+    def _all_locks(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            for lock in self._locks:
+                stack.enter_context(lock)
+            yield
+
+    def _maybe_sweep(self) -> None:
+        now = self._clock()
+        if now >= self._next_sweep and now >= self._earliest:
+            self.sweep()
+        else:  # swept recently, or nothing can have expired yet: look again later
+            size = len(self._data)
+            self._sweep_at = size + max(self._sweep_every, size // 2)
 
     def sweep(self) -> int:
         """Drop every expired entry now; return how many were dropped."""
-        return sum(self._sweep_shard(shard) for shard in self._shards)
+        with self._all_locks():
+            data = self._data
+            now = self._clock()
+            try:
+                dead = [(k, e) for k, e in data.items() if _expiry(e) <= now]
+            except RuntimeError:  # another thread inserted meanwhile: scan a copy
+                dead = [(k, e) for k, e in list(data.items()) if _expiry(e) <= now]
+            for k, e in dead:
+                self._drop(k, e)
+            claims = [e for e in list(data.values()) if not isinstance(e, _Done)]
+            self._earliest = min(claims, default=math.inf)
+            live = len(data)
+            self._sweep_at = live + max(self._sweep_every, live)  # amortised O(1) per write
+            self._next_sweep = now + self._sweep_interval
+            return len(dead)
 
     def __len__(self) -> int:
         """Entries held, expired ones not yet swept included."""
-        return sum(len(s.data) for s in self._shards)
+        return len(self._data)
 
     # -- IdempotencyStore protocol ----------------------------------------------------------------
 
@@ -196,9 +230,8 @@ class MemoryIdempotencyStore:
 
     async def aclose(self) -> None:
         """Forget everything. Idempotent."""
-        for shard in self._shards:
-            with shard.lock:
-                shard.data.clear()
+        with self._all_locks():
+            self._data.clear()
 
     async def __aenter__(self) -> MemoryIdempotencyStore:
         return self
@@ -207,7 +240,7 @@ class MemoryIdempotencyStore:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"MemoryIdempotencyStore(shards={len(self._shards)}, entries={len(self)})"
+        return f"MemoryIdempotencyStore(entries={len(self)})"
 
 
 MemoryInboxStore = MemoryIdempotencyStore

@@ -19,6 +19,7 @@ encoded is not stored (logged once per type): the claim is released, the result 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from catga.context import Context
@@ -26,7 +27,7 @@ from catga.errors import ConflictError, ErrorCode, SerializationError
 from catga.handlers import HandlerInfo
 from catga.pipeline._codec import ResultCodec
 from catga.pipeline.base import Behavior, Next
-from catga.protocols import ClaimStatus
+from catga.protocols import Claim, ClaimStatus
 from catga.result import Result
 
 if TYPE_CHECKING:
@@ -102,28 +103,26 @@ class IdempotencyBehavior(Behavior):
         complete_nowait = getattr(store, "complete_nowait", None)
         release_nowait = getattr(store, "release_nowait", None)
         if claim_nowait is not None and complete_nowait is not None and release_nowait is not None:
+            guard = _SyncGuard(
+                claim_nowait, complete_nowait, release_nowait, codec, encode, in_progress, self
+            )
+            fuse = getattr(call_next, "__catga_fuse__", None)
+            fused: Next | None = fuse(guard=guard) if fuse is not None else None
+            if fused is not None:  # right around the handler: hooks run in the handler's frame
+                return fused
+            enter, leave, abort = guard.enter, guard.leave, guard.abort
 
             async def idempotent_sync(message: Any, ctx: Context) -> Result[Any]:
-                key = ctx.message_id  # the memory store takes the int id as is
-                claim = claim_nowait(key, lock_ttl)
-                if claim.status == _CLAIMED:
-                    try:
-                        result = await call_next(message, ctx)
-                    except BaseException:
-                        release_nowait(key)
-                        raise
-                    if result.ok and result.value is None and result.metadata is None:
-                        complete_nowait(key, _OK_NONE, ttl)
-                        return result
-                    data = encode(result) if _storable(result) else None
-                    if data is None:
-                        release_nowait(key)
-                    else:
-                        complete_nowait(key, data, ttl)
-                    return result
-                if claim.status == _COMPLETED:
-                    return codec.decode(claim.result or b"")
-                return in_progress(ctx)
+                early = enter(message, ctx)
+                if early is not None:
+                    return early
+                try:
+                    result = await call_next(message, ctx)
+                except BaseException:
+                    abort(message, ctx)
+                    raise
+                leave(message, ctx, result)
+                return result
 
             return idempotent_sync
 
@@ -147,3 +146,49 @@ class IdempotencyBehavior(Behavior):
             return in_progress(ctx)
 
         return idempotent
+
+
+class _SyncGuard:
+    """Claim/complete/release on a store with a synchronous API (the in-memory store).
+
+    Used as a :class:`~catga.mediator.Guard` fused into the handler call, or by the layer above.
+    """
+
+    __slots__ = ("_claim", "_codec", "_complete", "_encode", "_in_progress", "_lock_ttl", "_release", "_ttl")
+
+    def __init__(
+        self,
+        claim: Callable[[int, float], Claim],
+        complete: Callable[[int, bytes, float], None],
+        release: Callable[[int], None],
+        codec: ResultCodec,
+        encode: Callable[[Result[Any]], bytes | None],
+        in_progress: Callable[[Context], Result[Any]],
+        options: IdempotencyBehavior,
+    ) -> None:
+        self._claim, self._complete, self._release = claim, complete, release
+        self._codec, self._encode, self._in_progress = codec, encode, in_progress
+        self._ttl, self._lock_ttl = options.ttl, options.lock_ttl
+
+    def enter(self, message: Any, ctx: Context) -> Result[Any] | None:
+        # The memory store takes the int message id as its key (same record as str(id)).
+        claim = self._claim(ctx.message_id, self._lock_ttl)
+        status = claim.status
+        if status == _CLAIMED:
+            return None
+        if status == _COMPLETED:
+            return self._codec.decode(claim.result or b"")
+        return self._in_progress(ctx)
+
+    def leave(self, message: Any, ctx: Context, result: Result[Any]) -> None:
+        if result.ok and result.value is None and result.metadata is None:
+            self._complete(ctx.message_id, _OK_NONE, self._ttl)
+            return
+        data = self._encode(result) if _storable(result) else None
+        if data is None:
+            self._release(ctx.message_id)
+        else:
+            self._complete(ctx.message_id, data, self._ttl)
+
+    def abort(self, message: Any, ctx: Context) -> None:
+        self._release(ctx.message_id)

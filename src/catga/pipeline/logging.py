@@ -76,9 +76,20 @@ class LoggingBehavior(Behavior):
                 )
             return result
 
-        def layer(message: Any, ctx: Context) -> Awaitable[Result[Any]]:
-            if enabled(threshold):
-                return logged(message, ctx)
-            return call_next(message, ctx)
+        # Logger.isEnabledFor memoises its answers in ``Logger._cache`` (cleared by setLevel,
+        # logging.disable and dictConfig). Reading that dict first skips a Python call per message;
+        # an unknown or True entry falls back to isEnabledFor, which also checks ``disabled``.
+        memo: dict[int, bool] | None = getattr(logger, "_cache", None)  # the same dict object for life
+        cached = (memo if memo is not None else {}).get  # without a memo: always ask isEnabledFor
 
+        def quiet() -> bool:
+            return cached(threshold) is False or not enabled(threshold)
+
+        def layer(message: Any, ctx: Context) -> Awaitable[Result[Any]]:
+            if cached(threshold) is False or not enabled(threshold):
+                return call_next(message, ctx)
+            return logged(message, ctx)
+
+        # Lets the mediator skip this layer (for events: run the fan-out inline) while it is quiet.
+        layer.__catga_bypass__ = (quiet, call_next)  # type: ignore[attr-defined]
         return layer

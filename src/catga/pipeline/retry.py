@@ -72,9 +72,9 @@ class RetryBehavior(Behavior):
         """Compose the retry layer, or skip it (events, or a single attempt)."""
         if self.max_attempts == 1 or (info.is_event and not self.events):
             return call_next
-        fuse = getattr(call_next, "__catga_retry__", None)
-        if fuse is not None:  # innermost: the mediator runs the retry loop inside the handler's frame
-            fused: Next = fuse(self)
+        fuse = getattr(call_next, "__catga_fuse__", None)
+        fused: Next | None = fuse(retry=self) if fuse is not None else None
+        if fused is not None:  # innermost: the mediator runs the retry loop in the handler's frame
             return fused
         max_attempts = self.max_attempts
         sleep, delay = self.sleep, self.delay
