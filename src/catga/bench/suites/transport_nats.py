@@ -176,10 +176,9 @@ async def _faststream(env: BenchEnv) -> AsyncIterator[Op]:
 
 @asynccontextmanager
 async def _nats_py(env: BenchEnv) -> AsyncIterator[Op]:
+    import nats
     from nats.aio.msg import Msg
     from nats.js.api import StorageType
-
-    import nats
 
     url = await env.nats_url()
     name, stream = _names()
