@@ -191,6 +191,19 @@ class BenchConfig:
         return cls(concurrency=levels, duration=run, warmup=warm, quick=quick, loop=loop)
 
 
+def _pin_client_away_from(server_cpu: int) -> None:
+    """Keep this process off the server's CPU, as if the server ran on its own machine.
+
+    On a 2-core machine an unpinned Go server and the Python client fight for both cores; pinning the
+    server to one core (``GOMAXPROCS=1``) and the client to the others simulates the usual deployment
+    (see ``docs/benchmarks.md``). Every implementation in the run is pinned the same way.
+    """
+    if hasattr(os, "sched_setaffinity"):
+        others = os.sched_getaffinity(0) - {server_cpu}
+        if others:
+            os.sched_setaffinity(0, others)
+
+
 @dataclass
 class BenchEnv:
     """What suites get from the harness: the mode and lazily started servers.
@@ -243,6 +256,8 @@ class BenchEnv:
                 await asyncio.to_thread(server.start)
                 self._servers[kind] = server
                 url = server.url
+                if self.server_cpu is not None:
+                    _pin_client_away_from(self.server_cpu)
             self._urls[kind] = url
             return url
 

@@ -133,7 +133,10 @@ def bench(
     ] = None,
     server_cpu: Annotated[
         int | None,
-        typer.Option(envvar="CATGA_BENCH_SERVER_CPU", help="Pin the servers the bench starts to this CPU."),
+        typer.Option(
+            envvar="CATGA_BENCH_SERVER_CPU",
+            help="Pin started servers to this CPU (GOMAXPROCS=1) and this process to the others.",
+        ),
     ] = None,
     package: Annotated[
         str,
