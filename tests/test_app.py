@@ -124,8 +124,8 @@ def test_memory_urls_are_accepted(url: str | None) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"transport": "nats://127.0.0.1:4222"}, "transport 'nats://127.0.0.1:4222' is not supported yet"),
-        ({"store": "redis://127.0.0.1:6379/0"}, "store 'redis://"),
+        ({"transport": "kafka://127.0.0.1:9092"}, "transport URL 'kafka://127.0.0.1:9092' has an"),
+        ({"store": "postgres://127.0.0.1/x"}, "store URL 'postgres://"),
         ({"shutdown_timeout": 0}, "shutdown_timeout"),
     ],
 )

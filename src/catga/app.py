@@ -2,47 +2,98 @@
 
 ::
 
-    app = catga.App()                     # in-memory defaults
+    app = catga.App()                                        # in-memory defaults
+    app = catga.App(transport="nats://127.0.0.1:4222", store="redis://127.0.0.1:6379/0")
 
     @app.handler
     async def place_order(cmd: PlaceOrder, ctx: catga.Context) -> str: ...
 
-    async with app:                       # start components, run start-up hooks
+    async with app:                       # open backends, start components, run start-up hooks
         result = await app.send(PlaceOrder("c-1", 42))
-    # shutdown hooks, then components closed in reverse order (shielded, time-limited)
+    # stop consumers, shutdown hooks, components, then backends closed in reverse (shielded, time-limited)
 
-Components are objects with an optional ``async start()`` and an ``async aclose()``: they are started
-in the order they were added and closed in reverse. The idempotency store of the default pipeline is
-one. Backends other than ``memory://`` are wired here as they become available; for now a URL naming
-another backend raises :class:`~catga.errors.ConfigurationError`.
+**Backends by URL** (:mod:`catga.backends`): ``transport=``, ``store=`` and ``idempotency_store=`` take
+``memory://``, ``nats://`` / ``tls://`` or ``redis://`` / ``rediss://`` URLs, or ready objects. URLs
+are checked (and their backend package imported) in the constructor, but nothing is connected until
+:meth:`App.start`, which opens one connection per server, shared by everything on it; :meth:`App.aclose`
+closes what the app opened. ``app.store`` is always an event store: for a URL it is a late-bound proxy
+that forwards to the real store while the app runs, so ``Repository(app.store, Order)`` can be written at
+import time. Ready objects are managed as components (started if they have ``start()``, closed on stop).
+
+**Events across processes.** Local handlers always run when an event is published (``app.publish`` /
+``ctx.publish``), exactly as without a transport. Two declarations connect apps through the transport:
+
+* :meth:`App.export` — events of that type published in this app are *also* published on the transport,
+  with their message id, correlation and causation, and an ``X-Catga-Origin`` header (the app's name);
+* :meth:`App.consume` — at start the app subscribes to that type on the transport and dispatches what
+  arrives to its local handlers (with the sender's metadata).
+
+The rule that keeps an event from being handled twice: an app **never consumes events whose origin is
+its own name** — the process that published the event already ran its handlers (so several replicas of
+one named app handle each of their events once, where it was published), and an event received from the
+transport is never exported again. Apps without a name get a unique origin per instance. With the
+default ``memory://`` transport there is no transport at all (``app.transport is None``, the publish hot
+path is untouched): ``export`` and ``consume`` are recorded and do nothing, so the same code runs in tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 import signal
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
+import msgspec
+
+from catga.backends import Backends
+from catga.context import Context
 from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
 from catga.mediator import ErrorHook, Mediator
-from catga.memory.idempotency import MemoryIdempotencyStore
-from catga.messages import Metadata, Request
+from catga.messages import Event, Metadata, QoS, Request
 from catga.pipeline import BehaviorLike, default_pipeline
-from catga.protocols import IdempotencyStore
+from catga.protocols import EventStore, IdempotencyStore, Subscription, Transport, validate_identifier
 from catga.result import Result
+from catga.serialization import TypeRegistry
 
-__all__ = ("App",)
+__all__ = ("APP_NAME", "H_ORIGIN", "App")
 
 R = TypeVar("R")
 T = TypeVar("T")
+E = TypeVar("E")
 Hook = Callable[[], Awaitable[None] | None]
 _log = logging.getLogger("catga.app")
-_MEMORY = ("memory://", "memory")
+
+#: Wire header naming the app (its name, or a unique id) that published an exported event.
+H_ORIGIN = "X-Catga-Origin"
+
+#: The message id of the event being dispatched from the transport in this task (never re-exported).
+_inbound: ContextVar[int | None] = ContextVar("catga_inbound", default=None)
+
+
+class _AppName(enum.Enum):
+    APP_NAME = "the app's name"
+
+
+#: ``consume(group=...)`` default: the app's name (a private copy when the app has no name).
+APP_NAME: Literal[_AppName.APP_NAME] = _AppName.APP_NAME
+
+
+@dataclass(frozen=True)
+class _Consumer:
+    event_type: type
+    qos: QoS
+    group: str | Literal[_AppName.APP_NAME] | None
+    destination: str | None
+    max_in_flight: int
+    max_deliver: int
 
 
 class _Send(Protocol):
@@ -57,33 +108,39 @@ class _Publish(Protocol):
     ) -> Coroutine[Any, Any, Result[None]]: ...
 
 
-def _memory_only(kind: str, value: object) -> None:
-    if value is None or (isinstance(value, str) and value.lower() in _MEMORY):
-        return
-    if isinstance(value, str):
-        scheme = value.split("://", 1)[0] if "://" in value else value
-        raise ConfigurationError(
-            f"{kind} {value!r} is not supported yet ({scheme!r} backend): use None or 'memory://' "
-            f"for now, or pass a backend object built yourself"
-        )
-
-
 class App:
     """A catga application: mediator, pipeline, backends and lifecycle.
 
     Args:
-        transport: None or ``"memory://"`` (default), or a transport object.
-        store: None or ``"memory://"`` (default), or an event store object.
+        transport: ``None`` / ``"memory://"`` (default: no transport, everything in process), a
+            ``nats://`` / ``tls://`` / ``redis://`` / ``rediss://`` URL, or a transport object.
+        store: the event store: ``None`` / ``"memory://"`` (default: a
+            :class:`~catga.memory.MemoryEventStore`), a NATS or Redis URL, or an event store object.
+        name: the app's name: the default consumer group of :meth:`consume` and the origin written on
+            exported events (see the module docs). Default: none (a unique origin per instance).
         mediator: use this mediator instead of building one (``behaviors`` is then ignored).
         behaviors: the pipeline; default logging → validation → idempotency → retry.
-        idempotency_store: store of the default pipeline's idempotency behavior (memory by default).
+        idempotency_store: store of the default pipeline's idempotency behavior: memory by default,
+            or a NATS/Redis URL, or an object.
+        registry: message types allowed in the stores and on the wire of URL-built backends
+            (default: :func:`~catga.serialization.default_registry`).
         concurrent_events: run an event's handlers concurrently (see :class:`~catga.mediator.Mediator`).
         on_business_error: mediator hook, see :class:`~catga.mediator.Mediator`.
         on_unexpected_error: mediator hook, see :class:`~catga.mediator.Mediator`.
         shutdown_timeout: seconds the whole shutdown may take before remaining steps are abandoned.
+        connect_timeout: seconds to connect to each server at start, and the default timeout of the
+            network calls of URL-built backends.
+
+    Attributes:
+        transport: None (no transport), the transport object, or for a URL a
+            :class:`~catga.backends.LateTransport` (usable while the app runs).
+        store: the event store (a :class:`~catga.backends.LateEventStore` for a URL).
+        idempotency_store: the idempotency store of the default pipeline.
+        backends: what opened the URL-named backends (its ``connections`` while running).
 
     Raises:
-        ConfigurationError: a URL names a backend that is not supported yet.
+        ConfigurationError: a URL with an unsupported scheme or options, a backend whose optional
+            dependency is missing, an invalid name or timeout.
     """
 
     def __init__(
@@ -91,33 +148,39 @@ class App:
         transport: str | object | None = None,
         store: str | object | None = None,
         *,
+        name: str | None = None,
         mediator: Mediator | None = None,
         behaviors: Iterable[BehaviorLike] | None = None,
-        idempotency_store: IdempotencyStore | None = None,
+        idempotency_store: str | IdempotencyStore | None = None,
+        registry: TypeRegistry | None = None,
         concurrent_events: bool = False,
         on_business_error: ErrorHook | None = None,
         on_unexpected_error: ErrorHook | None = None,
         shutdown_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
     ) -> None:
-        _memory_only("transport", transport)
-        _memory_only("store", store)
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
+        if connect_timeout <= 0:
+            raise ConfigurationError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
+        self.name = None if name is None else validate_identifier(name, "app name")
+        self.origin = name if name is not None else f"app-{uuid.uuid4().hex[:12]}"
         self.components: list[Any] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._started: list[Any] = []
         self._running = False
         self._stop_requested: asyncio.Event | None = None
-        self.transport = None if isinstance(transport, str) else transport
-        self.store = None if isinstance(store, str) else store
-        for backend in (self.transport, self.store):
-            if backend is not None:
+        self._exports: set[type] = set()
+        self._consumers: list[_Consumer] = []
+        self._subscriptions: list[Subscription] = []
+        self.backends = Backends(name=self.origin, registry=registry, timeout=connect_timeout)
+        self.transport: Transport | None = self.backends.transport_for(transport)
+        self.store: EventStore = self.backends.store_for(store)
+        self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
+        for backend in (self.transport, self.store, self.idempotency_store):
+            if backend is not None and not self.backends.manages(backend):
                 self.add_component(backend)
-        self.idempotency_store: IdempotencyStore = (
-            idempotency_store if idempotency_store is not None else MemoryIdempotencyStore()
-        )
-        self.add_component(self.idempotency_store)
         if mediator is None:
             mediator = Mediator(
                 behaviors=behaviors if behaviors is not None else default_pipeline(self.idempotency_store),
@@ -179,6 +242,127 @@ class App:
         """Send a stream of requests; results in order. See :meth:`Mediator.send_stream`."""
         return self.mediator.send_stream(requests, max_concurrency=max_concurrency)
 
+    # -- events across processes ------------------------------------------------------------------
+
+    def export(
+        self, event_type: type[E], *, qos: QoS = QoS.AT_LEAST_ONCE, destination: str | None = None
+    ) -> type[E]:
+        """Also publish events of ``event_type`` (and subclasses) on the transport.
+
+        The event keeps its message id, correlation and causation; the ``X-Catga-Origin`` header names
+        this app. Local handlers run as always. The transport publish is one more handler of the event:
+        if it fails, the publish's Result lists it as a failed handler (the others still ran). Without
+        a transport this does nothing. Usable as a class decorator.
+
+        Args:
+            event_type: an :class:`~catga.messages.Event` class.
+            qos: the delivery guarantee asked of the transport (at-least-once by default).
+            destination: default: the type's wire name.
+
+        Returns:
+            ``event_type``.
+
+        Raises:
+            ConfigurationError: not an Event class, or the app is already running.
+        """
+        self._check_declarable("export", event_type)
+        if event_type in self._exports:
+            return event_type
+        self._exports.add(event_type)
+        transport = self.transport
+        if transport is None:
+            return event_type
+        origin, qos = self.origin, QoS(qos)
+
+        async def forward(event: Any, ctx: Context) -> None:
+            if _inbound.get() == ctx.message_id:
+                return  # it came from the transport: never send it back
+            md = ctx.metadata
+            headers = dict(md.headers) if md.headers else {}
+            headers[H_ORIGIN] = origin
+            out = msgspec.structs.replace(md, qos=qos, headers=headers)
+            await transport.publish(event, metadata=out, destination=destination)
+
+        forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"
+        self.mediator.register(forward, event_type)
+        return event_type
+
+    def consume(
+        self,
+        event_type: type[E],
+        *,
+        qos: QoS = QoS.AT_LEAST_ONCE,
+        group: str | Literal[_AppName.APP_NAME] | None = APP_NAME,
+        destination: str | None = None,
+        max_in_flight: int = 64,
+        max_deliver: int = 5,
+    ) -> type[E]:
+        """Dispatch events of ``event_type`` arriving on the transport to this app's handlers.
+
+        Subscribes at :meth:`start`. Events whose origin is this app's name are acknowledged without
+        running anything (their publisher ran the handlers). If a handler fails, the delivery fails:
+        the transport redelivers it (all handlers of the event run again: at-least-once) and after
+        ``max_deliver`` deliveries dead-letters it. Without a transport this does nothing. Usable as a
+        class decorator.
+
+        Args:
+            event_type: an :class:`~catga.messages.Event` class.
+            qos: the subscription's delivery guarantee (``EXACTLY_ONCE`` adds an inbox check).
+            group: the consumer group sharing one copy of each event; default the app's name (a
+                private copy when the app has no name); None for a private copy.
+            destination: default: the type's wire name.
+            max_in_flight: events handled at once.
+            max_deliver: deliveries before a failing event is dead-lettered.
+
+        Returns:
+            ``event_type``.
+
+        Raises:
+            ConfigurationError: not an Event class, or the app is already running.
+        """
+        self._check_declarable("consume", event_type)
+        self._consumers.append(
+            _Consumer(event_type, QoS(qos), group, destination, max_in_flight, max_deliver)
+        )
+        return event_type
+
+    def _check_declarable(self, what: str, event_type: object) -> None:
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise ConfigurationError(f"{what}() takes an Event class, got {event_type!r}")
+        if self._running:
+            raise ConfigurationError(
+                f"{what}({event_type.__qualname__}) must be declared before the app starts"
+            )
+
+    async def _receive(self, event: Any, metadata: Metadata) -> None:
+        headers = metadata.headers
+        if headers is not None and headers.get(H_ORIGIN) == self.origin:
+            return  # published by this app (a replica of it): handled where it was published
+        token = _inbound.set(metadata.message_id)
+        try:
+            result = await self.mediator.publish(event, metadata=metadata)
+        finally:
+            _inbound.reset(token)
+        if not result.ok:
+            result.unwrap()  # raise: the transport redelivers, then dead-letters
+
+    async def _subscribe(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for c in self._consumers:
+            group = self.name if c.group is APP_NAME else c.group
+            sub = await transport.subscribe(
+                c.event_type,
+                self._receive,
+                qos=c.qos,
+                group=group,
+                destination=c.destination,
+                max_in_flight=c.max_in_flight,
+                max_deliver=c.max_deliver,
+            )
+            self._subscriptions.append(sub)
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def add_component(self, component: Any) -> Any:
@@ -214,13 +398,20 @@ class App:
         return self._running
 
     async def start(self) -> None:
-        """Start components in order, then run start-up hooks. Idempotent.
+        """Open URL-named backends, start components in order, run start-up hooks, then subscribe the
+        :meth:`consume` declarations. Idempotent.
 
-        If anything fails, what was started is stopped again (in reverse) and the error re-raised.
+        If anything fails, what was started or opened is stopped again (in reverse) and the error
+        re-raised.
+
+        Raises:
+            BackendUnavailableError: a server named by a URL cannot be reached.
+            ConfigurationError: a server refused the credentials or the configuration.
         """
         if self._running:
             return
         try:
+            await self.backends.open()
             for component in self.components:
                 start = getattr(component, "start", None)
                 if start is not None:
@@ -229,6 +420,7 @@ class App:
             self._running = True
             for hook in self._startup:
                 await _call(hook)
+            await self._subscribe()
         except BaseException:
             started_hooks = self._running
             self._running = False
@@ -236,7 +428,8 @@ class App:
             raise
 
     async def aclose(self) -> None:
-        """Run shutdown hooks, then close components in reverse order. Idempotent.
+        """Stop consuming, run shutdown hooks, close components in reverse order, then close the
+        backends the app opened (last opened first). Idempotent.
 
         The shutdown is shielded from cancellation. Each step may take the time left of
         ``shutdown_timeout`` but at least ``shutdown_timeout / steps``, so the whole shutdown takes at
@@ -255,11 +448,16 @@ class App:
     async def _shutdown_all(self, hooks: bool = True) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout
-        steps: list[tuple[str, Callable[[], Any]]] = []
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            (f"consumer {s!r}", s.aclose)
+            for s in self._subscriptions  # first: stop taking new work
+        ]
+        self._subscriptions.clear()
         if hooks:
             steps += [(f"shutdown hook {h!r}", h) for h in self._shutdown]
         steps += [(f"component {c!r}", c.aclose) for c in reversed(self._started)]
         self._started.clear()
+        steps += self.backends.closers()
         grace = self.shutdown_timeout / max(1, len(steps))
         for name, step in steps:
             # The time left, but never less than a fair share: one hanging step cannot stop the
@@ -332,7 +530,7 @@ class App:
         return asyncio.run(self.serve(main))
 
     def __repr__(self) -> str:
-        return f"App(components={len(self.components)}, running={self._running})"
+        return f"App(name={self.name!r}, components={len(self.components)}, running={self._running})"
 
 
 async def _call(fn: Callable[[], Any]) -> None:

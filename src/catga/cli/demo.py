@@ -34,11 +34,22 @@ def demo(
     as_json: Annotated[
         bool, typer.Option("--json", envvar="CATGA_DEMO_JSON", help="Print the steps as JSON.")
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CATGA_DEMO_TIMEOUT",
+            min=0.1,
+            help="Seconds to wait after each step for its events to arrive through a remote transport.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Run the orders example (create, pay, roll back, cancel, query) step by step.
 
+    With a NATS or Redis transport the notifications run in a second app fed by the transport. On
+    remote servers the demo works under a fresh prefix and deletes it at the end.
     Exits 1 when a step does not behave as expected.
     """
+    from catga.backends import redact_url
     from catga.examples.orders_demo import DemoStep, run_demo
 
     with reported_errors():
@@ -59,16 +70,17 @@ def demo(
 
         if not as_json:
             console.print(
-                f"[bold]catga demo[/] · orders on transport {escape(transport)}, store {escape(store)}\n"
-                "stock at start: widget 10, gadget 1\n"
+                f"[bold]catga demo[/] · orders on transport {escape(redact_url(transport))}, "
+                f"store {escape(redact_url(store))}\nstock at start: widget 10, gadget 1\n"
             )
-        report = run_async(lambda: run_demo(transport, store, on_step=show))
+        report = run_async(lambda: run_demo(transport, store, on_step=show, settle_timeout=timeout))
         if as_json:
             print_json(
                 {
                     "ok": report.ok,
                     "transport": report.transport,
                     "store": report.store,
+                    "namespace": report.namespace,
                     "steps": [asdict(s) for s in report.steps],
                     "stock": report.stock,
                     "streams": report.streams,
@@ -79,6 +91,8 @@ def demo(
             streams = ", ".join(f"{k}: {v} event(s)" for k, v in report.streams.items())
             console.print(f"stock at end: {escape(stock)}")
             console.print(f"order streams: {escape(streams)}")
+            if report.namespace is not None:
+                console.print(f"worked under prefix {escape(report.namespace)} (deleted from the servers)")
             if report.ok:
                 console.print(f"[bold green]✓ all {len(report.steps)} steps behaved as expected[/]")
             else:

@@ -12,7 +12,8 @@ Everything an order service needs, on catga's public API:
 * **event handlers** in :class:`Notifications` (the e-mails a shop would send) and
   :class:`InventoryLog`.
 
-:func:`register` wires it onto a :class:`catga.App` (or a bare :class:`~catga.mediator.Mediator`);
+:func:`register` wires it onto a :class:`catga.App` (or a bare :class:`~catga.mediator.Mediator`),
+optionally without the notifications, which :func:`register_notifications` puts on another app;
 ``catga demo`` (:mod:`catga.examples.orders_demo`) runs a scripted scenario against it. Amounts are
 integer cents.
 """
@@ -20,7 +21,7 @@ integer cents.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, TypeAlias
 
 from catga.context import Context
 from catga.errors import ConflictError, HandlerError, NotFoundError, ValidationError
@@ -28,8 +29,13 @@ from catga.eventsourcing import Aggregate, Repository, applies
 from catga.messages import Command, Event, Query
 from catga.protocols import EventStore
 
+if TYPE_CHECKING:
+    from catga.app import App
+    from catga.mediator import Mediator
+
 __all__ = (
     "EVENT_TYPES",
+    "NOTIFIED_EVENT_TYPES",
     "AuditLog",
     "CancelOrder",
     "CreateOrder",
@@ -49,6 +55,7 @@ __all__ = (
     "StockReleased",
     "StockReserved",
     "register",
+    "register_notifications",
 )
 
 # -- messages ----------------------------------------------------------------------------------
@@ -328,6 +335,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 )
 
 
+#: The events the :class:`Notifications` handlers react to.
+NOTIFIED_EVENT_TYPES: tuple[type[Event], ...] = (OrderCreated, PaymentFailed, OrderCancelled)
+
+
 class AuditLog:
     """One handler for every event type of the example: records each event as it is handled."""
 
@@ -382,16 +393,19 @@ def _money(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
-class HandlerRegistry(Protocol):
-    """Anything handlers can be registered on: :class:`catga.App` or :class:`~catga.mediator.Mediator`."""
-
-    def handler(self, target: Any = None, /, *, message_type: type | None = None, **options: Any) -> Any:
-        """Register one handler (``app.handler(fn, ...)``)."""
-        ...
+#: Anything handlers can be registered on.
+HandlerRegistry: TypeAlias = "App | Mediator"
 
 
-def register(target: HandlerRegistry, shop: Shop) -> None:
-    """Register every handler of the example on ``target`` (a :class:`catga.App` or a mediator)."""
+def register(target: HandlerRegistry, shop: Shop, *, notifications: bool = True) -> None:
+    """Register the example's handlers on ``target`` (a :class:`catga.App` or a mediator).
+
+    Args:
+        target: where to register.
+        shop: the state the handlers share.
+        notifications: also register the :class:`Notifications` handlers (False when another app,
+            fed through a transport, sends the e-mails: see :func:`register_notifications`).
+    """
     audit = AuditLog(shop)
     for event_type in EVENT_TYPES:  # first, so each event is logged before its other handlers run
         target.handler(audit.record, message_type=event_type)
@@ -399,10 +413,16 @@ def register(target: HandlerRegistry, shop: Shop) -> None:
     target.handler(service.create_order, compensate=service.undo_create_order)
     target.handler(service.cancel_order)
     target.handler(service.get_order)
+    if notifications:
+        register_notifications(target, shop)
+    inventory_log = InventoryLog(shop)
+    target.handler(inventory_log.reserved)
+    target.handler(inventory_log.released)
+
+
+def register_notifications(target: HandlerRegistry, shop: Shop) -> None:
+    """Register the :class:`Notifications` handlers (of :data:`NOTIFIED_EVENT_TYPES`) on ``target``."""
     notifications = Notifications(shop)
     target.handler(notifications.order_created)
     target.handler(notifications.payment_failed)
     target.handler(notifications.order_cancelled)
-    inventory_log = InventoryLog(shop)
-    target.handler(inventory_log.reserved)
-    target.handler(inventory_log.released)
