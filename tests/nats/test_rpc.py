@@ -4,58 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-import msgspec
 import pytest
 
-from catga.errors import (
-    ErrorCode,
-    NotFoundError,
-    OperationTimeoutError,
-    ValidationError,
-)
 from catga.memory import MemoryTransport
-from catga.messages import Query
-from catga.nats.rpc import H_RPC_METHOD, H_RPC_STATUS, NatsRpcClient, NatsRpcServer
+from catga.nats.rpc import NatsRpcClient, NatsRpcServer
 from catga.nats.transport import NatsTransport
 from catga.protocols import Transport
 from catga.rpc import RpcClient, RpcServer
-from catga.serialization import TypeRegistry
-
-
-class GetQuote(msgspec.Struct, Query["Quote"], frozen=True):
-    sku: str
-    qty: int = 1
-
-
-class Quote(msgspec.Struct, frozen=True):
-    sku: str
-    cents: int
-
-
-class Ping(msgspec.Struct, frozen=True):
-    n: int
-
-
-def registry() -> TypeRegistry:
-    return TypeRegistry(types=[GetQuote, Quote, Ping])
-
-
-async def quote(req: GetQuote) -> Quote:
-    if req.sku == "missing":
-        raise NotFoundError(f"no sku {req.sku!r}")
-    if req.qty < 1:
-        raise ValidationError("bad quote", {"qty": ["must be >= 1"]})
-    if req.sku == "crash":
-        raise KeyError("secret internals")
-    if req.sku == "slow":
-        await asyncio.sleep(1)
-    return Quote(req.sku, 100 * req.qty)
-
-
-async def plain(req: Ping) -> Any:
-    return {0: None, 1: 41 + req.n, 2: "two", 3: {"a": [1, 2]}}[req.n]
+from rpc_shared import GetQuote, Quote, RpcCallTests, assert_raw_quote_works, quote, registry, serve_pricing
 
 
 @pytest.fixture(params=[pytest.param("nats", marks=pytest.mark.nats), "memory"])
@@ -74,67 +31,19 @@ async def pair(
         server_t = client_t = MemoryTransport(registry=reg)
         server = RpcServer(server_t, "pricing", registry=reg)
         client = RpcClient(client_t, registry=reg)
-    server.register("quote", quote, request_type=GetQuote)
-    server.method("plain")(plain)
-    async with server:
+    async with serve_pricing(server):
         yield client, client_t
     await client_t.aclose()
     await server_t.aclose()
 
 
-async def test_call_returns_the_typed_result(pair: tuple[RpcClient, Transport]) -> None:
-    client, _ = pair
-    result = await client.call("pricing", "quote", GetQuote("abc", 3))
-    assert result.ok and result.value == Quote("abc", 300)
+@pytest.fixture
+def rpc_client(pair: tuple[RpcClient, Transport]) -> RpcClient:
+    return pair[0]
 
 
-@pytest.mark.parametrize(("n", "expected"), [(0, None), (1, 42), (2, "two"), (3, {"a": [1, 2]})])
-async def test_call_returns_plain_values(pair: tuple[RpcClient, Transport], n: int, expected: Any) -> None:
-    client, _ = pair
-    result = await client.call("pricing", "plain", Ping(n))
-    assert result.ok and result.value == expected
-
-
-async def test_remote_business_error_becomes_a_failed_result(pair: tuple[RpcClient, Transport]) -> None:
-    client, _ = pair
-    result = await client.call("pricing", "quote", GetQuote("missing"))
-    assert not result.ok
-    assert result.code == ErrorCode.NOT_FOUND and result.error == "no sku 'missing'"
-    with pytest.raises(NotFoundError):
-        result.unwrap()
-
-
-async def test_remote_validation_error_keeps_field_errors(pair: tuple[RpcClient, Transport]) -> None:
-    client, _ = pair
-    result = await client.call("pricing", "quote", GetQuote("abc", 0))
-    assert result.code == ErrorCode.VALIDATION
-    assert result.metadata is not None and result.metadata["field_errors"] == {"qty": ["must be >= 1"]}
-    assert isinstance(result.exception, ValidationError)
-    assert result.exception.field_errors == {"qty": ["must be >= 1"]}
-
-
-async def test_unexpected_remote_error_leaks_nothing(pair: tuple[RpcClient, Transport]) -> None:
-    client, _ = pair
-    result = await client.call("pricing", "quote", GetQuote("crash"))
-    assert result.code == ErrorCode.INTERNAL and result.error == "internal error"
-    assert "secret" not in repr(result)
-
-
-async def test_unknown_method_and_wrong_request_type(pair: tuple[RpcClient, Transport]) -> None:
-    client, _ = pair
-    result = await client.call("pricing", "nope", GetQuote("abc"))
-    assert result.code == ErrorCode.HANDLER_NOT_FOUND and "'nope'" in (result.error or "")
-    wrong = await client.call("pricing", "quote", Ping(1))
-    assert wrong.code == ErrorCode.SERIALIZATION
-
-
-async def test_timeout_becomes_a_failed_result(pair: tuple[RpcClient, Transport]) -> None:
-    client, _ = pair
-    slow = await client.call("pricing", "quote", GetQuote("slow"), timeout=0.2)
-    assert slow.code == ErrorCode.TIMEOUT and slow.retryable
-    assert isinstance(slow.exception, OperationTimeoutError)
-    nobody = await client.call("no-such-service", "quote", GetQuote("x"), timeout=0.2)
-    assert nobody.code == ErrorCode.TIMEOUT
+class TestNatsAndMemoryRpcCalls(RpcCallTests):
+    """The shared call tests on NATS and on memory (the ``pair`` fixture's two params)."""
 
 
 async def test_replies_are_routed_to_their_caller(pair: tuple[RpcClient, Transport]) -> None:
@@ -147,14 +56,7 @@ async def test_replies_are_routed_to_their_caller(pair: tuple[RpcClient, Transpo
 
 async def test_request_wire_format(pair: tuple[RpcClient, Transport]) -> None:
     _, transport = pair
-    body, headers = await transport.request(
-        "pricing",
-        msgspec.json.encode(GetQuote("raw", 2)),
-        headers={H_RPC_METHOD: "quote", "Catga-Type": "GetQuote", "Catga-Id": "1"},
-        timeout=5,
-    )
-    assert headers[H_RPC_STATUS] == "ok" and headers["Catga-Type"] == "Quote"
-    assert msgspec.json.decode(body) == {"sku": "raw", "cents": 200}
+    await assert_raw_quote_works(transport, "pricing")
 
 
 @pytest.mark.nats

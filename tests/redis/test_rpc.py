@@ -6,52 +6,25 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import pytest
 
-from catga.errors import ErrorCode, NotFoundError, OperationTimeoutError, ValidationError
-from catga.messages import Query
+from catga.errors import ErrorCode, OperationTimeoutError
 from catga.redis import RedisClient
 from catga.redis._reqrep import DEADLINE_GRACE
-from catga.redis.rpc import H_RPC_METHOD, H_RPC_STATUS, RedisRpcClient, RedisRpcServer
+from catga.redis.rpc import H_RPC_METHOD, RedisRpcClient, RedisRpcServer
 from catga.redis.transport import H_ERROR, RedisTransport
-from catga.serialization import TypeRegistry
+from rpc_shared import (
+    GetQuote,
+    Ping,
+    Quote,
+    RpcCallTests,
+    assert_raw_quote_works,
+    quote,
+    registry,
+    serve_pricing,
+)
 
 pytestmark = pytest.mark.redis
-
-
-class GetQuote(msgspec.Struct, Query["Quote"], frozen=True):
-    sku: str
-    qty: int = 1
-
-
-class Quote(msgspec.Struct, frozen=True):
-    sku: str
-    cents: int
-
-
-class Ping(msgspec.Struct, frozen=True):
-    n: int
-
-
-def registry() -> TypeRegistry:
-    return TypeRegistry(types=[GetQuote, Quote, Ping])
-
-
-async def quote(req: GetQuote) -> Quote:
-    if req.sku == "missing":
-        raise NotFoundError(f"no sku {req.sku!r}")
-    if req.qty < 1:
-        raise ValidationError("bad quote", {"qty": ["must be >= 1"]})
-    if req.sku == "crash":
-        raise KeyError("secret internals")
-    if req.sku == "slow":
-        await asyncio.sleep(1)
-    return Quote(req.sku, 100 * req.qty)
-
-
-async def plain(req: Ping) -> Any:
-    return {0: None, 1: 41 + req.n, 2: "two", 3: {"a": [1, 2]}}[req.n]
 
 
 @pytest.fixture
@@ -66,60 +39,17 @@ async def transports(redis_url: str, unique_name: str) -> AsyncIterator[list[Red
 @pytest.fixture
 async def client(transports: list[RedisTransport]) -> AsyncIterator[RedisRpcClient]:
     server_t, client_t, _ = transports
-    server = RedisRpcServer(server_t, "pricing", registry=server_t.registry)
-    server.register("quote", quote, request_type=GetQuote)
-    server.method("plain")(plain)
-    async with server:
+    async with serve_pricing(RedisRpcServer(server_t, "pricing", registry=server_t.registry)):
         yield RedisRpcClient(client_t, registry=client_t.registry)
 
 
-async def test_call_returns_the_typed_result(client: RedisRpcClient) -> None:
-    result = await client.call("pricing", "quote", GetQuote("abc", 3))
-    assert result.ok and result.value == Quote("abc", 300)
+@pytest.fixture
+def rpc_client(client: RedisRpcClient) -> RedisRpcClient:
+    return client
 
 
-@pytest.mark.parametrize(("n", "expected"), [(0, None), (1, 42), (2, "two"), (3, {"a": [1, 2]})])
-async def test_call_returns_plain_values(client: RedisRpcClient, n: int, expected: Any) -> None:
-    result = await client.call("pricing", "plain", Ping(n))
-    assert result.ok and result.value == expected
-
-
-async def test_remote_business_error_becomes_a_failed_result(client: RedisRpcClient) -> None:
-    result = await client.call("pricing", "quote", GetQuote("missing"))
-    assert not result.ok
-    assert result.code == ErrorCode.NOT_FOUND and result.error == "no sku 'missing'"
-    with pytest.raises(NotFoundError):
-        result.unwrap()
-
-
-async def test_remote_validation_error_keeps_field_errors(client: RedisRpcClient) -> None:
-    result = await client.call("pricing", "quote", GetQuote("abc", 0))
-    assert result.code == ErrorCode.VALIDATION
-    assert result.metadata is not None and result.metadata["field_errors"] == {"qty": ["must be >= 1"]}
-    assert isinstance(result.exception, ValidationError)
-
-
-async def test_unexpected_remote_error_leaks_nothing(client: RedisRpcClient) -> None:
-    result = await client.call("pricing", "quote", GetQuote("crash"))
-    assert result.code == ErrorCode.INTERNAL and result.error == "internal error"
-    assert "secret" not in repr(result)
-
-
-async def test_unknown_method_and_wrong_request_type(client: RedisRpcClient) -> None:
-    result = await client.call("pricing", "nope", GetQuote("abc"))
-    assert result.code == ErrorCode.HANDLER_NOT_FOUND and "'nope'" in (result.error or "")
-    wrong = await client.call("pricing", "quote", Ping(1))
-    assert wrong.code == ErrorCode.SERIALIZATION
-
-
-async def test_timeout_becomes_a_failed_result(client: RedisRpcClient) -> None:
-    slow = await client.call("pricing", "quote", GetQuote("slow"), timeout=0.2)
-    assert slow.code == ErrorCode.TIMEOUT and slow.retryable
-    assert isinstance(slow.exception, OperationTimeoutError)
-    nobody = await client.call("no-such-service", "quote", GetQuote("x"), timeout=0.2)
-    assert nobody.code == ErrorCode.TIMEOUT
-    # the late reply of the slow call is dropped; the client keeps working
-    assert (await client.call("pricing", "quote", GetQuote("ok"))).value == Quote("ok", 100)
+class TestRedisRpcCalls(RpcCallTests):
+    """The shared call tests on Redis."""
 
 
 async def test_replies_reach_only_their_caller(
@@ -252,13 +182,7 @@ async def test_connect_helpers_own_their_transport(redis_url: str, unique_name: 
     async with await RedisRpcClient.connect(redis_url, registry=reg, prefix=unique_name, timeout=5) as c:
         result = await c.call("svc", "quote", GetQuote("c", 1))
         assert result.value == Quote("c", 100)
-        ok = await c.transport.request(
-            "svc",
-            msgspec.json.encode(GetQuote("raw", 2)),
-            headers={H_RPC_METHOD: "quote", "Catga-Type": "GetQuote", "Catga-Id": "1"},
-            timeout=5,
-        )
-        assert ok[1][H_RPC_STATUS] == "ok" and msgspec.json.decode(ok[0]) == {"sku": "raw", "cents": 200}
+        await assert_raw_quote_works(c.transport, "svc")
     await server.aclose()
     owned = c.transport
     assert isinstance(owned, RedisTransport) and owned.client.closed

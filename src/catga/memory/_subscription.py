@@ -12,12 +12,12 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from catga._transport import Fate, SubscribeArgs, decode_delivery, handler_failed
 from catga.errors import SerializationError
-from catga.messages import H_ID, Metadata, QoS
+from catga.messages import H_ID, Metadata
 from catga.protocols import ClaimStatus, IdempotencyStore
-from catga.serialization import Codec
 
 if TYPE_CHECKING:
     from catga.memory.transport import MemoryTransport
@@ -128,24 +128,13 @@ class _MessageSubscription(MemorySubscription):
     """Decodes one message type and applies the QoS policy."""
 
     def __init__(
-        self,
-        transport: MemoryTransport,
-        destination: str,
-        group: str | None,
-        max_in_flight: int,
-        *,
-        codec: Codec,
-        handler: Callable[[Any, Metadata], Awaitable[None]],
-        qos: QoS,
-        max_deliver: int,
-        inbox: IdempotencyStore | None,
-        scope: str,
+        self, transport: MemoryTransport, args: SubscribeArgs, *, inbox: IdempotencyStore | None, scope: str
     ) -> None:
-        super().__init__(transport, destination, group, max_in_flight)
-        self._codec = codec
-        self._handler = handler
-        self._qos = qos
-        self._max_deliver = max_deliver
+        super().__init__(transport, args.destination, args.group, args.max_in_flight)
+        self._codec = args.codec
+        self._handler = args.handler
+        self._qos = args.qos
+        self._max_deliver = args.max_deliver
         self._inbox = inbox
         if len(scope) > 150:
             scope = hashlib.sha1(scope.encode(), usedforsecurity=False).hexdigest()
@@ -155,13 +144,7 @@ class _MessageSubscription(MemorySubscription):
         transport = self._transport
         delivery.attempts += 1
         try:
-            name, meta = Metadata.from_headers(delivery.headers)
-            if name != self._codec.name:
-                raise SerializationError(
-                    f"message type {name!r} on {self.destination!r}, but this subscription decodes "
-                    f"{self._codec.name!r}"
-                )
-            message = self._codec.decode(delivery.body)
+            message, meta = decode_delivery(self._codec, self.destination, delivery.headers, delivery.body)
         except SerializationError as exc:
             await transport._dead_letter(self, delivery, f"undecodable: {exc}")
             return
@@ -191,34 +174,14 @@ class _MessageSubscription(MemorySubscription):
 
     async def _failed(self, delivery: _Delivery, meta: Metadata, exc: Exception) -> None:
         transport = self._transport
-        if self._qos == QoS.AT_MOST_ONCE:
-            _log.error(
-                "handler failed for message %s on %r (at-most-once: dropped)",
-                meta.message_id,
-                self.destination,
-                exc_info=exc,
-            )
-            return
-        error = f"{type(exc).__name__}: {exc}"
-        if delivery.attempts >= self._max_deliver:
-            _log.error(
-                "handler failed for message %s on %r %d times; dead-lettering it: %s",
-                meta.message_id,
-                self.destination,
-                delivery.attempts,
-                error,
-            )
-            await transport._dead_letter(self, delivery, error)
-            return
-        _log.warning(
-            "handler failed for message %s on %r (delivery %d of %d), retrying: %s",
-            meta.message_id,
-            self.destination,
-            delivery.attempts,
-            self._max_deliver,
-            error,
+        attempts = delivery.attempts
+        fate, error = handler_failed(
+            _log, self._qos, meta.message_id, self.destination, attempts, self._max_deliver, exc
         )
-        transport._redeliver_later(self, delivery, transport._backoff(delivery.attempts))
+        if fate is Fate.DEAD:
+            await transport._dead_letter(self, delivery, error)
+        elif fate is Fate.RETRY:
+            transport._redeliver_later(self, delivery, transport._backoff(attempts))
 
 
 class _ServeSubscription(MemorySubscription):

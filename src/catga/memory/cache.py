@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
+from catga._lifecycle import AsyncCloseable
 from catga.errors import ConfigurationError
 from catga.protocols import validate_identifier
 
@@ -32,7 +33,7 @@ def _check_ttl(ttl: float | None) -> float:
     return time.monotonic() + ttl
 
 
-class MemoryCache:
+class MemoryCache(AsyncCloseable):
     """Key → bytes with optional TTL, in process memory.
 
     Args:
@@ -120,9 +121,3 @@ class MemoryCache:
 
     async def aclose(self) -> None:
         """Nothing to release; idempotent."""
-
-    async def __aenter__(self) -> MemoryCache:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

@@ -23,9 +23,16 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
 
+from catga._transport import (
+    SubscribeArgs,
+    TransportBase,
+    add_dead_letter,
+    check_retry_backoff,
+    drain,
+    retry_delay,
+)
 from catga.errors import BackendUnavailableError, ConfigurationError, OperationTimeoutError
 from catga.ids import new_id
 from catga.memory._subscription import (
@@ -37,17 +44,16 @@ from catga.memory._subscription import (
     _ServeSubscription,
 )
 from catga.memory.broker import MemoryBroker
-from catga.messages import H_ID, H_TYPE, Metadata, QoS
-from catga.protocols import DeadLetter, DeadLetterQueue, IdempotencyStore, validate_identifier
+from catga.messages import H_ID, Metadata, QoS
+from catga.protocols import DeadLetterQueue, IdempotencyStore, validate_identifier
 from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("H_ERROR", "MemorySubscription", "MemoryTransport")
 
-T = TypeVar("T")
 _log = logging.getLogger("catga.memory.transport")
 
 
-class MemoryTransport:
+class MemoryTransport(TransportBase[MemorySubscription]):
     """A :class:`~catga.protocols.Transport` over a :class:`MemoryBroker`.
 
     Args:
@@ -62,6 +68,8 @@ class MemoryTransport:
         drain_timeout: seconds ``aclose()`` lets in-flight handlers finish before cancelling them.
     """
 
+    _group_kind = "group"
+
     def __init__(
         self,
         broker: MemoryBroker | None = None,
@@ -74,10 +82,7 @@ class MemoryTransport:
         inbox_lock_ttl: float = 30.0,
         drain_timeout: float = 10.0,
     ) -> None:
-        if not retry_backoff >= 0 or not retry_backoff_max >= retry_backoff:
-            raise ConfigurationError(
-                f"need 0 <= retry_backoff <= retry_backoff_max, got {retry_backoff} and {retry_backoff_max}"
-            )
+        check_retry_backoff(retry_backoff, retry_backoff_max)
         self.broker = broker if broker is not None else MemoryBroker()
         self.registry = registry if registry is not None else default_registry()
         self.dead_letters = dead_letters
@@ -137,50 +142,13 @@ class MemoryTransport:
     # ---------------------------------------------------------------------------------------------
     # receiving
 
-    async def subscribe(
-        self,
-        message_type: type[T],
-        handler: Callable[[T, Metadata], Awaitable[None]],
-        *,
-        qos: QoS = QoS.AT_LEAST_ONCE,
-        group: str | None = None,
-        destination: str | None = None,
-        max_in_flight: int = 64,
-        max_deliver: int = 5,
-    ) -> MemorySubscription:
-        """Call ``handler`` for each ``message_type`` arriving on the destination; ready on return.
-
-        Raises:
-            ConfigurationError: bad limits, or the transport is closing.
-            InvalidIdentifierError: a malformed destination or group.
-        """
-        self._check_open()
-        if not isinstance(message_type, type):
-            raise ConfigurationError(f"subscribe() needs a message class, got {message_type!r}")
-        if max_in_flight < 1 or max_deliver < 1:
-            raise ConfigurationError(
-                f"max_in_flight and max_deliver must be >= 1, got {max_in_flight} and {max_deliver}"
-            )
-        codec = self.registry.codec_for(message_type)
-        dest = _dest(destination, codec.name)
-        if group is not None:
-            validate_identifier(group, "group")
+    async def _subscribe(self, args: SubscribeArgs) -> MemorySubscription:
+        dest, group = args.destination, args.group
         inbox = None
-        if qos == QoS.EXACTLY_ONCE:
+        if args.qos == QoS.EXACTLY_ONCE:
             inbox = self._inbox if self._inbox is not None else self.broker.inbox
         scope = f"{dest}.{group}" if group is not None else f"{dest}.s{next(self.broker._scopes)}"
-        sub = _MessageSubscription(
-            self,
-            dest,
-            group,
-            max_in_flight,
-            codec=codec,
-            handler=handler,
-            qos=QoS(qos),
-            max_deliver=max_deliver,
-            inbox=inbox,
-            scope=scope,
-        )
+        sub = _MessageSubscription(self, args, inbox=inbox, scope=scope)
         self._attach(sub)
         return sub
 
@@ -248,8 +216,7 @@ class MemoryTransport:
         self.broker._detach(sub)
 
     def _backoff(self, attempts: int) -> float:
-        delay: float = self._retry_backoff * (1 << max(attempts - 1, 0))
-        return min(delay, self._retry_backoff_max)
+        return retry_delay(self._retry_backoff, self._retry_backoff_max, attempts)
 
     def _redeliver_later(self, sub: MemorySubscription, delivery: _Delivery, delay: float) -> None:
         if self._closing:
@@ -275,27 +242,17 @@ class MemoryTransport:
             )
 
     async def _dead_letter(self, sub: MemorySubscription, delivery: _Delivery, error: str) -> None:
-        dlq = self.dead_letters
-        message_id = delivery.headers.get(H_ID) or uuid.uuid4().hex
-        if dlq is None:
-            _log.error(
-                "message %s on %r dropped (no dead-letter queue): %s", message_id, sub.destination, error
-            )
-            return
-        letter = DeadLetter(
-            id=message_id,
-            source=sub.destination,
-            type_name=delivery.headers.get(H_TYPE, ""),
-            body=delivery.body,
-            headers=dict(delivery.headers),
-            error=error,
-            attempts=delivery.attempts,
-            failed_at=time.time(),
+        headers = delivery.headers
+        await add_dead_letter(
+            self.dead_letters,
+            _log,
+            headers.get(H_ID) or uuid.uuid4().hex,
+            sub.destination,
+            delivery.body,
+            dict(headers),
+            error,
+            delivery.attempts,
         )
-        try:
-            await dlq.add(letter)
-        except Exception:
-            _log.exception("could not dead-letter message %s from %r", message_id, sub.destination)
 
     # ---------------------------------------------------------------------------------------------
     # lifecycle
@@ -312,19 +269,10 @@ class MemoryTransport:
         workers: list[asyncio.Task[None]] = []
         for sub in list(self._subs):
             workers.extend(sub._stop())
-        if workers:
-            _, pending = await asyncio.wait(workers, timeout=self._drain_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        pending = await drain(workers, self._drain_timeout)
+        if pending:
+            await asyncio.wait(pending)
         self._closed = True
-
-    async def __aenter__(self) -> MemoryTransport:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 def _dest(destination: str | None, name: str) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Self
 
 from nats.aio.client import Client
 
+from catga._lifecycle import AsyncCloseable
 from catga.errors import ConfigurationError
 from catga.nats.connection import DEFAULT_URL, NatsConnection, as_connection
 
@@ -31,7 +31,7 @@ def check_name(value: str, kind: str, *, dotted: bool = False) -> str:
     return value
 
 
-class NatsStoreBase:
+class NatsStoreBase(AsyncCloseable):
     """Base of the NATS stores: holds the :class:`NatsConnection` and closes it when owned.
 
     Args:
@@ -94,14 +94,3 @@ class NatsStoreBase:
                 await self._conn.aclose()
             else:
                 await self._conn.detach()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

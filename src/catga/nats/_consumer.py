@@ -20,17 +20,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
+from catga._transport import SubscribeArgs, SubscriptionBase, drain, new_dead_letter, retry_delay
 from catga.errors import SerializationError, UnknownMessageTypeError
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
-from catga.protocols import ClaimStatus, DeadLetter
-from catga.serialization import Codec
+from catga.protocols import ClaimStatus
 
 if TYPE_CHECKING:
     from nats.aio.subscription import Subscription as ClientSubscription
@@ -57,45 +57,19 @@ async def settle(op: Coroutine[Any, Any, None], what: str) -> None:
         logger.warning("%s failed: %r", what, exc)
 
 
-class NatsSubscription:
+class NatsSubscription(SubscriptionBase["NatsTransport"]):
     """A live subscription of :class:`~catga.nats.NatsTransport`; ``aclose()`` stops it gracefully.
 
-    Attributes:
-        destination: the destination it listens on (events and commands).
-        group: its consumer group, or None for a private copy of every event.
-        qos: its delivery guarantee.
+    Attributes: see :class:`~catga._transport.SubscriptionBase` (``destination``, ``group``, ``qos``...).
     """
 
-    def __init__(
-        self,
-        transport: NatsTransport,
-        codec: Codec,
-        handler: Callable[[Any, Metadata], Awaitable[None]],
-        qos: QoS,
-        group: str | None,
-        destination: str,
-        max_in_flight: int,
-        max_deliver: int,
-    ) -> None:
-        self.transport = transport
-        self.codec = codec
-        self.handler = handler
-        self.qos = qos
-        self.group = group
-        self.destination = destination
-        self.max_in_flight = max_in_flight
-        self.max_deliver = max_deliver
-        self.sem = asyncio.Semaphore(max_in_flight)
+    def __init__(self, transport: NatsTransport, args: SubscribeArgs) -> None:
+        super().__init__(transport, args)
+        self.sem = asyncio.Semaphore(args.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._core: list[ClientSubscription] = []
         self._pulls: list[PullConsumer] = []
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        """True once ``aclose()`` was called (or the transport closed)."""
-        return self._closed
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -136,16 +110,7 @@ class NatsSubscription:
         """Store ``msg`` in the dead-letter queue; return False if that failed (keep the message)."""
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
         msg_id = headers.get(H_ID) or _fallback_id(msg)
-        letter = DeadLetter(
-            id=msg_id,
-            source=self.destination,
-            type_name=headers.get(H_TYPE, ""),
-            body=msg.data,
-            headers=headers,
-            error=error,
-            attempts=attempts,
-            failed_at=time.time(),
-        )
+        letter = new_dead_letter(msg_id, self.destination, msg.data, headers, error, attempts)
         dlq = self.transport.dead_letters
         if dlq is None:
             logger.error(
@@ -198,7 +163,7 @@ class NatsSubscription:
 
     def backoff(self, delivered: int) -> float:
         t = self.transport
-        return float(min(t.retry_backoff * (2 ** max(0, delivered - 1)), t.retry_backoff_max))
+        return retry_delay(t.retry_backoff, t.retry_backoff_max, delivered)
 
     async def run_js(self, msg: Msg, consumer: PullConsumer) -> None:
         """Handle one JetStream delivery under the in-flight limit; settle it by policy."""
@@ -293,18 +258,15 @@ class NatsSubscription:
         for sub in self._core:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await asyncio.wait_for(sub.unsubscribe(), t.timeout)
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=t.drain_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                logger.warning(
-                    "%d handlers on %s still running after %s s; cancelled",
-                    len(pending),
-                    self.destination,
-                    t.drain_timeout,
-                )
-                await asyncio.wait(pending, timeout=t.timeout)
+        pending = await drain(set(self.tasks), t.drain_timeout)
+        if pending:
+            logger.warning(
+                "%d handlers on %s still running after %s s; cancelled",
+                len(pending),
+                self.destination,
+                t.drain_timeout,
+            )
+            await asyncio.wait(pending, timeout=t.timeout)
         for pull in self._pulls:
             if pull.ephemeral:
                 with contextlib.suppress(Exception):

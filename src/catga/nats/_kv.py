@@ -24,17 +24,19 @@ import contextlib
 import math
 import secrets
 from collections.abc import AsyncGenerator
+from typing import ClassVar, TypedDict
 
+from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from catga.errors import BackendUnavailableError, ConfigurationError
-from catga.nats._base import check_name
+from catga.nats._base import NatsStoreBase, check_name
 from catga.nats._errors import translate_errors
 from catga.nats._jsapi import StreamMessage, decode_ack, delete_message, direct_last, iter_direct
 from catga.nats._subjects import key_token, subject_token, token_to_identifier
 from catga.nats.connection import LazyInit, NatsConnection
 
-__all__ = ("KvBucket", "KvEntry")
+__all__ = ("KvBucket", "KvEntry", "KvOptions", "KvStore")
 
 _CHECK = ("subjects", "max_msgs_per_subject", "allow_direct", "allow_msg_ttl", "storage")
 
@@ -231,3 +233,59 @@ class KvBucket:
         with translate_errors(f"count bucket {self.bucket!r}", self._timeout):
             info = await self._conn.js.stream_info(self.stream)
         return int(info.state.messages)
+
+
+class KvOptions(TypedDict, total=False):
+    """The keyword options of every :class:`KvStore` (see its Args)."""
+
+    bucket: str | None
+    storage: str
+    replicas: int
+    timeout: float | None
+
+
+class KvStore(NatsStoreBase):
+    """Base of the NATS stores kept in one KV-layout bucket (outbox, inbox, DLQ, lock, cache).
+
+    Subclasses set :attr:`default_bucket` and ``_kind`` (what keys are, for error messages), and
+    ``_identifiers`` / ``_atomic`` as for :class:`KvBucket`.
+
+    Args:
+        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
+        bucket: the bucket name (stream ``KV_<bucket>``); None: the store's :attr:`default_bucket`.
+        storage: ``"file"`` or ``"memory"``.
+        replicas: stream replicas.
+        timeout: seconds per network call (default: the connection's).
+    """
+
+    #: The bucket used when none is given.
+    default_bucket: ClassVar[str]
+    _kind: ClassVar[str]
+    _identifiers: ClassVar[bool] = True
+    _atomic: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        source: NatsConnection | Client,
+        *,
+        bucket: str | None = None,
+        storage: str = "file",
+        replicas: int = 1,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(source, timeout=timeout)
+        self._bucket = KvBucket(
+            self._conn,
+            self.default_bucket if bucket is None else bucket,
+            kind=self._kind,
+            identifiers=self._identifiers,
+            atomic=self._atomic,
+            storage=storage,
+            replicas=replicas,
+            timeout=self._timeout,
+        )
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self._bucket.bucket

@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Unpack
 
 from nats.aio.client import Client
 
-from catga.nats._base import NatsStoreBase
-from catga.nats._kv import KvBucket, KvEntry
+from catga.nats._kv import KvEntry, KvOptions, KvStore
 from catga.nats.connection import NatsConnection
 
 __all__ = ("NatsCache",)
 
-_KIND = "cache key"
 _EXPIRES = "Catga-Expires"
 
 
@@ -32,36 +31,19 @@ def _live(entry: KvEntry | None, now: float) -> bool:
     return expires is None or float(expires) > now
 
 
-class NatsCache(NatsStoreBase):
-    """:class:`~catga.protocols.Cache` on a NATS KV-layout bucket.
+class NatsCache(KvStore):
+    """:class:`~catga.protocols.Cache` on a NATS KV-layout bucket (default ``catga_cache``).
 
-    Args:
-        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
-        bucket: the bucket name (stream ``KV_<bucket>``).
-        storage: ``"file"`` or ``"memory"`` (a cache rarely needs file storage).
-        replicas: stream replicas.
-        timeout: seconds per network call (default: the connection's).
+    Options (``source``, ``bucket``, ``storage``, ``replicas``, ``timeout``): see
+    :class:`~catga.nats._kv.KvStore`; a cache rarely needs ``storage="file"``.
     """
 
-    def __init__(
-        self,
-        source: NatsConnection | Client,
-        *,
-        bucket: str = "catga_cache",
-        storage: str = "file",
-        replicas: int = 1,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(source, timeout=timeout)
-        self._bucket = KvBucket(
-            self._conn, bucket, kind=_KIND, storage=storage, replicas=replicas, timeout=self._timeout
-        )
-        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+    default_bucket = "catga_cache"
+    _kind = "cache key"
 
-    @property
-    def bucket(self) -> str:
-        """The bucket name."""
-        return self._bucket.bucket
+    def __init__(self, source: NatsConnection | Client, **options: Unpack[KvOptions]) -> None:
+        super().__init__(source, **options)
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
 
     async def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None when missing or expired.

@@ -26,14 +26,14 @@ import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import nats
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import StreamConfig, StreamInfo
 
+from catga._lifecycle import AsyncCloseable
 from catga.errors import ConfigurationError
 from catga.nats._errors import (
     ERR_STREAM_NAME_IN_USE,
@@ -97,7 +97,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class NatsConnection:
+class NatsConnection(AsyncCloseable):
     """A nats-py client plus what catga's NATS stores share.
 
     Args:
@@ -318,17 +318,6 @@ class NatsConnection:
                 _log.warning("draining the NATS connection failed (%s); closing it", exc)
                 with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                     await asyncio.wait_for(self.client.close(), self.timeout)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 _shared: weakref.WeakKeyDictionary[Client, NatsConnection] = weakref.WeakKeyDictionary()

@@ -13,56 +13,27 @@ import builtins
 import contextlib
 
 import msgspec
-from nats.aio.client import Client
 
 from catga.errors import ConfigurationError
-from catga.nats._base import NatsStoreBase
-from catga.nats._kv import KvBucket
-from catga.nats.connection import NatsConnection
+from catga.nats._kv import KvStore
 from catga.protocols import DeadLetter
 
 __all__ = ("NatsDeadLetterQueue",)
 
-_KIND = "dead letter id"
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(DeadLetter).decode
 
 
-class NatsDeadLetterQueue(NatsStoreBase):
-    """:class:`~catga.protocols.DeadLetterQueue` on a NATS KV-layout bucket.
+class NatsDeadLetterQueue(KvStore):
+    """:class:`~catga.protocols.DeadLetterQueue` on a NATS KV-layout bucket (default ``catga_dead_letters``).
 
-    Args:
-        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
-        bucket: the bucket name (stream ``KV_<bucket>``).
-        storage: ``"file"`` or ``"memory"``.
-        replicas: stream replicas.
-        timeout: seconds per network call (default: the connection's).
+    Options (``source``, ``bucket``, ``storage``, ``replicas``, ``timeout``): see
+    :class:`~catga.nats._kv.KvStore`.
     """
 
-    def __init__(
-        self,
-        source: NatsConnection | Client,
-        *,
-        bucket: str = "catga_dead_letters",
-        storage: str = "file",
-        replicas: int = 1,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(source, timeout=timeout)
-        self._bucket = KvBucket(
-            self._conn,
-            bucket,
-            kind=_KIND,
-            identifiers=False,
-            storage=storage,
-            replicas=replicas,
-            timeout=self._timeout,
-        )
-
-    @property
-    def bucket(self) -> str:
-        """The bucket name."""
-        return self._bucket.bucket
+    default_bucket = "catga_dead_letters"
+    _kind = "dead letter id"
+    _identifiers = False
 
     async def add(self, letter: DeadLetter) -> None:
         """Store ``letter``; a letter with the same id is replaced.

@@ -21,16 +21,12 @@ from __future__ import annotations
 import time
 
 import msgspec
-from nats.aio.client import Client
 
-from catga.nats._base import NatsStoreBase
-from catga.nats._kv import KvBucket
-from catga.nats.connection import NatsConnection
+from catga.nats._kv import KvStore
 from catga.protocols import Claim, ClaimStatus
 
 __all__ = ("NatsIdempotencyStore", "NatsInboxStore")
 
-_KIND = "idempotency key"
 _RETRIES = 16
 _CLAIMED = Claim(ClaimStatus.CLAIMED)
 _IN_PROGRESS = Claim(ClaimStatus.IN_PROGRESS)
@@ -46,35 +42,15 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Record).decode
 
 
-class NatsIdempotencyStore(NatsStoreBase):
+class NatsIdempotencyStore(KvStore):
     """:class:`~catga.protocols.IdempotencyStore` (and inbox) on a NATS KV-layout bucket.
 
-    Args:
-        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
-        bucket: the bucket name (stream ``KV_<bucket>``).
-        storage: ``"file"`` or ``"memory"``.
-        replicas: stream replicas.
-        timeout: seconds per network call (default: the connection's).
+    The default bucket is ``catga_idempotency``. Options (``source``, ``bucket``, ``storage``,
+    ``replicas``, ``timeout``): see :class:`~catga.nats._kv.KvStore`.
     """
 
-    def __init__(
-        self,
-        source: NatsConnection | Client,
-        *,
-        bucket: str = "catga_idempotency",
-        storage: str = "file",
-        replicas: int = 1,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(source, timeout=timeout)
-        self._bucket = KvBucket(
-            self._conn, bucket, kind=_KIND, storage=storage, replicas=replicas, timeout=self._timeout
-        )
-
-    @property
-    def bucket(self) -> str:
-        """The bucket name."""
-        return self._bucket.bucket
+    default_bucket = "catga_idempotency"
+    _kind = "idempotency key"
 
     async def claim(self, key: str, lock_ttl: float = 30.0) -> Claim:
         """Claim ``key`` for ``lock_ttl`` seconds, or report who has it (one atomic step).

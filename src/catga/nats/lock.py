@@ -25,19 +25,18 @@ import logging
 import secrets
 import time
 from types import TracebackType
+from typing import Unpack
 
 import msgspec
 from nats.aio.client import Client
 
 from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
-from catga.nats._base import NatsStoreBase
-from catga.nats._kv import KvBucket
+from catga.nats._kv import KvOptions, KvStore
 from catga.nats.connection import NatsConnection
 
 __all__ = ("NatsLease", "NatsLock")
 
 _log = logging.getLogger("catga.nats")
-_KIND = "lock key"
 
 
 class _Holder(msgspec.Struct, array_like=True):
@@ -146,36 +145,20 @@ class NatsLease:
         await self.release()
 
 
-class NatsLock(NatsStoreBase):
-    """:class:`~catga.protocols.DistributedLock` on a NATS KV-layout bucket.
+class NatsLock(KvStore):
+    """:class:`~catga.protocols.DistributedLock` on a NATS KV-layout bucket (default ``catga_locks``).
 
-    Args:
-        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
-        bucket: the bucket name (stream ``KV_<bucket>``).
-        storage: ``"file"`` or ``"memory"``.
-        replicas: stream replicas (3 on a cluster: a lock on one node is lost with that node).
-        timeout: seconds per network call (default: the connection's).
+    Options (``source``, ``bucket``, ``storage``, ``replicas``, ``timeout``): see
+    :class:`~catga.nats._kv.KvStore`; use ``replicas=3`` on a cluster (a lock on one node is lost
+    with that node).
     """
 
-    def __init__(
-        self,
-        source: NatsConnection | Client,
-        *,
-        bucket: str = "catga_locks",
-        storage: str = "file",
-        replicas: int = 1,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(source, timeout=timeout)
-        self._bucket = KvBucket(
-            self._conn, bucket, kind=_KIND, storage=storage, replicas=replicas, timeout=self._timeout
-        )
-        self._renewers: set[asyncio.Task[None]] = set()
+    default_bucket = "catga_locks"
+    _kind = "lock key"
 
-    @property
-    def bucket(self) -> str:
-        """The bucket name."""
-        return self._bucket.bucket
+    def __init__(self, source: NatsConnection | Client, **options: Unpack[KvOptions]) -> None:
+        super().__init__(source, **options)
+        self._renewers: set[asyncio.Task[None]] = set()
 
     async def _try(self, key: str, token: str, ttl: float) -> NatsLease | None:
         bucket = self._bucket

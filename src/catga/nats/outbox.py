@@ -26,17 +26,13 @@ import time
 from collections.abc import Sequence
 
 import msgspec
-from nats.aio.client import Client
 
 from catga.errors import ConfigurationError, ConflictError
-from catga.nats._base import NatsStoreBase
-from catga.nats._kv import KvBucket, KvEntry
-from catga.nats.connection import NatsConnection
+from catga.nats._kv import KvEntry, KvStore
 from catga.protocols import OutboxMessage, OutboxStatus
 
 __all__ = ("NatsOutboxStore",)
 
-_KIND = "outbox message id"
 _BATCH = 1000
 _RETRIES = 16
 
@@ -50,42 +46,17 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Record).decode
 
 
-class NatsOutboxStore(NatsStoreBase):
-    """:class:`~catga.protocols.OutboxStore` on a NATS KV-layout bucket.
+class NatsOutboxStore(KvStore):
+    """:class:`~catga.protocols.OutboxStore` on a NATS KV-layout bucket (default ``catga_outbox``).
 
-    Args:
-        source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
-        bucket: the bucket name (stream ``KV_<bucket>``).
-        storage: ``"file"`` or ``"memory"``.
-        replicas: stream replicas.
-        timeout: seconds per network call (default: the connection's).
+    Options (``source``, ``bucket``, ``storage``, ``replicas``, ``timeout``): see
+    :class:`~catga.nats._kv.KvStore`.
     """
 
-    def __init__(
-        self,
-        source: NatsConnection | Client,
-        *,
-        bucket: str = "catga_outbox",
-        storage: str = "file",
-        replicas: int = 1,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(source, timeout=timeout)
-        self._bucket = KvBucket(
-            self._conn,
-            bucket,
-            kind=_KIND,
-            identifiers=False,
-            atomic=True,
-            storage=storage,
-            replicas=replicas,
-            timeout=self._timeout,
-        )
-
-    @property
-    def bucket(self) -> str:
-        """The bucket name."""
-        return self._bucket.bucket
+    default_bucket = "catga_outbox"
+    _kind = "outbox message id"
+    _identifiers = False
+    _atomic = True
 
     async def _scan(self) -> list[tuple[KvEntry, _Record]]:
         out = []

@@ -51,7 +51,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import nats.errors
 import nats.js.errors
@@ -59,6 +59,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
+from catga._transport import SubscribeArgs, TransportBase, check_retry_backoff, drain
 from catga.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -78,7 +79,6 @@ from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("H_ERROR", "NatsSubscription", "NatsTransport")
 
-T = TypeVar("T")
 logger = logging.getLogger("catga.nats.transport")
 
 #: Header of an RPC reply whose handler raised (same name as the memory transport's).
@@ -124,7 +124,7 @@ def _consumer_name(kind: str, destination: str, group: str | None) -> str:
     return f"{kind}_{readable}_{digest}"
 
 
-class NatsTransport:
+class NatsTransport(TransportBase[NatsSubscription]):
     """A :class:`~catga.protocols.Transport` on NATS core and JetStream.
 
     Args:
@@ -195,10 +195,7 @@ class NatsTransport:
         ):
             if value <= 0:
                 raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
-        if retry_backoff < 0 or retry_backoff_max < retry_backoff:
-            raise ConfigurationError(
-                f"need 0 <= retry_backoff <= retry_backoff_max, got {retry_backoff} and {retry_backoff_max}"
-            )
+        check_retry_backoff(retry_backoff, retry_backoff_max)
         self.connection = as_connection(connection)
         self.client: Client = self.connection.client
         self.registry = registry if registry is not None else default_registry()
@@ -396,54 +393,19 @@ class NatsTransport:
     # ------------------------------------------------------------------------------------------------
     # Subscribing
 
-    async def subscribe(
-        self,
-        message_type: type[T],
-        handler: Callable[[T, Metadata], Awaitable[None]],
-        *,
-        qos: QoS = QoS.AT_LEAST_ONCE,
-        group: str | None = None,
-        destination: str | None = None,
-        max_in_flight: int = 64,
-        max_deliver: int = 5,
-    ) -> NatsSubscription:
-        """Run ``handler`` for every ``message_type`` published or sent to ``destination``.
-
-        Args:
-            message_type: the only type decoded from this destination.
-            handler: ``async (message, metadata) -> None``; raising means failure.
-            qos: delivery guarantee (see the module docs).
-            group: competing consumers sharing one copy of each event; None gives this subscription
-                its own copy. Commands are always shared by every subscriber of the destination.
-            destination: default: the type's wire name.
-            max_in_flight: handlers running at once in this subscription.
-            max_deliver: deliveries before a failing message is dead-lettered (at-least-once).
-
-        Returns:
-            The live subscription; ``aclose()`` it (or the transport) to stop.
-
-        Raises:
-            ConfigurationError: bad limits.
-            InvalidIdentifierError: a malformed destination or group.
-            BackendError: the consumers could not be created.
-        """
+    def _check_open(self) -> None:
         if self._closed:
             raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
-        if max_in_flight < 1 or max_deliver < 1:
-            raise ConfigurationError(
-                f"max_in_flight and max_deliver must be >= 1, got {max_in_flight} and {max_deliver}"
-            )
-        qos = QoS(qos)
+
+    async def _subscribe(self, args: SubscribeArgs) -> NatsSubscription:
+        """Subscribe on core NATS (at-most-once) or create and feed the JetStream consumers."""
+        qos, group, dest = args.qos, args.group, args.destination
         if qos == QoS.EXACTLY_ONCE and self.inbox is None:
             self._own_inbox = NatsInboxStore(
                 self.connection, bucket=f"{self.stream}_INBOX", storage=self.storage.value
             )
             self.inbox = self._own_inbox
-        codec = self.registry.codec_for(message_type)
-        dest = validate_identifier(codec.name if destination is None else destination, "destination")
-        if group is not None:
-            validate_identifier(group, "consumer group")
-        sub = NatsSubscription(self, codec, handler, qos, group, dest, max_in_flight, max_deliver)
+        sub = NatsSubscription(self, args)
         evt, cmd = f"{self.prefix}.evt.{dest}", f"{self.prefix}.cmd.{dest}"
         try:
             if qos == QoS.AT_MOST_ONCE:
@@ -603,12 +565,6 @@ class NatsTransport:
         if self._owns_connection:
             await self.connection.aclose()
 
-    async def __aenter__(self) -> NatsTransport:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
         return f"NatsTransport(prefix={self.prefix!r}, stream={self.stream!r})"
 
@@ -661,7 +617,4 @@ class _RpcServe:
         if self.nsub is not None:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await asyncio.wait_for(self.nsub.unsubscribe(), self.transport.timeout)
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.transport.drain_timeout)
-            for task in pending:
-                task.cancel()
+        await drain(set(self._tasks), self.transport.drain_timeout)

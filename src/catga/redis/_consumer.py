@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
+from catga._transport import (
+    Fate,
+    SubscribeArgs,
+    SubscriptionBase,
+    add_dead_letter,
+    decode_delivery,
+    drain,
+    handler_failed,
+)
 from catga.errors import SerializationError
-from catga.messages import H_ID, H_TYPE, Metadata, QoS
-from catga.protocols import ClaimStatus, DeadLetter
+from catga.messages import H_ID, Metadata, QoS
+from catga.protocols import ClaimStatus
 from catga.redis._reader import Delivery, Outcome, StreamReader
 from catga.redis._wire import parse_entry, quietly, unframe
-from catga.serialization import Codec
 
 if TYPE_CHECKING:
     from catga.redis.transport import RedisTransport
@@ -31,45 +38,19 @@ __all__ = ("RedisSubscription",)
 logger = logging.getLogger("catga.redis.transport")
 
 
-class RedisSubscription:
+class RedisSubscription(SubscriptionBase["RedisTransport"]):
     """A live subscription of :class:`RedisTransport`; ``aclose()`` stops it gracefully.
 
-    Attributes:
-        destination: the destination it listens on.
-        group: its consumer group, or None for a private copy of every event.
-        qos: its delivery guarantee.
+    Attributes: see :class:`~catga._transport.SubscriptionBase` (``destination``, ``group``, ``qos``...).
     """
 
-    def __init__(
-        self,
-        transport: RedisTransport,
-        codec: Codec,
-        handler: Callable[[Any, Metadata], Awaitable[None]],
-        qos: QoS,
-        group: str | None,
-        destination: str,
-        max_in_flight: int,
-        max_deliver: int,
-    ) -> None:
-        self.transport = transport
-        self.destination = destination
-        self.group = group
-        self.qos = qos
-        self.max_in_flight = max_in_flight
-        self.max_deliver = max_deliver
-        self._codec = codec
-        self._handler = handler
-        self._sem = asyncio.Semaphore(max_in_flight)
+    def __init__(self, transport: RedisTransport, args: SubscribeArgs) -> None:
+        super().__init__(transport, args)
+        self._sem = asyncio.Semaphore(args.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._readers: list[StreamReader] = []
         self._channel: str | None = None
-        self._closed = False
         self._closing: asyncio.Task[None] | None = None
-
-    @property
-    def closed(self) -> bool:
-        """True once ``aclose()`` was called (or the transport closed)."""
-        return self._closed
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -114,17 +95,10 @@ class RedisSubscription:
         else:
             body, headers, error = parse_entry(d.fields)
             source = reader.key
-        meta: Metadata | None = None
         try:
             if error is not None:
                 raise SerializationError(error)
-            name, meta = Metadata.from_headers(headers)
-            if name != self._codec.name:
-                raise SerializationError(
-                    f"message type {name!r} on {self.destination!r}, but this subscription decodes "
-                    f"{self._codec.name!r}"
-                )
-            message = self._codec.decode(body)
+            message, meta = decode_delivery(self.codec, self.destination, headers, body)
         except SerializationError as exc:
             return await self._dead_letter(d, source, body, headers, f"undecodable: {exc}"), 0.0
         if d.exhausted:
@@ -148,7 +122,7 @@ class RedisSubscription:
             if claim.status == ClaimStatus.IN_PROGRESS:
                 return Outcome.WAIT, self.transport.backoff(1)
         try:
-            await self._handler(message, meta)
+            await self.handler(message, meta)
         except Exception as exc:
             if key is not None:
                 await quietly(inbox.release(key), f"inbox release of {key}")
@@ -166,58 +140,31 @@ class RedisSubscription:
         meta: Metadata,
         exc: Exception,
     ) -> tuple[Outcome, float]:
-        if self.qos == QoS.AT_MOST_ONCE:
-            logger.error(
-                "handler failed for message %s on %r (at-most-once: dropped)",
-                meta.message_id,
-                self.destination,
-                exc_info=exc,
-            )
-            return Outcome.ACK, 0.0
-        error = f"{type(exc).__name__}: {exc}"
-        if d.attempts >= self.max_deliver:
-            logger.error(
-                "handler failed for message %s on %r %d times; dead-lettering it: %s",
-                meta.message_id,
-                self.destination,
-                d.attempts,
-                error,
-            )
-            return await self._dead_letter(d, source, body, headers, error), 0.0
-        logger.warning(
-            "handler failed for message %s on %r (delivery %d of %d), retrying: %s",
-            meta.message_id,
-            self.destination,
-            d.attempts,
-            self.max_deliver,
-            error,
+        fate, error = handler_failed(
+            logger, self.qos, meta.message_id, self.destination, d.attempts, self.max_deliver, exc
         )
+        if fate is Fate.DROP:
+            return Outcome.ACK, 0.0
+        if fate is Fate.DEAD:
+            return await self._dead_letter(d, source, body, headers, error), 0.0
         return Outcome.RETRY, self.transport.backoff(d.attempts)
 
     async def _dead_letter(
         self, d: Delivery, source: str, body: bytes, headers: dict[str, str], error: str
     ) -> Outcome:
-        dlq = self.transport.dead_letters
         letter_id = headers.get(H_ID) or f"{source}:{d.id.decode() or uuid.uuid4().hex}"
-        if dlq is None:
-            logger.error("message %s on %r dropped (no dead-letter queue): %s", letter_id, source, error)
-            return Outcome.ACK
-        letter = DeadLetter(
-            id=letter_id,
-            source=source,
-            type_name=headers.get(H_TYPE, ""),
-            body=bytes(body),
-            headers=headers,
-            error=error,
-            attempts=d.attempts,
-            failed_at=time.time(),
+        stored = await add_dead_letter(
+            self.transport.dead_letters,
+            logger,
+            letter_id,
+            source,
+            bytes(body),
+            headers,
+            error,
+            d.attempts,
+            if_failed="; it stays pending",
         )
-        try:
-            await dlq.add(letter)
-        except Exception:
-            logger.exception("could not dead-letter message %s from %r; it stays pending", letter_id, source)
-            return Outcome.KEEP
-        return Outcome.ACK
+        return Outcome.ACK if stored else Outcome.KEEP
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -234,12 +181,9 @@ class RedisSubscription:
             await self.transport._pubsub_remove(self._channel, self)
         for reader in self._readers:
             await reader.stop_reading()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.transport.drain_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        pending = await drain(set(self._tasks), self.transport.drain_timeout)
+        if pending:
+            await asyncio.wait(pending)
         for reader in self._readers:
             await reader.finish()
 

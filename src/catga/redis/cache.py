@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from catga.errors import ConfigurationError
 from catga.protocols import validate_identifier
-from catga.redis.connection import DEFAULT_URL, RedisClient
+from catga.redis._base import RedisStoreBase
+from catga.redis.connection import RedisClient
 
 __all__ = ("RedisCache",)
 
@@ -23,23 +23,16 @@ def _ttl_args(ttl: float | None) -> tuple[Any, ...]:
     return ("PX", max(1, round(ttl * 1000)))
 
 
-class RedisCache:
+class RedisCache(RedisStoreBase):
     """Key → bytes with optional TTL in Redis (see :class:`~catga.protocols.Cache`); expiry is Redis's.
 
-    Args:
-        client: the :class:`~catga.redis.RedisClient` to use; keys live under its prefix.
-        owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
+    Built on a :class:`~catga.redis.RedisClient` (keys live under its prefix); ``owns_client`` and
+    :meth:`connect` as in :class:`~catga.redis._base.RedisStoreBase`.
     """
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
-        self._client = client
-        self._owns_client = owns_client
+        super().__init__(client, owns_client=owns_client)
         self._prefix = f"{client.prefix}:cache:"
-
-    @classmethod
-    def connect(cls, url: str = DEFAULT_URL, *, prefix: str = "catga", timeout: float | None = 5.0) -> Self:
-        """A cache with its own client for ``url`` (closed by :meth:`aclose`)."""
-        return cls(RedisClient.from_url(url, prefix=prefix, timeout=timeout), owns_client=True)
 
     async def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None when missing or expired.
@@ -88,19 +81,3 @@ class RedisCache:
         value = await factory()
         await self.set(key, value, ttl)
         return value
-
-    async def aclose(self) -> None:
-        """Close an owned client. Idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"RedisCache(prefix={self._client.prefix!r})"

@@ -24,10 +24,10 @@ import hashlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from catga._lifecycle import AsyncCloseable
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error, translate_error
 from catga.redis._keys import validate_prefix
@@ -245,7 +245,7 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-class RedisClient:
+class RedisClient(AsyncCloseable):
     """An auto-pipelining Redis client on one connection, with a key prefix.
 
     Commands issued concurrently by many tasks share the connection and are pipelined; replies are
@@ -414,14 +414,6 @@ class RedisClient:
         if conn is not None:
             conn.close()
             await asyncio.sleep(0)  # let the transport run its close callbacks
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"RedisClient({self.settings.address!r}, db={self.settings.db}, prefix={self.prefix!r})"

@@ -8,14 +8,13 @@ it to the end). ``add``, ``list`` and ``delete`` are Lua scripts, so each is one
 from __future__ import annotations
 
 import builtins
-from types import TracebackType
-from typing import Self
 
 import msgspec
 
 from catga.errors import ConfigurationError
 from catga.protocols import DeadLetter
-from catga.redis.connection import DEFAULT_URL, RedisClient, Script
+from catga.redis._base import RedisStoreBase
+from catga.redis.connection import RedisClient, Script
 
 __all__ = ("RedisDeadLetterQueue",)
 
@@ -51,24 +50,17 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(DeadLetter).decode
 
 
-class RedisDeadLetterQueue:
+class RedisDeadLetterQueue(RedisStoreBase):
     """Dead letters in Redis (see :class:`~catga.protocols.DeadLetterQueue`), listed oldest first.
 
-    Args:
-        client: the :class:`~catga.redis.RedisClient` to use; keys live under its prefix.
-        owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
+    Built on a :class:`~catga.redis.RedisClient` (keys live under its prefix); ``owns_client`` and
+    :meth:`connect` as in :class:`~catga.redis._base.RedisStoreBase`.
     """
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
-        self._client = client
-        self._owns_client = owns_client
+        super().__init__(client, owns_client=owns_client)
         p = client.prefix
         self._keys = (f"{p}:dlq", f"{p}:dlq-idx", f"{p}:dlq-seq")
-
-    @classmethod
-    def connect(cls, url: str = DEFAULT_URL, *, prefix: str = "catga", timeout: float | None = 5.0) -> Self:
-        """A queue with its own client for ``url`` (closed by :meth:`aclose`)."""
-        return cls(RedisClient.from_url(url, prefix=prefix, timeout=timeout), owns_client=True)
 
     async def add(self, letter: DeadLetter) -> None:
         """Store ``letter``; a letter with the same id is replaced (and moves to the end).
@@ -102,19 +94,3 @@ class RedisDeadLetterQueue:
         """How many letters are stored."""
         n: int = await self._client.execute("HLEN", self._keys[0])
         return n
-
-    async def aclose(self) -> None:
-        """Close an owned client. Idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"RedisDeadLetterQueue(prefix={self._client.prefix!r})"

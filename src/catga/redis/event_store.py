@@ -23,8 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 
@@ -36,6 +35,7 @@ from catga.errors import (
     SerializationError,
 )
 from catga.protocols import ANY, NO_STREAM, StoredEvent, validate_identifier
+from catga.redis._base import RedisStoreBase
 from catga.redis.connection import DEFAULT_URL, RedisClient, Script
 from catga.serialization import TypeRegistry, default_registry
 
@@ -75,7 +75,7 @@ _encode_envelope = msgspec.msgpack.Encoder().encode
 _decode_envelope = msgspec.msgpack.Decoder(tuple[str, float, dict[str, str], bytes]).decode
 
 
-class RedisEventStore:
+class RedisEventStore(RedisStoreBase):
     """Event streams in Redis with atomic, optimistically concurrent appends.
 
     Implements :class:`~catga.protocols.EventStore`.
@@ -94,9 +94,8 @@ class RedisEventStore:
     def __init__(
         self, client: RedisClient, *, registry: TypeRegistry | None = None, owns_client: bool = False
     ) -> None:
-        self._client = client
+        super().__init__(client, owns_client=owns_client)
         self._registry = registry if registry is not None else default_registry()
-        self._owns_client = owns_client
         self._stream_prefix = f"{client.prefix}:es:s:"
         self._pos_key = f"{client.prefix}:es:pos"
         self._log_key = f"{client.prefix}:es:log"
@@ -302,21 +301,8 @@ class RedisEventStore:
             await blocker.aclose()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def aclose(self) -> None:
-        """End live subscriptions and close an owned client. Idempotent."""
+    async def _close(self) -> None:
+        """End live subscriptions (before an owned client is closed)."""
         self._closed = True
         for blocker in list(self._blockers):
             await blocker.aclose()
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"RedisEventStore(prefix={self._client.prefix!r})"

@@ -8,12 +8,9 @@ script that deletes the key only while it is an unfinished claim.
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Self
-
-from catga.errors import ConfigurationError
 from catga.protocols import Claim, ClaimStatus, validate_identifier
-from catga.redis.connection import DEFAULT_URL, RedisClient, Script
+from catga.redis._base import RedisStoreBase, positive_ms
+from catga.redis.connection import RedisClient, Script
 
 __all__ = ("RedisIdempotencyStore", "RedisInboxStore")
 
@@ -48,29 +45,16 @@ def _check_key(key: str) -> None:
         validate_identifier(key, _KIND)
 
 
-def _ms(seconds: float, what: str) -> int:
-    if not seconds > 0:
-        raise ConfigurationError(f"idempotency {what} must be > 0 seconds, got {seconds!r}")
-    return max(1, round(seconds * 1000))
-
-
-class RedisIdempotencyStore:
+class RedisIdempotencyStore(RedisStoreBase):
     """Idempotency records in Redis (see :class:`~catga.protocols.IdempotencyStore`); TTL-based expiry.
 
-    Args:
-        client: the :class:`~catga.redis.RedisClient` to use; keys live under its prefix.
-        owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
+    Built on a :class:`~catga.redis.RedisClient` (keys live under its prefix); ``owns_client`` and
+    :meth:`connect` as in :class:`~catga.redis._base.RedisStoreBase`.
     """
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
-        self._client = client
-        self._owns_client = owns_client
+        super().__init__(client, owns_client=owns_client)
         self._prefix = f"{client.prefix}:idem:"
-
-    @classmethod
-    def connect(cls, url: str = DEFAULT_URL, *, prefix: str = "catga", timeout: float | None = 5.0) -> Self:
-        """A store with its own client for ``url`` (closed by :meth:`aclose`)."""
-        return cls(RedisClient.from_url(url, prefix=prefix, timeout=timeout), owns_client=True)
 
     async def claim(self, key: str, lock_ttl: float = 30.0) -> Claim:
         """Claim ``key`` for ``lock_ttl`` seconds if free; else report IN_PROGRESS or COMPLETED (+ result).
@@ -80,7 +64,9 @@ class RedisIdempotencyStore:
             ConfigurationError: ``lock_ttl`` is not positive.
         """
         _check_key(key)
-        reply = await self._client.run_script(_CLAIM, (self._prefix + key,), (_ms(lock_ttl, "lock_ttl"),))
+        reply = await self._client.run_script(
+            _CLAIM, (self._prefix + key,), (positive_ms(lock_ttl, "idempotency lock_ttl"),)
+        )
         if reply == 0:
             return _CLAIMED
         if reply == 1:
@@ -95,7 +81,9 @@ class RedisIdempotencyStore:
             ConfigurationError: ``ttl`` is not positive.
         """
         _check_key(key)
-        await self._client.execute("SET", self._prefix + key, b"d" + bytes(result), "PX", _ms(ttl, "ttl"))
+        await self._client.execute(
+            "SET", self._prefix + key, b"d" + bytes(result), "PX", positive_ms(ttl, "idempotency ttl")
+        )
 
     async def release(self, key: str) -> None:
         """Drop an unfinished claim of ``key`` (a completed record is kept).
@@ -105,22 +93,6 @@ class RedisIdempotencyStore:
         """
         _check_key(key)
         await self._client.run_script(_RELEASE, (self._prefix + key,))
-
-    async def aclose(self) -> None:
-        """Close an owned client. Idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(prefix={self._client.prefix!r})"
 
 
 RedisInboxStore = RedisIdempotencyStore

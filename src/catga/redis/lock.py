@@ -27,7 +27,8 @@ from typing import Self
 
 from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.protocols import validate_identifier
-from catga.redis.connection import DEFAULT_URL, RedisClient, Script
+from catga.redis._base import RedisStoreBase, positive_ms
+from catga.redis.connection import RedisClient, Script
 
 __all__ = ("RedisLease", "RedisLock")
 
@@ -59,12 +60,6 @@ return 0
 
 _MIN_SLEEP = 0.002
 _MAX_SLEEP = 0.1
-
-
-def _ms(seconds: float, what: str) -> int:
-    if not seconds > 0:
-        raise ConfigurationError(f"lock {what} must be > 0 seconds, got {seconds!r}")
-    return max(1, round(seconds * 1000))
 
 
 class RedisLease:
@@ -126,7 +121,7 @@ class RedisLease:
         Raises:
             LockNotOwnedError: the lease expired or was taken over.
         """
-        ms = _ms(ttl, "ttl")
+        ms = positive_ms(ttl, "lock ttl")
         if self._released:
             raise LockNotOwnedError(self.key)
         done = await self._lock._client.run_script(_EXTEND, (self._redis_key,), (self.token, ms))
@@ -181,8 +176,11 @@ class RedisLease:
         return f"RedisLease(key={self.key!r}, fencing_token={self.fencing_token}, released={self._released})"
 
 
-class RedisLock:
+class RedisLock(RedisStoreBase):
     """Distributed lock (see :class:`~catga.protocols.DistributedLock`).
+
+    :meth:`aclose` stops auto-renewals (the leases then expire after their TTL) and closes an owned
+    client.
 
     Args:
         client: an open :class:`~catga.redis.RedisClient` (not closed by :meth:`aclose`); keys live
@@ -195,20 +193,12 @@ class RedisLock:
     """
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
-        self._client = client
-        self._owns_client = owns_client
+        super().__init__(client, owns_client=owns_client)
         self._lock_prefix = f"{client.prefix}:lock:"
         self._fence_prefix = f"{client.prefix}:fence:"
         self._token_prefix = os.urandom(8).hex() + "-"
         self._counter = itertools.count(1)
         self._renewals: set[asyncio.Task[None]] = set()
-
-    @classmethod
-    def connect(
-        cls, url: str = DEFAULT_URL, *, prefix: str = "catga", timeout: float | None = 5.0
-    ) -> RedisLock:
-        """A lock with its own client for ``url`` (closed by :meth:`aclose`)."""
-        return cls(RedisClient.from_url(url, prefix=prefix, timeout=timeout), owns_client=True)
 
     async def acquire(
         self, key: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
@@ -221,7 +211,7 @@ class RedisLock:
             ConfigurationError: ``ttl`` is not positive or ``wait`` is negative.
         """
         validate_identifier(key, "lock key")
-        ms = _ms(ttl, "ttl")
+        ms = positive_ms(ttl, "lock ttl")
         if wait < 0:
             raise ConfigurationError(f"lock wait must be >= 0 seconds, got {wait!r}")
         token = f"{self._token_prefix}{next(self._counter)}"
@@ -246,20 +236,9 @@ class RedisLock:
             lease._start_renewal()
         return lease
 
-    async def aclose(self) -> None:
-        """Stop auto-renewals (the leases then expire after their TTL) and close an owned client."""
+    async def _close(self) -> None:
         tasks = list(self._renewals)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 
 from catga.errors import ConfigurationError
 from catga.protocols import OutboxMessage, OutboxStatus
-from catga.redis.connection import DEFAULT_URL, RedisClient, Script
+from catga.redis._base import RedisStoreBase
+from catga.redis.connection import RedisClient, Script
 
 __all__ = ("RedisOutboxStore",)
 
@@ -155,25 +155,18 @@ def _decode(id: str, f: list[Any]) -> OutboxMessage:
     )
 
 
-class RedisOutboxStore:
+class RedisOutboxStore(RedisStoreBase):
     """Outbox messages in Redis (see :class:`~catga.protocols.OutboxStore`).
 
-    Args:
-        client: the :class:`~catga.redis.RedisClient` to use; keys live under its prefix.
-        owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
+    Built on a :class:`~catga.redis.RedisClient` (keys live under its prefix); ``owns_client`` and
+    :meth:`connect` as in :class:`~catga.redis._base.RedisStoreBase`.
     """
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
-        self._client = client
-        self._owns_client = owns_client
+        super().__init__(client, owns_client=owns_client)
         p = client.prefix
         self._msg_prefix = f"{p}:ob:"
         self._keys = (f"{p}:ob-ready", f"{p}:ob-wait", f"{p}:ob-pub", f"{p}:ob-dead")
-
-    @classmethod
-    def connect(cls, url: str = DEFAULT_URL, *, prefix: str = "catga", timeout: float | None = 5.0) -> Self:
-        """A store with its own client for ``url`` (closed by :meth:`aclose`)."""
-        return cls(RedisClient.from_url(url, prefix=prefix, timeout=timeout), owns_client=True)
 
     async def add(self, messages: Sequence[OutboxMessage]) -> None:
         """Store ``messages`` atomically; an id that is already stored is ignored (the first wins).
@@ -258,19 +251,3 @@ class RedisOutboxStore:
             total += n
             if n < _PURGE_BATCH:
                 return total
-
-    async def aclose(self) -> None:
-        """Close an owned client. Idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"RedisOutboxStore(prefix={self._client.prefix!r})"

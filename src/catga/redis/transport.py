@@ -52,9 +52,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Self, TypeVar
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
 
+from catga._transport import SubscribeArgs, TransportBase, check_retry_backoff, retry_delay
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.ids import new_id
 from catga.messages import Metadata, QoS
@@ -71,13 +72,12 @@ from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("H_ERROR", "RedisRpcEndpoint", "RedisSubscription", "RedisTransport")
 
-T = TypeVar("T")
 logger = logging.getLogger("catga.redis.transport")
 
 CMD_GROUP = "catga-cmd"
 
 
-class RedisTransport:
+class RedisTransport(TransportBase[RedisSubscription]):
     """A :class:`~catga.protocols.Transport` on Redis Streams and pub/sub (see the module docs).
 
     Args:
@@ -129,10 +129,7 @@ class RedisTransport:
         reply_ttl: float = 60.0,
         owns_client: bool = False,
     ) -> None:
-        if not 0 <= retry_backoff <= retry_backoff_max:
-            raise ConfigurationError(
-                f"need 0 <= retry_backoff <= retry_backoff_max, got {retry_backoff} and {retry_backoff_max}"
-            )
+        check_retry_backoff(retry_backoff, retry_backoff_max)
         for name, value in (
             ("claim_min_idle", claim_min_idle),
             ("block", block),
@@ -201,8 +198,7 @@ class RedisTransport:
 
     def backoff(self, attempts: int) -> float:
         """Delay before redelivering a message that failed ``attempts`` times."""
-        delay: float = self.retry_backoff * (1 << min(max(attempts - 1, 0), 30))
-        return min(delay, self.retry_backoff_max)
+        return retry_delay(self.retry_backoff, self.retry_backoff_max, attempts)
 
     # -- publishing -----------------------------------------------------------------------------
     def _encode(
@@ -275,51 +271,14 @@ class RedisTransport:
         await self.client.execute(*entry_args(self._cmd + dest, body, headers, self.command_max_len))
 
     # -- subscribing ----------------------------------------------------------------------------
-    async def subscribe(
-        self,
-        message_type: type[T],
-        handler: Callable[[T, Metadata], Awaitable[None]],
-        *,
-        qos: QoS = QoS.AT_LEAST_ONCE,
-        group: str | None = None,
-        destination: str | None = None,
-        max_in_flight: int = 64,
-        max_deliver: int = 5,
-    ) -> RedisSubscription:
-        """Run ``handler`` for every ``message_type`` published or sent to ``destination``.
-
-        Args:
-            message_type: the only type decoded from this destination.
-            handler: ``async (message, metadata) -> None``; raising means failure.
-            qos: delivery guarantee (see the module docs).
-            group: consumers sharing one copy of each event; None: a private copy. Commands are shared
-                by every subscriber of the destination.
-            destination: default: the type's wire name.
-            max_in_flight: handlers running at once in this subscription.
-            max_deliver: deliveries before a failing message is dead-lettered (at-least-once).
-
-        Returns:
-            The live subscription (ready to receive); ``aclose()`` it (or the transport) to stop.
-
-        Raises:
-            ConfigurationError: bad limits.
-            InvalidIdentifierError: a malformed destination or group.
-            BackendError: the groups or the pub/sub subscription could not be created.
-        """
+    def _check_open(self) -> None:
         if self._closed:
             raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
-        if not isinstance(message_type, type):
-            raise ConfigurationError(f"subscribe() needs a message class, got {message_type!r}")
-        if max_in_flight < 1 or max_deliver < 1:
-            raise ConfigurationError(
-                f"max_in_flight and max_deliver must be >= 1, got {max_in_flight} and {max_deliver}"
-            )
-        qos = QoS(qos)
-        codec = self.registry.codec_for(message_type)
-        dest = validate_identifier(codec.name if destination is None else destination, "destination")
-        if group is not None:
-            validate_identifier(group, "consumer group")
-        sub = RedisSubscription(self, codec, handler, qos, group, dest, max_in_flight, max_deliver)
+
+    async def _subscribe(self, args: SubscribeArgs) -> RedisSubscription:
+        """Create the consumer groups (or the pub/sub subscription) and start reading."""
+        qos, group, dest = args.qos, args.group, args.destination
+        sub = RedisSubscription(self, args)
         noack = qos == QoS.AT_MOST_ONCE
         self._subs.add(sub)
         try:
@@ -421,12 +380,6 @@ class RedisTransport:
             await self._pubsub.aclose()
         if self._owns_client:
             await self.client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"RedisTransport({self.client.settings.address!r}, prefix={self.prefix!r})"

@@ -46,6 +46,32 @@ async def _letter_for(dlq: DeadLetterQueue, message_id: str) -> DeadLetter | Non
     return None
 
 
+async def _raw_message_dead_lettered(
+    transport_factory: TransportFactory, dlq: DeadLetterQueue, body: bytes, type_name: str
+) -> tuple[DeadLetter, str, list[ContractOrderPlaced]]:
+    """Publish raw ``body`` typed ``type_name`` to an at-least-once ``ContractOrderPlaced`` subscriber on
+    another transport; wait for its dead letter. Returns the letter, the destination and what the
+    handler got."""
+    t1, t2 = await transport_factory(), await transport_factory()
+    dest = unique("ev")
+    handled: list[ContractOrderPlaced] = []
+
+    async def handle(message: ContractOrderPlaced, meta: Metadata) -> None:
+        handled.append(message)
+
+    await t1.subscribe(ContractOrderPlaced, handle, qos=QoS.AT_LEAST_ONCE, destination=dest, max_deliver=5)
+    mid = str(new_id())
+    await t2.publish_raw(dest, body, {H_TYPE: type_name, H_ID: mid})
+
+    async def dead() -> bool:
+        return await _letter_for(dlq, mid) is not None
+
+    await eventually(dead, what=f"raw {type_name} message {mid} dead-lettered")
+    letter = await _letter_for(dlq, mid)
+    assert letter is not None
+    return letter, dest, handled
+
+
 class TransportContract:
     """Every statement of :class:`~catga.protocols.Transport`, as tests.
 
@@ -252,56 +278,25 @@ class TransportContract:
     async def test_an_undecodable_message_goes_straight_to_dead_letters(
         self, transport_factory: TransportFactory, transport_dead_letters: DeadLetterQueue
     ) -> None:
-        t1, t2 = await transport_factory(), await transport_factory()
-        dest = unique("ev")
-        calls = 0
-
-        async def handle(message: ContractOrderPlaced, meta: Metadata) -> None:
-            nonlocal calls
-            calls += 1
-
-        await t1.subscribe(
-            ContractOrderPlaced, handle, qos=QoS.AT_LEAST_ONCE, destination=dest, max_deliver=5
-        )
-        mid = str(new_id())
         garbage = b'\xff\xfe{"order_id": 12'
-        await t2.publish_raw(dest, garbage, {H_TYPE: "contracts.OrderPlaced", H_ID: mid})
-
-        async def dead() -> bool:
-            return await _letter_for(transport_dead_letters, mid) is not None
-
-        await eventually(dead, what="undecodable message dead-lettered")
-        letter = await _letter_for(transport_dead_letters, mid)
-        assert letter is not None
+        letter, dest, handled = await _raw_message_dead_lettered(
+            transport_factory, transport_dead_letters, garbage, "contracts.OrderPlaced"
+        )
         assert letter.body == garbage
         assert letter.error
         assert dest in letter.source
         assert letter.attempts <= 1
-        assert calls == 0
+        assert handled == []
 
     async def test_a_message_of_another_type_goes_to_dead_letters(
         self, transport_factory: TransportFactory, transport_dead_letters: DeadLetterQueue
     ) -> None:
-        t1, t2 = await transport_factory(), await transport_factory()
-        dest = unique("ev")
-        calls = 0
-
-        async def handle(message: ContractOrderPlaced, meta: Metadata) -> None:
-            nonlocal calls
-            calls += 1
-
-        await t1.subscribe(ContractOrderPlaced, handle, destination=dest)
-        mid = str(new_id())
         body = b'{"order_id":"o","total":1}'
-        await t2.publish_raw(dest, body, {H_TYPE: "contracts.NeverRegistered", H_ID: mid})
-
-        async def dead() -> bool:
-            return await _letter_for(transport_dead_letters, mid) is not None
-
-        await eventually(dead, what="message of an unexpected type dead-lettered")
-        letter = await _letter_for(transport_dead_letters, mid)
-        assert letter is not None and letter.body == body and letter.error
-        assert calls == 0
+        letter, _, handled = await _raw_message_dead_lettered(
+            transport_factory, transport_dead_letters, body, "contracts.NeverRegistered"
+        )
+        assert letter.body == body and letter.error
+        assert handled == []
 
     async def test_at_most_once_drops_a_failed_message(
         self, transport_factory: TransportFactory, transport_dead_letters: DeadLetterQueue
