@@ -44,6 +44,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from catga._urls import redact_url
 from catga.errors import ConfigurationError
 from catga.memory.event_store import MemoryEventStore
 from catga.memory.idempotency import MemoryIdempotencyStore
@@ -82,17 +83,6 @@ SCHEMES: Mapping[str, str] = {
 _SUPPORTED = "memory://, nats://, tls://, redis://, rediss://"
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 _NATS_OPTIONS = ("prefix", "storage")
-_SECRET = re.compile(r"(?<=://)([^/@?#]*)@")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password or token replaced by ``***`` (for messages and logs)."""
-
-    def hide(match: re.Match[str]) -> str:
-        user, sep, _ = match.group(1).partition(":")
-        return f"{user}:***@" if sep else "***@"
-
-    return _SECRET.sub(hide, url)
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,14 @@ async def test_connecting_to_nothing_is_unavailable_in_time() -> None:
     assert "127.0.0.1" in str(info.value)
 
 
+async def test_a_failed_connect_never_shows_the_password() -> None:
+    url = f"nats://alice:s3cret-pw@127.0.0.1:{free_port()}"
+    with pytest.raises(BackendUnavailableError) as info:
+        await NatsConnection.connect(url, connect_timeout=1.0, allow_reconnect=False)
+    assert "s3cret-pw" not in str(info.value)
+    assert "alice:***@127.0.0.1" in str(info.value)
+
+
 async def test_a_store_built_on_a_plain_nats_py_client_shares_one_connection(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:

@@ -34,6 +34,7 @@ from nats.aio.client import Client
 from nats.js.api import StreamConfig, StreamInfo
 
 from catga._lifecycle import AsyncCloseable
+from catga._urls import redact_url
 from catga.errors import ConfigurationError
 from catga.nats._errors import (
     ERR_STREAM_NAME_IN_USE,
@@ -223,7 +224,7 @@ class NatsConnection(AsyncCloseable):
         kwargs["error_cb"] = record
         client = Client()
         ok = False
-        where = ", ".join(servers)
+        where = ", ".join(redact_url(u) for u in servers)
         try:
             with translate_errors(f"connect to {where}", connect_timeout):
                 try:
