@@ -29,7 +29,7 @@ from catga.errors import BackendUnavailableError, ConfigurationError, ConflictEr
 from catga.eventsourcing import Aggregate, Repository, applies
 from catga.examples.orders_demo import run_demo
 from catga.memory import MemoryEventStore, MemoryIdempotencyStore
-from catga.messages import Command, Event, Metadata, QoS
+from catga.messages import Command, Event, Metadata, QoS, message_name
 from catga.testing import free_port
 
 EVENT_WAIT = 20.0  # seconds before a test waiting for a delivery gives up (not a performance bound)
@@ -41,6 +41,7 @@ class Deposited(Event):
     amount: int
 
 
+@message_name("test_app_backends.Ping")  # tests/rpc_shared.py has a Ping in the same default registry
 @dataclass(frozen=True)
 class Ping(Event):
     text: str
