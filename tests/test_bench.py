@@ -427,7 +427,7 @@ async def test_mediator_suite_runs_every_case_for_catga_and_python_cqrs() -> Non
     assert got == {
         (case, impl, conc)
         for case in ("send", "send_bare", "publish_2_handlers")
-        for impl in ("catga", "python-cqrs")
+        for impl in ("catga", "python-cqrs", "python-cqrs-quiet")
         for conc in (1, 4)
     }
-    assert len(ratios(report.results)) == 6
+    assert len(ratios(report.results)) == 12

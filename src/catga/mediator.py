@@ -22,8 +22,10 @@ compensation hook runs (``compensate(msg, ctx, exc)``), then :meth:`Mediator.on_
 :meth:`Mediator.on_unexpected_error`, which may replace the Result.
 
 Dispatch is a dict lookup: each message type's chain (behaviors + handler) is composed on its first
-dispatch and cached; behaviors cannot be added after that. Not thread-safe: use one mediator per event
-loop, and register handlers before serving traffic.
+dispatch and cached; behaviors cannot be added after that. When that chain is only a function handler
+with fused behaviors (retry, in-memory idempotency) behind a quiet logging layer, as with ``App()``'s
+default pipeline, ``send`` runs the handler call in its own frame (see :meth:`Mediator._terminal`).
+Not thread-safe: use one mediator per event loop, and register handlers before serving traffic.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from catga.handlers import Compensate, HandlerInfo, Lifetime, Registration, find
 from catga.ids import new_id as _default_new_id
 from catga.messages import Event, Metadata, Request
 from catga.pipeline.base import BehaviorLike, Next, Pipeline, compose
-from catga.result import Result
+from catga.result import _SUCCESS, Result
 
 __all__ = ("ErrorHook", "Guard", "HandlerFailure", "Mediator", "RetryPolicy")
 
@@ -246,8 +248,9 @@ class Mediator:
             are failed Results, never exceptions (``CancelledError`` propagates).
         """
         parent = _current.get()
-        entry = self._request_chains.get(type(request))
-        if entry is None:
+        try:
+            entry = self._request_chains[type(request)]
+        except KeyError:  # first message of its type
             entry = self._compile_request(type(request))
         if metadata is None:
             mid = self.new_id()
@@ -260,12 +263,29 @@ class Mediator:
         token = _current.set(ctx)
         try:
             fn = entry[1]
-            if fn is None:
+            if fn is None or (entry[4] is not None and entry[4](entry[5]) is not False):
                 return await entry[0](request, ctx)
-            # No behavior applies and the handler is a function: call it right here.
-            return Result(True, await (fn(request, ctx) if entry[2] else fn(request)))
-        except Exception as exc:  # from the direct handler, or raised by a behavior
-            return await self._failed(request, ctx, exc, entry[3], None)
+            # The handler is a function and nothing but fusable behaviors applies (or the only
+            # other one is quiet): run the handler's terminal right here (see _terminal).
+            guard = entry[6]
+            if guard is not None:
+                early = guard[0](request, ctx)
+                if early is not None:
+                    return early
+            try:
+                value = await (fn(request, ctx) if entry[2] else fn(request))
+            except Exception as exc:
+                return await entry[3](request, ctx, exc, None)  # type: ignore[misc]  # set with fn
+            except BaseException:
+                if guard is not None:
+                    guard[2](request, ctx)
+                raise
+            result = _SUCCESS if value is None else Result(True, value)
+            if guard is not None:
+                guard[1](request, ctx, result)
+            return result
+        except Exception as exc:  # raised by a behavior, a guard or an error hook
+            return await self._failed(request, ctx, exc, None, None)
         finally:
             _current.reset(token)
 
@@ -273,8 +293,9 @@ class Mediator:
         self, request: Request[R], metadata: Metadata | None, parent: Context | None
     ) -> Result[R]:
         """Send ``request`` as a message caused by ``parent`` (None: a root message). See :meth:`send`."""
-        entry = self._request_chains.get(type(request))
-        if entry is None:
+        try:
+            entry = self._request_chains[type(request)]
+        except KeyError:  # first message of its type
             entry = self._compile_request(type(request))
         if metadata is None:
             mid = self.new_id()
@@ -287,12 +308,29 @@ class Mediator:
         token = _current.set(ctx)
         try:
             fn = entry[1]
-            if fn is None:
+            if fn is None or (entry[4] is not None and entry[4](entry[5]) is not False):
                 return await entry[0](request, ctx)
-            # No behavior applies and the handler is a function: call it right here.
-            return Result(True, await (fn(request, ctx) if entry[2] else fn(request)))
-        except Exception as exc:  # from the direct handler, or raised by a behavior
-            return await self._failed(request, ctx, exc, entry[3], None)
+            # The handler is a function and nothing but fusable behaviors applies (or the only
+            # other one is quiet): run the handler's terminal right here (see _terminal).
+            guard = entry[6]
+            if guard is not None:
+                early = guard[0](request, ctx)
+                if early is not None:
+                    return early
+            try:
+                value = await (fn(request, ctx) if entry[2] else fn(request))
+            except Exception as exc:
+                return await entry[3](request, ctx, exc, None)  # type: ignore[misc]  # set with fn
+            except BaseException:
+                if guard is not None:
+                    guard[2](request, ctx)
+                raise
+            result = _SUCCESS if value is None else Result(True, value)
+            if guard is not None:
+                guard[1](request, ctx, result)
+            return result
+        except Exception as exc:  # raised by a behavior, a guard or an error hook
+            return await self._failed(request, ctx, exc, None, None)
         finally:
             _current.reset(token)
 
@@ -311,8 +349,9 @@ class Mediator:
             (:class:`HandlerFailure` tuples).
         """
         parent = _current.get()
-        entry = self._event_chains.get(type(event))
-        if entry is None:
+        try:
+            entry = self._event_chains[type(event)]
+        except KeyError:  # first message of its type
             entry = self._compile_event(type(event))
         if metadata is None:
             mid = self.new_id()
@@ -327,7 +366,7 @@ class Mediator:
             if concurrent is not None and concurrent != self.concurrent_events:
                 return await entry[1](event, ctx)
             direct = entry[2]
-            if direct is None or (entry[4] is not None and not entry[4]()):
+            if direct is None or (entry[4] is not None and entry[4](entry[5]) is not False):
                 return await entry[0](event, ctx)
             # No behavior applies: fan out in turn right here (the loop of _in_turn, inlined).
             failed: list[tuple[Registration, Result[Any]]] | None = None
@@ -343,7 +382,7 @@ class Mediator:
                             failed = [*(failed or ()), (reg, result)]
                 except Exception as exc:
                     failed = [*(failed or ()), (reg, await self._failed(event, ctx, exc, reg, None))]
-            return Result(True) if failed is None else _publish_failure(entry[3], ctx, failed)
+            return _SUCCESS if failed is None else _publish_failure(entry[3], ctx, failed)
         except Exception as exc:
             return await self._failed(event, ctx, exc, None, None)
         finally:
@@ -357,8 +396,9 @@ class Mediator:
         concurrent: bool | None = None,
     ) -> Result[None]:
         """Publish ``event`` as a message caused by ``parent`` (None: a root message). See :meth:`publish`."""
-        entry = self._event_chains.get(type(event))
-        if entry is None:
+        try:
+            entry = self._event_chains[type(event)]
+        except KeyError:  # first message of its type
             entry = self._compile_event(type(event))
         if metadata is None:
             mid = self.new_id()
@@ -373,7 +413,7 @@ class Mediator:
             if concurrent is not None and concurrent != self.concurrent_events:
                 return await entry[1](event, ctx)
             direct = entry[2]
-            if direct is None or (entry[4] is not None and not entry[4]()):
+            if direct is None or (entry[4] is not None and entry[4](entry[5]) is not False):
                 return await entry[0](event, ctx)
             # No behavior applies: fan out in turn right here (the loop of _in_turn, inlined).
             failed: list[tuple[Registration, Result[Any]]] | None = None
@@ -389,7 +429,7 @@ class Mediator:
                             failed = [*(failed or ()), (reg, result)]
                 except Exception as exc:
                     failed = [*(failed or ()), (reg, await self._failed(event, ctx, exc, reg, None))]
-            return Result(True) if failed is None else _publish_failure(entry[3], ctx, failed)
+            return _SUCCESS if failed is None else _publish_failure(entry[3], ctx, failed)
         except Exception as exc:
             return await self._failed(event, ctx, exc, None, None)
         finally:
@@ -503,6 +543,12 @@ class Mediator:
         a coroutine layer each (same semantics, measured in ``docs/pipeline.md``): the retry loop
         (``retry``) and one synchronous :class:`Guard` outside it (``guard``: the idempotency behavior
         on the in-memory store). A behavior fuses itself through the terminal's ``__catga_fuse__``.
+
+        The first attempt is written out in ``terminal``; everything after a failure (error hooks,
+        retries, then the guard's ``leave``) is in ``recover``, so the common path stays short. For a
+        function handler the terminal also exposes ``__catga_direct__`` = (handler, takes context,
+        (enter, leave, abort) or None, recover): :meth:`send` then runs that first attempt in its own
+        frame, with no coroutine for the terminal at all.
         """
         failed = self._failed
         fn, takes_ctx, make = reg.target, reg.takes_context, reg.factory
@@ -515,35 +561,57 @@ class Mediator:
         leave = None if guard is None else guard.leave
         abort = None if guard is None else guard.abort
 
+        async def recover(message: Any, ctx: Context, exc: Exception, instance: Any) -> Result[Any]:
+            """After the first attempt raised ``exc``: failure hooks, retries, then ``leave``."""
+            attempt = 1
+            try:
+                result = await failed(message, ctx, exc, reg, instance)
+                while attempt < max_attempts and not result.ok and result.retryable:
+                    await sleep(delay(attempt))  # type: ignore[misc]
+                    attempt += 1
+                    instance = None
+                    try:
+                        if mode == _WITH_CTX:
+                            value = await fn(message, ctx)
+                        elif mode == _NO_CTX:
+                            value = await fn(message)
+                        else:
+                            instance = make(ctx) if make_takes_ctx else make()  # type: ignore[misc]
+                            handle = instance.handle
+                            value = await (handle(message, ctx) if takes_ctx else handle(message))
+                        result = _SUCCESS if value is None else Result(True, value)
+                    except Exception as again:
+                        result = await failed(message, ctx, again, reg, instance)
+            except BaseException:
+                if abort is not None:
+                    abort(message, ctx)
+                raise
+            if leave is not None:
+                leave(message, ctx, result)
+            return result
+
         async def terminal(message: Any, ctx: Context) -> Result[Any]:
             if enter is not None:
                 early = enter(message, ctx)
                 if early is not None:
                     return early
-            attempt = 1
+            instance = None
             try:
-                while True:
-                    instance = None
-                    try:
-                        if mode == _WITH_CTX:
-                            result = Result(True, await fn(message, ctx))
-                        elif mode == _NO_CTX:
-                            result = Result(True, await fn(message))
-                        else:
-                            instance = make(ctx) if make_takes_ctx else make()  # type: ignore[misc]
-                            handle = instance.handle
-                            value = await (handle(message, ctx) if takes_ctx else handle(message))
-                            result = Result(True, value)
-                    except Exception as exc:
-                        result = await failed(message, ctx, exc, reg, instance)
-                    if attempt >= max_attempts or result.ok or not result.retryable:
-                        break
-                    await sleep(delay(attempt))  # type: ignore[misc]
-                    attempt += 1
+                if mode == _WITH_CTX:
+                    value = await fn(message, ctx)
+                elif mode == _NO_CTX:
+                    value = await fn(message)
+                else:
+                    instance = make(ctx) if make_takes_ctx else make()  # type: ignore[misc]
+                    handle = instance.handle
+                    value = await (handle(message, ctx) if takes_ctx else handle(message))
+            except Exception as exc:
+                return await recover(message, ctx, exc, instance)
             except BaseException:
                 if abort is not None:
                     abort(message, ctx)
                 raise
+            result = _SUCCESS if value is None else Result(True, value)
             if leave is not None:
                 leave(message, ctx, result)
             return result
@@ -556,6 +624,9 @@ class Mediator:
 
         terminal_retry, terminal_guard = retry, guard
         terminal.__catga_fuse__ = fuse  # type: ignore[attr-defined]
+        if mode != _INSTANCE:
+            hooks = None if guard is None else (enter, leave, abort)
+            terminal.__catga_direct__ = (fn, takes_ctx, hooks, recover)  # type: ignore[attr-defined]
         return terminal
 
     def _compile_request(self, message_type: type) -> _RequestEntry:
@@ -568,16 +639,20 @@ class Mediator:
             async def missing(message: Any, ctx: Context) -> Result[Any]:
                 return Result(False, None, str(not_found), not_found.code, not_found)
 
-            entry = (missing, None, False, None)
+            entry = (missing, None, False, None, None, None, None)
         else:
             reg = regs[0]
             info = HandlerInfo(message_type, regs, reg.return_type)
-            terminal = self._terminal(reg)
-            chain = compose(self._behaviors, info, terminal)
-            if chain is terminal and reg.factory is None:
-                entry = (chain, reg.target, reg.takes_context, reg)
+            chain = compose(self._behaviors, info, self._terminal(reg))
+            # A quiet outermost layer (logging) may be skipped while a probe says it has nothing to
+            # do; what it wraps runs inline when it is a function handler's terminal.
+            probe, key, inner = _bypass(chain)
+            direct = getattr(inner, "__catga_direct__", None)
+            if direct is None:
+                entry = (chain, None, False, None, None, None, None)
             else:
-                entry = (chain, None, False, None)
+                fn, takes_ctx, hooks, recover = direct
+                entry = (chain, fn, takes_ctx, recover, probe, key, hooks)
         self._request_chains[message_type] = entry
         return entry
 
@@ -597,17 +672,12 @@ class Mediator:
         chain_con = compose(self._behaviors, info, concurrent)
         # Fan out inline in dispatch_event when no behavior applies, or when the only one is a layer
         # that can be bypassed while it has nothing to do (the logging behavior while quiet).
-        direct: _Handlers | None = None
-        precheck: Callable[[], bool] | None = None
-        bypass = getattr(chain_seq, "__catga_bypass__", None)
-        if chain_seq is sequential:
-            direct = handlers
-        elif bypass is not None and bypass[1] is sequential:
-            direct, precheck = handlers, bypass[0]
+        probe, key, inner = _bypass(chain_seq)
+        direct = handlers if inner is sequential else None
         entry: _EventEntry = (
-            (chain_con, chain_seq, None, info, None)
+            (chain_con, chain_seq, None, info, None, None)
             if self.concurrent_events
-            else (chain_seq, chain_con, direct, info, precheck)
+            else (chain_seq, chain_con, direct, info, probe, key)
         )
         self._event_chains[message_type] = entry
         return entry
@@ -637,11 +707,36 @@ class Guard(Protocol):
 
 _NO_CTX, _WITH_CTX, _INSTANCE = 0, 1, 2
 _Handlers = tuple[tuple[Registration, Callable[..., Any], int], ...]
-# (chain, direct function or None, takes context, registration when direct)
-_RequestEntry = tuple[Next, Callable[..., Any] | None, bool, Registration | None]
+_Probe = Callable[[Any], Any]
+_Recover = Callable[[Any, Context, Exception, Any], Awaitable["Result[Any]"]]
+_Hooks = tuple[
+    Callable[[Any, Context], "Result[Any] | None"],
+    Callable[[Any, Context, "Result[Any]"], None],
+    Callable[[Any, Context], None],
+]
+# (chain, handler function to run inline or None, takes context, its terminal's recover coroutine,
+#  probe, probe key: inline only while probe(key) is False (probe None: always), (enter, leave, abort))
+_RequestEntry = tuple[
+    Next, Callable[..., Any] | None, bool, _Recover | None, _Probe | None, Any, _Hooks | None
+]
 # (default chain, chain for the other fan-out mode, handlers to fan out inline or None, info,
-#  a check that must pass to fan out inline, or None)
-_EventEntry = tuple[Next, Next, _Handlers | None, HandlerInfo, Callable[[], bool] | None]
+#  probe, probe key: fan out inline only while probe(key) is False (probe None: always))
+_EventEntry = tuple[Next, Next, _Handlers | None, HandlerInfo, _Probe | None, Any]
+
+
+def _bypass(chain: Next) -> tuple[_Probe | None, Any, Next]:
+    """``(probe, key, inner)``: ``chain`` may be skipped for ``inner`` while ``probe(key) is False``.
+
+    A layer that has nothing to do in some state (the logging behavior while its logger is not
+    enabled) advertises ``__catga_bypass__ = (probe, key, inner)`` with a C-level probe (a dict's
+    ``get``); ``probe(key) is False`` must guarantee the layer would only call ``inner``. Anything else
+    (None, True) means: run the layer, which checks for itself. Other chains: ``(None, None, chain)``.
+    """
+    bypass = getattr(chain, "__catga_bypass__", None)
+    if bypass is None:
+        return None, None, chain
+    probe, key, inner = bypass
+    return probe, key, inner
 
 
 def _publish_failure(
@@ -693,7 +788,7 @@ def _in_turn(mediator: Mediator, info: HandlerInfo, handlers: _Handlers) -> Next
                         failed = [*(failed or ()), (reg, result)]
             except Exception as exc:
                 failed = [*(failed or ()), (reg, await mediator._failed(event, ctx, exc, reg, None))]
-        return Result(True) if failed is None else _publish_failure(info, ctx, failed)
+        return _SUCCESS if failed is None else _publish_failure(info, ctx, failed)
 
     return in_turn
 
@@ -704,7 +799,7 @@ def _gather(mediator: Mediator, info: HandlerInfo, handlers: _Handlers) -> Next:
             *[_call_isolated(mediator, reg, fn, mode, event, ctx) for reg, fn, mode in handlers]
         )
         failed = [(h[0], r) for h, r in zip(handlers, outcomes, strict=True) if r is not None]
-        return Result(True) if not failed else _publish_failure(info, ctx, failed)
+        return _SUCCESS if not failed else _publish_failure(info, ctx, failed)
 
     return gather
 

@@ -3,12 +3,20 @@
 A result is either a success carrying a value, or a failure carrying a message, an error code
 (:class:`~catga.errors.ErrorCode`), optionally the exception and extra metadata. ``unwrap()`` returns the
 value or raises.
+
+A Result is a small, immutable msgspec Struct: it is built in C (no Python ``__init__`` frame), which
+matters because every send and publish returns one, and being immutable, the success without a value
+is one shared instance (what a handler returning None and a successful publish give). It is not meant
+to be encoded as a whole (the exception is not serializable); :mod:`catga.pipeline._codec` stores the
+other fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
+
+import msgspec
 
 from catga.errors import CatgaError, ErrorCode
 
@@ -29,10 +37,11 @@ class ResultError(CatgaError):
         super().__init__(message)
 
 
-class Result(Generic[T]):
+class Result(msgspec.Struct, Generic[T], frozen=True):
     """Success with a value, or failure with an error.
 
-    Build with :meth:`success` / :meth:`failure` / :meth:`from_exception`.
+    Build with :meth:`success` / :meth:`failure` / :meth:`from_exception` (or positionally:
+    ``Result(ok, value, error, code, exception, metadata)``, every field after ``ok`` optional).
 
     Attributes:
         ok: True on success.
@@ -41,36 +50,24 @@ class Result(Generic[T]):
         code: an :class:`~catga.errors.ErrorCode` value on failure.
         exception: the exception behind a failure, when there is one.
         metadata: extra facts (field errors, ids...).
+
+    Two results are equal when ``ok``, ``value``, ``error`` and ``code`` are (the exception and
+    metadata are not compared). Results are immutable (assigning a field raises AttributeError) and
+    unhashable.
     """
 
-    __slots__ = ("code", "error", "exception", "metadata", "ok", "value")
-
     ok: bool
-    value: T | None
-    error: str | None
-    code: str | None
-    exception: BaseException | None
-    metadata: Mapping[str, Any] | None
-
-    def __init__(
-        self,
-        ok: bool,
-        value: T | None = None,
-        error: str | None = None,
-        code: str | None = None,
-        exception: BaseException | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.ok = ok
-        self.value = value
-        self.error = error
-        self.code = code
-        self.exception = exception
-        self.metadata = metadata
+    value: T | None = None
+    error: str | None = None
+    code: str | None = None
+    exception: BaseException | None = None
+    metadata: Mapping[str, Any] | None = None
 
     @classmethod
     def success(cls, value: T) -> Result[T]:
         """A successful result holding ``value``."""
+        if value is None and cls is Result:
+            return _SUCCESS
         return cls(True, value)
 
     @classmethod
@@ -136,3 +133,8 @@ class Result(Generic[T]):
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+_SUCCESS: Result[Any] = Result(True)
+"""The shared ``Result(True, None)`` (results are immutable): returned by the mediator for a handler
+that returns None and for a successful publish, without allocating one per message."""

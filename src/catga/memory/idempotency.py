@@ -28,8 +28,10 @@ and claims are floats: millions of records add nothing to garbage-collection pas
 Keys: strings as validated by :func:`~catga.protocols.validate_identifier`. A canonical decimal key
 (a message id: ``"123"``, no leading zero) is stored as the int it spells, so ``claim("123")`` and
 ``claim_nowait(123)`` address the same record. Besides the async protocol methods, the store offers
-synchronous ``claim_nowait`` / ``complete_nowait`` / ``release_nowait`` that also take such ints; the
-idempotency behavior uses them when present and saves a coroutine and a ``str()`` per message.
+synchronous ``claim_nowait`` / ``complete_nowait`` / ``release_nowait`` that also take such ints, and
+:meth:`MemoryIdempotencyStore.sync_guard`, the claim/complete/release hooks the idempotency behavior
+fuses into the handler call: claiming a new message id there is one frame and one ``setdefault``
+(no coroutine, no ``str()``, no extra call into the store).
 """
 
 from __future__ import annotations
@@ -39,15 +41,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
 from catga.errors import ConfigurationError
 from catga.protocols import Claim, ClaimStatus, validate_identifier
 
-__all__ = ("MemoryIdempotencyStore", "MemoryInboxStore")
+__all__ = ("GuardHooks", "MemoryIdempotencyStore", "MemoryInboxStore")
 
+R = TypeVar("R")
+
+_CLAIMED = ClaimStatus.CLAIMED
+_COMPLETED = ClaimStatus.COMPLETED
 _CLAIMED_RESULT = Claim(ClaimStatus.CLAIMED)
 _IN_PROGRESS_RESULT = Claim(ClaimStatus.IN_PROGRESS)
 Key = str | int
@@ -62,6 +68,21 @@ class _Done(msgspec.Struct, gc=False):
 
 # An entry is a float (an unfinished claim: its expiry, recognised by identity) or a _Done.
 _Entry = float | _Done
+
+
+class GuardHooks(NamedTuple):
+    """Synchronous hooks around one handler call, keyed by ``ctx.message_id``; see
+    :meth:`MemoryIdempotencyStore.sync_guard`."""
+
+    enter: Callable[[Any, Any], Any]
+    """``enter(message, ctx)``: None when the id was claimed (run the handler), else the answer."""
+    leave: Callable[[Any, Any, Any], None]
+    """``leave(message, ctx, result)``: store the result, or release the claim."""
+    abort: Callable[[Any, Any], None]
+    """``abort(message, ctx)``: release the claim (an exception or cancellation escaped)."""
+
+
+_NOTHING = object()
 
 
 def _expiry(entry: _Entry) -> float:
@@ -132,6 +153,13 @@ class MemoryIdempotencyStore:
             return _CLAIMED_RESULT
         return self._claim_existing(key, lock_ttl)
 
+    def _inserted(self, expiry: float) -> None:
+        # Bookkeeping after a lock-free insert, called only when one of these may apply.
+        if expiry < self._earliest:
+            self._earliest = expiry
+        if len(self._data) >= self._sweep_at:
+            self._maybe_sweep()
+
     def _claim_existing(self, key: Key, lock_ttl: float) -> Claim:
         data = self._data
         with self._locks[hash(key) % len(self._locks)]:
@@ -164,6 +192,74 @@ class MemoryIdempotencyStore:
             entry = self._data.get(key)
             if entry is not None and type(entry) is not _Done:
                 self._drop(key, entry)
+
+    def sync_guard(
+        self,
+        *,
+        lock_ttl: float,
+        ttl: float,
+        replay: Callable[[bytes], R],
+        busy: Callable[[Any], R],
+        encode: Callable[[Any], bytes | None],
+        known: tuple[object, bytes] | None = None,
+    ) -> GuardHooks:
+        """Claim/complete/release hooks for one handler, keyed by ``ctx.message_id``.
+
+        Same records and semantics as :meth:`claim_nowait` / :meth:`complete_nowait` /
+        :meth:`release_nowait`, written out in the hooks themselves: claiming a new id is one
+        ``dict.setdefault`` in the hook's own frame. The idempotency behavior fuses the hooks into
+        the mediator's handler call (a :class:`~catga.mediator.Guard`).
+
+        Args:
+            lock_ttl: seconds a claim blocks duplicates.
+            ttl: seconds a completed result is kept.
+            replay: turns a stored result into ``enter``'s answer for a completed id.
+            busy: ``busy(ctx)`` is ``enter``'s answer for an id claimed by another delivery.
+            encode: the bytes to store for a result, or None to release the claim instead.
+            known: a ``(result, its bytes)`` pair stored without calling ``encode`` when ``leave``
+                gets that very object (the shared success without a value).
+        """
+        data = self._data
+        setdefault = data.setdefault
+        clock = self._clock
+        release = self.release_nowait
+        known_result, known_bytes = known if known is not None else (_NOTHING, b"")
+
+        def enter(message: Any, ctx: Any) -> R | None:
+            key = ctx.message_id
+            if type(key) is int and key >= 0:
+                mine = clock() + lock_ttl
+                if setdefault(key, mine) is mine:  # inserted: the key was free
+                    if mine < self._earliest or len(data) >= self._sweep_at:
+                        self._inserted(mine)
+                    return None
+                claim = self._claim_existing(key, lock_ttl)
+            else:
+                claim = self.claim_nowait(key, lock_ttl)
+            status = claim.status
+            if status == _CLAIMED:
+                return None
+            if status == _COMPLETED:
+                return replay(claim.result or b"")
+            return busy(ctx)
+
+        def leave(message: Any, ctx: Any, result: Any) -> None:
+            key = ctx.message_id
+            if type(key) is not int or key < 0:
+                key = _normalize(key)
+            if result is known_result:
+                data[key] = _Done(clock() + ttl, known_bytes)
+                return
+            payload = encode(result)
+            if payload is None:
+                release(key)
+            else:
+                data[key] = _Done(clock() + ttl, payload)
+
+        def abort(message: Any, ctx: Any) -> None:
+            release(ctx.message_id)
+
+        return GuardHooks(enter, leave, abort)
 
     def _drop(self, key: Key, entry: _Entry) -> None:
         # Called with the key's lock held. A lock-free complete() may have replaced ``entry`` just

@@ -28,9 +28,10 @@ from catga.handlers import HandlerInfo
 from catga.pipeline._codec import ResultCodec
 from catga.pipeline.base import Behavior, Next
 from catga.protocols import Claim, ClaimStatus
-from catga.result import Result
+from catga.result import _SUCCESS, Result
 
 if TYPE_CHECKING:
+    from catga.mediator import Guard
     from catga.protocols import IdempotencyStore
 
 __all__ = ("IdempotencyBehavior",)
@@ -99,13 +100,25 @@ class IdempotencyBehavior(Behavior):
             return Result(False, None, str(exc), exc.code, exc)
 
         store = self.store
+        sync_guard = getattr(store, "sync_guard", None)
         claim_nowait = getattr(store, "claim_nowait", None)
         complete_nowait = getattr(store, "complete_nowait", None)
         release_nowait = getattr(store, "release_nowait", None)
-        if claim_nowait is not None and complete_nowait is not None and release_nowait is not None:
+        guard: Guard | None = None
+        if sync_guard is not None:  # the in-memory store: hooks written against its dict
+            guard = sync_guard(
+                lock_ttl=lock_ttl,
+                ttl=ttl,
+                replay=codec.decode,
+                busy=in_progress,
+                encode=lambda result: encode(result) if _storable(result) else None,
+                known=(_SUCCESS, _OK_NONE),
+            )
+        elif claim_nowait is not None and complete_nowait is not None and release_nowait is not None:
             guard = _SyncGuard(
                 claim_nowait, complete_nowait, release_nowait, codec, encode, in_progress, self
             )
+        if guard is not None:
             fuse = getattr(call_next, "__catga_fuse__", None)
             fused: Next | None = fuse(guard=guard) if fuse is not None else None
             if fused is not None:  # right around the handler: hooks run in the handler's frame
@@ -181,7 +194,7 @@ class _SyncGuard:
         return self._in_progress(ctx)
 
     def leave(self, message: Any, ctx: Context, result: Result[Any]) -> None:
-        if result.ok and result.value is None and result.metadata is None:
+        if result is _SUCCESS or (result.ok and result.value is None and result.metadata is None):
             self._complete(ctx.message_id, _OK_NONE, self._ttl)
             return
         data = self._encode(result) if _storable(result) else None

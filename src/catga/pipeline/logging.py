@@ -80,16 +80,20 @@ class LoggingBehavior(Behavior):
         # logging.disable and dictConfig). Reading that dict first skips a Python call per message;
         # an unknown or True entry falls back to isEnabledFor, which also checks ``disabled``.
         memo: dict[int, bool] | None = getattr(logger, "_cache", None)  # the same dict object for life
-        cached = (memo if memo is not None else {}).get  # without a memo: always ask isEnabledFor
+        if memo is None:  # a logger without the memo: ask isEnabledFor every time
 
-        def quiet() -> bool:
-            return cached(threshold) is False or not enabled(threshold)
+            def checked(message: Any, ctx: Context) -> Awaitable[Result[Any]]:
+                return logged(message, ctx) if enabled(threshold) else call_next(message, ctx)
+
+            return checked
+        cached = memo.get
 
         def layer(message: Any, ctx: Context) -> Awaitable[Result[Any]]:
             if cached(threshold) is False or not enabled(threshold):
                 return call_next(message, ctx)
             return logged(message, ctx)
 
-        # Lets the mediator skip this layer (for events: run the fan-out inline) while it is quiet.
-        layer.__catga_bypass__ = (quiet, call_next)  # type: ignore[attr-defined]
+        # Lets the mediator skip this layer while ``cached(threshold) is False`` (a C call, no frame):
+        # run the handler's terminal, or an event's fan-out, inline.
+        layer.__catga_bypass__ = (cached, threshold, call_next)  # type: ignore[attr-defined]
         return layer
