@@ -104,6 +104,15 @@ def _server_time(stamp: str) -> float:
     return seconds + int(fraction) / 10 ** len(fraction) if fraction else float(seconds)
 
 
+#: An append's header block: expected last subject sequence, first version, then the event lines.
+_HEADERS = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nCatga-Version: %d\r\n%b\r\n"
+
+
+def _encode_error(event: object, exc: Exception) -> SerializationError:
+    """The error to raise when encoding ``event`` failed with ``exc``."""
+    return SerializationError(f"cannot encode {type(event).__qualname__}: {exc}")
+
+
 class _Item(msgspec.Struct, array_like=True):
     type: str
     data: msgspec.Raw
@@ -269,12 +278,7 @@ class NatsEventStore(NatsStoreBase):
 
     def _send(self, state: _State, version: int, last_seq: int, lines: bytes, body: bytes) -> Any:
         """Publish one append expecting ``last_seq``; return the future of its ack."""
-        headers = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nCatga-Version: %d\r\n%b\r\n" % (
-            last_seq,
-            version,
-            lines,
-        )
-        return self._wire.send(state.subject, body, headers, self._timeout)
+        return self._wire.send(state.subject, body, _HEADERS % (last_seq, version, lines), self._timeout)
 
     @staticmethod
     def _stored(stream_id: str, state: _State, reply: Any, version: int, count: int) -> bool:
@@ -334,9 +338,63 @@ class NatsEventStore(NatsStoreBase):
                 waiting for the ack, the outcome is unknown: read the version).
             BackendTimeoutError: no ack within the timeout (outcome unknown likewise).
         """
-        # The hot path (one event, exact version known to the cache) is kept in this one coroutine:
-        # no nested coroutine, one dict lookup per cache, one write, one await.
+        # The hot path -- one event of an already seen type, no metadata, and the cache holds the stream
+        # at exactly ``expected_version`` -- is one guard, one encode, one write, one await and one ack
+        # decode in this coroutine (no nested coroutine). A cached version >= 0 always comes with the
+        # sequence of the message that stored it (ack, direct get or read), so no sequence check.
         state = self._states.get(stream_id)
+        if (
+            state is not None
+            and state.version == expected_version
+            and expected_version >= 0
+            and len(events) == 1
+            and not metadata
+            and self._init.ready
+            and self._wire.connected
+        ):
+            event = events[0]
+            fast = self._fast.get(type(event))
+            if fast is not None:
+                encode, lines = fast
+                try:
+                    body = encode(event)
+                except SerializationError:
+                    raise
+                except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                    raise _encode_error(event, exc) from exc
+                version = expected_version + 1
+                try:
+                    reply = await self._wire.send(
+                        state.subject, body, _HEADERS % (state.seq, version, lines), self._timeout
+                    )
+                    if reply[0] is None:  # a plain ack (no status headers)
+                        try:
+                            ack = ack_decoder.decode(reply[1])
+                        except msgspec.DecodeError:
+                            ack = None
+                        if ack is not None and ack.error is None:
+                            if ack.seq > state.seq:
+                                state.seq = ack.seq
+                                state.version = version
+                            return version
+                    if self._stored(stream_id, state, reply, version, 1):
+                        return version
+                    await self._refresh(stream_id, state)
+                except BackendUnavailableError:
+                    self._init.reset()  # the stream may have been deleted: check it again on the next call
+                    raise
+                raise ConcurrencyError(stream_id, expected_version, state.version)
+        return await self._append(stream_id, events, expected_version, metadata, state)
+
+    async def _append(
+        self,
+        stream_id: str,
+        events: Sequence[object],
+        expected_version: int,
+        metadata: Mapping[str, str] | None,
+        state: _State | None,
+    ) -> int:
+        """Every append but the hot path: validation, first use, several events, metadata, ANY."""
         if state is None:
             state = self._state(stream_id)
         if expected_version < ANY:
@@ -345,22 +403,18 @@ class NatsEventStore(NatsStoreBase):
             )
         if not self._init.ready:
             await self._init()
-        wire = self._wire
-        if not wire.connected:
-            await wire.connect()
+        if not self._wire.connected:
+            await self._wire.connect()
         count = len(events)
         if count == 1 and not metadata:
             event = events[0]
-            fast = self._fast.get(type(event))
-            if fast is None:
-                fast = self._single(event)
+            encode, lines = self._single(event)
             try:
-                body = fast[0](event)
+                body = encode(event)
+            except SerializationError:
+                raise
             except (TypeError, ValueError, msgspec.EncodeError) as exc:
-                if isinstance(exc, SerializationError):
-                    raise
-                raise SerializationError(f"cannot encode {type(event).__qualname__}: {exc}") from exc
-            lines = fast[1]
+                raise _encode_error(event, exc) from exc
         elif count == 0:
             await self._refresh(stream_id, state)
             if expected_version != ANY and expected_version != state.version:
@@ -374,29 +428,6 @@ class NatsEventStore(NatsStoreBase):
         else:
             lines, body = self._encode(events, metadata)
         try:
-            if expected_version >= 0 and expected_version == state.version and state.seq >= 0:
-                version = expected_version + 1
-                reply = await wire.send(
-                    state.subject,
-                    body,
-                    b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nCatga-Version: %d\r\n%b\r\n"
-                    % (state.seq, version, lines),
-                    self._timeout,
-                )
-                if reply[0] is None:  # a plain ack (no status headers): decode it here
-                    try:
-                        ack = ack_decoder.decode(reply[1])
-                    except msgspec.DecodeError:
-                        ack = None
-                    if ack is not None and ack.error is None:
-                        if ack.seq > state.seq:
-                            state.seq = ack.seq
-                            state.version = expected_version + count
-                        return expected_version + count
-                if self._stored(stream_id, state, reply, version, count):
-                    return expected_version + count
-                await self._refresh(stream_id, state)
-                raise ConcurrencyError(stream_id, expected_version, state.version)
             if expected_version == ANY:
                 for _ in range(ANY_RETRIES):
                     if state.seq < 0:

@@ -13,16 +13,21 @@ storage) deleted afterwards.
   the stock client (the body is the same encoded event; the worker keeps its last sequence).
 * ``nats-protocol``: a reference ceiling, not a library -- the bare NATS protocol on an asyncio socket
   (``HPUB`` with a reply token, the ack matched in ``data_received``), same body and header, no
-  encoding, no checks. It shows what the machine allows in this run.
+  encoding, no checks, and the same write policy as catga's lean connection (a request with nothing
+  else in flight is written at once, else queued and written by fours or at the end of the loop
+  iteration). It shows what the machine allows in this run; the gap to ``catga`` is catga's own
+  client work (encoding, version cache, ack checks, deadlines).
 
 Pinning: with ``--server-cpu N`` the harness runs nats-server on CPU ``N`` with ``GOMAXPROCS=1``, and
-this suite moves the benchmark process (both implementations alike) to the other CPUs for the
+this suite moves the benchmark process (all implementations alike) to the other CPUs for the
 duration of each case, restoring its affinity afterwards. On a small machine this stands in for a
-server on its own host; without it Go's scheduler and Python fight for the same cores.
+server on its own host. Unpinned, the server inherits ``GOMAXPROCS`` from the environment: on a 2-core
+machine ``GOMAXPROCS=1`` spares it the hand-offs between Go threads (``docs/nats.md``, *Performance*).
 
 Example::
 
     catga bench eventstore-nats --loop uvloop --server-cpu 0 --concurrency 1,16
+    GOMAXPROCS=1 catga bench eventstore-nats --loop uvloop --concurrency 1,16
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class BenchOrderPlaced(msgspec.Struct, Event, frozen=True):
     total: int
     currency: str
 
+
+#: As in catga.nats._wire: requests per write when several are in flight.
+_WRITE_BATCH = 4
 
 _EVENT = BenchOrderPlaced("order-000000000001", "customer-00000000042", 4200, "EUR")
 
@@ -156,6 +164,8 @@ class _BareProtocol(asyncio.Protocol):
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.transport: asyncio.Transport | None = None
         self.counter = 0
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -200,15 +210,37 @@ class _BareProtocol(asyncio.Protocol):
                 self.ready.set_exception(BenchError(f"nats-server refused the bare connection: {line!r}"))
         del buf[:pos]
 
+    def write(self, data: bytes) -> None:
+        """The lean connection's write policy: alone at once, else by fours or at the iteration's end."""
+        transport = self.transport
+        if transport is None:
+            raise BenchError("the bare connection is closed")
+        out = self.out
+        if not out:
+            if len(self.pending) <= 1:
+                transport.write(data)
+                return
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.call_soon(self.flush)
+        out.append(data)
+        if len(out) >= _WRITE_BATCH:
+            transport.write(b"".join(out))
+            out.clear()
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.out and self.transport is not None:
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
     async def publish(self, subject: bytes, headers: bytes, payload: bytes) -> int:
         self.counter += 1
         token = b"%d" % self.counter
         fut: asyncio.Future[bytes] = self.loop.create_future()
         self.pending[token] = fut
         size = len(headers) + len(payload)
-        if self.transport is None:
-            raise BenchError("the bare connection is closed")
-        self.transport.write(
+        self.write(
             b"HPUB %b %b%b %d %d\r\n%b%b\r\n"
             % (subject, self.prefix, token, len(headers), size, headers, payload)
         )
