@@ -34,7 +34,7 @@ class Measurement:
 
 
 async def measure_async(
-    op: Callable[[int], Awaitable[None]], concurrency: int, duration: float
+    op: Callable[[int], Awaitable[object]], concurrency: int, duration: float
 ) -> Measurement:
     """Run ``concurrency`` tasks, each awaiting ``op(worker)`` back to back for ``duration`` seconds.
 

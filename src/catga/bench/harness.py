@@ -58,7 +58,7 @@ __all__ = (
     "timer_overhead_ns",
 )
 
-Op = Callable[[int], Awaitable[None]]
+Op = Callable[[int], Awaitable[object]]
 """An async operation, awaited with the worker index (``0 .. concurrency-1``)."""
 
 SyncOp = Callable[[int], None]

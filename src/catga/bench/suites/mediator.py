@@ -31,7 +31,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from catga.bench.harness import BenchCase, BenchEnv, BenchError, Op
 from catga.messages import Command, Event
@@ -89,7 +89,7 @@ def _calling(send: Callable[[Any], Awaitable[Any]], message: Any) -> Op:
     def op(worker: int) -> Awaitable[Any]:
         return send(message)
 
-    return cast(Op, op)
+    return op
 
 
 @asynccontextmanager
