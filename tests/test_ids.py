@@ -502,3 +502,35 @@ def test_default_generator_bad_env_fails_on_first_id_not_import() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.startswith("ConfigurationError worker_id 999 is out of range")
+
+
+def test_threads_preempted_mid_call_never_repeat_or_go_back() -> None:
+    # A tiny switch interval makes threads lose the GIL between reading the window and taking from
+    # its counter, and between reading the clock and taking the lock: the races of the lock-free path.
+    gen = SnowflakeIdGenerator(4)
+    results: list[list[int]] = [[] for _ in range(6)]
+    start = threading.Barrier(6)
+
+    def work(w: int, out: list[int]) -> None:
+        start.wait()
+        for i in range(6_000):
+            if w % 2 and i % 50 == 0:
+                out.extend(gen.next_ids(40))
+            else:
+                out.append(gen.next_id())
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(w, out)) for w, out in enumerate(results)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(before)
+    for out in results:
+        assert_strictly_increasing(out)
+    everything = [i for out in results for i in out]
+    assert len(set(everything)) == len(everything)
+    assert gen.next_id() > max(everything)

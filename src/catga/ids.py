@@ -25,11 +25,13 @@ Example:
 from __future__ import annotations
 
 import os
-import queue
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import count, islice
 from typing import NamedTuple
 
 from catga.errors import CatgaError, ConfigurationError
@@ -56,6 +58,8 @@ _ID_BITS = 63
 _MS_PER_YEAR = 365.25 * 24 * 3600 * 1000
 _OVERFLOW_POLL_S = 0.0001  # poll interval while waiting for the next millisecond
 _STALL_LIMIT_S = 1.0  # a clock that does not advance for this long is broken
+# Free-threaded CPython (3.13t+) can turn the GIL off; next_id() then takes its lock on every call.
+_GIL_ENABLED: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class ClockMovedBackwardsError(CatgaError):
@@ -253,36 +257,6 @@ class SnowflakeLayout:
         )
 
 
-class _Mutex:
-    """A mutex whose acquire and release are each one C call that parses no arguments.
-
-    One token circulates through a :class:`queue.SimpleQueue`: :meth:`acquire` takes it (``get()``
-    blocks while another thread holds it) and ``put(None)`` gives it back. The queue is thread-safe
-    (C-level, and made so on free-threaded builds too), so exactly one thread holds the token at a
-    time: the same mutual exclusion as :class:`threading.Lock`. It is used because the uncontended
-    ``get``/``put`` pair costs about half of ``Lock.acquire``/``release`` (``acquire`` parses its
-    optional arguments on every call), and the id generator takes it once per id.
-    """
-
-    __slots__ = ("acquire", "put")
-
-    def __init__(self) -> None:
-        token: queue.SimpleQueue[None] = queue.SimpleQueue()
-        token.put(None)
-        self.acquire: Callable[[], None] = token.get
-        self.put: Callable[[None], None] = token.put
-
-    def release(self) -> None:
-        """Give the token back."""
-        self.put(None)
-
-    def __enter__(self) -> None:
-        self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.put(None)
-
-
 def _worker_id_from_env() -> int:
     raw = os.environ.get(WORKER_ID_ENV, "").strip()
     if not raw:
@@ -316,30 +290,25 @@ class SnowflakeIdGenerator:
             ``max_backwards_ms`` is negative.
     """
 
-    # Hot-path state, all guarded by _lock. Clock readings are in clock units (ns for the
-    # default clock, ms for a custom one) so that the common case needs no division:
-    #   _tick        ms since epoch of the last id, -1 before the first one
-    #   _lo, _hi     the clock readings that fall in _tick: _lo <= now < _hi
-    #   _id, _id_max the last id issued in _tick (base - 1 if none yet) and the largest possible
+    # Hot-path state. ``_window`` is one tuple, replaced whole (never mutated) under ``_lock``:
+    #   (lo, hi, counter, id_max): clock readings lo <= now < hi fall in the current millisecond
+    #   (clock units: ns for the default clock, ms for a custom one, so the common case needs no
+    #   division); ``counter`` (itertools.count) yields that millisecond's ids from its first free one;
+    #   ids above id_max belong to no millisecond and are never returned.
+    # ``_tick`` is the millisecond (since the epoch) of ``_window``, -1 before the first id.
     __slots__ = (
-        "_acquire",
         "_clock",
         "_div",
-        "_end",
         "_epoch",
-        "_hi",
-        "_id",
-        "_id_max",
         "_layout",
-        "_lo",
         "_lock",
         "_max_backwards_ms",
         "_max_seq",
         "_max_tick",
-        "_release",
         "_shift",
         "_sleep",
         "_tick",
+        "_window",
         "_worker_id",
         "_worker_part",
     )
@@ -359,18 +328,15 @@ class SnowflakeIdGenerator:
         self._max_backwards_ms = max_backwards_ms
         # The default clock is the C function time_ns (no Python frame on the hot path).
         self._clock: Callable[[], int] = time.time_ns if clock is None else clock
-        self._div = div = 1_000_000 if clock is None else 1
+        self._div = 1_000_000 if clock is None else 1
         self._sleep = sleep
         self._epoch = layout.epoch_ms
         self._shift = layout.worker_bits + layout.sequence_bits
         self._max_seq = layout.max_sequence
         self._max_tick = layout.max_timestamp
-        self._end = (layout.epoch_ms + layout.max_timestamp + 1) * div
-        self._lock = lock = _Mutex()
-        self._acquire = lock.acquire
-        self._release = lock.put
-        self._tick = self._id = self._id_max = -1
-        self._lo = self._hi = layout.epoch_ms * div
+        self._lock = threading.Lock()
+        self._tick = -1
+        self._window: tuple[int, int, count[int], int] = (0, 0, count(), -1)  # empty: lo == hi
         self._worker_id = self._worker_part = 0
         self._set_worker_id(_worker_id_from_env() if worker_id is None else worker_id)
 
@@ -400,38 +366,42 @@ class SnowflakeIdGenerator:
         """How long a clock that moved backwards is waited for before raising."""
         return self._max_backwards_ms
 
-    def next_id(self) -> int:
-        """Return a new id, greater than every id this generator returned before.
+    if _GIL_ENABLED:
 
-        Raises:
-            ClockMovedBackwardsError: the clock went back more than ``max_backwards_ms``.
-            ClockStalledError: a custom clock stopped while the sequence was used up.
-            ConfigurationError: the clock is before the epoch or past the layout's lifespan.
-        """
-        self._acquire()
-        try:
+        def next_id(self) -> int:
+            """Return a new id, greater than every id this generator returned before.
+
+            Raises:
+                ClockMovedBackwardsError: the clock went back more than ``max_backwards_ms``.
+                ClockStalledError: a custom clock stopped while the sequence was used up.
+                ConfigurationError: the clock is before the epoch or past the layout's lifespan.
+            """
+            # Lock-free while the clock stays in the current millisecond: the window is read as one
+            # tuple and its counter hands out each value once (a C call, atomic under the GIL). A
+            # caller that read a window just replaced overlaps the call that replaced it, so its
+            # smaller id still respects the order of calls; a new millisecond, a used-up sequence or
+            # a clock that moved back take the lock.
+            lo, hi, counter, id_max = self._window
             now = self._clock()
-            if self._lo <= now < self._hi:  # same millisecond as the last id
-                nid = self._id + 1
-                if nid <= self._id_max:
-                    self._id = nid
+            if lo <= now < hi:
+                nid = next(counter)
+                if nid <= id_max:
                     return nid
-            elif self._hi <= now < self._end:  # a later millisecond
-                q = now // self._div
-                self._lo = lo = q * self._div
-                self._hi = lo + self._div
-                self._tick = tick = q - self._epoch
-                self._id = nid = (tick << self._shift) | self._worker_part
-                self._id_max = nid + self._max_seq
-                return nid
-            # Sequence used up, clock went backwards, or clock out of the layout's range.
-            tick = self._usable_tick(now)
-            if tick != self._tick:
-                self._start_tick(tick)
-            self._id += 1
-            return self._id
-        finally:
-            self._release(None)
+            with self._lock:  # read the clock again: this thread may have waited for the lock
+                return self._take(self._clock(), 1)[0]
+
+    else:  # pragma: no cover - free-threaded CPython: no GIL makes the counter's step atomic
+
+        def next_id(self) -> int:
+            """Return a new id, greater than every id this generator returned before."""
+            with self._lock:
+                lo, hi, counter, id_max = self._window
+                now = self._clock()
+                if lo <= now < hi:
+                    nid = next(counter)
+                    if nid <= id_max:
+                        return nid
+                return self._take(now, 1)[0]
 
     def next_ids(self, n: int) -> list[int]:
         """Return ``n`` new ids in increasing order, reserved under a single lock hold.
@@ -450,13 +420,9 @@ class SnowflakeIdGenerator:
         out: list[int] = []
         with self._lock:
             while n > 0:
-                tick = self._usable_tick(self._clock())
-                if tick != self._tick:
-                    self._start_tick(tick)
-                start = self._id + 1
-                self._id = end = min(self._id_max, start + n - 1)
-                out.extend(range(start, end + 1))
-                n -= end - start + 1
+                got = self._take(self._clock(), n)
+                out.extend(got)
+                n -= len(got)
         return out
 
     def next_id_str(self) -> str:
@@ -471,20 +437,12 @@ class SnowflakeIdGenerator:
         """
         return self._layout.parse(snowflake_id)
 
-    def _start_tick(self, tick: int) -> None:
-        """Make ``tick`` (> the last tick) current with its whole sequence free. Lock held."""
-        self._tick = tick
-        self._lo = lo = (tick + self._epoch) * self._div
-        self._hi = lo + self._div
-        base = (tick << self._shift) | self._worker_part
-        self._id = base - 1
-        self._id_max = base + self._max_seq
+    def _take(self, now: int, n: int) -> list[int]:
+        """Between 1 and ``n`` consecutive new ids, waiting as the policy says. Lock held.
 
-    def _usable_tick(self, now: int) -> int:
-        """Wait until the clock is at a tick that can take an id; return that tick. Lock held.
-
-        A tick is usable when it is past the last tick, or equal to it with sequence left. The
-        time waited is counted from the requested sleeps, so the bounds hold with a fake ``sleep``.
+        A millisecond can give ids when it is past the last one (a new window opens) or equal to it
+        with sequence left. The time waited is counted from the requested sleeps, so the bounds hold
+        with a fake ``sleep``.
         """
         waited_s = 0.0
         while True:
@@ -492,22 +450,34 @@ class SnowflakeIdGenerator:
             if tick < 0 or tick > self._max_tick:
                 raise self._out_of_range(tick)
             last = self._tick
-            if tick > last or (tick == last and self._id < self._id_max):
-                return tick
-            if tick < last:
+            if tick >= last:
+                if tick > last:
+                    self._open(tick)
+                _, _, counter, id_max = self._window
+                # One C call: under the GIL no lock-free next_id() interleaves, so these are consecutive.
+                got = list(islice(counter, min(n, self._max_seq + 1)))
+                if got[0] <= id_max:
+                    return got[: id_max - got[0] + 1]
+                if waited_s >= _STALL_LIMIT_S:  # sequence used up and the clock does not move
+                    raise ClockStalledError(last + self._epoch)
+                delay = _OVERFLOW_POLL_S
+            else:
                 behind = last - tick
                 if waited_s * 1000 + behind > self._max_backwards_ms:
                     raise ClockMovedBackwardsError(
                         last + self._epoch, tick + self._epoch, self._max_backwards_ms
                     )
                 delay = behind / 1000
-            else:  # sequence used up in this millisecond
-                if waited_s >= _STALL_LIMIT_S:
-                    raise ClockStalledError(last + self._epoch)
-                delay = _OVERFLOW_POLL_S
             self._sleep(delay)
             waited_s += delay
             now = self._clock()
+
+    def _open(self, tick: int) -> None:
+        """Make ``tick`` (> the last tick) current with its whole sequence free. Lock held."""
+        lo = (tick + self._epoch) * self._div
+        base = (tick << self._shift) | self._worker_part
+        self._tick = tick
+        self._window = (lo, lo + self._div, count(base), base + self._max_seq)
 
     def _out_of_range(self, tick: int) -> ConfigurationError:
         now = tick + self._epoch
@@ -528,9 +498,8 @@ class SnowflakeIdGenerator:
 class _DefaultGenerator(SnowflakeIdGenerator):
     """The process-wide generator: created at import, reads its worker id on first use.
 
-    Until then the clock window ``_lo <= now < _hi`` is empty and ``_hi`` is past every reading,
-    so :meth:`next_id` always reaches :meth:`_usable_tick`, which reads the worker id once; the
-    hot path pays nothing for the laziness.
+    Until then its window is empty (as every new generator's), so :meth:`next_id` takes the locked
+    path, which reads the worker id once; the lock-free path pays nothing for the laziness.
     """
 
     __slots__ = ("_configured",)
@@ -538,19 +507,17 @@ class _DefaultGenerator(SnowflakeIdGenerator):
     def __init__(self) -> None:
         super().__init__(0)
         self._configured = False
-        self._lo = self._hi = self._end
 
     def _configure(self) -> None:
         # Called with the lock held.
         if not self._configured:
             self._set_worker_id(_worker_id_from_env())
-            self._lo = self._hi = self._epoch * self._div
             self._configured = True
 
-    def _usable_tick(self, now: int) -> int:
+    def _take(self, now: int, n: int) -> list[int]:
         if not self._configured:
             self._configure()
-        return super()._usable_tick(now)
+        return super()._take(now, n)
 
     @property
     def worker_id(self) -> int:
