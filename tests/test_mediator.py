@@ -51,6 +51,11 @@ class SpecialHappened(Happened):
 
 
 @dataclass(frozen=True)
+class Pinged(Event):
+    pass
+
+
+@dataclass(frozen=True)
 class Nested(Command[list[int]]):
     depth: int
 
@@ -684,6 +689,81 @@ async def test_context_metadata_items_and_ids() -> None:
     child = ctx.child_metadata()
     assert (child.message_id, child.correlation_id, child.causation_id) == (102, 100, 100)
     assert "message_id=100" in repr(ctx)
+
+
+async def test_an_event_draws_its_id_when_first_read_and_keeps_it() -> None:
+    m = Mediator(behaviors=[], id_factory=iter(range(100, 200)).__next__)
+    seen: list[tuple[int, int, int, int]] = []
+
+    @m.handler
+    async def quiet(evt: Pinged) -> None:  # never looks at the id
+        pass
+
+    @m.handler
+    async def curious(evt: Pinged, ctx: Context) -> None:
+        inner = ctx.new_id()  # drawn before the event's own id is read
+        seen.append((inner, ctx.message_id, ctx.correlation_id, ctx.message_id))
+
+    assert (await m.publish(Pinged())).ok
+    assert seen == [(100, 101, 101, 101)]
+    assert m.new_id() == 102
+
+
+async def test_an_event_without_readers_costs_no_id() -> None:
+    m = Mediator(behaviors=[], id_factory=iter(range(100, 200)).__next__)
+
+    @m.handler
+    async def quiet(evt: Pinged) -> None:
+        pass
+
+    for _ in range(3):
+        assert (await m.publish(Pinged())).ok
+    assert m.new_id() == 100
+
+
+async def test_a_child_of_a_lazy_event_carries_the_events_id() -> None:
+    m = Mediator(behaviors=[], id_factory=iter(range(100, 200)).__next__)
+    children: list[Context] = []
+
+    @m.handler
+    async def on_ping(evt: Pinged) -> None:
+        await m.send(Echo("child"))  # correlation and causation from the current (lazy) context
+
+    @m.handler
+    async def echo(cmd: Echo, ctx: Context) -> str:
+        children.append(ctx)
+        return cmd.text
+
+    assert (await m.publish(Pinged())).ok
+    (child,) = children
+    assert (child.causation_id, child.correlation_id, child.message_id) == (100, 100, 101)
+
+
+def test_threads_reading_a_fresh_context_id_agree() -> None:
+    import sys
+    import threading
+
+    m = Mediator(behaviors=[])
+    contexts = [Context(m) for _ in range(300)]
+    seen: list[list[int]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def read(out: list[int]) -> None:
+        start.wait()
+        out.extend(ctx.message_id for ctx in contexts)
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=read, args=(out,)) for out in seen]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert seen[0] == seen[1] == seen[2] == seen[3]
+    assert len(set(seen[0])) == 300
 
 
 def test_invalid_mediator_options() -> None:

@@ -16,6 +16,7 @@ dict are built only when first read.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +34,7 @@ __all__ = ("Context", "current_context")
 R = TypeVar("R")
 
 _current: ContextVar[Context | None] = ContextVar("catga_context", default=None)
+_draw_lock = threading.Lock()
 
 
 def current_context() -> Context | None:
@@ -45,21 +47,47 @@ class Context(msgspec.Struct):
 
     Attributes:
         mediator: the mediator dispatching the message.
-        message_id: the message's id (a Snowflake id unless the caller supplied metadata).
+        message_id: the message's id (a Snowflake id unless the caller supplied metadata). A
+            command's or query's id is drawn when it is dispatched; an event's id is drawn the first
+            time anything reads it (a behavior, a handler, a child message, the transport), so a
+            published event that nobody asks about costs no id. Reads from several threads agree.
         correlation_id: the id shared by every message caused by the same root message; for a root
             message, its own id.
         causation_id: the id of the message whose handling sent this one, or None for a root message.
 
     A context is a small msgspec Struct (created in C, about twice as fast as a ``__slots__``
-    class). Not thread-safe: a context belongs to one message handled in one task.
+    class). Apart from drawing its id, it is not thread-safe: a context belongs to one message
+    handled in one task.
+
+    Why events draw their id lazily: a Snowflake id costs about 0.2 µs (a clock read and a counter
+    step), a sixth of an in-process publish to two handlers (``catga bench mediator``,
+    ``docs/benchmarks.md``). Commands and queries always need theirs at once (the idempotency
+    behavior keys on it), so they draw it eagerly.
     """
 
     mediator: Mediator
-    message_id: int
-    correlation_id: int
+    _message_id: int | None = None
+    _correlation_id: int | None = None
     causation_id: int | None = None
     _metadata: Metadata | None = None
     _items: dict[str, Any] | None = None
+
+    @property
+    def message_id(self) -> int:
+        """The message's id: given by the caller's metadata, else drawn from the mediator on first read."""
+        mid = self._message_id
+        if mid is None:
+            with _draw_lock:  # two threads reading a fresh context's id must see the same id
+                mid = self._message_id
+                if mid is None:
+                    mid = self._message_id = self.mediator.new_id()
+        return mid
+
+    @property
+    def correlation_id(self) -> int:
+        """The id shared by every message caused by the same root message (a root's own id)."""
+        corr = self._correlation_id
+        return self.message_id if corr is None else corr
 
     @classmethod
     def from_metadata(cls, mediator: Mediator, metadata: Metadata) -> Context:

@@ -253,11 +253,12 @@ class Mediator:
         except KeyError:  # first message of its type
             entry = self._compile_request(type(request))
         if metadata is None:
-            mid = self.new_id()
             if parent is None:
+                mid = self.new_id()
                 ctx = Context(self, mid, mid)
-            else:
-                ctx = Context(self, mid, parent.correlation_id, parent.message_id)
+            else:  # the parent's id first: a lazy event id must stay below its children's
+                cause = parent.message_id
+                ctx = Context(self, self.new_id(), parent.correlation_id, cause)
         else:
             ctx = Context.from_metadata(self, metadata)
         token = _current.set(ctx)
@@ -298,11 +299,12 @@ class Mediator:
         except KeyError:  # first message of its type
             entry = self._compile_request(type(request))
         if metadata is None:
-            mid = self.new_id()
             if parent is None:
+                mid = self.new_id()
                 ctx = Context(self, mid, mid)
-            else:
-                ctx = Context(self, mid, parent.correlation_id, parent.message_id)
+            else:  # the parent's id first: a lazy event id must stay below its children's
+                cause = parent.message_id
+                ctx = Context(self, self.new_id(), parent.correlation_id, cause)
         else:
             ctx = Context.from_metadata(self, metadata)
         token = _current.set(ctx)
@@ -353,12 +355,11 @@ class Mediator:
             entry = self._event_chains[type(event)]
         except KeyError:  # first message of its type
             entry = self._compile_event(type(event))
-        if metadata is None:
-            mid = self.new_id()
+        if metadata is None:  # an event's id is drawn when first read (see Context.message_id)
             if parent is None:
-                ctx = Context(self, mid, mid)
+                ctx = Context(self)
             else:
-                ctx = Context(self, mid, parent.correlation_id, parent.message_id)
+                ctx = Context(self, None, parent.correlation_id, parent.message_id)
         else:
             ctx = Context.from_metadata(self, metadata)
         token = _current.set(ctx)
@@ -400,12 +401,11 @@ class Mediator:
             entry = self._event_chains[type(event)]
         except KeyError:  # first message of its type
             entry = self._compile_event(type(event))
-        if metadata is None:
-            mid = self.new_id()
+        if metadata is None:  # an event's id is drawn when first read (see Context.message_id)
             if parent is None:
-                ctx = Context(self, mid, mid)
+                ctx = Context(self)
             else:
-                ctx = Context(self, mid, parent.correlation_id, parent.message_id)
+                ctx = Context(self, None, parent.correlation_id, parent.message_id)
         else:
             ctx = Context.from_metadata(self, metadata)
         token = _current.set(ctx)
