@@ -209,6 +209,42 @@ async def test_reads_use_direct_get_and_leave_no_consumer(
     assert seen == list(range(600))
 
 
+async def test_a_read_from_a_late_version_searches_instead_of_paging(
+    event_store: NatsEventStore, nats_connection: NatsConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import catga.nats.event_store as module
+
+    monkeypatch.setattr(module, "SEARCH_FROM_VERSION", 20)
+    version = -1
+    for i in range(120):  # single- and three-event messages, interleaved with another stream
+        events = [ContractOrderPlaced("o", version + k + 1) for k in range(3 if i % 4 == 0 else 1)]
+        version = await event_store.append("long", events)
+        if i % 3 == 0:
+            await event_store.append("other", [ContractOrderPlaced("x", i)])
+    starts: list[int] = []
+    real = module.iter_direct
+
+    def spy(*args: object, **kwargs: object) -> object:
+        starts.append(kwargs["start"])  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "iter_direct", spy)
+    cold = _twin(event_store, nats_connection)  # no cached state: what another process sees
+    try:
+        for from_version in (20, 21, 22, 100, version - 1, version):
+            events = await cold.read("long", from_version)
+            assert [e.version for e in events] == list(range(from_version, version + 1))
+            assert [e.data.total for e in events] == list(range(from_version, version + 1))
+        assert min(starts) > 1  # never paged from the stream's first message
+        assert await cold.read("long", version + 1) == []
+        assert [e.version for e in await cold.read("long", 100, max_count=3)] == [100, 101, 102]
+        assert [e.version for e in await cold.read("long", 19)] == list(range(19, version + 1))
+        assert starts[-1] == 1  # below the threshold: paged from the start
+        assert await cold.read("missing", 500) == []
+    finally:
+        await cold.aclose()
+
+
 async def test_closing_subscribe_all_deletes_its_consumer(
     event_store: NatsEventStore, nats_connection: NatsConnection
 ) -> None:

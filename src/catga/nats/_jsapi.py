@@ -130,6 +130,20 @@ async def direct_last(
     return _message(*reply)
 
 
+async def direct_next(
+    wire: LeanConnection, direct: bytes, seq: int, subject: str, *, timeout: float, operation: str
+) -> StreamMessage | None:
+    """The first message on ``subject`` at sequence ``seq`` or later (one direct get), or None."""
+    request = _json.encode({"seq": max(1, seq), "next_by_subj": subject})
+    reply = await wire.request(direct, request, timeout=timeout)
+    status = check_reply(reply, operation)
+    if status == 404:
+        return None
+    if status:
+        raise BackendError(f"JetStream {operation} got status {status}", backend="nats", status=status)
+    return _message(*reply)
+
+
 async def iter_direct(
     wire: LeanConnection,
     direct: bytes,

@@ -25,7 +25,10 @@ Positions: ``position = stream_sequence * 1024 + index_in_message`` -- strictly 
 allowed, >= 1024; hence at most :data:`MAX_EVENTS_PER_APPEND` events per append.
 
 Reads use (batch) direct get -- never a consumer. :meth:`NatsEventStore.subscribe_all` uses one ordered
-consumer (ephemeral, in-memory, deleted on close).
+consumer (ephemeral, in-memory, deleted on close). A read from a version (after a snapshot, say) does not
+page through the stream's older messages: from :data:`SEARCH_FROM_VERSION` on, it reads the subject's
+last message, then finds the first message to read by a binary search over sequences (one direct get
+per step, about ``log2(stream sequence)`` steps).
 """
 
 from __future__ import annotations
@@ -56,18 +59,28 @@ from catga.errors import (
 )
 from catga.nats._base import NatsStoreBase, check_name
 from catga.nats._errors import translate_errors
-from catga.nats._jsapi import StreamMessage, ack_decoder, decode_ack, direct_last, iter_direct
+from catga.nats._jsapi import (
+    StreamMessage,
+    ack_decoder,
+    decode_ack,
+    direct_last,
+    direct_next,
+    iter_direct,
+)
 from catga.nats._subjects import subject_token, token_to_identifier
 from catga.nats.connection import LazyInit, NatsConnection
 from catga.protocols import ANY, NO_STREAM, StoredEvent
 from catga.serialization import TypeRegistry, default_registry
 
-__all__ = ("MAX_EVENTS_PER_APPEND", "POSITION_SHIFT", "NatsEventStore")
+__all__ = ("MAX_EVENTS_PER_APPEND", "POSITION_SHIFT", "SEARCH_FROM_VERSION", "NatsEventStore")
 
 #: ``position = sequence << POSITION_SHIFT | index``.
 POSITION_SHIFT = 10
 #: Events per append (one NATS message holds them all).
 MAX_EVENTS_PER_APPEND = 1 << POSITION_SHIFT
+#: Reads from this version on locate their first message by binary search instead of paging from the
+#: stream's first message (about two batch pages of one-event messages cost as much as the search).
+SEARCH_FROM_VERSION = 512
 #: How often an ``ANY`` append retries after losing a race before giving up.
 ANY_RETRIES = 100
 
@@ -272,8 +285,7 @@ class NatsEventStore(NatsStoreBase):
         if last is None:
             state.version, state.seq = -1, 0
         else:
-            headers = last.headers
-            state.version = int(headers["Catga-Version"]) + int(headers.get("Catga-Count", "1")) - 1
+            state.version = _last_version(last)
             state.seq = last.seq
 
     def _send(self, state: _State, version: int, last_seq: int, lines: bytes, body: bytes) -> Any:
@@ -524,11 +536,14 @@ class NatsEventStore(NatsStoreBase):
             return out
         last: StreamMessage | None = None
         subject = state.subject.decode()
-        async with contextlib.aclosing(self._messages(1, subject, f"read stream {stream_id!r}")) as messages:
+        operation = f"read stream {stream_id!r}"
+        start = await self._first_seq(state, subject, from_version, operation)
+        if start is None:
+            return out
+        async with contextlib.aclosing(self._messages(start, subject, operation)) as messages:
             async for message in messages:
                 last = message
-                headers = message.headers
-                end = int(headers.get("Catga-Version", "0")) + int(headers.get("Catga-Count", "1")) - 1
+                end = _last_version(message)
                 if end < from_version:
                     continue
                 for event in self._decode(message, stream_id):
@@ -537,10 +552,40 @@ class NatsEventStore(NatsStoreBase):
                         if max_count is not None and len(out) >= max_count:
                             return out
         if last is not None and last.seq > state.seq:  # read to the end: remember where the stream is
-            headers = last.headers
             state.seq = last.seq
-            state.version = int(headers["Catga-Version"]) + int(headers.get("Catga-Count", "1")) - 1
+            state.version = _last_version(last)
         return out
+
+    async def _first_seq(self, state: _State, subject: str, from_version: int, operation: str) -> int | None:
+        """The sequence to page from for events ``>= from_version``; None: the stream has none."""
+        if from_version < SEARCH_FROM_VERSION:
+            return 1
+        last = await direct_last(
+            self._wire, self._direct, state.subject, timeout=self._timeout, operation=operation
+        )
+        if last is None:
+            return None
+        end = _last_version(last)
+        if last.seq > state.seq:
+            state.seq, state.version = last.seq, end
+        if end < from_version:
+            return None
+        # Versions grow with sequences on one subject: find the first message ending at or after
+        # from_version. `direct_next(mid)` is the subject's first message at or after `mid`, so when it
+        # qualifies no message of the subject lies in [mid, its seq) and the answer is it or before mid.
+        found, lo, hi = last.seq, 1, last.seq - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            probe = await direct_next(
+                self._wire, self._direct, mid, subject, timeout=self._timeout, operation=operation
+            )
+            if probe is None or probe.seq >= found:  # nothing new between mid and the best so far
+                hi = mid - 1
+            elif _last_version(probe) < from_version:
+                lo = probe.seq + 1
+            else:
+                found, hi = probe.seq, mid - 1
+        return found
 
     async def version(self, stream_id: str) -> int:
         """The stream's current version (-1 when empty), read from the server.
@@ -614,3 +659,9 @@ class NatsEventStore(NatsStoreBase):
                     await asyncio.wait_for(
                         self._conn.js.delete_consumer(self.stream, consumer), self._timeout
                     )
+
+
+def _last_version(message: StreamMessage) -> int:
+    """The version of the last event stored in ``message`` (one append)."""
+    headers = message.headers
+    return int(headers.get("Catga-Version", "0")) + int(headers.get("Catga-Count", "1")) - 1
