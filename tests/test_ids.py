@@ -25,6 +25,7 @@ from catga.ids import (
     default_generator,
     new_id,
 )
+from preempt import run_preempted
 
 T0 = 1_750_000_000_000  # a fixed Unix ms time after the default epoch
 
@@ -509,26 +510,16 @@ def test_threads_preempted_mid_call_never_repeat_or_go_back() -> None:
     # its counter, and between reading the clock and taking the lock: the races of the lock-free path.
     gen = SnowflakeIdGenerator(4)
     results: list[list[int]] = [[] for _ in range(6)]
-    start = threading.Barrier(6)
 
-    def work(w: int, out: list[int]) -> None:
-        start.wait()
+    def work(w: int) -> None:
+        out = results[w]
         for i in range(6_000):
             if w % 2 and i % 50 == 0:
                 out.extend(gen.next_ids(40))
             else:
                 out.append(gen.next_id())
 
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=work, args=(w, out)) for w, out in enumerate(results)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(before)
+    run_preempted(work, 6)
     for out in results:
         assert_strictly_increasing(out)
     everything = [i for out in results for i in out]

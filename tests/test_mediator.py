@@ -21,6 +21,7 @@ from catga.errors import (
     RetryableError,
 )
 from catga.mediator import HandlerFailure
+from preempt import run_preempted
 
 
 @dataclass(frozen=True)
@@ -740,28 +741,14 @@ async def test_a_child_of_a_lazy_event_carries_the_events_id() -> None:
 
 
 def test_threads_reading_a_fresh_context_id_agree() -> None:
-    import sys
-    import threading
-
     m = Mediator(behaviors=[])
     contexts = [Context(m) for _ in range(300)]
     seen: list[list[int]] = [[] for _ in range(4)]
-    start = threading.Barrier(4)
 
-    def read(out: list[int]) -> None:
-        start.wait()
-        out.extend(ctx.message_id for ctx in contexts)
+    def read(index: int) -> None:
+        seen[index].extend(ctx.message_id for ctx in contexts)
 
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=read, args=(out,)) for out in seen]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(before)
+    run_preempted(read, 4)
     assert seen[0] == seen[1] == seen[2] == seen[3]
     assert len(set(seen[0])) == 300
 

@@ -395,13 +395,7 @@ class SnowflakeIdGenerator:
         def next_id(self) -> int:
             """Return a new id, greater than every id this generator returned before."""
             with self._lock:
-                lo, hi, counter, id_max = self._window
-                now = self._clock()
-                if lo <= now < hi:
-                    nid = next(counter)
-                    if nid <= id_max:
-                        return nid
-                return self._take(now, 1)[0]
+                return self._take(self._clock(), 1)[0]
 
     def next_ids(self, n: int) -> list[int]:
         """Return ``n`` new ids in increasing order, reserved under a single lock hold.
