@@ -35,8 +35,18 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from types import ModuleType
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from catga._fanout import (
+    _INSTANCE,
+    _NO_CTX,
+    _WITH_CTX,
+    HandlerFailure,
+    _Handlers,
+    gather,
+    in_turn,
+    publish_failure,
+)
 from catga.context import Context, _current
 from catga.errors import ConfigurationError, DuplicateHandlerError, HandlerError, HandlerNotFoundError
 from catga.handlers import Compensate, HandlerInfo, Lifetime, Registration, find_marked, inspect_handler
@@ -54,22 +64,6 @@ ErrorHook = Callable[[Any, Context, BaseException], Awaitable["Result[Any] | Non
 """``async (message, context, exc) -> Result | None``: return a Result to replace the failed one."""
 
 _log = logging.getLogger("catga.mediator")
-
-
-class HandlerFailure(NamedTuple):
-    """One event handler that failed during a publish.
-
-    Attributes:
-        handler: the handler's name.
-        code: the failure's error code.
-        error: its message.
-        exception: the exception raised by the handler.
-    """
-
-    handler: str
-    code: str | None
-    error: str | None
-    exception: BaseException | None
 
 
 class Mediator:
@@ -369,7 +363,7 @@ class Mediator:
             direct = entry[2]
             if direct is None or (entry[4] is not None and entry[4](entry[5]) is not False):
                 return await entry[0](event, ctx)
-            # No behavior applies: fan out in turn right here (the loop of _in_turn, inlined).
+            # No behavior applies: fan out in turn right here (the loop of catga._fanout.in_turn, inlined).
             failed: list[tuple[Registration, Result[Any]]] | None = None
             for reg, fn, mode in direct:
                 try:
@@ -383,7 +377,7 @@ class Mediator:
                             failed = [*(failed or ()), (reg, result)]
                 except Exception as exc:
                     failed = [*(failed or ()), (reg, await self._failed(event, ctx, exc, reg, None))]
-            return _SUCCESS if failed is None else _publish_failure(entry[3], ctx, failed)
+            return _SUCCESS if failed is None else publish_failure(entry[3], ctx, failed)
         except Exception as exc:
             return await self._failed(event, ctx, exc, None, None)
         finally:
@@ -415,7 +409,7 @@ class Mediator:
             direct = entry[2]
             if direct is None or (entry[4] is not None and entry[4](entry[5]) is not False):
                 return await entry[0](event, ctx)
-            # No behavior applies: fan out in turn right here (the loop of _in_turn, inlined).
+            # No behavior applies: fan out in turn right here (the loop of catga._fanout.in_turn, inlined).
             failed: list[tuple[Registration, Result[Any]]] | None = None
             for reg, fn, mode in direct:
                 try:
@@ -429,7 +423,7 @@ class Mediator:
                             failed = [*(failed or ()), (reg, result)]
                 except Exception as exc:
                     failed = [*(failed or ()), (reg, await self._failed(event, ctx, exc, reg, None))]
-            return _SUCCESS if failed is None else _publish_failure(entry[3], ctx, failed)
+            return _SUCCESS if failed is None else publish_failure(entry[3], ctx, failed)
         except Exception as exc:
             return await self._failed(event, ctx, exc, None, None)
         finally:
@@ -666,8 +660,8 @@ class Mediator:
             else (reg, reg.target, _WITH_CTX if reg.takes_context else _NO_CTX)
             for reg in regs
         )
-        sequential = _in_turn(self, info, handlers)
-        concurrent = _gather(self, info, handlers) if len(handlers) > 1 else sequential
+        sequential = in_turn(self, info, handlers)
+        concurrent = gather(self, info, handlers) if len(handlers) > 1 else sequential
         chain_seq = compose(self._behaviors, info, sequential)
         chain_con = compose(self._behaviors, info, concurrent)
         # Fan out inline in dispatch_event when no behavior applies, or when the only one is a layer
@@ -705,8 +699,6 @@ class Guard(Protocol):
     def abort(self, message: Any, ctx: Context) -> None: ...
 
 
-_NO_CTX, _WITH_CTX, _INSTANCE = 0, 1, 2
-_Handlers = tuple[tuple[Registration, Callable[..., Any], int], ...]
 _Probe = Callable[[Any], Any]
 _Recover = Callable[[Any, Context, Exception, Any], Awaitable["Result[Any]"]]
 _Hooks = tuple[
@@ -737,71 +729,6 @@ def _bypass(chain: Next) -> tuple[_Probe | None, Any, Next]:
         return None, None, chain
     probe, key, inner = bypass
     return probe, key, inner
-
-
-def _publish_failure(
-    info: HandlerInfo, ctx: Context, failed: list[tuple[Registration, Result[Any]]]
-) -> Result[None]:
-    details = tuple(HandlerFailure(reg.name, r.code, r.error, r.exception) for reg, r in failed)
-    listing = "; ".join(f"{d.handler}: [{d.code}] {d.error}" for d in details)
-    first = failed[0][1]
-    total = len(info.registrations)
-    return Result(
-        False,
-        None,
-        f"{len(failed)} of {total} handlers of {info.name} {ctx.message_id} failed: {listing}",
-        first.code,
-        first.exception,
-        {"failures": details},
-    )
-
-
-async def _call_isolated(
-    mediator: Mediator, reg: Registration, fn: Callable[..., Any], mode: int, event: Any, ctx: Context
-) -> Result[Any] | None:
-    """Run one event handler; None on success, else its failed Result."""
-    try:
-        if mode == _WITH_CTX:
-            await fn(event, ctx)
-        elif mode == _NO_CTX:
-            await fn(event)
-        else:
-            result: Result[Any] = await fn(event, ctx)
-            return None if result.ok else result
-        return None
-    except Exception as exc:
-        return await mediator._failed(event, ctx, exc, reg, None)
-
-
-def _in_turn(mediator: Mediator, info: HandlerInfo, handlers: _Handlers) -> Next:
-    async def in_turn(event: Any, ctx: Context) -> Result[Any]:
-        failed: list[tuple[Registration, Result[Any]]] | None = None
-        for reg, fn, mode in handlers:
-            try:
-                if mode == _WITH_CTX:
-                    await fn(event, ctx)
-                elif mode == _NO_CTX:
-                    await fn(event)
-                else:
-                    result = await fn(event, ctx)
-                    if not result.ok:
-                        failed = [*(failed or ()), (reg, result)]
-            except Exception as exc:
-                failed = [*(failed or ()), (reg, await mediator._failed(event, ctx, exc, reg, None))]
-        return _SUCCESS if failed is None else _publish_failure(info, ctx, failed)
-
-    return in_turn
-
-
-def _gather(mediator: Mediator, info: HandlerInfo, handlers: _Handlers) -> Next:
-    async def gather(event: Any, ctx: Context) -> Result[Any]:
-        outcomes = await asyncio.gather(
-            *[_call_isolated(mediator, reg, fn, mode, event, ctx) for reg, fn, mode in handlers]
-        )
-        failed = [(h[0], r) for h, r in zip(handlers, outcomes, strict=True) if r is not None]
-        return _SUCCESS if not failed else _publish_failure(info, ctx, failed)
-
-    return gather
 
 
 async def _ordered(
