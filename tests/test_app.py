@@ -356,6 +356,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.context",
         "catga.handlers",
         "catga.mediator",
+        "catga._fanout",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",
