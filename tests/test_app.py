@@ -357,6 +357,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.handlers",
         "catga.mediator",
         "catga._fanout",
+        "catga.worker_lease",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

@@ -525,3 +525,34 @@ def test_threads_preempted_mid_call_never_repeat_or_go_back() -> None:
     everything = [i for out in results for i in out]
     assert len(set(everything)) == len(everything)
     assert gen.next_id() > max(everything)
+
+
+def test_a_default_generator_adopting_a_leased_id_ignores_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(WORKER_ID_ENV, "7")
+    gen = ids_module._DefaultGenerator()
+    refused: list[int] = []
+
+    def guard() -> None:
+        if refused:
+            raise RuntimeError("lease gone")
+
+    gen._adopt(3, guard)
+    first = gen.next_id()
+    assert gen.worker_id == 3 and gen.parse(first).worker_id == 3
+    refused.append(1)
+    time.sleep(0.002)  # the next millisecond opens a new window: the guard runs and refuses
+    with pytest.raises(RuntimeError, match="lease gone"):
+        gen.next_id()
+
+
+def test_switching_worker_id_mid_millisecond_keeps_ids_increasing() -> None:
+    clock = FakeClock()
+    gen = make(clock, worker_id=200)
+    before = [gen.next_id() for _ in range(3)]
+    gen._adopt(5, None)  # a smaller worker id in the same millisecond would give smaller ids
+    after = gen.next_id()
+    assert after > before[-1]
+    assert gen.parse(after) == SnowflakeParts(T0 + 1, 5, 0)
+    assert clock.sleeps  # it waited for the next millisecond

@@ -300,6 +300,7 @@ class SnowflakeIdGenerator:
         "_clock",
         "_div",
         "_epoch",
+        "_guard",
         "_layout",
         "_lock",
         "_max_backwards_ms",
@@ -335,6 +336,7 @@ class SnowflakeIdGenerator:
         self._max_seq = layout.max_sequence
         self._max_tick = layout.max_timestamp
         self._lock = threading.Lock()
+        self._guard: Callable[[], None] | None = None  # called before each new window (lease checks)
         self._tick = -1
         self._window: tuple[int, int, count[int], int] = (0, 0, count(), -1)  # empty: lo == hi
         self._worker_id = self._worker_part = 0
@@ -438,6 +440,8 @@ class SnowflakeIdGenerator:
         with sequence left. The time waited is counted from the requested sleeps, so the bounds hold
         with a fake ``sleep``.
         """
+        if self._guard is not None:
+            self._guard()
         waited_s = 0.0
         while True:
             tick = now // self._div - self._epoch
@@ -465,6 +469,23 @@ class SnowflakeIdGenerator:
             self._sleep(delay)
             waited_s += delay
             now = self._clock()
+
+    def _adopt(self, worker_id: int, guard: Callable[[], None] | None) -> None:
+        """Switch to ``worker_id`` and install ``guard`` (see :mod:`catga.worker_lease`).
+
+        ``guard()`` runs before every new millisecond window is opened (at least once per millisecond
+        in which ids are drawn) and may raise to refuse ids. Ids drawn after the switch are still
+        greater than every earlier id: if ids were drawn in the current millisecond, the next one
+        waits for the following millisecond.
+        """
+        with self._lock:
+            self._adopt_locked(worker_id, guard)
+
+    def _adopt_locked(self, worker_id: int, guard: Callable[[], None] | None) -> None:
+        self._set_worker_id(worker_id)
+        self._guard = guard
+        # An exhausted window: the current millisecond (if any) gives no more ids of the old worker id.
+        self._window = (0, 0, count(1), 0)
 
     def _open(self, tick: int) -> None:
         """Make ``tick`` (> the last tick) current with its whole sequence free. Lock held."""
@@ -512,6 +533,10 @@ class _DefaultGenerator(SnowflakeIdGenerator):
         if not self._configured:
             self._configure()
         return super()._take(now, n)
+
+    def _adopt_locked(self, worker_id: int, guard: Callable[[], None] | None) -> None:
+        self._configured = True  # the adopted id wins over CATGA_WORKER_ID
+        super()._adopt_locked(worker_id, guard)
 
     @property
     def worker_id(self) -> int:

@@ -10,10 +10,10 @@ import pytest
 
 from catga.errors import ConfigurationError, LockNotOwnedError
 from catga.memory import MemoryLock
-from catga.testing.contracts import DistributedLockContract
+from catga.testing.contracts import DistributedLockContract, WorkerIdLeaseContract
 
 
-class TestMemoryLock(DistributedLockContract):
+class TestMemoryLock(DistributedLockContract, WorkerIdLeaseContract):
     @pytest.fixture
     async def distributed_lock(self) -> AsyncIterator[MemoryLock]:
         async with MemoryLock() as lock:

@@ -9,7 +9,7 @@ import pytest
 
 from catga.errors import LockNotAcquiredError, LockNotOwnedError
 from catga.nats import NatsConnection, NatsLock
-from catga.testing.contracts import DistributedLockContract
+from catga.testing.contracts import DistributedLockContract, WorkerIdLeaseContract
 
 pytestmark = pytest.mark.nats
 
@@ -23,7 +23,7 @@ async def distributed_lock(
         yield lock
 
 
-class TestNatsLock(DistributedLockContract):
+class TestNatsLock(DistributedLockContract, WorkerIdLeaseContract):
     pass
 
 

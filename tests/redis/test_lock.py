@@ -10,11 +10,12 @@ import pytest
 from catga.errors import ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.redis import RedisClient, RedisLock
 from catga.testing.contracts.lock import DistributedLockContract
+from catga.testing.contracts.worker_lease import WorkerIdLeaseContract
 
 pytestmark = pytest.mark.redis
 
 
-class TestRedisLock(DistributedLockContract):
+class TestRedisLock(DistributedLockContract, WorkerIdLeaseContract):
     @pytest.fixture
     async def distributed_lock(self, redis_client: RedisClient) -> AsyncIterator[RedisLock]:
         async with RedisLock(redis_client) as lock:

@@ -22,6 +22,7 @@ OutboxStoreContract        ``outbox_store``
 IdempotencyStoreContract   ``idempotency_store`` (bind it again for the inbox)
 DeadLetterQueueContract    ``dead_letter_queue``
 DistributedLockContract    ``distributed_lock``
+WorkerIdLeaseContract      ``distributed_lock`` (worker id leasing through that lock)
 CacheContract              ``cache``
 TransportContract          ``transport_factory`` and ``transport_dead_letters``
 ========================== ============================================================
@@ -46,6 +47,7 @@ from catga.testing.contracts.messages import (
 )
 from catga.testing.contracts.outbox import OutboxStoreContract
 from catga.testing.contracts.transport import RawPublishTransport, TransportContract, TransportFactory
+from catga.testing.contracts.worker_lease import WorkerIdLeaseContract
 
 __all__ = (
     "CONTRACT_TYPES",
@@ -63,5 +65,6 @@ __all__ = (
     "RawPublishTransport",
     "TransportContract",
     "TransportFactory",
+    "WorkerIdLeaseContract",
     "contract_registry",
 )
