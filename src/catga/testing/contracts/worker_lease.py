@@ -10,12 +10,17 @@ from catga.errors import LockNotAcquiredError, LockNotOwnedError
 from catga.ids import SnowflakeIdGenerator, SnowflakeLayout
 from catga.protocols import DistributedLock
 from catga.testing.contracts._util import unique
-from catga.worker_lease import NoFreeWorkerIdError, WorkerIdLostError, lease_worker_id
+from catga.worker_lease import NoFreeWorkerIdError, WorkerIdLease, WorkerIdLostError, lease_worker_id
 
 __all__ = ("WorkerIdLeaseContract",)
 
 # Two worker bits: four ids, so "all taken" is cheap to reach.
 _TINY = SnowflakeLayout(timestamp_bits=44, worker_bits=2, sequence_bits=17)
+
+
+async def _lease_all(lock: DistributedLock, namespace: str) -> list[WorkerIdLease]:
+    """Lease every worker id of the tiny layout in ``namespace``."""
+    return [await lease_worker_id(lock, namespace=namespace, ttl=5.0, layout=_TINY) for _ in "abcd"]
 
 
 class WorkerIdLeaseContract:
@@ -25,9 +30,7 @@ class WorkerIdLeaseContract:
         self, distributed_lock: DistributedLock
     ) -> None:
         ns = unique("w")
-        leases = [
-            await lease_worker_id(distributed_lock, namespace=ns, ttl=5.0, layout=_TINY) for _ in range(4)
-        ]
+        leases = await _lease_all(distributed_lock, ns)
         try:
             assert sorted(lease.worker_id for lease in leases) == [0, 1, 2, 3]
             for lease in leases:
@@ -46,9 +49,7 @@ class WorkerIdLeaseContract:
         self, distributed_lock: DistributedLock
     ) -> None:
         ns = unique("w")
-        held = [
-            await lease_worker_id(distributed_lock, namespace=ns, ttl=5.0, layout=_TINY) for _ in range(4)
-        ]
+        held = await _lease_all(distributed_lock, ns)
         freed = held.pop(1)
         await freed.aclose()
         assert not freed.valid
