@@ -358,6 +358,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.mediator",
         "catga._fanout",
         "catga.worker_lease",
+        "catga.outbox",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

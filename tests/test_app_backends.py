@@ -452,6 +452,37 @@ async def test_an_exported_event_reaches_another_apps_handler(server_url: str) -
         assert correlation_id == message_id  # a root event: its own correlation, carried across
 
 
+async def test_an_outbox_url_relays_exported_events_to_another_app(server_url: str) -> None:
+    from catga.protocols import OutboxStatus
+
+    publisher = catga.App(transport=server_url, outbox=server_url, name="publisher")
+    consumer = catga.App(transport=server_url, name="consumer")
+    received: list[tuple[str, int]] = []
+
+    @consumer.handler
+    async def remote(event: Ping, ctx: catga.Context) -> None:
+        received.append((event.text, ctx.message_id))
+
+    publisher.export(Ping)
+    consumer.consume(Ping)
+    async with consumer, publisher:
+        assert publisher.relay is not None and publisher.outbox is not None
+        assert (await publisher.publish(Ping("via the outbox"))).ok
+        await wait_until(lambda: bool(received), "the event on the other app")
+        [(text, message_id)] = received
+        assert text == "via the outbox"
+        outbox = publisher.outbox
+        for _ in range(500):
+            stored = await outbox.get(str(message_id))
+            if stored is not None and stored.status == OutboxStatus.PUBLISHED:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"the outbox entry was not marked published: {stored!r}")
+        assert stored.destination == "test_app_backends.Ping" and stored.attempts == 0
+    assert publisher.relay.published == 1
+
+
 async def test_replicas_and_the_publisher_never_handle_their_own_events_twice(server_url: str) -> None:
     # Two replicas of "svc" (A exports and consumes, B consumes) and another app C that exports.
     # Each consumer handles one event at a time in publish order, so once "second" was handled,

@@ -12,13 +12,14 @@
         result = await app.send(PlaceOrder("c-1", 42))
     # stop consumers, shutdown hooks, components, then backends closed in reverse (shielded, time-limited)
 
-**Backends by URL** (:mod:`catga.backends`): ``transport=``, ``store=`` and ``idempotency_store=`` take
-``memory://``, ``nats://`` / ``tls://`` or ``redis://`` / ``rediss://`` URLs, or ready objects. URLs
-are checked (and their backend package imported) in the constructor, but nothing is connected until
-:meth:`App.start`, which opens one connection per server, shared by everything on it; :meth:`App.aclose`
-closes what the app opened. ``app.store`` is always an event store: for a URL it is a late-bound proxy
-that forwards to the real store while the app runs, so ``Repository(app.store, Order)`` can be written at
-import time. Ready objects are managed as components (started if they have ``start()``, closed on stop).
+**Backends by URL** (:mod:`catga.backends`): ``transport=``, ``store=``, ``idempotency_store=`` and
+``outbox=`` take ``memory://``, ``nats://`` / ``tls://`` or ``redis://`` / ``rediss://`` URLs, or ready
+objects. URLs are checked (and their backend package imported) in the constructor, but nothing is
+connected until :meth:`App.start`, which opens one connection per server, shared by everything on it;
+:meth:`App.aclose` closes what the app opened. ``app.store`` is always an event store: for a URL it is
+a late-bound proxy that forwards to the real store while the app runs, so ``Repository(app.store,
+Order)`` can be written at import time. Ready objects are managed as components (started if they have
+``start()``, closed on stop).
 
 **Events across processes.** Local handlers always run when an event is published (``app.publish`` /
 ``ctx.publish``), exactly as without a transport. Two declarations connect apps through the transport:
@@ -27,6 +28,13 @@ import time. Ready objects are managed as components (started if they have ``sta
   with their message id, correlation and causation, and an ``X-Catga-Origin`` header (the app's name);
 * :meth:`App.consume` — at start the app subscribes to that type on the transport and dispatches what
   arrives to its local handlers (with the sender's metadata).
+
+**Outbox.** With ``outbox=`` (a URL or an :class:`~catga.protocols.OutboxStore`) and a transport, an
+exported event is not published directly: it is stored in the outbox (its id, destination, encoded body
+and wire headers), and an :class:`~catga.outbox.OutboxRelay` that runs with the app (``app.relay``)
+publishes it, retrying with backoff while the transport fails and dead-lettering it after
+``max_attempts``; stopping the app makes one last relay pass. A publish then succeeds as soon as the
+event is stored, whether or not the transport is reachable at that moment.
 
 The rule that keeps an event from being handled twice: an app **never consumes events whose origin is
 its own name** — the process that published the event already ran its handlers (so several replicas of
@@ -58,10 +66,19 @@ from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
 from catga.mediator import ErrorHook, Mediator
 from catga.messages import Event, Metadata, QoS, Request
+from catga.outbox import OutboxRelay
 from catga.pipeline import BehaviorLike, default_pipeline
-from catga.protocols import EventStore, IdempotencyStore, Subscription, Transport, validate_identifier
+from catga.protocols import (
+    EventStore,
+    IdempotencyStore,
+    OutboxMessage,
+    OutboxStore,
+    Subscription,
+    Transport,
+    validate_identifier,
+)
 from catga.result import Result
-from catga.serialization import TypeRegistry
+from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("APP_NAME", "H_ORIGIN", "App")
 
@@ -152,6 +169,7 @@ class App:
         mediator: Mediator | None = None,
         behaviors: Iterable[BehaviorLike] | None = None,
         idempotency_store: str | IdempotencyStore | None = None,
+        outbox: str | OutboxStore | None = None,
         registry: TypeRegistry | None = None,
         concurrent_events: bool = False,
         on_business_error: ErrorHook | None = None,
@@ -178,7 +196,10 @@ class App:
         self.transport: Transport | None = self.backends.transport_for(transport)
         self.store: EventStore = self.backends.store_for(store)
         self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
-        for backend in (self.transport, self.store, self.idempotency_store):
+        self.outbox: OutboxStore | None = self.backends.outbox_for(outbox)
+        self.relay: OutboxRelay | None = None  # created at start when there is an outbox and a transport
+        self._registry = registry
+        for backend in (self.transport, self.store, self.idempotency_store, self.outbox):
             if backend is not None and not self.backends.manages(backend):
                 self.add_component(backend)
         if mediator is None:
@@ -274,6 +295,8 @@ class App:
             return event_type
         origin, qos = self.origin, QoS(qos)
 
+        outbox = self.outbox
+
         async def forward(event: Any, ctx: Context) -> None:
             if _inbound.get() == ctx.message_id:
                 return  # it came from the transport: never send it back
@@ -281,11 +304,29 @@ class App:
             headers = dict(md.headers) if md.headers else {}
             headers[H_ORIGIN] = origin
             out = msgspec.structs.replace(md, qos=qos, headers=headers)
-            await transport.publish(event, metadata=out, destination=destination)
+            if outbox is None:
+                await transport.publish(event, metadata=out, destination=destination)
+            else:
+                await outbox.add([self._outbox_message(event, out, destination)])
+                if self.relay is not None:
+                    self.relay.notify()
 
         forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"
         self.mediator.register(forward, event_type)
         return event_type
+
+    def _outbox_message(self, event: Any, metadata: Metadata, destination: str | None) -> OutboxMessage:
+        """The outbox entry for an exported event: what the transport would have published."""
+        registry = self._registry if self._registry is not None else default_registry()
+        type_name = registry.name_of(type(event))
+        return OutboxMessage(
+            id=str(metadata.message_id),
+            destination=type_name if destination is None else destination,
+            type_name=type_name,
+            body=registry.codec_for(type(event)).encode(event),
+            headers=metadata.to_headers(type_name),
+            created_at=metadata.created_at,
+        )
 
     def consume(
         self,
@@ -412,6 +453,11 @@ class App:
             return
         try:
             await self.backends.open()
+            if self.relay is None and self.outbox is not None and self.transport is not None:
+                self.relay = OutboxRelay(
+                    self.outbox, self.transport, dead_letters=_dead_letters_of(self.transport)
+                )
+                self.components.append(self.relay)  # started last, so stopped (and flushed) first
             for component in self.components:
                 start = getattr(component, "start", None)
                 if start is not None:
@@ -531,6 +577,12 @@ class App:
 
     def __repr__(self) -> str:
         return f"App(name={self.name!r}, components={len(self.components)}, running={self._running})"
+
+
+def _dead_letters_of(transport: Transport) -> Any:
+    """The transport's dead-letter queue (through a late-bound proxy too), or None."""
+    target = getattr(transport, "target", transport)
+    return getattr(target, "dead_letters", None)
 
 
 async def _call(fn: Callable[[], Any]) -> None:

@@ -1,4 +1,4 @@
-"""Backends by URL: what ``catga.App(transport=URL, store=URL, idempotency_store=URL)`` builds.
+"""Backends by URL: what ``catga.App(transport=URL, store=URL, idempotency_store=URL, outbox=URL)`` builds.
 
 =====================================  =====================================================
 URL                                    backend
@@ -16,8 +16,8 @@ URL reaches the client:
 * ``prefix=NAME`` (both; default ``catga``): the namespace, ``[A-Za-z0-9_-]``, 1-64 characters. On
   Redis every key starts with ``NAME:``; on NATS the event store is stream ``NAME_EVENTS`` (upper
   case) on subjects ``NAME.events.>``, the transport uses subjects ``NAME.evt/cmd/rpc.*`` (streams
-  ``NAME_MESSAGES``...), the idempotency bucket is ``NAME_idempotency`` and the dead letters
-  ``NAME_dead_letters`` (see :func:`nats_layout`).
+  ``NAME_MESSAGES``...), the idempotency bucket is ``NAME_idempotency``, the outbox bucket
+  ``NAME_outbox`` and the dead letters ``NAME_dead_letters`` (see :func:`nats_layout`).
 * ``storage=file|memory`` (NATS only; default ``file``): JetStream storage of streams and buckets.
 
 The backend packages are imported only when a URL names them (never when ``catga`` is imported); a
@@ -26,9 +26,9 @@ line. :class:`Backends` opens what URLs name when the app starts, with **one con
 (one :class:`~catga.nats.NatsConnection` per NATS address, one :class:`~catga.redis.RedisClient` per
 Redis URL and prefix) shared by the app's transport and stores, and closes it all, in reverse, when the
 app stops. Until then the app hands out *late-bound* proxies (:class:`LateEventStore`,
-:class:`LateTransport`, :class:`LateIdempotencyStore`) so that ``Repository(app.store, Order)`` can be
-written at import time; once bound, a proxy's methods are the real object's bound methods (no extra
-call per operation).
+:class:`LateTransport`, :class:`LateIdempotencyStore`, :class:`LateOutboxStore`) so that
+``Repository(app.store, Order)`` can be written at import time; once bound, a proxy's methods are the
+real object's bound methods (no extra call per operation).
 
 For anything a URL cannot say (an SSL context, a custom stream name, tuning), build the backend object
 yourself and pass it instead of the URL.
@@ -48,8 +48,20 @@ from catga._urls import redact_url
 from catga.errors import ConfigurationError
 from catga.memory.event_store import MemoryEventStore
 from catga.memory.idempotency import MemoryIdempotencyStore
+from catga.memory.outbox import MemoryOutboxStore
 from catga.messages import Metadata, QoS
-from catga.protocols import ANY, Claim, EventStore, IdempotencyStore, StoredEvent, Subscription, Transport
+from catga.protocols import (
+    ANY,
+    Claim,
+    EventStore,
+    IdempotencyStore,
+    OutboxMessage,
+    OutboxStatus,
+    OutboxStore,
+    StoredEvent,
+    Subscription,
+    Transport,
+)
 
 if TYPE_CHECKING:
     from catga.serialization import TypeRegistry
@@ -60,6 +72,7 @@ __all__ = (
     "Backends",
     "LateEventStore",
     "LateIdempotencyStore",
+    "LateOutboxStore",
     "LateTransport",
     "NatsLayout",
     "import_backend",
@@ -189,6 +202,7 @@ class NatsLayout(NamedTuple):
     transport_prefix: str
     idempotency_bucket: str
     dead_letter_bucket: str
+    outbox_bucket: str
 
 
 def nats_layout(prefix: str = "catga") -> NatsLayout:
@@ -199,6 +213,7 @@ def nats_layout(prefix: str = "catga") -> NatsLayout:
         prefix,
         f"{prefix}_idempotency",
         f"{prefix}_dead_letters",
+        f"{prefix}_outbox",
     )
 
 
@@ -276,6 +291,21 @@ class Backends:
         if spec is None or spec.backend == "memory":
             return MemoryIdempotencyStore()
         return self._defer(spec, LateIdempotencyStore("idempotency store", spec.url), self.idempotency_store)
+
+    def outbox_for(self, value: object) -> OutboxStore | None:
+        """Like :meth:`store_for`, for the outbox; None when ``value`` is None (no outbox).
+
+        Raises:
+            ConfigurationError: a bad URL or a missing optional dependency.
+        """
+        if value is None:
+            return None
+        spec = self._spec("outbox", value)
+        if spec is None:
+            return value  # type: ignore[return-value]  # an outbox store object
+        if spec.backend == "memory":
+            return MemoryOutboxStore()
+        return self._defer(spec, LateOutboxStore("outbox", spec.url), self.outbox_store)
 
     def manages(self, obj: object) -> bool:
         """True if ``obj`` is a proxy handed out by this object (opened and closed by it)."""
@@ -392,6 +422,19 @@ class Backends:
         redis_idem = RedisIdempotencyStore(await self._redis(spec))
         return self._track(f"idempotency store {spec}", redis_idem)
 
+    async def outbox_store(self, spec: BackendUrl) -> OutboxStore:
+        """Open the outbox store ``spec`` names."""
+        if spec.backend == "nats":
+            from catga.nats import NatsOutboxStore
+
+            bucket = nats_layout(spec.prefix).outbox_bucket
+            nats_outbox = NatsOutboxStore(await self._nats(spec), bucket=bucket, storage=spec.storage)
+            return self._track(f"outbox {spec}", nats_outbox)
+        from catga.redis import RedisOutboxStore
+
+        redis_outbox = RedisOutboxStore(await self._redis(spec))
+        return self._track(f"outbox {spec}", redis_outbox)
+
     def closers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(description, aclose)`` of everything opened, last opened first; forgets them."""
         steps = [(what, obj.aclose) for what, obj in reversed(self._opened)]
@@ -507,6 +550,40 @@ class LateIdempotencyStore(_Late[IdempotencyStore]):
     async def release(self, key: str) -> None:
         """See :meth:`IdempotencyStore.release <catga.protocols.IdempotencyStore.release>`."""
         await self.target.release(key)
+
+
+class LateOutboxStore(_Late[OutboxStore]):
+    """An :class:`~catga.protocols.OutboxStore` the app opens at start."""
+
+    _methods = ("add", "fetch_pending", "mark_published", "mark_failed", "get", "count", "purge_published")
+
+    async def add(self, messages: Sequence[OutboxMessage]) -> None:
+        """See :meth:`OutboxStore.add <catga.protocols.OutboxStore.add>`."""
+        await self.target.add(messages)
+
+    async def fetch_pending(self, limit: int = 100, lease: float = 30.0) -> list[OutboxMessage]:
+        """See :meth:`OutboxStore.fetch_pending <catga.protocols.OutboxStore.fetch_pending>`."""
+        return await self.target.fetch_pending(limit, lease)
+
+    async def mark_published(self, ids: Sequence[str]) -> None:
+        """See :meth:`OutboxStore.mark_published <catga.protocols.OutboxStore.mark_published>`."""
+        await self.target.mark_published(ids)
+
+    async def mark_failed(self, id: str, error: str, retry_at: float | None) -> None:
+        """See :meth:`OutboxStore.mark_failed <catga.protocols.OutboxStore.mark_failed>`."""
+        await self.target.mark_failed(id, error, retry_at)
+
+    async def get(self, id: str) -> OutboxMessage | None:
+        """See :meth:`OutboxStore.get <catga.protocols.OutboxStore.get>`."""
+        return await self.target.get(id)
+
+    async def count(self, status: OutboxStatus = OutboxStatus.PENDING) -> int:
+        """See :meth:`OutboxStore.count <catga.protocols.OutboxStore.count>`."""
+        return await self.target.count(status)
+
+    async def purge_published(self, older_than: float) -> int:
+        """See :meth:`OutboxStore.purge_published <catga.protocols.OutboxStore.purge_published>`."""
+        return await self.target.purge_published(older_than)
 
 
 class LateTransport(_Late[Transport]):

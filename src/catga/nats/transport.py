@@ -311,7 +311,8 @@ class NatsTransport(TransportBase[NatsSubscription]):
         """Publish already encoded bytes and wire headers as they are (dead-letter replay, tests, bridges).
 
         Goes through JetStream like an at-least-once event; subscribers decode it like any message and
-        dead-letter it if it does not decode.
+        dead-letter it if it does not decode. Headers carrying a message id get ``Nats-Msg-Id`` from it
+        (unless given), so publishing the same message twice within ``duplicate_window`` stores it once.
 
         Raises:
             InvalidIdentifierError: the destination is malformed.
@@ -321,7 +322,10 @@ class NatsTransport(TransportBase[NatsSubscription]):
         if self._closed:
             raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
         subject = f"{self.prefix}.evt.{validate_identifier(destination, 'destination')}"
-        await self._js_publish_many([(subject, dict(headers), bytes(body))], f"publishing to {subject}")
+        hdrs = dict(headers)
+        if H_ID in hdrs:  # JetStream de-duplicates a re-publish (an outbox relay retry) by message id
+            hdrs.setdefault("Nats-Msg-Id", hdrs[H_ID])
+        await self._js_publish_many([(subject, hdrs, bytes(body))], f"publishing to {subject}")
 
     def _encode(
         self, kind: str, message: object, metadata: Metadata | None, destination: str | None
