@@ -468,3 +468,49 @@ async def test_bench_suite_cases_run(nats_url: str, monkeypatch: pytest.MonkeyPa
         results = await run_case(transport_nats.SUITE, case, env, config)
     assert [r.concurrency for r in results] == [1, 4]
     assert all(r.ops > 0 for r in results)
+
+
+@pytest.mark.slow
+async def test_an_at_least_once_consumer_resumes_after_the_server_restarts(tmp_path: Any) -> None:
+    from catga.errors import BackendError
+    from catga.testing.servers import NatsServer, free_port
+
+    server = NatsServer(port=free_port(), store_dir=tmp_path / "js")
+    server.start()
+    try:
+        transport = await NatsTransport.connect(
+            server.url,
+            registry=contract_registry(),
+            pull_expires=0.5,
+            timeout=2.0,
+            connect_options={"reconnect_time_wait": 0.1, "max_reconnect_attempts": -1},
+        )
+        got: list[int] = []
+
+        async def on_placed(message: ContractOrderPlaced, metadata: Metadata) -> None:
+            got.append(message.total)
+
+        async with transport:
+            await transport.subscribe(ContractOrderPlaced, on_placed, group="g")
+            await transport.publish(ContractOrderPlaced("o", 1))
+
+            async def first() -> bool:
+                return got == [1]
+
+            async def both() -> bool:
+                return got == [1, 2]
+
+            await eventually(first, what="the first delivery")
+            server.stop()
+            server.start()  # same port, same storage: the stream and the durable consumer survive
+            for _ in range(100):  # publishing works again once JetStream is back
+                try:
+                    await transport.publish(ContractOrderPlaced("o", 2))
+                    break
+                except BackendError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("could not publish after the restart")
+            await eventually(both, what="a delivery after the restart", timeout=20.0)
+    finally:
+        server.stop()

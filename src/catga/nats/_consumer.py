@@ -28,8 +28,9 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from catga._transport import SubscribeArgs, SubscriptionBase, drain, new_dead_letter, retry_delay
-from catga.errors import SerializationError, UnknownMessageTypeError
+from catga.errors import BackendError, SerializationError, UnknownMessageTypeError
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
+from catga.nats._wire import LeanConnection, parse_headers, reply_status
 from catga.protocols import ClaimStatus
 
 if TYPE_CHECKING:
@@ -37,11 +38,10 @@ if TYPE_CHECKING:
 
     from catga.nats.transport import NatsTransport
 
-__all__ = ("NatsSubscription", "PullConsumer", "settle")
+__all__ = ("Delivery", "NatsSubscription", "PullConsumer", "settle")
 
 logger = logging.getLogger("catga.nats.transport")
 
-_STATUS = "Status"
 _DESCRIPTION = "Description"
 _GRACE = 2.0  # seconds past a pull request's expiry before we stop waiting for its 408
 _CONFLICT_PAUSE = 0.25  # seconds before re-pulling after a 409/503 status
@@ -53,7 +53,7 @@ async def settle(op: Coroutine[Any, Any, None], what: str) -> None:
     JetStream after ``ack_wait``; a lost reply makes the caller time out)."""
     try:
         await op
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
+    except (nats.errors.Error, BackendError, OSError, TimeoutError) as exc:
         logger.warning("%s failed: %r", what, exc)
 
 
@@ -82,7 +82,7 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
 
     # -- decoding and dead letters -----------------------------------------------------------------
 
-    def decode(self, msg: Msg) -> tuple[Any, Metadata]:
+    def decode(self, msg: Msg | Delivery) -> tuple[Any, Metadata]:
         """Decode a delivery into ``(message, metadata)``.
 
         Raises:
@@ -106,7 +106,7 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
         _, metadata = Metadata.from_headers(headers)
         return self.codec.decode(msg.data), metadata
 
-    async def dead_letter(self, msg: Msg, error: str, attempts: int) -> bool:
+    async def dead_letter(self, msg: Msg | Delivery, error: str, attempts: int) -> bool:
         """Store ``msg`` in the dead-letter queue; return False if that failed (keep the message)."""
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
         msg_id = headers.get(H_ID) or _fallback_id(msg)
@@ -165,7 +165,7 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
         t = self.transport
         return retry_delay(t.retry_backoff, t.retry_backoff_max, delivered)
 
-    async def run_js(self, msg: Msg, consumer: PullConsumer) -> None:
+    async def run_js(self, msg: Delivery, consumer: PullConsumer) -> None:
         """Handle one JetStream delivery under the in-flight limit; settle it by policy."""
         async with self.sem:
             if self.closing:
@@ -173,7 +173,7 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
                 return
             await self._handle_js(msg, consumer)
 
-    async def _handle_js(self, msg: Msg, consumer: PullConsumer) -> None:
+    async def _handle_js(self, msg: Delivery, consumer: PullConsumer) -> None:
         delivered = _num_delivered(msg.reply)
         try:
             message, metadata = self.decode(msg)
@@ -229,13 +229,13 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
             await _quietly(inbox.complete(key), f"inbox complete of {key}")
         await settle(msg.ack(), "ack")
 
-    async def _fail_terminally(self, msg: Msg, error: str, delivered: int) -> None:
+    async def _fail_terminally(self, msg: Delivery, error: str, delivered: int) -> None:
         if await self.dead_letter(msg, error, delivered):
             await settle(msg.term(), "term")
         else:
             await settle(msg.nak(delay=self.backoff(delivered)), "nak")
 
-    async def _cancelled(self, msg: Msg, key: str | None) -> None:
+    async def _cancelled(self, msg: Delivery, key: str | None) -> None:
         inbox = self.transport.inbox
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.transport.timeout):
@@ -273,8 +273,43 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
                     await t.delete_consumer(pull.stream, pull.name)
 
 
+class Delivery:
+    """One JetStream delivery received on the lean connection, with what the handlers need of it.
+
+    ``ack``/``nak``/``term`` publish the JetStream acknowledgement on the lean connection (fire and
+    forget, as nats-py does without ``ack_sync``), written with the other acks of the same event-loop
+    iteration in one system call.
+    """
+
+    __slots__ = ("_ack_subject", "_wire", "data", "headers", "reply", "subject")
+
+    def __init__(
+        self, wire: LeanConnection, subject: bytes, reply: bytes, hdr: bytes | None, data: bytes
+    ) -> None:
+        self._wire = wire
+        self._ack_subject = reply
+        self.subject = subject.decode()
+        self.reply = reply.decode()
+        self.headers = parse_headers(hdr)
+        self.data = data
+
+    async def ack(self) -> None:
+        self._wire.publish(self._ack_subject, b"+ACK", None, soon=True)
+
+    async def nak(self, delay: float | None = None) -> None:
+        body = b"-NAK" if not delay else b'-NAK {"delay": %d}' % int(delay * 1e9)
+        self._wire.publish(self._ack_subject, body, None, soon=True)
+
+    async def term(self) -> None:
+        self._wire.publish(self._ack_subject, b"+TERM", None, soon=True)
+
+
 class PullConsumer:
-    """Keeps one JetStream pull consumer supplied with a request for its free slots (see module docs)."""
+    """Keeps one JetStream pull consumer supplied with a request for its free slots (see module docs).
+
+    Pull requests, deliveries and acknowledgements all go over the lean connection (one subscription
+    on this consumer's inbox, routed by sid to :meth:`_on_message`); nats-py only manages the consumer.
+    """
 
     def __init__(self, owner: NatsSubscription, stream: str, name: str, *, ephemeral: bool) -> None:
         self.owner = owner
@@ -284,25 +319,30 @@ class PullConsumer:
         self.window = owner.max_in_flight
         self._threshold = max(1, self.window // 4)
         self._open = 0  # delivered, not yet settled
-        self._token: str | None = None  # the outstanding pull request
+        self._token: bytes | None = None  # the outstanding pull request
         self._left = 0  # messages it may still deliver
         self._deadline = 0.0
         self._seq = 0
         self._wake = asyncio.Event()
         self._pause_until = 0.0
-        self._inbox = ""
-        self._next_subject = f"{owner.transport.connection.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{name}"
-        self._nsub: ClientSubscription | None = None
+        self._inbox = b""
+        t = owner.transport
+        self._wire: LeanConnection = t._wire
+        self._next_subject = f"{t.connection.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{name}".encode()
+        self._sid: bytes | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        client = self.owner.transport.client
-        self._inbox = client.new_inbox()
-        self._nsub = await client.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        wire = self._wire
+        if not wire.connected:
+            await wire.connect()
+        self._inbox = self.owner.transport.client.new_inbox().encode()
+        self._sid = wire.subscribe(self._inbox + b".*", self._on_message)
         self._task = asyncio.create_task(self._loop(), name=f"catga-pull-{self.name}")
 
     async def _loop(self) -> None:
         t = self.owner.transport
+        wire = self._wire
         expires_ns = int(t.pull_expires * 1e9)
         while True:
             now = time.monotonic()
@@ -315,16 +355,15 @@ class PullConsumer:
                 and (free >= self._threshold or (free > 0 and self._open == 0))
             ):
                 self._seq += 1
-                token = self._token = str(self._seq)
+                token = self._token = b"%d" % self._seq
                 self._left = free
                 self._deadline = now + t.pull_expires + _GRACE
                 try:
-                    await t.client.publish(
-                        self._next_subject,
-                        _encode_json({"batch": free, "expires": expires_ns}),
-                        reply=f"{self._inbox}.{token}",
-                    )
-                except (nats.errors.Error, OSError) as exc:
+                    if not wire.connected:
+                        await wire.connect()  # subscribes the inbox again
+                    request = _encode_json({"batch": free, "expires": expires_ns})
+                    wire.publish(self._next_subject, request, None, reply=self._inbox + b"." + token)
+                except (BackendError, OSError) as exc:
                     logger.warning("pull request on %s failed: %r; retrying", self.name, exc)
                     self._token = None
                     self._pause_until = time.monotonic() + _CONFLICT_PAUSE
@@ -337,16 +376,15 @@ class PullConsumer:
                 async with asyncio.timeout(max(wake_at - now, 0.001)):
                     await self._wake.wait()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        headers = msg.headers
-        status = headers.get(_STATUS) if headers else None
-        if status is not None and not msg.data:
-            if status == "100":  # heartbeat
+    def _on_message(self, subject: bytes, reply: bytes | None, hdr: bytes | None, data: bytes) -> None:
+        if reply is None:  # a status of a pull request, on <inbox>.<token>
+            status = reply_status(hdr)
+            if status == 100 or status == 0:  # heartbeat, or nothing we know
                 return
-            if msg.subject.rpartition(".")[2] == self._token:
+            if subject.rpartition(b".")[2] == self._token:
                 self._token = None
-                if status in ("409", "503"):
-                    desc = headers.get(_DESCRIPTION, "") if headers else ""
+                if status in (409, 503):
+                    desc = parse_headers(hdr).get(_DESCRIPTION, "")
                     logger.debug("pull on %s/%s ended with %s %s", self.stream, self.name, status, desc)
                     self._pause_until = time.monotonic() + _CONFLICT_PAUSE
                 self._wake.set()
@@ -357,7 +395,8 @@ class PullConsumer:
                 self._token = None
                 self._wake_if_worth_pulling()
         self._open += 1
-        task = asyncio.create_task(self.owner.run_js(msg, self))
+        delivery = Delivery(self._wire, subject, reply, hdr, data)
+        task = asyncio.create_task(self.owner.run_js(delivery, self))
         self.owner.tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -379,10 +418,9 @@ class PullConsumer:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
-        nsub, self._nsub = self._nsub, None
-        if nsub is not None:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await asyncio.wait_for(nsub.unsubscribe(), self.owner.transport.timeout)
+        sid, self._sid = self._sid, None
+        if sid is not None:
+            self._wire.unsubscribe(sid)
 
 
 async def _quietly(op: Awaitable[Any], what: str) -> None:
@@ -399,9 +437,11 @@ def _num_delivered(reply: str) -> int:
     return int(tokens[4] if len(tokens) == 9 else tokens[6])
 
 
-def _fallback_id(msg: Msg) -> str:
-    try:
-        md = msg.metadata
-    except nats.errors.Error:
-        return f"nats-{time.time_ns()}"
-    return f"{md.stream}-{md.sequence.stream}"
+def _fallback_id(msg: Msg | Delivery) -> str:
+    """An id for a message without a catga message id: ``<stream>-<stream sequence>`` when known."""
+    reply = msg.reply or ""
+    tokens = reply.split(".")
+    if reply.startswith("$JS.ACK.") and len(tokens) in (9, 12):
+        stream, seq = (tokens[2], tokens[5]) if len(tokens) == 9 else (tokens[4], tokens[7])
+        return f"{stream}-{seq}"
+    return f"nats-{time.time_ns()}"

@@ -19,9 +19,10 @@ optimistic-concurrency append at ~15-20K/s on a 2-core machine. This connection 
   no queue), and the waiting future is resolved directly.
 
 It speaks only what the hot paths need: ``CONNECT`` (with the nats-py client's credentials, TLS and
-nkeys/JWT callbacks), ``SUB`` of the reply wildcard, ``PUB``/``HPUB`` with a reply subject, ``PING``/
-``PONG``, and ``MSG``/``HMSG`` for replies. Everything else (stream management, consumers) stays on
-nats-py.
+nkeys/JWT callbacks), ``SUB`` of the reply wildcard and of the transport's pull-consumer inboxes
+(:meth:`LeanConnection.subscribe`, routed by sid to a callback), ``PUB``/``HPUB`` with or without a
+reply subject, ``PING``/``PONG``, and ``MSG``/``HMSG``. Everything else (stream and consumer
+management) stays on nats-py.
 
 Robustness:
     * every request has a deadline; a timer sweeps expired requests every 50 ms and fails them with
@@ -49,12 +50,14 @@ from urllib.parse import ParseResult
 from catga.errors import BackendError, ConfigurationError
 from catga.nats._errors import timeout_error, unavailable_error
 
-__all__ = ("LeanConnection", "Reply", "parse_headers", "reply_status")
+__all__ = ("LeanConnection", "Listener", "Reply", "parse_headers", "reply_status")
 
 _log = logging.getLogger("catga.nats")
 
 #: A reply: (raw header block or None, payload).
 Reply = tuple[bytes | None, bytes]
+#: A subscription callback: (subject, reply subject or None, raw header block or None, payload).
+Listener = Callable[[bytes, bytes | None, bytes | None, bytes], None]
 
 _SWEEP_INTERVAL = 0.05
 #: Requests written in one ``send`` system call at most (see the module docstring).
@@ -88,10 +91,11 @@ def parse_headers(headers: bytes | None) -> dict[str, str]:
 class _Protocol(asyncio.Protocol):
     """One socket: parses server ops and resolves pending requests."""
 
-    def __init__(self, prefix: bytes) -> None:
+    def __init__(self, prefix: bytes, listeners: dict[bytes, Listener] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.prefix = prefix
+        self.listeners: dict[bytes, Listener] = {} if listeners is None else listeners  # sid -> callback
         self.prefix_len = len(prefix)
         # token -> (future, deadline, collector list or None, subject, timeout)
         self.pending: dict[bytes, tuple[asyncio.Future[Any], float, list[Reply] | None, bytes, float]] = {}
@@ -136,6 +140,13 @@ class _Protocol(asyncio.Protocol):
         if len(out) >= _WRITE_BATCH:
             self.transport_write(b"".join(out))
             out.clear()
+
+    def write_soon(self, data: bytes) -> None:
+        """Queue ``data`` for the end of this loop iteration (acks: nobody waits on them)."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+        self.out.append(data)
 
     def flush(self) -> None:
         """Write what :meth:`write` queued (called at the end of the loop iteration)."""
@@ -194,6 +205,9 @@ class _Protocol(asyncio.Protocol):
                 if end + 2 > n:
                     break  # wait for the rest of the payload
                 pos = end + 2
+                if parts[2] != _SID:  # a subscription of its own (a pull consumer's inbox)
+                    self._deliver(parts, op == 72, data, start, end)
+                    continue
                 token = parts[1][plen:]
                 entry = pending.pop(token, None)
                 if entry is None:
@@ -222,6 +236,24 @@ class _Protocol(asyncio.Protocol):
             self._control(line)
         if pos < n:
             buf += data[pos:]
+
+    def _deliver(self, parts: list[bytes], has_headers: bool, data: bytes, start: int, end: int) -> None:
+        listener = self.listeners.get(parts[2])
+        if listener is None:
+            return  # unsubscribed meanwhile
+        if has_headers:
+            split = start + int(parts[-2])
+            hdr: bytes | None = data[start:split]
+            payload = data[split:end]
+            reply = parts[3] if len(parts) == 6 else None
+        else:
+            hdr = None
+            payload = data[start:end]
+            reply = parts[3] if len(parts) == 5 else None
+        try:
+            listener(parts[1], reply, hdr, payload)
+        except Exception:  # a callback's bug must not stop the parser
+            _log.exception("a subscription callback on catga's lean NATS connection failed")
 
     def _control(self, line: bytes) -> None:
         if line == b"PING":
@@ -281,6 +313,9 @@ class LeanConnection:
         self._received = 0  # proto.received at the last sweep
         self._last_rx = 0.0  # when the sweeper last saw data arrive
         self._closed = False
+        self._listeners: dict[bytes, Listener] = {}  # sid -> callback, shared with every socket
+        self._subjects: dict[bytes, bytes] = {}  # sid -> subject (subscribed again after a reconnect)
+        self._next_sid = 1
         inbox = getattr(client, "_inbox_prefix", None)
         inbox_str = bytes(inbox).decode() if inbox else "_INBOX"
         self.prefix = f"{inbox_str}.{secrets.token_hex(11)}.".encode()
@@ -337,7 +372,7 @@ class LeanConnection:
 
     async def _connect_to(self, uri: ParseResult) -> None:
         loop = asyncio.get_running_loop()
-        proto = _Protocol(self.prefix)
+        proto = _Protocol(self.prefix, self._listeners)
         options = self._nc.options
         hostname = options.get("tls_hostname") or uri.hostname
         first = bool(options.get("tls_handshake_first"))
@@ -364,8 +399,9 @@ class LeanConnection:
                     transport = upgraded
                     proto.set_transport(upgraded)
             connect = json.dumps(self._connect_fields(uri, info), separators=(",", ":")).encode()
-            sub = b"SUB " + self.prefix + b"* " + _SID
-            transport.write(b"CONNECT " + connect + b"\r\n" + sub + b"\r\nPING\r\n")
+            subs = [b"SUB " + self.prefix + b"* " + _SID + b"\r\n"]
+            subs += [b"SUB %b %b\r\n" % (subject, sid) for sid, subject in self._subjects.items()]
+            transport.write(b"CONNECT " + connect + b"\r\n" + b"".join(subs) + b"PING\r\n")
             await proto.pong
             if proto.closed:  # lost right after the handshake: never hand out a closed socket
                 raise unavailable_error("connect", "the connection closed during the handshake")
@@ -491,11 +527,19 @@ class LeanConnection:
         self._received = proto.received
         self._timer = proto.loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
-    def publish(self, subject: bytes, payload: bytes, headers: bytes | None) -> None:
-        """Publish without a reply subject (must be :attr:`connected`)."""
+    def publish(
+        self, subject: bytes, payload: bytes, headers: bytes | None, reply: bytes = b"", *, soon: bool = False
+    ) -> None:
+        """Publish, with ``reply`` as the reply subject if given (must be :attr:`connected`).
+
+        With ``soon`` the message is written at the end of the event-loop iteration together with
+        whatever else is queued (for acknowledgements: one system call for many).
+        """
         proto = self._proto
         if proto is None:
             raise unavailable_error("publish", "not connected")
+        if reply:
+            subject = subject + b" " + reply
         if headers is None:
             size = len(payload)
             data = b"PUB %b %d\r\n%b\r\n" % (subject, size, payload)
@@ -507,7 +551,31 @@ class LeanConnection:
                 f"a NATS message of {size} bytes to {subject.decode()!r} exceeds the server's max_payload "
                 f"of {self.max_payload} bytes; send less data per call or raise max_payload on the server"
             )
-        proto.write(data)
+        if soon:
+            proto.write_soon(data)
+        else:
+            proto.write(data)
+
+    def subscribe(self, subject: bytes, listener: Listener) -> bytes:
+        """Call ``listener`` for every message on ``subject`` (wildcards allowed); return its sid.
+
+        The subscription lives on this object: it is made again on every new socket. Callbacks run
+        inside the parser (keep them short; start a task for real work).
+        """
+        self._next_sid += 1
+        sid = b"%d" % self._next_sid
+        self._listeners[sid] = listener
+        self._subjects[sid] = subject
+        proto = self._proto
+        if proto is not None:
+            proto.write(b"SUB %b %b\r\n" % (subject, sid))
+        return sid
+
+    def unsubscribe(self, sid: bytes) -> None:
+        """Stop the subscription ``sid`` (messages already parsed are not delivered)."""
+        self._listeners.pop(sid, None)
+        if self._subjects.pop(sid, None) is not None and self._proto is not None:
+            self._proto.write(b"UNSUB %b\r\n" % sid)
 
     async def request(
         self, subject: bytes, payload: bytes = b"", headers: bytes | None = None, *, timeout: float
