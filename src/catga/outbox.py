@@ -135,7 +135,7 @@ class OutboxRelay:
     async def _failed(self, message: OutboxMessage, exc: Exception) -> None:
         self.failed += 1
         attempts = message.attempts + 1
-        error = f"{type(exc).__name__}: {exc}"
+        error = f"outbox publish failed: {type(exc).__name__}: {exc}"
         if attempts < self.max_attempts:
             retry_at = time.time() + retry_delay(self.retry_backoff, self.retry_backoff_max, attempts)
             logger.warning(
@@ -159,7 +159,7 @@ class OutboxRelay:
             await self.dead_letters.add(
                 DeadLetter(
                     id=message.id,
-                    source=f"outbox:{message.destination}",
+                    source=message.destination,  # like a transport's letters: replay to the source
                     type_name=message.type_name,
                     body=message.body,
                     headers=dict(message.headers),

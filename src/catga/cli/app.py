@@ -11,6 +11,7 @@ import typer
 from catga.cli._common import state
 from catga.cli.bench import bench
 from catga.cli.demo import demo
+from catga.cli.dlq import dlq_app
 from catga.cli.doctor import doctor
 
 __all__ = ("app", "main", "version_line")
@@ -63,6 +64,7 @@ def _root(
 app.command()(demo)
 app.command()(bench)
 app.command()(doctor)
+app.add_typer(dlq_app, name="dlq")
 
 
 def main() -> None:
