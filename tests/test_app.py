@@ -359,6 +359,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga._fanout",
         "catga.worker_lease",
         "catga.outbox",
+        "catga.otel",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

@@ -196,6 +196,7 @@ class App:
         self.transport: Transport | None = self.backends.transport_for(transport)
         self.store: EventStore = self.backends.store_for(store)
         self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
+        self._header_hooks: list[Callable[[dict[str, str]], None]] = []
         self.outbox: OutboxStore | None = self.backends.outbox_for(outbox)
         self.relay: OutboxRelay | None = None  # created at start when there is an outbox and a transport
         self._registry = registry
@@ -295,7 +296,7 @@ class App:
             return event_type
         origin, qos = self.origin, QoS(qos)
 
-        outbox = self.outbox
+        outbox, hooks = self.outbox, self._header_hooks
 
         async def forward(event: Any, ctx: Context) -> None:
             if _inbound.get() == ctx.message_id:
@@ -303,6 +304,8 @@ class App:
             md = ctx.metadata
             headers = dict(md.headers) if md.headers else {}
             headers[H_ORIGIN] = origin
+            for hook in hooks:
+                hook(headers)
             out = msgspec.structs.replace(md, qos=qos, headers=headers)
             if outbox is None:
                 await transport.publish(event, metadata=out, destination=destination)
@@ -314,6 +317,13 @@ class App:
         forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"
         self.mediator.register(forward, event_type)
         return event_type
+
+    def add_header_hook(self, hook: Callable[[dict[str, str]], None]) -> None:
+        """Let ``hook`` add headers to every exported event (e.g. trace context, see :mod:`catga.otel`).
+
+        It runs in the exporting handler's context, on a copy of the event's headers.
+        """
+        self._header_hooks.append(hook)
 
     def _outbox_message(self, event: Any, metadata: Metadata, destination: str | None) -> OutboxMessage:
         """The outbox entry for an exported event: what the transport would have published."""
