@@ -360,6 +360,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.worker_lease",
         "catga.outbox",
         "catga.otel",
+        "catga.web",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

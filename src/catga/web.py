@@ -1,0 +1,272 @@
+"""HTTP endpoints for catga messages on Starlette (and so FastAPI): routes, problem+json, correlation ids.
+
+Install with ``pip install "catga[fastapi]"`` (Starlette; FastAPI apps are Starlette apps)::
+
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from catga.web import CorrelationIdMiddleware, Endpoints
+
+    api = Endpoints(app)                                   # a catga.App (or Mediator)
+    api.command("/orders", PlaceOrder)                     # POST, JSON body -> send -> 200 / 204
+    api.query("/orders/{order_id}", GetOrder)              # GET, path + query params -> send -> 200
+    api.event("/events/order-shipped", OrderShipped)       # POST, JSON body -> publish -> 202
+    web = Starlette(routes=api.routes, middleware=[Middleware(CorrelationIdMiddleware)])
+    # FastAPI: fastapi_app.router.routes.extend(api.routes)
+    #          fastapi_app.add_middleware(CorrelationIdMiddleware)
+
+**Input.** The message is built from the JSON body (commands, events; an object, or nothing) merged
+with the path parameters, or from the path and query parameters (queries), and converted to the
+message type in lax mode (``"42"`` fits an ``int`` field): msgspec Structs and dataclasses through
+``msgspec.convert``, pydantic models through ``model_validate``. Input that is not JSON, not an object or
+does not fit the type is answered ``422`` — never a 500, and the handler never runs.
+
+**Output.** A successful command or query answers ``200`` with its value as JSON (``204`` when the value
+is None); an event ``202``. A failed :class:`~catga.result.Result` answers an RFC 9457
+``application/problem+json`` body ``{"type", "title", "status", "detail", "code", "correlation_id"}``
+(plus ``"field_errors"`` for validation failures) with the status of its error code
+(:data:`STATUS_BY_CODE`: validation 422, not_found 404, conflict/concurrency 409, unauthorized 401,
+forbidden 403, timeout 504, retryable/backend 503, business 400, anything else 500). Internal errors
+keep their details out of the response (the mediator already reduced them to "internal error").
+
+**Correlation.** :class:`CorrelationIdMiddleware` reads ``X-Correlation-Id`` (a positive integer) and
+every message an endpoint sends during that request continues that correlation; the response carries
+the correlation id actually used (the incoming one, or the new message's own id).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from catga.errors import ErrorCode
+from catga.ids import new_id
+from catga.messages import Metadata
+from catga.result import Result
+
+__all__ = ("STATUS_BY_CODE", "CorrelationIdMiddleware", "Endpoints", "problem")
+
+#: HTTP status for each error code of a failed Result (others: 500).
+STATUS_BY_CODE: dict[str | None, int] = {
+    ErrorCode.VALIDATION: 422,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.CONCURRENCY: 409,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.RETRYABLE: 503,
+    ErrorCode.BACKEND: 503,
+    ErrorCode.BUSINESS: 400,
+}
+HEADER = "X-Correlation-Id"
+PROBLEM_JSON = "application/problem+json"
+
+# The request's correlation: [incoming id or None, id used by the first message sent or None].
+_request: contextvars.ContextVar[list[int | None] | None] = contextvars.ContextVar(
+    "catga_http_correlation", default=None
+)
+
+
+def _enc_hook(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)  # pydantic models as values
+    if dump is not None:
+        return dump(mode="json")
+    raise NotImplementedError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+_encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
+
+
+def problem(
+    status: int, detail: str, code: str | None, *, correlation_id: int | None = None, **extra: Any
+) -> Response:
+    """An ``application/problem+json`` response (RFC 9457)."""
+    body: dict[str, Any] = {
+        "type": f"urn:catga:error:{code or 'internal'}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if correlation_id is not None:
+        body["correlation_id"] = str(correlation_id)
+    body.update(extra)
+    return Response(_encode(body), status_code=status, media_type=PROBLEM_JSON)
+
+
+class Endpoints:
+    """Routes that turn HTTP requests into catga messages (see the module docs).
+
+    Args:
+        dispatcher: a :class:`catga.App` or :class:`~catga.mediator.Mediator` (``send``/``publish``).
+    """
+
+    def __init__(self, dispatcher: Any) -> None:
+        self.dispatcher = dispatcher
+        self.routes: list[Route] = []
+
+    def command(
+        self, path: str, message_type: type, *, method: str = "POST", name: str | None = None
+    ) -> Route:
+        """``method path``: JSON body + path params → ``send`` → 200 with the value (204 for None)."""
+        return self._add(path, message_type, method, name, from_body=True, event=False)
+
+    def query(self, path: str, message_type: type, *, method: str = "GET", name: str | None = None) -> Route:
+        """``method path``: path + query params → ``send`` → 200 with the value."""
+        return self._add(path, message_type, method, name, from_body=False, event=False)
+
+    def event(self, path: str, message_type: type, *, method: str = "POST", name: str | None = None) -> Route:
+        """``method path``: JSON body + path params → ``publish`` → 202."""
+        return self._add(path, message_type, method, name, from_body=True, event=True)
+
+    def _add(
+        self, path: str, message_type: type, method: str, name: str | None, *, from_body: bool, event: bool
+    ) -> Route:
+        build = _builder(message_type)
+        dispatcher = self.dispatcher
+
+        async def endpoint(request: Request) -> Response:
+            data: dict[str, Any] = {}
+            if from_body:
+                raw = await request.body()
+                if raw.strip():
+                    try:
+                        decoded = msgspec.json.decode(raw)
+                    except msgspec.DecodeError as exc:
+                        return problem(422, f"the body is not JSON: {exc}", ErrorCode.VALIDATION)
+                    if not isinstance(decoded, dict):
+                        return problem(422, "the body must be a JSON object", ErrorCode.VALIDATION)
+                    data = decoded
+            else:
+                data = dict(request.query_params)
+            data.update(request.path_params)
+            try:
+                message = build(data)
+            except _InvalidInput as exc:
+                return problem(422, exc.detail, ErrorCode.VALIDATION, field_errors=exc.field_errors)
+            metadata = _metadata()
+            if event:
+                result: Result[Any] = await dispatcher.publish(message, metadata=metadata)
+            else:
+                result = await dispatcher.send(message, metadata=metadata)
+            correlation = metadata.correlation_id if metadata is not None else None
+            if not result.ok:
+                return _failed(result, correlation)
+            if event:
+                return Response(status_code=202)
+            if result.value is None:
+                return Response(status_code=204)
+            return Response(_encode(result.value), media_type="application/json")
+
+        route = Route(path, endpoint, methods=[method], name=name or f"{method.lower()} {path}")
+        self.routes.append(route)
+        return route
+
+
+def _metadata() -> Metadata | None:
+    """Metadata continuing the request's correlation, or None (no middleware: the mediator decides)."""
+    state = _request.get()
+    if state is None:
+        return None
+    mid = new_id()
+    incoming = state[0]
+    correlation = mid if incoming is None else incoming
+    if state[1] is None:
+        state[1] = correlation
+    return Metadata(message_id=mid, correlation_id=correlation)
+
+
+def _failed(result: Result[Any], correlation: int | None) -> Response:
+    status = STATUS_BY_CODE.get(result.code, 500)
+    extra: dict[str, Any] = {}
+    field_errors = (result.metadata or {}).get("field_errors")
+    if field_errors:
+        extra["field_errors"] = field_errors
+    return problem(
+        status, result.error or HTTPStatus(status).phrase, result.code, correlation_id=correlation, **extra
+    )
+
+
+class _InvalidInput(Exception):
+    def __init__(self, detail: str, field_errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field_errors = field_errors or {}
+
+
+def _builder(message_type: type) -> Callable[[dict[str, Any]], Any]:
+    """``data -> message`` for msgspec Structs, dataclasses and pydantic models (lax conversion)."""
+    validate = getattr(message_type, "model_validate", None)
+    if validate is not None and hasattr(message_type, "model_dump"):  # pydantic v2
+
+        def build_pydantic(data: dict[str, Any]) -> Any:
+            try:
+                return validate(data)
+            except ValueError as exc:  # pydantic.ValidationError is a ValueError
+                errors: dict[str, list[str]] = {}
+                for err in getattr(exc, "errors", list)():
+                    field = ".".join(str(p) for p in err.get("loc", ())) or "$"
+                    errors.setdefault(field, []).append(str(err.get("msg", "")))
+                raise _InvalidInput(f"invalid {message_type.__name__}", errors) from exc
+
+        return build_pydantic
+
+    def build(data: dict[str, Any]) -> Any:
+        try:
+            return msgspec.convert(data, message_type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise _InvalidInput(f"invalid {message_type.__name__}: {exc}") from exc
+
+    return build
+
+
+class CorrelationIdMiddleware:
+    """ASGI middleware: continue the ``X-Correlation-Id`` of a request, and answer with the one used.
+
+    A header that is not a positive integer is ignored (a new correlation starts).
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], header: str = HEADER) -> None:
+        self.app = app
+        self.header = header.lower().encode()
+        self.header_name = header.encode()
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming: int | None = None
+        for key, value in scope.get("headers", ()):
+            if key == self.header:
+                text = value.decode("latin-1").strip()
+                if text.isdigit() and 0 < int(text) < 1 << 63:
+                    incoming = int(text)
+                break
+        state: list[int | None] = [incoming, None]
+        token = _request.set(state)
+
+        async def send_with_header(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                used = state[1] if state[1] is not None else state[0]
+                if used is not None:
+                    headers = list(message.get("headers", ()))
+                    headers.append((self.header_name, str(used).encode()))
+                    message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_header)
+        finally:
+            _request.reset(token)
