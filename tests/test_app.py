@@ -361,6 +361,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.outbox",
         "catga.otel",
         "catga.web",
+        "catga.health",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import dataclass
 
-import pytest
 from typer.testing import CliRunner
 
 from catga.backends import Backends, parse_url
@@ -23,16 +22,6 @@ DEST = "test_cli_dlq.Parcel"
 @dataclass(frozen=True)
 class Parcel(Event):
     parcel_id: str
-
-
-@pytest.fixture(
-    params=[pytest.param("nats", marks=pytest.mark.nats), pytest.param("redis", marks=pytest.mark.redis)]
-)
-def url(request: pytest.FixtureRequest, unique_name: str) -> str:
-    """The transport URL of an app on the NATS or the Redis test server, in a namespace of its own."""
-    if request.param == "nats":
-        return f"{request.getfixturevalue('nats_url')}?prefix={unique_name}&storage=memory"
-    return f"{request.getfixturevalue('redis_url')}?prefix={unique_name}"
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -78,47 +67,47 @@ async def _on_transport(url: str, letters: list[DeadLetter], expect: list[str] |
     return got
 
 
-def test_list_show_replay_and_delete(url: str) -> None:
-    asyncio.run(_on_transport(url, [letter("L1", "p-1"), letter("L2", "p-2")], None))
+def test_list_show_replay_and_delete(app_url: str) -> None:
+    asyncio.run(_on_transport(app_url, [letter("L1", "p-1"), letter("L2", "p-2")], None))
 
-    code, out, err = invoke("dlq", "list", "--url", url, "--json")
+    code, out, err = invoke("dlq", "list", "--url", app_url, "--json")
     assert code == 0, err
     listing = json.loads(out)
     assert listing["count"] == 2 and [x["id"] for x in listing["letters"]] == ["L1", "L2"]
     assert listing["letters"][0]["source"] == DEST and listing["letters"][0]["attempts"] == 5
 
-    code, out, err = invoke("dlq", "list", "--url", url)
+    code, out, err = invoke("dlq", "list", "--url", app_url)
     assert code == 0, err
     assert "dead letters: 2 of 2" in out and "RuntimeError: boom" in out
 
-    code, out, err = invoke("dlq", "show", "--url", url, "L1")
+    code, out, err = invoke("dlq", "show", "--url", app_url, "L1")
     assert code == 0, err
     shown = json.loads(out)
     assert json.loads(shown["body"]) == {"parcel_id": "p-1"} and shown["body_encoding"] == "utf-8"
     assert shown["headers"][H_TYPE] == DEST
 
-    code, out, err = invoke("dlq", "replay", "--url", url, "L1", "nope")
+    code, out, err = invoke("dlq", "replay", "--url", app_url, "L1", "nope")
     assert code == 1  # one of the two did not exist
     assert "replayed L1" in out and "not replayed nope: not found" in out
-    assert asyncio.run(_on_transport(url, [], ["p-1"])) == ["p-1"]  # the consumer group got it
+    assert asyncio.run(_on_transport(app_url, [], ["p-1"])) == ["p-1"]  # the consumer group got it
 
-    code, out, _ = invoke("dlq", "delete", "--url", url, "L2")
+    code, out, _ = invoke("dlq", "delete", "--url", app_url, "L2")
     assert code == 0 and "deleted L2" in out
-    code, out, _ = invoke("dlq", "delete", "--url", url, "L2")
+    code, out, _ = invoke("dlq", "delete", "--url", app_url, "L2")
     assert code == 1 and "not found" in out
-    code, out, _ = invoke("dlq", "list", "--url", url, "--json")
+    code, out, _ = invoke("dlq", "list", "--url", app_url, "--json")
     assert json.loads(out)["count"] == 0
 
 
-def test_replay_all_and_bad_input(url: str) -> None:
-    asyncio.run(_on_transport(url, [letter("L7", "p-7"), letter("L8", "p-8")], None))
-    code, out, err = invoke("dlq", "replay", "--url", url, "--all", "--json")
+def test_replay_all_and_bad_input(app_url: str) -> None:
+    asyncio.run(_on_transport(app_url, [letter("L7", "p-7"), letter("L8", "p-8")], None))
+    code, out, err = invoke("dlq", "replay", "--url", app_url, "--all", "--json")
     assert code == 0, err
     assert json.loads(out)["replayed"] == 2
-    assert sorted(asyncio.run(_on_transport(url, [], ["p-7", "p-8"]))) == ["p-7", "p-8"]
-    code, _, err = invoke("dlq", "show", "--url", url, "L7")
+    assert sorted(asyncio.run(_on_transport(app_url, [], ["p-7", "p-8"]))) == ["p-7", "p-8"]
+    code, _, err = invoke("dlq", "show", "--url", app_url, "L7")
     assert code == 1 and "NotFoundError" in err
-    code, _, err = invoke("dlq", "replay", "--url", url)
+    code, _, err = invoke("dlq", "replay", "--url", app_url)
     assert code == 2 and "give letter ids, or --all" in err
 
 

@@ -64,6 +64,7 @@ from catga.backends import Backends
 from catga.context import Context
 from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
+from catga.health import Health, Probe, run_checks, server_checks
 from catga.mediator import ErrorHook, Mediator
 from catga.messages import Event, Metadata, QoS, Request
 from catga.outbox import OutboxRelay
@@ -317,6 +318,41 @@ class App:
         forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"
         self.mediator.register(forward, event_type)
         return event_type
+
+    async def health(self, timeout: float = 2.0) -> Health:
+        """Check the app: running, every server it uses answers ``PING``, consumers and relay alive.
+
+        Each check runs concurrently within ``timeout`` seconds; nothing raises (see
+        :mod:`catga.health`). Serve it over HTTP with :meth:`catga.web.Endpoints.health`.
+        """
+
+        async def running() -> str:
+            if not self._running:
+                raise RuntimeError("the app is not started")
+            return f"{len(self.components)} components"
+
+        probes: list[tuple[str, Probe]] = [("app", running)]
+        backends = (self.transport, self.store, self.idempotency_store, self.outbox)
+        probes += server_checks([*self.backends.connections, *backends, *self.components])
+        if self._consumers:
+
+            async def consumers() -> str:
+                live = len(self._subscriptions)
+                if live < len(self._consumers):
+                    raise RuntimeError(f"{live} of {len(self._consumers)} consume() subscriptions are live")
+                return f"{live} subscriptions"
+
+            probes.append(("consumers", consumers))
+        relay = self.relay
+        if relay is not None:
+
+            async def relay_alive() -> str:
+                if not relay.running:
+                    raise RuntimeError("the outbox relay is not running")
+                return f"published {relay.published}, failed {relay.failed}, dead {relay.dead}"
+
+            probes.append(("outbox relay", relay_alive))
+        return await run_checks(probes, timeout)
 
     def add_header_hook(self, hook: Callable[[dict[str, str]], None]) -> None:
         """Let ``hook`` add headers to every exported event (e.g. trace context, see :mod:`catga.otel`).

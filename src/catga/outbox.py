@@ -179,6 +179,11 @@ class OutboxRelay:
 
     # -- the loop ------------------------------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        """True while the background loop runs."""
+        return self._task is not None and not self._task.done()
+
     def notify(self) -> None:
         """Wake the relay now (call after adding messages) instead of at the next poll."""
         self._wake.set()
@@ -227,5 +232,5 @@ class OutboxRelay:
         await self.aclose()
 
     def __repr__(self) -> str:
-        state = "running" if self._task is not None and not self._task.done() else "stopped"
+        state = "running" if self.running else "stopped"
         return f"OutboxRelay({state}, published={self.published}, failed={self.failed}, dead={self.dead})"

@@ -126,6 +126,20 @@ class Endpoints:
         """``method path``: JSON body + path params → ``publish`` → 202."""
         return self._add(path, message_type, method, name, from_body=True, event=True)
 
+    def health(self, path: str = "/healthz", *, timeout: float = 2.0) -> Route:
+        """``GET path``: :meth:`catga.App.health` as JSON, ``200`` when healthy, ``503`` when not."""
+        dispatcher = self.dispatcher
+
+        async def endpoint(request: Request) -> Response:
+            report = await dispatcher.health(timeout)
+            return Response(
+                _encode(report), status_code=200 if report.ok else 503, media_type="application/json"
+            )
+
+        route = Route(path, endpoint, methods=["GET"], name="health")
+        self.routes.append(route)
+        return route
+
     def _add(
         self, path: str, message_type: type, method: str, name: str | None, *, from_body: bool, event: bool
     ) -> Route:

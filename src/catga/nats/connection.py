@@ -35,7 +35,7 @@ from nats.js.api import StreamConfig, StreamInfo
 
 from catga._lifecycle import AsyncCloseable
 from catga._urls import redact_url
-from catga.errors import ConfigurationError
+from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.nats._errors import (
     ERR_STREAM_NAME_IN_USE,
     ERR_STREAM_STORE_FAILED,
@@ -134,6 +134,23 @@ class NatsConnection(AsyncCloseable):
         self._owns_client = owns_client
         self._closed = False
         self._users = 0
+
+    async def ping(self) -> None:
+        """Check the server answers a ``PING`` within :attr:`timeout` (a health check).
+
+        Raises:
+            BackendUnavailableError: the client is closed or reconnecting.
+            BackendTimeoutError: no ``PONG`` in time.
+        """
+        client = self.client
+        if self._closed or client.is_closed or not client.is_connected:
+            raise BackendUnavailableError(
+                f"the NATS connection is {'closed' if self._closed or client.is_closed else 'not connected'}",
+                backend="nats",
+            )
+        with translate_errors("ping", self.timeout):
+            async with asyncio.timeout(self.timeout):
+                await client.flush()
 
     def attach(self) -> None:
         """Count one more store using this connection (see :meth:`detach`)."""

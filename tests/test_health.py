@@ -1,0 +1,74 @@
+"""App.health() and its HTTP route: running, servers answering PING, consumers and relay alive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from starlette.applications import Starlette
+
+import catga
+from catga.health import HealthCheck, run_checks
+from catga.messages import Event, message_name
+from catga.web import Endpoints
+
+
+@message_name("test_health.Ping")
+@dataclass(frozen=True)
+class Ping(Event):
+    text: str
+
+
+async def test_an_app_is_unhealthy_until_started() -> None:
+    app = catga.App()
+    before = await app.health()
+    assert not before.ok and before.checks[0] == HealthCheck(
+        "app", False, "RuntimeError: the app is not started", before.checks[0].elapsed_ms
+    )
+    async with app:
+        during = await app.health()
+    assert during.ok and [c.name for c in during.checks] == ["app"]
+
+
+async def test_servers_consumers_and_relay_are_checked(app_url: str) -> None:
+    app = catga.App(transport=app_url, store=app_url, outbox=app_url, name="svc")
+    app.consume(Ping)
+    async with app:
+        report = await app.health()
+        names = [c.name for c in report.checks]
+        assert report.ok, report
+        backend = "nats" if app_url.startswith("nats") else "redis"
+        assert sum(name.startswith(backend + " ") for name in names) == 1  # one shared connection, once
+        assert "consumers" in names and "outbox relay" in names
+        assert all(c.elapsed_ms >= 0 for c in report.checks)
+        assert app.relay is not None
+        await app.relay.aclose()  # the relay died
+        assert [c.name for c in (await app.health()).checks if not c.ok] == ["outbox relay"]
+        for conn in app.backends.connections:
+            await conn.aclose()  # the server connection is gone
+        failed = {c.name for c in (await app.health(timeout=1.0)).checks if not c.ok}
+        assert any(name.startswith(backend) for name in failed)
+
+
+async def test_a_slow_check_times_out_without_raising() -> None:
+    async def slow() -> str:
+        import asyncio
+
+        await asyncio.sleep(5)
+        return "never"
+
+    report = await run_checks([("slow", slow)], timeout=0.05)
+    assert not report.ok and report.checks[0].detail == "no answer within 0.05 s"
+
+
+async def test_the_health_route_answers_200_or_503() -> None:
+    app = catga.App()
+    api = Endpoints(app)
+    api.health()
+    web = Starlette(routes=api.routes)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://t") as client:
+        r = await client.get("/healthz")
+        assert r.status_code == 503 and r.json()["ok"] is False
+        async with app:
+            r = await client.get("/healthz")
+        assert r.status_code == 200 and r.json()["checks"][0]["name"] == "app"
