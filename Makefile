@@ -32,7 +32,7 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 -q
-	$(BIN)/catga bench mediator eventstore-memory --quick
+	$(BIN)/catga bench mediator eventstore-memory ids --quick
 
 bench: $(STAMP)
 	$(BIN)/catga bench --json bench-out/results.json --png bench-out

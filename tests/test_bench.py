@@ -431,3 +431,29 @@ async def test_mediator_suite_runs_every_case_for_catga_and_python_cqrs() -> Non
         for conc in (1, 4)
     }
     assert len(ratios(report.results)) == 12
+
+
+def test_the_ids_suite_runs_every_generator_and_checks_their_ids(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from catga.cli import app
+
+    out = tmp_path / "ids.json"
+    result = CliRunner().invoke(
+        app, ["bench", "ids", "--quick", "--duration", "0.05", "--concurrency", "1,2", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert {r["impl"] for r in rows} == {"catga", "snowflake-id", "uuid4", "uuid7"}
+    assert all(r["ops_per_s"] > 0 for r in rows)
+
+
+def test_the_ids_self_check_refuses_duplicates_and_disorder() -> None:
+    from catga.bench.harness import BenchError
+    from catga.bench.suites.ids import _checked
+
+    with pytest.raises(BenchError, match="duplicate"):
+        _checked("stuck", lambda: 7)
+    counter = iter(range(10**6, 0, -1))
+    with pytest.raises(BenchError, match="not strictly increasing"):
+        _checked("backwards", lambda: next(counter), ordered=True)
