@@ -362,6 +362,8 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.otel",
         "catga.web",
         "catga.health",
+        "catga.postgres",
+        "catga.testing.postgres",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

@@ -300,6 +300,15 @@ class Backends:
         """
         if value is None:
             return None
+        if isinstance(value, str) and value.split("://", 1)[0].lower() in ("postgresql", "postgres"):
+            try:
+                import catga.postgres  # noqa: F401 - fail now when asyncpg is missing
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"outbox URL {redact_url(value)!r} needs asyncpg: pip install 'catga[postgres]'"
+                ) from exc
+            pg = BackendUrl(value, "postgres", value)
+            return self._defer(pg, LateOutboxStore("outbox", value), self.outbox_store)
         spec = self._spec("outbox", value)
         if spec is None:
             return value  # type: ignore[return-value]  # an outbox store object
@@ -423,7 +432,12 @@ class Backends:
         return self._track(f"idempotency store {spec}", redis_idem)
 
     async def outbox_store(self, spec: BackendUrl) -> OutboxStore:
-        """Open the outbox store ``spec`` names."""
+        """Open the outbox store ``spec`` names (NATS, Redis, or PostgreSQL: table ``catga_outbox``)."""
+        if spec.backend == "postgres":
+            from catga.postgres import PostgresOutboxStore
+
+            pg_outbox = await PostgresOutboxStore.connect(spec.address)
+            return self._track(f"outbox {spec}", pg_outbox)
         if spec.backend == "nats":
             from catga.nats import NatsOutboxStore
 

@@ -5,12 +5,13 @@ Enable it with ``pytest_plugins = ["catga.testing.pytest_plugin"]`` in your top-
 
 * ``nats_url`` (session): URL of a ``nats-server`` with JetStream.
 * ``redis_url`` (session): URL of a ``redis-server`` (database 0).
+* ``postgres_url`` (session): URL of a PostgreSQL server (user ``postgres``, database ``postgres``).
 * ``unique_name`` (function): a short unique name for isolating streams, keys and prefixes.
 
 The servers are started on free ports on first use and stopped at the end of the session (one
-per pytest-xdist worker). If ``CATGA_NATS_URL`` / ``CATGA_REDIS_URL`` are set, those servers are
-used instead; they must be on loopback. A server that cannot start makes the tests using it
-error with the reason; they are never skipped.
+per pytest-xdist worker). If ``CATGA_NATS_URL`` / ``CATGA_REDIS_URL`` / ``CATGA_POSTGRES_URL`` are
+set, those servers are used instead; they must be on loopback. A server that cannot start makes the
+tests using it error with the reason; they are never skipped.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import pytest
 
 from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
-__all__ = ("nats_url", "redis_url", "unique_name")
+__all__ = ("nats_url", "postgres_url", "redis_url", "unique_name")
 
 NATS_URL_ENV = "CATGA_NATS_URL"
 REDIS_URL_ENV = "CATGA_REDIS_URL"
+POSTGRES_URL_ENV = "CATGA_POSTGRES_URL"
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,19 @@ def redis_url() -> Iterator[str]:
         yield url
         return
     with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL server: ``$CATGA_POSTGRES_URL`` or one started for the session."""
+    url = url_from_env(POSTGRES_URL_ENV)
+    if url is not None:
+        yield url
+        return
+    from catga.testing.postgres import PostgresServer
+
+    with PostgresServer() as server:
         yield server.url
 
 

@@ -1,0 +1,5 @@
+"""PostgreSQL backend: an outbox written in the same transaction as your data (``catga[postgres]``)."""
+
+from catga.postgres.outbox import PostgresOutboxStore
+
+__all__ = ("PostgresOutboxStore",)

@@ -1,0 +1,228 @@
+"""An outbox in PostgreSQL, written in the same transaction as your data.
+
+This is the outbox that closes the whole gap: the event row commits or rolls back *with* the state
+change it announces, so no crash can leave one without the other. Give :meth:`PostgresOutboxStore.add`
+the connection of your transaction::
+
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE orders SET status = 'paid' WHERE id = $1", order_id)
+        await outbox.add([message], connection=conn)          # same transaction
+    # the OutboxRelay publishes it after the commit (and never, if it rolled back)
+
+Table (created on first use, ``CREATE TABLE IF NOT EXISTS``; default name ``catga_outbox``)::
+
+    id text PRIMARY KEY, destination text, type_name text, body bytea, headers jsonb,
+    created_at float8, attempts int, next_attempt_at float8, last_error text, status smallint,
+    lease_until float8
+
+with an index on ``(status, created_at)``. Times are the clients' unix time (like the Redis outbox).
+
+* ``add``: one ``INSERT ... ON CONFLICT (id) DO NOTHING`` per message, in the caller's transaction or in
+  a transaction of its own (all or none); a duplicate id is ignored, the first one wins.
+* ``fetch_pending``: ``UPDATE ... SET lease_until = now + lease WHERE id IN (SELECT ... FOR UPDATE SKIP
+  LOCKED) RETURNING``: concurrent relays skip each other's rows instead of waiting, and never lease the
+  same message twice while a lease runs.
+* ``mark_published`` / ``mark_failed`` / ``purge_published``: single statements.
+
+Uses ``asyncpg`` (``pip install "catga[postgres]"``). With SQLAlchemy's asyncpg dialect, the raw
+connection of a session's transaction is ``(await session.connection()).get_raw_connection()``'s
+``driver_connection``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.protocols import OutboxMessage, OutboxStatus
+
+__all__ = ("PostgresOutboxStore",)
+
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?\Z")
+_COLUMNS = (
+    "id, destination, type_name, body, headers, created_at, attempts, next_attempt_at, last_error, status"
+)
+
+
+class PostgresOutboxStore:
+    """:class:`~catga.protocols.OutboxStore` on a PostgreSQL table (see the module docs).
+
+    Args:
+        pool: an ``asyncpg`` pool (not closed by :meth:`aclose` unless this object created it with
+            :meth:`connect`).
+        table: the table name, optionally ``schema.table``.
+
+    Raises:
+        ConfigurationError: the table name is not a plain SQL identifier.
+    """
+
+    def __init__(self, pool: Any, *, table: str = "catga_outbox", owns_pool: bool = False) -> None:
+        if not _TABLE.match(table):
+            raise ConfigurationError(f"outbox table {table!r} must be an identifier, optionally schema.table")
+        self.pool = pool
+        self.table = table
+        self._owns_pool = owns_pool
+        self._ready = False
+        self._lock: asyncio.Lock | None = None
+        t = table
+        self._insert = (
+            f"INSERT INTO {t} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+        self._fetch = (
+            f"UPDATE {t} SET lease_until = $1 + $3 WHERE id IN ("
+            f"SELECT id FROM {t} WHERE status = 0 AND next_attempt_at <= $1 AND lease_until <= $1 "
+            f"ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}"
+        )
+        self._published = f"UPDATE {t} SET status = 1, lease_until = 0 WHERE id = ANY($1::text[])"
+        self._failed = (
+            f"UPDATE {t} SET attempts = attempts + 1, last_error = $2, lease_until = 0, "
+            "status = CASE WHEN $3::float8 IS NULL THEN 2 ELSE status END, "
+            "next_attempt_at = COALESCE($3::float8, next_attempt_at) WHERE id = $1"
+        )
+        self._get = f"SELECT {_COLUMNS} FROM {t} WHERE id = $1"
+        self._count = f"SELECT count(*) FROM {t} WHERE status = $1"
+        self._purge = f"DELETE FROM {t} WHERE status = 1 AND created_at < $1"
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, table: str = "catga_outbox", **pool_options: Any
+    ) -> PostgresOutboxStore:
+        """Create a pool for ``dsn`` (closed by :meth:`aclose`) and a store on it.
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+        """
+        try:
+            pool = await asyncpg.create_pool(dsn, **pool_options)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BackendUnavailableError(f"PostgreSQL connect failed: {exc}", backend="postgres") from exc
+        return cls(pool, table=table, owns_pool=True)
+
+    async def ensure_schema(self) -> None:
+        """Create the table and its index if missing (done on first use; idempotent)."""
+        if self._ready:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._ready:
+                return
+            name = self.table.replace(".", "_")
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                    "id text PRIMARY KEY, destination text NOT NULL, type_name text NOT NULL, "
+                    "body bytea NOT NULL, headers jsonb NOT NULL DEFAULT '{}', "
+                    "created_at float8 NOT NULL, attempts integer NOT NULL DEFAULT 0, "
+                    "next_attempt_at float8 NOT NULL DEFAULT 0, last_error text, "
+                    "status smallint NOT NULL DEFAULT 0, lease_until float8 NOT NULL DEFAULT 0)"
+                )
+                await conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {name}_pending ON {self.table} (status, created_at)"
+                )
+            self._ready = True
+
+    async def add(self, messages: Sequence[OutboxMessage], *, connection: Any = None) -> None:
+        """Store ``messages``; an id already stored is ignored (the first one wins).
+
+        Args:
+            messages: the messages.
+            connection: an ``asyncpg`` connection inside *your* transaction: the rows commit or roll
+                back with it. Without one, the messages are stored in a transaction of their own.
+
+        Raises:
+            ConfigurationError: an item is not an :class:`~catga.protocols.OutboxMessage` or has an
+                empty id (nothing is stored).
+        """
+        rows = []
+        for m in messages:
+            if not isinstance(m, OutboxMessage) or not m.id:
+                raise ConfigurationError(
+                    f"outbox add() takes OutboxMessage values with a non-empty id, got {m!r}"
+                )
+            rows.append(
+                (m.id, m.destination, m.type_name, bytes(m.body), json.dumps(m.headers), m.created_at,
+                 m.attempts, m.next_attempt_at, m.last_error, int(m.status))
+            )  # fmt: skip
+        if not rows:
+            return
+        await self.ensure_schema()
+        if connection is not None:
+            await connection.executemany(self._insert, rows)
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(self._insert, rows)
+
+    async def fetch_pending(self, limit: int = 100, lease: float = 30.0) -> list[OutboxMessage]:
+        """Lease up to ``limit`` due PENDING messages, oldest ``created_at`` first."""
+        if limit <= 0:
+            return []
+        await self.ensure_schema()
+        records = await self.pool.fetch(self._fetch, time.time(), limit, lease)
+        return sorted((_message(r) for r in records), key=lambda m: m.created_at)
+
+    async def mark_published(self, ids: Sequence[str]) -> None:
+        """Mark messages PUBLISHED. Idempotent; unknown ids are ignored."""
+        if ids:
+            await self.ensure_schema()
+            await self.pool.execute(self._published, list(ids))
+
+    async def mark_failed(self, id: str, error: str, retry_at: float | None) -> None:
+        """Record a failed attempt and end the lease; ``retry_at=None`` makes the message DEAD."""
+        await self.ensure_schema()
+        await self.pool.execute(self._failed, id, error, retry_at)
+
+    async def get(self, id: str) -> OutboxMessage | None:
+        """The message with this id in whatever state, or None."""
+        await self.ensure_schema()
+        record = await self.pool.fetchrow(self._get, id)
+        return None if record is None else _message(record)
+
+    async def count(self, status: OutboxStatus = OutboxStatus.PENDING) -> int:
+        """How many messages are in ``status``."""
+        await self.ensure_schema()
+        return int(await self.pool.fetchval(self._count, int(status)))
+
+    async def purge_published(self, older_than: float) -> int:
+        """Delete PUBLISHED messages created before the unix time ``older_than``; return how many."""
+        await self.ensure_schema()
+        done = await self.pool.execute(self._purge, older_than)  # "DELETE <n>"
+        return int(done.rsplit(" ", 1)[-1])
+
+    async def aclose(self) -> None:
+        """Close the pool if :meth:`connect` created it. Idempotent."""
+        if self._owns_pool:
+            self._owns_pool = False
+            await self.pool.close()
+
+    async def __aenter__(self) -> PostgresOutboxStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"PostgresOutboxStore(table={self.table!r})"
+
+
+def _message(r: Any) -> OutboxMessage:
+    return OutboxMessage(
+        id=r["id"],
+        destination=r["destination"],
+        type_name=r["type_name"],
+        body=bytes(r["body"]),
+        headers=json.loads(r["headers"]),
+        created_at=r["created_at"],
+        attempts=r["attempts"],
+        next_attempt_at=r["next_attempt_at"],
+        last_error=r["last_error"],
+        status=OutboxStatus(r["status"]),
+    )
