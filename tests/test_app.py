@@ -364,6 +364,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.health",
         "catga.postgres",
         "catga.testing.postgres",
+        "catga.postgres.idempotency",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

@@ -285,6 +285,9 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
+        pg = _postgres_spec("idempotency_store", value)
+        if pg is not None:
+            return self._defer(pg, LateIdempotencyStore("idempotency store", pg.url), self.idempotency_store)
         spec = self._spec("idempotency_store", value)
         if spec is None and value is not None:
             return value  # type: ignore[return-value]  # an idempotency store object
@@ -300,15 +303,9 @@ class Backends:
         """
         if value is None:
             return None
-        if isinstance(value, str) and value.split("://", 1)[0].lower() in ("postgresql", "postgres"):
-            try:
-                import catga.postgres  # noqa: F401 - fail now when asyncpg is missing
-            except ImportError as exc:
-                raise ConfigurationError(
-                    f"outbox URL {redact_url(value)!r} needs asyncpg: pip install 'catga[postgres]'"
-                ) from exc
-            pg = BackendUrl(value, "postgres", value)
-            return self._defer(pg, LateOutboxStore("outbox", value), self.outbox_store)
+        pg = _postgres_spec("outbox", value)
+        if pg is not None:
+            return self._defer(pg, LateOutboxStore("outbox", pg.url), self.outbox_store)
         spec = self._spec("outbox", value)
         if spec is None:
             return value  # type: ignore[return-value]  # an outbox store object
@@ -419,7 +416,12 @@ class Backends:
         return self._track(f"transport {spec}", redis_transport)
 
     async def idempotency_store(self, spec: BackendUrl) -> IdempotencyStore:
-        """Open the idempotency store ``spec`` names."""
+        """Open the idempotency store ``spec`` names (NATS, Redis, or PostgreSQL: ``catga_idempotency``)."""
+        if spec.backend == "postgres":
+            from catga.postgres import PostgresIdempotencyStore
+
+            pg_idem = await PostgresIdempotencyStore.connect(spec.address)
+            return self._track(f"idempotency store {spec}", pg_idem)
         if spec.backend == "nats":
             from catga.nats import NatsIdempotencyStore
 
@@ -457,6 +459,19 @@ class Backends:
         if self._late:
             steps.append(("unbinding the backend proxies", self._unbind))
         return steps
+
+
+def _postgres_spec(role: str, value: object) -> BackendUrl | None:
+    """A ``postgresql://`` / ``postgres://`` URL as a spec (the outbox and idempotency stores take one)."""
+    if not (isinstance(value, str) and value.split("://", 1)[0].lower() in ("postgresql", "postgres")):
+        return None
+    try:
+        import catga.postgres  # noqa: F401 - fail now when asyncpg is missing
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{role} URL {redact_url(value)!r} needs asyncpg: pip install 'catga[postgres]'"
+        ) from exc
+    return BackendUrl(value, "postgres", value)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import msgspec
 import pytest
 
@@ -21,13 +20,6 @@ from catga.serialization import TypeRegistry
 from catga.testing.contracts.outbox import OutboxStoreContract
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def pool(postgres_url: str) -> AsyncIterator[Any]:
-    pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 class TestPostgresOutboxStore(OutboxStoreContract):

@@ -31,47 +31,39 @@ connection of a session's transaction is ``(await session.connection()).get_raw_
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-
-from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.errors import ConfigurationError
+from catga.postgres._base import PgStore, deleted
 from catga.protocols import OutboxMessage, OutboxStatus
 
 __all__ = ("PostgresOutboxStore",)
 
-_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?\Z")
 _COLUMNS = (
     "id, destination, type_name, body, headers, created_at, attempts, next_attempt_at, last_error, status"
 )
 
 
-class PostgresOutboxStore:
+class PostgresOutboxStore(PgStore):
     """:class:`~catga.protocols.OutboxStore` on a PostgreSQL table (see the module docs).
 
     Args:
         pool: an ``asyncpg`` pool (not closed by :meth:`aclose` unless this object created it with
             :meth:`connect`).
-        table: the table name, optionally ``schema.table``.
+        table: the table name, optionally ``schema.table`` (default ``catga_outbox``).
 
     Raises:
         ConfigurationError: the table name is not a plain SQL identifier.
     """
 
-    def __init__(self, pool: Any, *, table: str = "catga_outbox", owns_pool: bool = False) -> None:
-        if not _TABLE.match(table):
-            raise ConfigurationError(f"outbox table {table!r} must be an identifier, optionally schema.table")
-        self.pool = pool
-        self.table = table
-        self._owns_pool = owns_pool
-        self._ready = False
-        self._lock: asyncio.Lock | None = None
-        t = table
+    default_table = "catga_outbox"
+
+    def __init__(self, pool: Any, *, table: str | None = None, owns_pool: bool = False) -> None:
+        super().__init__(pool, table=table, owns_pool=owns_pool)
+        t = self.table
         self._insert = (
             f"INSERT INTO {t} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10) "
             "ON CONFLICT (id) DO NOTHING"
@@ -91,44 +83,17 @@ class PostgresOutboxStore:
         self._count = f"SELECT count(*) FROM {t} WHERE status = $1"
         self._purge = f"DELETE FROM {t} WHERE status = 1 AND created_at < $1"
 
-    @classmethod
-    async def connect(
-        cls, dsn: str, *, table: str = "catga_outbox", **pool_options: Any
-    ) -> PostgresOutboxStore:
-        """Create a pool for ``dsn`` (closed by :meth:`aclose`) and a store on it.
-
-        Raises:
-            BackendUnavailableError: the server cannot be reached.
-        """
-        try:
-            pool = await asyncpg.create_pool(dsn, **pool_options)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise BackendUnavailableError(f"PostgreSQL connect failed: {exc}", backend="postgres") from exc
-        return cls(pool, table=table, owns_pool=True)
-
-    async def ensure_schema(self) -> None:
-        """Create the table and its index if missing (done on first use; idempotent)."""
-        if self._ready:
-            return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._ready:
-                return
-            name = self.table.replace(".", "_")
-            async with self.pool.acquire() as conn:
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                    "id text PRIMARY KEY, destination text NOT NULL, type_name text NOT NULL, "
-                    "body bytea NOT NULL, headers jsonb NOT NULL DEFAULT '{}', "
-                    "created_at float8 NOT NULL, attempts integer NOT NULL DEFAULT 0, "
-                    "next_attempt_at float8 NOT NULL DEFAULT 0, last_error text, "
-                    "status smallint NOT NULL DEFAULT 0, lease_until float8 NOT NULL DEFAULT 0)"
-                )
-                await conn.execute(
-                    f"CREATE INDEX IF NOT EXISTS {name}_pending ON {self.table} (status, created_at)"
-                )
-            self._ready = True
+    def _ddl(self) -> list[str]:
+        name = self.table.replace(".", "_")
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            "id text PRIMARY KEY, destination text NOT NULL, type_name text NOT NULL, "
+            "body bytea NOT NULL, headers jsonb NOT NULL DEFAULT '{}', "
+            "created_at float8 NOT NULL, attempts integer NOT NULL DEFAULT 0, "
+            "next_attempt_at float8 NOT NULL DEFAULT 0, last_error text, "
+            "status smallint NOT NULL DEFAULT 0, lease_until float8 NOT NULL DEFAULT 0)",
+            f"CREATE INDEX IF NOT EXISTS {name}_pending ON {self.table} (status, created_at)",
+        ]
 
     async def add(self, messages: Sequence[OutboxMessage], *, connection: Any = None) -> None:
         """Store ``messages``; an id already stored is ignored (the first one wins).
@@ -194,23 +159,7 @@ class PostgresOutboxStore:
     async def purge_published(self, older_than: float) -> int:
         """Delete PUBLISHED messages created before the unix time ``older_than``; return how many."""
         await self.ensure_schema()
-        done = await self.pool.execute(self._purge, older_than)  # "DELETE <n>"
-        return int(done.rsplit(" ", 1)[-1])
-
-    async def aclose(self) -> None:
-        """Close the pool if :meth:`connect` created it. Idempotent."""
-        if self._owns_pool:
-            self._owns_pool = False
-            await self.pool.close()
-
-    async def __aenter__(self) -> PostgresOutboxStore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"PostgresOutboxStore(table={self.table!r})"
+        return deleted(await self.pool.execute(self._purge, older_than))
 
 
 def _message(r: Any) -> OutboxMessage:

@@ -1,0 +1,115 @@
+"""Idempotency / inbox records in PostgreSQL.
+
+Table (created on first use; default ``catga_idempotency``)::
+
+    key text PRIMARY KEY, state smallint (0 claimed, 1 completed), expires_at float8, result bytea
+
+* ``claim``: ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE expires_at <= now RETURNING``: one
+  atomic statement takes a free or expired key, so of N concurrent claims exactly one wins; otherwise
+  the live row says IN_PROGRESS or COMPLETED (with its result).
+* ``complete``: an upsert to state 1 with ``expires_at = now + ttl``; ``release``: deletes a claim
+  (never a completed record).
+
+Like the outbox, ``complete`` (and ``claim``) take an optional ``connection``: a handler that writes its
+effects in a transaction can mark the message done in the same transaction, so the effects and the
+"done" record commit together (the pipeline's later ``complete`` is then an idempotent repeat).
+
+Expired rows are not deleted by reads; :meth:`PostgresIdempotencyStore.purge_expired` removes them
+(run it now and then). Times are the clients' unix time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from catga.postgres._base import PgStore, deleted
+from catga.protocols import Claim, ClaimStatus, validate_identifier
+
+__all__ = ("PostgresIdempotencyStore", "PostgresInboxStore")
+
+_CLAIMED = Claim(ClaimStatus.CLAIMED)
+_IN_PROGRESS = Claim(ClaimStatus.IN_PROGRESS)
+
+
+class PostgresIdempotencyStore(PgStore):
+    """:class:`~catga.protocols.IdempotencyStore` on a PostgreSQL table (see the module docs).
+
+    Args:
+        pool: an ``asyncpg`` pool (closed by :meth:`aclose` only if :meth:`connect` created it).
+        table: the table name, optionally ``schema.table``.
+
+    Raises:
+        ConfigurationError: the table name is not a plain SQL identifier.
+    """
+
+    default_table = "catga_idempotency"
+
+    def __init__(self, pool: Any, *, table: str | None = None, owns_pool: bool = False) -> None:
+        super().__init__(pool, table=table, owns_pool=owns_pool)
+        t = self.table
+        self._claim = (
+            f"INSERT INTO {t} (key, state, expires_at, result) VALUES ($1, 0, $2::float8 + $3::float8, NULL) "
+            f"ON CONFLICT (key) DO UPDATE SET state = 0, expires_at = EXCLUDED.expires_at, result = NULL "
+            f"WHERE {t}.expires_at <= $2::float8 RETURNING key"
+        )
+        self._read = f"SELECT state, expires_at, result FROM {t} WHERE key = $1"
+        self._complete = (
+            f"INSERT INTO {t} (key, state, expires_at, result) VALUES ($1, 1, $2, $3) "
+            "ON CONFLICT (key) DO UPDATE SET state = 1, expires_at = EXCLUDED.expires_at, "
+            "result = EXCLUDED.result"
+        )
+        self._release = f"DELETE FROM {t} WHERE key = $1 AND state = 0"
+        self._purge = f"DELETE FROM {t} WHERE expires_at <= $1"
+
+    def _ddl(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.table} (key text PRIMARY KEY, "
+            "state smallint NOT NULL, expires_at float8 NOT NULL, result bytea)"
+        ]
+
+    async def claim(self, key: str, lock_ttl: float = 30.0, *, connection: Any = None) -> Claim:
+        """Claim ``key`` atomically: CLAIMED, IN_PROGRESS, or COMPLETED with the stored result.
+
+        Raises:
+            InvalidIdentifierError: the key is malformed.
+        """
+        validate_identifier(key, "idempotency key")
+        await self.ensure_schema()
+        db = connection if connection is not None else self.pool
+        while True:
+            now = time.time()
+            if await db.fetchval(self._claim, key, now, lock_ttl) is not None:
+                return _CLAIMED
+            row = await db.fetchrow(self._read, key)
+            if row is None or row["expires_at"] <= now:  # released or expired meanwhile: try again
+                continue
+            if row["state"] == 1:
+                return Claim(ClaimStatus.COMPLETED, bytes(row["result"] or b""))
+            return _IN_PROGRESS
+
+    async def complete(
+        self, key: str, result: bytes = b"", ttl: float = 86400.0, *, connection: Any = None
+    ) -> None:
+        """Store ``result`` for ``key`` for ``ttl`` seconds (in ``connection``'s transaction if given)."""
+        validate_identifier(key, "idempotency key")
+        await self.ensure_schema()
+        db = connection if connection is not None else self.pool
+        await db.execute(self._complete, key, time.time() + ttl, bytes(result))
+
+    async def release(self, key: str) -> None:
+        """Drop an unfinished claim of ``key``; a completed record is kept."""
+        validate_identifier(key, "idempotency key")
+        await self.ensure_schema()
+        await self.pool.execute(self._release, key)
+
+    async def purge_expired(self) -> int:
+        """Delete expired claims and records; return how many."""
+        await self.ensure_schema()
+        return deleted(await self.pool.execute(self._purge, time.time()))
+
+
+class PostgresInboxStore(PostgresIdempotencyStore):
+    """:class:`~catga.protocols.InboxStore` on PostgreSQL: the same records, default table ``catga_inbox``."""
+
+    default_table = "catga_inbox"
