@@ -82,13 +82,15 @@ def test_debug_reads_its_environment_variable() -> None:
 
 
 def test_doctor_without_urls_reports_the_installation() -> None:
-    code, out, _ = invoke("doctor", "--json", env={"CATGA_NATS_URL": None, "CATGA_REDIS_URL": None})
+    code, out, _ = invoke(
+        "doctor", "--json", env={"CATGA_NATS_URL": None, "CATGA_REDIS_URL": None, "CATGA_POSTGRES_URL": None}
+    )
     assert code == 0
     data = json.loads(out)
     assert data["ok"] is True
     names = {c["name"]: c for c in data["checks"]}
     assert names["catga"]["facts"]["catga"] == catga.__version__
-    assert "no NATS/Redis URL given" in names["servers"]["detail"]
+    assert "no NATS/Redis/PostgreSQL URL given" in names["servers"]["detail"]
 
 
 @pytest.mark.nats
@@ -212,3 +214,21 @@ def test_demo_through_the_console_entry_point() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all 8 steps behaved as expected" in proc.stdout
+
+
+@pytest.mark.postgres
+def test_doctor_checks_postgres(postgres_url: str) -> None:
+    code, out, _ = invoke("doctor", "--postgres", postgres_url, "--json", env={"CATGA_NATS_URL": None})
+    assert code == 0, out
+    [check] = [c for c in json.loads(out)["checks"] if c["name"] == "postgres"]
+    assert check["status"] == "ok" and check["facts"]["server_version"][:2].isdigit()
+
+
+def test_doctor_reports_an_unreachable_postgres() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    code, out, _ = invoke(
+        "doctor", "--postgres", url, "--json", "--timeout", "2", env={"CATGA_NATS_URL": None}
+    )
+    assert code == 1
+    [check] = [c for c in json.loads(out)["checks"] if c["name"] == "postgres"]
+    assert check["status"] == "fail" and "cannot use PostgreSQL" in check["detail"]

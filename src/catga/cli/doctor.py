@@ -204,21 +204,63 @@ def _environment_checks() -> list[Check]:
     return checks
 
 
-async def run_checks(nats_url: str | None, redis_url: str | None, timeout: float) -> list[Check]:
-    """Environment facts plus the NATS and Redis checks for the URLs given (concurrently)."""
+async def check_postgres(url: str, timeout: float) -> Check:
+    """Connect to PostgreSQL at ``url``, read the server version and time a ``SELECT 1``.
+
+    Never raises (except on cancellation): a failure becomes a ``"fail"`` check.
+    """
+    try:
+        import asyncpg
+    except ImportError:
+        return Check(
+            "postgres", "fail", "asyncpg is not installed: pip install 'catga[postgres]'", {"url": url}
+        )
+    facts: dict[str, Any] = {"url": url}
+    conn = None
+    try:
+        t0 = time.perf_counter()
+        conn = await asyncio.wait_for(asyncpg.connect(url, timeout=timeout), timeout)
+        facts["connect_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        t0 = time.perf_counter()
+        await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout)
+        facts["rtt_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        facts["server_version"] = str(await asyncio.wait_for(conn.fetchval("SHOW server_version"), timeout))
+        return Check(
+            "postgres",
+            "ok",
+            f"PostgreSQL {facts['server_version']} at {url}, round trip {facts['rtt_ms']} ms",
+            facts,
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return Check("postgres", "fail", f"cannot use PostgreSQL at {url}: {_error(exc)}", facts)
+    finally:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout)
+
+
+async def run_checks(
+    nats_url: str | None, redis_url: str | None, timeout: float, postgres_url: str | None = None
+) -> list[Check]:
+    """Environment facts plus the NATS, Redis and PostgreSQL checks for the URLs given (concurrently)."""
     checks = _environment_checks()
     pending = []
     if nats_url:
         pending.append(check_nats(nats_url, timeout))
     if redis_url:
         pending.append(check_redis(redis_url, timeout))
+    if postgres_url:
+        pending.append(check_postgres(postgres_url, timeout))
     checks.extend(await asyncio.gather(*pending))
-    if not nats_url and not redis_url:
+    if not nats_url and not redis_url and not postgres_url:
         checks.append(
             Check(
                 "servers",
                 "info",
-                "no NATS/Redis URL given: pass --nats / --redis or set CATGA_NATS_URL / CATGA_REDIS_URL",
+                "no NATS/Redis/PostgreSQL URL given: pass --nats / --redis / --postgres or set "
+                "CATGA_NATS_URL / CATGA_REDIS_URL / CATGA_POSTGRES_URL",
             )
         )
     return checks
@@ -233,14 +275,20 @@ def doctor(
         str | None,
         typer.Option("--redis", envvar="CATGA_REDIS_URL", help="Redis URL to check.", show_default=False),
     ] = None,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            "--postgres", envvar="CATGA_POSTGRES_URL", help="PostgreSQL URL to check.", show_default=False
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option(envvar="CATGA_DOCTOR_TIMEOUT", help="Seconds allowed for each server call.")
     ] = 3.0,
     as_json: Annotated[bool, typer.Option("--json", envvar="CATGA_DOCTOR_JSON", help="Print JSON.")] = False,
 ) -> None:
-    """Check the installation and NATS/Redis connectivity (server version, JetStream); exit 1 on a failure."""
+    """Check the installation and NATS/Redis/PostgreSQL connectivity; exit 1 on a failure."""
     with reported_errors():
-        checks = run_async(lambda: run_checks(nats_url, redis_url, timeout))
+        checks = run_async(lambda: run_checks(nats_url, redis_url, timeout, postgres_url))
         failed = [c for c in checks if c.status == "fail"]
         if as_json:
             print_json({"ok": not failed, "checks": [asdict(c) for c in checks]})
