@@ -84,6 +84,9 @@ def server_checks(objects: Iterable[Any]) -> list[tuple[str, Probe]]:
 
 
 def _name_of(connection: Any) -> str:
+    table = getattr(connection, "table", None)
+    if table is not None and hasattr(connection, "pool"):  # a PostgreSQL store
+        return f"postgres {table}"
     settings = getattr(connection, "settings", None)
     if settings is not None and hasattr(settings, "address"):
         return f"redis {settings.address}"

@@ -146,3 +146,13 @@ async def test_an_app_with_a_postgres_outbox_url_relays_exported_events(postgres
         async with asyncio.timeout(10):
             while got != ["o-pg"]:  # noqa: ASYNC110 - waiting for a consumer
                 await asyncio.sleep(0.02)
+
+
+async def test_app_health_pings_the_postgres_outbox(postgres_url: str) -> None:
+    import catga
+
+    app = catga.App(transport=MemoryTransport(), outbox=postgres_url, name="health")
+    async with app:
+        report = await app.health()
+    checks = {c.name: c for c in report.checks}
+    assert report.ok and checks["postgres catga_outbox"].ok and "outbox relay" in checks

@@ -76,6 +76,10 @@ class PgStore:
                         await conn.execute(statement)
                 self._ready = True
 
+    async def ping(self) -> None:
+        """Check the server answers ``SELECT 1`` (a health check, see :meth:`catga.App.health`)."""
+        await self.pool.fetchval("SELECT 1")
+
     async def aclose(self) -> None:
         """Close the pool if :meth:`connect` created it. Idempotent."""
         if self._owns_pool:
