@@ -556,3 +556,22 @@ def test_switching_worker_id_mid_millisecond_keeps_ids_increasing() -> None:
     assert after > before[-1]
     assert gen.parse(after) == SnowflakeParts(T0 + 1, 5, 0)
     assert clock.sleeps  # it waited for the next millisecond
+
+
+def test_invalidating_the_window_sends_the_next_id_through_the_guard_at_once() -> None:
+    clock = FakeClock()
+    gen = make(clock, worker_id=3)
+    refused: list[bool] = []
+
+    def guard() -> None:
+        if refused:
+            raise RuntimeError("refused")
+
+    gen._adopt(3, guard)
+    gen.next_id()
+    gen.next_id()  # same millisecond: the lock-free path, no guard
+    refused.append(True)
+    gen.next_id()  # still the same window: not checked yet
+    gen._invalidate()
+    with pytest.raises(RuntimeError, match="refused"):
+        gen.next_id()  # same millisecond, but the window is gone

@@ -481,6 +481,11 @@ class SnowflakeIdGenerator:
         with self._lock:
             self._adopt_locked(worker_id, guard)
 
+    def _invalidate(self) -> None:
+        """End the current millisecond's window: the next id goes through the lock (and the guard)."""
+        with self._lock:
+            self._window = (0, 0, count(1), 0)
+
     def _adopt_locked(self, worker_id: int, guard: Callable[[], None] | None) -> None:
         self._set_worker_id(worker_id)
         self._guard = guard

@@ -20,10 +20,12 @@ The lease renews its key every ``ttl / 3`` seconds in a background task.
   last successful acquisition or renewal (``margin`` = ``min(1 s, ttl / 10)``), measured on the
   monotonic clock: after that another process may already hold the id.
 
-The check runs whenever the generator opens a new millisecond, so at most the ids of the current
-millisecond follow a loss. A renewal that succeeds again (the backend came back and the key was still
-ours) makes the generator usable again. Pass ``generator=default_generator()`` to make every id catga
-draws in this process (message ids, transport metadata) use the leased worker id.
+The check runs whenever the generator opens a new millisecond, and a loss found by a renewal (or
+:meth:`WorkerIdLease.aclose`) also ends the current millisecond's window at once; only a lease that
+runs out between renewals can let the rest of one millisecond's ids through. A renewal that succeeds
+again (the backend came back and the key was still ours) makes the generator usable again. Pass
+``generator=default_generator()`` to make every id catga draws in this process (message ids,
+transport metadata) use the leased worker id.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class WorkerIdLease:
                 await self._lease.extend(self._ttl)
             except LockNotOwnedError:
                 self._lost = "the lock key is held by another owner"
+                self.generator._invalidate()  # not even the rest of the current millisecond
                 logger.error("worker id %s of %r was lost: %s", self.worker_id, self.namespace, self._lost)
                 return
             except Exception as exc:  # backend trouble: keep trying while the lease may still hold
@@ -136,6 +139,7 @@ class WorkerIdLease:
         if self._closed:
             return
         self._closed = True
+        self.generator._invalidate()
         self._renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._renewer
