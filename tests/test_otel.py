@@ -167,3 +167,26 @@ def test_inject_writes_the_current_trace_context(telemetry: Telemetry) -> None:
     with tracer.start_as_current_span("outer") as span:
         catga.otel.inject(headers)
     assert headers["traceparent"].split("-")[1] == f"{span.get_span_context().trace_id:032x}"
+
+
+async def test_a_sampled_out_span_costs_no_context_switch_but_still_counts() -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    telemetry = Telemetry()
+    telemetry.tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+    telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(telemetry.spans))
+    app = catga.App()
+    telemetry.instrument(app)
+    inside: list[bool] = []
+
+    @app.handler
+    async def ship(cmd: Ship) -> str:
+        from opentelemetry import trace
+
+        inside.append(trace.get_current_span().is_recording())
+        return "ok"
+
+    assert (await app.send(Ship("o-4"))).value == "ok"
+    assert telemetry.finished() == [] and inside == [False]
+    [(type_name, outcome)] = telemetry.points("catga.messages.handled")
+    assert type_name.endswith("Ship") and outcome == "ok"
