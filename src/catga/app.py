@@ -200,7 +200,6 @@ class App:
         self._header_hooks: list[Callable[[dict[str, str]], None]] = []
         self.outbox: OutboxStore | None = self.backends.outbox_for(outbox)
         self.relay: OutboxRelay | None = None  # created at start when there is an outbox and a transport
-        self._registry = registry
         for backend in (self.transport, self.store, self.idempotency_store, self.outbox):
             if backend is not None and not self.backends.manages(backend):
                 self.add_component(backend)
@@ -363,7 +362,9 @@ class App:
 
     def _outbox_message(self, event: Any, metadata: Metadata, destination: str | None) -> OutboxMessage:
         """The outbox entry for an exported event: what the transport would have published."""
-        registry = self._registry if self._registry is not None else default_registry()
+        registry = self.backends.registry
+        if registry is None:
+            registry = default_registry()
         type_name = registry.name_of(type(event))
         return OutboxMessage(
             id=str(metadata.message_id),

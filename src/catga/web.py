@@ -48,6 +48,7 @@ from starlette.routing import Route
 from catga.errors import ErrorCode
 from catga.ids import new_id
 from catga.messages import Metadata
+from catga.pipeline._codec import _enc_hook  # pydantic values through model_dump, as stored results
 from catga.result import Result
 
 __all__ = ("STATUS_BY_CODE", "CorrelationIdMiddleware", "Endpoints", "problem")
@@ -72,13 +73,6 @@ PROBLEM_JSON = "application/problem+json"
 _request: contextvars.ContextVar[list[int | None] | None] = contextvars.ContextVar(
     "catga_http_correlation", default=None
 )
-
-
-def _enc_hook(obj: Any) -> Any:
-    dump = getattr(obj, "model_dump", None)  # pydantic models as values
-    if dump is not None:
-        return dump(mode="json")
-    raise NotImplementedError(f"cannot encode {type(obj).__name__} as JSON")
 
 
 _encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode

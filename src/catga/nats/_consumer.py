@@ -430,18 +430,23 @@ async def _quietly(op: Awaitable[Any], what: str) -> None:
         logger.exception("%s failed", what)
 
 
-def _num_delivered(reply: str) -> int:
-    """The delivery count from a JetStream ack subject (``$JS.ACK.<stream>.<consumer>.<delivered>...``,
-    or the 12-token form with domain and account hash), without nats-py's datetime-building parser."""
+def _ack_fields(reply: str) -> list[str]:
+    """A JetStream ack subject's tokens in its 9-token layout, ``$JS.ACK.<stream>.<consumer>.<delivered>.
+    <stream seq>.<consumer seq>.<timestamp>.<pending>`` (the 12-token form's domain and account hash are
+    dropped), without nats-py's datetime-building parser."""
     tokens = reply.split(".")
-    return int(tokens[4] if len(tokens) == 9 else tokens[6])
+    return tokens if len(tokens) == 9 else tokens[:2] + tokens[4:]
+
+
+def _num_delivered(reply: str) -> int:
+    """The delivery count from a JetStream ack subject."""
+    return int(_ack_fields(reply)[4])
 
 
 def _fallback_id(msg: Msg | Delivery) -> str:
     """An id for a message without a catga message id: ``<stream>-<stream sequence>`` when known."""
     reply = msg.reply or ""
-    tokens = reply.split(".")
-    if reply.startswith("$JS.ACK.") and len(tokens) in (9, 12):
-        stream, seq = (tokens[2], tokens[5]) if len(tokens) == 9 else (tokens[4], tokens[7])
-        return f"{stream}-{seq}"
+    if reply.startswith("$JS.ACK.") and reply.count(".") in (8, 11):
+        fields = _ack_fields(reply)
+        return f"{fields[2]}-{fields[5]}"
     return f"nats-{time.time_ns()}"
