@@ -17,7 +17,8 @@ URL reaches the client:
   Redis every key starts with ``NAME:``; on NATS the event store is stream ``NAME_EVENTS`` (upper
   case) on subjects ``NAME.events.>``, the transport uses subjects ``NAME.evt/cmd/rpc.*`` (streams
   ``NAME_MESSAGES``...), the idempotency bucket is ``NAME_idempotency``, the outbox bucket
-  ``NAME_outbox`` and the dead letters ``NAME_dead_letters`` (see :func:`nats_layout`).
+  ``NAME_outbox``, the dead letters ``NAME_dead_letters`` and the worker id leases ``NAME_locks`` (see
+  :func:`nats_layout`).
 * ``storage=file|memory`` (NATS only; default ``file``): JetStream storage of streams and buckets.
 
 The backend packages are imported only when a URL names them (never when ``catga`` is imported); a
@@ -203,6 +204,7 @@ class NatsLayout(NamedTuple):
     idempotency_bucket: str
     dead_letter_bucket: str
     outbox_bucket: str
+    locks_bucket: str
 
 
 def nats_layout(prefix: str = "catga") -> NatsLayout:
@@ -214,6 +216,7 @@ def nats_layout(prefix: str = "catga") -> NatsLayout:
         f"{prefix}_idempotency",
         f"{prefix}_dead_letters",
         f"{prefix}_outbox",
+        f"{prefix}_locks",
     )
 
 
@@ -450,6 +453,26 @@ class Backends:
 
         redis_outbox = RedisOutboxStore(await self._redis(spec))
         return self._track(f"outbox {spec}", redis_outbox)
+
+    async def worker_id_lock(self) -> tuple[str, Any] | None:
+        """A distributed lock on the first NATS or Redis backend the URLs name, to lease worker ids.
+
+        Returns:
+            ``(description, lock)`` on the shared connection (closed with the backends), or None when
+            no URL names a NATS or Redis server.
+        """
+        for spec, _, _ in self._late:
+            if spec.backend == "nats":
+                from catga.nats import NatsLock
+
+                lock = NatsLock(await self._nats(spec), bucket=nats_layout(spec.prefix).locks_bucket, storage=spec.storage)
+                return f"NATS {redact_url(spec.address)}", self._track(f"worker id lock {spec}", lock)
+            if spec.backend == "redis":
+                from catga.redis import RedisLock
+
+                redis_lock = RedisLock(await self._redis(spec))
+                return f"Redis {redact_url(spec.address)}", self._track(f"worker id lock {spec}", redis_lock)
+        return None
 
     def closers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(description, aclose)`` of everything opened, last opened first; forgets them."""
