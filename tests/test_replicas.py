@@ -21,14 +21,13 @@ import catga
 from catga._worker_ids import process_worker_id
 from catga.ids import default_generator
 from catga.memory import MemoryLock
+from chaos import Chaos
 from replica_worker import ReplicaEvent
 
 pytestmark = pytest.mark.slow
 
 PROCESSES = 4
 APPS = 2
-#: Events each app publishes (the issue's figure; CATGA_REPLICA_EVENTS makes it smaller or larger).
-EVENTS = int(os.environ.get("CATGA_REPLICA_EVENTS", "10000"))
 DELIVERY_WAIT = 150.0  # seconds before the test gives up on missing events (not a performance bound)
 TESTS = Path(__file__).parent
 
@@ -48,8 +47,12 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.chaos
 @pytest.mark.timeout(400)
-async def test_processes_started_together_lose_no_event_and_share_no_id(broker_url: str) -> None:
+async def test_processes_started_together_lose_no_event_and_share_no_id(
+    broker_url: str, chaos: Chaos
+) -> None:
+    events = chaos.size(short=2_500, full=10_000)  # per app (the issue asks for 10,000: make chaos)
     collector = catga.App(transport=broker_url, name="collector")
     ids_of: dict[tuple[int, int, int], set[int]] = {}
 
@@ -58,7 +61,7 @@ async def test_processes_started_together_lose_no_event_and_share_no_id(broker_u
         ids_of.setdefault((event.process, event.app, event.seq), set()).add(ctx.message_id)
 
     collector.consume(ReplicaEvent, max_in_flight=256)
-    total = PROCESSES * APPS * EVENTS
+    total = PROCESSES * APPS * events
     async with collector:
         start_at = time.time() + 3.0
         procs = [
@@ -69,7 +72,7 @@ async def test_processes_started_together_lose_no_event_and_share_no_id(broker_u
                 broker_url,
                 str(p),
                 str(APPS),
-                str(EVENTS),
+                str(events),
                 str(start_at),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -89,6 +92,14 @@ async def test_processes_started_together_lose_no_event_and_share_no_id(broker_u
         while len(ids_of) < total and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a count
             await asyncio.sleep(0.1)
     missing = total - len(ids_of)
+    twice = sum(len(ids) - 1 for ids in ids_of.values())
+    backend = broker_url.split(":", 1)[0]
+    chaos.record(
+        f"{PROCESSES} processes x {APPS} apps start together ({backend})",
+        messages=total,
+        lost=missing,
+        twice=twice,
+    )
     assert missing == 0, f"{missing} of {total} events never arrived (dropped as duplicates?)"
     all_ids = [i for ids in ids_of.values() for i in ids]
     assert all(len(ids) == 1 for ids in ids_of.values()), "an event arrived under two ids"
