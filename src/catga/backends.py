@@ -465,7 +465,8 @@ class Backends:
             if spec.backend == "nats":
                 from catga.nats import NatsLock
 
-                lock = NatsLock(await self._nats(spec), bucket=nats_layout(spec.prefix).locks_bucket, storage=spec.storage)
+                conn, bucket = await self._nats(spec), nats_layout(spec.prefix).locks_bucket
+                lock = NatsLock(conn, bucket=bucket, storage=spec.storage)
                 return f"NATS {redact_url(spec.address)}", self._track(f"worker id lock {spec}", lock)
             if spec.backend == "redis":
                 from catga.redis import RedisLock
