@@ -64,7 +64,7 @@ from catga.backends import Backends
 from catga.context import Context
 from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
-from catga.health import Health, Probe, run_checks, server_checks
+from catga.health import Health, Probe, consumers_detail, run_checks, server_checks
 from catga.mediator import ErrorHook, Mediator
 from catga.messages import Event, Metadata, QoS, Request
 from catga.outbox import OutboxRelay
@@ -339,7 +339,7 @@ class App:
                 live = len(self._subscriptions)
                 if live < len(self._consumers):
                     raise RuntimeError(f"{live} of {len(self._consumers)} consume() subscriptions are live")
-                return f"{live} subscriptions"
+                return consumers_detail(self._subscriptions)
 
             probes.append(("consumers", consumers))
         relay = self.relay
