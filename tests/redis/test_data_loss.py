@@ -115,3 +115,43 @@ async def test_a_deleted_group_is_recreated_after_what_was_read_without_replayin
 
 async def _is(got: list[object], want: list[object]) -> bool:
     return sorted(got, key=str) == sorted(want, key=str)
+
+
+async def test_an_entry_waiting_for_its_retry_when_the_group_vanished_is_still_handled(
+    redis_url: str, unique_name: str
+) -> None:
+    """The group restarts at the oldest entry the reader holds, so a failed entry waiting for its
+    retry is delivered again instead of being dropped as "no longer pending"."""
+    registry = contract_registry()
+    calls: list[str] = []
+
+    async def handler(event: ContractOrderPlaced, _meta: object) -> None:
+        calls.append(event.order_id)
+        if calls.count(event.order_id) == 1 and event.order_id == "o1":
+            raise RuntimeError("first delivery of o1 fails")
+
+    options = {"registry": registry, "retry_backoff": 0.5, "retry_backoff_max": 0.5, "block": 0.2}
+    async with (
+        RedisTransport.connect(redis_url, prefix=unique_name, **options) as transport,
+        RedisClient.from_url(redis_url, prefix=unique_name) as client,
+    ):
+        await transport.subscribe(ContractOrderPlaced, handler, group="g")
+        await transport.publish(ContractOrderPlaced("o0", 0))
+        await transport.publish(ContractOrderPlaced("o1", 1))
+        await eventually(lambda: _is(calls, ["o0", "o1"]), what="o0, and o1's failed delivery")
+        await client.execute("XGROUP", "DESTROY", transport.evt_key("contracts.OrderPlaced"), "g")
+        await transport.publish(ContractOrderPlaced("o2", 2))
+
+        async def o1_again_and_o2() -> bool:
+            return calls.count("o1") >= 2 and "o2" in calls
+
+        await eventually(o1_again_and_o2, what="o1 handled after the loss, and o2")
+        assert calls.count("o0") == 1  # handled and acked before the loss: not replayed
+
+
+def test_the_id_before_an_entry() -> None:
+    from catga.redis._reader import _before
+
+    assert _before(b"1700000000000-3") == "1700000000000-2"
+    assert _before(b"1700000000000-0") == "1699999999999-18446744073709551615"
+    assert _before(b"0-0") == "0"
