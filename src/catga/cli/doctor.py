@@ -399,5 +399,8 @@ def doctor(
             console.print(table)
             if failed:
                 console.print(f"[bold red]{len(failed)} check(s) failed[/]")
+            warned = [c for c in checks if c.status == "warn"]
+            if warned:
+                console.print(f"[yellow]{len(warned)} warning(s): acknowledged messages can be lost[/]")
         if failed:
             raise typer.Exit(1)
