@@ -64,7 +64,7 @@ _log = logging.getLogger("catga.nats")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
-#: The oldest nats-server the NATS backend works with at all (the transport's JetStream consumers).
+#: The oldest nats-server the NATS backend accepts at all (the transport's documented minimum).
 MIN_SERVER: Version = (2, 10, 0)
 #: ... for the event store (batch direct get) and the KV-layout stores: idempotency/inbox, lock,
 #: cache, dead letters (per-message TTL, ``Nats-TTL``).
