@@ -72,3 +72,24 @@ async def test_the_health_route_answers_200_or_503() -> None:
         async with app:
             r = await client.get("/healthz")
         assert r.status_code == 200 and r.json()["checks"][0]["name"] == "app"
+
+
+async def test_a_recovered_data_loss_degrades_the_consumers_check_for_a_while() -> None:
+    from types import SimpleNamespace
+
+    from catga.health import DEGRADED_FOR, Degraded, consumers_detail
+
+    fine = SimpleNamespace(recoveries=0, last_recovery=None)
+    hit = SimpleNamespace(recoveries=2, last_recovery=(1_000_000.0, "consumer group g on k vanished"))
+    assert consumers_detail([fine]) == "1 subscriptions"
+    soon = consumers_detail([fine, hit], now=1_000_000.0 + 60)
+    assert isinstance(soon, Degraded) and "2 time(s), last at 1970-01-12T13:46:40+00:00" in soon
+    later = consumers_detail([fine, hit], now=1_000_000.0 + DEGRADED_FOR + 1)
+    assert not isinstance(later, Degraded) and "consumer group g on k vanished" in later
+
+    async def degraded() -> str:
+        return soon
+
+    report = await run_checks([("consumers", degraded)], timeout=1.0)
+    assert report.ok and report.degraded and report.checks[0].degraded
+    assert report.to_dict()["degraded"] is True

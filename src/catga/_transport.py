@@ -171,6 +171,10 @@ class SubscriptionBase(Generic[TransportT]):
         destination: the destination it listens on (events and commands).
         max_in_flight: handlers running at once at most.
         max_deliver: deliveries before a failing message is dead-lettered.
+        recoveries: how often the broker lost this subscription's state (a consumer group that
+            vanished with a server that restarted empty, say) and the subscription re-created it.
+        last_recovery: ``(unix time, what happened)`` of the latest of those, or None.
+            :meth:`catga.App.health` reports the consumers as degraded for a while after one.
     """
 
     def __init__(self, transport: TransportT, args: SubscribeArgs) -> None:
@@ -182,7 +186,14 @@ class SubscriptionBase(Generic[TransportT]):
         self.destination = args.destination
         self.max_in_flight = args.max_in_flight
         self.max_deliver = args.max_deliver
+        self.recoveries = 0
+        self.last_recovery: tuple[float, str] | None = None
         self._closed = False
+
+    def recovered(self, what: str) -> None:
+        """Record that the broker lost this subscription's state and it was re-created (``what``)."""
+        self.recoveries += 1
+        self.last_recovery = (time.time(), what)
 
     @property
     def closed(self) -> bool:

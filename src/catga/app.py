@@ -65,7 +65,7 @@ from catga.backends import Backends
 from catga.context import Context
 from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
-from catga.health import Health, Probe, run_checks, server_checks
+from catga.health import Health, Probe, consumers_detail, run_checks, server_checks
 from catga.ids import SnowflakeIdGenerator, default_generator
 from catga.mediator import ErrorHook, Mediator
 from catga.messages import Event, Metadata, QoS, Request
@@ -365,7 +365,7 @@ class App:
                 live = len(self._subscriptions)
                 if live < len(self._consumers):
                     raise RuntimeError(f"{live} of {len(self._consumers)} consume() subscriptions are live")
-                return f"{live} subscriptions"
+                return consumers_detail(self._subscriptions)
 
             probes.append(("consumers", consumers))
         relay = self.relay

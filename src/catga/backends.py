@@ -37,6 +37,7 @@ yourself and pass it instead of the URL.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ __all__ = (
     "parse_url",
     "redact_url",
 )
+
+_log = logging.getLogger("catga.app")
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -330,6 +333,14 @@ class Backends:
         for spec, late, opener in self._late:
             if not late.bound:
                 late.bind(await opener(spec))
+                if spec.backend == "nats" and spec.storage == "memory":
+                    _log.warning(
+                        "%s %s keeps its NATS streams on memory storage: a nats-server restart loses "
+                        "every message in them, acknowledged or not; drop storage=memory for anything "
+                        "you cannot lose",
+                        late._role,
+                        spec,
+                    )
 
     async def _unbind(self) -> None:
         for _, late, _ in self._late:
@@ -371,6 +382,9 @@ class Backends:
             )
             self._connections[key] = self._track(f"Redis client {redact_url(spec.address)}", client)
             await client.ping()  # connect now: a wrong URL fails at start, not at the first message
+            from catga.redis._durability import log_durability
+
+            await log_durability(client, logging.getLogger("catga.redis"))  # WARNING if it can lose data
         return client
 
     async def event_store(self, spec: BackendUrl) -> EventStore:

@@ -7,7 +7,8 @@ involved and say what to do; the same facts are available as attributes.
 
     CatgaError
     ├── ConfigurationError (ValueError)
-    │   └── InvalidIdentifierError        a stream id / key / name is malformed
+    │   ├── InvalidIdentifierError        a stream id / key / name is malformed
+    │   └── UnsupportedServerError        a server older than the backend needs
     ├── HandlerNotFoundError (LookupError)
     ├── DuplicateHandlerError (ConfigurationError)
     ├── SerializationError (ValueError)
@@ -58,6 +59,7 @@ __all__ = (
     "SerializationError",
     "UnauthorizedError",
     "UnknownMessageTypeError",
+    "UnsupportedServerError",
     "ValidationError",
 )
 
@@ -106,6 +108,31 @@ class InvalidIdentifierError(ConfigurationError):
         self.kind = kind
         self.identifier = identifier
         super().__init__(f"invalid {kind} {identifier!r}: {reason}")
+
+
+class UnsupportedServerError(ConfigurationError):
+    """Raised when a backend connects to a server older than it needs (checked once per connection,
+    when it opens, and by ``catga doctor``).
+
+    Attributes:
+        backend: ``"nats"``, ``"redis"``...
+        address: the server's address (never a password).
+        found: the version the server reported.
+        needed: the oldest version that works, e.g. ``"2.11.0"``.
+        feature: what needs it.
+    """
+
+    def __init__(self, backend: str, address: str, found: str, needed: str, feature: str) -> None:
+        self.backend = backend
+        self.address = address
+        self.found = found
+        self.needed = needed
+        self.feature = feature
+        server = {"nats": "nats-server", "redis": "Redis", "postgres": "PostgreSQL"}.get(backend, backend)
+        super().__init__(
+            f"{server} {found} at {address} is too old: {feature} needs {server} {needed} or newer; "
+            "upgrade the server"
+        )
 
 
 class DuplicateHandlerError(ConfigurationError):

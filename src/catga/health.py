@@ -3,42 +3,69 @@
 :meth:`catga.App.health` runs them; :meth:`catga.web.Endpoints.health` serves them over HTTP
 (``200`` healthy, ``503`` not). Each check is bounded by a timeout and never raises: a failure is a
 check with ``ok=False`` and the reason.
+
+A check can also pass *degraded*: it works, but something happened that an operator should look at
+(a consumer re-created a consumer group its broker had lost, for instance). It stays ``ok`` -- the
+HTTP route answers ``200``, so an orchestrator does not restart a working process -- and sets
+``degraded`` on the check and on the report, with the reason in ``detail``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-__all__ = ("Health", "HealthCheck", "run_checks", "server_checks")
+__all__ = (
+    "DEGRADED_FOR",
+    "Degraded",
+    "Health",
+    "HealthCheck",
+    "consumers_detail",
+    "run_checks",
+    "server_checks",
+)
+
+#: Seconds a check stays degraded after a recovered incident (a consumer group lost by the broker).
+DEGRADED_FOR = 3600.0
 
 
 class HealthCheck(msgspec.Struct, frozen=True):
-    """One check: its name, whether it passed, a short detail, and how long it took (ms)."""
+    """One check: its name, whether it passed, a short detail, how long it took (ms), and whether it
+    passed degraded (see the module docs)."""
 
     name: str
     ok: bool
     detail: str = ""
     elapsed_ms: float = 0.0
+    degraded: bool = False
 
 
 class Health(msgspec.Struct, frozen=True):
-    """All checks; ``ok`` when every one passed."""
+    """All checks; ``ok`` when every one passed, ``degraded`` when one of them passed degraded."""
 
     ok: bool
     checks: list[HealthCheck]
+    degraded: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
+class Degraded(str):
+    """A probe's detail that marks its check as passed but degraded (return it instead of a str)."""
+
+    __slots__ = ()
+
+
 Probe = Callable[[], Awaitable[str | None]]
-"""A check: returns a detail (or None) when healthy, raises when not."""
+"""A check: returns a detail (or None) when healthy -- a :class:`Degraded` one when degraded --, raises
+when not."""
 
 
 async def _run(name: str, probe: Probe, timeout: float) -> HealthCheck:
@@ -52,13 +79,38 @@ async def _run(name: str, probe: Probe, timeout: float) -> HealthCheck:
         )
     except Exception as exc:
         return HealthCheck(name, False, f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1e3)
-    return HealthCheck(name, True, detail or "ok", (time.perf_counter() - start) * 1e3)
+    elapsed = (time.perf_counter() - start) * 1e3
+    return HealthCheck(name, True, str(detail or "ok"), elapsed, isinstance(detail, Degraded))
 
 
 async def run_checks(probes: Iterable[tuple[str, Probe]], timeout: float) -> Health:
     """Run ``probes`` concurrently, each within ``timeout`` seconds."""
     checks = list(await asyncio.gather(*(_run(name, probe, timeout) for name, probe in probes)))
-    return Health(all(c.ok for c in checks), checks)
+    return Health(all(c.ok for c in checks), checks, any(c.degraded for c in checks))
+
+
+def consumers_detail(subscriptions: Collection[Any], now: float | None = None) -> str:
+    """The detail of the ``consumers`` check: how many subscriptions, and -- :class:`Degraded` for
+    :data:`DEGRADED_FOR` seconds after it -- the latest time a broker lost a subscription's state
+    (``last_recovery``, see :class:`~catga._transport.SubscriptionBase`) and it was re-created.
+    """
+    detail = f"{len(subscriptions)} subscriptions"
+    latest: tuple[float, str] | None = None
+    count = 0
+    for sub in subscriptions:
+        last = getattr(sub, "last_recovery", None)
+        count += getattr(sub, "recoveries", 0)
+        if last is not None and (latest is None or last[0] > latest[0]):
+            latest = last
+    if latest is None:
+        return detail
+    at = datetime.fromtimestamp(latest[0], UTC).isoformat(timespec="seconds")
+    detail += f"; recovered from broker data loss {count} time(s), last at {at}: {latest[1]}"
+    if (time.time() if now is None else now) - latest[0] < DEGRADED_FOR:
+        return Degraded(
+            detail + " (what the server lost with it is gone; check its persistence with catga doctor)"
+        )
+    return detail
 
 
 def server_checks(objects: Iterable[Any]) -> list[tuple[str, Probe]]:

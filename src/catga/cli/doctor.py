@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import platform
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal
@@ -14,11 +15,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from catga._urls import redact_url
+from catga._versions import format_version, parse_version, require_version
 from catga.cli._common import out_console, print_json, reported_errors, run_async
+from catga.errors import UnsupportedServerError
 
 __all__ = ("Check", "check_nats", "check_redis", "doctor", "run_checks")
 
-Status = Literal["ok", "fail", "info"]
+Status = Literal["ok", "warn", "fail", "info"]
 
 _PACKAGES = (
     ("msgspec", "core"),
@@ -36,7 +40,8 @@ class Check:
 
     Attributes:
         name: What was checked (``"nats"``, ``"redis"``, ``"package nats-py"``...).
-        status: ``"ok"``, ``"fail"`` or ``"info"`` (informational, never fails the run).
+        status: ``"ok"``, ``"fail"``, ``"warn"`` (works, but can lose acknowledged messages; never
+            fails the run) or ``"info"`` (informational, never fails the run).
         detail: One line for humans.
         facts: Machine-readable details (server version, round trip...).
     """
@@ -59,13 +64,22 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text and text[0] else type(exc).__name__
 
 
-async def check_nats(url: str, timeout: float) -> Check:
-    """Connect to NATS at ``url``, read the server version and check that JetStream answers.
+async def check_nats(url: str, timeout: float) -> list[Check]:
+    """Connect to NATS at ``url``, check the server version and that JetStream answers (``"nats"``),
+    and list the streams on memory storage (``"nats durability"``).
 
     Never raises (except on cancellation): a failure becomes a ``"fail"`` check.
     """
+    durability: list[Check] = []
+    check = await _check_nats(url, timeout, durability)
+    return [check, *durability]
+
+
+async def _check_nats(url: str, timeout: float, durability: list[Check]) -> Check:
     try:
         import nats
+
+        from catga.nats.connection import OUTBOX_SERVER, STORES_SERVER
     except ImportError:
         return Check("nats", "fail", "nats-py is not installed: pip install 'catga[nats]'", {"url": url})
 
@@ -99,6 +113,17 @@ async def check_nats(url: str, timeout: float) -> Check:
         server_version = f"{v.major}.{v.minor}.{v.patch}" + (f"-{v.dev}" if v.dev else "")
         facts["server_version"] = server_version
         facts["max_payload"] = nc.max_payload
+        facts["needed_version"] = format_version(STORES_SERVER)
+        try:
+            require_version(
+                "nats",
+                redact_url(url),
+                server_version,
+                STORES_SERVER,
+                "catga (the event store and the KV stores: idempotency, inbox, lock, cache, dead letters)",
+            )
+        except UnsupportedServerError as exc:
+            return Check("nats", "fail", str(exc), facts)
         t0 = time.perf_counter()
         await asyncio.wait_for(nc.flush(), timeout)
         facts["rtt_ms"] = round((time.perf_counter() - t0) * 1000, 3)
@@ -118,11 +143,18 @@ async def check_nats(url: str, timeout: float) -> Check:
         facts["jetstream"] = True
         facts["streams"] = info.streams
         facts["consumers"] = info.consumers
+        durability.append(await _nats_durability(nc, url, timeout))
+        parsed = parse_version(server_version)
+        outbox = (
+            f"; the NATS outbox needs {format_version(OUTBOX_SERVER)}+ (atomic batch publish)"
+            if parsed is not None and parsed < OUTBOX_SERVER
+            else ""
+        )
         return Check(
             "nats",
             "ok",
             f"nats-server {server_version} at {url}, JetStream enabled ({info.streams} streams), "
-            f"round trip {facts['rtt_ms']} ms",
+            f"round trip {facts['rtt_ms']} ms{outbox}",
             facts,
         )
     except asyncio.CancelledError:
@@ -134,46 +166,99 @@ async def check_nats(url: str, timeout: float) -> Check:
             await asyncio.wait_for(nc.close(), timeout)
 
 
-async def check_redis(url: str, timeout: float) -> Check:
-    """Connect to Redis at ``url``, read the server version and time a ``PING``.
+async def _nats_durability(nc: Any, url: str, timeout: float) -> Check:
+    """A ``"warn"`` check naming the streams on memory storage (a restart loses them), else ``"ok"``."""
+    try:
+        streams = await asyncio.wait_for(nc.jetstream(timeout=timeout).streams_info(), timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return Check("nats durability", "info", f"could not list the streams: {_error(exc)}", {"url": url})
+    memory = sorted(
+        str(s.config.name)
+        for s in streams
+        if getattr(s.config.storage, "value", s.config.storage) == "memory"
+    )
+    facts: dict[str, Any] = {"url": url, "streams": len(streams), "memory_streams": memory}
+    if memory:
+        shown = ", ".join(memory[:10]) + (f" and {len(memory) - 10} more" if len(memory) > 10 else "")
+        return Check(
+            "nats durability",
+            "warn",
+            f"{len(memory)} stream(s) on memory storage lose every message, acknowledged or not, when "
+            f"nats-server restarts: {shown}; use file storage (catga's default) for what you cannot lose",
+            facts,
+        )
+    return Check("nats durability", "ok", f"no stream on memory storage ({len(streams)} streams)", facts)
+
+
+async def check_redis(url: str, timeout: float) -> list[Check]:
+    """Connect to Redis at ``url`` with catga's client, check its version and time a ``PING``
+    (``"redis"``); check that it keeps acknowledged writes: persistence on, ``maxmemory-policy
+    noeviction`` (``"redis durability"``).
 
     Never raises (except on cancellation): a failure becomes a ``"fail"`` check.
     """
     try:
-        import redis.asyncio as aioredis
+        from catga.redis import RedisClient
+        from catga.redis._durability import check_durability
+        from catga.redis.connection import MIN_SERVER
     except ImportError:
-        return Check("redis", "fail", "redis is not installed: pip install 'catga[redis]'", {"url": url})
-    facts: dict[str, Any] = {"url": url}
+        return [Check("redis", "fail", "redis is not installed: pip install 'catga[redis]'", {"url": url})]
+    facts: dict[str, Any] = {"url": url, "needed_version": format_version(MIN_SERVER)}
+    shown = redact_url(url)
     try:
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    except asyncio.CancelledError:
-        raise
+        client = RedisClient.from_url(url, timeout=timeout, connect_timeout=timeout)
     except Exception as exc:
-        return Check("redis", "fail", f"invalid Redis URL {url!r}: {_error(exc)}", facts)
+        return [Check("redis", "fail", f"invalid Redis URL {shown!r}: {_error(exc)}", facts)]
     try:
         t0 = time.perf_counter()
-        await asyncio.wait_for(client.ping(), timeout)
+        await client.ping()  # connects: the handshake refuses a server older than MIN_SERVER
         facts["connect_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         t0 = time.perf_counter()
-        await asyncio.wait_for(client.ping(), timeout)
+        await client.ping()
         facts["rtt_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        info = await asyncio.wait_for(client.info("server"), timeout)
-        facts["server_version"] = str(info.get("redis_version", "?"))
-        facts["mode"] = str(info.get("redis_mode", "?"))
-        return Check(
+        info = _info_fields(await client.execute("INFO", "server"))
+        facts["server_version"] = client.server_version or info.get("redis_version", "?")
+        facts["mode"] = info.get("redis_mode", "?")
+        main = Check(
             "redis",
             "ok",
-            f"redis-server {facts['server_version']} ({facts['mode']}) at {url}, "
+            f"redis-server {facts['server_version']} ({facts['mode']}) at {shown}, "
             f"round trip {facts['rtt_ms']} ms",
             facts,
         )
+        report = await check_durability(client)
     except asyncio.CancelledError:
         raise
+    except UnsupportedServerError as exc:
+        facts["server_version"] = exc.found
+        return [Check("redis", "fail", str(exc), facts)]
     except Exception as exc:
-        return Check("redis", "fail", f"cannot use Redis at {url}: {_error(exc)}", facts)
+        return [Check("redis", "fail", f"cannot use Redis at {shown}: {_error(exc)}", facts)]
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.aclose(), timeout)
+    dfacts: dict[str, Any] = {"url": url, **report.settings}
+    if report.unknown is not None:
+        durability = Check("redis durability", "info", f"could not check: {report.unknown}", dfacts)
+    elif report.problems:
+        durability = Check("redis durability", "warn", "; ".join(report.problems + report.notes), dfacts)
+    else:
+        aof = report.settings.get("appendonly") == "yes"
+        kept = (
+            f"AOF on (appendfsync {report.settings.get('appendfsync', '?')})"
+            if aof
+            else f"RDB save points {report.settings.get('save')!r}"
+        )
+        detail = f"{kept}, maxmemory-policy noeviction" + "".join(f"; {n}" for n in report.notes)
+        durability = Check("redis durability", "ok", detail, dfacts)
+    return [main, durability]
+
+
+def _info_fields(info: Any) -> dict[str, str]:
+    text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
 
 
 def _environment_checks() -> list[Check]:
@@ -246,14 +331,15 @@ async def run_checks(
 ) -> list[Check]:
     """Environment facts plus the NATS, Redis and PostgreSQL checks for the URLs given (concurrently)."""
     checks = _environment_checks()
-    pending = []
+    pending: list[Awaitable[list[Check]]] = []
     if nats_url:
         pending.append(check_nats(nats_url, timeout))
     if redis_url:
         pending.append(check_redis(redis_url, timeout))
     if postgres_url:
-        pending.append(check_postgres(postgres_url, timeout))
-    checks.extend(await asyncio.gather(*pending))
+        pending.append(_one(check_postgres(postgres_url, timeout)))
+    for found in await asyncio.gather(*pending):
+        checks.extend(found)
     if not nats_url and not redis_url and not postgres_url:
         checks.append(
             Check(
@@ -264,6 +350,10 @@ async def run_checks(
             )
         )
     return checks
+
+
+async def _one(check: Awaitable[Check]) -> list[Check]:
+    return [await check]
 
 
 def doctor(
@@ -297,12 +387,20 @@ def doctor(
             table.add_column("check")
             table.add_column("", justify="center")
             table.add_column("detail", overflow="fold")
-            marks = {"ok": "[green]ok[/]", "fail": "[bold red]FAIL[/]", "info": "[dim]·[/]"}
+            marks = {
+                "ok": "[green]ok[/]",
+                "warn": "[yellow]WARN[/]",
+                "fail": "[bold red]FAIL[/]",
+                "info": "[dim]·[/]",
+            }
             for c in checks:
                 table.add_row(escape(c.name), marks[c.status], escape(c.detail))
             console = out_console()
             console.print(table)
             if failed:
                 console.print(f"[bold red]{len(failed)} check(s) failed[/]")
+            warned = [c for c in checks if c.status == "warn"]
+            if warned:
+                console.print(f"[yellow]{len(warned)} warning(s): acknowledged messages can be lost[/]")
         if failed:
             raise typer.Exit(1)

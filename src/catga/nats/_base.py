@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from nats.aio.client import Client
 
 from catga._lifecycle import AsyncCloseable
+from catga._versions import Version
 from catga.errors import ConfigurationError
-from catga.nats.connection import DEFAULT_URL, NatsConnection, as_connection
+from catga.nats.connection import DEFAULT_URL, MIN_SERVER, NatsConnection, as_connection
 
 __all__ = ("NatsStoreBase", "check_name")
 
@@ -37,10 +38,18 @@ class NatsStoreBase(AsyncCloseable):
     Args:
         source: a :class:`NatsConnection` or a connected nats-py client (shared, never closed by catga).
         timeout: default seconds for this store's network calls (default: the connection's).
+
+    Raises:
+        UnsupportedServerError: the server is older than the store needs (:attr:`_needs`).
     """
+
+    #: The oldest nats-server the store works with, and what needs it (checked when it is made).
+    _needs: ClassVar[tuple[Version, str]] = (MIN_SERVER, "JetStream")
 
     def __init__(self, source: NatsConnection | Client, *, timeout: float | None = None) -> None:
         self._conn = as_connection(source)
+        needed, why = self._needs
+        self._conn.require(needed, f"{type(self).__name__} ({why})")
         self._wire = self._conn.wire
         self._timeout = self._conn.timeout if timeout is None else float(timeout)
         if self._timeout <= 0:

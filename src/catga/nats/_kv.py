@@ -34,7 +34,7 @@ from catga.nats._base import NatsStoreBase, check_name
 from catga.nats._errors import translate_errors
 from catga.nats._jsapi import StreamMessage, decode_ack, delete_message, direct_last, iter_direct
 from catga.nats._subjects import key_token, subject_token, token_to_identifier
-from catga.nats.connection import LazyInit, NatsConnection
+from catga.nats.connection import STORES_SERVER, LazyInit, NatsConnection
 
 __all__ = ("KvBucket", "KvEntry", "KvOptions", "KvStore")
 
@@ -263,6 +263,7 @@ class KvStore(NatsStoreBase):
     _kind: ClassVar[str]
     _identifiers: ClassVar[bool] = True
     _atomic: ClassVar[bool] = False
+    _needs = (STORES_SERVER, "per-message TTL")
 
     def __init__(
         self,

@@ -31,10 +31,11 @@ from typing import Any
 import nats
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import StreamConfig, StreamInfo
+from nats.js.api import StorageType, StreamConfig, StreamInfo
 
 from catga._lifecycle import AsyncCloseable
 from catga._urls import redact_url
+from catga._versions import Version, require_version
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.nats._errors import (
     ERR_STREAM_NAME_IN_USE,
@@ -45,13 +46,42 @@ from catga.nats._errors import (
 )
 from catga.nats._wire import LeanConnection
 
-__all__ = ("DEFAULT_TIMEOUT", "DEFAULT_URL", "LazyInit", "NatsConnection", "as_connection")
+__all__ = (
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "MIN_SERVER",
+    "OUTBOX_SERVER",
+    "STORES_SERVER",
+    "LazyInit",
+    "NatsConnection",
+    "as_connection",
+    "server_version",
+)
 
 _log = logging.getLogger("catga.nats")
 
 #: Default seconds for every network call of the NATS backend (overridable per object).
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+#: The oldest nats-server the NATS backend accepts at all (the transport's documented minimum).
+MIN_SERVER: Version = (2, 10, 0)
+#: ... for the event store (batch direct get) and the KV-layout stores: idempotency/inbox, lock,
+#: cache, dead letters (per-message TTL, ``Nats-TTL``).
+STORES_SERVER: Version = (2, 11, 0)
+#: ... for the outbox (atomic batch publish).
+OUTBOX_SERVER: Version = (2, 12, 0)
+
+
+def server_version(client: Client) -> str | None:
+    """The version of the server ``client`` is connected to (from its ``INFO``), or None if not known."""
+    if not client.is_connected:
+        return None
+    v = client.connected_server_version
+    try:
+        return f"{v.major}.{v.minor}.{v.patch}" + (f"-{v.dev}" if v.dev else "")
+    except ValueError:  # not a semantic version: cannot tell
+        return None
 
 
 class LazyInit:
@@ -115,6 +145,9 @@ class NatsConnection(AsyncCloseable):
         api_prefix: the JetStream API prefix.
 
     Not thread-safe: use a connection, and the stores on it, from the event loop it was made on.
+
+    Raises:
+        UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
     """
 
     def __init__(
@@ -128,12 +161,31 @@ class NatsConnection(AsyncCloseable):
         self.client = client
         self.timeout = timeout
         self.api_prefix = api_prefix
+        self.require(MIN_SERVER, "catga's NATS backend (its stores need 2.11+, the outbox 2.12+)")
         self.js = client.jetstream(prefix=api_prefix, timeout=timeout)
         name = client.options.get("name") or "catga"
         self.wire = LeanConnection(client, name=f"{name}-lean", connect_timeout=timeout)
         self._owns_client = owns_client
         self._closed = False
         self._users = 0
+        self._memory_streams: set[str] = set()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server the client is connected to (or of its first server)."""
+        url = self.client.connected_url or next(iter(self.client.servers or ()), None)
+        return f"{url.hostname}:{url.port}" if url is not None else "?"
+
+    def require(self, needed: Version, feature: str) -> None:
+        """Refuse a connected server older than ``needed`` (a store calls it once, when it is made).
+
+        Reads the version from the server's ``INFO``; costs no network call. Not connected, or a
+        version that cannot be read: not refused.
+
+        Raises:
+            UnsupportedServerError: the server is older than ``needed``; the message names both versions.
+        """
+        require_version("nats", self.address, server_version(self.client), needed, feature)
 
     async def ping(self) -> None:
         """Check the server answers a ``PING`` within :attr:`timeout` (a health check).
@@ -211,6 +263,7 @@ class NatsConnection(AsyncCloseable):
         Raises:
             BackendUnavailableError: no server could be reached in time.
             ConfigurationError: the server refused the credentials.
+            UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
         """
         servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
         kwargs: dict[str, Any] = {
@@ -251,14 +304,15 @@ class NatsConnection(AsyncCloseable):
                     raise unavailable_error(
                         f"connect to {where}", f"no server accepted within {connect_timeout} s ({last})"
                     ) from exc
-            ok = True
             client._error_cb = user_error_cb
+            prefix = f"$JS.{domain}.API" if domain else "$JS.API"
+            conn = cls(client, owns_client=True, timeout=timeout, api_prefix=prefix)
+            ok = True
         finally:
             if not ok:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.close(), 1.0)
-        prefix = f"$JS.{domain}.API" if domain else "$JS.API"
-        return cls(client, owns_client=True, timeout=timeout, api_prefix=prefix)
+        return conn
 
     async def ensure_stream(self, config: StreamConfig, check: Sequence[str] = ()) -> StreamInfo:
         """Create the stream, or check that the existing one has the same ``check`` fields.
@@ -285,6 +339,7 @@ class NatsConnection(AsyncCloseable):
             except nats.js.errors.NotFoundError:
                 try:
                     info = await self._add_stream(config)
+                    self._check_storage(info)
                     return info
                 except nats.js.errors.APIError as exc:
                     if exc.err_code == ERR_SUBJECTS_OVERLAP:
@@ -295,6 +350,7 @@ class NatsConnection(AsyncCloseable):
                     if exc.err_code != ERR_STREAM_NAME_IN_USE:
                         raise
                     info = await self.js.stream_info(str(name))
+        self._check_storage(info)
         differences = []
         for field in check:
             want, have = _plain(getattr(config, field)), _plain(getattr(info.config, field))
@@ -307,6 +363,17 @@ class NatsConnection(AsyncCloseable):
                 + "); use another stream/bucket name, or migrate/delete the existing stream"
             )
         return info
+
+    def _check_storage(self, info: StreamInfo) -> None:
+        """Warn (once per stream) that a stream on memory storage loses everything on a restart."""
+        name = info.config.name or "?"
+        if info.config.storage == StorageType.MEMORY and name not in self._memory_streams:
+            self._memory_streams.add(name)
+            _log.warning(
+                "NATS stream %r is on memory storage: a nats-server restart loses every message in it, "
+                "acknowledged or not; use storage='file' (the default) for anything you cannot lose",
+                name,
+            )
 
     async def _add_stream(self, config: StreamConfig) -> StreamInfo:
         """Create a stream, retrying once when the server fails to create its store.

@@ -68,7 +68,7 @@ from catga.nats._jsapi import (
     iter_direct,
 )
 from catga.nats._subjects import subject_token, token_to_identifier
-from catga.nats.connection import LazyInit, NatsConnection
+from catga.nats.connection import STORES_SERVER, LazyInit, NatsConnection
 from catga.protocols import ANY, NO_STREAM, StoredEvent
 from catga.serialization import TypeRegistry, default_registry
 
@@ -160,6 +160,8 @@ class NatsEventStore(NatsStoreBase):
         >>> await store.append("order-1", [OrderPlaced("order-1", 42)], expected_version=NO_STREAM)
         0
     """
+
+    _needs = (STORES_SERVER, "batch direct get")
 
     def __init__(
         self,

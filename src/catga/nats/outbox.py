@@ -29,6 +29,7 @@ import msgspec
 
 from catga.errors import ConfigurationError, ConflictError
 from catga.nats._kv import KvEntry, KvStore
+from catga.nats.connection import OUTBOX_SERVER
 from catga.protocols import OutboxMessage, OutboxStatus
 
 __all__ = ("NatsOutboxStore",)
@@ -57,6 +58,7 @@ class NatsOutboxStore(KvStore):
     _kind = "outbox message id"
     _identifiers = False
     _atomic = True
+    _needs = (OUTBOX_SERVER, "atomic batch publish")
 
     async def _scan(self) -> list[tuple[KvEntry, _Record]]:
         out = []

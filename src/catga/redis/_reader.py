@@ -57,6 +57,19 @@ def _digest(*parts: str) -> str:
     return hashlib.blake2b("\0".join(parts).encode(), digest_size=8).hexdigest()
 
 
+def _id_key(mid: bytes) -> tuple[int, int]:
+    ms, _, seq = mid.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _before(mid: bytes) -> str:
+    """The stream id just before ``mid`` (``XGROUP CREATE`` at it delivers ``mid`` first)."""
+    ms, seq = _id_key(mid)
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-18446744073709551615" if ms > 0 else "0"
+
+
 class Outcome(enum.Enum):
     """What to do with an entry after its delivery."""
 
@@ -104,6 +117,7 @@ class StreamReader:
         self._conn = t.client.clone()
         self._tasks: list[asyncio.Task[None]] = []
         self._cursor: bytes = b"0-0"
+        self._last_read: bytes | None = None  # id of the newest entry XREADGROUP handed us
         self._ticks = 0
         self._acks: list[bytes] = []
         self._ack_flush: asyncio.Future[None] | None = None
@@ -152,9 +166,8 @@ class StreamReader:
                 )  # fmt: skip
             except Exception as exc:
                 if "NOGROUP" in str(exc):
-                    logger.warning("consumer group %s on %s vanished; re-creating it", self.group, self.key)
                     with contextlib.suppress(BackendError):
-                        await self.create_group("0" if self.kind == "cmd" else "$")
+                        await self._recreate_group()
                 else:
                     logger.warning("reading %s failed (%s); retrying in %.2f s", self.key, exc, pause)
                 await asyncio.sleep(pause)
@@ -164,6 +177,8 @@ class StreamReader:
             if not reply:
                 continue
             entries = reply[0][1]
+            if entries:
+                self._last_read = entries[-1][0]
             if self.noack and self.kind == "cmd" and entries:
                 # a work queue: nothing will ever ack these, so remove them now
                 await quietly(
@@ -171,6 +186,35 @@ class StreamReader:
                 )
             for mid, fields in entries:
                 self.accept(mid, fields, 1)
+
+    async def _recreate_group(self) -> None:
+        """The group is gone: the server lost its data (restarted empty, failed over to a replica that
+        had not received it) or someone deleted it. Create it again so that nothing published since
+        is skipped, log it and record it on the subscription (see :meth:`catga.App.health`).
+
+        A command stream restarts from its beginning (settled commands are deleted). An event stream
+        restarts after the last entry this reader read (at the oldest one it still holds, if any) when
+        that entry is still in the stream, so the history it handled is not replayed; else from its
+        beginning: after an empty restart everything in the stream was published after the loss.
+        Entries pending at the loss are redelivered if the stream still has them (at-least-once:
+        duplicates, never gaps); what the server itself lost is gone.
+        """
+        start = "0"
+        last = self._last_read
+        if self.kind == "evt" and last is not None:
+            kept = await self.sub.transport.client.execute("XRANGE", self.key, last, last)
+            if kept:
+                start = _before(min(self.held, key=_id_key)) if self.held else last.decode()
+        logger.warning(
+            "consumer group %s on %s vanished (the Redis server lost its data, or the group was "
+            "deleted); re-creating it from %s so that nothing published since is skipped. Messages "
+            "pending at the loss are redelivered only if the stream still has them.",
+            self.group,
+            self.key,
+            "the start of the stream" if start == "0" else f"entry {start}",
+        )
+        await self.create_group(start)
+        self.sub.recovered(f"consumer group {self.group} on {self.key} vanished and was re-created")
 
     def accept(self, mid: bytes, fields: Any, attempts: int, exhausted: bool = False) -> None:
         self.active += 1

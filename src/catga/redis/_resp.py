@@ -52,11 +52,13 @@ class RespConnection(asyncio.Protocol):
     Attributes:
         address: ``host:port`` (or the socket path), for error messages.
         closed: True once the connection is lost or closed; it is never reopened.
+        server_version: the version the server reported in the handshake (None: not known).
     """
 
     def __init__(self, address: str, *, coalesce: bool = True) -> None:
         self.address = address
         self.closed = False
+        self.server_version: str | None = None
         self._coalesce = coalesce
         self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader(replyError=ReplyError)

@@ -28,14 +28,18 @@ from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from catga._lifecycle import AsyncCloseable
+from catga._versions import Version, require_version
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error, translate_error
 from catga.redis._keys import validate_prefix
 from catga.redis._resp import ReplyError, RespConnection
 
-__all__ = ("DEFAULT", "DEFAULT_URL", "RedisClient", "RedisSettings", "Script")
+__all__ = ("DEFAULT", "DEFAULT_URL", "MIN_SERVER", "RedisClient", "RedisSettings", "Script")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+#: The oldest Redis the backend works with (the transport's ``XAUTOCLAIM`` and ``LPOP`` with a count).
+MIN_SERVER: Version = (6, 2, 0)
 DEFAULT_PREFIX = "catga"
 
 
@@ -173,12 +177,14 @@ def _redact(url: str) -> str:
 
 
 async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> RespConnection:
-    """Open one connection and run the handshake (AUTH, SELECT, CLIENT SETNAME).
+    """Open one connection and run the handshake (AUTH, SELECT, CLIENT SETNAME, then ``HELLO 2`` for
+    the server's version, all pipelined in one round trip).
 
     Raises:
         BackendUnavailableError: the server cannot be reached.
         BackendTimeoutError: connect or handshake took longer than ``connect_timeout``.
         ConfigurationError: the server refused the credentials.
+        UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
     """
     loop = asyncio.get_running_loop()
     address = settings.address
@@ -210,11 +216,13 @@ async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> 
                 commands.append(("SELECT", settings.db))
             if settings.client_name:
                 commands.append(("CLIENT", "SETNAME", settings.client_name))
-            if commands:
-                for args, fut in zip(commands, conn.send_many(commands, None), strict=True):
-                    reply = await fut
-                    if type(reply) is ReplyError:
-                        raise reply_error(str(args[0]), reply)
+            commands.append(("HELLO", "2"))  # RESP2, as before; its reply has the server's version
+            replies = [await fut for fut in conn.send_many(commands, None)]
+            for args, reply in zip(commands[:-1], replies, strict=False):
+                if type(reply) is ReplyError:
+                    raise reply_error(str(args[0]), reply)
+            conn.server_version = await _server_version(conn, replies[-1])
+            require_version("redis", address, conn.server_version, MIN_SERVER, "catga's Redis backend")
     except BaseException as exc:
         if conn is not None:
             conn.close()
@@ -223,6 +231,27 @@ async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> 
             raise
         raise translated from exc
     return conn
+
+
+async def _server_version(conn: RespConnection, hello: Any) -> str | None:
+    """The version in a ``HELLO`` reply; ``INFO server``'s if the server does not know ``HELLO``
+    (Redis before 6.0); None if neither says (a Redis-compatible server, an ACL that forbids both)."""
+    if type(hello) is not ReplyError:
+        if isinstance(hello, list):
+            fields = dict(zip(hello[::2], hello[1::2], strict=False))
+            version = fields.get(b"version")
+            if isinstance(version, bytes):
+                return version.decode(errors="replace")
+        return None
+    if not str(hello).lower().startswith("err unknown command"):
+        return None
+    info = await conn.send(("INFO", "server"), None)
+    if type(info) is ReplyError or not isinstance(info, bytes):
+        return None
+    for line in info.decode(errors="replace").splitlines():
+        if line.startswith("redis_version:"):
+            return line.partition(":")[2].strip()
+    return None
 
 
 class Script:
@@ -400,6 +429,12 @@ class RedisClient(AsyncCloseable):
     async def ping(self) -> None:
         """Check the server answers ``PING`` (connecting if needed)."""
         await self.execute("PING")
+
+    @property
+    def server_version(self) -> str | None:
+        """The version the server reported when this client's connection opened (None: not known)."""
+        conn = self._conn
+        return None if conn is None else conn.server_version
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
