@@ -19,7 +19,13 @@ from asyncpg.types import ServerVersion
 import catga
 from catga.cli.doctor import check_postgres
 from catga.errors import BackendTimeoutError, BackendUnavailableError, ConfigurationError
-from catga.postgres import PostgresInboxStore, PostgresOutboxStore, check_server_version, format_version
+from catga.postgres import (
+    PostgresIdempotencyStore,
+    PostgresInboxStore,
+    PostgresOutboxStore,
+    check_server_version,
+    format_version,
+)
 from catga.protocols import ClaimStatus, OutboxMessage
 from catga.testing import free_port
 
@@ -66,6 +72,7 @@ async def test_calls_on_held_connections_never_wait_for_another_pool_connection(
         await pool.close()
 
 
+@pytest.mark.slow  # ~5-10 s here: four interpreters start
 def test_first_calls_from_four_processes_at_once_all_succeed(postgres_url: str, unique_name: str) -> None:
     """4 processes x 8 concurrent first calls, each through a new store object, on fresh tables, in
     3 rounds (an outbox, an idempotency and an inbox table): no call may fail."""
@@ -109,7 +116,11 @@ async def test_a_call_in_a_transaction_before_the_table_exists_says_what_to_do(
     outbox = PostgresOutboxStore(pool, table=f"out_{unique_name}")
     inbox = PostgresInboxStore(pool, table=f"inbox_{unique_name}")
     async with pool.acquire() as conn, conn.transaction():
-        with pytest.raises(ConfigurationError, match=r"does not exist yet.*ensure_schema\(\)"):
+        with pytest.raises(
+            ConfigurationError,
+            match=rf"not set up yet \(out_{unique_name} / out_{unique_name}_pending not found\)"
+            r".*ensure_schema\(\)",
+        ):
             await outbox.add([_message(1)], connection=conn)
         with pytest.raises(ConfigurationError, match=f"claim on inbox_{unique_name}"):
             await inbox.claim("k", connection=conn)
@@ -125,8 +136,8 @@ async def test_methods_without_a_connection_time_out_instead_of_waiting_forever(
 ) -> None:
     pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=1)
     try:
-        outbox = PostgresOutboxStore(pool, table=f"out_{unique_name}", timeout=0.3)
-        inbox = PostgresInboxStore(pool, table=f"inbox_{unique_name}", timeout=0.3)
+        outbox = PostgresOutboxStore(pool, table=f"out_{unique_name}", timeout=0.1)
+        inbox = PostgresInboxStore(pool, table=f"inbox_{unique_name}", timeout=0.1)
         await outbox.ensure_schema()
         await inbox.ensure_schema()
         calls = [
@@ -145,7 +156,7 @@ async def test_methods_without_a_connection_time_out_instead_of_waiting_forever(
         ]
         async with pool.acquire() as conn, conn.transaction():  # the pool's only connection
             for call in calls:
-                with pytest.raises(BackendTimeoutError, match=r"timed out after 0.3 s.*pool"):
+                with pytest.raises(BackendTimeoutError, match=r"timed out after 0.1 s.*pool"):
                     await asyncio.wait_for(call, 10)
     finally:
         await pool.close()
@@ -226,3 +237,12 @@ def test_versions_are_compared_and_printed_like_postgresql_does() -> None:
         check_server_version(ServerVersion(9, 4, 0, "final", 0), " at h:1")
     assert format_version(ServerVersion(16, 0, 2, "final", 0)) == "16.2"
     assert format_version(ServerVersion(9, 6, 24, "final", 0)) == "9.6.24"
+
+
+async def test_an_app_sets_up_the_schema_of_a_store_object_at_start(pool: Any, unique_name: str) -> None:
+    table = f"idem_{unique_name}"
+    store = PostgresIdempotencyStore(pool, table=table)
+    async with catga.App(idempotency_store=store):
+        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
+        async with pool.acquire() as conn, conn.transaction():  # so a first call in a transaction works
+            assert (await store.claim("k", connection=conn)).status == ClaimStatus.CLAIMED

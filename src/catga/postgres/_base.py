@@ -268,11 +268,13 @@ class PgStore:
                 await self._set_up(conn)
                 self._ready = True
                 return
+        found = " / ".join(self._schema_objects())
         raise ConfigurationError(
-            f"PostgreSQL {what} on {self.table}: the table does not exist yet, and catga will not "
-            "create it inside your transaction (the DDL would lock the table until you commit, and "
-            "a rollback would drop it again); call `await store.ensure_schema()` at start-up "
-            "(connect() and App.start do), or create it in a migration (docs/postgres.md)"
+            f"PostgreSQL {what} on {self.table}: the table is not set up yet ({found} not found), "
+            "and catga will not create it inside your transaction (the DDL would lock the table "
+            "until you commit, and a rollback would drop it again); call `await "
+            "store.ensure_schema()` at start-up (connect() and App.start do), or create it in a "
+            "migration (docs/postgres.md)"
         )
 
     async def _query(self, what: str, connection: Any, kind: _Kind, query: str, *args: Any) -> Any:
