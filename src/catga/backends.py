@@ -437,7 +437,7 @@ class Backends:
         if spec.backend == "postgres":
             from catga.postgres import PostgresIdempotencyStore
 
-            pg_idem = await PostgresIdempotencyStore.connect(spec.address)
+            pg_idem = await PostgresIdempotencyStore.connect(spec.address, timeout=self.timeout)
             return self._track(f"idempotency store {spec}", pg_idem)
         if spec.backend == "nats":
             from catga.nats import NatsIdempotencyStore
@@ -455,7 +455,7 @@ class Backends:
         if spec.backend == "postgres":
             from catga.postgres import PostgresOutboxStore
 
-            pg_outbox = await PostgresOutboxStore.connect(spec.address)
+            pg_outbox = await PostgresOutboxStore.connect(spec.address, timeout=self.timeout)
             return self._track(f"outbox {spec}", pg_outbox)
         if spec.backend == "nats":
             from catga.nats import NatsOutboxStore

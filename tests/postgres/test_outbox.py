@@ -57,6 +57,7 @@ async def test_the_outbox_row_commits_and_rolls_back_with_the_callers_transactio
 ) -> None:
     orders = await _orders_table(pool, unique_name)
     outbox = PostgresOutboxStore(pool, table=f"outbox_{unique_name}")
+    await outbox.ensure_schema()  # at start-up: no DDL inside the transactions below
     async with pool.acquire() as conn:
         with pytest.raises(RuntimeError, match="payment provider down"):
             async with conn.transaction():
@@ -82,6 +83,7 @@ async def test_the_relay_publishes_committed_rows_only(pool: Any, unique_name: s
 
     await transport.subscribe(Paid, on_paid, group="billing")
     outbox = PostgresOutboxStore(pool, table=f"outbox_{unique_name}")
+    await outbox.ensure_schema()
     async with OutboxRelay(outbox, transport, poll_interval=0.05), pool.acquire() as conn:
         async with conn.transaction():
             await outbox.add([_message("o-3", 3)], connection=conn)

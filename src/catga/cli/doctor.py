@@ -290,17 +290,20 @@ def _environment_checks() -> list[Check]:
 
 
 async def check_postgres(url: str, timeout: float) -> Check:
-    """Connect to PostgreSQL at ``url``, read the server version and time a ``SELECT 1``.
+    """Connect to PostgreSQL at ``url``, read the server version, refuse one older than the stores
+    need (:data:`catga.postgres.MIN_SERVER_VERSION`) and time a ``SELECT 1``.
 
     Never raises (except on cancellation): a failure becomes a ``"fail"`` check.
     """
     try:
         import asyncpg
+
+        from catga.postgres import MIN_SERVER_VERSION, check_server_version, format_version
     except ImportError:
         return Check(
             "postgres", "fail", "asyncpg is not installed: pip install 'catga[postgres]'", {"url": url}
         )
-    facts: dict[str, Any] = {"url": url}
+    facts: dict[str, Any] = {"url": url, "min_version": ".".join(map(str, MIN_SERVER_VERSION))}
     conn = None
     try:
         t0 = time.perf_counter()
@@ -309,16 +312,20 @@ async def check_postgres(url: str, timeout: float) -> Check:
         t0 = time.perf_counter()
         await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout)
         facts["rtt_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        facts["server_version"] = str(await asyncio.wait_for(conn.fetchval("SHOW server_version"), timeout))
+        facts["server_version"] = format_version(conn.get_server_version())
+        check_server_version(conn.get_server_version(), f" at {url}")
         return Check(
             "postgres",
             "ok",
-            f"PostgreSQL {facts['server_version']} at {url}, round trip {facts['rtt_ms']} ms",
+            f"PostgreSQL {facts['server_version']} at {url} (needs >= {facts['min_version']}), "
+            f"round trip {facts['rtt_ms']} ms",
             facts,
         )
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if "server_version" in facts:  # reached, but refused (too old)
+            return Check("postgres", "fail", str(exc), facts)
         return Check("postgres", "fail", f"cannot use PostgreSQL at {url}: {_error(exc)}", facts)
     finally:
         if conn is not None:

@@ -1,7 +1,16 @@
 """PostgreSQL backend (``catga[postgres]``): an outbox and inbox/idempotency records that can be written
 in the same transaction as your data."""
 
+from catga.postgres._base import DEFAULT_TIMEOUT, MIN_SERVER_VERSION, check_server_version, format_version
 from catga.postgres.idempotency import PostgresIdempotencyStore, PostgresInboxStore
 from catga.postgres.outbox import PostgresOutboxStore
 
-__all__ = ("PostgresIdempotencyStore", "PostgresInboxStore", "PostgresOutboxStore")
+__all__ = (
+    "DEFAULT_TIMEOUT",
+    "MIN_SERVER_VERSION",
+    "PostgresIdempotencyStore",
+    "PostgresInboxStore",
+    "PostgresOutboxStore",
+    "check_server_version",
+    "format_version",
+)

@@ -1,6 +1,7 @@
 """Idempotency / inbox records in PostgreSQL.
 
-Table (created on first use; default ``catga_idempotency``)::
+Table (default ``catga_idempotency``; created by ``connect()``, ``ensure_schema()``, ``App.start`` or
+the first call that uses the pool, see :mod:`catga.postgres._base`)::
 
     key text PRIMARY KEY, state smallint (0 claimed, 1 completed), expires_at float8, result bytea
 
@@ -10,9 +11,10 @@ Table (created on first use; default ``catga_idempotency``)::
 * ``complete``: an upsert to state 1 with ``expires_at = now + ttl``; ``release``: deletes a claim
   (never a completed record).
 
-Like the outbox, ``complete`` (and ``claim``) take an optional ``connection``: a handler that writes its
-effects in a transaction can mark the message done in the same transaction, so the effects and the
-"done" record commit together (the pipeline's later ``complete`` is then an idempotent repeat).
+Like the outbox, ``claim``, ``complete`` and ``release`` take an optional ``connection`` (and then
+use no other): a handler that writes its effects in a transaction can mark the message done in the
+same transaction, so the effects and the "done" record commit together (the pipeline's later
+``complete`` is then an idempotent repeat).
 
 Expired rows are not deleted by reads; :meth:`PostgresIdempotencyStore.purge_expired` removes them
 (run it now and then). Times are the clients' unix time.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from catga.postgres._base import PgStore, deleted
+from catga.postgres._base import DEFAULT_TIMEOUT, PgStore, deleted
 from catga.protocols import Claim, ClaimStatus, validate_identifier
 
 __all__ = ("PostgresIdempotencyStore", "PostgresInboxStore")
@@ -38,15 +40,25 @@ class PostgresIdempotencyStore(PgStore):
     Args:
         pool: an ``asyncpg`` pool (closed by :meth:`aclose` only if :meth:`connect` created it).
         table: the table name, optionally ``schema.table``.
+        owns_pool: close ``pool`` in :meth:`aclose`.
+        timeout: seconds to wait for a pool connection and for each statement (``None``: no limit).
 
     Raises:
-        ConfigurationError: the table name is not a plain SQL identifier.
+        ConfigurationError: the table name is not a plain SQL identifier, or the timeout is not
+            positive.
     """
 
     default_table = "catga_idempotency"
 
-    def __init__(self, pool: Any, *, table: str | None = None, owns_pool: bool = False) -> None:
-        super().__init__(pool, table=table, owns_pool=owns_pool)
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        table: str | None = None,
+        owns_pool: bool = False,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(pool, table=table, owns_pool=owns_pool, timeout=timeout)
         t = self.table
         self._claim = (
             f"INSERT INTO {t} (key, state, expires_at, result) VALUES ($1, 0, $2::float8 + $3::float8, NULL) "
@@ -71,17 +83,37 @@ class PostgresIdempotencyStore(PgStore):
     async def claim(self, key: str, lock_ttl: float = 30.0, *, connection: Any = None) -> Claim:
         """Claim ``key`` atomically: CLAIMED, IN_PROGRESS, or COMPLETED with the stored result.
 
+        Args:
+            key: the idempotency key.
+            lock_ttl: seconds the claim lives unless completed or released.
+            connection: an ``asyncpg`` connection (in your transaction, if you like) to run on; no
+                other pool connection is taken.
+
         Raises:
             InvalidIdentifierError: the key is malformed.
+            ConfigurationError: ``connection`` is in a transaction and the table does not exist yet
+                (call :meth:`ensure_schema` at start-up).
+            BackendUnavailableError, BackendTimeoutError, BackendError: the server failed.
         """
         validate_identifier(key, "idempotency key")
-        await self.ensure_schema()
-        db = connection if connection is not None else self.pool
+        if connection is not None:
+            if not self._ready:
+                await self._ready_on(connection, "claim")
+            with self._errors("claim"):
+                return await self._claim_on(connection, key, lock_ttl)
+        if not self._ready:
+            await self.ensure_schema()
+        with self._errors("claim"):
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                return await self._claim_on(conn, key, lock_ttl)
+
+    async def _claim_on(self, db: Any, key: str, lock_ttl: float) -> Claim:
+        timeout = self.timeout
         while True:
             now = time.time()
-            if await db.fetchval(self._claim, key, now, lock_ttl) is not None:
+            if await db.fetchval(self._claim, key, now, lock_ttl, timeout=timeout) is not None:
                 return _CLAIMED
-            row = await db.fetchrow(self._read, key)
+            row = await db.fetchrow(self._read, key, timeout=timeout)
             if row is None or row["expires_at"] <= now:  # released or expired meanwhile: try again
                 continue
             if row["state"] == 1:
@@ -91,22 +123,30 @@ class PostgresIdempotencyStore(PgStore):
     async def complete(
         self, key: str, result: bytes = b"", ttl: float = 86400.0, *, connection: Any = None
     ) -> None:
-        """Store ``result`` for ``key`` for ``ttl`` seconds (in ``connection``'s transaction if given)."""
-        validate_identifier(key, "idempotency key")
-        await self.ensure_schema()
-        db = connection if connection is not None else self.pool
-        await db.execute(self._complete, key, time.time() + ttl, bytes(result))
+        """Store ``result`` for ``key`` for ``ttl`` seconds (in ``connection``'s transaction if given).
 
-    async def release(self, key: str) -> None:
-        """Drop an unfinished claim of ``key``; a completed record is kept."""
+        Raises:
+            InvalidIdentifierError: the key is malformed.
+            ConfigurationError: as for :meth:`claim`.
+            BackendUnavailableError, BackendTimeoutError, BackendError: the server failed.
+        """
         validate_identifier(key, "idempotency key")
-        await self.ensure_schema()
-        await self.pool.execute(self._release, key)
+        await self._execute("complete", connection, self._complete, key, time.time() + ttl, bytes(result))
+
+    async def release(self, key: str, *, connection: Any = None) -> None:
+        """Drop an unfinished claim of ``key``; a completed record is kept.
+
+        Raises:
+            InvalidIdentifierError: the key is malformed.
+            ConfigurationError: as for :meth:`claim`.
+            BackendUnavailableError, BackendTimeoutError, BackendError: the server failed.
+        """
+        validate_identifier(key, "idempotency key")
+        await self._execute("release", connection, self._release, key)
 
     async def purge_expired(self) -> int:
         """Delete expired claims and records; return how many."""
-        await self.ensure_schema()
-        return deleted(await self.pool.execute(self._purge, time.time()))
+        return deleted(await self._execute("purge_expired", None, self._purge, time.time()))
 
 
 class PostgresInboxStore(PostgresIdempotencyStore):

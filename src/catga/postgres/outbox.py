@@ -9,7 +9,9 @@ the connection of your transaction::
         await outbox.add([message], connection=conn)          # same transaction
     # the OutboxRelay publishes it after the commit (and never, if it rolled back)
 
-Table (created on first use, ``CREATE TABLE IF NOT EXISTS``; default name ``catga_outbox``)::
+Table (default name ``catga_outbox``; created by ``connect()``, ``ensure_schema()``, ``App.start`` or
+the first call that uses the pool — never on a second connection behind a ``connection=`` call, see
+:mod:`catga.postgres._base`)::
 
     id text PRIMARY KEY, destination text, type_name text, body bytea, headers jsonb,
     created_at float8, attempts int, next_attempt_at float8, last_error text, status smallint,
@@ -37,7 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from catga.errors import ConfigurationError
-from catga.postgres._base import PgStore, deleted
+from catga.postgres._base import DEFAULT_TIMEOUT, PgStore, deleted
 from catga.protocols import OutboxMessage, OutboxStatus
 
 __all__ = ("PostgresOutboxStore",)
@@ -54,15 +56,25 @@ class PostgresOutboxStore(PgStore):
         pool: an ``asyncpg`` pool (not closed by :meth:`aclose` unless this object created it with
             :meth:`connect`).
         table: the table name, optionally ``schema.table`` (default ``catga_outbox``).
+        owns_pool: close ``pool`` in :meth:`aclose`.
+        timeout: seconds to wait for a pool connection and for each statement (``None``: no limit).
 
     Raises:
-        ConfigurationError: the table name is not a plain SQL identifier.
+        ConfigurationError: the table name is not a plain SQL identifier, or the timeout is not
+            positive.
     """
 
     default_table = "catga_outbox"
 
-    def __init__(self, pool: Any, *, table: str | None = None, owns_pool: bool = False) -> None:
-        super().__init__(pool, table=table, owns_pool=owns_pool)
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        table: str | None = None,
+        owns_pool: bool = False,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(pool, table=table, owns_pool=owns_pool, timeout=timeout)
         t = self.table
         self._insert = (
             f"INSERT INTO {t} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10) "
@@ -83,8 +95,13 @@ class PostgresOutboxStore(PgStore):
         self._count = f"SELECT count(*) FROM {t} WHERE status = $1"
         self._purge = f"DELETE FROM {t} WHERE status = 1 AND created_at < $1"
 
+    def _index(self) -> str:
+        """The pending-rows index, named after the table, in the table's schema."""
+        schema, _, _ = self.table.rpartition(".")
+        name = f"{self.table.replace('.', '_')}_pending"
+        return f"{schema}.{name}" if schema else name
+
     def _ddl(self) -> list[str]:
-        name = self.table.replace(".", "_")
         return [
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             "id text PRIMARY KEY, destination text NOT NULL, type_name text NOT NULL, "
@@ -92,8 +109,12 @@ class PostgresOutboxStore(PgStore):
             "created_at float8 NOT NULL, attempts integer NOT NULL DEFAULT 0, "
             "next_attempt_at float8 NOT NULL DEFAULT 0, last_error text, "
             "status smallint NOT NULL DEFAULT 0, lease_until float8 NOT NULL DEFAULT 0)",
-            f"CREATE INDEX IF NOT EXISTS {name}_pending ON {self.table} (status, created_at)",
+            f"CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_pending "
+            f"ON {self.table} (status, created_at)",
         ]
+
+    def _schema_objects(self) -> tuple[str, ...]:
+        return (self.table, self._index())
 
     async def add(self, messages: Sequence[OutboxMessage], *, connection: Any = None) -> None:
         """Store ``messages``; an id already stored is ignored (the first one wins).
@@ -101,11 +122,15 @@ class PostgresOutboxStore(PgStore):
         Args:
             messages: the messages.
             connection: an ``asyncpg`` connection inside *your* transaction: the rows commit or roll
-                back with it. Without one, the messages are stored in a transaction of their own.
+                back with it, and no other pool connection is taken. Without one, the messages are
+                stored in a transaction of their own.
 
         Raises:
             ConfigurationError: an item is not an :class:`~catga.protocols.OutboxMessage` or has an
-                empty id (nothing is stored).
+                empty id (nothing is stored); or ``connection`` is in a transaction and the table does
+                not exist yet (call :meth:`ensure_schema` at start-up).
+            BackendUnavailableError, BackendTimeoutError, BackendError: the server failed (nothing
+                is stored).
         """
         rows = []
         for m in messages:
@@ -119,47 +144,43 @@ class PostgresOutboxStore(PgStore):
             )  # fmt: skip
         if not rows:
             return
-        await self.ensure_schema()
         if connection is not None:
-            await connection.executemany(self._insert, rows)
+            await self._query("add", connection, "executemany", self._insert, rows)
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany(self._insert, rows)
+        if not self._ready:
+            await self.ensure_schema()
+        with self._errors("add"):
+            async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
+                await conn.executemany(self._insert, rows, timeout=self.timeout)
 
     async def fetch_pending(self, limit: int = 100, lease: float = 30.0) -> list[OutboxMessage]:
         """Lease up to ``limit`` due PENDING messages, oldest ``created_at`` first."""
         if limit <= 0:
             return []
-        await self.ensure_schema()
-        records = await self.pool.fetch(self._fetch, time.time(), limit, lease)
+        records = await self._query("fetch_pending", None, "fetch", self._fetch, time.time(), limit, lease)
         return sorted((_message(r) for r in records), key=lambda m: m.created_at)
 
     async def mark_published(self, ids: Sequence[str]) -> None:
         """Mark messages PUBLISHED. Idempotent; unknown ids are ignored."""
         if ids:
-            await self.ensure_schema()
-            await self.pool.execute(self._published, list(ids))
+            await self._execute("mark_published", None, self._published, list(ids))
 
     async def mark_failed(self, id: str, error: str, retry_at: float | None) -> None:
         """Record a failed attempt and end the lease; ``retry_at=None`` makes the message DEAD."""
-        await self.ensure_schema()
-        await self.pool.execute(self._failed, id, error, retry_at)
+        await self._execute("mark_failed", None, self._failed, id, error, retry_at)
 
     async def get(self, id: str) -> OutboxMessage | None:
         """The message with this id in whatever state, or None."""
-        await self.ensure_schema()
-        record = await self.pool.fetchrow(self._get, id)
+        record = await self._query("get", None, "fetchrow", self._get, id)
         return None if record is None else _message(record)
 
     async def count(self, status: OutboxStatus = OutboxStatus.PENDING) -> int:
         """How many messages are in ``status``."""
-        await self.ensure_schema()
-        return int(await self.pool.fetchval(self._count, int(status)))
+        return int(await self._query("count", None, "fetchval", self._count, int(status)))
 
     async def purge_published(self, older_than: float) -> int:
         """Delete PUBLISHED messages created before the unix time ``older_than``; return how many."""
-        await self.ensure_schema()
-        return deleted(await self.pool.execute(self._purge, older_than))
+        return deleted(await self._execute("purge_published", None, self._purge, older_than))
 
 
 def _message(r: Any) -> OutboxMessage:
