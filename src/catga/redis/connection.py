@@ -31,7 +31,7 @@ from catga._lifecycle import AsyncCloseable
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error, translate_error
 from catga.redis._keys import validate_prefix
-from catga.redis._resp import ReplyError, RespConnection
+from catga.redis._resp import ReplyError, RespConnection, abandon
 
 __all__ = ("DEFAULT", "DEFAULT_URL", "RedisClient", "RedisSettings", "Script")
 
@@ -211,10 +211,14 @@ async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> 
             if settings.client_name:
                 commands.append(("CLIENT", "SETNAME", settings.client_name))
             if commands:
-                for args, fut in zip(commands, conn.send_many(commands, None), strict=True):
-                    reply = await fut
-                    if type(reply) is ReplyError:
-                        raise reply_error(str(args[0]), reply)
+                futures = conn.send_many(commands, None)
+                try:
+                    for args, fut in zip(commands, futures, strict=True):
+                        reply = await fut
+                        if type(reply) is ReplyError:
+                            raise reply_error(str(args[0]), reply)
+                finally:
+                    abandon(futures)  # no-op after success; after a failure, no stray exception
     except BaseException as exc:
         if conn is not None:
             conn.close()
@@ -369,7 +373,13 @@ class RedisClient(AsyncCloseable):
         if conn is None or conn.closed:
             conn = await self._connect()
         futures = conn.send_many(list(commands), self.timeout if timeout is DEFAULT else timeout)
-        replies = [await fut for fut in futures]
+        try:
+            replies = [await fut for fut in futures]
+        except BaseException:
+            # The first failure ends the wait: the other futures' exceptions (a lost connection
+            # fails them all) would otherwise be logged as "never retrieved".
+            abandon(futures)
+            raise
         for args, reply in zip(commands, replies, strict=True):
             if type(reply) is ReplyError:
                 raise reply_error(str(args[0]), reply)
