@@ -60,9 +60,10 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
+from catga._payload import DEFAULT_MAX_PAYLOAD
 from catga.backends import Backends
 from catga.context import Context
-from catga.errors import ConfigurationError
+from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
 from catga.handlers import Compensate, Lifetime
 from catga.health import Health, Probe, run_checks, server_checks
 from catga.mediator import ErrorHook, Mediator
@@ -148,6 +149,9 @@ class App:
         shutdown_timeout: seconds the whole shutdown may take before remaining steps are abandoned.
         connect_timeout: seconds to connect to each server at start, and the default timeout of the
             network calls of URL-built backends.
+        max_payload: the largest message (encoded body) the URL-built transport, event store and outbox
+            accept, in bytes (default 1 MiB, NATS's default; on NATS the server's own limit applies
+            too). A larger exported event fails its publish with code ``too_large``, nothing sent.
 
     Attributes:
         transport: None (no transport), the transport object, or for a URL a
@@ -177,6 +181,7 @@ class App:
         on_unexpected_error: ErrorHook | None = None,
         shutdown_timeout: float = 30.0,
         connect_timeout: float = 5.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
@@ -193,7 +198,9 @@ class App:
         self._exports: set[type] = set()
         self._consumers: list[_Consumer] = []
         self._subscriptions: list[Subscription] = []
-        self.backends = Backends(name=self.origin, registry=registry, timeout=connect_timeout)
+        self.backends = Backends(
+            name=self.origin, registry=registry, timeout=connect_timeout, max_payload=max_payload
+        )
         self.transport: Transport | None = self.backends.transport_for(transport)
         self.store: EventStore = self.backends.store_for(store)
         self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
@@ -273,8 +280,11 @@ class App:
 
         The event keeps its message id, correlation and causation; the ``X-Catga-Origin`` header names
         this app. Local handlers run as always. The transport publish is one more handler of the event:
-        if it fails, the publish's Result lists it as a failed handler (the others still ran). Without
-        a transport this does nothing. Usable as a class decorator.
+        if it fails, the publish's Result lists it as a failed handler (the others still ran), with the
+        error's code: ``unavailable`` (the broker is down), ``timeout``, ``too_large`` (over
+        ``max_payload``, nothing sent). A broker outage is logged once, then counted, and its end
+        logged when an export goes through again. Without a transport this does nothing. Usable as a
+        class decorator.
 
         Args:
             event_type: an :class:`~catga.messages.Event` class.
@@ -296,7 +306,10 @@ class App:
             return event_type
         origin, qos = self.origin, QoS(qos)
 
-        outbox, hooks = self.outbox, self._header_hooks
+        outbox, hooks, mediator = self.outbox, self._header_hooks, self.mediator
+        # Backends whose failures the mediator is counting as an outage (see Mediator._failed): the
+        # next export that goes through ends it with one "recovered" line.
+        down: set[str] = set()
 
         async def forward(event: Any, ctx: Context) -> None:
             if _inbound.get() == ctx.message_id:
@@ -307,12 +320,21 @@ class App:
             for hook in hooks:
                 hook(headers)
             out = msgspec.structs.replace(md, qos=qos, headers=headers)
-            if outbox is None:
-                await transport.publish(event, metadata=out, destination=destination)
-            else:
-                await outbox.add([self._outbox_message(event, out, destination)])
-                if self.relay is not None:
-                    self.relay.notify()
+            try:
+                if outbox is None:
+                    await transport.publish(event, metadata=out, destination=destination)
+                else:
+                    await outbox.add([self._outbox_message(event, out, destination)])
+            except BackendError as exc:
+                if not isinstance(exc, PayloadTooLargeError):  # that one is the message, not the backend
+                    down.add(exc.backend)
+                raise
+            if down:
+                for backend in down:
+                    mediator.backend_recovered(backend)
+                down.clear()
+            if outbox is not None and self.relay is not None:
+                self.relay.notify()
 
         forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"
         self.mediator.register(forward, event_type)

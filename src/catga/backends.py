@@ -44,6 +44,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._urls import redact_url
 from catga.errors import ConfigurationError
 from catga.memory.event_store import MemoryEventStore
@@ -228,12 +229,21 @@ class Backends:
         name: the client connection name shown by the servers.
         registry: message types allowed in stores and on the wire (default: the process registry).
         timeout: default seconds for connecting and for every network call.
+        max_payload: the payload limit of the transports, event stores and outboxes it builds (bytes).
     """
 
-    def __init__(self, *, name: str = "catga", registry: TypeRegistry | None = None, timeout: float = 5.0):
+    def __init__(
+        self,
+        *,
+        name: str = "catga",
+        registry: TypeRegistry | None = None,
+        timeout: float = 5.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ):
         self.name = name
         self.registry = registry
         self.timeout = timeout
+        self.max_payload = check_max_payload(max_payload)
         self._connections: dict[tuple[str, str], Any] = {}
         self._opened: list[tuple[str, Any]] = []
         self._late: list[tuple[BackendUrl, _Late[Any], Callable[[BackendUrl], Awaitable[Any]]]] = []
@@ -406,13 +416,16 @@ class Backends:
                 dead_letters=dlq,
                 storage="memory" if spec.storage == "memory" else "file",
                 timeout=self.timeout,
+                max_payload=self.max_payload,
             )
             return self._track(f"transport {spec}", nats_transport)
         from catga.redis import RedisDeadLetterQueue, RedisTransport
 
         client = await self._redis(spec)
         dead_letters = self._track(f"dead letters {spec}", RedisDeadLetterQueue(client))
-        redis_transport = RedisTransport(client, registry=self.registry, dead_letters=dead_letters)
+        redis_transport = RedisTransport(
+            client, registry=self.registry, dead_letters=dead_letters, max_payload=self.max_payload
+        )
         return self._track(f"transport {spec}", redis_transport)
 
     async def idempotency_store(self, spec: BackendUrl) -> IdempotencyStore:

@@ -1,0 +1,107 @@
+"""What an app's caller and its log see when the broker refuses a message or goes away (issue 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from catga import App, Event
+from catga._payload import DEFAULT_MAX_PAYLOAD
+from catga.errors import BackendUnavailableError, ErrorCode, PayloadTooLargeError
+from catga.mediator import HandlerFailure
+from catga.messages import message_name
+from catga.result import Result
+from catga.testing.contracts._util import WAIT
+from catga.testing.servers import NatsServer, RedisServer, free_port
+
+
+@message_name("apperr.Noted")
+class Noted(msgspec.Struct, Event, frozen=True):
+    text: str
+
+
+Server = NatsServer | RedisServer
+
+
+@pytest.fixture(
+    params=[pytest.param("nats", marks=pytest.mark.nats), pytest.param("redis", marks=pytest.mark.redis)]
+)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A server of its own on a fixed port (the test stops and restarts it), JetStream data on disk."""
+    made: Server = (
+        NatsServer(port=free_port(), monitor_port=free_port(), store_dir=tmp_path)
+        if request.param == "nats"
+        else RedisServer(port=free_port())
+    )
+    with made:
+        yield made
+
+
+def _url(server: Server, prefix: str) -> str:
+    return f"{server.url}?prefix={prefix}"
+
+
+def _failure(result: Result[None]) -> HandlerFailure:
+    assert not result.ok
+    assert result.metadata is not None
+    (failure,) = result.metadata["failures"]
+    assert isinstance(failure, HandlerFailure)
+    return failure
+
+
+async def test_a_2_mb_event_fails_with_too_large_and_a_lower_limit_applies(
+    server: Server, unique_name: str
+) -> None:
+    app = App(transport=_url(server, unique_name), name=unique_name)
+    app.export(Noted)
+    small = App(transport=_url(server, unique_name), name=f"{unique_name}s", max_payload=1000)
+    small.export(Noted)
+    async with app, small:
+        assert (await app.publish(Noted("fits"))).ok
+        result = await app.publish(Noted("x" * 2_000_000))
+        assert result.code == ErrorCode.TOO_LARGE, result
+        error = _failure(result).exception
+        assert isinstance(error, PayloadTooLargeError)
+        assert (error.limit, error.size > 2_000_000) == (DEFAULT_MAX_PAYLOAD, True)
+        assert "exceeds" in (result.error or "") and "internal error" not in (result.error or "")
+
+        assert (await small.publish(Noted("x" * 900))).ok
+        refused = await small.publish(Noted("x" * 1000))
+        assert refused.code == ErrorCode.TOO_LARGE
+        assert isinstance(error := _failure(refused).exception, PayloadTooLargeError) and error.limit == 1000
+
+
+async def test_a_down_broker_gives_unavailable_and_one_log_line_per_outage(
+    server: Server, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App(transport=_url(server, unique_name), name=unique_name, connect_timeout=2.0)
+    app.export(Noted)
+    async with app:
+        assert (await app.publish(Noted("before"))).ok
+        server.stop()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="catga"):
+            for i in range(200):
+                result = await app.publish(Noted(f"down {i}"))
+                assert result.code == ErrorCode.UNAVAILABLE, result
+                assert isinstance(_failure(result).exception, BackendUnavailableError)
+            mediator_lines = [r for r in caplog.records if r.name == "catga.mediator"]
+            assert len(mediator_lines) == 1, [r.getMessage() for r in mediator_lines]
+            assert mediator_lines[0].exc_info is None  # catga's own error: no traceback
+            assert "unavailable" in mediator_lines[0].getMessage().lower()
+            assert len(caplog.records) < 20, [r.getMessage() for r in caplog.records]
+
+            server.start()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT
+            while not (await app.publish(Noted("back"))).ok:
+                assert loop.time() < deadline, "the app did not publish again after the server came back"
+                await asyncio.sleep(0.1)
+            recovered = [r for r in caplog.records if "recovered after" in r.getMessage()]
+            assert len(recovered) == 1, [r.getMessage() for r in caplog.records]
+            assert recovered[0].name == "catga.mediator"
