@@ -388,11 +388,16 @@ class App:
         if registry is None:
             registry = default_registry()
         type_name = registry.name_of(type(event))
+        dest = type_name if destination is None else destination
+        body = registry.codec_for(type(event)).encode(event)
+        limit = self.backends.max_payload
+        if len(body) > limit:  # refused now, not stored for a relay that could never publish it
+            raise PayloadTooLargeError(len(body), limit, destination=dest)
         return OutboxMessage(
             id=str(metadata.message_id),
-            destination=type_name if destination is None else destination,
+            destination=dest,
             type_name=type_name,
-            body=registry.codec_for(type(event)).encode(event),
+            body=body,
             headers=metadata.to_headers(type_name),
             created_at=metadata.created_at,
         )
