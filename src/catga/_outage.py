@@ -38,6 +38,9 @@ class OutageLog:
         interval: seconds between "still failing" lines.
         level: the level of the outage's lines (start, still failing, recovered).
         clock: monotonic seconds (tests pass a fake one).
+        tracebacks: log the first failure's traceback when it is not one of catga's own errors (a
+            bug, say); False for errors known to be plain connection failures (a client library's).
+            At DEBUG every failure is logged with its traceback anyway.
 
     Attributes:
         failing: True between the first failure and :meth:`recovered`.
@@ -50,6 +53,7 @@ class OutageLog:
         "_reported",
         "_since",
         "_suppressed",
+        "_tracebacks",
         "failing",
         "failures",
         "interval",
@@ -66,8 +70,10 @@ class OutageLog:
         interval: float = DEFAULT_INTERVAL,
         level: int = logging.WARNING,
         clock: Callable[[], float] = time.monotonic,
+        tracebacks: bool = True,
     ) -> None:
         self.logger = logger
+        self._tracebacks = tracebacks
         self.what = what
         self.interval = interval
         self.level = level
@@ -100,7 +106,9 @@ class OutageLog:
             if logger.isEnabledFor(self.level):
                 # A traceback helps with a bug, not with a broker that is down: catga's own errors
                 # already say what happened, so theirs is shown at DEBUG only.
-                trace = not isinstance(exc, CatgaError) or logger.isEnabledFor(logging.DEBUG)
+                trace = (self._tracebacks and not isinstance(exc, CatgaError)) or logger.isEnabledFor(
+                    logging.DEBUG
+                )
                 logger.log(
                     self.level,
                     "%s failed%s: %s; further failures are counted, with one line every %g s until it "
