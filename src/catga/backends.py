@@ -286,7 +286,7 @@ class Backends:
         if spec is None and value is not None:
             return value  # type: ignore[return-value]  # an event store object
         if spec is None or spec.backend == "memory":
-            return MemoryEventStore(registry=self.registry)
+            return MemoryEventStore(registry=self.registry, max_payload=self.max_payload)
         return self._defer(spec, LateEventStore("event store", spec.url), self.event_store)
 
     def idempotency_store_for(self, value: object) -> IdempotencyStore:
@@ -396,7 +396,9 @@ class Backends:
             return self._track(f"event store {spec}", nats_store)
         from catga.redis import RedisEventStore
 
-        redis_store = RedisEventStore(await self._redis(spec), registry=self.registry)
+        redis_store = RedisEventStore(
+            await self._redis(spec), registry=self.registry, max_payload=self.max_payload
+        )
         return self._track(f"event store {spec}", redis_store)
 
     async def transport(self, spec: BackendUrl) -> Transport:
