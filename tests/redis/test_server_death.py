@@ -87,3 +87,23 @@ async def test_stopping_an_app_after_its_redis_server_died(
     gc.collect()
     await asyncio.sleep(0)
     assert loop_errors == []
+
+
+async def test_closing_an_app_whose_redis_server_was_stopped(
+    unique_name: str, loop_errors: list[dict[str, Any]]
+) -> None:
+    server = RedisServer().start()
+    try:
+        app = App(transport=f"{server.url}?prefix={unique_name}", name=unique_name)
+        app.export(Noted)
+        app.consume(Noted)
+        await app.start()
+        assert (await app.publish(Noted("before"))).ok
+        server.stop()
+        assert (await app.publish(Noted("after"))).code == ErrorCode.UNAVAILABLE
+        await app.aclose()
+    finally:
+        server.stop()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert loop_errors == []
