@@ -107,3 +107,19 @@ async def test_mediator_counts_backend_failures_and_returns_their_code(
         m.backend_recovered("redis")  # never failed: nothing to say
     assert len(caplog.records) == 2
     assert "nats backend recovered after 500 failures" in caplog.records[1].getMessage()
+
+
+def test_a_failure_after_a_quiet_interval_ends_the_earlier_outage(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    log = OutageLog(logging.getLogger(LOGGER), "x", interval=30.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for _ in range(3):
+            log.failure(_down())
+            clock.now += 1.0
+        clock.now += 3600.0  # recovered without anyone saying so; a day later it fails again
+        log.failure(_down())
+    first, ended, again = (r.getMessage() for r in caplog.records)
+    assert first.startswith("x failed")
+    assert ended.startswith("x: no failure for 3601.0 s after the earlier 3 failures in 2.0 s")
+    assert ended.endswith("counting afresh")
+    assert again.startswith("x failed") and log.failures == 1

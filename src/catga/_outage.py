@@ -7,7 +7,9 @@ failures of one thing into:
 * one line when the first failure arrives (the error; its traceback only when it is not one of catga's
   own errors, or at DEBUG),
 * one "still failing" line per ``interval`` seconds while failures continue, with the count,
-* one "recovered" line, with the count and the duration, when the caller reports a success.
+* one "recovered" line, with the count and the duration, when the caller reports a success (or,
+  for a caller that sees no successes, when a failure comes after four quiet intervals: the earlier
+  run of failures is summed up and counting starts afresh).
 
 The failures in between are counted (and logged at DEBUG). Used by the mediator for backend errors
 raised by handlers (the app's event export among them), by the outbox relay and by the transports'
@@ -50,6 +52,7 @@ class OutageLog:
     __slots__ = (
         "_clock",
         "_last_error",
+        "_last_failure",
         "_reported",
         "_since",
         "_suppressed",
@@ -84,6 +87,7 @@ class OutageLog:
         self._reported = 0.0
         self._suppressed = 0
         self._last_error = ""
+        self._last_failure = 0.0
 
     def failure(self, exc: BaseException, detail: str = "") -> None:
         """Record one failure: log it if it starts an outage or ``interval`` passed since the last line.
@@ -96,8 +100,23 @@ class OutageLog:
         now = self._clock()
         logger = self.logger
         error = f"{type(exc).__name__}: {exc}"
-        self._last_error = error
         where = f" ({detail})" if detail else ""
+        if self.failing and now - self._last_failure >= 4 * self.interval:
+            # Nothing failed for a long while and nobody reported a recovery (a source that sees no
+            # successes, or no traffic): close that run of failures and count afresh.
+            logger.log(
+                self.level,
+                "%s: no failure for %.1f s after the earlier %d failures in %.1f s (last error: %s); "
+                "counting afresh",
+                self.what,
+                now - self._last_failure,
+                self.failures,
+                self._last_failure - self._since,
+                self._last_error,
+            )
+            self.failing = False
+        self._last_error = error
+        self._last_failure = now
         if not self.failing:
             self.failing = True
             self.failures = 1
