@@ -9,7 +9,7 @@ import pytest
 
 from catga import Command, Mediator
 from catga._outage import OutageLog
-from catga.errors import BackendUnavailableError, ErrorCode
+from catga.errors import BackendUnavailableError, ErrorCode, PayloadTooLargeError
 
 LOGGER = "catga.test_outage"
 
@@ -123,3 +123,22 @@ def test_a_failure_after_a_quiet_interval_ends_the_earlier_outage(caplog: pytest
     assert ended.startswith("x: no failure for 3601.0 s after the earlier 3 failures in 2.0 s")
     assert ended.endswith("counting afresh")
     assert again.startswith("x failed") and log.failures == 1
+
+
+async def test_mediator_shows_catgas_own_errors_and_hides_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    m = Mediator()
+
+    @m.handler
+    async def publish(cmd: Publish) -> None:
+        if cmd.n == 1:
+            raise PayloadTooLargeError(2_000_000, 1_048_576, destination="orders")
+        raise KeyError("secret-column")
+
+    with caplog.at_level(logging.ERROR, logger="catga.mediator"):
+        large, bug = await m.send(Publish(1)), await m.send(Publish(2))
+    assert large.code == ErrorCode.TOO_LARGE and not large.retryable
+    assert large.error is not None and "2000000 bytes to 'orders'" in large.error
+    assert (bug.code, bug.error) == (ErrorCode.INTERNAL, "internal error")
+    first, second = caplog.records
+    assert "[too_large]" in first.getMessage() and first.exc_info is not None
+    assert "unexpected error" in second.getMessage() and "secret" not in repr(bug)

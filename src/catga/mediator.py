@@ -542,6 +542,18 @@ class Mediator:
                 outage = self._outages[exc.backend] = OutageLog(_log, what, level=logging.ERROR)
             outage.failure(exc, f"{where} handling {kind} {ctx.message_id}")
             result = Result.from_exception(exc)
+        elif isinstance(exc, CatgaError):  # too_large, configuration, serialization...: said plainly
+            _log.error(
+                "%s failed handling %s %s: [%s] %s",
+                where,
+                kind,
+                ctx.message_id,
+                exc.code,
+                exc,
+                exc_info=exc,
+                extra={"catga_message_id": ctx.message_id, "catga_message_type": kind},
+            )
+            result = Result.from_exception(exc)
         else:
             _log.error(
                 "unexpected error in %s handling %s %s",
@@ -551,8 +563,7 @@ class Mediator:
                 exc_info=exc,
                 extra={"catga_message_id": ctx.message_id, "catga_message_type": kind},
             )
-            # catga's own errors say what happened without internals; anything else is hidden.
-            result = Result.from_exception(exc, expose=isinstance(exc, CatgaError))
+            result = Result.from_exception(exc, expose=False)
         hook = reg.compensate if reg is not None else None
         if hook is None and instance is not None:
             hook = getattr(instance, "compensate", None)
