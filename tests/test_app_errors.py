@@ -12,7 +12,8 @@ import pytest
 
 from catga import App, Event
 from catga._payload import DEFAULT_MAX_PAYLOAD
-from catga.errors import BackendUnavailableError, ErrorCode, PayloadTooLargeError
+from catga.backends import parse_url
+from catga.errors import BackendUnavailableError, ConfigurationError, ErrorCode, PayloadTooLargeError
 from catga.mediator import HandlerFailure
 from catga.messages import message_name
 from catga.result import Result
@@ -74,6 +75,24 @@ async def test_a_2_mb_event_fails_with_too_large_and_a_lower_limit_applies(
         refused = await small.publish(Noted("x" * 1000))
         assert refused.code == ErrorCode.TOO_LARGE
         assert isinstance(error := _failure(refused).exception, PayloadTooLargeError) and error.limit == 1000
+
+    by_url = App(transport=f"{_url(server, unique_name)}&max_payload=500", name=f"{unique_name}u")
+    by_url.export(Noted)
+    async with by_url:
+        refused = await by_url.publish(Noted("x" * 500))
+        assert isinstance(error := _failure(refused).exception, PayloadTooLargeError) and error.limit == 500
+
+
+def test_max_payload_in_a_url() -> None:
+    assert parse_url("nats://h:4222?max_payload=2048&prefix=p").max_payload == 2048
+    spec = parse_url("redis://h:6379/0?max_payload=10&db=1")
+    assert (spec.max_payload, spec.address) == (10, "redis://h:6379/0?db=1")
+    assert parse_url("redis://h:6379/0").max_payload is None
+    for bad in ("0", "-5", "1k", ""):
+        with pytest.raises(ConfigurationError, match="max_payload must be a positive number of bytes"):
+            parse_url(f"nats://h:4222?max_payload={bad}")
+    with pytest.raises(ConfigurationError, match="max_payload"):
+        App(max_payload=0)
 
 
 async def test_a_down_broker_gives_unavailable_and_one_log_line_per_outage(

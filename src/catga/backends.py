@@ -19,6 +19,8 @@ URL reaches the client:
   ``NAME_MESSAGES``...), the idempotency bucket is ``NAME_idempotency``, the outbox bucket
   ``NAME_outbox`` and the dead letters ``NAME_dead_letters`` (see :func:`nats_layout`).
 * ``storage=file|memory`` (NATS only; default ``file``): JetStream storage of streams and buckets.
+* ``max_payload=BYTES`` (both; default ``App(max_payload=...)``, 1 MiB): the payload limit of the
+  transport and event store built from this URL (see ``docs/errors.md``).
 
 The backend packages are imported only when a URL names them (never when ``catga`` is imported); a
 missing optional dependency raises :class:`~catga.errors.ConfigurationError` with the ``pip install``
@@ -96,7 +98,7 @@ SCHEMES: Mapping[str, str] = {
 }
 _SUPPORTED = "memory://, nats://, tls://, redis://, rediss://"
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
-_NATS_OPTIONS = ("prefix", "storage")
+_NATS_OPTIONS = ("prefix", "storage", "max_payload")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class BackendUrl:
         address: what the client connects to (the URL without catga's own options).
         prefix: the namespace (``prefix=`` option), default ``"catga"``.
         storage: NATS JetStream storage, ``"file"`` (default) or ``"memory"``.
+        max_payload: the ``max_payload=`` option in bytes, or None (the app's limit).
     """
 
     url: str
@@ -116,6 +119,7 @@ class BackendUrl:
     address: str
     prefix: str = "catga"
     storage: str = "file"
+    max_payload: int | None = None
 
     def __str__(self) -> str:
         return redact_url(self.url)
@@ -156,6 +160,7 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
         raise ConfigurationError(
             f"{role} URL {shown!r}: invalid prefix {prefix!r}; use 1-64 letters, digits, '_' or '-'"
         )
+    max_payload = _max_payload_option(options.pop("max_payload", None), role, shown)
     storage = "file"
     if backend == "nats":
         storage = options.pop("storage", "file")
@@ -175,7 +180,18 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
             urlsplit(base).port  # noqa: B018 - raises on a malformed port
         except ValueError as exc:
             raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-    return BackendUrl(url, backend, address, prefix, storage)
+    return BackendUrl(url, backend, address, prefix, storage, max_payload)
+
+
+def _max_payload_option(value: str | None, role: str, shown: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return check_max_payload(int(value))
+    except ValueError:
+        raise ConfigurationError(
+            f"{role} URL {shown!r}: max_payload must be a positive number of bytes, got {value!r}"
+        ) from None
 
 
 def import_backend(backend: str) -> ModuleType:
@@ -397,7 +413,7 @@ class Backends:
         from catga.redis import RedisEventStore
 
         redis_store = RedisEventStore(
-            await self._redis(spec), registry=self.registry, max_payload=self.max_payload
+            await self._redis(spec), registry=self.registry, max_payload=spec.max_payload or self.max_payload
         )
         return self._track(f"event store {spec}", redis_store)
 
@@ -418,7 +434,7 @@ class Backends:
                 dead_letters=dlq,
                 storage="memory" if spec.storage == "memory" else "file",
                 timeout=self.timeout,
-                max_payload=self.max_payload,
+                max_payload=spec.max_payload or self.max_payload,
             )
             return self._track(f"transport {spec}", nats_transport)
         from catga.redis import RedisDeadLetterQueue, RedisTransport
@@ -426,7 +442,10 @@ class Backends:
         client = await self._redis(spec)
         dead_letters = self._track(f"dead letters {spec}", RedisDeadLetterQueue(client))
         redis_transport = RedisTransport(
-            client, registry=self.registry, dead_letters=dead_letters, max_payload=self.max_payload
+            client,
+            registry=self.registry,
+            dead_letters=dead_letters,
+            max_payload=spec.max_payload or self.max_payload,
         )
         return self._track(f"transport {spec}", redis_transport)
 
