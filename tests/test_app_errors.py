@@ -127,4 +127,5 @@ async def test_a_down_broker_gives_unavailable_and_one_log_line_per_outage(
                 if r.name == "catga.mediator" and "recovered after" in r.getMessage()
             ]
             assert len(recovered) == 1, [r.getMessage() for r in caplog.records]
-            assert "recovered after 200 failures" in recovered[0].getMessage()
+            failures = int(recovered[0].getMessage().split("recovered after ")[1].split()[0])
+            assert failures >= 200  # and any that failed while the server was starting again
