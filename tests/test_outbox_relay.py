@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 import catga
-from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.errors import BackendUnavailableError, ConfigurationError, ErrorCode
 from catga.memory import MemoryBroker, MemoryDeadLetterQueue, MemoryOutboxStore, MemoryTransport
 from catga.messages import Event, Metadata, message_name
 from catga.outbox import OutboxRelay
@@ -205,6 +205,44 @@ async def test_a_store_outage_is_logged_and_the_loop_goes_on(
     assert any("outbox relay pass failed" in r.getMessage() for r in caplog.records)
 
 
+async def test_500_failed_publishes_log_one_line_and_the_recovery_one_more(
+    bus: tuple[FlakyTransport, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    transport, received = bus
+    transport.failing.add("relay.Shipped")
+    store = MemoryOutboxStore()
+    await store.add([entry(n) for n in range(100)])
+    relay = OutboxRelay(store, transport, max_attempts=100, retry_backoff=0.0, retry_backoff_max=0.0)
+    with caplog.at_level(logging.INFO, logger="catga.outbox"):
+        for _ in range(5):
+            assert await relay.run_once() == 100
+        assert relay.failed == 500
+        assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
+        (first,) = caplog.records
+        assert first.levelno == logging.WARNING and first.exc_info is None
+        assert "outbox relay publishing failed" in first.getMessage()
+        assert "connection lost" in first.getMessage() and "attempt 1 of 100" in first.getMessage()
+        transport.failing.clear()
+        assert await relay.run_once() == 100
+    await until(lambda: len(received) == 100, "every message after the recovery")
+    assert len(caplog.records) == 2
+    assert "outbox relay publishing recovered after 500 failures" in caplog.records[1].getMessage()
+
+
+async def test_a_message_over_the_payload_limit_is_dead_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    transport = MemoryTransport(registry=REGISTRY, max_payload=8)
+    store, dlq = MemoryOutboxStore(), MemoryDeadLetterQueue()
+    await store.add([entry(1)])
+    relay = OutboxRelay(store, transport, dead_letters=dlq, max_attempts=10)
+    with caplog.at_level(logging.ERROR, logger="catga.outbox"):
+        assert await relay.run_once() == 1
+    assert (relay.failed, relay.dead) == (1, 1)
+    [letter] = await dlq.list()
+    assert letter.attempts == 1 and "PayloadTooLargeError" in letter.error and "8 bytes" in letter.error
+    assert any("is dead after 1 attempt(s)" in r.getMessage() for r in caplog.records)
+    await transport.aclose()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -250,3 +288,15 @@ async def test_an_app_with_an_outbox_stores_exported_events_and_the_relay_publis
         assert got == []
         failing.failing.clear()
         await until(lambda: got == [("o-9", 77)], "the event on the other app, with its id")
+
+
+async def test_an_app_refuses_an_event_over_max_payload_before_storing_it_in_the_outbox() -> None:
+    store = MemoryOutboxStore()
+    transport = MemoryTransport(registry=REGISTRY)
+    app = catga.App(transport=transport, outbox=store, name="pub", registry=REGISTRY, max_payload=64)
+    app.export(Shipped)
+    async with app:
+        assert (await app.publish(Shipped("small"))).ok
+        result = await app.publish(Shipped("x" * 64))
+    assert result.code == ErrorCode.TOO_LARGE and "64 bytes" in (result.error or ""), result
+    assert await store.count(OutboxStatus.PENDING) + await store.count(OutboxStatus.PUBLISHED) == 1

@@ -60,10 +60,11 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
+from catga._payload import DEFAULT_MAX_PAYLOAD
 from catga._worker_ids import env_worker_id_set, process_worker_id
 from catga.backends import Backends
 from catga.context import Context
-from catga.errors import ConfigurationError
+from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
 from catga.handlers import Compensate, Lifetime
 from catga.health import Health, Probe, consumers_detail, run_checks, server_checks
 from catga.ids import SnowflakeIdGenerator, default_generator
@@ -156,6 +157,9 @@ class App:
             backend at start and releases it at stop, unless ``CATGA_WORKER_ID`` is set; in-memory
             apps keep the process-local id. An ``int`` uses that id (no lease); a
             :class:`~catga.protocols.DistributedLock` leases through it (for apps built from objects).
+        max_payload: the largest message (encoded body) the URL-built transport, event store and outbox
+            accept, in bytes (default 1 MiB, NATS's default; on NATS the server's own limit applies
+            too). A larger exported event fails its publish with code ``too_large``, nothing sent.
 
     Attributes:
         transport: None (no transport), the transport object, or for a URL a
@@ -186,6 +190,7 @@ class App:
         shutdown_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         worker_id: int | DistributedLock | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
@@ -202,7 +207,9 @@ class App:
         self._exports: set[type] = set()
         self._consumers: list[_Consumer] = []
         self._subscriptions: list[Subscription] = []
-        self.backends = Backends(name=self.origin, registry=registry, timeout=connect_timeout)
+        self.backends = Backends(
+            name=self.origin, registry=registry, timeout=connect_timeout, max_payload=max_payload
+        )
         self.transport: Transport | None = self.backends.transport_for(transport)
         self.store: EventStore = self.backends.store_for(store)
         self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
@@ -290,8 +297,11 @@ class App:
 
         The event keeps its message id, correlation and causation; the ``X-Catga-Origin`` header names
         this app. Local handlers run as always. The transport publish is one more handler of the event:
-        if it fails, the publish's Result lists it as a failed handler (the others still ran). Without
-        a transport this does nothing. Usable as a class decorator.
+        if it fails, the publish's Result lists it as a failed handler (the others still ran), with the
+        error's code: ``unavailable`` (the broker is down), ``timeout``, ``too_large`` (over
+        ``max_payload``, nothing sent). A broker outage is logged once, then counted, and its end
+        logged when an export goes through again. Without a transport this does nothing. Usable as a
+        class decorator.
 
         Args:
             event_type: an :class:`~catga.messages.Event` class.
@@ -313,7 +323,10 @@ class App:
             return event_type
         origin, qos = self.origin, QoS(qos)
 
-        outbox, hooks = self.outbox, self._header_hooks
+        outbox, hooks, mediator = self.outbox, self._header_hooks, self.mediator
+        # Backends whose failures the mediator is counting as an outage (see Mediator._failed): the
+        # next export that goes through ends it with one "recovered" line.
+        down: set[str] = set()
 
         async def forward(event: Any, ctx: Context) -> None:
             if _inbound.get() == ctx.message_id:
@@ -324,12 +337,21 @@ class App:
             for hook in hooks:
                 hook(headers)
             out = msgspec.structs.replace(md, qos=qos, headers=headers)
-            if outbox is None:
-                await transport.publish(event, metadata=out, destination=destination)
-            else:
-                await outbox.add([self._outbox_message(event, out, destination)])
-                if self.relay is not None:
-                    self.relay.notify()
+            try:
+                if outbox is None:
+                    await transport.publish(event, metadata=out, destination=destination)
+                else:
+                    await outbox.add([self._outbox_message(event, out, destination)])
+            except BackendError as exc:
+                if not isinstance(exc, PayloadTooLargeError):  # that one is the message, not the backend
+                    down.add(exc.backend)
+                raise
+            if down:
+                for backend in down:
+                    mediator.backend_recovered(backend)
+                down.clear()
+            if outbox is not None and self.relay is not None:
+                self.relay.notify()
 
         forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"
         self.mediator.register(forward, event_type)
@@ -392,11 +414,16 @@ class App:
         if registry is None:
             registry = default_registry()
         type_name = registry.name_of(type(event))
+        dest = type_name if destination is None else destination
+        body = registry.codec_for(type(event)).encode(event)
+        limit = self.backends.max_payload
+        if len(body) > limit:  # refused now, not stored for a relay that could never publish it
+            raise PayloadTooLargeError(len(body), limit, destination=dest)
         return OutboxMessage(
             id=str(metadata.message_id),
-            destination=type_name if destination is None else destination,
+            destination=dest,
             type_name=type_name,
-            body=registry.codec_for(type(event)).encode(event),
+            body=body,
             headers=metadata.to_headers(type_name),
             created_at=metadata.created_at,
         )

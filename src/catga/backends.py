@@ -20,6 +20,8 @@ URL reaches the client:
   ``NAME_outbox``, the dead letters ``NAME_dead_letters`` and the worker id leases ``NAME_locks`` (see
   :func:`nats_layout`).
 * ``storage=file|memory`` (NATS only; default ``file``): JetStream storage of streams and buckets.
+* ``max_payload=BYTES`` (both; default ``App(max_payload=...)``, 1 MiB): the payload limit of the
+  transport and event store built from this URL (see ``docs/errors.md``).
 
 The backend packages are imported only when a URL names them (never when ``catga`` is imported); a
 missing optional dependency raises :class:`~catga.errors.ConfigurationError` with the ``pip install``
@@ -46,6 +48,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._urls import redact_url
 from catga.errors import ConfigurationError
 from catga.memory.event_store import MemoryEventStore
@@ -99,7 +102,7 @@ SCHEMES: Mapping[str, str] = {
 }
 _SUPPORTED = "memory://, nats://, tls://, redis://, rediss://"
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
-_NATS_OPTIONS = ("prefix", "storage")
+_NATS_OPTIONS = ("prefix", "storage", "max_payload")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class BackendUrl:
         address: what the client connects to (the URL without catga's own options).
         prefix: the namespace (``prefix=`` option), default ``"catga"``.
         storage: NATS JetStream storage, ``"file"`` (default) or ``"memory"``.
+        max_payload: the ``max_payload=`` option in bytes, or None (the app's limit).
     """
 
     url: str
@@ -119,6 +123,7 @@ class BackendUrl:
     address: str
     prefix: str = "catga"
     storage: str = "file"
+    max_payload: int | None = None
 
     def __str__(self) -> str:
         return redact_url(self.url)
@@ -159,6 +164,7 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
         raise ConfigurationError(
             f"{role} URL {shown!r}: invalid prefix {prefix!r}; use 1-64 letters, digits, '_' or '-'"
         )
+    max_payload = _max_payload_option(options.pop("max_payload", None), role, shown)
     storage = "file"
     if backend == "nats":
         storage = options.pop("storage", "file")
@@ -178,7 +184,18 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
             urlsplit(base).port  # noqa: B018 - raises on a malformed port
         except ValueError as exc:
             raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-    return BackendUrl(url, backend, address, prefix, storage)
+    return BackendUrl(url, backend, address, prefix, storage, max_payload)
+
+
+def _max_payload_option(value: str | None, role: str, shown: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return check_max_payload(int(value))
+    except ValueError:
+        raise ConfigurationError(
+            f"{role} URL {shown!r}: max_payload must be a positive number of bytes, got {value!r}"
+        ) from None
 
 
 def import_backend(backend: str) -> ModuleType:
@@ -234,12 +251,21 @@ class Backends:
         name: the client connection name shown by the servers.
         registry: message types allowed in stores and on the wire (default: the process registry).
         timeout: default seconds for connecting and for every network call.
+        max_payload: the payload limit of the transports, event stores and outboxes it builds (bytes).
     """
 
-    def __init__(self, *, name: str = "catga", registry: TypeRegistry | None = None, timeout: float = 5.0):
+    def __init__(
+        self,
+        *,
+        name: str = "catga",
+        registry: TypeRegistry | None = None,
+        timeout: float = 5.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ):
         self.name = name
         self.registry = registry
         self.timeout = timeout
+        self.max_payload = check_max_payload(max_payload)
         self._connections: dict[tuple[str, str], Any] = {}
         self._opened: list[tuple[str, Any]] = []
         self._late: list[tuple[BackendUrl, _Late[Any], Callable[[BackendUrl], Awaitable[Any]]]] = []
@@ -282,7 +308,7 @@ class Backends:
         if spec is None and value is not None:
             return value  # type: ignore[return-value]  # an event store object
         if spec is None or spec.backend == "memory":
-            return MemoryEventStore(registry=self.registry)
+            return MemoryEventStore(registry=self.registry, max_payload=self.max_payload)
         return self._defer(spec, LateEventStore("event store", spec.url), self.event_store)
 
     def idempotency_store_for(self, value: object) -> IdempotencyStore:
@@ -403,7 +429,9 @@ class Backends:
             return self._track(f"event store {spec}", nats_store)
         from catga.redis import RedisEventStore
 
-        redis_store = RedisEventStore(await self._redis(spec), registry=self.registry)
+        redis_store = RedisEventStore(
+            await self._redis(spec), registry=self.registry, max_payload=spec.max_payload or self.max_payload
+        )
         return self._track(f"event store {spec}", redis_store)
 
     async def transport(self, spec: BackendUrl) -> Transport:
@@ -423,13 +451,19 @@ class Backends:
                 dead_letters=dlq,
                 storage="memory" if spec.storage == "memory" else "file",
                 timeout=self.timeout,
+                max_payload=spec.max_payload or self.max_payload,
             )
             return self._track(f"transport {spec}", nats_transport)
         from catga.redis import RedisDeadLetterQueue, RedisTransport
 
         client = await self._redis(spec)
         dead_letters = self._track(f"dead letters {spec}", RedisDeadLetterQueue(client))
-        redis_transport = RedisTransport(client, registry=self.registry, dead_letters=dead_letters)
+        redis_transport = RedisTransport(
+            client,
+            registry=self.registry,
+            dead_letters=dead_letters,
+            max_payload=spec.max_payload or self.max_payload,
+        )
         return self._track(f"transport {spec}", redis_transport)
 
     async def idempotency_store(self, spec: BackendUrl) -> IdempotencyStore:

@@ -27,7 +27,8 @@ involved and say what to do; the same facts are available as attributes.
     │   └── LockNotOwnedError
     └── BackendError                      a storage or transport backend failed
         ├── BackendUnavailableError (ConnectionError)
-        └── BackendTimeoutError (TimeoutError)
+        ├── BackendTimeoutError (TimeoutError)
+        └── PayloadTooLargeError (ValueError)  a message over the payload limit, refused unsent
 
 ``asyncio.CancelledError`` is never translated.
 """
@@ -55,6 +56,7 @@ __all__ = (
     "LockNotOwnedError",
     "NotFoundError",
     "OperationTimeoutError",
+    "PayloadTooLargeError",
     "RetryableError",
     "SerializationError",
     "UnauthorizedError",
@@ -65,7 +67,10 @@ __all__ = (
 
 
 class ErrorCode:
-    """Stable error codes carried by failed :class:`~catga.result.Result` values."""
+    """Stable error codes carried by failed :class:`~catga.result.Result` values.
+
+    The table of codes, what raises them and whether a retry can help is in ``docs/errors.md``.
+    """
 
     VALIDATION = "validation"
     NOT_FOUND = "not_found"
@@ -81,6 +86,8 @@ class ErrorCode:
     INTERNAL = "internal"
     SERIALIZATION = "serialization"
     BACKEND = "backend"
+    UNAVAILABLE = "unavailable"
+    TOO_LARGE = "too_large"
 
 
 class CatgaError(Exception):
@@ -315,12 +322,53 @@ class BackendError(CatgaError):
 
 
 class BackendUnavailableError(BackendError, ConnectionError):
-    """Raised when the backend server cannot be reached."""
+    """Raised when the backend server cannot be reached, or the connection was lost (code ``unavailable``)."""
 
+    code = ErrorCode.UNAVAILABLE
     retryable = True
 
 
 class BackendTimeoutError(BackendError, TimeoutError):
-    """Raised when a backend call exceeds its timeout; the message names the operation and seconds."""
+    """Raised when a backend call exceeds its timeout (code ``timeout``); the message names the operation
+    and seconds."""
 
+    code = ErrorCode.TIMEOUT
     retryable = True
+
+
+class PayloadTooLargeError(BackendError, ValueError):
+    """Raised, before anything is sent, when a message is larger than the payload limit (code ``too_large``).
+
+    Every backend checks the same limit (``max_payload``, 1 MiB by default, see ``docs/errors.md``); on
+    NATS the server's own ``max_payload`` applies too (headers included). Retrying does not help: send
+    less data per message (store large data elsewhere and send a reference), or raise the limit.
+
+    Attributes:
+        size: the message's size in bytes.
+        limit: the limit it exceeds, in bytes.
+        destination: where it was going (a destination, subject, stream or key), or "".
+    """
+
+    code = ErrorCode.TOO_LARGE
+
+    def __init__(
+        self,
+        size: int,
+        limit: int,
+        *,
+        destination: str = "",
+        backend: str = "",
+        what: str = "message",
+        limit_name: str = "the payload limit (max_payload)",
+    ) -> None:
+        self.size = size
+        self.limit = limit
+        self.destination = destination
+        to = f" to {destination!r}" if destination else ""
+        super().__init__(
+            f"a {what} of {size} bytes{to} exceeds {limit_name} of {limit} bytes; nothing was sent: "
+            "send less data per message (or a reference to it), or raise the limit",
+            backend=backend,
+            size=size,
+            limit=limit,
+        )

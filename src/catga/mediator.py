@@ -16,10 +16,14 @@ creates one Task per handler); the trade-off is that a handler that waits on I/O
 concurrently with ``asyncio.gather`` instead. See ``docs/pipeline.md`` for the figures.
 
 Safe handler semantics: a :class:`~catga.errors.HandlerError` raised by a handler becomes a failed
-Result with its code and message; any other exception becomes an ``internal error`` Result that leaks no
-internals, logged with its traceback and the message id. Before the Result is returned the handler's
-compensation hook runs (``compensate(msg, ctx, exc)``), then :meth:`Mediator.on_business_error` or
-:meth:`Mediator.on_unexpected_error`, which may replace the Result.
+Result with its code and message; so does any other catga error (``unavailable``, ``timeout`` and
+``too_large`` for a backend that is down, slow or refuses a message: catga's messages name what failed,
+never internals). Backend errors are logged once per outage, then counted (see :mod:`catga._outage`);
+other catga errors are logged with their traceback and the message id. Any other exception becomes an
+``internal error`` Result that leaks no internals, logged with its traceback and the message id.
+Before the Result is returned the handler's compensation hook runs (``compensate(msg, ctx, exc)``),
+then :meth:`Mediator.on_business_error` or :meth:`Mediator.on_unexpected_error`, which may replace
+the Result.
 
 Dispatch is a dict lookup: each message type's chain (behaviors + handler) is composed on its first
 dispatch and cached; behaviors cannot be added after that. When that chain is only a function handler
@@ -47,8 +51,17 @@ from catga._fanout import (
     in_turn,
     publish_failure,
 )
+from catga._outage import OutageLog
 from catga.context import Context, _current
-from catga.errors import ConfigurationError, DuplicateHandlerError, HandlerError, HandlerNotFoundError
+from catga.errors import (
+    BackendError,
+    CatgaError,
+    ConfigurationError,
+    DuplicateHandlerError,
+    HandlerError,
+    HandlerNotFoundError,
+    PayloadTooLargeError,
+)
 from catga.handlers import Compensate, HandlerInfo, Lifetime, Registration, find_marked, inspect_handler
 from catga.ids import new_id as _default_new_id
 from catga.messages import Event, Metadata, Request
@@ -111,6 +124,7 @@ class Mediator:
         self._events: dict[type, list[Registration]] = {}
         self._request_chains: dict[type, _RequestEntry] = {}
         self._event_chains: dict[type, _EventEntry] = {}
+        self._outages: dict[str, OutageLog] = {}  # by backend name: handler failures it caused
         self._frozen = False
 
     # -- registration -----------------------------------------------------------------------------
@@ -485,6 +499,17 @@ class Mediator:
         hook = self._unexpected_hook
         return None if hook is None else await hook(message, ctx, exc)
 
+    def backend_recovered(self, backend: str) -> None:
+        """Report that ``backend`` (``"nats"``, ``"redis"``...) works again after handlers failed on it.
+
+        Handler failures caused by a backend (a :class:`~catga.errors.BackendError`) are logged once
+        per outage, then counted; this ends the outage with one "recovered" line. The app calls it
+        when an exported event is published again; nothing happens when the backend was not failing.
+        """
+        outage = self._outages.get(backend)
+        if outage is not None and outage.failing:
+            outage.recovered()
+
     async def _failed(
         self, message: Any, ctx: Context, exc: Exception, reg: Registration | None, instance: Any
     ) -> Result[Any]:
@@ -505,6 +530,30 @@ class Mediator:
                     extra={"catga_message_id": ctx.message_id, "catga_message_type": kind},
                 )
             result: Result[Any] = Result.from_exception(exc)
+        elif isinstance(exc, BackendError) and not isinstance(exc, PayloadTooLargeError):
+            # A broker or store that is down fails every message alike: one line per outage (see
+            # catga._outage), and the caller's Result says what happened (unavailable, timeout...).
+            # A message over the payload limit is that message's problem: logged below, each time.
+            outage = self._outages.get(exc.backend)
+            if outage is None:
+                what = (
+                    f"handlers using the {exc.backend} backend" if exc.backend else "handlers using a backend"
+                )
+                outage = self._outages[exc.backend] = OutageLog(_log, what, level=logging.ERROR)
+            outage.failure(exc, f"{where} handling {kind} {ctx.message_id}")
+            result = Result.from_exception(exc)
+        elif isinstance(exc, CatgaError):  # too_large, configuration, serialization...: said plainly
+            _log.error(
+                "%s failed handling %s %s: [%s] %s",
+                where,
+                kind,
+                ctx.message_id,
+                exc.code,
+                exc,
+                exc_info=exc,
+                extra={"catga_message_id": ctx.message_id, "catga_message_type": kind},
+            )
+            result = Result.from_exception(exc)
         else:
             _log.error(
                 "unexpected error in %s handling %s %s",

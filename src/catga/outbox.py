@@ -10,11 +10,16 @@ however long that takes. The relay:
    concurrently,
 3. marks the published ones PUBLISHED in one call, and for each failure records the error and a retry
    time with exponential backoff (``retry_backoff * 2**(attempts-1)``, capped at ``retry_backoff_max``);
-   after ``max_attempts`` failed attempts the message becomes DEAD and goes to the dead-letter queue
-   (when one is given) with its last error,
+   after ``max_attempts`` failed attempts (at once for a message over the transport's payload limit,
+   which no retry can fix) the message becomes DEAD and goes to the dead-letter queue (when one is
+   given) with its last error,
 4. repeats at once while batches come back full, else waits for :meth:`OutboxRelay.notify` or
    ``poll_interval`` seconds, and deletes PUBLISHED messages older than ``keep_published`` seconds every
    ``purge_interval`` seconds.
+
+Logging: a transport or store that is down fails every message alike, so failed attempts are logged
+once per outage (the first error, then one "still failing" line per 30 s with the count, then one
+"recovered" line; see :mod:`catga._outage`); a message that becomes DEAD is logged at ERROR, each one.
 
 Delivery is **at least once**: a message can be published again if the relay dies between publishing
 and marking, or if its lease ends during a very slow publish. Consumers de-duplicate by message id
@@ -36,8 +41,9 @@ import contextlib
 import logging
 import time
 
+from catga._outage import OutageLog
 from catga._transport import check_retry_backoff, retry_delay
-from catga.errors import ConfigurationError
+from catga.errors import ConfigurationError, PayloadTooLargeError
 from catga.protocols import DeadLetter, DeadLetterQueue, OutboxMessage, OutboxStore, Transport
 
 __all__ = ("OutboxRelay",)
@@ -107,6 +113,8 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_purge = 0.0
+        self._publishing = OutageLog(logger, "outbox relay publishing")
+        self._passes = OutageLog(logger, "outbox relay pass", level=logging.ERROR)
 
     # -- one pass ------------------------------------------------------------------------------------
 
@@ -128,6 +136,8 @@ class OutboxRelay:
             else:
                 done.append(message.id)
         if done:
+            if self._publishing.failing:
+                self._publishing.recovered()
             await self.store.mark_published(done)
             self.published += len(done)
         return len(batch)
@@ -136,20 +146,18 @@ class OutboxRelay:
         self.failed += 1
         attempts = message.attempts + 1
         error = f"outbox publish failed: {type(exc).__name__}: {exc}"
-        if attempts < self.max_attempts:
+        # Too large for the transport: no retry will ever fit it, so it is dead at once.
+        if attempts < self.max_attempts and not isinstance(exc, PayloadTooLargeError):
             retry_at = time.time() + retry_delay(self.retry_backoff, self.retry_backoff_max, attempts)
-            logger.warning(
-                "outbox message %s to %s failed (attempt %d of %d): %s",
-                message.id,
-                message.destination,
-                attempts,
-                self.max_attempts,
-                error,
+            # A transport that is down fails every message: one line per outage, not one per attempt.
+            self._publishing.failure(
+                exc,
+                f"message {message.id} to {message.destination}, attempt {attempts} of {self.max_attempts}",
             )
             await self.store.mark_failed(message.id, error, retry_at)
             return
         logger.error(
-            "outbox message %s to %s is dead after %d attempts: %s",
+            "outbox message %s to %s is dead after %d attempt(s): %s",
             message.id,
             message.destination,
             attempts,
@@ -202,9 +210,12 @@ class OutboxRelay:
                 if now - self._last_purge >= self.purge_interval:
                     self._last_purge = now
                     await self.purge()
-            except Exception:  # the store is unreachable, say: log, wait, try again
-                logger.exception("outbox relay pass failed; retrying in %.1f s", self.poll_interval)
+            except Exception as exc:  # the store is unreachable, say: log (once per outage), wait, retry
+                self._passes.failure(exc, f"retrying every {self.poll_interval:g} s")
                 leased = 0
+            else:
+                if self._passes.failing:
+                    self._passes.recovered()
             if leased >= self.batch_size:
                 continue  # more is probably waiting
             self._wake.clear()

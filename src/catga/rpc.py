@@ -298,8 +298,9 @@ class RpcClient:
 
         Returns:
             A success with the method's return value, or a failure: the remote error's message and code,
-            ``timeout`` when no reply came in time, ``backend`` when the transport failed, ``internal``
-            when the remote handler crashed.
+            ``timeout`` when no reply came in time, the transport error's code when the transport
+            failed (``unavailable``, ``too_large``, ``backend``...), ``internal`` when the remote
+            handler crashed.
 
         Raises:
             InvalidIdentifierError: a malformed service or method name.
@@ -323,8 +324,8 @@ class RpcClient:
                 exc,
                 where,
             )
-        except BackendError as exc:
-            return Result.failure(f"rpc call {service}.{method} failed: {exc}", ErrorCode.BACKEND, exc, where)
+        except BackendError as exc:  # unavailable, timeout, too_large...: the error's own code
+            return Result.failure(f"rpc call {service}.{method} failed: {exc}", exc.code, exc, where)
         return self._result(service, method, data, reply, where)
 
     def _result(

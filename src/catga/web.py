@@ -64,6 +64,8 @@ STATUS_BY_CODE: dict[str | None, int] = {
     ErrorCode.TIMEOUT: 504,
     ErrorCode.RETRYABLE: 503,
     ErrorCode.BACKEND: 503,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.TOO_LARGE: 413,
     ErrorCode.BUSINESS: 400,
 }
 HEADER = "X-Correlation-Id"

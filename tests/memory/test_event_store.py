@@ -42,6 +42,13 @@ class TestMemoryEventStoreWithoutRegistry(EventStoreContract):
         await event_store.append("s", [marker])
         assert [e.data for e in await event_store.read("s")] == [marker]
 
+    async def test_an_event_over_the_payload_limit_fails_the_whole_append(
+        self, event_store: MemoryEventStore
+    ) -> None:
+        # no registry: nothing is encoded, so there is no size to check; objects are stored as given
+        huge = ContractOrderPlaced("x" * 2_000_000, 1)
+        assert await event_store.append("s", [huge]) == 0
+
 
 THREADS = 8
 

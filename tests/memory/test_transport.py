@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from catga.errors import BackendUnavailableError, ConfigurationError, InvalidIdentifierError
+from catga.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidIdentifierError,
+    PayloadTooLargeError,
+)
 from catga.memory import MemoryBroker, MemoryDeadLetterQueue, MemoryTransport
 from catga.memory.transport import H_ERROR
 from catga.messages import Metadata, QoS
@@ -254,3 +259,26 @@ async def test_bad_destinations_and_groups_are_rejected() -> None:
 def test_bad_backoff_is_rejected() -> None:
     with pytest.raises(ConfigurationError):
         MemoryTransport(retry_backoff=2.0, retry_backoff_max=1.0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "1024"])
+def test_max_payload_must_be_a_positive_number_of_bytes(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_payload"):
+        MemoryTransport(max_payload=bad)  # type: ignore[arg-type]
+
+
+async def test_max_payload_is_inclusive_and_configurable() -> None:
+    transport = MemoryTransport(registry=contract_registry(), max_payload=100)
+    got: list[bytes] = []
+
+    async def serve(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        got.append(body)
+        return b"ok", {}
+
+    await transport.serve("svc", serve)
+    assert (await transport.request("svc", b"x" * 100, timeout=1.0))[0] == b"ok"
+    with pytest.raises(PayloadTooLargeError) as info:
+        await transport.request("svc", b"x" * 101, timeout=1.0)
+    assert (info.value.size, info.value.limit, info.value.destination) == (101, 100, "svc")
+    assert got == [b"x" * 100]
+    await transport.aclose()

@@ -14,6 +14,7 @@ from catga.errors import (
     ConcurrencyError,
     ConfigurationError,
     InvalidIdentifierError,
+    PayloadTooLargeError,
 )
 from catga.nats import NatsConnection, NatsEventStore
 from catga.nats._subjects import subject_token, token_to_identifier
@@ -179,8 +180,9 @@ async def test_too_many_events_in_one_append_is_refused(event_store: NatsEventSt
 
 async def test_a_message_over_max_payload_is_refused_before_sending(event_store: NatsEventStore) -> None:
     huge = ContractItemAdded("x" * (2 * 1024 * 1024), 1)
-    with pytest.raises(ConfigurationError, match="max_payload"):
+    with pytest.raises(PayloadTooLargeError, match="max_payload") as info:
         await event_store.append("huge", [huge])
+    assert info.value.code == "too_large" and info.value.limit == 1024 * 1024
     assert await event_store.append("huge", [ContractOrderPlaced("o", 0)], NO_STREAM) == 0
 
 

@@ -11,7 +11,7 @@ import msgspec
 import nats.js.errors
 import pytest
 
-from catga.errors import InvalidIdentifierError, OperationTimeoutError
+from catga.errors import InvalidIdentifierError, OperationTimeoutError, PayloadTooLargeError
 from catga.memory import MemoryDeadLetterQueue, MemoryInboxStore
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.nats import NatsConnection, NatsDeadLetterQueue
@@ -514,3 +514,15 @@ async def test_an_at_least_once_consumer_resumes_after_the_server_restarts(tmp_p
             await eventually(both, what="a delivery after the restart", timeout=20.0)
     finally:
         server.stop()
+
+
+async def test_the_servers_max_payload_caps_a_larger_configured_limit(env: Env) -> None:
+    transport = await env.transport(max_payload=4 * 1024 * 1024)  # the test server allows 1 MiB
+    assert transport.client.max_payload == 1024 * 1024
+    with pytest.raises(PayloadTooLargeError) as info:
+        await transport.publish(ContractOrderPlaced("x" * 2_000_000, 1))
+    assert info.value.limit == 1024 * 1024 and info.value.size > 2_000_000
+    with pytest.raises(PayloadTooLargeError):
+        await transport.publish(
+            ContractOrderPlaced("x" * 2_000_000, 1), metadata=Metadata(message_id=1, qos=QoS.AT_MOST_ONCE)
+        )

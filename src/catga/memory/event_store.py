@@ -43,7 +43,8 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
-from catga.errors import ConcurrencyError, ConfigurationError, SerializationError
+from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
+from catga.errors import ConcurrencyError, ConfigurationError, PayloadTooLargeError, SerializationError
 from catga.memory._wakeup import Waiter, notify
 from catga.messages import type_name as _default_type_name
 from catga.protocols import ANY, NO_STREAM, StoredEvent, validate_identifier
@@ -61,6 +62,9 @@ class MemoryEventStore:
         registry: when given, every appended event must encode with it (checked before anything is
             stored; a failure raises :class:`~catga.errors.SerializationError`) and type names come from
             it. Events are still stored as objects, not bytes.
+        max_payload: with a registry, the largest encoded event accepted, in bytes (default 1 MiB, as
+            on the other backends); a larger one raises :class:`~catga.errors.PayloadTooLargeError`
+            and nothing of the append is stored. Without a registry nothing is encoded or measured.
 
     Example:
         >>> store = MemoryEventStore()
@@ -68,10 +72,13 @@ class MemoryEventStore:
         0
     """
 
-    __slots__ = ("_all", "_closed", "_lock", "_names", "_registry", "_streams", "_waiters")
+    __slots__ = ("_all", "_closed", "_lock", "_max_payload", "_names", "_registry", "_streams", "_waiters")
 
-    def __init__(self, *, registry: TypeRegistry | None = None) -> None:
+    def __init__(
+        self, *, registry: TypeRegistry | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD
+    ) -> None:
         self._registry = registry
+        self._max_payload = check_max_payload(max_payload)
         self._streams: dict[str, list[StoredEvent]] = {}
         self._all: list[StoredEvent] = []
         self._lock = threading.Lock()
@@ -114,7 +121,7 @@ class MemoryEventStore:
                 "NO_STREAM or a version >= 0"
             )
         if self._registry is not None:
-            _check_encodes(self._registry, events)
+            _check_encodes(self._registry, events, self._max_payload, stream_id)
         names = self._names
         ts = time.time()
         waiters: list[Waiter] | None = None
@@ -349,12 +356,17 @@ class MemoryEventStore:
         return f"MemoryEventStore(streams={len(self._streams)}, events={len(self._all)})"
 
 
-def _check_encodes(registry: TypeRegistry, events: Sequence[object]) -> None:
-    """Raise SerializationError unless every event encodes with ``registry``."""
+def _check_encodes(registry: TypeRegistry, events: Sequence[object], limit: int, stream_id: str) -> None:
+    """Raise SerializationError unless every event encodes with ``registry``, PayloadTooLargeError
+    when one is over ``limit`` bytes."""
     for event in events:
         try:
-            registry.encode(event)
+            body = registry.encode(event)[1]
         except SerializationError:
             raise
         except (TypeError, ValueError) as exc:  # e.g. msgspec refusing the type at registration
             raise SerializationError(f"cannot encode {type(event).__qualname__}: {exc}") from exc
+        if len(body) > limit:
+            raise PayloadTooLargeError(
+                len(body), limit, destination=stream_id, backend="memory", what="event"
+            )

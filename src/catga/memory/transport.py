@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 
+from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._transport import (
     SubscribeArgs,
     TransportBase,
@@ -33,7 +34,12 @@ from catga._transport import (
     drain,
     retry_delay,
 )
-from catga.errors import BackendUnavailableError, ConfigurationError, OperationTimeoutError
+from catga.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    OperationTimeoutError,
+    PayloadTooLargeError,
+)
 from catga.ids import new_id
 from catga.memory._subscription import (
     H_ERROR,
@@ -66,6 +72,8 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         retry_backoff_max: cap of the redelivery delay.
         inbox_lock_ttl: how long an exactly-once claim is held before another delivery may take over.
         drain_timeout: seconds ``aclose()`` lets in-flight handlers finish before cancelling them.
+        max_payload: the largest message body accepted, in bytes (default 1 MiB, as on NATS and Redis);
+            a larger one raises :class:`~catga.errors.PayloadTooLargeError` and is not delivered.
     """
 
     _group_kind = "group"
@@ -81,8 +89,10 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         retry_backoff_max: float = 30.0,
         inbox_lock_ttl: float = 30.0,
         drain_timeout: float = 10.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         check_retry_backoff(retry_backoff, retry_backoff_max)
+        self.max_payload = check_max_payload(max_payload)
         self.broker = broker if broker is not None else MemoryBroker()
         self.registry = registry if registry is not None else default_registry()
         self.dead_letters = dead_letters
@@ -99,14 +109,20 @@ class MemoryTransport(TransportBase[MemorySubscription]):
     # ---------------------------------------------------------------------------------------------
     # sending
 
-    def _encode(self, message: object, metadata: Metadata | None) -> tuple[str, bytes, dict[str, str]]:
+    def _encode(
+        self, message: object, metadata: Metadata | None, destination: str | None
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """``(destination, body, headers)`` of a message to send, checked against ``max_payload``."""
         if self._closed:
             raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
         codec = self.registry.codec_for(type(message))
+        dest = _dest(destination, codec.name)
         body = codec.encode(message)
+        if len(body) > self.max_payload:
+            raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="memory")
         if metadata is None:
             metadata = Metadata(message_id=new_id(), created_at=time.time())
-        return codec.name, body, metadata.to_headers(codec.name)
+        return dest, body, metadata.to_headers(codec.name)
 
     async def publish(
         self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
@@ -115,20 +131,24 @@ class MemoryTransport(TransportBase[MemorySubscription]):
 
         The destination defaults to the message type's wire name.
         """
-        name, body, headers = self._encode(message, metadata)
-        self.broker._publish(_dest(destination, name), body, headers)
+        dest, body, headers = self._encode(message, metadata, destination)
+        self.broker._publish(dest, body, headers)
 
     async def publish_batch(self, messages: Sequence[object], *, destination: str | None = None) -> None:
-        """Publish each message in order (each with fresh metadata)."""
-        for message in messages:
-            await self.publish(message, destination=destination)
+        """Publish each message in order (each with fresh metadata).
+
+        Every message is encoded (and checked against ``max_payload``) before the first is delivered.
+        """
+        encoded = [self._encode(message, None, destination) for message in messages]
+        for dest, body, headers in encoded:
+            self.broker._publish(dest, body, headers)
 
     async def send(
         self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
     ) -> None:
         """Deliver ``message`` to one subscription of the destination (competing consumers)."""
-        name, body, headers = self._encode(message, metadata)
-        self.broker._send(_dest(destination, name), body, headers)
+        dest, body, headers = self._encode(message, metadata, destination)
+        self.broker._send(dest, body, headers)
 
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
         """Publish already encoded bytes and wire headers as they are (replay, tests, bridges).
@@ -137,7 +157,10 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         """
         if self._closed:
             raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
-        self.broker._publish(validate_identifier(destination, "destination"), bytes(body), dict(headers))
+        dest = validate_identifier(destination, "destination")
+        if len(body) > self.max_payload:
+            raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="memory")
+        self.broker._publish(dest, bytes(body), dict(headers))
 
     # ---------------------------------------------------------------------------------------------
     # receiving
@@ -190,6 +213,8 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         if self._closed:
             raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
         dest = validate_identifier(destination, "destination")
+        if len(body) > self.max_payload:
+            raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="memory")
         h = dict(headers) if headers else {}
         h.setdefault(H_ID, str(new_id()))
         reply: asyncio.Future[tuple[bytes, dict[str, str]]] = asyncio.get_running_loop().create_future()

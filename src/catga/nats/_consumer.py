@@ -27,8 +27,9 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
+from catga._outage import OutageLog
 from catga._transport import SubscribeArgs, SubscriptionBase, drain, new_dead_letter, retry_delay
-from catga.errors import BackendError, SerializationError, UnknownMessageTypeError
+from catga.errors import BackendError, CatgaError, SerializationError, UnknownMessageTypeError
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.nats._wire import LeanConnection, parse_headers, reply_status
 from catga.protocols import ClaimStatus
@@ -210,13 +211,17 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
             await asyncio.shield(self._cancelled(msg, key))
             raise
         except Exception as exc:
+            # catga's own errors say what happened (the mediator logged a backend outage already):
+            # a traceback per delivery only for anything else.
             logger.warning(
-                "handler failed for message %s on %s (delivery %d of %d)",
+                "handler failed for message %s on %s (delivery %d of %d): %s: %s",
                 metadata.message_id,
                 msg.subject,
                 delivered,
                 self.max_deliver,
-                exc_info=True,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, CatgaError) or logger.isEnabledFor(logging.DEBUG),
             )
             if key is not None and inbox is not None:
                 await _quietly(inbox.release(key), f"inbox release of {key}")
@@ -326,6 +331,8 @@ class PullConsumer:
         self._wake = asyncio.Event()
         self._pause_until = 0.0
         self._inbox = b""
+        # While the server is down every pull fails (4 a second): one line per outage, not per pull.
+        self._outage = OutageLog(logger, f"pull requests of JetStream consumer {name} on {stream}")
         t = owner.transport
         self._wire: LeanConnection = t._wire
         self._next_subject = f"{t.connection.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{name}".encode()
@@ -364,9 +371,12 @@ class PullConsumer:
                     request = _encode_json({"batch": free, "expires": expires_ns})
                     wire.publish(self._next_subject, request, None, reply=self._inbox + b"." + token)
                 except (BackendError, OSError) as exc:
-                    logger.warning("pull request on %s failed: %r; retrying", self.name, exc)
+                    self._outage.failure(exc, f"retrying every {_CONFLICT_PAUSE} s")
                     self._token = None
                     self._pause_until = time.monotonic() + _CONFLICT_PAUSE
+                else:
+                    if self._outage.failing:
+                        self._outage.recovered()
                 continue
             self._wake.clear()
             wake_at = self._deadline if self._token is not None else now + t.pull_expires

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import ParseResult
 
-from catga.errors import BackendError, ConfigurationError
+from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
 from catga.nats._errors import timeout_error, unavailable_error
 
 __all__ = ("LeanConnection", "Listener", "Reply", "parse_headers", "reply_status")
@@ -86,6 +86,17 @@ def parse_headers(headers: bytes | None) -> dict[str, str]:
         if sep:
             out[key.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
     return out
+
+
+def _too_large(size: int, limit: int, subject: bytes) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        size,
+        limit,
+        destination=subject.decode(errors="replace"),
+        backend="nats",
+        what="NATS message (headers included)",
+        limit_name="the server's max_payload",
+    )
 
 
 class _Protocol(asyncio.Protocol):
@@ -487,7 +498,7 @@ class LeanConnection:
 
         Raises:
             BackendUnavailableError: not connected.
-            ConfigurationError: the message exceeds the server's ``max_payload``.
+            PayloadTooLargeError: the message (headers included) exceeds the server's ``max_payload``.
         """
         proto = self._proto  # set only while connected (cleared by _lost when the socket closes)
         if proto is None:
@@ -510,10 +521,7 @@ class LeanConnection:
                 payload,
             )
         if size > self.max_payload:
-            raise ConfigurationError(
-                f"a NATS message of {size} bytes to {subject.decode()!r} exceeds the server's max_payload "
-                f"of {self.max_payload} bytes; send less data per call or raise max_payload on the server"
-            )
+            raise _too_large(size, self.max_payload, subject)
         fut: asyncio.Future[Any] = proto.create_future()
         if self._timer is None:  # idle until now: refresh the coarse clock and start sweeping
             self._start_sweeping(proto)
@@ -547,10 +555,7 @@ class LeanConnection:
             size = len(headers) + len(payload)
             data = b"HPUB %b %d %d\r\n%b%b\r\n" % (subject, len(headers), size, headers, payload)
         if size > self.max_payload:
-            raise ConfigurationError(
-                f"a NATS message of {size} bytes to {subject.decode()!r} exceeds the server's max_payload "
-                f"of {self.max_payload} bytes; send less data per call or raise max_payload on the server"
-            )
+            raise _too_large(size, self.max_payload, subject)
         if soon:
             proto.write_soon(data)
         else:

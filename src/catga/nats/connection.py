@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 
 from catga._lifecycle import AsyncCloseable
+from catga._outage import OutageLog
 from catga._urls import redact_url
 from catga._versions import Version, require_version
 from catga.errors import BackendUnavailableError, ConfigurationError
@@ -116,8 +118,21 @@ class LazyInit:
         self.ready = False
 
 
-async def _log_error(exc: Exception) -> None:
-    _log.warning("nats-py reported an error: %s: %s", type(exc).__name__, exc)
+#: nats-py errors that mean "the server is gone for now": logged once per outage, not per attempt.
+_CONNECTION_ERRORS = (OSError, nats.errors.StaleConnectionError, nats.errors.ConnectionClosedError,
+                      nats.errors.NoServersError)  # fmt: skip
+
+
+def _error_logger(outage: OutageLog) -> Callable[[Exception], Awaitable[None]]:
+    """nats-py's error callback: reconnect failures through ``outage``, anything else as it comes."""
+
+    async def log_error(exc: Exception) -> None:
+        if isinstance(exc, _CONNECTION_ERRORS):
+            outage.failure(exc, "nats-py reconnects in the background")
+        else:
+            _log.warning("nats-py reported an error: %s: %s", type(exc).__name__, exc)
+
+    return log_error
 
 
 def _plain(value: Any) -> Any:
@@ -266,10 +281,12 @@ class NatsConnection(AsyncCloseable):
             UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
         """
         servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
+        where = ", ".join(redact_url(u) for u in servers)
+        outage = OutageLog(_log, f"NATS connection to {where}", tracebacks=False)
         kwargs: dict[str, Any] = {
             "name": name,
             "connect_timeout": connect_timeout,
-            "error_cb": _log_error,
+            "error_cb": _error_logger(outage),
             "tls_handshake_first": tls_handshake_first,
         }
         for key, value in (
@@ -284,6 +301,14 @@ class NatsConnection(AsyncCloseable):
             if value is not None:
                 kwargs[key] = value
         kwargs.update(options)
+        user_reconnected_cb = kwargs.get("reconnected_cb")
+
+        async def reconnected() -> None:
+            outage.recovered()
+            if user_reconnected_cb is not None:
+                await user_reconnected_cb()
+
+        kwargs["reconnected_cb"] = reconnected
         errors: list[Exception] = []
         user_error_cb = kwargs["error_cb"]
 
@@ -294,7 +319,6 @@ class NatsConnection(AsyncCloseable):
         kwargs["error_cb"] = record
         client = Client()
         ok = False
-        where = ", ".join(redact_url(u) for u in servers)
         try:
             with translate_errors(f"connect to {where}", connect_timeout):
                 try:

@@ -346,8 +346,9 @@ class NatsEventStore(NatsStoreBase):
             ConcurrencyError: the stream's version is not ``expected_version`` (nothing stored).
             InvalidIdentifierError: ``stream_id`` is invalid (before any I/O).
             SerializationError: an event cannot be encoded (nothing stored).
-            ConfigurationError: more than :data:`MAX_EVENTS_PER_APPEND` events, a message larger than
-                the server's ``max_payload``, or an invalid ``expected_version``.
+            ConfigurationError: more than :data:`MAX_EVENTS_PER_APPEND` events, or an invalid
+                ``expected_version``.
+            PayloadTooLargeError: a message larger than the server's ``max_payload`` (nothing stored).
             BackendUnavailableError: the server could not be reached (if the connection dropped while
                 waiting for the ack, the outcome is unknown: read the version).
             BackendTimeoutError: no ack within the timeout (outcome unknown likewise).

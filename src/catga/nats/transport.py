@@ -59,12 +59,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
+from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._transport import SubscribeArgs, TransportBase, check_retry_backoff, drain
 from catga.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
     OperationTimeoutError,
+    PayloadTooLargeError,
     SerializationError,
 )
 from catga.ids import new_id
@@ -149,6 +151,9 @@ class NatsTransport(TransportBase[NatsSubscription]):
         drain_timeout: how long :meth:`aclose` waits for in-flight handlers before cancelling them.
         pull_expires: lifetime of one JetStream pull request (idle consumers re-pull this often).
         owns_connection: close ``connection`` (drain, then close) in :meth:`aclose`.
+        max_payload: the largest message body accepted, in bytes (default 1 MiB, as on the other
+            backends); the server's ``max_payload`` applies too, whichever is smaller. A larger message
+            raises :class:`~catga.errors.PayloadTooLargeError` before anything is sent.
 
     Example:
         >>> transport = await NatsTransport.connect("nats://127.0.0.1:4222", dead_letters=dlq)
@@ -178,8 +183,10 @@ class NatsTransport(TransportBase[NatsSubscription]):
         drain_timeout: float = 10.0,
         pull_expires: float = 5.0,
         owns_connection: bool = False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.prefix = validate_identifier(prefix, "subject prefix")
+        self.max_payload = check_max_payload(max_payload)
         if stream is None:
             stream = "CATGA_MESSAGES" if prefix == "catga" else f"{prefix.upper()}_MESSAGES"
             stream = re.sub(r"[^A-Za-z0-9_\-]", "_", stream)
@@ -274,6 +281,8 @@ class NatsTransport(TransportBase[NatsSubscription]):
         Raises:
             InvalidIdentifierError: the destination is malformed.
             SerializationError: the message cannot be encoded.
+            PayloadTooLargeError: the encoded message is over ``max_payload`` or the server's limit
+                (nothing was sent).
             BackendTimeoutError: JetStream did not confirm within ``timeout``.
             BackendUnavailableError: the connection is down.
         """
@@ -296,15 +305,19 @@ class NatsTransport(TransportBase[NatsSubscription]):
 
         Raises:
             Same as :meth:`publish`; on a failure some messages may have been published (they carry
-            distinct ids, so publishing the batch again is de-duplicated within ``duplicate_window``).
+            distinct ids, so publishing the batch again is de-duplicated within ``duplicate_window``),
+            but none when one is too large: all are encoded and checked first.
         """
         if not messages:
             return
-        if self.default_qos == QoS.AT_MOST_ONCE:
-            for message in messages:
-                await self._publish("evt", message, None, destination)
-            return
+        if self._closed:
+            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
         encoded = [self._encode("evt", message, None, destination) for message in messages]
+        if self.default_qos == QoS.AT_MOST_ONCE:
+            for subject, headers, body in encoded:
+                with translate_errors(f"publishing to {subject}", self.timeout):
+                    await self.client.publish(subject, body, headers=headers)
+            return
         await self._js_publish_many(encoded, f"publishing a batch of {len(messages)} messages")
 
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
@@ -322,6 +335,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
         if self._closed:
             raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
         subject = f"{self.prefix}.evt.{validate_identifier(destination, 'destination')}"
+        self._check_size(len(body), subject)
         hdrs = dict(headers)
         if H_ID in hdrs:  # JetStream de-duplicates a re-publish (an outbox relay retry) by message id
             hdrs.setdefault("Nats-Msg-Id", hdrs[H_ID])
@@ -332,11 +346,20 @@ class NatsTransport(TransportBase[NatsSubscription]):
     ) -> tuple[str, dict[str, str], bytes]:
         subject, type_name = self._subject(kind, message, destination)
         body = self.registry.codec_for(type(message)).encode(message)
+        size = len(body)
+        if size > self.max_payload or size > self.client.max_payload:
+            self._check_size(size, subject)
         if metadata is None:
             metadata = Metadata(message_id=new_id(), created_at=time.time(), qos=self.default_qos)
         headers = metadata.to_headers(type_name)
         headers["Nats-Msg-Id"] = headers[H_ID]
         return subject, headers, body
+
+    def _check_size(self, size: int, subject: str) -> None:
+        """Raise PayloadTooLargeError when ``size`` is over ``max_payload`` or the server's limit."""
+        limit = min(self.max_payload, self.client.max_payload)
+        if size > limit:
+            raise PayloadTooLargeError(size, limit, destination=subject, backend="nats")
 
     async def _publish(
         self, kind: str, message: object, metadata: Metadata | None, destination: str | None
@@ -495,6 +518,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
         """
         validate_identifier(destination, "destination")
         subject = f"{self.prefix}.rpc.{destination}"
+        self._check_size(len(body), subject)
         try:
             with translate_errors(f"request to {destination!r}", timeout):
                 try:

@@ -34,7 +34,7 @@ import hiredis
 
 from catga.errors import BackendError, BackendTimeoutError, BackendUnavailableError
 
-__all__ = ("ReplyError", "RespConnection")
+__all__ = ("ReplyError", "RespConnection", "abandon")
 
 _pack = hiredis.pack_command
 _INF = math.inf
@@ -203,6 +203,20 @@ class RespConnection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         self._fail_all(self._closed_reason)
+
+
+def abandon(futures: list[asyncio.Future[Any]]) -> None:
+    """Give up on replies nobody will await (the caller failed or was cancelled part-way through).
+
+    A failed future whose exception is never read makes asyncio log "Future exception was never
+    retrieved" when it is collected: read the exceptions of those already failed, cancel the others
+    (their reply slots stay queued, so the FIFO matching holds).
+    """
+    for fut in futures:
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled():
+            fut.exception()
 
 
 def _timeout_error(name: str, seconds: float | None, address: str) -> BackendTimeoutError:

@@ -32,7 +32,7 @@ from catga._versions import Version, require_version
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error, translate_error
 from catga.redis._keys import validate_prefix
-from catga.redis._resp import ReplyError, RespConnection
+from catga.redis._resp import ReplyError, RespConnection, abandon
 
 __all__ = ("DEFAULT", "DEFAULT_URL", "MIN_SERVER", "RedisClient", "RedisSettings", "Script")
 
@@ -217,7 +217,11 @@ async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> 
             if settings.client_name:
                 commands.append(("CLIENT", "SETNAME", settings.client_name))
             commands.append(("HELLO", "2"))  # RESP2, as before; its reply has the server's version
-            replies = [await fut for fut in conn.send_many(commands, None)]
+            futures = conn.send_many(commands, None)
+            try:
+                replies = [await fut for fut in futures]
+            finally:
+                abandon(futures)  # no-op after success; after a failure, no stray exception
             for args, reply in zip(commands[:-1], replies, strict=False):
                 if type(reply) is ReplyError:
                     raise reply_error(str(args[0]), reply)
@@ -398,7 +402,13 @@ class RedisClient(AsyncCloseable):
         if conn is None or conn.closed:
             conn = await self._connect()
         futures = conn.send_many(list(commands), self.timeout if timeout is DEFAULT else timeout)
-        replies = [await fut for fut in futures]
+        try:
+            replies = [await fut for fut in futures]
+        except BaseException:
+            # The first failure ends the wait: the other futures' exceptions (a lost connection
+            # fails them all) would otherwise be logged as "never retrieved".
+            abandon(futures)
+            raise
         for args, reply in zip(commands, replies, strict=True):
             if type(reply) is ReplyError:
                 raise reply_error(str(args[0]), reply)

@@ -27,11 +27,13 @@ from typing import Any
 
 import msgspec
 
+from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     ConcurrencyError,
     ConfigurationError,
+    PayloadTooLargeError,
     SerializationError,
 )
 from catga.protocols import ANY, NO_STREAM, StoredEvent, validate_identifier
@@ -84,6 +86,8 @@ class RedisEventStore(RedisStoreBase):
         client: the :class:`~catga.redis.RedisClient` to use; keys live under its prefix.
         registry: types allowed in the store (default :func:`~catga.serialization.default_registry`).
         owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
+        max_payload: the largest encoded event accepted, in bytes (default 1 MiB, as on the other
+            backends); a larger one raises :class:`~catga.errors.PayloadTooLargeError`, nothing stored.
 
     Example:
         >>> store = RedisEventStore.connect("redis://127.0.0.1:6379/0", prefix="shop")  # doctest: +SKIP
@@ -92,10 +96,16 @@ class RedisEventStore(RedisStoreBase):
     """
 
     def __init__(
-        self, client: RedisClient, *, registry: TypeRegistry | None = None, owns_client: bool = False
+        self,
+        client: RedisClient,
+        *,
+        registry: TypeRegistry | None = None,
+        owns_client: bool = False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         super().__init__(client, owns_client=owns_client)
         self._registry = registry if registry is not None else default_registry()
+        self.max_payload = check_max_payload(max_payload)
         self._stream_prefix = f"{client.prefix}:es:s:"
         self._pos_key = f"{client.prefix}:es:pos"
         self._log_key = f"{client.prefix}:es:log"
@@ -137,6 +147,7 @@ class RedisEventStore(RedisStoreBase):
             ConcurrencyError: the stream's version is not ``expected_version``; nothing was stored.
             InvalidIdentifierError: ``stream_id`` is malformed.
             SerializationError: an event does not encode (nothing was stored).
+            PayloadTooLargeError: an encoded event is over ``max_payload`` (nothing was stored).
             BackendUnavailableError, BackendTimeoutError: Redis failed; the append may or may not
                 have happened (re-read the stream to find out).
         """
@@ -157,6 +168,10 @@ class RedisEventStore(RedisStoreBase):
                 raise
             except (TypeError, ValueError) as exc:  # msgspec refusing the type at registration
                 raise SerializationError(f"cannot encode {type(event).__qualname__}: {exc}") from exc
+            if len(body) > self.max_payload:
+                raise PayloadTooLargeError(
+                    len(body), self.max_payload, destination=stream_id, backend="redis", what="event"
+                )
             envelopes.append(_encode_envelope((name, ts, meta, body)))
         ok, version = await self._client.run_script(
             _APPEND,

@@ -55,8 +55,9 @@ import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
+from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._transport import SubscribeArgs, TransportBase, check_retry_backoff, retry_delay
-from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.errors import BackendUnavailableError, ConfigurationError, PayloadTooLargeError
 from catga.ids import new_id
 from catga.messages import Metadata, QoS
 from catga.protocols import DeadLetterQueue, InboxStore, validate_identifier
@@ -102,6 +103,8 @@ class RedisTransport(TransportBase[RedisSubscription]):
         rpc_max_len: approximate cap of request streams.
         reply_ttl: seconds a reply list lives after the last reply pushed to it.
         owns_client: close ``client`` in :meth:`aclose` (set by :meth:`connect`).
+        max_payload: the largest message body accepted, in bytes (default 1 MiB, as on NATS); a larger
+            one raises :class:`~catga.errors.PayloadTooLargeError` before anything is sent.
 
     Example:
         >>> transport = RedisTransport.connect("redis://127.0.0.1:6379/0", dead_letters=dlq)  # doctest: +SKIP
@@ -128,8 +131,10 @@ class RedisTransport(TransportBase[RedisSubscription]):
         rpc_max_len: int = 10_000,
         reply_ttl: float = 60.0,
         owns_client: bool = False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         check_retry_backoff(retry_backoff, retry_backoff_max)
+        self.max_payload = check_max_payload(max_payload)
         for name, value in (
             ("claim_min_idle", claim_min_idle),
             ("block", block),
@@ -208,9 +213,12 @@ class RedisTransport(TransportBase[RedisSubscription]):
             raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
         codec = self.registry.codec_for(type(message))
         dest = validate_identifier(codec.name if destination is None else destination, "destination")
+        body = codec.encode(message)
+        if len(body) > self.max_payload:
+            raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="redis")
         if metadata is None:
             metadata = Metadata(message_id=new_id(), created_at=time.time(), qos=QoS.AT_LEAST_ONCE)
-        return dest, codec.encode(message), metadata.to_headers(codec.name)
+        return dest, body, metadata.to_headers(codec.name)
 
     def _event_commands(self, dest: str, body: bytes, headers: Mapping[str, str]) -> list[tuple[Any, ...]]:
         key = self._evt + dest
@@ -227,6 +235,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
             InvalidIdentifierError: the destination is malformed.
             SerializationError: the message cannot be encoded.
             BackendError: Redis failed or timed out (``BackendUnavailableError``, ``BackendTimeoutError``).
+            PayloadTooLargeError: the encoded message is over ``max_payload`` (nothing was sent).
         """
         dest, body, headers = self._encode(message, metadata, destination)
         await self.client.execute_many(self._event_commands(dest, body, headers))
@@ -235,7 +244,8 @@ class RedisTransport(TransportBase[RedisSubscription]):
         """Publish events (each with fresh metadata), pipelined in one round trip, in order.
 
         Raises:
-            Same as :meth:`publish`; on a failure some of the messages may have been published.
+            Same as :meth:`publish`; on a failure some of the messages may have been published (but
+            none when one is over ``max_payload``: all are encoded and checked first).
         """
         commands: list[tuple[Any, ...]] = []
         for message in messages:
@@ -255,6 +265,8 @@ class RedisTransport(TransportBase[RedisSubscription]):
         if self._closed:
             raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
         dest = validate_identifier(destination, "destination")
+        if len(body) > self.max_payload:
+            raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="redis")
         await self.client.execute_many(self._event_commands(dest, bytes(body), dict(headers)))
 
     async def send(
@@ -330,6 +342,8 @@ class RedisTransport(TransportBase[RedisSubscription]):
         """
         if self._closed:
             raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        if len(body) > self.max_payload:
+            raise PayloadTooLargeError(len(body), self.max_payload, destination=destination, backend="redis")
         if self._router is None:
             self._router = _ReplyRouter(self)
         return await self._router.request(destination, body, headers, timeout)

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from catga.errors import ConcurrencyError, InvalidIdentifierError, SerializationError
+from catga._payload import DEFAULT_MAX_PAYLOAD
+from catga.errors import ConcurrencyError, InvalidIdentifierError, PayloadTooLargeError, SerializationError
 from catga.protocols import ANY, NO_STREAM, EventStore, StoredEvent
 from catga.testing.contracts._util import WAIT, unique
 from catga.testing.contracts.messages import (
@@ -238,6 +239,18 @@ class EventStoreContract:
             )
         assert [e.version for e in await event_store.read(sid)] == [0]
         assert await event_store.version(sid) == 0
+
+    async def test_an_event_over_the_payload_limit_fails_the_whole_append(
+        self, event_store: EventStore
+    ) -> None:
+        sid = unique()
+        await event_store.append(sid, [ContractOrderPlaced("o", 0)])
+        huge = ContractOrderPlaced("x" * DEFAULT_MAX_PAYLOAD, 1)
+        with pytest.raises(PayloadTooLargeError) as info:
+            await event_store.append(sid, [ContractOrderPlaced("o", 1), huge])
+        assert info.value.code == "too_large" and info.value.size > info.value.limit
+        assert info.value.limit <= DEFAULT_MAX_PAYLOAD
+        assert [e.version for e in await event_store.read(sid)] == [0]
 
     # --- atomicity under contention --------------------------------------------------------------
 

@@ -10,7 +10,8 @@ from typing import Protocol
 
 import pytest
 
-from catga.errors import OperationTimeoutError
+from catga._payload import DEFAULT_MAX_PAYLOAD
+from catga.errors import ErrorCode, OperationTimeoutError, PayloadTooLargeError
 from catga.ids import new_id
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.protocols import DeadLetter, DeadLetterQueue, Transport
@@ -85,7 +86,8 @@ class TransportContract:
     * ``transport_dead_letters``: that shared :class:`~catga.protocols.DeadLetterQueue`.
 
     ``subscribe`` and ``serve`` must be ready to receive when they return. Transports must also offer
-    ``publish_raw(destination, body, headers)`` (see :class:`RawPublishTransport`).
+    ``publish_raw(destination, body, headers)`` (see :class:`RawPublishTransport`), and keep the default
+    payload limit (``max_payload``, 1 MiB).
     """
 
     async def test_publish_fans_out_to_groups_and_competes_within_a_group(
@@ -483,3 +485,57 @@ class TransportContract:
             assert info.value.seconds == 0.2
         finally:
             release.set()
+
+    # --- payload limit ---------------------------------------------------------------------------
+
+    async def test_a_message_over_the_payload_limit_is_refused_and_nothing_is_sent(
+        self, transport_factory: TransportFactory
+    ) -> None:
+        receiver, sender = await transport_factory(), await transport_factory()
+        events, commands, rpc = unique("ev"), unique("cmd"), unique("rpc")
+        got: list[str] = []
+        served: list[bytes] = []
+
+        async def on_event(message: ContractOrderPlaced, meta: Metadata) -> None:
+            got.append(message.order_id)
+
+        async def on_command(message: ContractDoWork, meta: Metadata) -> None:
+            got.append(f"job {message.job}")
+
+        async def echo(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+            served.append(body)
+            return body, {}
+
+        await receiver.subscribe(ContractOrderPlaced, on_event, destination=events)
+        await receiver.subscribe(ContractDoWork, on_command, destination=commands)
+        await receiver.serve(rpc, echo)
+        limit = DEFAULT_MAX_PAYLOAD
+        big_event = ContractOrderPlaced("x" * limit, 1)
+        attempts = {
+            "publish": sender.publish(big_event, destination=events),
+            "send": sender.send(ContractDoWork(1, "x" * limit), destination=commands),
+            "publish_batch": sender.publish_batch(
+                [ContractOrderPlaced("small", 1), big_event], destination=events
+            ),
+            "publish_raw": sender.publish_raw(events, b"x" * (limit + 1), {H_TYPE: "contracts.OrderPlaced"}),
+            "request": sender.request(rpc, b"x" * (limit + 1), timeout=WAIT),
+        }
+        for name, attempt in attempts.items():
+            with pytest.raises(PayloadTooLargeError) as info:
+                await attempt
+            error = info.value
+            assert error.code == ErrorCode.TOO_LARGE, name
+            assert error.limit == limit and error.size > limit, (name, error.size, error.limit)
+            assert isinstance(error, ValueError) and not error.retryable, name
+            assert str(limit) in str(error) and "nothing was sent" in str(error), str(error)
+        # Nothing of the above arrived: the next messages are the first ones received.
+        await sender.publish(ContractOrderPlaced("marker", 2), destination=events)
+        await sender.send(ContractDoWork(2), destination=commands)
+
+        async def markers_arrived() -> bool:
+            return len(got) >= 2
+
+        await eventually(markers_arrived, what="the small event and command after the refused ones")
+        await asyncio.sleep(SETTLE)
+        assert sorted(got) == ["job 2", "marker"], got
+        assert served == []
