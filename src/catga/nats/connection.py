@@ -31,6 +31,7 @@ from typing import Any
 import nats
 import nats.js.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
 
 from catga._lifecycle import AsyncCloseable
@@ -260,7 +261,9 @@ class NatsConnection(AsyncCloseable):
         prefix = f"$JS.{domain}.API" if domain else "$JS.API"
         return cls(client, owns_client=True, timeout=timeout, api_prefix=prefix)
 
-    async def ensure_stream(self, config: StreamConfig, check: Sequence[str] = ()) -> StreamInfo:
+    async def ensure_stream(
+        self, config: StreamConfig, check: Sequence[str] = (), *, timeout: float | None = None
+    ) -> StreamInfo:
         """Create the stream, or check that the existing one has the same ``check`` fields.
 
         Safe to race with other processes: creating an identical stream twice is not an error.
@@ -269,6 +272,9 @@ class NatsConnection(AsyncCloseable):
             config: the wanted configuration (``config.name`` is the stream name).
             check: field names whose existing values must equal ``config``'s (``subjects`` compares
                 as a set).
+            timeout: seconds per JetStream API call (default: :attr:`timeout`). A store passes its own,
+                so recovering from a lost stream leader waits for the store's timeout, not the
+                connection's.
 
         Returns:
             The stream's info.
@@ -279,12 +285,18 @@ class NatsConnection(AsyncCloseable):
             BackendUnavailableError / BackendTimeoutError: the server did not answer.
         """
         name = config.name
-        with translate_errors(f"create stream {name!r}", self.timeout):
+        seconds = self.timeout if timeout is None else timeout
+        js = (
+            self.js
+            if seconds == self.timeout
+            else self.client.jetstream(prefix=self.api_prefix, timeout=seconds)
+        )
+        with translate_errors(f"create stream {name!r}", seconds):
             try:
-                info: StreamInfo = await self.js.stream_info(str(name))
+                info: StreamInfo = await js.stream_info(str(name))
             except nats.js.errors.NotFoundError:
                 try:
-                    info = await self._add_stream(config)
+                    info = await self._add_stream(config, js)
                     return info
                 except nats.js.errors.APIError as exc:
                     if exc.err_code == ERR_SUBJECTS_OVERLAP:
@@ -294,7 +306,7 @@ class NatsConnection(AsyncCloseable):
                         ) from exc
                     if exc.err_code != ERR_STREAM_NAME_IN_USE:
                         raise
-                    info = await self.js.stream_info(str(name))
+                    info = await js.stream_info(str(name))
         differences = []
         for field in check:
             want, have = _plain(getattr(config, field)), _plain(getattr(info.config, field))
@@ -308,19 +320,19 @@ class NatsConnection(AsyncCloseable):
             )
         return info
 
-    async def _add_stream(self, config: StreamConfig) -> StreamInfo:
+    async def _add_stream(self, config: StreamConfig, js: JetStreamContext) -> StreamInfo:
         """Create a stream, retrying once when the server fails to create its store.
 
         nats-server removes an account's storage directory when its last stream is deleted; a stream
         created at that moment fails with err_code 10049 ("error creating store for stream").
         """
         try:
-            info: StreamInfo = await self.js.add_stream(config)
+            info: StreamInfo = await js.add_stream(config)
         except nats.js.errors.APIError as exc:
             if exc.err_code != ERR_STREAM_STORE_FAILED:
                 raise
             await asyncio.sleep(0.05)
-            info = await self.js.add_stream(config)
+            info = await js.add_stream(config)
         return info
 
     async def aclose(self) -> None:
