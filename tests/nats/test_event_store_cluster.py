@@ -65,6 +65,7 @@ async def test_two_stores_taking_turns_never_read_a_stale_version_or_conflict_fa
         await _first_append(first, sid)
         stores = (first, second)
         stale: list[tuple[int, int]] = []
+        unread: list[tuple[int, int]] = []
         false_conflicts: list[tuple[int, ConcurrencyError]] = []
         version = 0
         async with asyncio.timeout(60):
@@ -79,7 +80,12 @@ async def test_two_stores_taking_turns_never_read_a_stale_version_or_conflict_fa
                     except ConcurrencyError as exc:
                         false_conflicts.append((version, exc))
                         version = await store.version(sid)
+                if turn % 5 == 0:  # a store reads what it wrote, though a follower may answer
+                    tail = await store.read(sid, from_version=version - 1)
+                    if [e.version for e in tail] != [version - 1, version]:
+                        unread.append((version, tail[-1].version if tail else -1))
         assert stale == [], f"{len(stale)} stale version reads (expected, got): {stale[:5]}"
+        assert unread == [], f"{len(unread)} reads missed an append (last written, read): {unread[:5]}"
         assert false_conflicts == [], f"{len(false_conflicts)} false conflicts: {false_conflicts[:3]}"
         stored = await first.read(sid)
         assert [e.version for e in stored] == list(range(2 * turns + 1))

@@ -38,6 +38,7 @@ __all__ = (
     "direct_last",
     "iter_direct",
     "leader_last",
+    "leader_next",
 )
 
 WRONG_LAST = (ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_SEQUENCE_CONSTANT)
@@ -162,7 +163,20 @@ async def leader_last(
         BackendUnavailableError: no responders, or JetStream answered 503.
         BackendError: any other JetStream error.
     """
-    request = b'{"last_by_subj":"%b"}' % subject
+    return await _leader_get(wire, msg_get, b'{"last_by_subj":"%b"}' % subject, timeout, operation)
+
+
+async def leader_next(
+    wire: LeanConnection, msg_get: bytes, seq: int, subject: bytes, *, timeout: float, operation: str
+) -> StreamMessage | None:
+    """The first message on ``subject`` at sequence ``seq`` or later, as the stream leader has it, or None."""
+    request = b'{"seq":%d,"next_by_subj":"%b"}' % (max(1, seq), subject)
+    return await _leader_get(wire, msg_get, request, timeout, operation)
+
+
+async def _leader_get(
+    wire: LeanConnection, msg_get: bytes, request: bytes, timeout: float, operation: str
+) -> StreamMessage | None:
     reply = await wire.request(msg_get, request, timeout=timeout)
     status = check_reply(reply, operation)
     if status:

@@ -73,6 +73,7 @@ from catga.nats._jsapi import (
     direct_next,
     iter_direct,
     leader_last,
+    leader_next,
 )
 from catga.nats._subjects import subject_token, token_to_identifier
 from catga.nats.connection import LazyInit, NatsConnection
@@ -627,18 +628,49 @@ class NatsEventStore(NatsStoreBase):
         async with contextlib.aclosing(self._messages(start, subject, operation)) as messages:
             async for message in messages:
                 last = message
-                end = _last_version(message)
-                if end < from_version:
-                    continue
-                for event in self._decode(message, stream_id):
-                    if event.version >= from_version:
-                        out.append(event)
-                        if max_count is not None and len(out) >= max_count:
-                            return out
+                if self._collect(message, stream_id, from_version, max_count, out):
+                    return out
+        seen = last.seq if last is not None else start - 1
+        if state.seq > seen:
+            # This store knows of a later message (its own ack, or a leader read) than the replica that
+            # answered the direct gets had applied: fetch the rest from the leader, so a store always
+            # reads what it wrote and what version() showed it.
+            while True:
+                missed = await leader_next(
+                    self._wire,
+                    self._msg_get,
+                    seen + 1,
+                    state.subject,
+                    timeout=self._timeout,
+                    operation=operation,
+                )
+                if missed is None:
+                    break
+                last, seen = missed, missed.seq
+                if self._collect(missed, stream_id, from_version, max_count, out):
+                    return out
         if last is not None and last.seq > state.seq:  # read to the end: remember where the stream is
             state.seq = last.seq
             state.version = _last_version(last)
         return out
+
+    def _collect(
+        self,
+        message: StreamMessage,
+        stream_id: str,
+        from_version: int,
+        max_count: int | None,
+        out: list[StoredEvent],
+    ) -> bool:
+        """Add ``message``'s events from ``from_version`` on to ``out``; True once ``max_count`` are in."""
+        if _last_version(message) < from_version:
+            return False
+        for event in self._decode(message, stream_id):
+            if event.version >= from_version:
+                out.append(event)
+                if max_count is not None and len(out) >= max_count:
+                    return True
+        return False
 
     async def _first_seq(self, state: _State, subject: str, from_version: int, operation: str) -> int | None:
         """The sequence to page from for events ``>= from_version``; None: the stream has none."""
@@ -647,6 +679,10 @@ class NatsEventStore(NatsStoreBase):
         last = await direct_last(
             self._wire, self._direct, state.subject, timeout=self._timeout, operation=operation
         )
+        if last is None or last.seq < state.seq:  # a replica behind what this store knows: ask the leader
+            last = await leader_last(
+                self._wire, self._msg_get, state.subject, timeout=self._timeout, operation=operation
+            )
         if last is None:
             return None
         end = _last_version(last)
