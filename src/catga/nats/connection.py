@@ -58,29 +58,52 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 class LazyInit:
     """One-time async initialisation with a lock-free fast path (the origin's option A).
 
-    Use it as ``if not init.ready: await init()``. The slow path serialises callers on an
-    :class:`asyncio.Lock`, re-checks :attr:`ready`, runs ``initializer`` and sets :attr:`ready` only
-    after it returned. If it raises or is cancelled, :attr:`ready` stays False and the next call retries.
+    Use it as ``if not init.ready: await init()``. The slow path runs ``initializer`` once for all the
+    callers waiting at that moment (single flight): the first caller runs it, the others wait for that
+    attempt and share its outcome -- its success, or its exception -- instead of each running an
+    attempt of its own after it failed. So a caller waits for at most the attempt under way, not for a
+    queue of attempts (after a lost stream leader, 16 writers queued behind one another's stream checks
+    and an ``append()`` took 5 s with ``timeout=1.0``). :attr:`ready` is set only after ``initializer``
+    returned; if it raises or is cancelled, :attr:`ready` stays False and the next call runs it again
+    (the callers waiting on a cancelled attempt start a new one, unless they are cancelled themselves).
 
     Args:
         initializer: the coroutine function to run once.
     """
 
-    __slots__ = ("_initializer", "_lock", "ready")
+    __slots__ = ("_attempt", "_initializer", "ready")
 
     def __init__(self, initializer: Callable[[], Awaitable[None]]) -> None:
         self._initializer = initializer
-        self._lock: asyncio.Lock | None = None
+        self._attempt: asyncio.Future[None] | None = None
         self.ready = False
 
     async def __call__(self) -> None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self.ready:
+        while not self.ready:
+            attempt = self._attempt
+            if attempt is not None:  # another caller is initialising: share its outcome
+                try:
+                    await asyncio.shield(attempt)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if attempt.cancelled() and (task is None or not task.cancelling()):
+                        continue  # that caller was cancelled, not this one: try again
+                    raise
                 return
-            await self._initializer()
+            attempt = self._attempt = asyncio.get_running_loop().create_future()
+            try:
+                await self._initializer()
+            except BaseException as exc:
+                self._attempt = None
+                if isinstance(exc, asyncio.CancelledError):
+                    attempt.cancel()
+                else:
+                    attempt.set_exception(exc)
+                    attempt.exception()  # retrieved: no "never retrieved" log when nobody was waiting
+                raise
             self.ready = True
+            self._attempt = None
+            attempt.set_result(None)
 
     def reset(self) -> None:
         """Forget the initialisation (e.g. the stream was deleted); the next call runs it again."""
