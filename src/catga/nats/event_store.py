@@ -358,20 +358,26 @@ class NatsEventStore(NatsStoreBase):
     ) -> int:
         """Append ``events`` atomically; return the new stream version.
 
+        With :data:`~catga.protocols.ANY` it never raises :class:`~catga.errors.ConcurrencyError`: it
+        appends after whatever the stream holds, retrying a lost race within ``timeout``.
+
         Raises:
-            ConcurrencyError: the stream's version is not ``expected_version`` (nothing stored).
+            ConcurrencyError: the stream leader reports a version other than ``expected_version``
+                (nothing stored; ``actual_version`` is that version).
             InvalidIdentifierError: ``stream_id`` is invalid (before any I/O).
             SerializationError: an event cannot be encoded (nothing stored).
             ConfigurationError: more than :data:`MAX_EVENTS_PER_APPEND` events, a message larger than
                 the server's ``max_payload``, or an invalid ``expected_version``.
             BackendUnavailableError: the server could not be reached (if the connection dropped while
                 waiting for the ack, the outcome is unknown: read the version).
-            BackendTimeoutError: no ack within the timeout (outcome unknown likewise).
+            BackendTimeoutError: no ack within the timeout (outcome unknown likewise), or the server
+                kept rejecting the append for ``timeout`` seconds while the stream stayed at the expected
+                version (or, for ``ANY``, while other writers kept appending first); nothing stored then.
         """
         # The hot path -- one event of an already seen type, no metadata, and the cache holds the stream
         # at exactly ``expected_version`` -- is one guard, one encode, one write, one await and one ack
         # decode in this coroutine (no nested coroutine). A cached version >= 0 always comes with the
-        # sequence of the message that stored it (ack, direct get or read), so no sequence check.
+        # sequence of the message that stored it (ack, leader get or read), so no sequence check.
         state = self._states.get(stream_id)
         if (
             state is not None
