@@ -218,6 +218,31 @@ async def test_an_append_rejected_until_the_timeout_is_a_timeout_not_a_conflict(
             await store.append("s", [ContractOrderPlaced("a", 1)])
 
 
+async def test_any_from_several_stores_never_conflicts(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    """4 store objects (as 4 processes would) x 4 writers append with ANY to one stream: the stores race
+    each other on the server, and ANY still never raises ConcurrencyError."""
+    stores = [event_store] + [_twin(event_store, nats_connection) for _ in range(3)]
+    try:
+
+        async def writer(store: NatsEventStore, name: str) -> list[int]:
+            return [await store.append("hot", [ContractItemAdded(name, i)]) for i in range(40)]
+
+        results = await asyncio.gather(
+            *(writer(store, f"s{k}w{w}") for k, store in enumerate(stores) for w in range(4))
+        )
+        stored = await event_store.read("hot")
+        assert [e.version for e in stored] == list(range(16 * 40))
+        assert sorted(v for versions in results for v in versions) == list(range(16 * 40))
+        assert {(e.data.sku, e.data.qty) for e in stored} == {
+            (f"s{k}w{w}", i) for k in range(4) for w in range(4) for i in range(40)
+        }
+    finally:
+        for store in stores[1:]:
+            await store.aclose()
+
+
 # --- layout ---------------------------------------------------------------------------------------
 
 
