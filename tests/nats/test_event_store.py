@@ -243,6 +243,22 @@ async def test_any_from_several_stores_never_conflicts(
             await store.aclose()
 
 
+async def test_a_deleted_stream_is_unavailable_then_created_again(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    """The leader get behind version() reports a deleted stream as unavailable (as a direct get's 503
+    did), and the next call creates the stream again."""
+    assert await event_store.append("s", [ContractOrderPlaced("o", 0)], NO_STREAM) == 0
+    await nats_connection.js.delete_stream(event_store.stream)
+    with pytest.raises(BackendUnavailableError, match="does not exist"):
+        await event_store.version("s")
+    assert await event_store.version("s") == -1
+    with pytest.raises(ConcurrencyError) as info:
+        await event_store.append("s", [ContractOrderPlaced("o", 1)], 0)
+    assert (info.value.expected_version, info.value.actual_version) == (0, -1)
+    assert await event_store.append("s", [ContractOrderPlaced("o", 1)], NO_STREAM) == 0
+
+
 # --- layout ---------------------------------------------------------------------------------------
 
 

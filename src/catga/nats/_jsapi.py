@@ -20,6 +20,7 @@ from catga.errors import BackendError
 from catga.nats._errors import (
     ERR_MSG_DELETE_NOT_FOUND,
     ERR_NO_MESSAGE,
+    ERR_STREAM_NOT_FOUND,
     ERR_WRONG_LAST_SEQUENCE,
     ERR_WRONG_LAST_SEQUENCE_CONSTANT,
     api_error,
@@ -160,7 +161,7 @@ async def leader_last(
         msg_get: the request subject, ``$JS.API.STREAM.MSG.GET.<stream>``.
 
     Raises:
-        BackendUnavailableError: no responders, or JetStream answered 503.
+        BackendUnavailableError: no responders, JetStream answered 503, or the stream does not exist.
         BackendError: any other JetStream error.
     """
     return await _leader_get(wire, msg_get, b'{"last_by_subj":"%b"}' % subject, timeout, operation)
@@ -188,6 +189,8 @@ async def _leader_get(
     if response.error is not None:
         if response.error.err_code == ERR_NO_MESSAGE:
             return None
+        if response.error.err_code == ERR_STREAM_NOT_FOUND:  # as a direct get's 503 says it
+            raise unavailable_error(operation, "the stream does not exist (it was deleted?)")
         raise api_error(operation, msgspec.structs.asdict(response.error))
     message = response.message
     if message is None:

@@ -725,7 +725,11 @@ class NatsEventStore(NatsStoreBase):
         state = self._state(stream_id)
         if not self._init.ready:
             await self._init()
-        await self._refresh(stream_id, state)
+        try:
+            await self._refresh(stream_id, state)
+        except BackendUnavailableError:
+            self._init.reset()  # the stream may have been deleted: check it again on the next call
+            raise
         return state.version
 
     async def read_all(self, from_position: int = 1, max_count: int | None = None) -> list[StoredEvent]:
