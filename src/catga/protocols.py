@@ -116,11 +116,13 @@ class EventStore(Protocol):
 
     Contract:
         * ``append`` is atomic: all events are stored or none is.
-        * ``expected_version``: :data:`ANY` appends unconditionally; :data:`NO_STREAM` (== -1) requires an
-          empty stream; an int ``n >= 0`` requires the stream's version to be exactly ``n``. A mismatch
-          raises :class:`~catga.errors.ConcurrencyError` with ``stream_id``, ``expected_version`` and
-          ``actual_version``, and stores nothing. The check is done atomically with the write (never
-          read-then-write from the client).
+        * ``expected_version``: :data:`ANY` appends unconditionally and never raises
+          :class:`~catga.errors.ConcurrencyError`, however many writers race; :data:`NO_STREAM` (== -1)
+          requires an empty stream; an int ``n >= 0`` requires the stream's version to be exactly ``n``.
+          A mismatch raises :class:`~catga.errors.ConcurrencyError` with ``stream_id``,
+          ``expected_version`` and ``actual_version``, and stores nothing; it means the stream really is
+          at another version. The check is done atomically with the write (never read-then-write from
+          the client).
         * Versions are 0-based and contiguous per stream; an append returns the new stream version (the
           version of its last event). Appending an empty list stores nothing and returns the current
           version (still checking ``expected_version``).

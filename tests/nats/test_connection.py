@@ -25,7 +25,7 @@ from catga.testing.servers import NatsServer, free_port
 pytestmark = pytest.mark.nats
 
 
-# --- LazyInit (the origin's option A) ------------------------------------------------------------
+# --- LazyInit (the origin's option A, single flight) ------------------------------------------------
 
 
 async def test_lazy_init_runs_once_for_concurrent_callers() -> None:
@@ -76,6 +76,72 @@ async def test_a_cancelled_init_leaves_the_flag_unset() -> None:
     assert not lazy.ready
     lazy._initializer = lambda: asyncio.sleep(0)  # type: ignore[method-assign]
     await lazy()
+    assert lazy.ready
+
+
+async def test_callers_waiting_on_a_failed_init_share_its_error_instead_of_queueing() -> None:
+    """Single flight: 16 callers, one attempt, one failure for all (not 16 attempts in a row)."""
+    attempts = 0
+
+    async def init() -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.05)
+        raise BackendTimeoutError(f"attempt {attempts} timed out")
+
+    lazy = LazyInit(init)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.gather(*(lazy() for _ in range(16)), return_exceptions=True)
+    elapsed = loop.time() - started
+    assert attempts == 1
+    assert all(isinstance(r, BackendTimeoutError) and "attempt 1" in str(r) for r in results)
+    assert elapsed < 0.05 * 8  # one attempt's time, not 16 in a row (generous)
+    assert not lazy.ready
+    lazy._initializer = lambda: asyncio.sleep(0)  # type: ignore[method-assign]
+    await lazy()
+    assert lazy.ready
+
+
+async def test_callers_waiting_on_a_cancelled_init_run_it_themselves() -> None:
+    started = asyncio.Event()
+    calls = 0
+
+    async def init() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            started.set()
+            await asyncio.sleep(10)
+
+    lazy = LazyInit(init)
+    first = asyncio.ensure_future(lazy())
+    await started.wait()
+    waiters = [asyncio.ensure_future(lazy()) for _ in range(3)]
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.gather(*waiters)  # not cancelled: one of them initialised
+    assert (calls, lazy.ready) == (2, True)
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_attempt() -> None:
+    release = asyncio.Event()
+
+    async def init() -> None:
+        await release.wait()
+
+    lazy = LazyInit(init)
+    runner = asyncio.ensure_future(lazy())
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(lazy())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    await runner
     assert lazy.ready
 
 

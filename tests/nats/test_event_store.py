@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from catga.errors import (
+    BackendTimeoutError,
     BackendUnavailableError,
     ConcurrencyError,
     ConfigurationError,
@@ -128,6 +130,134 @@ async def test_any_from_two_stores_keeps_versions_contiguous(
         assert all(a == b for a, b in pairs)
     finally:
         await other.aclose()
+
+
+#: The publish ack a clustered stream sends when an earlier message of the subject is still being
+#: replicated, so it cannot check the expected last subject sequence (JetStream error 10164).
+_CANNOT_CHECK = b'{"error":{"code":400,"err_code":10164,"description":"wrong last sequence"}}'
+
+
+class _Rejections:
+    """Makes the server's next ``left`` replies to appends of ``store`` a 10164 rejection.
+
+    A clustered stream answers so only in a narrow window (1-5 per ~250K appends on a healthy 3-node
+    cluster), so this reply stands in for it; everything else talks to the real server.
+    """
+
+    def __init__(self, store: NatsEventStore, monkeypatch: pytest.MonkeyPatch, left: int = 0) -> None:
+        self.left = left
+        self.count = 0
+        self._real = store.connection.wire.send
+        self._prefix = f"{store.prefix}.".encode()
+        monkeypatch.setattr(store.connection.wire, "send", self._send)
+
+    def _send(
+        self, subject: bytes, payload: bytes, headers: bytes | None, timeout: float, many: bool = False
+    ) -> Any:
+        if self.left > 0 and subject.startswith(self._prefix):
+            self.left -= 1
+            self.count += 1
+            future = asyncio.get_running_loop().create_future()
+            future.set_result((None, _CANNOT_CHECK))
+            return future
+        return self._real(subject, payload, headers, timeout, many)
+
+
+async def test_a_rejection_while_the_stream_is_at_the_expected_version_is_sent_again(
+    event_store: NatsEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 10164 is not a conflict: the leader still reports the expected version, so send again."""
+    assert await event_store.append("s", [ContractOrderPlaced("o", 0)], NO_STREAM) == 0
+    rejections = _Rejections(event_store, monkeypatch, left=1)
+    assert await event_store.append("s", [ContractOrderPlaced("o", 1)], 0) == 1  # hot path
+    rejections.left = 2
+    assert await event_store.append("s", [ContractOrderPlaced("o", 2)] * 2, 1) == 3  # several events
+    rejections.left = 1
+    assert await event_store.append("s", [ContractOrderPlaced("o", 4)]) == 4  # ANY
+    rejections.left = 1
+    assert await event_store.append("fresh", [ContractOrderPlaced("o", 0)], NO_STREAM) == 0
+    assert (rejections.count, rejections.left) == (5, 0)
+    assert [e.data.total for e in await event_store.read("s")] == [0, 1, 2, 2, 4]
+    assert await event_store.version("fresh") == 0
+
+
+async def test_a_rejection_when_the_stream_moved_is_a_conflict_with_the_actual_version(
+    event_store: NatsEventStore, nats_connection: NatsConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await event_store.append("s", [ContractOrderPlaced("a", 0)], NO_STREAM) == 0
+    other = _twin(event_store, nats_connection)
+    try:
+        assert await other.append("s", [ContractOrderPlaced("b", 1)], 0) == 1
+    finally:
+        await other.aclose()
+    _Rejections(event_store, monkeypatch, left=1)
+    with pytest.raises(ConcurrencyError) as info:
+        await event_store.append("s", [ContractOrderPlaced("a", 2)], 0)  # the cache still says 0
+    assert (info.value.expected_version, info.value.actual_version) == (0, 1)
+
+
+async def test_an_append_rejected_until_the_timeout_is_a_timeout_not_a_conflict(
+    nats_connection: NatsConnection,
+    unique_name: str,
+    doomed_streams: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    doomed_streams.append(unique_name.upper())
+    store = NatsEventStore(
+        nats_connection,
+        stream=unique_name.upper(),
+        prefix=unique_name,
+        registry=contract_registry(),
+        timeout=0.3,
+    )
+    async with store:
+        assert await store.append("s", [ContractOrderPlaced("a", 0)], NO_STREAM) == 0
+        _Rejections(store, monkeypatch, left=1_000_000)
+        with pytest.raises(BackendTimeoutError, match=r"rejected \d+ times while the stream leader"):
+            await store.append("s", [ContractOrderPlaced("a", 1)], 0)
+        with pytest.raises(BackendTimeoutError, match="with ANY"):
+            await store.append("s", [ContractOrderPlaced("a", 1)])
+
+
+async def test_any_from_several_stores_never_conflicts(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    """4 store objects (as 4 processes would) x 4 writers append with ANY to one stream: the stores race
+    each other on the server, and ANY still never raises ConcurrencyError."""
+    stores = [event_store] + [_twin(event_store, nats_connection) for _ in range(3)]
+    try:
+
+        async def writer(store: NatsEventStore, name: str) -> list[int]:
+            return [await store.append("hot", [ContractItemAdded(name, i)]) for i in range(40)]
+
+        results = await asyncio.gather(
+            *(writer(store, f"s{k}w{w}") for k, store in enumerate(stores) for w in range(4))
+        )
+        stored = await event_store.read("hot")
+        assert [e.version for e in stored] == list(range(16 * 40))
+        assert sorted(v for versions in results for v in versions) == list(range(16 * 40))
+        assert {(e.data.sku, e.data.qty) for e in stored} == {
+            (f"s{k}w{w}", i) for k in range(4) for w in range(4) for i in range(40)
+        }
+    finally:
+        for store in stores[1:]:
+            await store.aclose()
+
+
+async def test_a_deleted_stream_is_unavailable_then_created_again(
+    event_store: NatsEventStore, nats_connection: NatsConnection
+) -> None:
+    """The leader get behind version() reports a deleted stream as unavailable (as a direct get's 503
+    did), and the next call creates the stream again."""
+    assert await event_store.append("s", [ContractOrderPlaced("o", 0)], NO_STREAM) == 0
+    await nats_connection.js.delete_stream(event_store.stream)
+    with pytest.raises(BackendUnavailableError, match="does not exist"):
+        await event_store.version("s")
+    assert await event_store.version("s") == -1
+    with pytest.raises(ConcurrencyError) as info:
+        await event_store.append("s", [ContractOrderPlaced("o", 1)], 0)
+    assert (info.value.expected_version, info.value.actual_version) == (0, -1)
+    assert await event_store.append("s", [ContractOrderPlaced("o", 1)], NO_STREAM) == 0
 
 
 # --- layout ---------------------------------------------------------------------------------------

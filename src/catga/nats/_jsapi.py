@@ -1,4 +1,9 @@
-"""JetStream requests over the lean connection: publish acks, direct get, message delete.
+"""JetStream requests over the lean connection: publish acks, direct get, leader get, message delete.
+
+Direct get (``$JS.API.DIRECT.GET``, streams with ``allow_direct``) is answered by *any* replica of a
+replicated stream, so it may miss a message the leader has just acknowledged; :func:`leader_last` asks
+the stream leader (``$JS.API.STREAM.MSG.GET``), whose view includes every acknowledged publish -- use
+it for reads a concurrency decision depends on.
 
 Replies are decoded with msgspec. Status replies are checked here once: ``503`` (no responders: the
 stream does not exist or JetStream is down) becomes :class:`~catga.errors.BackendUnavailableError`.
@@ -6,6 +11,7 @@ stream does not exist or JetStream is down) becomes :class:`~catga.errors.Backen
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncGenerator
 
 import msgspec
@@ -14,6 +20,7 @@ from catga.errors import BackendError
 from catga.nats._errors import (
     ERR_MSG_DELETE_NOT_FOUND,
     ERR_NO_MESSAGE,
+    ERR_STREAM_NOT_FOUND,
     ERR_WRONG_LAST_SEQUENCE,
     ERR_WRONG_LAST_SEQUENCE_CONSTANT,
     api_error,
@@ -31,6 +38,8 @@ __all__ = (
     "delete_message",
     "direct_last",
     "iter_direct",
+    "leader_last",
+    "leader_next",
 )
 
 WRONG_LAST = (ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_SEQUENCE_CONSTANT)
@@ -58,7 +67,20 @@ class _ApiResponse(msgspec.Struct):
     error: ApiError | None = None
 
 
+class _StoredMessage(msgspec.Struct):
+    subject: str = ""
+    seq: int = 0
+    hdrs: str | None = None
+    data: str | None = None
+
+
+class _MsgGetResponse(msgspec.Struct):
+    message: _StoredMessage | None = None
+    error: ApiError | None = None
+
+
 ack_decoder = msgspec.json.Decoder(PubAck)
+_msg_get_decoder = msgspec.json.Decoder(_MsgGetResponse)
 _response_decoder = msgspec.json.Decoder(_ApiResponse)
 _json = msgspec.json.Encoder()
 
@@ -128,6 +150,54 @@ async def direct_last(
     if status:
         raise BackendError(f"JetStream {operation} got status {status}", backend="nats", status=status)
     return _message(*reply)
+
+
+async def leader_last(
+    wire: LeanConnection, msg_get: bytes, subject: bytes, *, timeout: float, operation: str
+) -> StreamMessage | None:
+    """The last message on ``subject`` as the stream leader has it (``STREAM.MSG.GET``), or None.
+
+    Args:
+        msg_get: the request subject, ``$JS.API.STREAM.MSG.GET.<stream>``.
+
+    Raises:
+        BackendUnavailableError: no responders, JetStream answered 503, or the stream does not exist.
+        BackendError: any other JetStream error.
+    """
+    return await _leader_get(wire, msg_get, b'{"last_by_subj":"%b"}' % subject, timeout, operation)
+
+
+async def leader_next(
+    wire: LeanConnection, msg_get: bytes, seq: int, subject: bytes, *, timeout: float, operation: str
+) -> StreamMessage | None:
+    """The first message on ``subject`` at sequence ``seq`` or later, as the stream leader has it, or None."""
+    request = b'{"seq":%d,"next_by_subj":"%b"}' % (max(1, seq), subject)
+    return await _leader_get(wire, msg_get, request, timeout, operation)
+
+
+async def _leader_get(
+    wire: LeanConnection, msg_get: bytes, request: bytes, timeout: float, operation: str
+) -> StreamMessage | None:
+    reply = await wire.request(msg_get, request, timeout=timeout)
+    status = check_reply(reply, operation)
+    if status:
+        raise BackendError(f"JetStream {operation} got status {status}", backend="nats", status=status)
+    try:
+        response = _msg_get_decoder.decode(reply[1])
+    except msgspec.DecodeError as exc:
+        raise BackendError(f"JetStream {operation} got an undecodable reply {reply[1]!r}") from exc
+    if response.error is not None:
+        if response.error.err_code == ERR_NO_MESSAGE:
+            return None
+        if response.error.err_code == ERR_STREAM_NOT_FOUND:  # as a direct get's 503 says it
+            raise unavailable_error(operation, "the stream does not exist (it was deleted?)")
+        raise api_error(operation, msgspec.structs.asdict(response.error))
+    message = response.message
+    if message is None:
+        raise BackendError(f"JetStream {operation} got a reply without a message: {reply[1]!r}")
+    headers = parse_headers(base64.b64decode(message.hdrs)) if message.hdrs else {}
+    data = base64.b64decode(message.data) if message.data else b""
+    return StreamMessage(seq=message.seq, subject=message.subject, headers=headers, data=data)
 
 
 async def direct_next(

@@ -32,6 +32,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 
 from catga._lifecycle import AsyncCloseable
@@ -89,29 +90,52 @@ def server_version(client: Client) -> str | None:
 class LazyInit:
     """One-time async initialisation with a lock-free fast path (the origin's option A).
 
-    Use it as ``if not init.ready: await init()``. The slow path serialises callers on an
-    :class:`asyncio.Lock`, re-checks :attr:`ready`, runs ``initializer`` and sets :attr:`ready` only
-    after it returned. If it raises or is cancelled, :attr:`ready` stays False and the next call retries.
+    Use it as ``if not init.ready: await init()``. The slow path runs ``initializer`` once for all the
+    callers waiting at that moment (single flight): the first caller runs it, the others wait for that
+    attempt and share its outcome -- its success, or its exception -- instead of each running an
+    attempt of its own after it failed. So a caller waits for at most the attempt under way, not for a
+    queue of attempts (after a lost stream leader, 16 writers queued behind one another's stream checks
+    and an ``append()`` took 5 s with ``timeout=1.0``). :attr:`ready` is set only after ``initializer``
+    returned; if it raises or is cancelled, :attr:`ready` stays False and the next call runs it again
+    (the callers waiting on a cancelled attempt start a new one, unless they are cancelled themselves).
 
     Args:
         initializer: the coroutine function to run once.
     """
 
-    __slots__ = ("_initializer", "_lock", "ready")
+    __slots__ = ("_attempt", "_initializer", "ready")
 
     def __init__(self, initializer: Callable[[], Awaitable[None]]) -> None:
         self._initializer = initializer
-        self._lock: asyncio.Lock | None = None
+        self._attempt: asyncio.Future[None] | None = None
         self.ready = False
 
     async def __call__(self) -> None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self.ready:
+        while not self.ready:
+            attempt = self._attempt
+            if attempt is not None:  # another caller is initialising: share its outcome
+                try:
+                    await asyncio.shield(attempt)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if attempt.cancelled() and (task is None or not task.cancelling()):
+                        continue  # that caller was cancelled, not this one: try again
+                    raise
                 return
-            await self._initializer()
+            attempt = self._attempt = asyncio.get_running_loop().create_future()
+            try:
+                await self._initializer()
+            except BaseException as exc:
+                self._attempt = None
+                if isinstance(exc, asyncio.CancelledError):
+                    attempt.cancel()
+                else:
+                    attempt.set_exception(exc)
+                    attempt.exception()  # retrieved: no "never retrieved" log when nobody was waiting
+                raise
             self.ready = True
+            self._attempt = None
+            attempt.set_result(None)
 
     def reset(self) -> None:
         """Forget the initialisation (e.g. the stream was deleted); the next call runs it again."""
@@ -338,7 +362,9 @@ class NatsConnection(AsyncCloseable):
                     await asyncio.wait_for(client.close(), 1.0)
         return conn
 
-    async def ensure_stream(self, config: StreamConfig, check: Sequence[str] = ()) -> StreamInfo:
+    async def ensure_stream(
+        self, config: StreamConfig, check: Sequence[str] = (), *, timeout: float | None = None
+    ) -> StreamInfo:
         """Create the stream, or check that the existing one has the same ``check`` fields.
 
         Safe to race with other processes: creating an identical stream twice is not an error.
@@ -347,6 +373,9 @@ class NatsConnection(AsyncCloseable):
             config: the wanted configuration (``config.name`` is the stream name).
             check: field names whose existing values must equal ``config``'s (``subjects`` compares
                 as a set).
+            timeout: seconds per JetStream API call (default: :attr:`timeout`). A store passes its own,
+                so recovering from a lost stream leader waits for the store's timeout, not the
+                connection's.
 
         Returns:
             The stream's info.
@@ -357,12 +386,18 @@ class NatsConnection(AsyncCloseable):
             BackendUnavailableError / BackendTimeoutError: the server did not answer.
         """
         name = config.name
-        with translate_errors(f"create stream {name!r}", self.timeout):
+        seconds = self.timeout if timeout is None else timeout
+        js = (
+            self.js
+            if seconds == self.timeout
+            else self.client.jetstream(prefix=self.api_prefix, timeout=seconds)
+        )
+        with translate_errors(f"create stream {name!r}", seconds):
             try:
-                info: StreamInfo = await self.js.stream_info(str(name))
+                info: StreamInfo = await js.stream_info(str(name))
             except nats.js.errors.NotFoundError:
                 try:
-                    info = await self._add_stream(config)
+                    info = await self._add_stream(config, js)
                     self._check_storage(info)
                     return info
                 except nats.js.errors.APIError as exc:
@@ -373,7 +408,7 @@ class NatsConnection(AsyncCloseable):
                         ) from exc
                     if exc.err_code != ERR_STREAM_NAME_IN_USE:
                         raise
-                    info = await self.js.stream_info(str(name))
+                    info = await js.stream_info(str(name))
         self._check_storage(info)
         differences = []
         for field in check:
@@ -399,19 +434,19 @@ class NatsConnection(AsyncCloseable):
                 name,
             )
 
-    async def _add_stream(self, config: StreamConfig) -> StreamInfo:
+    async def _add_stream(self, config: StreamConfig, js: JetStreamContext) -> StreamInfo:
         """Create a stream, retrying once when the server fails to create its store.
 
         nats-server removes an account's storage directory when its last stream is deleted; a stream
         created at that moment fails with err_code 10049 ("error creating store for stream").
         """
         try:
-            info: StreamInfo = await self.js.add_stream(config)
+            info: StreamInfo = await js.add_stream(config)
         except nats.js.errors.APIError as exc:
             if exc.err_code != ERR_STREAM_STORE_FAILED:
                 raise
             await asyncio.sleep(0.05)
-            info = await self.js.add_stream(config)
+            info = await js.add_stream(config)
         return info
 
     async def aclose(self) -> None:

@@ -16,10 +16,16 @@ Concurrency: every append carries ``Nats-Expected-Last-Subject-Sequence``, so th
 if the subject's last message is the one the client based its version on (``0`` = no message =
 :data:`~catga.protocols.NO_STREAM`). The store keeps a per-stream cache of (version, last sequence),
 updated from acks and reads; when the cache is missing or disagrees, it reads the subject's last message
-by direct get. A rejected append (JetStream error 10071) refreshes the cache and raises
-:class:`~catga.errors.ConcurrencyError` with the actual version. :data:`~catga.protocols.ANY` is
-"expect the last known message, retry on conflict" -- still checked by the server, so versions stay
-contiguous with concurrent writers.
+from the stream *leader* (``STREAM.MSG.GET``: a direct get may be answered by a follower of a replicated
+stream that has not applied the latest message yet). A rejected append (JetStream error 10071 "wrong
+last sequence", or 10164, which a clustered stream returns when an earlier message of the same subject
+is still being replicated and it cannot check) is settled against the leader: the append raises
+:class:`~catga.errors.ConcurrencyError` only when the stream really is at another version, and is sent
+again otherwise (until the store's ``timeout``). :data:`~catga.protocols.ANY` appends to one stream
+are serialised per store object and sent expecting the last known message; a rejection re-reads the
+leader and sends again, without limit on attempts but within ``timeout`` without landing (then
+:class:`~catga.errors.BackendTimeoutError`) -- never a ``ConcurrencyError``, and still checked by the
+server, so versions stay contiguous with concurrent writers in other processes.
 
 Positions: ``position = stream_sequence * 1024 + index_in_message`` -- strictly increasing, gaps
 allowed, >= 1024; hence at most :data:`MAX_EVENTS_PER_APPEND` events per append.
@@ -58,7 +64,7 @@ from catga.errors import (
     SerializationError,
 )
 from catga.nats._base import NatsStoreBase, check_name
-from catga.nats._errors import translate_errors
+from catga.nats._errors import timeout_error, translate_errors
 from catga.nats._jsapi import (
     StreamMessage,
     ack_decoder,
@@ -66,6 +72,8 @@ from catga.nats._jsapi import (
     direct_last,
     direct_next,
     iter_direct,
+    leader_last,
+    leader_next,
 )
 from catga.nats._subjects import subject_token, token_to_identifier
 from catga.nats.connection import STORES_SERVER, LazyInit, NatsConnection
@@ -81,8 +89,9 @@ MAX_EVENTS_PER_APPEND = 1 << POSITION_SHIFT
 #: Reads from this version on locate their first message by binary search instead of paging from the
 #: stream's first message (about two batch pages of one-event messages cost as much as the search).
 SEARCH_FROM_VERSION = 512
-#: How often an ``ANY`` append retries after losing a race before giving up.
-ANY_RETRIES = 100
+#: Longest pause (seconds) between two sends of a rejected append while the stream leader still reports
+#: the expected version (an earlier message of the subject being replicated: 10164).
+_RETRY_PAUSE_MAX = 0.05
 
 _IDLE_POLL = 1.0
 _STREAM_CHECK = (
@@ -132,14 +141,16 @@ class _Item(msgspec.Struct, array_like=True):
 
 
 class _State:
-    """Cached per-stream knowledge: its subject, last version and last subject sequence (-1: unknown)."""
+    """Cached per-stream knowledge: its subject, last version and last subject sequence (-1: unknown),
+    and the lock serialising this store's ``ANY`` appends to the stream (created on first use)."""
 
-    __slots__ = ("seq", "subject", "version")
+    __slots__ = ("any_lock", "seq", "subject", "version")
 
     def __init__(self, subject: bytes) -> None:
         self.subject = subject
         self.version = -1
         self.seq = -1
+        self.any_lock: asyncio.Lock | None = None
 
 
 class NatsEventStore(NatsStoreBase):
@@ -152,7 +163,8 @@ class NatsEventStore(NatsStoreBase):
         registry: the types allowed to be stored and decoded (default: the process-wide registry).
         storage: ``"file"`` (default) or ``"memory"``.
         replicas: stream replicas (3 on a 3-node cluster for durability).
-        timeout: seconds per network call (default: the connection's).
+        timeout: seconds per network call (default: the connection's), stream checks and creation
+            included; also how long a rejected append whose expected version still holds is retried.
         max_cached_streams: how many streams' (version, sequence) to remember.
 
     Example:
@@ -198,6 +210,7 @@ class NatsEventStore(NatsStoreBase):
             max_age=0,
         )
         self._direct = f"{self._conn.api_prefix}.DIRECT.GET.{stream}".encode()
+        self._msg_get = f"{self._conn.api_prefix}.STREAM.MSG.GET.{stream}".encode()
         self._subject_start = len(prefix) + 1
         self._states: dict[str, _State] = {}
         self._max_states = max_cached_streams
@@ -217,7 +230,7 @@ class NatsEventStore(NatsStoreBase):
         return self._registry
 
     async def _create(self) -> None:
-        await self._conn.ensure_stream(self._config, _STREAM_CHECK)
+        await self._conn.ensure_stream(self._config, _STREAM_CHECK, timeout=self._timeout)
         if self._created:  # initialised again (the stream may have been deleted): forget the cache
             self._states.clear()
         self._created = True
@@ -276,10 +289,15 @@ class NatsEventStore(NatsStoreBase):
         return lines, body
 
     async def _refresh(self, stream_id: str, state: _State) -> None:
-        """Read the subject's last message and set the cached version and sequence from it."""
-        last = await direct_last(
+        """Read the subject's last message from the stream leader; set the cached version and sequence.
+
+        The leader, not a direct get: on a replicated stream a direct get may be answered by a follower
+        that has not applied the last acknowledged message yet, and a concurrency decision taken on that
+        stale version would be wrong.
+        """
+        last = await leader_last(
             self._wire,
-            self._direct,
+            self._msg_get,
             state.subject,
             timeout=self._timeout,
             operation=f"read the version of stream {stream_id!r}",
@@ -342,8 +360,12 @@ class NatsEventStore(NatsStoreBase):
     ) -> int:
         """Append ``events`` atomically; return the new stream version.
 
+        With :data:`~catga.protocols.ANY` it never raises :class:`~catga.errors.ConcurrencyError`: it
+        appends after whatever the stream holds, retrying a lost race within ``timeout``.
+
         Raises:
-            ConcurrencyError: the stream's version is not ``expected_version`` (nothing stored).
+            ConcurrencyError: the stream leader reports a version other than ``expected_version``
+                (nothing stored; ``actual_version`` is that version).
             InvalidIdentifierError: ``stream_id`` is invalid (before any I/O).
             SerializationError: an event cannot be encoded (nothing stored).
             ConfigurationError: more than :data:`MAX_EVENTS_PER_APPEND` events, or an invalid
@@ -351,12 +373,14 @@ class NatsEventStore(NatsStoreBase):
             PayloadTooLargeError: a message larger than the server's ``max_payload`` (nothing stored).
             BackendUnavailableError: the server could not be reached (if the connection dropped while
                 waiting for the ack, the outcome is unknown: read the version).
-            BackendTimeoutError: no ack within the timeout (outcome unknown likewise).
+            BackendTimeoutError: no ack within the timeout (outcome unknown likewise), or the server
+                kept rejecting the append for ``timeout`` seconds while the stream stayed at the expected
+                version (or, for ``ANY``, while other writers kept appending first); nothing stored then.
         """
         # The hot path -- one event of an already seen type, no metadata, and the cache holds the stream
         # at exactly ``expected_version`` -- is one guard, one encode, one write, one await and one ack
         # decode in this coroutine (no nested coroutine). A cached version >= 0 always comes with the
-        # sequence of the message that stored it (ack, direct get or read), so no sequence check.
+        # sequence of the message that stored it (ack, leader get or read), so no sequence check.
         state = self._states.get(stream_id)
         if (
             state is not None
@@ -394,11 +418,10 @@ class NatsEventStore(NatsStoreBase):
                             return version
                     if self._stored(stream_id, state, reply, version, 1):
                         return version
-                    await self._refresh(stream_id, state)
+                    return await self._settle(stream_id, state, expected_version, lines, body, 1)
                 except BackendUnavailableError:
                     self._init.reset()  # the stream may have been deleted: check it again on the next call
                     raise
-                raise ConcurrencyError(stream_id, expected_version, state.version)
         return await self._append(stream_id, events, expected_version, metadata, state)
 
     async def _append(
@@ -444,15 +467,7 @@ class NatsEventStore(NatsStoreBase):
             lines, body = self._encode(events, metadata)
         try:
             if expected_version == ANY:
-                for _ in range(ANY_RETRIES):
-                    if state.seq < 0:
-                        await self._refresh(stream_id, state)
-                    version = state.version + 1
-                    reply = await self._send(state, version, state.seq, lines, body)
-                    if self._stored(stream_id, state, reply, version, count):
-                        return version + count - 1
-                    await self._refresh(stream_id, state)
-                raise ConcurrencyError(stream_id, "ANY", state.version)
+                return await self._append_any(stream_id, state, lines, body, count)
             if expected_version == NO_STREAM:
                 last_seq = 0
             else:
@@ -463,12 +478,88 @@ class NatsEventStore(NatsStoreBase):
                 last_seq = state.seq
             reply = await self._send(state, expected_version + 1, last_seq, lines, body)
             if not self._stored(stream_id, state, reply, expected_version + 1, count):
-                await self._refresh(stream_id, state)
-                raise ConcurrencyError(stream_id, expected_version, state.version)
+                return await self._settle(stream_id, state, expected_version, lines, body, count)
             return expected_version + count
         except BackendUnavailableError:
             self._init.reset()  # the stream may have been deleted: check it again on the next call
             raise
+
+    async def _settle(
+        self, stream_id: str, state: _State, expected: int, lines: bytes, body: bytes, count: int
+    ) -> int:
+        """The server rejected an append expecting version ``expected``: conflict, or send it again.
+
+        A rejection is a conflict only if the stream leader reports another version. If it reports
+        ``expected``, the server could not check (10164: an earlier message of the subject was still
+        being replicated) or the cache held another sequence: send again with the leader's sequence,
+        pausing a little while the leader's answer does not move, until the store's timeout.
+
+        Raises:
+            ConcurrencyError: the stream is at another version (its actual version attached).
+            BackendTimeoutError: still rejected after ``timeout`` seconds with the version unchanged.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        pause = 0.0
+        attempts = 1
+        while True:
+            await self._refresh(stream_id, state)
+            if state.version != expected:
+                raise ConcurrencyError(stream_id, expected, state.version)
+            if loop.time() >= deadline:
+                raise timeout_error(
+                    f"append to stream {stream_id!r} (rejected {attempts} times while the stream "
+                    f"leader reported the expected version {expected})",
+                    self._timeout,
+                )
+            if pause:
+                await asyncio.sleep(pause)
+            pause = min(max(2 * pause, 0.001), _RETRY_PAUSE_MAX)
+            reply = await self._send(state, expected + 1, state.seq, lines, body)
+            if self._stored(stream_id, state, reply, expected + 1, count):
+                return expected + count
+            attempts += 1
+
+    async def _append_any(self, stream_id: str, state: _State, lines: bytes, body: bytes, count: int) -> int:
+        """Append whatever the version: never a ConcurrencyError, versions contiguous.
+
+        This store's ANY appends to one stream take turns (a lock per stream), so they never race each
+        other; each is sent expecting the last message known, and a rejection (another process appended,
+        or 10164) re-reads the leader and sends again. It gives up only when ``timeout`` seconds pass
+        without landing.
+
+        Raises:
+            BackendTimeoutError: it did not land within the store's timeout (other writers kept winning,
+                or the server kept rejecting).
+        """
+        lock = state.any_lock
+        if lock is None:
+            lock = state.any_lock = asyncio.Lock()
+        async with lock:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._timeout
+            pause = 0.0
+            attempts = 0
+            while True:
+                if state.seq < 0:
+                    await self._refresh(stream_id, state)
+                version = state.version + 1
+                reply = await self._send(state, version, state.seq, lines, body)
+                if self._stored(stream_id, state, reply, version, count):
+                    return version + count - 1
+                attempts += 1
+                await self._refresh(stream_id, state)
+                if loop.time() >= deadline:
+                    raise timeout_error(
+                        f"append to stream {stream_id!r} with ANY ({attempts} attempts rejected: other "
+                        "writers kept appending first, or the server could not check)",
+                        self._timeout,
+                    )
+                if state.version + 1 == version:  # the leader did not move: 10164, wait for replication
+                    await asyncio.sleep(pause)
+                    pause = min(max(2 * pause, 0.001), _RETRY_PAUSE_MAX)
+                else:
+                    pause = 0.0
 
     def _decode(self, message: StreamMessage, stream_id: str | None = None) -> list[StoredEvent]:
         headers = message.headers
@@ -546,18 +637,49 @@ class NatsEventStore(NatsStoreBase):
         async with contextlib.aclosing(self._messages(start, subject, operation)) as messages:
             async for message in messages:
                 last = message
-                end = _last_version(message)
-                if end < from_version:
-                    continue
-                for event in self._decode(message, stream_id):
-                    if event.version >= from_version:
-                        out.append(event)
-                        if max_count is not None and len(out) >= max_count:
-                            return out
+                if self._collect(message, stream_id, from_version, max_count, out):
+                    return out
+        seen = last.seq if last is not None else start - 1
+        if state.seq > seen:
+            # This store knows of a later message (its own ack, or a leader read) than the replica that
+            # answered the direct gets had applied: fetch the rest from the leader, so a store always
+            # reads what it wrote and what version() showed it.
+            while True:
+                missed = await leader_next(
+                    self._wire,
+                    self._msg_get,
+                    seen + 1,
+                    state.subject,
+                    timeout=self._timeout,
+                    operation=operation,
+                )
+                if missed is None:
+                    break
+                last, seen = missed, missed.seq
+                if self._collect(missed, stream_id, from_version, max_count, out):
+                    return out
         if last is not None and last.seq > state.seq:  # read to the end: remember where the stream is
             state.seq = last.seq
             state.version = _last_version(last)
         return out
+
+    def _collect(
+        self,
+        message: StreamMessage,
+        stream_id: str,
+        from_version: int,
+        max_count: int | None,
+        out: list[StoredEvent],
+    ) -> bool:
+        """Add ``message``'s events from ``from_version`` on to ``out``; True once ``max_count`` are in."""
+        if _last_version(message) < from_version:
+            return False
+        for event in self._decode(message, stream_id):
+            if event.version >= from_version:
+                out.append(event)
+                if max_count is not None and len(out) >= max_count:
+                    return True
+        return False
 
     async def _first_seq(self, state: _State, subject: str, from_version: int, operation: str) -> int | None:
         """The sequence to page from for events ``>= from_version``; None: the stream has none."""
@@ -566,6 +688,10 @@ class NatsEventStore(NatsStoreBase):
         last = await direct_last(
             self._wire, self._direct, state.subject, timeout=self._timeout, operation=operation
         )
+        if last is None or last.seq < state.seq:  # a replica behind what this store knows: ask the leader
+            last = await leader_last(
+                self._wire, self._msg_get, state.subject, timeout=self._timeout, operation=operation
+            )
         if last is None:
             return None
         end = _last_version(last)
@@ -591,7 +717,10 @@ class NatsEventStore(NatsStoreBase):
         return found
 
     async def version(self, stream_id: str) -> int:
-        """The stream's current version (-1 when empty), read from the server.
+        """The stream's current version (-1 when empty), read from the stream leader.
+
+        On a replicated stream the leader has every acknowledged append, so the version returned is at
+        least that of any append acknowledged before the call (whichever store or process made it).
 
         Raises:
             InvalidIdentifierError: ``stream_id`` is invalid.
@@ -599,7 +728,11 @@ class NatsEventStore(NatsStoreBase):
         state = self._state(stream_id)
         if not self._init.ready:
             await self._init()
-        await self._refresh(stream_id, state)
+        try:
+            await self._refresh(stream_id, state)
+        except BackendUnavailableError:
+            self._init.reset()  # the stream may have been deleted: check it again on the next call
+            raise
         return state.version
 
     async def read_all(self, from_position: int = 1, max_count: int | None = None) -> list[StoredEvent]:

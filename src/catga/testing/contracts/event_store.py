@@ -294,6 +294,39 @@ class EventStoreContract:
         positions = [e.position for e in stored]
         assert positions == sorted(positions) and len(set(positions)) == len(positions)
 
+    async def test_concurrent_any_appends_never_conflict(self, event_store: EventStore) -> None:
+        """16 writers append with ANY to one stream: none raises, versions are 0..N-1, each event once.
+
+        ANY means "append whatever the version": it never raises ConcurrencyError, however many
+        writers race, and the versions it hands out stay contiguous.
+        """
+        sid = unique()
+        writers, per_writer = 16, 150
+        barrier = asyncio.Barrier(writers)
+        conflicts: list[ConcurrencyError] = []
+        returned: dict[tuple[int, int], int] = {}
+
+        async def writer(w: int) -> None:
+            await barrier.wait()
+            for i in range(per_writer):
+                try:
+                    returned[w, i] = await event_store.append(sid, [ContractItemAdded(f"w{w}", i)], ANY)
+                except ConcurrencyError as exc:
+                    conflicts.append(exc)
+
+        async with asyncio.timeout(120):
+            await asyncio.gather(*(writer(w) for w in range(writers)))
+        assert conflicts == [], f"{len(conflicts)} ANY appends raised, first: {conflicts[0]!r}"
+        total = writers * per_writer
+        stored = await event_store.read(sid)
+        assert [e.version for e in stored] == list(range(total))
+        seen = [(int(e.data.sku[1:]), e.data.qty) for e in stored]
+        assert sorted(seen) == sorted(returned)  # every event once, none lost, none doubled
+        assert {returned[key]: key for key in returned} == dict(enumerate(seen))  # the version it got
+        for w in range(writers):  # one writer's appends keep their order
+            assert [qty for sku, qty in seen if sku == w] == list(range(per_writer))
+        assert await event_store.version(sid) == total - 1
+
     async def test_concurrent_no_stream_appends_have_exactly_one_winner(
         self, event_store: EventStore
     ) -> None:
