@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import ParseResult
 
+from catga._lifecycle import close_transport
 from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
 from catga.nats._errors import timeout_error, unavailable_error
 
@@ -348,6 +349,8 @@ class LeanConnection:
                 raise unavailable_error("request", "the connection was closed by aclose()")
             last: BaseException | None = None
             for uri in self._candidates():
+                if self._closed:
+                    raise unavailable_error("connect", "the connection was closed by aclose()")
                 try:
                     await asyncio.wait_for(self._connect_to(uri), self.connect_timeout)
                     return
@@ -416,6 +419,8 @@ class LeanConnection:
             await proto.pong
             if proto.closed:  # lost right after the handshake: never hand out a closed socket
                 raise unavailable_error("connect", "the connection closed during the handshake")
+            if self._closed:  # aclose() ran meanwhile: nobody would ever close this socket
+                raise unavailable_error("connect", "the connection was closed by aclose()")
         except BaseException:
             transport.abort()
             raise
@@ -634,6 +639,14 @@ class LeanConnection:
             proto.transport.close()
 
     async def aclose(self) -> None:
-        """Close the socket for good; in-flight and later requests fail. Idempotent."""
+        """Close the socket for good; in-flight and later requests fail. Idempotent.
+
+        What is already written (batched acks) is flushed first, for at most
+        :data:`~catga._lifecycle.CLOSE_GRACE` seconds: a server that stopped reading would otherwise
+        keep the socket open for ever.
+        """
         self._closed = True
+        proto = self._proto
         await self.disconnect()
+        if proto is not None:
+            await close_transport(proto.transport, lambda: proto.closed)

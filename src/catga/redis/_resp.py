@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import hiredis
 
+from catga._lifecycle import close_transport
 from catga.errors import BackendError, BackendTimeoutError, BackendUnavailableError
 
 __all__ = ("ReplyError", "RespConnection", "abandon")
@@ -58,6 +59,7 @@ class RespConnection(asyncio.Protocol):
     def __init__(self, address: str, *, coalesce: bool = True) -> None:
         self.address = address
         self.closed = False
+        self.lost = False
         self.server_version: str | None = None
         self._coalesce = coalesce
         self._loop = asyncio.get_running_loop()
@@ -94,6 +96,7 @@ class RespConnection(asyncio.Protocol):
                 fut.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True  # the socket is closed now (``closed`` only says no more commands go out)
         reason = self._closed_reason if exc is None else f"connection lost: {exc}"
         self._fail_all(reason)
 
@@ -199,10 +202,18 @@ class RespConnection(asyncio.Protocol):
         self._fail_all(str(error))
 
     def close(self) -> None:
-        """Close the socket now; pending commands fail with BackendUnavailableError."""
+        """Close the socket now; pending commands fail with BackendUnavailableError.
+
+        The socket closes once what was written has been flushed (see :meth:`aclose` to wait for it).
+        """
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         self._fail_all(self._closed_reason)
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait until the socket is closed (aborted after a short grace)."""
+        self.close()
+        await close_transport(self._transport, lambda: self.lost or self._transport is None)
 
 
 def abandon(futures: list[asyncio.Future[Any]]) -> None:

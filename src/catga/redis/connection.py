@@ -457,8 +457,7 @@ class RedisClient(AsyncCloseable):
         self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
-            await asyncio.sleep(0)  # let the transport run its close callbacks
+            await conn.aclose()
 
     def __repr__(self) -> str:
         return f"RedisClient({self.settings.address!r}, db={self.settings.db}, prefix={self.prefix!r})"
