@@ -59,8 +59,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from catga._transport import SubscribeArgs, TransportBase, check_retry_backoff, drain
+from catga._transport import (
+    SubscribeArgs,
+    TransportBase,
+    check_retry_backoff,
+    drain,
+    replay_dedup_id,
+    replay_headers,
+    replay_route,
+)
 from catga.errors import (
+    BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
@@ -74,7 +83,7 @@ from catga.nats._errors import translate_errors
 from catga.nats._jsapi import decode_ack
 from catga.nats.connection import DEFAULT_TIMEOUT, DEFAULT_URL, NatsConnection, as_connection
 from catga.nats.idempotency import NatsInboxStore
-from catga.protocols import DeadLetterQueue, InboxStore, Subscription, validate_identifier
+from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, Subscription, validate_identifier
 from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("H_ERROR", "NatsSubscription", "NatsTransport")
@@ -308,9 +317,10 @@ class NatsTransport(TransportBase[NatsSubscription]):
         await self._js_publish_many(encoded, f"publishing a batch of {len(messages)} messages")
 
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
-        """Publish already encoded bytes and wire headers as they are (dead-letter replay, tests, bridges).
+        """Publish already encoded bytes and wire headers as they are (outbox relay, tests, bridges).
 
-        Goes through JetStream like an at-least-once event; subscribers decode it like any message and
+        Not for dead letters: :meth:`replay` gives them a fresh ``Nats-Msg-Id``. Goes through JetStream
+        like an at-least-once event; subscribers decode it like any message and
         dead-letter it if it does not decode. Headers carrying a message id get ``Nats-Msg-Id`` from it
         (unless given), so publishing the same message twice within ``duplicate_window`` stores it once.
 
@@ -326,6 +336,44 @@ class NatsTransport(TransportBase[NatsSubscription]):
         if H_ID in hdrs:  # JetStream de-duplicates a re-publish (an outbox relay retry) by message id
             hdrs.setdefault("Nats-Msg-Id", hdrs[H_ID])
         await self._js_publish_many([(subject, hdrs, bytes(body))], f"publishing to {subject}")
+
+    async def replay(self, letter: DeadLetter) -> None:
+        """Deliver a dead letter again (see :meth:`Transport.replay <catga.protocols.Transport.replay>`).
+
+        JetStream-publishes the letter's body and headers to ``<prefix>.evt.<source>`` (an event) or
+        ``<prefix>.cmd.<source>`` (a command) with a fresh ``Nats-Msg-Id``
+        (``<message id>:replay:<random>``): the original id is still in the stream's duplicate window
+        when a message is dead-lettered within ``duplicate_window`` of its publish, and JetStream would
+        drop a re-publish under it, with a positive ack. Returns once the stream's ack is in hand.
+
+        Raises:
+            InvalidIdentifierError: the letter's source is not a valid destination.
+            BackendError: JetStream refused the message, or acked it as a duplicate (not stored).
+            BackendTimeoutError: JetStream did not confirm within ``timeout``.
+            BackendUnavailableError: the connection is down, or no stream captures the subject.
+        """
+        if self._closed:
+            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+        command, dest = replay_route(letter)
+        subject = f"{self.prefix}.{'cmd' if command else 'evt'}.{dest}"
+        headers = replay_headers(letter)
+        dedup_id = headers["Nats-Msg-Id"] = replay_dedup_id(letter)
+        if not self._streams_ready:
+            await self._ensure_streams()
+        reply = await self._wire.request(
+            subject.encode(), bytes(letter.body), _header_block(headers), timeout=self.timeout
+        )
+        what = f"replay of dead letter {letter.id!r} to {subject}"
+        ack = decode_ack(reply, what)
+        if ack.error is not None or ack.duplicate:
+            reason = "acked it as a duplicate"
+            if ack.error is not None:
+                reason = f"refused it: {ack.error.description}"
+            raise BackendError(
+                f"JetStream {reason} (Nats-Msg-Id {dedup_id!r}, stream {ack.stream!r}): the {what} was "
+                "not stored; the letter is kept, replay it again",
+                backend="nats",
+            )
 
     def _encode(
         self, kind: str, message: object, metadata: Metadata | None, destination: str | None

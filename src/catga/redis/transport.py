@@ -55,11 +55,18 @@ import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
-from catga._transport import SubscribeArgs, TransportBase, check_retry_backoff, retry_delay
-from catga.errors import BackendUnavailableError, ConfigurationError
+from catga._transport import (
+    SubscribeArgs,
+    TransportBase,
+    check_retry_backoff,
+    replay_headers,
+    replay_route,
+    retry_delay,
+)
+from catga.errors import BackendError, BackendUnavailableError, ConfigurationError
 from catga.ids import new_id
 from catga.messages import Metadata, QoS
-from catga.protocols import DeadLetterQueue, InboxStore, validate_identifier
+from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, validate_identifier
 from catga.redis._consumer import RedisSubscription
 from catga.redis._keys import validate_prefix
 from catga.redis._pubsub import PubSubHub
@@ -244,7 +251,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
         await self.client.execute_many(commands)
 
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
-        """Publish already encoded bytes and wire headers as they are (dead-letter replay, tests, bridges).
+        """Publish already encoded bytes and wire headers as they are (outbox relay, tests, bridges).
 
         Subscribers decode it like any event and dead-letter it if it does not decode.
 
@@ -256,6 +263,33 @@ class RedisTransport(TransportBase[RedisSubscription]):
             raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
         dest = validate_identifier(destination, "destination")
         await self.client.execute_many(self._event_commands(dest, bytes(body), dict(headers)))
+
+    async def replay(self, letter: DeadLetter) -> None:
+        """Deliver a dead letter again (see :meth:`Transport.replay <catga.protocols.Transport.replay>`).
+
+        An event is written like :meth:`publish` (``XADD`` to ``P:t:evt:<source>`` and ``PUBLISH``), a
+        command like :meth:`send` (``XADD`` to ``P:t:cmd:<source>``); returns once Redis answered with
+        the entry id. Redis Streams do not de-duplicate, so there is no broker id to renew. A letter
+        from an older catga whose ``source`` is this transport's stream key goes to that stream.
+
+        Raises:
+            InvalidIdentifierError: the letter's source is not a valid destination.
+            BackendError: Redis refused or failed the write (``BackendUnavailableError``,
+                ``BackendTimeoutError``).
+        """
+        if self._closed:
+            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        command, dest = replay_route(letter, (self._evt, self._cmd))
+        body, headers = bytes(letter.body), replay_headers(letter)
+        if command:
+            xadd = entry_args(self._cmd + dest, body, headers, self.command_max_len)
+            entry_id = await self.client.execute(*xadd)
+        else:
+            entry_id = (await self.client.execute_many(self._event_commands(dest, body, headers)))[0]
+        if not entry_id:  # pragma: no cover - XADD without NOMKSTREAM always returns an id or fails
+            raise BackendError(
+                f"Redis did not store the replay of dead letter {letter.id!r} to {dest!r}", backend="redis"
+            )
 
     async def send(
         self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
