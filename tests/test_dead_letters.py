@@ -140,4 +140,3 @@ async def test_a_transport_without_replay_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="cannot replay dead letters"):
         await replay_dead_letters(Bare(), MemoryDeadLetterQueue(), ["x"])  # type: ignore[arg-type]
-

@@ -111,12 +111,12 @@ def list_letters(
             print_json({"count": total, "letters": [letter_dict(x) for x in letters]})
             return
         table = Table(title=f"dead letters: {len(letters)} of {total}", show_header=True)
-        for column in ("id", "source", "type", "attempts", "failed at (UTC)", "error"):
+        for column in ("id", "source", "kind", "type", "attempts", "failed at (UTC)", "error"):
             table.add_column(column, overflow="fold")
         for x in letters:
             d = letter_dict(x)
             table.add_row(
-                *(escape(str(d[k])) for k in ("id", "source", "type", "attempts", "failed_at")),
+                *(escape(str(d[k])) for k in ("id", "source", "kind", "type", "attempts", "failed_at")),
                 escape(x.error[:200]),
             )
         out_console().print(table)
