@@ -175,19 +175,21 @@ class _Consumer:
         self.handled.append(metadata.message_id)
 
 
-async def _subscribe(transport: Transport, kind: str, consumer: _Consumer) -> Subscription:
+async def _subscribe(
+    transport: Transport, kind: str, consumer: _Consumer, group: str | None = "g"
+) -> Subscription:
     if kind == "event":
-        return await transport.subscribe(Parcel, consumer, group="g", max_deliver=1)
+        return await transport.subscribe(Parcel, consumer, group=group, max_deliver=1)
     return await transport.subscribe(PackParcel, consumer, max_deliver=1)
 
 
 async def _dead_lettered(
-    transport: Transport, kind: str, consumer: _Consumer
+    transport: Transport, kind: str, consumer: _Consumer, group: str | None = "g"
 ) -> tuple[int, DeadLetter, Subscription]:
     """Subscribe ``consumer``, publish (or send) one message, wait until it is dead-lettered."""
     dlq = transport.dead_letters  # type: ignore[attr-defined]
     mid = new_id()
-    sub = await _subscribe(transport, kind, consumer)
+    sub = await _subscribe(transport, kind, consumer, group)
     if kind == "event":
         await transport.publish(Parcel("p-1"), metadata=Metadata(message_id=mid))
     else:
@@ -330,6 +332,27 @@ async def test_redis_letters_written_by_older_catga_replay_to_their_stream(
 
         await eventually(arrived, what="the old letter's event delivered")
         assert got == ["p-5"] and await dlq.count() == 0
+    finally:
+        for _, close in backends.closers():
+            await close()
+
+
+async def test_an_event_nobody_reads_is_not_replayed_and_its_letter_stays(app_url: str) -> None:
+    """The only reader was a private subscription (``group=None``), gone since: JetStream would ack the
+    event and drop it at once (interest retention), Redis would store it where no later group looks."""
+    backends = Backends(name="test-cli-dlq-nobody")
+    try:
+        transport = await backends.transport(parse_url(app_url))
+        dlq = transport.dead_letters  # type: ignore[attr-defined]
+        mid, letter, sub = await _dead_lettered(transport, "event", _Consumer(), group=None)
+        await sub.aclose()
+
+        code, out, err = await _cli("dlq", "replay", "--url", app_url, str(mid))
+
+        assert code == 1, out + err
+        assert f"not replayed {mid} (event) to {DEST}, letter kept" in out and "start the subscriber" in out
+        assert "0 replayed, 1 failed" in out
+        assert await dlq.get(str(mid)) == letter
     finally:
         for _, close in backends.closers():
             await close()

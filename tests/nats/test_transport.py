@@ -15,7 +15,7 @@ from catga.errors import InvalidIdentifierError, OperationTimeoutError
 from catga.memory import MemoryDeadLetterQueue, MemoryInboxStore
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.nats import NatsConnection, NatsDeadLetterQueue
-from catga.nats.transport import H_ERROR, NatsTransport
+from catga.nats.transport import H_ERROR, NatsTransport, _subject_matches
 from catga.protocols import DeadLetterQueue
 from catga.testing.contracts import TransportContract
 from catga.testing.contracts._util import eventually
@@ -514,3 +514,22 @@ async def test_an_at_least_once_consumer_resumes_after_the_server_restarts(tmp_p
             await eventually(both, what="a delivery after the restart", timeout=20.0)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "matches"),
+    [
+        ("p.evt.a", "p.evt.a", True),
+        ("p.evt.a", "p.evt.b", False),
+        ("p.evt.a", "p.evt.a.b", False),
+        ("p.evt.*", "p.evt.a", True),
+        ("p.evt.*", "p.evt.a.b", False),
+        ("p.*.a", "p.evt.a", True),
+        ("p.>", "p.evt.a", True),
+        ("p.evt.>", "p.evt", False),
+        ("q.>", "p.evt.a", False),
+    ],
+)
+def test_subject_filter_matching(pattern: str, subject: str, matches: bool) -> None:
+    """Replay asks whether some consumer's filter reads an event's subject."""
+    assert _subject_matches(pattern, subject) is matches

@@ -123,6 +123,17 @@ async def _interest_barrier(client: Client, timeout: float) -> None:
     await client.flush(timeout=seconds)
 
 
+def _subject_matches(pattern: str, subject: str) -> bool:
+    """Whether the NATS subject filter ``pattern`` (``*`` one token, ``>`` the rest) matches ``subject``."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
 def _consumer_name(kind: str, destination: str, group: str | None) -> str:
     """A readable, collision-free JetStream consumer name for ``(kind, destination, group)``."""
     raw = f"{kind}\0{destination}\0{group or ''}"
@@ -346,9 +357,14 @@ class NatsTransport(TransportBase[NatsSubscription]):
         when a message is dead-lettered within ``duplicate_window`` of its publish, and JetStream would
         drop a re-publish under it, with a positive ack. Returns once the stream's ack is in hand.
 
+        An event is replayed only when a consumer of the events stream reads its subject: the stream
+        keeps a message only while some consumer has an interest in it, and would drop one that no
+        consumer reads -- with a positive ack. (A command waits in its work-queue stream for a worker.)
+
         Raises:
             InvalidIdentifierError: the letter's source is not a valid destination.
-            BackendError: JetStream refused the message, or acked it as a duplicate (not stored).
+            BackendError: JetStream refused the message, or acked it as a duplicate (not stored); or,
+                for an event, no consumer reads its subject.
             BackendTimeoutError: JetStream did not confirm within ``timeout``.
             BackendUnavailableError: the connection is down, or no stream captures the subject.
         """
@@ -360,6 +376,12 @@ class NatsTransport(TransportBase[NatsSubscription]):
         dedup_id = headers["Nats-Msg-Id"] = replay_dedup_id(letter)
         if not self._streams_ready:
             await self._ensure_streams()
+        if not command and not await self._has_consumer(self.stream, subject):
+            raise BackendError(
+                f"cannot replay dead letter {letter.id!r}: no consumer of stream {self.stream!r} reads "
+                f"{subject} (JetStream would drop the event); start the subscriber (its group) first",
+                backend="nats",
+            )
         reply = await self._wire.request(
             subject.encode(), bytes(letter.body), _header_block(headers), timeout=self.timeout
         )
@@ -374,6 +396,23 @@ class NatsTransport(TransportBase[NatsSubscription]):
                 "not stored; the letter is kept, replay it again",
                 backend="nats",
             )
+
+    async def _has_consumer(self, stream: str, subject: str) -> bool:
+        """Whether a consumer of ``stream`` reads ``subject`` (lists every consumer: for slow paths)."""
+        offset = 0
+        with translate_errors(f"listing the consumers of stream {stream!r}", self.timeout):
+            while True:
+                page = await self._js.consumers_info(stream, offset=offset)
+                for info in page:
+                    config = info.config
+                    filters = list(config.filter_subjects or ())
+                    if config.filter_subject:
+                        filters.append(config.filter_subject)
+                    if not filters or any(_subject_matches(f, subject) for f in filters):
+                        return True
+                if not page:
+                    return False
+                offset += len(page)
 
     def _encode(
         self, kind: str, message: object, metadata: Metadata | None, destination: str | None

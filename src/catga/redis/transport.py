@@ -272,15 +272,25 @@ class RedisTransport(TransportBase[RedisSubscription]):
         the entry id. Redis Streams do not de-duplicate, so there is no broker id to renew. A letter
         from an older catga whose ``source`` is this transport's stream key goes to that stream.
 
+        An event is replayed only when someone reads it: a consumer group on its stream or a pub/sub
+        subscriber (a group created later starts after it). A command waits in its stream for a worker.
+
         Raises:
             InvalidIdentifierError: the letter's source is not a valid destination.
             BackendError: Redis refused or failed the write (``BackendUnavailableError``,
-                ``BackendTimeoutError``).
+                ``BackendTimeoutError``); or, for an event, nobody reads it.
         """
         if self._closed:
             raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
         command, dest = replay_route(letter, (self._evt, self._cmd))
         body, headers = bytes(letter.body), replay_headers(letter)
+        if not command and not await self._has_reader(self._evt + dest):
+            raise BackendError(
+                f"cannot replay dead letter {letter.id!r}: no consumer group reads stream "
+                f"{self._evt + dest!r} and no pub/sub subscriber listens (nobody would get the event); "
+                "start the subscriber (its group) first",
+                backend="redis",
+            )
         if command:
             xadd = entry_args(self._cmd + dest, body, headers, self.command_max_len)
             entry_id = await self.client.execute(*xadd)
@@ -290,6 +300,15 @@ class RedisTransport(TransportBase[RedisSubscription]):
             raise BackendError(
                 f"Redis did not store the replay of dead letter {letter.id!r} to {dest!r}", backend="redis"
             )
+
+    async def _has_reader(self, key: str) -> bool:
+        """Whether a consumer group reads stream ``key`` or a pub/sub client listens on its channel."""
+        groups, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", "NUMSUB", key)])
+        if numsub[1]:
+            return True
+        if not groups:
+            return False
+        return bool(await self.client.execute("XINFO", "GROUPS", key))
 
     async def send(
         self, message: object, *, metadata: Metadata | None = None, destination: str | None = None

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import pytest
 
-from catga.errors import InvalidIdentifierError, OperationTimeoutError
+from catga.errors import BackendError, InvalidIdentifierError, OperationTimeoutError
 from catga.ids import new_id
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, Transport
@@ -370,6 +370,22 @@ class TransportContract:
         await eventually(arrived, what="the replayed command handled")
         await asyncio.sleep(SETTLE)
         assert [job for _, job in handled] == [7]  # one worker, not every subscriber (an event would be)
+
+    async def test_replay_of_an_event_nobody_reads_raises(self, transport_factory: TransportFactory) -> None:
+        t = await transport_factory()
+        body = contract_registry().codec_for(ContractOrderPlaced).encode(ContractOrderPlaced("o", 1))
+        mid = str(new_id())
+        letter = DeadLetter(
+            id=mid,
+            source=unique("nobody"),
+            type_name="contracts.OrderPlaced",
+            body=body,
+            headers={H_TYPE: "contracts.OrderPlaced", H_ID: mid},
+            kind=EVENT,
+            message_id=mid,
+        )
+        with pytest.raises(BackendError):  # it would be stored for nobody (or dropped): not "replayed"
+            await t.replay(letter)
 
     async def test_replay_refuses_a_letter_without_a_valid_destination(
         self, transport_factory: TransportFactory
