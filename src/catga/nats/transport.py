@@ -330,10 +330,10 @@ class NatsTransport(TransportBase[NatsSubscription]):
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
         """Publish already encoded bytes and wire headers as they are (outbox relay, tests, bridges).
 
-        Not for dead letters: :meth:`replay` gives them a fresh ``Nats-Msg-Id``. Goes through JetStream
-        like an at-least-once event; subscribers decode it like any message and
+        Goes through JetStream like an at-least-once event; subscribers decode it like any message and
         dead-letter it if it does not decode. Headers carrying a message id get ``Nats-Msg-Id`` from it
         (unless given), so publishing the same message twice within ``duplicate_window`` stores it once.
+        Not for dead letters: :meth:`replay` gives them a fresh ``Nats-Msg-Id``.
 
         Raises:
             InvalidIdentifierError: the destination is malformed.
@@ -393,7 +393,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
                 reason = f"refused it: {ack.error.description}"
             raise BackendError(
                 f"JetStream {reason} (Nats-Msg-Id {dedup_id!r}, stream {ack.stream!r}): the {what} was "
-                "not stored; the letter is kept, replay it again",
+                "not stored; the letter is kept",
                 backend="nats",
             )
 

@@ -303,10 +303,10 @@ class RedisTransport(TransportBase[RedisSubscription]):
 
     async def _has_reader(self, key: str) -> bool:
         """Whether a consumer group reads stream ``key`` or a pub/sub client listens on its channel."""
-        groups, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", "NUMSUB", key)])
+        exists, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", "NUMSUB", key)])
         if numsub[1]:
             return True
-        if not groups:
+        if not exists:
             return False
         return bool(await self.client.execute("XINFO", "GROUPS", key))
 
