@@ -116,6 +116,7 @@ async def test_failures_back_off_then_dead_letter_while_the_rest_goes_out(
     assert dead is not None and dead.status == OutboxStatus.DEAD
     [letter] = await dlq.list()
     assert letter.id == "1002" and letter.attempts == 3 and letter.source == "relay.Broken"
+    assert letter.kind == "event"
     assert letter.body == entry(2).body and letter.error.startswith("outbox publish failed: ")
     assert "connection lost" in letter.error
     await until(lambda: received == ["o-1"], "the healthy message")

@@ -6,6 +6,8 @@
 * :func:`decode_delivery`, :func:`handler_failed`, :func:`new_dead_letter`, :func:`add_dead_letter`:
   the consumer-side QoS steps that read the same on every backend.
 * :func:`check_retry_backoff` / :func:`retry_delay`: the redelivery backoff.
+* :func:`replay_route`, :func:`replay_headers`: what :meth:`~catga.protocols.Transport.replay` reads of
+  a dead letter, alike on every backend.
 * :func:`drain`: let in-flight handler tasks finish, then cancel the rest.
 
 Hot paths (publish, per-message decode) call at most one of these functions per message.
@@ -18,13 +20,14 @@ import enum
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from catga._lifecycle import AsyncCloseable
 from catga.errors import ConfigurationError, SerializationError
-from catga.messages import H_TYPE, Metadata, QoS
-from catga.protocols import DeadLetter, DeadLetterQueue, validate_identifier
+from catga.messages import H_ID, H_TYPE, Metadata, QoS
+from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, validate_identifier
 from catga.serialization import Codec, TypeRegistry
 
 __all__ = (
@@ -38,6 +41,9 @@ __all__ = (
     "drain",
     "handler_failed",
     "new_dead_letter",
+    "replay_dedup_id",
+    "replay_headers",
+    "replay_route",
     "retry_delay",
 )
 
@@ -268,9 +274,20 @@ def handler_failed(
 
 
 def new_dead_letter(
-    letter_id: str, source: str, body: bytes, headers: dict[str, str], error: str, attempts: int
+    letter_id: str,
+    source: str,
+    body: bytes,
+    headers: dict[str, str],
+    error: str,
+    attempts: int,
+    *,
+    command: bool = False,
 ) -> DeadLetter:
-    """A :class:`~catga.protocols.DeadLetter` for a delivery that failed now (type from its headers)."""
+    """A :class:`~catga.protocols.DeadLetter` for a delivery that failed now (type and id from its headers).
+
+    ``source`` is the subscription's destination (as the application names it), ``command`` whether the
+    message was sent (``send``) rather than published.
+    """
     return DeadLetter(
         id=letter_id,
         source=source,
@@ -280,6 +297,8 @@ def new_dead_letter(
         error=error,
         attempts=attempts,
         failed_at=time.time(),
+        kind=COMMAND if command else EVENT,
+        message_id=headers.get(H_ID, ""),
     )
 
 
@@ -293,6 +312,7 @@ async def add_dead_letter(
     error: str,
     attempts: int,
     *,
+    command: bool = False,
     if_failed: str = "",
 ) -> bool:
     """Store a failed delivery in ``dlq``; without a queue, log it as dropped.
@@ -304,11 +324,48 @@ async def add_dead_letter(
         log.error("message %s on %r dropped (no dead-letter queue): %s", letter_id, source, error)
         return True
     try:
-        await dlq.add(new_dead_letter(letter_id, source, body, headers, error, attempts))
+        await dlq.add(new_dead_letter(letter_id, source, body, headers, error, attempts, command=command))
     except Exception:
         log.exception("could not dead-letter message %s from %r%s", letter_id, source, if_failed)
         return False
     return True
+
+
+# -- dead-letter replay ------------------------------------------------------------------------------
+
+
+def replay_route(letter: DeadLetter, key_prefixes: tuple[str, str] = ("", "")) -> tuple[bool, str]:
+    """Where :meth:`~catga.protocols.Transport.replay` sends ``letter``: ``(is_command, destination)``.
+
+    ``key_prefixes`` are a backend's ``(event, command)`` key prefixes: a ``source`` that starts with one
+    (a record written by an older catga, which stored the backend's key) is read as that kind and the
+    destination after it. A letter of unknown kind is an event.
+
+    Raises:
+        InvalidIdentifierError: the destination is not a valid identifier.
+    """
+    source, command = letter.source, letter.kind == COMMAND
+    evt, cmd = key_prefixes
+    if evt and source.startswith(evt) and len(source) > len(evt):
+        source, command = source[len(evt) :], False
+    elif cmd and source.startswith(cmd) and len(source) > len(cmd):
+        source, command = source[len(cmd) :], True
+    return command, validate_identifier(source, "dead letter source")
+
+
+def replay_headers(letter: DeadLetter) -> dict[str, str]:
+    """The headers a replay sends: the letter's, without any broker-owned one (``Nats-*``)."""
+    return {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
+
+
+def replay_dedup_id(letter: DeadLetter) -> str:
+    """A fresh broker de-duplication id for one replay: ``<message id>:replay:<32 random hex digits>``.
+
+    Random (not a Snowflake), so replays from any number of processes never collide; the message id
+    in front keeps it readable.
+    """
+    original = letter.message_id or letter.headers.get(H_ID) or letter.id
+    return f"{original}:replay:{uuid.uuid4().hex}"
 
 
 async def drain(tasks: Collection[asyncio.Task[None]], timeout: float) -> set[asyncio.Task[None]]:

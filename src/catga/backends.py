@@ -58,6 +58,7 @@ from catga.messages import Metadata, QoS
 from catga.protocols import (
     ANY,
     Claim,
+    DeadLetter,
     EventStore,
     IdempotencyStore,
     OutboxMessage,
@@ -690,7 +691,7 @@ class LateOutboxStore(_Late[OutboxStore]):
 class LateTransport(_Late[Transport]):
     """A :class:`~catga.protocols.Transport` the app opens at start."""
 
-    _methods = ("publish", "publish_batch", "send", "subscribe", "publish_raw", "request", "serve")
+    _methods = ("publish", "publish_batch", "send", "subscribe", "publish_raw", "replay", "request", "serve")
 
     async def publish(
         self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
@@ -733,6 +734,10 @@ class LateTransport(_Late[Transport]):
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
         """See :meth:`Transport.publish_raw <catga.protocols.Transport.publish_raw>`."""
         await self.target.publish_raw(destination, body, headers)
+
+    async def replay(self, letter: DeadLetter) -> None:
+        """See :meth:`Transport.replay <catga.protocols.Transport.replay>`."""
+        await self.target.replay(letter)
 
     async def request(
         self,

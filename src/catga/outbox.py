@@ -44,7 +44,8 @@ import time
 from catga._outage import OutageLog
 from catga._transport import check_retry_backoff, retry_delay
 from catga.errors import ConfigurationError, PayloadTooLargeError
-from catga.protocols import DeadLetter, DeadLetterQueue, OutboxMessage, OutboxStore, Transport
+from catga.messages import H_ID
+from catga.protocols import EVENT, DeadLetter, DeadLetterQueue, OutboxMessage, OutboxStore, Transport
 
 __all__ = ("OutboxRelay",)
 
@@ -174,6 +175,8 @@ class OutboxRelay:
                     error=error,
                     attempts=attempts,
                     failed_at=time.time(),
+                    kind=EVENT,  # the relay publishes (publish_raw): replay publishes it too
+                    message_id=message.headers.get(H_ID, ""),
                 )
             )
         await self.store.mark_failed(message.id, error, None)

@@ -29,6 +29,8 @@ __all__ = (
     "Cache",
     "Claim",
     "ClaimStatus",
+    "COMMAND",
+    "EVENT",
     "DeadLetter",
     "DeadLetterQueue",
     "DistributedLock",
@@ -297,15 +299,24 @@ class InboxStore(IdempotencyStore, Protocol):
 class DeadLetter(msgspec.Struct, kw_only=True):
     """A message that could not be processed.
 
+    The record has the same form on every backend, and carries what a replay needs
+    (:meth:`Transport.replay`): where the message goes (``source``, as the application names it, never a
+    backend's subject or key), how it travels (``kind``), its body and headers untouched, and its id.
+
     Attributes:
         id: unique id of the dead letter (the message id when known).
-        source: where it came from (subject, stream, outbox...).
+        source: the logical destination it failed on (a transport's letters), or where it was going (an
+            outbox's letters): ``OrderPlaced``, not ``catga.evt.OrderPlaced`` or ``P:t:evt:OrderPlaced``.
         type_name: wire type name, or "" when unknown (undecodable).
         body: the raw bytes, untouched.
-        headers: wire headers.
+        headers: wire headers (the catga ``Catga-*`` ones and the user's; never a broker's own, such
+            as ``Nats-Msg-Id``).
         error: why it failed.
         attempts: deliveries or publish attempts made.
         failed_at: unix seconds.
+        kind: ``"event"`` (published: every group gets a copy) or ``"command"`` (sent: one worker
+            takes it); ``""`` in older records (replayed as events).
+        message_id: the message's catga id (its ``Catga-Id`` header), ``""`` when it had none.
     """
 
     id: str
@@ -316,6 +327,14 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     error: str = ""
     attempts: int = 0
     failed_at: float = 0.0
+    kind: str = ""
+    message_id: str = ""
+
+
+#: :attr:`DeadLetter.kind` of an event (``publish``).
+EVENT = "event"
+#: :attr:`DeadLetter.kind` of a command (``send``).
+COMMAND = "command"
 
 
 class DeadLetterQueue(Protocol):
@@ -324,12 +343,16 @@ class DeadLetterQueue(Protocol):
     Contract: ``add`` stores a letter (a duplicate id replaces it); ``list`` returns up to ``limit``
     letters, oldest first; ``get``/``delete`` by id (``delete`` returns whether it existed); ``count``.
     Nothing is lost: bodies are stored as given.
+
+    ``delete(id, expected=letter)`` deletes only while the stored letter still equals ``letter`` (the
+    one read before), atomically: a replayed message that failed again and was dead-lettered anew under
+    the same id, between the read and the delete, is kept. It returns False then, as for a missing id.
     """
 
     async def add(self, letter: DeadLetter) -> None: ...
     async def list(self, limit: int = 100) -> list[DeadLetter]: ...
     async def get(self, id: str) -> DeadLetter | None: ...
-    async def delete(self, id: str) -> bool: ...
+    async def delete(self, id: str, *, expected: DeadLetter | None = None) -> bool: ...
     async def count(self) -> int: ...
     async def aclose(self) -> None: ...
 
@@ -462,8 +485,25 @@ class Transport(Protocol):
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
         """Publish pre-encoded bytes with wire headers to a destination's event subject/stream.
 
-        For bridges, replays from the dead-letter queue and tests (an undecodable body must reach the
-        dead-letter queue, not crash the consumer).
+        For bridges, the outbox relay and tests (an undecodable body must reach the dead-letter queue,
+        not crash the consumer). Not for dead letters: see :meth:`replay`.
+        """
+        ...
+
+    async def replay(self, letter: DeadLetter) -> None:
+        """Deliver a dead letter again: its body and headers, to its ``source``, as its ``kind``.
+
+        An event is published (every group gets a copy), a command is sent (one worker takes it). The
+        message keeps its id (``Catga-Id``), so an exactly-once consumer that handled it already skips
+        it; the broker's own de-duplication id (NATS ``Nats-Msg-Id``) is fresh
+        (``<message id>:replay:<random>``), so the broker never drops the replay as a duplicate of the
+        original. Returns once the broker has stored the message (NATS: a JetStream ack not marked
+        duplicate; Redis: ``XADD``'s entry id; memory: handed to at least one subscription).
+
+        Raises:
+            InvalidIdentifierError: the letter's ``source`` is not a valid destination.
+            BackendError: the broker did not store it (NATS: also when it reports a duplicate).
+            BackendUnavailableError / BackendTimeoutError: the broker is down or did not answer.
         """
         ...
 

@@ -15,7 +15,7 @@ from catga.errors import InvalidIdentifierError, OperationTimeoutError, PayloadT
 from catga.memory import MemoryDeadLetterQueue, MemoryInboxStore
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.nats import NatsConnection, NatsDeadLetterQueue
-from catga.nats.transport import H_ERROR, NatsTransport
+from catga.nats.transport import H_ERROR, NatsTransport, _subject_matches
 from catga.protocols import DeadLetterQueue
 from catga.testing.contracts import TransportContract
 from catga.testing.contracts._util import eventually
@@ -526,3 +526,22 @@ async def test_the_servers_max_payload_caps_a_larger_configured_limit(env: Env) 
         await transport.publish(
             ContractOrderPlaced("x" * 2_000_000, 1), metadata=Metadata(message_id=1, qos=QoS.AT_MOST_ONCE)
         )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "matches"),
+    [
+        ("p.evt.a", "p.evt.a", True),
+        ("p.evt.a", "p.evt.b", False),
+        ("p.evt.a", "p.evt.a.b", False),
+        ("p.evt.*", "p.evt.a", True),
+        ("p.evt.*", "p.evt.a.b", False),
+        ("p.*.a", "p.evt.a", True),
+        ("p.>", "p.evt.a", True),
+        ("p.evt.>", "p.evt", False),
+        ("q.>", "p.evt.a", False),
+    ],
+)
+def test_subject_filter_matching(pattern: str, subject: str, matches: bool) -> None:
+    """Replay asks whether some consumer's filter reads an event's subject."""
+    assert _subject_matches(pattern, subject) is matches

@@ -285,7 +285,7 @@ async def test_entries_not_written_by_catga_are_dead_lettered(
     await eventually(dead, what="foreign entry dead-lettered and acked")
     [letter] = await transport_dead_letters.list()
     assert "body" in letter.error and entry_id.decode() in letter.id
-    assert letter.source == key
+    assert (letter.source, letter.kind) == (dest, "event")  # the destination, not the stream key
     assert letter.headers == {"foo": "bar"}
     assert got == []
 

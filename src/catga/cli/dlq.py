@@ -2,9 +2,10 @@
 
 The URL is the one the application gives ``catga.App(transport=URL)`` (``prefix=`` included): the dead
 letters live where that transport puts them (``NAME_dead_letters`` bucket on NATS, ``NAME:dlq`` keys on
-Redis). Replaying publishes a letter's stored body and headers, untouched, as an event to its
-``source`` (the destination it failed on) through that transport, then deletes it; consumers see it
-as a new delivery with the same message id.
+Redis). ``replay`` runs :func:`catga.dead_letters.replay_dead_letters`: each letter's stored body and
+headers go back to its destination as what it was (an event is published, a command sent), keeping the
+message id but under a fresh broker de-duplication id; the letter is deleted only once the broker acked
+the message. A letter that was not republished is kept, and the command exits 1 saying which and why.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from catga.backends import Backends, parse_url
 from catga.cli._common import out_console, print_json, reported_errors, run_async
+from catga.dead_letters import ReplayOutcome, ReplayStatus, replay_dead_letters
 from catga.errors import ConfigurationError, NotFoundError
 from catga.protocols import DeadLetter, DeadLetterQueue, Transport
 
@@ -51,6 +53,8 @@ def letter_dict(letter: DeadLetter, *, body: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": letter.id,
         "source": letter.source,
+        "kind": letter.kind or "event",
+        "message_id": letter.message_id,
         "type": letter.type_name,
         "attempts": letter.attempts,
         "failed_at": _iso(letter.failed_at),
@@ -107,12 +111,12 @@ def list_letters(
             print_json({"count": total, "letters": [letter_dict(x) for x in letters]})
             return
         table = Table(title=f"dead letters: {len(letters)} of {total}", show_header=True)
-        for column in ("id", "source", "type", "attempts", "failed at (UTC)", "error"):
+        for column in ("id", "source", "kind", "type", "attempts", "failed at (UTC)", "error"):
             table.add_column(column, overflow="fold")
         for x in letters:
             d = letter_dict(x)
             table.add_row(
-                *(escape(str(d[k])) for k in ("id", "source", "type", "attempts", "failed_at")),
+                *(escape(str(d[k])) for k in ("id", "source", "kind", "type", "attempts", "failed_at")),
                 escape(x.error[:200]),
             )
         out_console().print(table)
@@ -140,46 +144,64 @@ def replay_letters(
     limit: Annotated[int, typer.Option(min=1, help="With --all: at most this many, oldest first.")] = 1000,
     as_json: JsonOption = False,
 ) -> None:
-    """Publish letters again to their source, then delete them; exit 1 if any failed."""
+    """Deliver letters again (events published, commands sent), then delete them; exit 1 if any failed.
+
+    A letter is deleted only after the broker acknowledged its message; one that was not republished
+    is kept and reported with the reason.
+    """
     ids = list(letter_ids or ())
     if not ids and not replay_all:
         raise typer.BadParameter("give letter ids, or --all")
 
-    async def work(transport: Transport, dlq: DeadLetterQueue) -> list[dict[str, Any]]:
-        pairs: list[tuple[str, DeadLetter | None]]
-        if replay_all:
-            pairs = [(x.id, x) for x in await dlq.list(limit)]
-        else:
-            pairs = [(i, await dlq.get(i)) for i in ids]
-        outcome: list[dict[str, Any]] = []
-        for wanted, letter in pairs:
-            if letter is None:
-                outcome.append({"id": wanted, "replayed": False, "error": "not found"})
-                continue
-            try:
-                await transport.publish_raw(letter.source, letter.body, letter.headers)
-            except Exception as exc:  # keep the letter; report and go on with the others
-                outcome.append({"id": letter.id, "replayed": False, "error": f"{type(exc).__name__}: {exc}"})
-                continue
-            await dlq.delete(letter.id)
-            outcome.append({"id": letter.id, "replayed": True, "source": letter.source})
-        return outcome
+    async def work(transport: Transport, dlq: DeadLetterQueue) -> list[ReplayOutcome]:
+        return await replay_dead_letters(transport, dlq, None if replay_all else ids, limit=limit)
 
     with reported_errors():
-        outcome = run_async(lambda: _with_dlq(url, work))
-        failed = [o for o in outcome if not o["replayed"]]
+        outcomes = run_async(lambda: _with_dlq(url, work))
+        replayed = sum(o.republished for o in outcomes)
+        not_deleted = sum(o.status is ReplayStatus.NOT_DELETED for o in outcomes)
+        failed = len(outcomes) - replayed
         if as_json:
-            print_json({"replayed": len(outcome) - len(failed), "failed": len(failed), "letters": outcome})
+            print_json(
+                {
+                    "replayed": replayed,
+                    "failed": failed,
+                    "not_deleted": not_deleted,
+                    "letters": [_outcome_dict(o) for o in outcomes],
+                }
+            )
         else:
             console = out_console()
-            for o in outcome:
-                if o["replayed"]:
-                    console.print(f"replayed {escape(o['id'])} to {escape(o['source'])}")
-                else:
-                    console.print(f"[bold red]not replayed[/] {escape(o['id'])}: {escape(o['error'])}")
-            console.print(f"{len(outcome) - len(failed)} replayed, {len(failed)} failed")
-        if failed:
+            for o in outcomes:
+                console.print(_outcome_line(o))
+            summary = f"{replayed} replayed, {failed} failed"
+            console.print(summary + (f", {not_deleted} not deleted" if not_deleted else ""))
+        if not all(o.ok for o in outcomes):
             raise typer.Exit(1)
+
+
+def _outcome_dict(o: ReplayOutcome) -> dict[str, Any]:
+    return {
+        "id": o.id,
+        "status": o.status.value,
+        "replayed": o.republished,
+        "kind": o.kind,
+        "destination": o.destination,
+        "error": o.error,
+    }
+
+
+def _outcome_line(o: ReplayOutcome) -> str:
+    what = f"{escape(o.id)} ({o.kind}) to {escape(o.destination)}"
+    if o.status is ReplayStatus.REPLAYED:
+        return f"replayed {what}"
+    if o.status is ReplayStatus.REPLAYED_FAILED_AGAIN:
+        return f"replayed {what}; it failed again and is dead-lettered anew"
+    if o.status is ReplayStatus.NOT_DELETED:
+        return f"[bold red]replayed but not deleted[/] {what}: {escape(o.error)}"
+    if o.status is ReplayStatus.NOT_FOUND:
+        return f"[bold red]not replayed[/] {escape(o.id)}: not found"
+    return f"[bold red]not replayed[/] {what}, letter kept: {escape(o.error)}"
 
 
 @dlq_app.command("delete")

@@ -35,18 +35,20 @@ RawHandler = Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, 
 class _Delivery:
     """One copy of a message on its way to one subscription."""
 
-    __slots__ = ("attempts", "body", "headers", "reply")
+    __slots__ = ("attempts", "body", "command", "headers", "reply")
 
     def __init__(
         self,
         body: bytes,
         headers: dict[str, str],
         reply: asyncio.Future[tuple[bytes, dict[str, str]]] | None = None,
+        command: bool = False,
     ) -> None:
         self.body = body
         self.headers = headers  # shared between copies: never mutated
         self.attempts = 0
         self.reply = reply
+        self.command = command  # sent (one subscription takes it), not published
 
 
 class MemorySubscription:

@@ -95,7 +95,7 @@ class MemoryBroker:
         if route is None:
             return 0
         subs = route.subs
-        return int(subs[next(route.rr) % len(subs)]._enqueue(_Delivery(body, headers)))
+        return int(subs[next(route.rr) % len(subs)]._enqueue(_Delivery(body, headers, None, True)))
 
     def _request(
         self, destination: str, body: bytes, headers: dict[str, str], reply: asyncio.Future[Any]

@@ -61,9 +61,11 @@ class MemoryDeadLetterQueue:
             letter = self._letters.get(id)
             return None if letter is None else _copy(letter)
 
-    async def delete(self, id: str) -> bool:
-        """Delete a letter; return whether it existed."""
+    async def delete(self, id: str, *, expected: DeadLetter | None = None) -> bool:
+        """Delete a letter; return whether it existed (and, with ``expected``, still equalled it)."""
         with self._lock:
+            if expected is not None and self._letters.get(id) != expected:
+                return False
             return self._letters.pop(id, None) is not None
 
     async def count(self) -> int:

@@ -32,9 +32,12 @@ from catga._transport import (
     add_dead_letter,
     check_retry_backoff,
     drain,
+    replay_headers,
+    replay_route,
     retry_delay,
 )
 from catga.errors import (
+    BackendError,
     BackendUnavailableError,
     ConfigurationError,
     OperationTimeoutError,
@@ -51,7 +54,7 @@ from catga.memory._subscription import (
 )
 from catga.memory.broker import MemoryBroker
 from catga.messages import H_ID, Metadata, QoS
-from catga.protocols import DeadLetterQueue, IdempotencyStore, validate_identifier
+from catga.protocols import DeadLetter, DeadLetterQueue, IdempotencyStore, validate_identifier
 from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("H_ERROR", "MemorySubscription", "MemoryTransport")
@@ -161,6 +164,31 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="memory")
         self.broker._publish(dest, bytes(body), dict(headers))
+
+    async def replay(self, letter: DeadLetter) -> None:
+        """Deliver a dead letter again, as its kind, to its source (see
+        :meth:`Transport.replay <catga.protocols.Transport.replay>`).
+
+        Memory has no broker-side store: a message nobody subscribes to would be dropped, so that raises.
+
+        Raises:
+            InvalidIdentifierError: the letter's source is not a valid destination.
+            BackendUnavailableError: the transport is closed.
+            BackendError: nobody subscribes to the destination.
+        """
+        if self._closed:
+            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
+        command, dest = replay_route(letter)
+        body, headers = bytes(letter.body), replay_headers(letter)
+        broker = self.broker
+        taken = broker._send(dest, body, headers) if command else broker._publish(dest, body, headers)
+        if not taken:
+            kind = "command" if command else "event"
+            raise BackendError(
+                f"cannot replay dead letter {letter.id!r}: no subscription on {dest!r} takes the {kind} "
+                "(an in-memory message nobody receives is lost); subscribe first",
+                backend="memory",
+            )
 
     # ---------------------------------------------------------------------------------------------
     # receiving
@@ -277,6 +305,7 @@ class MemoryTransport(TransportBase[MemorySubscription]):
             dict(headers),
             error,
             delivery.attempts,
+            command=delivery.command,
         )
 
     # ---------------------------------------------------------------------------------------------

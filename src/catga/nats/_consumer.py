@@ -111,7 +111,10 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
         """Store ``msg`` in the dead-letter queue; return False if that failed (keep the message)."""
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
         msg_id = headers.get(H_ID) or _fallback_id(msg)
-        letter = new_dead_letter(msg_id, self.destination, msg.data, headers, error, attempts)
+        command = msg.subject.startswith(f"{self.transport.prefix}.cmd.")
+        letter = new_dead_letter(
+            msg_id, self.destination, msg.data, headers, error, attempts, command=command
+        )
         dlq = self.transport.dead_letters
         if dlq is None:
             logger.error(

@@ -62,15 +62,23 @@ class NatsDeadLetterQueue(KvStore):
         entry = await self._bucket.get(id)
         return None if entry is None else _decode(entry.value)
 
-    async def delete(self, id: str) -> bool:
-        """Delete the letter; return whether it existed."""
+    async def delete(self, id: str, *, expected: DeadLetter | None = None) -> bool:
+        """Delete the letter; return whether it existed (and, with ``expected``, still equalled it).
+
+        With ``expected``, the delete is conditional on the revision read: a letter re-added meanwhile
+        is kept.
+        """
         bucket = self._bucket
         while True:
             entry = await bucket.get(id)
             if entry is None:
                 return False
+            if expected is not None and _decode(entry.value) != expected:
+                return False
             if await bucket.delete(entry.revision):
                 return True
+            if expected is not None:
+                return False  # replaced since read: that is another letter
 
     async def count(self) -> int:
         """Number of letters."""

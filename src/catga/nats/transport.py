@@ -60,8 +60,17 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
-from catga._transport import SubscribeArgs, TransportBase, check_retry_backoff, drain
+from catga._transport import (
+    SubscribeArgs,
+    TransportBase,
+    check_retry_backoff,
+    drain,
+    replay_dedup_id,
+    replay_headers,
+    replay_route,
+)
 from catga.errors import (
+    BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
@@ -76,7 +85,7 @@ from catga.nats._errors import translate_errors
 from catga.nats._jsapi import decode_ack
 from catga.nats.connection import DEFAULT_TIMEOUT, DEFAULT_URL, NatsConnection, as_connection
 from catga.nats.idempotency import NatsInboxStore
-from catga.protocols import DeadLetterQueue, InboxStore, Subscription, validate_identifier
+from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, Subscription, validate_identifier
 from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("H_ERROR", "NatsSubscription", "NatsTransport")
@@ -114,6 +123,17 @@ async def _interest_barrier(client: Client, timeout: float) -> None:
     seconds = max(1, round(timeout))
     await client.flush(timeout=seconds)
     await client.flush(timeout=seconds)
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    """Whether the NATS subject filter ``pattern`` (``*`` one token, ``>`` the rest) matches ``subject``."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
 
 
 def _consumer_name(kind: str, destination: str, group: str | None) -> str:
@@ -321,11 +341,12 @@ class NatsTransport(TransportBase[NatsSubscription]):
         await self._js_publish_many(encoded, f"publishing a batch of {len(messages)} messages")
 
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
-        """Publish already encoded bytes and wire headers as they are (dead-letter replay, tests, bridges).
+        """Publish already encoded bytes and wire headers as they are (outbox relay, tests, bridges).
 
         Goes through JetStream like an at-least-once event; subscribers decode it like any message and
         dead-letter it if it does not decode. Headers carrying a message id get ``Nats-Msg-Id`` from it
         (unless given), so publishing the same message twice within ``duplicate_window`` stores it once.
+        Not for dead letters: :meth:`replay` gives them a fresh ``Nats-Msg-Id``.
 
         Raises:
             InvalidIdentifierError: the destination is malformed.
@@ -340,6 +361,72 @@ class NatsTransport(TransportBase[NatsSubscription]):
         if H_ID in hdrs:  # JetStream de-duplicates a re-publish (an outbox relay retry) by message id
             hdrs.setdefault("Nats-Msg-Id", hdrs[H_ID])
         await self._js_publish_many([(subject, hdrs, bytes(body))], f"publishing to {subject}")
+
+    async def replay(self, letter: DeadLetter) -> None:
+        """Deliver a dead letter again (see :meth:`Transport.replay <catga.protocols.Transport.replay>`).
+
+        JetStream-publishes the letter's body and headers to ``<prefix>.evt.<source>`` (an event) or
+        ``<prefix>.cmd.<source>`` (a command) with a fresh ``Nats-Msg-Id``
+        (``<message id>:replay:<random>``): the original id is still in the stream's duplicate window
+        when a message is dead-lettered within ``duplicate_window`` of its publish, and JetStream would
+        drop a re-publish under it, with a positive ack. Returns once the stream's ack is in hand.
+
+        An event is replayed only when a consumer of the events stream reads its subject: the stream
+        keeps a message only while some consumer has an interest in it, and would drop one that no
+        consumer reads -- with a positive ack. (A command waits in its work-queue stream for a worker.)
+
+        Raises:
+            InvalidIdentifierError: the letter's source is not a valid destination.
+            BackendError: JetStream refused the message, or acked it as a duplicate (not stored); or,
+                for an event, no consumer reads its subject.
+            BackendTimeoutError: JetStream did not confirm within ``timeout``.
+            BackendUnavailableError: the connection is down, or no stream captures the subject.
+        """
+        if self._closed:
+            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+        command, dest = replay_route(letter)
+        subject = f"{self.prefix}.{'cmd' if command else 'evt'}.{dest}"
+        headers = replay_headers(letter)
+        dedup_id = headers["Nats-Msg-Id"] = replay_dedup_id(letter)
+        if not self._streams_ready:
+            await self._ensure_streams()
+        if not command and not await self._has_consumer(self.stream, subject):
+            raise BackendError(
+                f"cannot replay dead letter {letter.id!r}: no consumer of stream {self.stream!r} reads "
+                f"{subject} (JetStream would drop the event); start the subscriber (its group) first",
+                backend="nats",
+            )
+        reply = await self._wire.request(
+            subject.encode(), bytes(letter.body), _header_block(headers), timeout=self.timeout
+        )
+        what = f"replay of dead letter {letter.id!r} to {subject}"
+        ack = decode_ack(reply, what)
+        if ack.error is not None or ack.duplicate:
+            reason = "acked it as a duplicate"
+            if ack.error is not None:
+                reason = f"refused it: {ack.error.description}"
+            raise BackendError(
+                f"JetStream {reason} (Nats-Msg-Id {dedup_id!r}, stream {ack.stream!r}): the {what} was "
+                "not stored; the letter is kept",
+                backend="nats",
+            )
+
+    async def _has_consumer(self, stream: str, subject: str) -> bool:
+        """Whether a consumer of ``stream`` reads ``subject`` (lists every consumer: for slow paths)."""
+        offset = 0
+        with translate_errors(f"listing the consumers of stream {stream!r}", self.timeout):
+            while True:
+                page = await self._js.consumers_info(stream, offset=offset)
+                for info in page:
+                    config = info.config
+                    filters = list(config.filter_subjects or ())
+                    if config.filter_subject:
+                        filters.append(config.filter_subject)
+                    if not filters or any(_subject_matches(f, subject) for f in filters):
+                        return True
+                if not page:
+                    return False
+                offset += len(page)
 
     def _encode(
         self, kind: str, message: object, metadata: Metadata | None, destination: str | None

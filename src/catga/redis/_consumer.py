@@ -95,6 +95,7 @@ class RedisSubscription(SubscriptionBase["RedisTransport"]):
         else:
             body, headers, error = parse_entry(d.fields)
             source = reader.key
+        # ``source`` (the stream key) names the message in logs; its dead letter records the destination.
         try:
             if error is not None:
                 raise SerializationError(error)
@@ -153,15 +154,17 @@ class RedisSubscription(SubscriptionBase["RedisTransport"]):
         self, d: Delivery, source: str, body: bytes, headers: dict[str, str], error: str
     ) -> Outcome:
         letter_id = headers.get(H_ID) or f"{source}:{d.id.decode() or uuid.uuid4().hex}"
+        reader = d.reader
         stored = await add_dead_letter(
             self.transport.dead_letters,
             logger,
             letter_id,
-            source,
+            self.destination,
             bytes(body),
             headers,
             error,
             d.attempts,
+            command=reader is not None and reader.kind == "cmd",
             if_failed="; it stays pending",
         )
         return Outcome.ACK if stored else Outcome.KEEP

@@ -56,11 +56,18 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
-from catga._transport import SubscribeArgs, TransportBase, check_retry_backoff, retry_delay
-from catga.errors import BackendUnavailableError, ConfigurationError, PayloadTooLargeError
+from catga._transport import (
+    SubscribeArgs,
+    TransportBase,
+    check_retry_backoff,
+    replay_headers,
+    replay_route,
+    retry_delay,
+)
+from catga.errors import BackendError, BackendUnavailableError, ConfigurationError, PayloadTooLargeError
 from catga.ids import new_id
 from catga.messages import Metadata, QoS
-from catga.protocols import DeadLetterQueue, InboxStore, validate_identifier
+from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, validate_identifier
 from catga.redis._consumer import RedisSubscription
 from catga.redis._keys import validate_prefix
 from catga.redis._pubsub import PubSubHub
@@ -254,7 +261,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
         await self.client.execute_many(commands)
 
     async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
-        """Publish already encoded bytes and wire headers as they are (dead-letter replay, tests, bridges).
+        """Publish already encoded bytes and wire headers as they are (outbox relay, tests, bridges).
 
         Subscribers decode it like any event and dead-letter it if it does not decode.
 
@@ -268,6 +275,52 @@ class RedisTransport(TransportBase[RedisSubscription]):
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="redis")
         await self.client.execute_many(self._event_commands(dest, bytes(body), dict(headers)))
+
+    async def replay(self, letter: DeadLetter) -> None:
+        """Deliver a dead letter again (see :meth:`Transport.replay <catga.protocols.Transport.replay>`).
+
+        An event is written like :meth:`publish` (``XADD`` to ``P:t:evt:<source>`` and ``PUBLISH``), a
+        command like :meth:`send` (``XADD`` to ``P:t:cmd:<source>``); returns once Redis answered with
+        the entry id. Redis Streams do not de-duplicate, so there is no broker id to renew. A letter
+        from an older catga whose ``source`` is this transport's stream key goes to that stream.
+
+        An event is replayed only when someone reads it: a consumer group on its stream or a pub/sub
+        subscriber (a group created later starts after it). A command waits in its stream for a worker.
+
+        Raises:
+            InvalidIdentifierError: the letter's source is not a valid destination.
+            BackendError: Redis refused or failed the write (``BackendUnavailableError``,
+                ``BackendTimeoutError``); or, for an event, nobody reads it.
+        """
+        if self._closed:
+            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        command, dest = replay_route(letter, (self._evt, self._cmd))
+        body, headers = bytes(letter.body), replay_headers(letter)
+        if not command and not await self._has_reader(self._evt + dest):
+            raise BackendError(
+                f"cannot replay dead letter {letter.id!r}: no consumer group reads stream "
+                f"{self._evt + dest!r} and no pub/sub subscriber listens (nobody would get the event); "
+                "start the subscriber (its group) first",
+                backend="redis",
+            )
+        if command:
+            xadd = entry_args(self._cmd + dest, body, headers, self.command_max_len)
+            entry_id = await self.client.execute(*xadd)
+        else:
+            entry_id = (await self.client.execute_many(self._event_commands(dest, body, headers)))[0]
+        if not entry_id:  # pragma: no cover - XADD without NOMKSTREAM always returns an id or fails
+            raise BackendError(
+                f"Redis did not store the replay of dead letter {letter.id!r} to {dest!r}", backend="redis"
+            )
+
+    async def _has_reader(self, key: str) -> bool:
+        """Whether a consumer group reads stream ``key`` or a pub/sub client listens on its channel."""
+        exists, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", "NUMSUB", key)])
+        if numsub[1]:
+            return True
+        if not exists:
+            return False
+        return bool(await self.client.execute("XINFO", "GROUPS", key))
 
     async def send(
         self, message: object, *, metadata: Metadata | None = None, destination: str | None = None

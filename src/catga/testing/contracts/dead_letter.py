@@ -72,6 +72,34 @@ class DeadLetterQueueContract:
         assert await dead_letter_queue.list() == []
         assert await dead_letter_queue.count() == 0
 
+    async def test_kind_and_message_id_round_trip(self, dead_letter_queue: DeadLetterQueue) -> None:
+        a, b = unique("a"), unique("b")
+        await dead_letter_queue.add(_letter(a, time.time(), kind="command", message_id="42"))
+        await dead_letter_queue.add(_letter(b, time.time()))
+        got_a, got_b = await dead_letter_queue.get(a), await dead_letter_queue.get(b)
+        assert got_a is not None and (got_a.kind, got_a.message_id) == ("command", "42")
+        assert got_b is not None and (got_b.kind, got_b.message_id) == ("", "")
+        assert [(x.kind, x.message_id) for x in await dead_letter_queue.list()] == [
+            ("command", "42"),
+            ("", ""),
+        ]
+
+    async def test_delete_with_expected_keeps_a_letter_added_again(
+        self, dead_letter_queue: DeadLetterQueue
+    ) -> None:
+        id = unique("d")
+        await dead_letter_queue.add(_letter(id, time.time(), error="first failure"))
+        read = await dead_letter_queue.get(id)
+        assert read is not None
+        await dead_letter_queue.add(_letter(id, time.time() + 1, error="failed again after a replay"))
+        assert await dead_letter_queue.delete(id, expected=read) is False
+        kept = await dead_letter_queue.get(id)
+        assert kept is not None and kept.error == "failed again after a replay"
+        assert await dead_letter_queue.delete(id, expected=kept) is True
+        assert await dead_letter_queue.get(id) is None
+        assert await dead_letter_queue.delete(id, expected=kept) is False
+        assert await dead_letter_queue.count() == 0
+
     async def test_delete_returns_whether_it_existed(self, dead_letter_queue: DeadLetterQueue) -> None:
         a, b = unique("a"), unique("b")
         await dead_letter_queue.add(_letter(a, time.time()))

@@ -11,10 +11,16 @@ from typing import Protocol
 import pytest
 
 from catga._payload import DEFAULT_MAX_PAYLOAD
-from catga.errors import ErrorCode, OperationTimeoutError, PayloadTooLargeError
+from catga.errors import (
+    BackendError,
+    ErrorCode,
+    InvalidIdentifierError,
+    OperationTimeoutError,
+    PayloadTooLargeError,
+)
 from catga.ids import new_id
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
-from catga.protocols import DeadLetter, DeadLetterQueue, Transport
+from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, Transport
 from catga.testing.contracts._util import WAIT, eventually, unique
 from catga.testing.contracts.messages import (
     ContractDoWork,
@@ -299,6 +305,103 @@ class TransportContract:
         )
         assert letter.body == body and letter.error
         assert handled == []
+
+    async def test_replay_delivers_a_dead_lettered_event_once_with_its_id(
+        self, transport_factory: TransportFactory, transport_dead_letters: DeadLetterQueue
+    ) -> None:
+        t1, t2 = await transport_factory(), await transport_factory()
+        dest = unique("ev")
+        fixed = False
+        handled: list[tuple[str, int]] = []
+
+        async def handle(message: ContractOrderPlaced, meta: Metadata) -> None:
+            if not fixed:
+                raise RuntimeError("not fixed yet")
+            handled.append((message.order_id, meta.message_id))
+
+        await t1.subscribe(ContractOrderPlaced, handle, group=unique("g"), destination=dest, max_deliver=1)
+        mid = new_id()
+        await t2.publish(ContractOrderPlaced("r-1", 1), metadata=Metadata(message_id=mid), destination=dest)
+
+        async def dead() -> bool:
+            return await _letter_for(transport_dead_letters, str(mid)) is not None
+
+        await eventually(dead, what=f"message {mid} dead-lettered")
+        letter = await _letter_for(transport_dead_letters, str(mid))
+        assert letter is not None
+        assert (letter.source, letter.kind, letter.message_id) == (dest, EVENT, str(mid))
+        assert not any(k.startswith("Nats-") for k in letter.headers)
+        fixed = True
+        await t2.replay(letter)  # at once: well inside any broker's duplicate window
+
+        async def arrived() -> bool:
+            return bool(handled)
+
+        await eventually(arrived, what="the replayed event handled")
+        await asyncio.sleep(SETTLE)
+        assert handled == [("r-1", mid)]  # once, with the original message id
+
+    async def test_replay_sends_a_dead_lettered_command_to_one_worker(
+        self, transport_factory: TransportFactory, transport_dead_letters: DeadLetterQueue
+    ) -> None:
+        t1, t2 = await transport_factory(), await transport_factory()
+        dest = unique("cmd")
+        fixed = False
+        handled: list[tuple[str, int]] = []
+
+        def worker(name: str) -> Callable[[ContractDoWork, Metadata], Awaitable[None]]:
+            async def handle(message: ContractDoWork, meta: Metadata) -> None:
+                if not fixed:
+                    raise RuntimeError("not fixed yet")
+                handled.append((name, message.job))
+
+            return handle
+
+        await t1.subscribe(ContractDoWork, worker("a"), destination=dest, max_deliver=1)
+        await t2.subscribe(ContractDoWork, worker("b"), destination=dest, max_deliver=1)
+        mid = new_id()
+        await t1.send(ContractDoWork(7), metadata=Metadata(message_id=mid), destination=dest)
+
+        async def dead() -> bool:
+            return await _letter_for(transport_dead_letters, str(mid)) is not None
+
+        await eventually(dead, what=f"command {mid} dead-lettered")
+        letter = await _letter_for(transport_dead_letters, str(mid))
+        assert letter is not None
+        assert (letter.source, letter.kind, letter.message_id) == (dest, COMMAND, str(mid))
+        fixed = True
+        await t2.replay(letter)
+
+        async def arrived() -> bool:
+            return bool(handled)
+
+        await eventually(arrived, what="the replayed command handled")
+        await asyncio.sleep(SETTLE)
+        assert [job for _, job in handled] == [7]  # one worker, not every subscriber (an event would be)
+
+    async def test_replay_of_an_event_nobody_reads_raises(self, transport_factory: TransportFactory) -> None:
+        t = await transport_factory()
+        body = contract_registry().codec_for(ContractOrderPlaced).encode(ContractOrderPlaced("o", 1))
+        mid = str(new_id())
+        letter = DeadLetter(
+            id=mid,
+            source=unique("nobody"),
+            type_name="contracts.OrderPlaced",
+            body=body,
+            headers={H_TYPE: "contracts.OrderPlaced", H_ID: mid},
+            kind=EVENT,
+            message_id=mid,
+        )
+        with pytest.raises(BackendError):  # it would be stored for nobody (or dropped): not "replayed"
+            await t.replay(letter)
+
+    async def test_replay_refuses_a_letter_without_a_valid_destination(
+        self, transport_factory: TransportFactory
+    ) -> None:
+        t = await transport_factory()
+        letter = DeadLetter(id=unique("d"), source="not a destination", type_name="", body=b"x")
+        with pytest.raises(InvalidIdentifierError):
+            await t.replay(letter)
 
     async def test_at_most_once_drops_a_failed_message(
         self, transport_factory: TransportFactory, transport_dead_letters: DeadLetterQueue
