@@ -22,6 +22,7 @@ from catga.protocols import DeadLetter, Subscription, Transport
 from catga.serialization import default_registry
 from catga.testing.contracts._util import eventually
 from catga.testing.contracts.transport import SETTLE
+from chaos import Chaos
 
 DEST = "test_cli_dlq.Parcel"
 
@@ -209,8 +210,9 @@ async def _dead_lettered(
     [("event", False), ("command", False), ("command", True)],
     ids=["event", "command", "command-worker-restarted"],
 )
+@pytest.mark.chaos
 async def test_replay_within_the_duplicate_window_delivers_exactly_once(
-    app_url: str, kind: str, restart: bool
+    app_url: str, kind: str, restart: bool, chaos: Chaos
 ) -> None:
     """A ``max_deliver=1`` consumer dead-letters a message; the handler is fixed (a flag, or a worker
     redeployed: stopped before the replay, started after it); ``catga dlq replay`` seconds later."""
@@ -239,6 +241,13 @@ async def test_replay_within_the_duplicate_window_delivers_exactly_once(
 
         await eventually(handled, what=f"the replayed {kind} handled")
         await asyncio.sleep(SETTLE)
+        chaos.record(
+            f"dlq replay of a dead-lettered {kind} inside the duplicate window "
+            f"({app_url.split(':', 1)[0]}{', worker restarted' if restart else ''})",
+            messages=1,
+            lost=0 if consumer.handled else 1,
+            twice=max(0, len(consumer.handled) - 1),
+        )
         assert consumer.handled == [mid]  # exactly once, under its original message id
     finally:
         for _, close in backends.closers():

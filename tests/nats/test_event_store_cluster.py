@@ -16,6 +16,7 @@ from catga.nats import NatsEventStore
 from catga.protocols import NO_STREAM
 from catga.testing import NatsCluster
 from catga.testing.contracts import ContractOrderPlaced, contract_registry
+from chaos import Chaos
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -121,8 +122,9 @@ async def _version(store: NatsEventStore, stream_id: str, stop_at: float) -> int
             await asyncio.sleep(0.01)
 
 
+@pytest.mark.chaos
 async def test_appenders_survive_killing_the_stream_leader(
-    nats_cluster: NatsCluster, unique_name: str
+    nats_cluster: NatsCluster, unique_name: str, chaos: Chaos
 ) -> None:
     """16 appenders (exact versions, one stream each) and 3 ANY appenders on a shared stream; the
     stream's leader node is SIGKILLed mid-load. 0 acknowledged appends lost, no false conflict, no
@@ -236,6 +238,20 @@ async def test_appenders_survive_killing_the_stream_leader(
                     await asyncio.sleep(0.05)
             assert [e.version for e in stored] == list(range(len(stored))), stream_id
             by_stream[stream_id] = {e.version: (e.data.order_id, e.data.total) for e in stored}
+        lost = sum(by_stream[w.stream_id].get(v) != (w.name, p) for w in writers for v, p in w.acked)
+        twice = 0
+        for w in writers:
+            mine = [t for n, t in by_stream[w.stream_id].values() if n == w.name]
+            twice += len(mine) - len(set(mine))
+        chaos.record(
+            f"NATS R3 event store, stream leader SIGKILLed under {len(writers)} appenders "
+            f"(new leader after {elected:.1f} s; recovery counted from the election)",
+            messages=after,
+            kills=1,
+            lost=lost,
+            twice=twice,
+            recovery_s=recovered - elected,
+        )
         for writer in writers:
             events = by_stream[writer.stream_id]
             for version, payload in writer.acked:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from catga.redis.transport import RedisTransport
 from catga.testing.contracts import ContractOrderPlaced, contract_registry
 from catga.testing.contracts._util import eventually
 from catga.testing.servers import RedisServer
+from chaos import Chaos
 
 pytestmark = pytest.mark.redis
 
@@ -37,9 +39,14 @@ def server() -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("group", ["svc", None], ids=["named-group", "private-group"])
 async def test_an_event_published_right_after_an_empty_restart_is_delivered(
-    server: RedisServer, unique_name: str, group: str | None, caplog: pytest.LogCaptureFixture
+    server: RedisServer,
+    unique_name: str,
+    group: str | None,
+    caplog: pytest.LogCaptureFixture,
+    chaos: Chaos,
 ) -> None:
     app = catga.App(transport=f"{server.url}?prefix={unique_name}", name="svc")
     got: list[int] = []
@@ -62,12 +69,22 @@ async def test_an_event_published_right_after_an_empty_restart_is_delivered(
             # empty server is back and an event is published at once, before the consumer noticed.
             await asyncio.sleep(1.0)
             server = RedisServer(port=server.port).start()
+            restarted = time.monotonic()
             with caplog.at_level(logging.WARNING, logger="catga.redis.transport"):
                 await publisher.publish(Ping(2))
                 await eventually(lambda: _is(got, [1, 2]), what="the event published after the restart")
+                recovery = time.monotonic() - restarted
                 await publisher.publish(Ping(3))
                 await eventually(lambda: _is(got, [1, 2, 3]), what="a later event")
 
+            chaos.record(
+                f"Redis restarted empty under a consumer ({group or 'private'} group), publish at once",
+                messages=3,
+                kills=1,
+                lost=3 - len(set(got)),
+                twice=len(got) - len(set(got)),
+                recovery_s=recovery,
+            )
             report = await app.health()
             [consumers] = [c for c in report.checks if c.name == "consumers"]
             assert report.ok and report.degraded and consumers.ok and consumers.degraded, report
