@@ -365,6 +365,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.postgres",
         "catga.testing.postgres",
         "catga.postgres.idempotency",
+        "catga.postgres.lock",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

@@ -143,7 +143,7 @@ class App:
         mediator: use this mediator instead of building one (``behaviors`` is then ignored).
         behaviors: the pipeline; default logging → validation → idempotency → retry.
         idempotency_store: store of the default pipeline's idempotency behavior: memory by default,
-            or a NATS/Redis URL, or an object.
+            or a NATS/Redis/``postgresql://`` URL, or an object.
         registry: message types allowed in the stores and on the wire of URL-built backends
             (default: :func:`~catga.serialization.default_registry`).
         concurrent_events: run an event's handlers concurrently (see :class:`~catga.mediator.Mediator`).
@@ -153,9 +153,10 @@ class App:
         connect_timeout: seconds to connect to each server at start, and the default timeout of the
             network calls of URL-built backends.
         worker_id: the Snowflake worker id of this process's ids (see :mod:`catga._worker_ids`).
-            ``None`` (default): with a NATS or Redis URL the app leases a unique one through that
-            backend at start and releases it at stop, unless ``CATGA_WORKER_ID`` is set; in-memory
-            apps keep the process-local id. An ``int`` uses that id (no lease); a
+            ``None`` (default): with a NATS or Redis URL — else a ``postgresql://`` store URL
+            (table ``catga_locks``) — the app leases a unique one through that backend at start and
+            releases it at stop, unless ``CATGA_WORKER_ID`` is set; in-memory apps keep the
+            process-local id. An ``int`` uses that id (no lease); a
             :class:`~catga.protocols.DistributedLock` leases through it (for apps built from objects).
         max_payload: the largest message (encoded body) the URL-built transport, event store and outbox
             accept, in bytes (default 1 MiB, NATS's default; on NATS the server's own limit applies

@@ -504,11 +504,18 @@ class Backends:
         return self._track(f"outbox {spec}", redis_outbox)
 
     async def worker_id_lock(self) -> tuple[str, Any] | None:
-        """A distributed lock on the first NATS or Redis backend the URLs name, to lease worker ids.
+        """A distributed lock to lease worker ids through: on the first NATS or Redis backend the
+        URLs name, else on the first PostgreSQL one (table ``catga_locks``, on the pool of that
+        ``postgresql://`` store, created here if missing). Call it after :meth:`open`.
 
         Returns:
-            ``(description, lock)`` on the shared connection (closed with the backends), or None when
-            no URL names a NATS or Redis server.
+            ``(description, lock)`` on the shared connection or pool (closed with the backends), or
+            None when no URL names a NATS, Redis or PostgreSQL server.
+
+        Raises:
+            ConfigurationError: PostgreSQL refused to create the ``catga_locks`` table (no ``CREATE``
+                privilege); the message says how to create it or hand out worker ids instead.
+            BackendUnavailableError, BackendTimeoutError: the server failed.
         """
         for spec, _, _ in self._late:
             if spec.backend == "nats":
@@ -522,7 +529,27 @@ class Backends:
 
                 redis_lock = RedisLock(await self._redis(spec))
                 return f"Redis {redact_url(spec.address)}", self._track(f"worker id lock {spec}", redis_lock)
+        for spec, late, _ in self._late:
+            if spec.backend == "postgres":
+                return await self._postgres_lock(spec, late.target.pool)
         return None
+
+    async def _postgres_lock(self, spec: BackendUrl, pool: Any) -> tuple[str, Any]:
+        """A :class:`~catga.postgres.PostgresLock` on the pool of the store ``spec`` opened (the lock
+        does not close the pool: the store does), its table set up now."""
+        from catga.postgres import PostgresLock
+
+        lock = PostgresLock(pool, timeout=self.timeout)
+        try:
+            await lock.ensure_schema()
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"{exc}. The app leases its Snowflake worker id through table {lock.table} of "
+                f"{spec}: create it (CREATE TABLE {lock.table} (key text PRIMARY KEY, token text, "
+                "fencing bigint NOT NULL, expires_at timestamptz)), or hand out worker ids yourself "
+                "(CATGA_WORKER_ID, or App(worker_id=N))"
+            ) from exc
+        return f"PostgreSQL {spec}", self._track(f"worker id lock {spec}", lock)
 
     def closers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(description, aclose)`` of everything opened, last opened first; forgets them."""

@@ -1,8 +1,9 @@
 """PostgreSQL backend (``catga[postgres]``): an outbox and inbox/idempotency records that can be written
-in the same transaction as your data."""
+in the same transaction as your data, and a distributed lock (which apps lease worker ids through)."""
 
 from catga.postgres._base import DEFAULT_TIMEOUT, MIN_SERVER_VERSION, check_server_version, format_version
 from catga.postgres.idempotency import PostgresIdempotencyStore, PostgresInboxStore
+from catga.postgres.lock import PostgresLease, PostgresLock
 from catga.postgres.outbox import PostgresOutboxStore
 
 __all__ = (
@@ -10,6 +11,8 @@ __all__ = (
     "MIN_SERVER_VERSION",
     "PostgresIdempotencyStore",
     "PostgresInboxStore",
+    "PostgresLease",
+    "PostgresLock",
     "PostgresOutboxStore",
     "check_server_version",
     "format_version",
