@@ -10,8 +10,9 @@ URL                                    backend
 
 Credentials go in the URL as the clients accept them (``nats://user:pass@host:4222``,
 ``nats://token@host:4222``, ``redis://:pass@host:6379/0``, Redis ``ssl_*`` query options, a
-comma-separated list of NATS servers). Two query options are catga's own and are removed before the
-URL reaches the client:
+comma-separated list of NATS servers: ``nats://n1:4222,nats://n2:4222,nats://n3:4222``, the query
+after the last one). Three query options are catga's own and are removed before the URL reaches the
+client:
 
 * ``prefix=NAME`` (both; default ``catga``): the namespace, ``[A-Za-z0-9_-]``, 1-64 characters. On
   Redis every key starts with ``NAME:``; on NATS the event store is stream ``NAME_EVENTS`` (upper
@@ -19,6 +20,9 @@ URL reaches the client:
   ``NAME_MESSAGES``...), the idempotency bucket is ``NAME_idempotency``, the outbox bucket
   ``NAME_outbox`` and the dead letters ``NAME_dead_letters`` (see :func:`nats_layout`).
 * ``storage=file|memory`` (NATS only; default ``file``): JetStream storage of streams and buckets.
+* ``replicas=N`` (NATS only; 1-5, default 1): copies a JetStream cluster keeps of every stream and
+  bucket the URL's part creates (the transport's streams, inbox and dead letters, the event store,
+  the idempotency and outbox buckets). Use ``replicas=3`` on a 3-node cluster.
 
 The backend packages are imported only when a URL names them (never when ``catga`` is imported); a
 missing optional dependency raises :class:`~catga.errors.ConfigurationError` with the ``pip install``
@@ -95,7 +99,8 @@ SCHEMES: Mapping[str, str] = {
 }
 _SUPPORTED = "memory://, nats://, tls://, redis://, rediss://"
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
-_NATS_OPTIONS = ("prefix", "storage")
+_MAX_REPLICAS = 5  # catga.nats.connection.MAX_REPLICAS (not imported: catga.nats is optional)
+_NATS_OPTIONS = ("prefix", "storage", "replicas")
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class BackendUrl:
         address: what the client connects to (the URL without catga's own options).
         prefix: the namespace (``prefix=`` option), default ``"catga"``.
         storage: NATS JetStream storage, ``"file"`` (default) or ``"memory"``.
+        replicas: NATS JetStream replicas of the streams and buckets created, 1 (default) to 5.
     """
 
     url: str
@@ -115,6 +121,7 @@ class BackendUrl:
     address: str
     prefix: str = "catga"
     storage: str = "file"
+    replicas: int = 1
 
     def __str__(self) -> str:
         return redact_url(self.url)
@@ -129,7 +136,7 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
 
     Raises:
         ConfigurationError: not a string, an unknown scheme (the message lists the supported ones), an
-            unknown NATS option, or an invalid ``prefix`` / ``storage`` / port.
+            unknown NATS option, or an invalid ``prefix`` / ``storage`` / ``replicas`` / port.
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"{role} must be a URL string or a backend object, got {type(url).__name__}")
@@ -155,18 +162,20 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
         raise ConfigurationError(
             f"{role} URL {shown!r}: invalid prefix {prefix!r}; use 1-64 letters, digits, '_' or '-'"
         )
-    storage = "file"
+    storage, replicas = "file", 1
     if backend == "nats":
         storage = options.pop("storage", "file")
         if storage not in ("file", "memory"):
             raise ConfigurationError(
                 f"{role} URL {shown!r}: storage must be 'file' or 'memory', got {storage!r}"
             )
+        replicas = _replicas_option(options.pop("replicas", "1"), role, shown)
         if options:
             raise ConfigurationError(
                 f"{role} URL {shown!r}: unknown option(s) {sorted(options)}; a nats:// URL takes "
                 f"{', '.join(_NATS_OPTIONS)} (pass a NatsConnection for anything else)"
             )
+        _check_nats_servers(base, role, shown)
         address = base
     else:
         address = base + (f"?{urlencode(options)}" if options else "")
@@ -174,7 +183,34 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
             urlsplit(base).port  # noqa: B018 - raises on a malformed port
         except ValueError as exc:
             raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-    return BackendUrl(url, backend, address, prefix, storage)
+    return BackendUrl(url, backend, address, prefix, storage, replicas)
+
+
+def _check_nats_servers(base: str, role: str, shown: str) -> None:
+    """Each server of a (comma-separated) NATS URL has a host and a valid port, nats:// or tls://."""
+    for server in base.split(","):
+        server = server.strip()
+        probe = server if "://" in server else f"nats://{server}"
+        try:
+            parts = urlsplit(probe)
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
+        if parts.scheme.lower() not in ("nats", "tls") or not parts.hostname:
+            raise ConfigurationError(
+                f"{role} URL {shown!r}: {redact_url(server)!r} is not a NATS server; list servers as "
+                "nats://host:port (or tls://), separated by commas: nats://n1:4222,nats://n2:4222"
+            )
+
+
+def _replicas_option(text: str, role: str, shown: str) -> int:
+    """The ``replicas=`` option of a NATS URL, checked (1-5)."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_REPLICAS:
+        raise ConfigurationError(
+            f"{role} URL {shown!r}: replicas must be a whole number from 1 to {_MAX_REPLICAS}, got {text!r}; "
+            "use replicas=3 on a 3-node JetStream cluster, 1 on a single server"
+        )
+    return int(text)
 
 
 def import_backend(backend: str) -> ModuleType:
@@ -382,6 +418,7 @@ class Backends:
                 prefix=layout.events_subjects,
                 registry=self.registry,
                 storage=spec.storage,
+                replicas=spec.replicas,
             )
             return self._track(f"event store {spec}", nats_store)
         from catga.redis import RedisEventStore
@@ -397,7 +434,9 @@ class Backends:
             conn, layout = await self._nats(spec), nats_layout(spec.prefix)
             dlq = self._track(
                 f"dead letters {spec}",
-                NatsDeadLetterQueue(conn, bucket=layout.dead_letter_bucket, storage=spec.storage),
+                NatsDeadLetterQueue(
+                    conn, bucket=layout.dead_letter_bucket, storage=spec.storage, replicas=spec.replicas
+                ),
             )
             nats_transport = NatsTransport(
                 conn,
@@ -405,6 +444,7 @@ class Backends:
                 prefix=layout.transport_prefix,
                 dead_letters=dlq,
                 storage="memory" if spec.storage == "memory" else "file",
+                replicas=spec.replicas,
                 timeout=self.timeout,
             )
             return self._track(f"transport {spec}", nats_transport)
@@ -426,7 +466,9 @@ class Backends:
             from catga.nats import NatsIdempotencyStore
 
             bucket = nats_layout(spec.prefix).idempotency_bucket
-            nats_idem = NatsIdempotencyStore(await self._nats(spec), bucket=bucket, storage=spec.storage)
+            nats_idem = NatsIdempotencyStore(
+                await self._nats(spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+            )
             return self._track(f"idempotency store {spec}", nats_idem)
         from catga.redis import RedisIdempotencyStore
 
@@ -444,7 +486,9 @@ class Backends:
             from catga.nats import NatsOutboxStore
 
             bucket = nats_layout(spec.prefix).outbox_bucket
-            nats_outbox = NatsOutboxStore(await self._nats(spec), bucket=bucket, storage=spec.storage)
+            nats_outbox = NatsOutboxStore(
+                await self._nats(spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+            )
             return self._track(f"outbox {spec}", nats_outbox)
         from catga.redis import RedisOutboxStore
 

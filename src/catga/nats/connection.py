@@ -37,6 +37,8 @@ from catga._lifecycle import AsyncCloseable
 from catga._urls import redact_url
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.nats._errors import (
+    ERR_NO_SUITABLE_PEERS,
+    ERR_REPLICAS_NOT_SUPPORTED,
     ERR_STREAM_NAME_IN_USE,
     ERR_STREAM_STORE_FAILED,
     ERR_SUBJECTS_OVERLAP,
@@ -45,13 +47,48 @@ from catga.nats._errors import (
 )
 from catga.nats._wire import LeanConnection
 
-__all__ = ("DEFAULT_TIMEOUT", "DEFAULT_URL", "LazyInit", "NatsConnection", "as_connection")
+__all__ = (
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "MAX_REPLICAS",
+    "LazyInit",
+    "NatsConnection",
+    "as_connection",
+    "check_replicas",
+)
 
 _log = logging.getLogger("catga.nats")
 
 #: Default seconds for every network call of the NATS backend (overridable per object).
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_URL = "nats://127.0.0.1:4222"
+#: JetStream keeps at most 5 copies of a stream.
+MAX_REPLICAS = 5
+
+
+def check_replicas(value: object, what: str = "replicas") -> int:
+    """Check a JetStream replica count: an int from 1 to :data:`MAX_REPLICAS` (3 on a 3-node cluster).
+
+    Args:
+        value: the count to check.
+        what: the setting's name, for the message.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ConfigurationError: not an int (``True``, ``"3"``, ``3.0`` are refused) or not in 1..5.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(
+            f"{what} must be an int from 1 to {MAX_REPLICAS}, got {value!r} ({type(value).__name__})"
+        )
+    if not 1 <= value <= MAX_REPLICAS:
+        raise ConfigurationError(
+            f"{what} must be from 1 to {MAX_REPLICAS} (JetStream keeps at most {MAX_REPLICAS} copies of "
+            f"a stream), got {value}; use 3 on a 3-node cluster, 1 on a single server"
+        )
+    return value
 
 
 class LazyInit:
@@ -275,10 +312,13 @@ class NatsConnection(AsyncCloseable):
 
         Raises:
             ConfigurationError: the stream exists with an incompatible configuration (the message lists
-                each differing field), or its subjects overlap another stream's.
+                each differing field) or with fewer replicas than ``config.num_replicas``, its subjects
+                overlap another stream's, or the replicas cannot be placed (a single server, or fewer
+                JetStream servers than replicas).
             BackendUnavailableError / BackendTimeoutError: the server did not answer.
         """
         name = config.name
+        replicas = check_replicas(config.num_replicas or 1, f"replicas of NATS stream {name!r}")
         with translate_errors(f"create stream {name!r}", self.timeout):
             try:
                 info: StreamInfo = await self.js.stream_info(str(name))
@@ -292,9 +332,17 @@ class NatsConnection(AsyncCloseable):
                             f"cannot create NATS stream {name!r}: its subjects {config.subjects} overlap "
                             "with an existing stream's; choose another prefix/bucket name"
                         ) from exc
+                    if exc.err_code in (ERR_REPLICAS_NOT_SUPPORTED, ERR_NO_SUITABLE_PEERS):
+                        raise _replicas_error(str(name), replicas, exc) from exc
                     if exc.err_code != ERR_STREAM_NAME_IN_USE:
                         raise
                     info = await self.js.stream_info(str(name))
+        existing = info.config.num_replicas or 1
+        if existing < replicas:  # more copies than asked for is fine; fewer breaks a durability promise
+            raise ConfigurationError(
+                f"NATS stream {name!r} exists with {existing} replica(s), wanted {replicas}: raise it with "
+                f"`nats stream edit {name} --replicas {replicas}` (or ask for replicas={existing})"
+            )
         differences = []
         for field in check:
             want, have = _plain(getattr(config, field)), _plain(getattr(info.config, field))
@@ -336,6 +384,20 @@ class NatsConnection(AsyncCloseable):
                 _log.warning("draining the NATS connection failed (%s); closing it", exc)
                 with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                     await asyncio.wait_for(self.client.close(), self.timeout)
+
+
+def _replicas_error(name: str, replicas: int, exc: nats.js.errors.APIError) -> ConfigurationError:
+    if exc.err_code == ERR_REPLICAS_NOT_SUPPORTED:
+        hint = "this server runs JetStream without clustering (one copy): use replicas=1, or a cluster"
+    else:
+        hint = (
+            f"the cluster has fewer than {replicas} JetStream servers with room for it: "
+            "lower replicas or add servers"
+        )
+    return ConfigurationError(
+        f"cannot create NATS stream {name!r} with {replicas} replicas: {exc.description} "
+        f"(err_code {exc.err_code}); {hint}"
+    )
 
 
 _shared: weakref.WeakKeyDictionary[Client, NatsConnection] = weakref.WeakKeyDictionary()
