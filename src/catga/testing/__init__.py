@@ -1,9 +1,10 @@
-"""Testing helpers shipped with catga: real servers for tests (more to come).
+"""Testing helpers shipped with catga: real servers and clusters for tests (more to come).
 
 The pytest fixtures live in :mod:`catga.testing.pytest_plugin` (not imported here, so
 importing :mod:`catga.testing` does not need pytest).
 """
 
+from catga.testing.cluster import NatsCluster
 from catga.testing.servers import (
     NatsServer,
     RedisServer,
@@ -16,6 +17,7 @@ from catga.testing.servers import (
 )
 
 __all__ = (
+    "NatsCluster",
     "NatsServer",
     "RedisServer",
     "ServerStartError",

@@ -6,6 +6,8 @@ Enable it with ``pytest_plugins = ["catga.testing.pytest_plugin"]`` in your top-
 * ``nats_url`` (session): URL of a ``nats-server`` with JetStream.
 * ``redis_url`` (session): URL of a ``redis-server`` (database 0).
 * ``postgres_url`` (session): URL of a PostgreSQL server (user ``postgres``, database ``postgres``).
+* ``nats_cluster`` (function): a :class:`~catga.testing.cluster.NatsCluster` of three JetStream nodes
+  (started once per session), with every node running and a meta leader elected when the test starts.
 * ``unique_name`` (function): a short unique name for isolating streams, keys and prefixes.
 
 The servers are started on free ports on first use and stopped at the end of the session (one
@@ -21,9 +23,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from catga.testing.cluster import NatsCluster
 from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
-__all__ = ("nats_url", "postgres_url", "redis_url", "unique_name")
+__all__ = ("nats_cluster", "nats_cluster_session", "nats_url", "postgres_url", "redis_url", "unique_name")
 
 NATS_URL_ENV = "CATGA_NATS_URL"
 REDIS_URL_ENV = "CATGA_REDIS_URL"
@@ -39,6 +42,27 @@ def nats_url() -> Iterator[str]:
         return
     with NatsServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def nats_cluster_session() -> Iterator[NatsCluster]:
+    """A 3-node JetStream cluster on loopback, started on first use and stopped with the session.
+
+    Prefer :func:`nats_cluster`, which also brings back nodes an earlier test stopped or killed.
+    """
+    with NatsCluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def nats_cluster(nats_cluster_session: NatsCluster) -> NatsCluster:
+    """The session's 3-node cluster, healed for this test: every node up and a meta leader elected.
+
+    Tests may stop, kill and restart nodes; the next test gets them back. Streams are shared by
+    every test of the session: name them after ``unique_name``.
+    """
+    nats_cluster_session.heal()
+    return nats_cluster_session
 
 
 @pytest.fixture(scope="session")

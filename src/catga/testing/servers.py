@@ -331,6 +331,17 @@ class _ServerProcess:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
+    def terminate(self) -> None:
+        """Stop the server with SIGTERM (SIGKILL after 5 s), keeping its temp directory until :meth:`stop`."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
     def kill(self) -> None:
         """Kill the server with SIGKILL (a crash), keeping its temp directory until :meth:`stop`."""
         if self._proc is not None and self._proc.poll() is None:
