@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import nats.js.errors
 import pytest
 from nats.aio.client import Client
-from nats.js.api import StreamConfig
+from nats.js.api import RetentionPolicy, StreamConfig
 
 import catga
 from catga.backends import parse_url
@@ -223,7 +223,9 @@ async def test_a_stream_with_fewer_replicas_than_asked_is_refused(
     nats_cluster: NatsCluster, cluster_conn: NatsConnection, unique_name: str
 ) -> None:
     name = f"{unique_name.upper()}_MESSAGES"
-    config = StreamConfig(name=name, subjects=[f"{unique_name}.evt.>"], num_replicas=1)
+    config = StreamConfig(
+        name=name, subjects=[f"{unique_name}.evt.>"], retention=RetentionPolicy.INTEREST, num_replicas=1
+    )
     await _until_placed(lambda: cluster_conn.ensure_stream(config))
 
     def transport(replicas: int) -> NatsTransport:
