@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.js.errors
 import pytest
@@ -33,10 +33,8 @@ from catga.nats import (
 )
 from catga.nats.connection import check_replicas
 from catga.protocols import OutboxMessage
+from catga.testing.cluster import NatsCluster
 from catga.testing.contracts import ContractOrderPlaced, contract_registry
-
-if TYPE_CHECKING:
-    from catga.testing.cluster import NatsCluster
 
 BAD_REPLICAS = [0, 6, -1, True, "3", 3.0, None]
 
@@ -260,3 +258,28 @@ async def test_more_replicas_than_servers_is_a_configuration_error(
     async with lock:
         with pytest.raises(ConfigurationError, match=r"with 5 replicas.*fewer than 5 JetStream servers"):
             await lock.acquire("k", ttl=5.0)
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+async def test_credentials_in_the_first_url_reach_every_server_on_failover(unique_name: str) -> None:
+    # nats-py sends URL credentials only to the server whose URL holds them: after the first node died,
+    # every reconnect was refused ("Authorization Violation") and publish raised ConfigurationError.
+    with NatsCluster(3, extra_args=["--user", "app", "--pass", "s3cret"]) as cluster:
+        await asyncio.to_thread(cluster.wait_for_meta_leader)
+        hosts = [node.url.removeprefix("nats://") for node in cluster.nodes]
+        url = f"nats://app:s3cret@{hosts[0]}," + ",".join(hosts[1:])
+        async with await NatsTransport.connect(
+            url,
+            connect_options={"dont_randomize": True, "reconnect_time_wait": 0.1},
+            registry=contract_registry(),
+            prefix=unique_name,
+            replicas=3,
+            timeout=2.0,
+        ) as transport:
+            await _until_placed(lambda: transport.publish(ContractOrderPlaced("before", 1)))
+            assert transport.client.connected_url is not None
+            assert transport.client.connected_url.port == cluster.nodes[0].port
+            cluster.kill_node(0)
+            await _until_placed(lambda: transport.publish(ContractOrderPlaced("after", 2)))
+            assert transport.client.connected_url.port != cluster.nodes[0].port

@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.js.errors
@@ -225,9 +226,12 @@ class NatsConnection(AsyncCloseable):
         """Open a nats-py client and wrap it (the connection owns and closes it).
 
         ``url`` may hold credentials (``nats://user:pass@host:4222``, ``nats://token@host:4222``) or
-        be a comma-separated list / sequence of servers; ``tls://`` turns TLS on. Everything else is
-        passed to ``nats.connect`` unchanged (``reconnect_time_wait``, ``max_reconnect_attempts``,
-        ``inbox_prefix``...). nkeys and creds files need the ``nkeys`` package.
+        be a comma-separated list / sequence of servers; ``tls://`` turns TLS on. Credentials written
+        in the URL(s) apply to every server -- those listed without them, and those the cluster
+        announces -- so a reconnect to another node authenticates (nats-py alone sends them only to the
+        very server whose URL holds them); servers listed with different credentials keep their own.
+        Everything else is passed to ``nats.connect`` unchanged (``reconnect_time_wait``,
+        ``max_reconnect_attempts``, ``inbox_prefix``...). nkeys and creds files need the ``nkeys`` package.
 
         Args:
             url: server URL(s).
@@ -267,6 +271,9 @@ class NatsConnection(AsyncCloseable):
         ):
             if value is not None:
                 kwargs[key] = value
+        if user is None and password is None and token is None and not (user_credentials or nkeys_seed):
+            for key, value in _shared_credentials(servers).items():
+                kwargs.setdefault(key, value)
         kwargs.update(options)
         errors: list[Exception] = []
         user_error_cb = kwargs["error_cb"]
@@ -332,6 +339,11 @@ class NatsConnection(AsyncCloseable):
                             f"cannot create NATS stream {name!r}: its subjects {config.subjects} overlap "
                             "with an existing stream's; choose another prefix/bucket name"
                         ) from exc
+                    if exc.err_code == ERR_NO_SUITABLE_PEERS and "offline" in (exc.description or ""):
+                        raise unavailable_error(  # a node is down or not yet known to the meta leader
+                            f"create stream {name!r} with {replicas} replicas",
+                            f"{exc.description}; retry once every server of the cluster is up",
+                        ) from exc
                     if exc.err_code in (ERR_REPLICAS_NOT_SUPPORTED, ERR_NO_SUITABLE_PEERS):
                         raise _replicas_error(str(name), replicas, exc) from exc
                     if exc.err_code != ERR_STREAM_NAME_IN_USE:
@@ -384,6 +396,25 @@ class NatsConnection(AsyncCloseable):
                 _log.warning("draining the NATS connection failed (%s); closing it", exc)
                 with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                     await asyncio.wait_for(self.client.close(), self.timeout)
+
+
+def _shared_credentials(servers: Sequence[str]) -> dict[str, str]:
+    """The user/password or token written in the server URLs, if every URL that has some has the same.
+
+    Parsed as nats-py parses them (no percent-decoding), so what is sent does not change.
+    """
+    found: set[tuple[str, str | None]] = set()
+    for server in servers:
+        try:
+            parts = urlsplit(server if "://" in server else f"nats://{server}")
+        except ValueError:
+            return {}
+        if parts.username is not None:
+            found.add((parts.username, parts.password))
+    if len(found) != 1:
+        return {}
+    name, secret = found.pop()
+    return {"token": name} if secret is None else {"user": name, "password": secret}
 
 
 def _replicas_error(name: str, replicas: int, exc: nats.js.errors.APIError) -> ConfigurationError:
