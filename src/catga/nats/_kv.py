@@ -276,6 +276,7 @@ class KvStore(NatsStoreBase):
         replicas: int = 1,
         timeout: float | None = None,
     ) -> None:
+        check_replicas(replicas)  # before attaching to the connection
         super().__init__(source, timeout=timeout)
         self._bucket = KvBucket(
             self._conn,
