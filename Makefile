@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps demo test lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(MAKE) system-deps
@@ -37,6 +37,12 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 -q
 	$(BIN)/catga bench mediator eventstore-memory ids --quick
+
+# The fault suite at full size (server kills, restarts, replicas, replays): one table of what was lost.
+chaos: $(STAMP)
+	mkdir -p bench-out && rm -f bench-out/chaos.jsonl
+	CATGA_CHAOS=full CATGA_CHAOS_REPORT=$(CURDIR)/bench-out/chaos.jsonl $(BIN)/python -m pytest -p no:xdist -m chaos -q
+	$(BIN)/python tests/chaos.py bench-out/chaos.jsonl
 
 bench: $(STAMP)
 	$(BIN)/catga bench --json bench-out/results.json --png bench-out

@@ -2,6 +2,8 @@
 
 import pytest
 
+from chaos import chaos  # noqa: F401 - the fault suite's fixture (make chaos)
+
 pytest_plugins = ["catga.testing.pytest_plugin"]
 
 

@@ -60,16 +60,19 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
+from catga._worker_ids import env_worker_id_set, process_worker_id
 from catga.backends import Backends
 from catga.context import Context
 from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
 from catga.health import Health, Probe, run_checks, server_checks
+from catga.ids import SnowflakeIdGenerator, default_generator
 from catga.mediator import ErrorHook, Mediator
 from catga.messages import Event, Metadata, QoS, Request
 from catga.outbox import OutboxRelay
 from catga.pipeline import BehaviorLike, default_pipeline
 from catga.protocols import (
+    DistributedLock,
     EventStore,
     IdempotencyStore,
     OutboxMessage,
@@ -148,6 +151,11 @@ class App:
         shutdown_timeout: seconds the whole shutdown may take before remaining steps are abandoned.
         connect_timeout: seconds to connect to each server at start, and the default timeout of the
             network calls of URL-built backends.
+        worker_id: the Snowflake worker id of this process's ids (see :mod:`catga._worker_ids`).
+            ``None`` (default): with a NATS or Redis URL the app leases a unique one through that
+            backend at start and releases it at stop, unless ``CATGA_WORKER_ID`` is set; in-memory
+            apps keep the process-local id. An ``int`` uses that id (no lease); a
+            :class:`~catga.protocols.DistributedLock` leases through it (for apps built from objects).
 
     Attributes:
         transport: None (no transport), the transport object, or for a URL a
@@ -177,6 +185,7 @@ class App:
         on_unexpected_error: ErrorHook | None = None,
         shutdown_timeout: float = 30.0,
         connect_timeout: float = 5.0,
+        worker_id: int | DistributedLock | None = None,
     ) -> None:
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
@@ -217,6 +226,14 @@ class App:
         self.publish: _Publish = mediator.publish
         """Publish an event: :meth:`Mediator.publish <catga.mediator.Mediator.publish>`."""
         self.shutdown_timeout = shutdown_timeout
+        if isinstance(worker_id, int) and not isinstance(worker_id, bool):
+            SnowflakeIdGenerator(worker_id)  # raises ConfigurationError when out of range
+        elif worker_id is not None and not callable(getattr(worker_id, "acquire", None)):
+            raise ConfigurationError(
+                f"worker_id must be an int, a DistributedLock or None, got {type(worker_id).__name__}"
+            )
+        self._worker_id = worker_id
+        self._worker_member: Any = None
 
     # -- handlers and dispatch (delegated to the mediator) ----------------------------------------
 
@@ -333,6 +350,15 @@ class App:
         probes: list[tuple[str, Probe]] = [("app", running)]
         backends = (self.transport, self.store, self.idempotency_store, self.outbox)
         probes += server_checks([*self.backends.connections, *backends, *self.components])
+        if self._worker_member is not None:
+
+            async def worker_id() -> str:
+                lease = process_worker_id().lease
+                if lease is None or not lease.valid:
+                    raise RuntimeError("the worker id lease was lost: ids are refused until it is renewed")
+                return f"worker id {lease.worker_id} leased"
+
+            probes.append(("worker_id", worker_id))
         if self._consumers:
 
             async def consumers() -> str:
@@ -500,6 +526,7 @@ class App:
             return
         try:
             await self.backends.open()
+            await self._lease_worker_id()
             if self.relay is None and self.outbox is not None and self.transport is not None:
                 self.relay = OutboxRelay(
                     self.outbox, self.transport, dead_letters=_dead_letters_of(self.transport)
@@ -550,6 +577,9 @@ class App:
             steps += [(f"shutdown hook {h!r}", h) for h in self._shutdown]
         steps += [(f"component {c!r}", c.aclose) for c in reversed(self._started)]
         self._started.clear()
+        if self._worker_member is not None:
+            member, self._worker_member = self._worker_member, None
+            steps.append(("releasing the worker id", lambda: process_worker_id().leave(member)))
         steps += self.backends.closers()
         grace = self.shutdown_timeout / max(1, len(steps))
         for name, step in steps:
@@ -563,6 +593,28 @@ class App:
                 _log.error("%s did not stop within %.3g s; moving on", name, limit)
             except Exception:
                 _log.exception("%s failed during shutdown", name)
+
+    async def _lease_worker_id(self) -> None:
+        """Take part in the process's worker id (see :mod:`catga._worker_ids`)."""
+        choice = self._worker_id
+        if isinstance(choice, int):
+            default_generator()._adopt(choice, None)
+            return
+        if choice is None:
+            if env_worker_id_set():
+                return
+            found = await self.backends.worker_id_lock()
+            if found is None:
+                return  # in-memory (or objects only): the process-local id
+            where, lock = found
+        else:
+            where, lock = repr(choice), choice
+        self._worker_member = await process_worker_id().join(f"{self.origin} via {where}", lock)
+
+    @property
+    def worker_id(self) -> int:
+        """The Snowflake worker id of the ids this process draws now (leased while the app runs)."""
+        return default_generator().worker_id
 
     async def __aenter__(self) -> App:
         await self.start()

@@ -18,7 +18,8 @@ client:
   Redis every key starts with ``NAME:``; on NATS the event store is stream ``NAME_EVENTS`` (upper
   case) on subjects ``NAME.events.>``, the transport uses subjects ``NAME.evt/cmd/rpc.*`` (streams
   ``NAME_MESSAGES``...), the idempotency bucket is ``NAME_idempotency``, the outbox bucket
-  ``NAME_outbox`` and the dead letters ``NAME_dead_letters`` (see :func:`nats_layout`).
+  ``NAME_outbox``, the dead letters ``NAME_dead_letters`` and the worker id leases ``NAME_locks`` (see
+  :func:`nats_layout`).
 * ``storage=file|memory`` (NATS only; default ``file``): JetStream storage of streams and buckets.
 * ``replicas=N`` (NATS only; 1-5, default 1): copies a JetStream cluster keeps of every stream and
   bucket the URL's part creates (the transport's streams, inbox and dead letters, the event store,
@@ -239,6 +240,7 @@ class NatsLayout(NamedTuple):
     idempotency_bucket: str
     dead_letter_bucket: str
     outbox_bucket: str
+    locks_bucket: str
 
 
 def nats_layout(prefix: str = "catga") -> NatsLayout:
@@ -250,6 +252,7 @@ def nats_layout(prefix: str = "catga") -> NatsLayout:
         f"{prefix}_idempotency",
         f"{prefix}_dead_letters",
         f"{prefix}_outbox",
+        f"{prefix}_locks",
     )
 
 
@@ -494,6 +497,27 @@ class Backends:
 
         redis_outbox = RedisOutboxStore(await self._redis(spec))
         return self._track(f"outbox {spec}", redis_outbox)
+
+    async def worker_id_lock(self) -> tuple[str, Any] | None:
+        """A distributed lock on the first NATS or Redis backend the URLs name, to lease worker ids.
+
+        Returns:
+            ``(description, lock)`` on the shared connection (closed with the backends), or None when
+            no URL names a NATS or Redis server.
+        """
+        for spec, _, _ in self._late:
+            if spec.backend == "nats":
+                from catga.nats import NatsLock
+
+                conn, bucket = await self._nats(spec), nats_layout(spec.prefix).locks_bucket
+                lock = NatsLock(conn, bucket=bucket, storage=spec.storage)
+                return f"NATS {redact_url(spec.address)}", self._track(f"worker id lock {spec}", lock)
+            if spec.backend == "redis":
+                from catga.redis import RedisLock
+
+                redis_lock = RedisLock(await self._redis(spec))
+                return f"Redis {redact_url(spec.address)}", self._track(f"worker id lock {spec}", redis_lock)
+        return None
 
     def closers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(description, aclose)`` of everything opened, last opened first; forgets them."""

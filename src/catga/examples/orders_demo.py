@@ -169,6 +169,7 @@ async def _drop_namespace(spec: BackendUrl) -> None:
             f"KV_{upper}_",
             f"KV_{layout.dead_letter_bucket}",
             f"KV_{layout.idempotency_bucket}",
+            f"KV_{layout.locks_bucket}",
         )
         async with await NatsConnection.connect(spec.address, name="catga-demo-cleanup") as conn:
             for info in await conn.js.streams_info():
