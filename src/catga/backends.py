@@ -23,7 +23,7 @@ client:
 * ``storage=file|memory`` (NATS only; default ``file``): JetStream storage of streams and buckets.
 * ``replicas=N`` (NATS only; 1-5, default 1): copies a JetStream cluster keeps of every stream and
   bucket the URL's part creates (the transport's streams, inbox and dead letters, the event store,
-  the idempotency and outbox buckets). Use ``replicas=3`` on a 3-node cluster.
+  the idempotency and outbox buckets, the worker id leases). Use ``replicas=3`` on a 3-node cluster.
 
 The backend packages are imported only when a URL names them (never when ``catga`` is imported); a
 missing optional dependency raises :class:`~catga.errors.ConfigurationError` with the ``pip install``
@@ -510,7 +510,7 @@ class Backends:
                 from catga.nats import NatsLock
 
                 conn, bucket = await self._nats(spec), nats_layout(spec.prefix).locks_bucket
-                lock = NatsLock(conn, bucket=bucket, storage=spec.storage)
+                lock = NatsLock(conn, bucket=bucket, storage=spec.storage, replicas=spec.replicas)
                 return f"NATS {redact_url(spec.address)}", self._track(f"worker id lock {spec}", lock)
             if spec.backend == "redis":
                 from catga.redis import RedisLock

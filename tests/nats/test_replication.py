@@ -204,6 +204,7 @@ async def test_an_app_on_replicas_3_urls_replicates_every_stream_and_bucket(
             f"KV_{unique_name}_idempotency",
             f"KV_{unique_name}_outbox",
             f"KV_{unique_name}_dead_letters",
+            f"KV_{unique_name}_locks",  # the worker id lease
         }
         replicas = {}
         for name in expected:
