@@ -36,16 +36,17 @@ from catga.nats import NatsConnection, NatsOutboxStore, NatsTransport
 from catga.outbox import OutboxRelay
 from catga.protocols import OutboxMessage, OutboxStore
 from catga.testing.contracts import ContractOrderPlaced, contract_registry
+from chaos import Chaos
 
 if TYPE_CHECKING:
     from catga.testing.cluster import NatsCluster
 
-pytestmark = [pytest.mark.nats, pytest.mark.slow]
+pytestmark = [pytest.mark.nats, pytest.mark.slow, pytest.mark.chaos]
 
 PUBLISHERS = 4  # concurrent publishers, each waiting for its ack before the next message
 PAUSE = 0.01  # seconds between one publisher's messages
 WARM_UP = 40  # messages handled before the kill
-AFTER_LEADER = 2.0  # seconds of load after the new leader is elected
+AFTER_LEADER = (2, 15)  # seconds of load after the new leader is elected (make test, make chaos)
 DRAIN = 25.0  # seconds allowed for every acknowledged message to be handled after the load stops
 TIMEOUT = 2.0  # seconds per network call (the transport's timeout=)
 # Seconds before JetStream redelivers a message whose delivery or ack was lost; also the EXACTLY_ONCE
@@ -96,6 +97,18 @@ class Run:
         }
         print(f"\nLEADER-KILL {figures}")  # the figures this test exists to measure
         return figures
+
+    def record(self, chaos: Chaos, figures: dict[str, Any]) -> None:
+        """One row of the fault suite's table; recovery = kill to the first message handled again."""
+        chaos.record(
+            f"NATS 3-node cluster, stream leader killed: {figures['scenario']} "
+            f"(new leader after {figures['new leader s']} s)",
+            messages=figures["published"],
+            kills=1,
+            lost=figures["lost"],
+            twice=figures["handled twice"],
+            recovery_s=figures["handled again s"],
+        )
 
     def explain_missing(self) -> list[str]:
         """The missing messages: when each was acknowledged, relative to the kill."""
@@ -155,6 +168,7 @@ async def _kill_leader_under_load(
     stream: str,
     run: Run,
     publish: Callable[[int, Metadata], Awaitable[None]],
+    chaos: Chaos,
 ) -> None:
     """Load, kill ``stream``'s leader, wait for the next one, load a while more, stop the load."""
     stop = asyncio.Event()
@@ -171,7 +185,7 @@ async def _kill_leader_under_load(
             20.0,
             "a publish acknowledged after the kill",
         )
-        await asyncio.sleep(AFTER_LEADER)
+        await asyncio.sleep(chaos.size(*AFTER_LEADER))
     finally:
         stop.set()
         await load
@@ -233,7 +247,7 @@ async def _create_streams(urls: str, name: str) -> str:
 
 @pytest.mark.parametrize("qos", [QoS.AT_LEAST_ONCE, QoS.EXACTLY_ONCE], ids=["at-least-once", "exactly-once"])
 async def test_transport_consumers_survive_a_stream_leader_kill(
-    nats_cluster: NatsCluster, admin: NatsConnection, unique_name: str, qos: QoS
+    nats_cluster: NatsCluster, admin: NatsConnection, unique_name: str, qos: QoS, chaos: Chaos
 ) -> None:
     stream = await _create_streams(nats_cluster.urls, unique_name)
     urls = _leader_first(nats_cluster, await _stream_leader(nats_cluster, stream))
@@ -254,8 +268,9 @@ async def test_transport_consumers_survive_a_stream_leader_kill(
         async def publish(n: int, metadata: Metadata) -> None:
             await publisher.publish(ContractOrderPlaced(f"o-{n}", n), metadata=metadata)
 
-        await _kill_leader_under_load(nats_cluster, stream, run, publish)
+        await _kill_leader_under_load(nats_cluster, stream, run, publish, chaos)
     figures = run.figures(f"transport {qos.name}")
+    run.record(chaos, figures)
     assert figures["lost"] == 0, run.explain_missing()
     assert await dead_letters.count() == 0, await dead_letters.list(10)
     if qos == QoS.EXACTLY_ONCE:
@@ -273,7 +288,12 @@ async def test_transport_consumers_survive_a_stream_leader_kill(
     ],
 )
 async def test_the_outbox_relay_survives_a_leader_kill(
-    nats_cluster: NatsCluster, admin: NatsConnection, unique_name: str, outbox_kind: str, victim: str
+    nats_cluster: NatsCluster,
+    admin: NatsConnection,
+    unique_name: str,
+    outbox_kind: str,
+    victim: str,
+    chaos: Chaos,
 ) -> None:
     bucket = f"{unique_name}_outbox"
     stream = await _create_streams(nats_cluster.urls, unique_name)
@@ -331,11 +351,12 @@ async def test_the_outbox_relay_survives_a_leader_kill(
                 relay.notify()
 
             async with relay:
-                await _kill_leader_under_load(nats_cluster, stream, run, add)
+                await _kill_leader_under_load(nats_cluster, stream, run, add, chaos)
     finally:
         if isinstance(outbox, NatsOutboxStore):
             await outbox.aclose()
     figures = run.figures(f"outbox relay ({outbox_kind} outbox, {victim} leader killed)")
+    run.record(chaos, figures)
     assert figures["lost"] == 0, run.explain_missing()
     assert relay.dead == 0 and await dead_letters.count() == 0, await dead_letters.list(10)
     assert figures["handled twice"] == 0, [i for i, n in run.handled.items() if n > 1][:10]
