@@ -184,7 +184,7 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
             urlsplit(base).port  # noqa: B018 - raises on a malformed port
         except ValueError as exc:
             raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-    return BackendUrl(url, backend, address, prefix, storage, replicas)
+    return BackendUrl(url, backend, address, prefix=prefix, storage=storage, replicas=replicas)
 
 
 def _check_nats_servers(base: str, role: str, shown: str) -> None:
