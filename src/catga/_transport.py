@@ -9,6 +9,7 @@
 * :func:`replay_route`, :func:`replay_headers`: what :meth:`~catga.protocols.Transport.replay` reads of
   a dead letter, alike on every backend.
 * :func:`drain`: let in-flight handler tasks finish, then cancel the rest.
+* :func:`complete_inbox`: record an ``EXACTLY_ONCE`` message as handled, retrying through an outage.
 
 Hot paths (publish, per-message decode) call at most one of these functions per message.
 """
@@ -27,7 +28,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 from catga._lifecycle import AsyncCloseable
 from catga.errors import ConfigurationError, SerializationError
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
-from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, validate_identifier
+from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, InboxStore, validate_identifier
 from catga.serialization import Codec, TypeRegistry
 
 __all__ = (
@@ -37,6 +38,7 @@ __all__ = (
     "TransportBase",
     "add_dead_letter",
     "check_retry_backoff",
+    "complete_inbox",
     "decode_delivery",
     "drain",
     "handler_failed",
@@ -376,3 +378,50 @@ async def drain(tasks: Collection[asyncio.Task[None]], timeout: float) -> set[as
     for task in pending:
         task.cancel()
     return pending
+
+
+# -- exactly once ----------------------------------------------------------------------------------
+
+_COMPLETE_RETRY_FIRST = 0.05
+_COMPLETE_RETRY_MAX = 1.0
+
+
+async def complete_inbox(inbox: InboxStore, key: str, within: float, log: logging.Logger) -> bool:
+    """Record ``key`` as handled in ``inbox``, retrying for up to ``within`` seconds; False if it never was.
+
+    The handler of an ``EXACTLY_ONCE`` message has run; until ``complete`` is recorded, the claim is
+    only a lock that ends ``lock_ttl`` (the transport's ``ack_wait``) after the claim, and a
+    redelivery after that runs the handler again. One failed ``complete`` (the inbox's server lost
+    its leader, say) used to be logged and forgotten, so the next redelivery always ran the handler a
+    second time. Retrying with a capped backoff records it as soon as the inbox answers again: a
+    redelivery then finds it completed, as long as the outage is shorter than the lock.
+
+    The first attempt costs one await (the hot path); cancellation propagates.
+    """
+    try:
+        await inbox.complete(key)
+        return True
+    except Exception as exc:
+        first = exc
+    deadline = time.monotonic() + within
+    delay = _COMPLETE_RETRY_FIRST
+    attempts = 1
+    while time.monotonic() + delay < deadline:
+        await asyncio.sleep(delay)
+        attempts += 1
+        try:
+            await inbox.complete(key)
+        except Exception:
+            delay = min(delay * 2, _COMPLETE_RETRY_MAX)
+            continue
+        log.warning("inbox complete of %s succeeded on attempt %d (first error: %r)", key, attempts, first)
+        return True
+    log.error(
+        "inbox complete of %s failed for %.1f s (%d attempts, first error: %r); once its claim expires a "
+        "redelivery may run the handler again",
+        key,
+        within,
+        attempts,
+        first,
+    )
+    return False

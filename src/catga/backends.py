@@ -10,8 +10,9 @@ URL                                    backend
 
 Credentials go in the URL as the clients accept them (``nats://user:pass@host:4222``,
 ``nats://token@host:4222``, ``redis://:pass@host:6379/0``, Redis ``ssl_*`` query options, a
-comma-separated list of NATS servers). Two query options are catga's own and are removed before the
-URL reaches the client:
+comma-separated list of NATS servers: ``nats://n1:4222,nats://n2:4222,nats://n3:4222``, the query
+after the last one). Three query options are catga's own and are removed before the URL reaches the
+client:
 
 * ``prefix=NAME`` (both; default ``catga``): the namespace, ``[A-Za-z0-9_-]``, 1-64 characters. On
   Redis every key starts with ``NAME:``; on NATS the event store is stream ``NAME_EVENTS`` (upper
@@ -22,6 +23,9 @@ URL reaches the client:
 * ``storage=file|memory`` (NATS only; default ``file``): JetStream storage of streams and buckets.
 * ``max_payload=BYTES`` (both; default ``App(max_payload=...)``, 1 MiB): the payload limit of the
   transport and event store built from this URL (see ``docs/errors.md``).
+* ``replicas=N`` (NATS only; 1-5, default 1): copies a JetStream cluster keeps of every stream and
+  bucket the URL's part creates (the transport's streams, inbox and dead letters, the event store,
+  the idempotency and outbox buckets, the worker id leases). Use ``replicas=3`` on a 3-node cluster.
 
 The backend packages are imported only when a URL names them (never when ``catga`` is imported); a
 missing optional dependency raises :class:`~catga.errors.ConfigurationError` with the ``pip install``
@@ -103,7 +107,8 @@ SCHEMES: Mapping[str, str] = {
 }
 _SUPPORTED = "memory://, nats://, tls://, redis://, rediss://"
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
-_NATS_OPTIONS = ("prefix", "storage", "max_payload")
+_MAX_REPLICAS = 5  # catga.nats.connection.MAX_REPLICAS (not imported: catga.nats is optional)
+_NATS_OPTIONS = ("prefix", "storage", "max_payload", "replicas")
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class BackendUrl:
         prefix: the namespace (``prefix=`` option), default ``"catga"``.
         storage: NATS JetStream storage, ``"file"`` (default) or ``"memory"``.
         max_payload: the ``max_payload=`` option in bytes, or None (the app's limit).
+        replicas: NATS JetStream replicas of the streams and buckets created, 1 (default) to 5.
     """
 
     url: str
@@ -125,6 +131,7 @@ class BackendUrl:
     prefix: str = "catga"
     storage: str = "file"
     max_payload: int | None = None
+    replicas: int = 1
 
     def __str__(self) -> str:
         return redact_url(self.url)
@@ -139,7 +146,7 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
 
     Raises:
         ConfigurationError: not a string, an unknown scheme (the message lists the supported ones), an
-            unknown NATS option, or an invalid ``prefix`` / ``storage`` / port.
+            unknown NATS option, or an invalid ``prefix`` / ``storage`` / ``replicas`` / port.
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"{role} must be a URL string or a backend object, got {type(url).__name__}")
@@ -166,18 +173,20 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
             f"{role} URL {shown!r}: invalid prefix {prefix!r}; use 1-64 letters, digits, '_' or '-'"
         )
     max_payload = _max_payload_option(options.pop("max_payload", None), role, shown)
-    storage = "file"
+    storage, replicas = "file", 1
     if backend == "nats":
         storage = options.pop("storage", "file")
         if storage not in ("file", "memory"):
             raise ConfigurationError(
                 f"{role} URL {shown!r}: storage must be 'file' or 'memory', got {storage!r}"
             )
+        replicas = _replicas_option(options.pop("replicas", "1"), role, shown)
         if options:
             raise ConfigurationError(
                 f"{role} URL {shown!r}: unknown option(s) {sorted(options)}; a nats:// URL takes "
                 f"{', '.join(_NATS_OPTIONS)} (pass a NatsConnection for anything else)"
             )
+        _check_nats_servers(base, role, shown)
         address = base
     else:
         address = base + (f"?{urlencode(options)}" if options else "")
@@ -185,7 +194,36 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
             urlsplit(base).port  # noqa: B018 - raises on a malformed port
         except ValueError as exc:
             raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-    return BackendUrl(url, backend, address, prefix, storage, max_payload)
+    return BackendUrl(
+        url, backend, address, prefix=prefix, storage=storage, max_payload=max_payload, replicas=replicas
+    )
+
+
+def _check_nats_servers(base: str, role: str, shown: str) -> None:
+    """Each server of a (comma-separated) NATS URL has a host and a valid port, nats:// or tls://."""
+    for server in base.split(","):
+        server = server.strip()
+        probe = server if "://" in server else f"nats://{server}"
+        try:
+            parts = urlsplit(probe)
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
+        if parts.scheme.lower() not in ("nats", "tls") or not parts.hostname:
+            raise ConfigurationError(
+                f"{role} URL {shown!r}: {redact_url(server)!r} is not a NATS server; list servers as "
+                "nats://host:port (or tls://), separated by commas: nats://n1:4222,nats://n2:4222"
+            )
+
+
+def _replicas_option(text: str, role: str, shown: str) -> int:
+    """The ``replicas=`` option of a NATS URL, checked (1-5)."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_REPLICAS:
+        raise ConfigurationError(
+            f"{role} URL {shown!r}: replicas must be a whole number from 1 to {_MAX_REPLICAS}, got {text!r}; "
+            "use replicas=3 on a 3-node JetStream cluster, 1 on a single server"
+        )
+    return int(text)
 
 
 def _max_payload_option(value: str | None, role: str, shown: str) -> int | None:
@@ -426,6 +464,7 @@ class Backends:
                 prefix=layout.events_subjects,
                 registry=self.registry,
                 storage=spec.storage,
+                replicas=spec.replicas,
             )
             return self._track(f"event store {spec}", nats_store)
         from catga.redis import RedisEventStore
@@ -443,7 +482,9 @@ class Backends:
             conn, layout = await self._nats(spec), nats_layout(spec.prefix)
             dlq = self._track(
                 f"dead letters {spec}",
-                NatsDeadLetterQueue(conn, bucket=layout.dead_letter_bucket, storage=spec.storage),
+                NatsDeadLetterQueue(
+                    conn, bucket=layout.dead_letter_bucket, storage=spec.storage, replicas=spec.replicas
+                ),
             )
             nats_transport = NatsTransport(
                 conn,
@@ -451,6 +492,7 @@ class Backends:
                 prefix=layout.transport_prefix,
                 dead_letters=dlq,
                 storage="memory" if spec.storage == "memory" else "file",
+                replicas=spec.replicas,
                 timeout=self.timeout,
                 max_payload=spec.max_payload or self.max_payload,
             )
@@ -478,7 +520,9 @@ class Backends:
             from catga.nats import NatsIdempotencyStore
 
             bucket = nats_layout(spec.prefix).idempotency_bucket
-            nats_idem = NatsIdempotencyStore(await self._nats(spec), bucket=bucket, storage=spec.storage)
+            nats_idem = NatsIdempotencyStore(
+                await self._nats(spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+            )
             return self._track(f"idempotency store {spec}", nats_idem)
         from catga.redis import RedisIdempotencyStore
 
@@ -496,7 +540,9 @@ class Backends:
             from catga.nats import NatsOutboxStore
 
             bucket = nats_layout(spec.prefix).outbox_bucket
-            nats_outbox = NatsOutboxStore(await self._nats(spec), bucket=bucket, storage=spec.storage)
+            nats_outbox = NatsOutboxStore(
+                await self._nats(spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+            )
             return self._track(f"outbox {spec}", nats_outbox)
         from catga.redis import RedisOutboxStore
 
@@ -522,7 +568,7 @@ class Backends:
                 from catga.nats import NatsLock
 
                 conn, bucket = await self._nats(spec), nats_layout(spec.prefix).locks_bucket
-                lock = NatsLock(conn, bucket=bucket, storage=spec.storage)
+                lock = NatsLock(conn, bucket=bucket, storage=spec.storage, replicas=spec.replicas)
                 return f"NATS {redact_url(spec.address)}", self._track(f"worker id lock {spec}", lock)
             if spec.backend == "redis":
                 from catga.redis import RedisLock

@@ -28,7 +28,14 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from catga._outage import OutageLog
-from catga._transport import SubscribeArgs, SubscriptionBase, drain, new_dead_letter, retry_delay
+from catga._transport import (
+    SubscribeArgs,
+    SubscriptionBase,
+    complete_inbox,
+    drain,
+    new_dead_letter,
+    retry_delay,
+)
 from catga.errors import BackendError, CatgaError, SerializationError, UnknownMessageTypeError
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.nats._wire import LeanConnection, parse_headers, reply_status
@@ -234,7 +241,7 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
                 await settle(msg.nak(delay=self.backoff(delivered)), "nak")
             return
         if key is not None and inbox is not None:
-            await _quietly(inbox.complete(key), f"inbox complete of {key}")
+            await complete_inbox(inbox, key, self.transport.ack_wait, logger)
         await settle(msg.ack(), "ack")
 
     async def _fail_terminally(self, msg: Delivery, error: str, delivered: int) -> None:

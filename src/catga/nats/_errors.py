@@ -35,6 +35,8 @@ from catga.errors import (
 
 __all__ = (
     "ERR_NO_MESSAGE",
+    "ERR_NO_SUITABLE_PEERS",
+    "ERR_REPLICAS_NOT_SUPPORTED",
     "ERR_STREAM_NAME_IN_USE",
     "ERR_STREAM_NOT_FOUND",
     "ERR_STREAM_STORE_FAILED",
@@ -57,6 +59,8 @@ ERR_STREAM_NOT_FOUND = 10059
 ERR_STREAM_NAME_IN_USE = 10058
 ERR_SUBJECTS_OVERLAP = 10065
 ERR_STREAM_STORE_FAILED = 10049
+ERR_NO_SUITABLE_PEERS = 10005  # more replicas than the cluster has JetStream servers (with room)
+ERR_REPLICAS_NOT_SUPPORTED = 10074  # replicas > 1 on a server without clustering
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     nats.errors.ConnectionClosedError,

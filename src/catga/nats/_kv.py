@@ -34,7 +34,7 @@ from catga.nats._base import NatsStoreBase, check_name
 from catga.nats._errors import translate_errors
 from catga.nats._jsapi import StreamMessage, decode_ack, delete_message, direct_last, iter_direct
 from catga.nats._subjects import key_token, subject_token, token_to_identifier
-from catga.nats.connection import STORES_SERVER, LazyInit, NatsConnection
+from catga.nats.connection import STORES_SERVER, LazyInit, NatsConnection, check_replicas
 
 __all__ = ("KvBucket", "KvEntry", "KvOptions", "KvStore")
 
@@ -64,7 +64,8 @@ class KvBucket:
             string is accepted and escaped).
         atomic: enable atomic batch publish on the stream (for :meth:`create_many`).
         storage: ``"file"`` or ``"memory"``.
-        replicas: stream replicas.
+        replicas: copies of the bucket's stream kept by a JetStream cluster (1-5; 3 on a 3-node
+            cluster, so the bucket survives the loss of a node).
         timeout: seconds per call.
     """
 
@@ -81,6 +82,7 @@ class KvBucket:
         timeout: float,
     ) -> None:
         check_name(bucket, "bucket name")
+        check_replicas(replicas)
         if storage not in ("file", "memory"):
             raise ConfigurationError(f"storage must be 'file' or 'memory', got {storage!r}")
         self.bucket = bucket
@@ -254,7 +256,8 @@ class KvStore(NatsStoreBase):
         source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
         bucket: the bucket name (stream ``KV_<bucket>``); None: the store's :attr:`default_bucket`.
         storage: ``"file"`` or ``"memory"``.
-        replicas: stream replicas.
+        replicas: copies of the bucket's stream kept by a JetStream cluster (1-5; use 3 on a 3-node
+            cluster, so the store survives the loss of a node).
         timeout: seconds per network call (default: the connection's).
     """
 
@@ -274,6 +277,7 @@ class KvStore(NatsStoreBase):
         replicas: int = 1,
         timeout: float | None = None,
     ) -> None:
+        check_replicas(replicas)  # before attaching to the connection
         super().__init__(source, timeout=timeout)
         self._bucket = KvBucket(
             self._conn,

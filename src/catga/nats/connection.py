@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -41,6 +42,8 @@ from catga._urls import redact_url
 from catga._versions import Version, require_version
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.nats._errors import (
+    ERR_NO_SUITABLE_PEERS,
+    ERR_REPLICAS_NOT_SUPPORTED,
     ERR_STREAM_NAME_IN_USE,
     ERR_STREAM_STORE_FAILED,
     ERR_SUBJECTS_OVERLAP,
@@ -52,12 +55,14 @@ from catga.nats._wire import LeanConnection
 __all__ = (
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
+    "MAX_REPLICAS",
     "MIN_SERVER",
     "OUTBOX_SERVER",
     "STORES_SERVER",
     "LazyInit",
     "NatsConnection",
     "as_connection",
+    "check_replicas",
     "server_version",
 )
 
@@ -66,6 +71,34 @@ _log = logging.getLogger("catga.nats")
 #: Default seconds for every network call of the NATS backend (overridable per object).
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_URL = "nats://127.0.0.1:4222"
+#: JetStream keeps at most 5 copies of a stream.
+MAX_REPLICAS = 5
+
+
+def check_replicas(value: object, what: str = "replicas") -> int:
+    """Check a JetStream replica count: an int from 1 to :data:`MAX_REPLICAS` (3 on a 3-node cluster).
+
+    Args:
+        value: the count to check.
+        what: the setting's name, for the message.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ConfigurationError: not an int (``True``, ``"3"``, ``3.0`` are refused) or not in 1..5.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(
+            f"{what} must be an int from 1 to {MAX_REPLICAS}, got {value!r} ({type(value).__name__})"
+        )
+    if not 1 <= value <= MAX_REPLICAS:
+        raise ConfigurationError(
+            f"{what} must be from 1 to {MAX_REPLICAS} (JetStream keeps at most {MAX_REPLICAS} copies of "
+            f"a stream), got {value}; use 3 on a 3-node cluster, 1 on a single server"
+        )
+    return value
+
 
 #: The oldest nats-server the NATS backend accepts at all (the transport's documented minimum).
 MIN_SERVER: Version = (2, 10, 0)
@@ -279,9 +312,12 @@ class NatsConnection(AsyncCloseable):
         """Open a nats-py client and wrap it (the connection owns and closes it).
 
         ``url`` may hold credentials (``nats://user:pass@host:4222``, ``nats://token@host:4222``) or
-        be a comma-separated list / sequence of servers; ``tls://`` turns TLS on. Everything else is
-        passed to ``nats.connect`` unchanged (``reconnect_time_wait``, ``max_reconnect_attempts``,
-        ``inbox_prefix``...). nkeys and creds files need the ``nkeys`` package.
+        be a comma-separated list / sequence of servers; ``tls://`` turns TLS on. Credentials written
+        in the URL(s) apply to every server -- those listed without them, and those the cluster
+        announces -- so a reconnect to another node authenticates (nats-py alone sends them only to the
+        very server whose URL holds them); servers listed with different credentials keep their own.
+        Everything else is passed to ``nats.connect`` unchanged (``reconnect_time_wait``,
+        ``max_reconnect_attempts``, ``inbox_prefix``...). nkeys and creds files need the ``nkeys`` package.
 
         Args:
             url: server URL(s).
@@ -324,6 +360,9 @@ class NatsConnection(AsyncCloseable):
         ):
             if value is not None:
                 kwargs[key] = value
+        if user is None and password is None and token is None and not (user_credentials or nkeys_seed):
+            for key, value in _shared_credentials(servers).items():
+                kwargs.setdefault(key, value)
         kwargs.update(options)
         user_reconnected_cb = kwargs.get("reconnected_cb")
 
@@ -382,10 +421,13 @@ class NatsConnection(AsyncCloseable):
 
         Raises:
             ConfigurationError: the stream exists with an incompatible configuration (the message lists
-                each differing field), or its subjects overlap another stream's.
+                each differing field) or with fewer replicas than ``config.num_replicas``, its subjects
+                overlap another stream's, or the replicas cannot be placed (a single server, or fewer
+                JetStream servers than replicas).
             BackendUnavailableError / BackendTimeoutError: the server did not answer.
         """
         name = config.name
+        replicas = check_replicas(config.num_replicas or 1, f"replicas of NATS stream {name!r}")
         seconds = self.timeout if timeout is None else timeout
         js = (
             self.js
@@ -406,9 +448,22 @@ class NatsConnection(AsyncCloseable):
                             f"cannot create NATS stream {name!r}: its subjects {config.subjects} overlap "
                             "with an existing stream's; choose another prefix/bucket name"
                         ) from exc
+                    if exc.err_code == ERR_NO_SUITABLE_PEERS and "offline" in (exc.description or ""):
+                        raise unavailable_error(  # a node is down or not yet known to the meta leader
+                            f"create stream {name!r} with {replicas} replicas",
+                            f"{exc.description}; retry once every server of the cluster is up",
+                        ) from exc
+                    if exc.err_code in (ERR_REPLICAS_NOT_SUPPORTED, ERR_NO_SUITABLE_PEERS):
+                        raise _replicas_error(str(name), replicas, exc) from exc
                     if exc.err_code != ERR_STREAM_NAME_IN_USE:
                         raise
                     info = await js.stream_info(str(name))
+        existing = info.config.num_replicas or 1
+        if existing < replicas:  # more copies than asked for is fine; fewer breaks a durability promise
+            raise ConfigurationError(
+                f"NATS stream {name!r} exists with {existing} replica(s), wanted {replicas}: raise it with "
+                f"`nats stream edit {name} --replicas {replicas}` (or ask for replicas={existing})"
+            )
         self._check_storage(info)
         differences = []
         for field in check:
@@ -462,6 +517,39 @@ class NatsConnection(AsyncCloseable):
                 _log.warning("draining the NATS connection failed (%s); closing it", exc)
                 with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                     await asyncio.wait_for(self.client.close(), self.timeout)
+
+
+def _shared_credentials(servers: Sequence[str]) -> dict[str, str]:
+    """The user/password or token written in the server URLs, if every URL that has some has the same.
+
+    Parsed as nats-py parses them (no percent-decoding), so what is sent does not change.
+    """
+    found: set[tuple[str, str | None]] = set()
+    for server in servers:
+        try:
+            parts = urlsplit(server if "://" in server else f"nats://{server}")
+        except ValueError:
+            return {}
+        if parts.username is not None:
+            found.add((parts.username, parts.password))
+    if len(found) != 1:
+        return {}
+    name, secret = found.pop()
+    return {"token": name} if secret is None else {"user": name, "password": secret}
+
+
+def _replicas_error(name: str, replicas: int, exc: nats.js.errors.APIError) -> ConfigurationError:
+    if exc.err_code == ERR_REPLICAS_NOT_SUPPORTED:
+        hint = "this server runs JetStream without clustering (one copy): use replicas=1, or a cluster"
+    else:
+        hint = (
+            f"the cluster has fewer than {replicas} JetStream servers with room for it: "
+            "lower replicas or add servers"
+        )
+    return ConfigurationError(
+        f"cannot create NATS stream {name!r} with {replicas} replicas: {exc.description} "
+        f"(err_code {exc.err_code}); {hint}"
+    )
 
 
 _shared: weakref.WeakKeyDictionary[Client, NatsConnection] = weakref.WeakKeyDictionary()

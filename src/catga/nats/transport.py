@@ -83,7 +83,13 @@ from catga.messages import H_ID, Metadata, QoS
 from catga.nats._consumer import NatsSubscription, PullConsumer, settle
 from catga.nats._errors import translate_errors
 from catga.nats._jsapi import decode_ack
-from catga.nats.connection import DEFAULT_TIMEOUT, DEFAULT_URL, NatsConnection, as_connection
+from catga.nats.connection import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    NatsConnection,
+    as_connection,
+    check_replicas,
+)
 from catga.nats.idempotency import NatsInboxStore
 from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, Subscription, validate_identifier
 from catga.serialization import TypeRegistry, default_registry
@@ -166,7 +172,10 @@ class NatsTransport(TransportBase[NatsSubscription]):
         retry_backoff_max: cap of the nak delay.
         duplicate_window: seconds JetStream remembers ``Nats-Msg-Id`` values to drop duplicates.
         max_age: seconds a message may wait in a stream at most (None: forever).
-        storage: JetStream storage of the streams.
+        storage: JetStream storage of the streams (and of the default inbox).
+        replicas: copies of the streams (and of the default inbox bucket) a JetStream cluster keeps,
+            1-5: use 3 on a 3-node cluster, so an acknowledged publish survives the loss of a node.
+            Consumers follow their stream's replicas.
         timeout: default timeout of every network call, in seconds.
         drain_timeout: how long :meth:`aclose` waits for in-flight handlers before cancelling them.
         pull_expires: lifetime of one JetStream pull request (idle consumers re-pull this often).
@@ -199,6 +208,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
         duplicate_window: float = 120.0,
         max_age: float | None = 7 * _DAY,
         storage: Literal["file", "memory"] = "file",
+        replicas: int = 1,
         timeout: float = 5.0,
         drain_timeout: float = 10.0,
         pull_expires: float = 5.0,
@@ -223,6 +233,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
             if value <= 0:
                 raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
         check_retry_backoff(retry_backoff, retry_backoff_max)
+        self.replicas = check_replicas(replicas)
         self.connection = as_connection(connection)
         self.client: Client = self.connection.client
         self.registry = registry if registry is not None else default_registry()
@@ -501,6 +512,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
             storage=self.storage,
             duplicate_window=self.duplicate_window,
             max_age=self.max_age,
+            num_replicas=self.replicas,
         )
         await self.connection.ensure_stream(config, check=("subjects", "retention"))
 
@@ -516,7 +528,10 @@ class NatsTransport(TransportBase[NatsSubscription]):
         qos, group, dest = args.qos, args.group, args.destination
         if qos == QoS.EXACTLY_ONCE and self.inbox is None:
             self._own_inbox = NatsInboxStore(
-                self.connection, bucket=f"{self.stream}_INBOX", storage=self.storage.value
+                self.connection,
+                bucket=f"{self.stream}_INBOX",
+                storage=self.storage.value,
+                replicas=self.replicas,
             )
             self.inbox = self._own_inbox
         sub = NatsSubscription(self, args)
