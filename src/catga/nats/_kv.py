@@ -110,7 +110,7 @@ class KvBucket:
         self.init = LazyInit(self._create)
 
     async def _create(self) -> None:
-        await self._conn.ensure_stream(self._config, self._check)
+        await self._conn.ensure_stream(self._config, self._check, timeout=self._timeout)
         if not self._wire.connected:
             await self._wire.connect()
 

@@ -514,7 +514,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
             max_age=self.max_age,
             num_replicas=self.replicas,
         )
-        await self.connection.ensure_stream(config, check=("subjects", "retention"))
+        await self.connection.ensure_stream(config, check=("subjects", "retention"), timeout=self.timeout)
 
     # ------------------------------------------------------------------------------------------------
     # Subscribing

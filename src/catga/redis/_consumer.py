@@ -20,6 +20,7 @@ from catga._transport import (
     SubscribeArgs,
     SubscriptionBase,
     add_dead_letter,
+    complete_inbox,
     decode_delivery,
     drain,
     handler_failed,
@@ -129,7 +130,7 @@ class RedisSubscription(SubscriptionBase["RedisTransport"]):
                 await quietly(inbox.release(key), f"inbox release of {key}")
             return await self._failed(d, source, body, headers, meta, exc)
         if key is not None:
-            await quietly(inbox.complete(key), f"inbox complete of {key}")
+            await complete_inbox(inbox, key, self.transport.claim_min_idle, logger)
         return Outcome.ACK, 0.0
 
     async def _failed(
