@@ -104,6 +104,16 @@ def test_doctor_checks_nats_version_and_jetstream(nats_url: str) -> None:
 
 
 @pytest.mark.nats
+def test_doctor_takes_several_nats_servers(nats_url: str) -> None:
+    # a cluster's URL list; the first server is down, the second answers
+    dead = f"nats://127.0.0.1:{free_port()}"
+    code, out, _ = invoke("doctor", "--nats", f"{dead},{nats_url}", "--json")
+    assert code == 0, out
+    [nats_check] = [c for c in json.loads(out)["checks"] if c["name"] == "nats"]
+    assert nats_check["status"] == "ok", nats_check
+
+
+@pytest.mark.nats
 def test_doctor_reads_the_nats_url_from_the_environment(nats_url: str) -> None:
     code, out, _ = invoke("doctor", env={"CATGA_NATS_URL": nats_url, "CATGA_REDIS_URL": None})
     assert code == 0, out

@@ -93,7 +93,7 @@ async def _check_nats(url: str, timeout: float, durability: list[Check]) -> Chec
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                servers=[url],
+                servers=[u.strip() for u in url.split(",") if u.strip()],  # a cluster: several URLs
                 connect_timeout=max(1, round(timeout)),
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
