@@ -19,6 +19,7 @@ import contextlib
 import gc
 import os
 import signal
+import time
 import warnings
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -33,7 +34,7 @@ from catga.nats._wire import LeanConnection
 from catga.redis import RedisClient
 from catga.testing.servers import NatsServer, RedisServer
 
-BIG = b"x" * (48 * 1024 * 1024)  # more than the kernel buffers of both sides of a loopback socket
+BIG = b"PING\r\n" * (8 * 1024 * 1024)  # 48 MiB of valid commands: more than the socket buffers hold
 
 
 @pytest.fixture
@@ -53,9 +54,20 @@ def stopped(pid: int | None) -> Iterator[None]:
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
+        # the signal is asynchronous: wait until every thread is stopped, so nothing more is read
+        deadline = time.monotonic() + 5
+        while _state(pid) != "T":
+            assert time.monotonic() < deadline, f"server {pid} did not stop"
+            time.sleep(0.001)
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def _state(pid: int) -> str:
+    """The process state letter from ``/proc/PID/stat`` (``T``: stopped)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 def _fileno(transport: Any) -> int:
