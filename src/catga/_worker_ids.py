@@ -3,9 +3,9 @@
 Every id catga draws in a process comes from one generator (:func:`catga.ids.default_generator`), so a
 process needs **one** worker id, however many :class:`~catga.App` objects it runs. Two processes with
 the same worker id draw the same ids, and then a broker's de-duplication (NATS ``Nats-Msg-Id``) or an
-inbox silently drops the second process's messages. So an app with a NATS or Redis backend leases the
-process's worker id through that backend when it starts (:func:`catga.worker_lease.lease_worker_id`,
-renewed every ``ttl / 3``) and the generator adopts it:
+inbox silently drops the second process's messages. So an app with a NATS, Redis or PostgreSQL backend
+leases the process's worker id through that backend when it starts
+(:func:`catga.worker_lease.lease_worker_id`, renewed every ``ttl / 3``) and the generator adopts it:
 
 * the first app of the process that starts leases the id; the others join that lease;
 * when the app whose backend holds the lease stops while others still run, the id is leased again
