@@ -369,11 +369,14 @@ class Lease(Protocol):
         token: random token identifying this holder (checked atomically on release/extend).
         fencing_token: strictly increasing per key across all acquisitions; pass it to downstream
             writes so they can reject a stale holder.
+        lost: True once an automatic renewal (``auto_renew=True``) found the key expired or held by
+            another holder; the renewal then stops (and logs a WARNING).
     """
 
     key: str
     token: str
     fencing_token: int
+    lost: bool
 
     async def release(self) -> None:
         """Release; raises :class:`~catga.errors.LockNotOwnedError` if no longer the holder."""

@@ -13,18 +13,16 @@ its holder, never to a thread or a task: whoever holds the object may release it
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import threading
 import time
 
+from catga._lease import LeaseBase
 from catga.errors import ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.memory._wakeup import Waiter, notify
 from catga.protocols import validate_identifier
 
 __all__ = ("MemoryLease", "MemoryLock")
-
-_log = logging.getLogger("catga.memory.lock")
 
 
 class _KeyState:
@@ -37,7 +35,7 @@ class _KeyState:
         self.waiters: list[Waiter] = []
 
 
-class MemoryLease:
+class MemoryLease(LeaseBase):
     """A held :class:`MemoryLock` key. Use ``async with lease:`` to release on exit.
 
     Attributes:
@@ -45,9 +43,10 @@ class MemoryLease:
         token: this holder's random token.
         fencing_token: strictly increasing per key across acquisitions.
         ttl: the ttl the lease was acquired (or last extended) with.
+        lost: True when auto-renewal found the lease expired or taken.
     """
 
-    __slots__ = ("_lock", "_renewer", "fencing_token", "key", "token", "ttl")
+    __slots__ = ("_lock", "fencing_token", "key", "token", "ttl")
 
     def __init__(self, lock: MemoryLock, key: str, token: str, fencing_token: int, ttl: float) -> None:
         self._lock = lock
@@ -55,7 +54,7 @@ class MemoryLease:
         self.token = token
         self.fencing_token = fencing_token
         self.ttl = ttl
-        self._renewer: asyncio.Task[None] | None = None
+        self._init_lease(lock._renewers)
 
     async def release(self) -> None:
         """Release the lock.
@@ -63,8 +62,9 @@ class MemoryLease:
         Raises:
             LockNotOwnedError: the lease expired or was already released.
         """
-        self._stop_renewal()
+        await self._stop_renewal()
         self._lock._release(self)
+        self._released = True
 
     async def extend(self, ttl: float) -> None:
         """Make the lease expire ``ttl`` seconds from now.
@@ -80,41 +80,6 @@ class MemoryLease:
     def held(self) -> bool:
         """Whether this lease still holds its key (not released, not expired)."""
         return self._lock._holds(self)
-
-    def _start_renewal(self) -> None:
-        self._renewer = asyncio.get_running_loop().create_task(
-            self._renew(), name=f"catga-lock-renew:{self.key}"
-        )
-        self._lock._renewers.add(self._renewer)
-        self._renewer.add_done_callback(self._lock._renewers.discard)
-
-    def _stop_renewal(self) -> None:
-        task, self._renewer = self._renewer, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                self._lock._extend(self, self.ttl)
-            except LockNotOwnedError:
-                _log.warning("lock %r lost before renewal (fencing token %d)", self.key, self.fencing_token)
-                return
-
-    async def __aenter__(self) -> MemoryLease:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if exc and exc[0] is not None:
-            try:
-                await self.release()
-            except LockNotOwnedError:  # do not hide the error that is already propagating
-                _log.warning(
-                    "lock %r had expired before release (fencing token %d)", self.key, self.fencing_token
-                )
-        else:
-            await self.release()
 
     def __repr__(self) -> str:
         return f"MemoryLease(key={self.key!r}, fencing_token={self.fencing_token})"

@@ -24,13 +24,13 @@ import asyncio
 import logging
 import secrets
 import time
-from types import TracebackType
 from typing import Unpack
 
 import msgspec
 from nats.aio.client import Client
 
-from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
+from catga._lease import LeaseBase
+from catga.errors import ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.nats._kv import KvOptions, KvStore
 from catga.nats.connection import NatsConnection
 
@@ -48,14 +48,22 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Holder).decode
 
 
-class NatsLease:
-    """A held NATS lock (see :class:`~catga.protocols.Lease`).
+class NatsLease(LeaseBase):
+    """A held NATS lock (see :class:`~catga.protocols.Lease`). Use ``async with`` to release on exit.
 
     Attributes:
         key: the lock key.
         token: this holder's random token.
         fencing_token: the revision of the acquiring write (strictly increasing per key).
+        ttl: the lease time in seconds (of the acquisition or the last extend).
+        lost: True when auto-renewal found the lease taken or expired.
     """
+
+    __slots__ = ("_expires_at", "_lock", "_op", "_revision", "fencing_token", "key", "token", "ttl")
+
+    # A release cancelling the renewal waits for it: the revision of a write in flight must not be
+    # lost (the renewal's write is shielded; release() then deletes the new revision).
+    _await_renewal_on_stop = True
 
     def __init__(
         self, lock: NatsLock, key: str, token: str, revision: int, ttl: float, expires: float
@@ -63,13 +71,12 @@ class NatsLease:
         self.key = key
         self.token = token
         self.fencing_token = revision
+        self.ttl = ttl
         self._lock = lock
         self._revision = revision
-        self._ttl = ttl
         self._expires_at = expires
-        self._released = False
-        self._renewer: asyncio.Task[None] | None = None
         self._op = asyncio.Lock()
+        self._init_lease(lock._renewers)
 
     def _not_owned(self) -> LockNotOwnedError:
         return LockNotOwnedError(self.key)
@@ -80,7 +87,7 @@ class NatsLease:
         Raises:
             LockNotOwnedError: already released, expired, or taken over by another holder.
         """
-        await self._stop_renewing()
+        await self._stop_renewal()
         async with self._op:
             if self._released:
                 raise self._not_owned()
@@ -107,42 +114,13 @@ class NatsLease:
                 raise self._not_owned()
             self._revision = revision
             self._expires_at = expires
-            self._ttl = ttl
+            self.ttl = ttl
 
-    def _start_renewing(self) -> None:
-        self._renewer = asyncio.create_task(self._renew(), name=f"catga-lock-renew:{self.key}")
-        self._lock._renewers.add(self._renewer)
-        self._renewer.add_done_callback(self._lock._renewers.discard)
+    async def _renew_once(self) -> None:
+        await asyncio.shield(self.extend(self.ttl))
 
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self._ttl / 3)
-            try:
-                # shielded: a release cancelling this task must not lose the revision of a write in
-                # flight; release() then waits for it on self._op and deletes the new revision
-                await asyncio.shield(self.extend(self._ttl))
-            except LockNotOwnedError:
-                _log.warning("lock %r was lost before it could be renewed; stopping auto-renewal", self.key)
-                return
-            except BackendError as exc:
-                _log.warning("renewing lock %r failed (%s); retrying", self.key, exc)
-
-    async def _stop_renewing(self) -> None:
-        task, self._renewer = self._renewer, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def __aenter__(self) -> NatsLease:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.release()
+    def __repr__(self) -> str:
+        return f"NatsLease(key={self.key!r}, fencing_token={self.fencing_token}, released={self._released})"
 
 
 class NatsLock(KvStore):
@@ -195,7 +173,7 @@ class NatsLock(KvStore):
             lease = await self._try(key, token, ttl)
             if lease is not None:
                 if auto_renew:
-                    lease._start_renewing()
+                    lease._start_renewal()
                 return lease
             remaining = deadline - time.monotonic()
             if remaining <= 0:

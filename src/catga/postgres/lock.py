@@ -40,11 +40,11 @@ import math
 import os
 import random
 import time
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import asyncpg.exceptions as pgexc
 
+from catga._lease import LeaseBase
 from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.postgres._base import DEFAULT_TIMEOUT, PgStore
 from catga.protocols import validate_identifier
@@ -66,7 +66,7 @@ def _ttl(ttl: float) -> float:
     return float(ttl)
 
 
-class PostgresLease:
+class PostgresLease(LeaseBase):
     """A held :class:`PostgresLock` key (see :class:`~catga.protocols.Lease`). Use ``async with`` to
     release on exit.
 
@@ -78,7 +78,7 @@ class PostgresLease:
         lost: True when auto-renewal found the lease taken or expired.
     """
 
-    __slots__ = ("_lock", "_released", "_renewal", "fencing_token", "key", "lost", "token", "ttl")
+    __slots__ = ("_lock", "fencing_token", "key", "token", "ttl")
 
     def __init__(self, lock: PostgresLock, key: str, token: str, fencing_token: int, ttl: float) -> None:
         self._lock = lock
@@ -86,14 +86,7 @@ class PostgresLease:
         self.token = token
         self.fencing_token = fencing_token
         self.ttl = ttl
-        self.lost = False
-        self._released = False
-        self._renewal: asyncio.Task[None] | None = None
-
-    @property
-    def released(self) -> bool:
-        """True once :meth:`release` succeeded."""
-        return self._released
+        self._init_lease(lock._renewals)
 
     async def release(self) -> None:
         """Release the lock (the row stays, with its fencing counter).
@@ -102,7 +95,7 @@ class PostgresLease:
             LockNotOwnedError: the lease expired, was taken over, or was already released.
             BackendUnavailableError, BackendTimeoutError, BackendError: the server failed.
         """
-        self._stop_renewal()
+        await self._stop_renewal()
         if self._released:
             raise LockNotOwnedError(self.key)
         lock = self._lock
@@ -125,49 +118,6 @@ class PostgresLease:
         if await lock._query("extend", None, "fetchval", lock._extend, self.key, self.token, seconds) is None:
             raise LockNotOwnedError(self.key)
         self.ttl = seconds
-
-    def _start_renewal(self) -> None:
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._renew_forever(), name=f"catga-lock-renew:{self.key}")
-        self._renewal = task
-        self._lock._renewals.add(task)
-        task.add_done_callback(self._lock._renewals.discard)
-
-    def _stop_renewal(self) -> None:
-        task, self._renewal = self._renewal, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-
-    async def _renew_forever(self) -> None:
-        while True:
-            interval = self.ttl / 3
-            await asyncio.sleep(interval)
-            try:
-                await self.extend(self.ttl)
-            except LockNotOwnedError:
-                self.lost = True
-                logger.warning("lock %r lost: the lease expired or was taken over before renewal", self.key)
-                return
-            except BackendError as exc:  # transient: try again sooner, until the lease would expire
-                logger.warning("lock %r renewal failed (%s); retrying", self.key, exc)
-                await asyncio.sleep(min(interval, 0.5))
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._released:
-            self._stop_renewal()
-            return
-        if exc is None:
-            await self.release()
-            return
-        try:  # the body failed: release, but never hide the body's error
-            await self.release()
-        except LockNotOwnedError:
-            logger.warning("lock %r was no longer held when its block raised %r", self.key, exc)
 
     def __repr__(self) -> str:
         state = f"fencing_token={self.fencing_token}, released={self._released}"

@@ -22,10 +22,9 @@ import logging
 import os
 import random
 import time
-from types import TracebackType
-from typing import Self
 
-from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
+from catga._lease import LeaseBase
+from catga.errors import ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.protocols import validate_identifier
 from catga.redis._base import RedisStoreBase, positive_ms
 from catga.redis.connection import RedisClient, Script
@@ -62,7 +61,7 @@ _MIN_SLEEP = 0.002
 _MAX_SLEEP = 0.1
 
 
-class RedisLease:
+class RedisLease(LeaseBase):
     """A held lock (see :class:`~catga.protocols.Lease`). Use ``async with`` to release on exit.
 
     Attributes:
@@ -73,17 +72,7 @@ class RedisLease:
         lost: True when auto-renewal found the lease taken or expired.
     """
 
-    __slots__ = (
-        "_lock",
-        "_redis_key",
-        "_released",
-        "_renewal",
-        "fencing_token",
-        "key",
-        "lost",
-        "token",
-        "ttl",
-    )
+    __slots__ = ("_lock", "_redis_key", "fencing_token", "key", "token", "ttl")
 
     def __init__(self, lock: RedisLock, key: str, redis_key: str, token: str, fencing_token: int, ttl: float):
         self._lock = lock
@@ -92,14 +81,7 @@ class RedisLease:
         self.token = token
         self.fencing_token = fencing_token
         self.ttl = ttl
-        self.lost = False
-        self._released = False
-        self._renewal: asyncio.Task[None] | None = None
-
-    @property
-    def released(self) -> bool:
-        """True once :meth:`release` succeeded."""
-        return self._released
+        self._init_lease(lock._renewals)
 
     async def release(self) -> None:
         """Release the lock.
@@ -107,7 +89,7 @@ class RedisLease:
         Raises:
             LockNotOwnedError: the lease expired or was taken over (or was already released).
         """
-        self._stop_renewal()
+        await self._stop_renewal()
         if self._released:
             raise LockNotOwnedError(self.key)
         done = await self._lock._client.run_script(_RELEASE, (self._redis_key,), (self.token,))
@@ -128,49 +110,6 @@ class RedisLease:
         if done != 1:
             raise LockNotOwnedError(self.key)
         self.ttl = ttl
-
-    def _start_renewal(self) -> None:
-        self._renewal = asyncio.get_running_loop().create_task(
-            self._renew_forever(), name=f"catga-lock-renew:{self.key}"
-        )
-        self._lock._renewals.add(self._renewal)
-        self._renewal.add_done_callback(self._lock._renewals.discard)
-
-    def _stop_renewal(self) -> None:
-        task, self._renewal = self._renewal, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-
-    async def _renew_forever(self) -> None:
-        while True:
-            interval = self.ttl / 3
-            await asyncio.sleep(interval)
-            try:
-                await self.extend(self.ttl)
-            except LockNotOwnedError:
-                self.lost = True
-                logger.warning("lock %r lost: the lease expired or was taken over before renewal", self.key)
-                return
-            except BackendError as exc:  # transient: try again sooner, until the lease would expire
-                logger.warning("lock %r renewal failed (%s); retrying", self.key, exc)
-                await asyncio.sleep(min(interval, 0.5))
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._released:
-            self._stop_renewal()
-            return
-        if exc is None:
-            await self.release()
-            return
-        try:  # the body failed: release, but never hide the body's error
-            await self.release()
-        except LockNotOwnedError:
-            logger.warning("lock %r was no longer held when its block raised %r", self.key, exc)
 
     def __repr__(self) -> str:
         return f"RedisLease(key={self.key!r}, fencing_token={self.fencing_token}, released={self._released})"

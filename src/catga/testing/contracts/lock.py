@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -161,6 +162,22 @@ class DistributedLockContract:
         await lease.release()
         after = await distributed_lock.acquire(key, ttl=5.0, wait=0)
         await after.release()
+
+    async def test_an_auto_renewed_lease_that_expired_is_marked_lost(
+        self, distributed_lock: DistributedLock
+    ) -> None:
+        key = unique("l")
+        lease = await distributed_lock.acquire(key, ttl=0.3, auto_renew=True)
+        assert lease.lost is False
+        time.sleep(0.5)  # noqa: ASYNC251 - block the loop: no renewal can run, the lease expires
+        other = await distributed_lock.acquire(key, ttl=5.0, wait=2.0)
+        deadline = time.monotonic() + 3.0
+        while not lease.lost:
+            assert time.monotonic() < deadline, "the renewal never noticed the lease was lost"
+            await asyncio.sleep(0.02)
+        with pytest.raises(LockNotOwnedError):
+            await lease.release()
+        await other.release()
 
     async def test_context_manager_releases_on_exit(self, distributed_lock: DistributedLock) -> None:
         key = unique("l")
