@@ -417,7 +417,9 @@ class Cache(Protocol):
     """Key → bytes with optional TTL.
 
     Contract: ``get`` returns None for a missing or expired key; ``set`` overwrites; ``delete`` returns
-    whether the key existed; ``get_or_set`` calls ``factory`` only on a miss and stores its value.
+    whether the key existed; ``get_or_set`` calls ``factory`` only on a miss and stores its value;
+    concurrent misses of one key on one cache object share one ``factory`` call (a failing factory
+    stores nothing and fails every caller waiting on it); a bad ttl is refused before ``factory`` runs.
     """
 
     async def get(self, key: str) -> bytes | None: ...

@@ -10,11 +10,12 @@ factory (the last write wins), as with a remote cache.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
 
+from catga._cache import SingleFlight
 from catga._lifecycle import AsyncCloseable
 from catga.errors import ConfigurationError
 from catga.protocols import validate_identifier
@@ -33,16 +34,17 @@ def _check_ttl(ttl: float | None) -> float:
     return time.monotonic() + ttl
 
 
-class MemoryCache(AsyncCloseable):
+class MemoryCache(SingleFlight, AsyncCloseable):
     """Key → bytes with optional TTL, in process memory.
 
     Args:
         sweep_every: purge expired entries once every this many writes.
     """
 
-    __slots__ = ("_data", "_lock", "_sweep_every", "_writes")
+    __slots__ = ("_data", "_inflight", "_lock", "_sweep_every", "_writes")
 
     def __init__(self, *, sweep_every: int = 1024) -> None:
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
         if sweep_every < 1:
             raise ConfigurationError(f"sweep_every must be >= 1, got {sweep_every}")
         self._data: dict[str, tuple[bytes, float]] = {}
@@ -96,18 +98,6 @@ class MemoryCache(AsyncCloseable):
         with self._lock:
             item = self._data.pop(key, None)
         return item is not None and item[1] > time.monotonic()
-
-    async def get_or_set(
-        self, key: str, factory: Callable[[], Awaitable[bytes]], ttl: float | None = None
-    ) -> bytes:
-        """Return the cached value, or await ``factory()`` on a miss, store and return its value."""
-        value = await self.get(key)
-        if value is not None:
-            return value
-        _check_ttl(ttl)
-        value = await factory()
-        await self.set(key, value, ttl)
-        return value
 
     def _sweep(self) -> None:
         now = time.monotonic()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Unpack
 
 from nats.aio.client import Client
 
+from catga._cache import SingleFlight
 from catga.nats._kv import KvEntry, KvOptions, KvStore
 from catga.nats.connection import NatsConnection
 
@@ -31,7 +31,7 @@ def _live(entry: KvEntry | None, now: float) -> bool:
     return expires is None or float(expires) > now
 
 
-class NatsCache(KvStore):
+class NatsCache(SingleFlight, KvStore):
     """:class:`~catga.protocols.Cache` on a NATS KV-layout bucket (default ``catga_cache``).
 
     Options (``source``, ``bucket``, ``storage``, ``replicas``, ``timeout``): see
@@ -81,34 +81,3 @@ class NatsCache(KvStore):
             live = _live(entry, time.time())
             if await bucket.delete(entry.revision):
                 return live
-
-    async def get_or_set(
-        self, key: str, factory: Callable[[], Awaitable[bytes]], ttl: float | None = None
-    ) -> bytes:
-        """The value of ``key``; on a miss, ``await factory()``, store it with ``ttl`` and return it.
-
-        Concurrent calls for one key on this object share one factory call. A failing factory stores
-        nothing and its exception propagates.
-        """
-        value = await self.get(key)
-        if value is not None:
-            return value
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            value = await factory()
-            await self.set(key, value, ttl)
-            fut.set_result(value)
-            return value
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        except Exception as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark it retrieved; concurrent waiters (if any) get it too
-            raise
-        finally:
-            del self._inflight[key]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
 from typing import Any
 
+from catga._cache import SingleFlight
 from catga.errors import ConfigurationError
 from catga.protocols import validate_identifier
 from catga.redis._base import RedisStoreBase
@@ -23,7 +24,7 @@ def _ttl_args(ttl: float | None) -> tuple[Any, ...]:
     return ("PX", max(1, round(ttl * 1000)))
 
 
-class RedisCache(RedisStoreBase):
+class RedisCache(SingleFlight, RedisStoreBase):
     """Key → bytes with optional TTL in Redis (see :class:`~catga.protocols.Cache`); expiry is Redis's.
 
     Built on a :class:`~catga.redis.RedisClient` (keys live under its prefix); ``owns_client`` and
@@ -32,6 +33,7 @@ class RedisCache(RedisStoreBase):
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
         super().__init__(client, owns_client=owns_client)
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._prefix = f"{client.prefix}:cache:"
 
     async def get(self, key: str) -> bytes | None:
@@ -66,18 +68,3 @@ class RedisCache(RedisStoreBase):
         """
         validate_identifier(key, _KIND)
         return bool(await self._client.execute("DEL", self._prefix + key))
-
-    async def get_or_set(
-        self, key: str, factory: Callable[[], Awaitable[bytes]], ttl: float | None = None
-    ) -> bytes:
-        """Return the cached value, or await ``factory()`` on a miss, store and return its value.
-
-        Concurrent misses may each call ``factory`` (the last ``SET`` wins); no lock is taken.
-        """
-        value = await self.get(key)
-        if value is not None:
-            return value
-        _ttl_args(ttl)
-        value = await factory()
-        await self.set(key, value, ttl)
-        return value

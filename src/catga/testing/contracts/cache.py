@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from catga.errors import InvalidIdentifierError
+from catga.errors import ConfigurationError, InvalidIdentifierError
 from catga.protocols import Cache
 from catga.testing.contracts._util import unique
 from catga.testing.contracts.event_store import INVALID_IDS
@@ -115,6 +115,52 @@ class CacheContract:
         with pytest.raises(RuntimeError, match="backend down"):
             await cache.get_or_set(key, factory)
         assert await cache.get(key) is None
+
+    async def test_concurrent_misses_share_one_factory_call(self, cache: Cache) -> None:
+        key = unique("c")
+        calls = 0
+        release = asyncio.Event()
+
+        async def factory() -> bytes:
+            nonlocal calls
+            calls += 1
+            await release.wait()
+            return b"once"
+
+        waiters = [asyncio.ensure_future(cache.get_or_set(key, factory)) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await asyncio.gather(*waiters) == [b"once"] * 8
+        assert calls == 1
+
+    async def test_a_failing_factory_fails_every_concurrent_caller_and_stores_nothing(
+        self, cache: Cache
+    ) -> None:
+        key = unique("c")
+        release = asyncio.Event()
+
+        async def factory() -> bytes:
+            await release.wait()
+            raise RuntimeError("factory failed")
+
+        waiters = [asyncio.ensure_future(cache.get_or_set(key, factory)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        release.set()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) and "factory failed" in str(r) for r in results), results
+        assert await cache.get(key) is None
+
+    async def test_a_bad_ttl_is_refused_before_the_factory_runs(self, cache: Cache) -> None:
+        called = False
+
+        async def factory() -> bytes:
+            nonlocal called
+            called = True
+            return b"x"
+
+        with pytest.raises(ConfigurationError):
+            await cache.get_or_set(unique("c"), factory, ttl=0)
+        assert not called
 
     async def test_keys_are_independent(self, cache: Cache) -> None:
         key = unique("k")
