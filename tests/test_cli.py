@@ -55,30 +55,44 @@ def test_error_is_one_line_with_a_hint_and_exit_1() -> None:
     assert out == "" and "Traceback" not in err
 
 
-def test_option_errors_are_reported_as_name_message_and_hint() -> None:
-    code, out, err = invoke("bench", "mediator", env={"CATGA_BENCH_CONCURRENCY": "0,1"})
-    assert code == 1
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[0].startswith("BenchError: --concurrency expects positive integers")
-    assert lines[1].startswith("hint: ")
-    assert len(lines) == 2
-    assert "Traceback" not in out + err
+def test_a_bad_option_value_is_a_usage_error_exit_2() -> None:
+    # docs/cli.md: usage errors (a bad option value) exit with code 2, naming the option.
+    for args, env in (
+        (("bench", "mediator", "--concurrency", "abc"), None),
+        (("bench", "mediator"), {"CATGA_BENCH_CONCURRENCY": "0,1"}),
+    ):
+        code, out, err = invoke(*args, env=env)
+        assert code == 2, (args, out, err)
+        assert "--concurrency" in err and "expects positive integers like 1,2,4,8" in err
+        assert "Traceback" not in out + err
 
 
 def test_debug_shows_the_traceback() -> None:
-    code, _, err = invoke("--debug", "bench", "mediator", "--concurrency", "x")
+    code, _, err = invoke("--debug", "bench", "no-such-suite", "--quick")
     assert code == 1
     assert "Traceback (most recent call last)" in err
-    assert "BenchError: --concurrency expects" in err
+    assert "BenchError: unknown benchmark suite" in err
 
 
 def test_debug_reads_its_environment_variable() -> None:
-    code, _, err = invoke("bench", "mediator", "--concurrency", "x", env={"CATGA_DEBUG": "1"})
+    code, _, err = invoke("bench", "no-such-suite", "--quick", env={"CATGA_DEBUG": "1"})
     assert code == 1
     assert "Traceback (most recent call last)" in err
 
 
-# -- doctor ------------------------------------------------------------------------------------
+def test_bench_list_shows_plain_text_not_sphinx_markup() -> None:
+    code, out, err = invoke("bench", "--list")
+    assert code == 0, err
+    assert "eventstore-memory" in out and "MemoryEventStore" in out
+    for markup in (":class:", ":meth:", ":func:", ":mod:", "``", "`~"):
+        assert markup not in out, markup
+
+
+def test_plain_text_strips_roles_and_literals() -> None:
+    from catga.bench.discovery import plain_text
+
+    text = "a :class:`~catga.memory.X` b :meth:`shown <catga.Y.z>` c ``code`` :func:`catga.f`"
+    assert plain_text(text) == "a X b shown c code catga.f"
 
 
 def test_doctor_without_urls_reports_the_installation() -> None:
@@ -149,6 +163,22 @@ def test_doctor_fails_with_exit_1_on_closed_ports() -> None:
     assert str(port) in failed["nats"] and str(port) in failed["redis"]
 
 
+def test_doctor_refuses_a_non_nats_scheme_without_connecting() -> None:
+    # ftp://x would resolve "x" (DNS) and try to connect; the scheme alone says it cannot be NATS.
+    for url, expected in (
+        ("ftp://x", "unsupported scheme 'ftp' in 'ftp://x'"),
+        ("http://127.0.0.1:4222", "unsupported scheme 'http'"),
+        ("nats://", "no host in NATS URL 'nats://'"),
+        (f"nats://127.0.0.1:{free_port()},ftp://x", "unsupported scheme 'ftp'"),
+    ):
+        code, out, _ = invoke("doctor", "--nats", url, "--json", env={"CATGA_REDIS_URL": None})
+        assert code == 1
+        [check] = [c for c in json.loads(out)["checks"] if c["name"] == "nats"]
+        assert check["status"] == "fail" and expected in check["detail"], check
+        assert "connect_ms" not in check["facts"]
+        assert "cannot connect" not in check["detail"]
+
+
 def test_doctor_human_output_marks_the_failure() -> None:
     code, out, _ = invoke("doctor", "--nats", f"nats://127.0.0.1:{free_port()}", "--timeout", "2")
     assert code == 1
@@ -208,10 +238,21 @@ def test_demo_exits_1_when_a_step_misbehaves(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_demo_rejects_an_unsupported_store() -> None:
-    code, _, err = invoke("demo", env={"CATGA_STORE": "postgres://127.0.0.1/x"})
+    code, out, err = invoke("demo", env={"CATGA_STORE": "postgres://127.0.0.1/x"})
     assert code == 1
-    assert err.splitlines()[0].startswith("ConfigurationError: ")
+    assert err.splitlines()[0].startswith("ConfigurationError: --store (CATGA_STORE) URL ")
     assert "postgres://" in err
+    assert out == ""
+
+
+def test_demo_names_the_bad_option_before_any_banner() -> None:
+    code, out, err = invoke("demo", "--transport", "amqp://x")
+    assert code == 1
+    assert out == "", "nothing (no banner) is printed before the error"
+    first, hint = [line for line in err.splitlines() if line.strip()]
+    assert first.startswith("ConfigurationError: --transport (CATGA_TRANSPORT) URL 'amqp://x'")
+    assert "unsupported scheme 'amqp'" in first
+    assert hint.startswith("hint: fix the option")
 
 
 def test_demo_through_the_console_entry_point() -> None:

@@ -120,6 +120,19 @@ def test_replay_all_and_bad_input(app_url: str) -> None:
     assert code == 2 and "give letter ids, or --all" in err
 
 
+def test_an_empty_list_names_the_prefix_and_hints_at_it(app_url: str) -> None:
+    # A URL without the app's ?prefix= finds no letters: say where we looked instead of an empty table.
+    code, out, err = invoke("dlq", "list", "--url", app_url)
+    assert code == 0, err
+    prefix = parse_url(app_url).prefix
+    assert f"no dead letters under prefix {prefix!r}" in out
+    assert "check --url's prefix" in out
+    assert "dead letters: 0 of 0" not in out
+    code, out, err = invoke("dlq", "list", "--url", app_url, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"count": 0, "prefix": prefix, "letters": []}
+
+
 def test_an_in_memory_url_is_refused() -> None:
     code, _, err = invoke("dlq", "list", "--url", "memory://")
     assert code == 1 and "ConfigurationError" in err and "nats:// or redis://" in err

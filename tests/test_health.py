@@ -74,6 +74,22 @@ async def test_the_health_route_answers_200_or_503() -> None:
         assert r.status_code == 200 and r.json()["checks"][0]["name"] == "app"
 
 
+async def test_the_app_check_counts_components_in_the_right_number() -> None:
+    class Component:
+        async def aclose(self) -> None:
+            pass
+
+    for n, detail in ((0, "0 components"), (1, "1 component"), (2, "2 components")):
+        app = catga.App()
+        app.components.clear()  # the in-memory stores it manages by default
+        for _ in range(n):
+            app.add_component(Component())
+        async with app:
+            report = await app.health()
+        [check] = [c for c in report.checks if c.name == "app"]
+        assert check.detail == detail
+
+
 async def test_a_recovered_data_loss_degrades_the_consumers_check_for_a_while() -> None:
     from types import SimpleNamespace
 
@@ -81,9 +97,10 @@ async def test_a_recovered_data_loss_degrades_the_consumers_check_for_a_while() 
 
     fine = SimpleNamespace(recoveries=0, last_recovery=None)
     hit = SimpleNamespace(recoveries=2, last_recovery=(1_000_000.0, "consumer group g on k vanished"))
-    assert consumers_detail([fine]) == "1 subscriptions"
+    assert consumers_detail([fine]) == "1 subscription"
+    assert consumers_detail([fine, fine]) == "2 subscriptions"
     soon = consumers_detail([fine, hit], now=1_000_000.0 + 60)
-    assert isinstance(soon, Degraded) and "2 time(s), last at 1970-01-12T13:46:40+00:00" in soon
+    assert isinstance(soon, Degraded) and "2 times, last at 1970-01-12T13:46:40+00:00" in soon
     later = consumers_detail([fine, hit], now=1_000_000.0 + DEGRADED_FOR + 1)
     assert not isinstance(later, Degraded) and "consumer group g on k vanished" in later
 

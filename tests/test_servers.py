@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import nats
@@ -257,3 +261,82 @@ def test_unrunnable_binary_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(ServerStartError, match="could not be run") as caught:
         NatsServer(binary=str(fake)).start()
     assert caught.value.command[0] == str(fake)
+
+
+_HOLDS_A_SERVER = """
+import signal, sys, time
+from catga.testing.servers import NatsServer
+if sys.argv[1] == "own-handler":
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(7))
+with NatsServer() as server:
+    print(server.pid, server.port, server.directory, flush=True)
+    time.sleep(60)
+"""
+
+
+def _run_and_terminate(mode: str) -> tuple[int, int, int, Path]:
+    """Start a script holding ``with NatsServer()``, SIGTERM it once the server runs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDS_A_SERVER, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        pid, port, directory = line.split()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    return code, int(pid), int(port), Path(directory)
+
+
+def _assert_gone_or_clean_up(pid: int, port: int, directory: Path) -> None:
+    """:func:`_assert_gone`; if it fails, the orphaned server and its directory are removed first."""
+    try:
+        _assert_gone(pid, port, directory)
+    except (AssertionError, pytest.fail.Exception):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+@pytest.mark.nats
+def test_sigterm_stops_the_servers_then_terminates_as_sigterm_does() -> None:
+    # docs/testing.md: servers still running when Python exits are stopped; atexit alone missed SIGTERM.
+    code, pid, port, directory = _run_and_terminate("default")
+    try:
+        assert code == -signal.SIGTERM  # killed by SIGTERM, as without catga's handler
+    finally:
+        _assert_gone_or_clean_up(pid, port, directory)
+
+
+@pytest.mark.nats
+def test_sigterm_leaves_the_programs_own_handler_alone() -> None:
+    code, pid, port, directory = _run_and_terminate("own-handler")
+    try:
+        assert code == 7  # the program's handler ran (sys.exit(7)); the with-block stopped the server
+    finally:
+        _assert_gone_or_clean_up(pid, port, directory)
+
+
+@pytest.mark.redis
+def test_the_sigterm_handler_lives_only_while_a_server_runs() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with RedisServer():
+        during = signal.getsignal(signal.SIGTERM)
+        if before is signal.SIG_DFL:
+            assert during is servers._on_sigterm
+        else:  # a session server (or pytest) got there first: nothing replaced
+            assert during is before
+    if not servers._running:
+        assert signal.getsignal(signal.SIGTERM) is before

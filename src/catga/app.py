@@ -66,7 +66,7 @@ from catga.backends import Backends
 from catga.context import Context
 from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
 from catga.handlers import Compensate, Lifetime
-from catga.health import Health, Probe, consumers_detail, run_checks, server_checks
+from catga.health import Health, Probe, consumers_detail, counted, run_checks, server_checks
 from catga.ids import SnowflakeIdGenerator, default_generator
 from catga.mediator import ErrorHook, Mediator
 from catga.messages import Event, Metadata, QoS, Request
@@ -368,7 +368,7 @@ class App:
         async def running() -> str:
             if not self._running:
                 raise RuntimeError("the app is not started")
-            return f"{len(self.components)} components"
+            return counted(len(self.components), "component")
 
         probes: list[tuple[str, Probe]] = [("app", running)]
         backends = (self.transport, self.store, self.idempotency_store, self.outbox)

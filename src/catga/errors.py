@@ -178,8 +178,11 @@ class UnknownMessageTypeError(SerializationError):
     def __init__(self, type_name: str) -> None:
         self.type_name = type_name
         super().__init__(
-            f"unknown message type {type_name!r}: register it with TypeRegistry.register() "
-            "(only registered types are ever decoded)"
+            f"unknown message type {type_name!r}: no message class known to this process has that wire "
+            "name (catga decodes only the types it knows). Declare the class where the message arrives: "
+            "app.consume(TheClass) or an @app.handler for it (to read it from an event store: "
+            "catga.serialization.default_registry().register(TheClass)); if sender and receiver name "
+            f"the class differently, decorate both with @message_name({type_name!r})"
         )
 
 

@@ -26,6 +26,7 @@ __all__ = (
     "Health",
     "HealthCheck",
     "consumers_detail",
+    "counted",
     "run_checks",
     "server_checks",
 )
@@ -89,12 +90,17 @@ async def run_checks(probes: Iterable[tuple[str, Probe]], timeout: float) -> Hea
     return Health(all(c.ok for c in checks), checks, any(c.degraded for c in checks))
 
 
+def counted(n: int, noun: str) -> str:
+    """``"1 component"``, ``"2 components"``: a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def consumers_detail(subscriptions: Collection[Any], now: float | None = None) -> str:
     """The detail of the ``consumers`` check: how many subscriptions, and -- :class:`Degraded` for
     :data:`DEGRADED_FOR` seconds after it -- the latest time a broker lost a subscription's state
     (``last_recovery``, see :class:`~catga._transport.SubscriptionBase`) and it was re-created.
     """
-    detail = f"{len(subscriptions)} subscriptions"
+    detail = counted(len(subscriptions), "subscription")
     latest: tuple[float, str] | None = None
     count = 0
     for sub in subscriptions:
@@ -105,7 +111,7 @@ def consumers_detail(subscriptions: Collection[Any], now: float | None = None) -
     if latest is None:
         return detail
     at = datetime.fromtimestamp(latest[0], UTC).isoformat(timespec="seconds")
-    detail += f"; recovered from broker data loss {count} time(s), last at {at}: {latest[1]}"
+    detail += f"; recovered from broker data loss {counted(count, 'time')}, last at {at}: {latest[1]}"
     if (time.time() if now is None else now) - latest[0] < DEGRADED_FOR:
         return Degraded(
             detail + " (what the server lost with it is gone; check its persistence with catga doctor)"

@@ -206,6 +206,32 @@ async def test_connecting_to_nothing_is_unavailable_in_time() -> None:
     assert "127.0.0.1" in str(info.value)
 
 
+async def test_a_refused_port_fails_at_once_with_the_reason() -> None:
+    # nats-py retries the first connect like a reconnect (60 rounds, 2 s apart): catga tries each
+    # server twice without waiting, then says why, instead of waiting out connect_timeout.
+    ports = [free_port(), free_port()]
+    for url in (f"nats://127.0.0.1:{ports[0]}", ",".join(f"nats://127.0.0.1:{p}" for p in ports)):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BackendUnavailableError) as info:
+            await NatsConnection.connect(url, connect_timeout=10.0)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert "no server could be reached (ConnectionRefusedError" in str(info.value), info.value
+        assert elapsed < 5.0, f"took {elapsed:.1f} s of the 10 s connect_timeout"
+
+
+async def test_the_reconnect_policy_applies_after_the_first_connect(nats_url: str) -> None:
+    from nats.aio.client import DEFAULT_MAX_RECONNECT_ATTEMPTS, DEFAULT_RECONNECT_TIME_WAIT
+
+    async with await NatsConnection.connect(nats_url) as conn:
+        assert conn.client.options["max_reconnect_attempts"] == DEFAULT_MAX_RECONNECT_ATTEMPTS
+        assert conn.client.options["reconnect_time_wait"] == DEFAULT_RECONNECT_TIME_WAIT
+    async with await NatsConnection.connect(
+        nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+    ) as conn:
+        assert conn.client.options["max_reconnect_attempts"] == -1
+        assert conn.client.options["reconnect_time_wait"] == 0.5
+
+
 async def test_a_failed_connect_never_shows_the_password() -> None:
     url = f"nats://alice:s3cret-pw@127.0.0.1:{free_port()}"
     with pytest.raises(BackendUnavailableError) as info:
@@ -307,6 +333,9 @@ async def test_wrong_credentials_are_a_configuration_error(token_server: NatsSer
         await NatsConnection.connect(
             token_server.url, token="wrong", allow_reconnect=False, connect_timeout=2.0
         )
+    # with reconnects allowed (the default) too, and at once rather than after connect_timeout
+    with pytest.raises(ConfigurationError, match="credentials"):
+        await NatsConnection.connect(token_server.url, token="wrong", connect_timeout=30.0)
 
 
 # --- server restart -------------------------------------------------------------------------------------

@@ -166,6 +166,46 @@ async def test_closed_port_raises_backend_unavailable() -> None:
             await client.execute("PING")
 
 
+def _host_port(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.split(",")[0])
+    return f"{parts.hostname}:{parts.port}"
+
+
+@pytest.mark.nats
+async def test_a_redis_url_on_a_nats_port_says_it_is_not_redis(nats_url: str) -> None:
+    # NATS greets with "INFO {...}": not RESP. Before: "malformed reply ... may or may not have run".
+    async with RedisClient.from_url(f"redis://{_host_port(nats_url)}/0", connect_timeout=2.0) as client:
+        with pytest.raises(ConfigurationError) as info:
+            await client.execute("PING")
+    text = str(info.value)
+    assert "does not look like a Redis server (got 'INFO {" in text, text
+    assert "may or may not have run" not in text
+
+
+async def test_rediss_on_a_plain_server_says_the_tls_handshake_failed(redis_url: str) -> None:
+    # A plain redis-server never answers the TLS handshake (before: "timed out").
+    url = f"rediss://{_host_port(redis_url)}/0?ssl_cert_reqs=none"
+    async with RedisClient.from_url(url, connect_timeout=1.0) as client:
+        with pytest.raises(ConfigurationError) as info:
+            await client.execute("PING")
+    text = str(info.value)
+    assert "TLS handshake with Redis" in text and "speaks plain Redis, not TLS" in text, text
+    assert "got '+PONG'" in text and "use redis://" in text
+
+
+@pytest.mark.nats
+async def test_rediss_on_a_plain_text_server_says_the_tls_handshake_failed(nats_url: str) -> None:
+    url = f"rediss://{_host_port(nats_url)}/0?ssl_cert_reqs=none"
+    async with RedisClient.from_url(url, connect_timeout=2.0) as client:
+        with pytest.raises(ConfigurationError) as info:
+            await client.execute("PING")
+    text = str(info.value)
+    assert "TLS handshake with Redis" in text and "speaks plain text, not TLS" in text, text
+    assert "got 'INFO {" in text
+
+
 async def test_timeout_names_the_command_and_seconds_then_reconnects(redis_client: RedisClient) -> None:
     key = f"{redis_client.prefix}:empty"
     with pytest.raises(BackendTimeoutError) as info:

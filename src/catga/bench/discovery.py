@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -26,6 +27,7 @@ __all__ = (
     "available_suites",
     "check_suite_names",
     "load_suite",
+    "plain_text",
     "suite_modules",
 )
 
@@ -65,7 +67,7 @@ class Suite:
         name: The ``SUITE`` name.
         module: The module's dotted name.
         cases: The module's ``cases(env)`` function.
-        doc: First line of the module docstring.
+        doc: First line of the module docstring, without Sphinx markup.
     """
 
     name: str
@@ -99,6 +101,25 @@ def _import(module_name: str, suite: str) -> ModuleType:
         ) from exc
 
 
+_ROLE = re.compile(r":[\w:.-]+:`([^`]*)`")
+_LITERAL = re.compile(r"``([^`]*)``")
+
+
+def _role_text(match: re.Match[str]) -> str:
+    text = match.group(1)
+    if text.endswith(">") and "<" in text:  # :role:`shown text <target>`
+        return text[: text.rindex("<")].strip()
+    text = text.removeprefix("!")
+    if text.startswith("~"):  # :class:`~a.b.C` shows C
+        return text[1:].rsplit(".", 1)[-1]
+    return text
+
+
+def plain_text(doc: str) -> str:
+    """``doc`` without Sphinx markup, for a terminal: roles show their text, ````x```` becomes ``x``."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(_role_text, doc))
+
+
 def _as_suite(module: ModuleType) -> Suite | None:
     name = getattr(module, "SUITE", None)
     cases = getattr(module, "cases", None)
@@ -109,7 +130,7 @@ def _as_suite(module: ModuleType) -> Suite | None:
         name=name,
         module=module.__name__,
         cases=cast("Callable[[BenchEnv], list[BenchCase]]", cases),
-        doc=doc[0] if doc else "",
+        doc=plain_text(doc[0]) if doc else "",
     )
 
 

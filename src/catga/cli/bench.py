@@ -41,6 +41,16 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
     return tuple(levels)
 
 
+def _check_concurrency(value: str | None) -> str | None:
+    """Option callback: a bad ``--concurrency`` is a usage error (exit 2), like any bad option value."""
+    if value:
+        try:
+            parse_concurrency(value)
+        except BenchError as exc:
+            raise typer.BadParameter(str(exc).removeprefix("--concurrency ")) from None
+    return value
+
+
 class _RichProgress:
     """A :class:`ProgressSink` drawing a rich progress bar on stderr."""
 
@@ -91,6 +101,7 @@ def bench(
         str | None,
         typer.Option(
             envvar="CATGA_BENCH_CONCURRENCY",
+            callback=_check_concurrency,
             help="Comma-separated levels [default: 1,2,4,8,16,32; quick: 1,16].",
         ),
     ] = None,

@@ -49,10 +49,13 @@ def demo(
     remote servers the demo works under a fresh prefix and deletes it at the end.
     Exits 1 when a step does not behave as expected.
     """
-    from catga.backends import redact_url
+    from catga.backends import parse_url, redact_url
     from catga.examples.orders_demo import DemoStep, run_demo
 
     with reported_errors():
+        # Check both URLs before printing anything: the error names the option (or its variable).
+        parse_url(transport, role="--transport (CATGA_TRANSPORT)")
+        parse_url(store, role="--store (CATGA_STORE)")
         console = out_console()
 
         def show(step: DemoStep) -> None:

@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from catga.backends import Backends, parse_url
+from catga.backends import Backends, parse_url, redact_url
 from catga.cli._common import out_console, print_json, reported_errors, run_async
 from catga.dead_letters import ReplayOutcome, ReplayStatus, replay_dead_letters
 from catga.errors import ConfigurationError, NotFoundError
@@ -107,8 +107,17 @@ def list_letters(
 
     with reported_errors():
         letters, total = run_async(lambda: _with_dlq(url, work))
+        prefix = parse_url(url, "--url").prefix
         if as_json:
-            print_json({"count": total, "letters": [letter_dict(x) for x in letters]})
+            print_json({"count": total, "prefix": prefix, "letters": [letter_dict(x) for x in letters]})
+            return
+        if total == 0:
+            # The usual cause of an empty list is a URL without the app's ?prefix=: say so.
+            out_console().print(
+                f"no dead letters under prefix {prefix!r} ({redact_url(url)}); check --url's prefix: "
+                "it must be the app's transport URL, ?prefix=NAME included, if the app sets one",
+                markup=False,
+            )
             return
         table = Table(title=f"dead letters: {len(letters)} of {total}", show_header=True)
         for column in ("id", "source", "kind", "type", "attempts", "failed at (UTC)", "error"):

@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import typer
 from rich.markup import escape
@@ -75,7 +76,32 @@ async def check_nats(url: str, timeout: float) -> list[Check]:
     return [check, *durability]
 
 
+def _nats_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a NATS URL (checked before connecting), or ``None``."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        return f"no NATS server in {url!r}: give nats://host:port"
+    for server in servers:
+        shown = redact_url(server)
+        try:
+            parts = urlsplit(server if "://" in server else f"nats://{server}")
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            return f"invalid NATS URL {shown!r}: {exc}"
+        if parts.scheme.lower() not in ("nats", "tls"):
+            return (
+                f"unsupported scheme {parts.scheme!r} in {shown!r}: a NATS URL is nats://host:port or "
+                "tls://host:port (several separated by commas); nothing was contacted"
+            )
+        if not parts.hostname:
+            return f"no host in NATS URL {shown!r}: give nats://host:port"
+    return None
+
+
 async def _check_nats(url: str, timeout: float, durability: list[Check]) -> Check:
+    problem = _nats_url_problem(url)
+    if problem is not None:
+        return Check("nats", "fail", problem, {"url": url})
     try:
         import nats
 

@@ -26,13 +26,13 @@ import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_MAX_RECONNECT_ATTEMPTS, DEFAULT_RECONNECT_TIME_WAIT, Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 
@@ -180,6 +180,24 @@ _CONNECTION_ERRORS = (OSError, nats.errors.StaleConnectionError, nats.errors.Con
                       nats.errors.NoServersError)  # fmt: skip
 
 
+def _raise_first_connect_error(where: str, errors: Sequence[Exception], exc: Exception) -> NoReturn:
+    """Every server failed the first connect: raise why, not "no servers".
+
+    A server's answer (credentials refused, TLS required...) says more than the reset that follows it,
+    so the last protocol error wins over the last socket error.
+    """
+    causes = [e for e in errors if not isinstance(e, nats.errors.NoServersError)]
+    if not causes:
+        raise exc
+    answers = [e for e in causes if not isinstance(e, OSError)]
+    cause = answers[-1] if answers else causes[-1]
+    if isinstance(cause, OSError):
+        raise unavailable_error(
+            f"connect to {where}", f"no server could be reached ({type(cause).__name__}: {cause})"
+        ) from cause
+    raise cause  # translated by the caller's translate_errors (credentials refused, TLS...)
+
+
 def _error_logger(outage: OutageLog) -> Callable[[Exception], Awaitable[None]]:
     """nats-py's error callback: reconnect failures through ``outage``, anything else as it comes."""
 
@@ -319,6 +337,11 @@ class NatsConnection(AsyncCloseable):
         Everything else is passed to ``nats.connect`` unchanged (``reconnect_time_wait``,
         ``max_reconnect_attempts``, ``inbox_prefix``...). nkeys and creds files need the ``nkeys`` package.
 
+        The first connect fails fast: each server is tried twice without waiting, and when none
+        accepts, the error says why (refused, credentials...) instead of waiting out
+        ``connect_timeout`` as nats-py's reconnect loop would; ``max_reconnect_attempts`` and
+        ``reconnect_time_wait`` govern the reconnects after it.
+
         Args:
             url: server URL(s).
             user: user name (with ``password``).
@@ -374,12 +397,23 @@ class NatsConnection(AsyncCloseable):
         kwargs["reconnected_cb"] = reconnected
         errors: list[Exception] = []
         user_error_cb = kwargs["error_cb"]
+        forward_connect_errors = "error_cb" in options  # the default logger would say "reconnects"
 
         async def record(exc: Exception) -> None:
             errors.append(exc)
-            await user_error_cb(exc)
+            if forward_connect_errors:
+                await user_error_cb(exc)
 
         kwargs["error_cb"] = record
+        # nats-py applies its reconnect policy to the first connect too (nats.py issues #352, #663): it
+        # retries each server up to max_reconnect_attempts (60) times, sleeping reconnect_time_wait
+        # (2 s) between rounds, so a refused port waited the whole connect_timeout. The first connect
+        # tries each server twice without sleeping and reports why; the policy applies from then on.
+        reconnect_policy = {
+            "max_reconnect_attempts": kwargs.get("max_reconnect_attempts", DEFAULT_MAX_RECONNECT_ATTEMPTS),
+            "reconnect_time_wait": kwargs.get("reconnect_time_wait", DEFAULT_RECONNECT_TIME_WAIT),
+        }
+        kwargs.update(max_reconnect_attempts=1, reconnect_time_wait=0)
         client = Client()
         ok = False
         try:
@@ -391,6 +425,9 @@ class NatsConnection(AsyncCloseable):
                     raise unavailable_error(
                         f"connect to {where}", f"no server accepted within {connect_timeout} s ({last})"
                     ) from exc
+                except nats.errors.NoServersError as exc:
+                    _raise_first_connect_error(where, errors, exc)
+            client.options.update(reconnect_policy)
             client._error_cb = user_error_cb
             prefix = f"$JS.{domain}.API" if domain else "$JS.API"
             conn = cls(client, owns_client=True, timeout=timeout, api_prefix=prefix)

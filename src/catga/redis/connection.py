@@ -183,7 +183,9 @@ async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> 
     Raises:
         BackendUnavailableError: the server cannot be reached.
         BackendTimeoutError: connect or handshake took longer than ``connect_timeout``.
-        ConfigurationError: the server refused the credentials.
+        ConfigurationError: the server refused the credentials; or the URL points at something else:
+            a server that does not answer in RESP (a NATS port), or a ``rediss://`` URL on a server
+            that answers plain TCP (both checked, on failure only, by a second plain connection).
         UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
     """
     loop = asyncio.get_running_loop()
@@ -230,11 +232,76 @@ async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> 
     except BaseException as exc:
         if conn is not None:
             conn.close()
+        if isinstance(exc, Exception):
+            explained = await _explain_handshake_failure(settings, exc, tls_done=conn is not None)
+            if explained is not None:
+                raise explained from exc
         translated = translate_error(exc, op, settings.connect_timeout)
         if translated is exc:
             raise
         raise translated from exc
     return conn
+
+
+_RESP_FIRST_BYTES = (b"+", b"-", b"$", b":", b"*")
+_PROBE_SECONDS = 1.0
+
+
+async def _explain_handshake_failure(
+    settings: RedisSettings, exc: Exception, *, tls_done: bool
+) -> ConfigurationError | None:
+    """Say what is at the other end when the handshake failed in a way that suggests a wrong URL.
+
+    Only on the error path: a reply that is not RESP (a NATS port answers ``INFO {...}``), or a
+    ``rediss://`` URL whose TLS handshake failed or hung (a plain server never answers one). A second,
+    plain connection sends ``PING`` and reads what comes back (bounded by :data:`_PROBE_SECONDS`).
+    None when there is nothing better to say than the original error.
+    """
+    address = settings.address
+    if "sent a malformed reply" in str(exc) and settings.ssl_context is None:
+        got = await _plain_probe(settings)
+        if got is not None and not got.startswith(_RESP_FIRST_BYTES):
+            return ConfigurationError(
+                f"the server at {address} does not look like a Redis server (got {_shown(got)}); "
+                "check the host and port of the Redis URL (6379 is Redis' default port)"
+            )
+        return None
+    if settings.ssl_context is None or tls_done or isinstance(exc, ssl.SSLCertVerificationError):
+        return None  # a refused certificate already says so
+    if not isinstance(exc, ssl.SSLError | TimeoutError | ConnectionResetError | EOFError):
+        return None
+    got = await _plain_probe(settings)  # a TLS port closes a plain connection: nothing comes back
+    if got is None:
+        return None
+    what = "plain Redis" if got.startswith(_RESP_FIRST_BYTES) else "plain text"
+    return ConfigurationError(
+        f"TLS handshake with Redis at {address} failed: the server speaks {what}, not TLS (PING over "
+        f"plain TCP got {_shown(got)}); use redis:// for a plain Redis server, or rediss:// with its "
+        "TLS port"
+    )
+
+
+async def _plain_probe(settings: RedisSettings) -> bytes | None:
+    """The first bytes a plain connection to the server gets back for ``PING`` (None: nothing)."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(min(_PROBE_SECONDS, settings.connect_timeout)):
+            if settings.unix_path is not None:
+                reader, writer = await asyncio.open_unix_connection(settings.unix_path)
+            else:
+                reader, writer = await asyncio.open_connection(settings.host, settings.port)
+            writer.write(b"PING\r\n")
+            return await reader.read(80) or None
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+
+
+def _shown(data: bytes) -> str:
+    text = data.decode("utf-8", errors="replace").split("\r\n", 1)[0]
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
 
 
 async def _server_version(conn: RespConnection, hello: Any) -> str | None:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -301,6 +302,7 @@ class _ServerProcess:
                 self.stop()
                 raise ServerStartError(f"{self.kind} could not be run: {exc}", command=self.command) from exc
             _running.add(self)
+            _install_sigterm_handler()
             problem = self._wait_ready()
             if problem is None:
                 return self
@@ -320,6 +322,8 @@ class _ServerProcess:
         """
         proc, self._proc = self._proc, None
         _running.discard(self)
+        if not _running:
+            _remove_sigterm_handler()
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -571,3 +575,31 @@ def _stop_all() -> None:
     for server in list(_running):
         with contextlib.suppress(Exception):
             server.stop()
+
+
+# atexit does not run when a signal's default action kills the process, so SIGTERM (what `kill`,
+# systemd, docker stop and CI timeouts send) left the servers and their temp directories behind. While
+# a server runs, a SIGTERM handler stops them, then dies of SIGTERM as the process would have. It is
+# installed only from the main thread (Python's rule) and only over the default action: a handler of
+# the program's own, or SIG_IGN, is left alone.
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _stop_all()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)  # the default action: terminate, exit status -SIGTERM
+
+
+def _install_sigterm_handler() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _remove_sigterm_handler() -> None:
+    """Give SIGTERM its default action back once no server runs (unless someone replaced ours)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
