@@ -284,7 +284,8 @@ async def test_entries_not_written_by_catga_are_dead_lettered(
 
     await eventually(dead, what="foreign entry dead-lettered and acked")
     [letter] = await transport_dead_letters.list()
-    assert "body" in letter.error and entry_id.decode() in letter.id
+    # no catga id: the letter id is a digest of the message, the same on every path (issue 10)
+    assert "body" in letter.error and letter.id.startswith("unidentified-") and entry_id
     assert (letter.source, letter.kind) == (dest, "event")  # the destination, not the stream key
     assert letter.headers == {"foo": "bar"}
     assert got == []
