@@ -17,9 +17,10 @@ from catga.errors import (
 from catga.memory import MemoryBroker, MemoryDeadLetterQueue, MemoryTransport
 from catga.memory.transport import H_ERROR
 from catga.messages import Metadata, QoS
-from catga.protocols import Transport
+from catga.protocols import InboxStore, Transport
 from catga.testing.contracts import (
     ContractOrderPlaced,
+    InboxTransportFactory,
     TransportContract,
     TransportFactory,
     contract_registry,
@@ -27,12 +28,16 @@ from catga.testing.contracts import (
 
 
 def _transport(
-    broker: MemoryBroker, dlq: MemoryDeadLetterQueue | None = None, **kw: float
+    broker: MemoryBroker,
+    dlq: MemoryDeadLetterQueue | None = None,
+    inbox: InboxStore | None = None,
+    **kw: float,
 ) -> MemoryTransport:
     return MemoryTransport(
         broker,
         registry=contract_registry(),
         dead_letters=dlq,
+        inbox=inbox,
         retry_backoff=kw.pop("retry_backoff", 0.01),
         retry_backoff_max=kw.pop("retry_backoff_max", 0.05),
         **kw,  # type: ignore[arg-type]
@@ -53,6 +58,22 @@ class TestMemoryTransport(TransportContract):
 
         async def factory() -> MemoryTransport:
             transport = _transport(broker, transport_dead_letters)
+            made.append(transport)
+            return transport
+
+        yield factory
+        for transport in made:
+            await transport.aclose()
+
+    @pytest.fixture
+    async def transport_inbox_factory(
+        self, transport_dead_letters: MemoryDeadLetterQueue
+    ) -> AsyncIterator[InboxTransportFactory]:
+        broker = MemoryBroker()
+        made: list[MemoryTransport] = []
+
+        async def factory(inbox: InboxStore) -> MemoryTransport:
+            transport = _transport(broker, transport_dead_letters, inbox=inbox)
             made.append(transport)
             return transport
 

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from catga.errors import BackendError, BackendUnavailableError, ConfigurationError, InvalidIdentifierError
 from catga.ids import new_id
 from catga.messages import Metadata, QoS
+from catga.protocols import InboxStore
 from catga.redis import RedisClient
 from catga.redis.dead_letter import RedisDeadLetterQueue
 from catga.redis.transport import RedisTransport
@@ -60,7 +61,14 @@ async def transport_factory(
 
 
 class TestRedisTransport(TransportContract):
-    pass
+    @pytest.fixture
+    def transport_inbox_factory(
+        self, transport_factory: Factory
+    ) -> Callable[[InboxStore], Awaitable[RedisTransport]]:
+        async def make(inbox: InboxStore) -> RedisTransport:
+            return await transport_factory(inbox=inbox)
+
+        return make
 
 
 # --------------------------------------------------------------------------------------------------
