@@ -222,7 +222,13 @@ async def complete_inbox(inbox: IdempotencyStore, key: str, within: float, log: 
         await inbox.complete(key)
         return True
     except Exception as exc:
-        first = exc
+        return await _complete_retry(inbox, key, within, log, exc)
+
+
+async def _complete_retry(
+    inbox: IdempotencyStore, key: str, within: float, log: logging.Logger, first: Exception
+) -> bool:
+    """:func:`complete_inbox` after its first attempt failed with ``first``."""
     deadline = time.monotonic() + within
     delay = _COMPLETE_RETRY_FIRST
     attempts = 1
@@ -343,7 +349,10 @@ class DeliveryPolicy:
         except Exception as exc:
             await self._release(inbox, key)
             return await self._failed(headers, body, meta, attempts, command, exc)
-        await complete_inbox(inbox, key, self.inbox_ttl, self.log)
+        try:
+            await inbox.complete(key)
+        except Exception as exc:  # retried for up to the claim's ttl (see complete_inbox)
+            await _complete_retry(inbox, key, self.inbox_ttl, self.log, exc)
         return ACKED
 
     async def _release(self, inbox: IdempotencyStore, key: str) -> None:

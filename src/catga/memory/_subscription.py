@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from catga._delivery import DeliveryPolicy, Verdict
+from catga._delivery import ACKED, DeliveryPolicy, Outcome, Verdict
 from catga.messages import H_ID
 
 __all__ = ("Host", "MemorySubscription")
@@ -149,11 +149,29 @@ class _MessageSubscription(MemorySubscription):
             scope = hashlib.sha1(scope.encode(), usedforsecurity=False).hexdigest()
         self._scope = scope
 
-    async def _process(self, delivery: _Delivery) -> None:
-        delivery.attempts += 1
-        outcome = await self._policy.deliver(
-            delivery.headers, delivery.body, delivery.attempts, self._scope, command=delivery.command
-        )
+    async def _work(self, delivery: _Delivery) -> None:
+        # _work of the base class with the policy call inlined: one coroutine frame per message less.
+        deliver, scope = self._policy.deliver, self._scope
+        try:
+            while True:
+                delivery.attempts += 1
+                try:
+                    outcome = await deliver(
+                        delivery.headers, delivery.body, delivery.attempts, scope, command=delivery.command
+                    )
+                except Exception:  # the policy catches what it expects: never lose the error silently
+                    message_id = delivery.headers.get(H_ID, "?")
+                    _log.exception("delivery of message %s on %r failed", message_id, self.destination)
+                else:
+                    if outcome is not ACKED:
+                        self._settle(delivery, outcome)
+                if self._closed or not self._backlog:
+                    return
+                delivery = self._backlog.popleft()
+        finally:
+            self._active -= 1
+
+    def _settle(self, delivery: _Delivery, outcome: Outcome) -> None:
         verdict = outcome.verdict
         if verdict is Verdict.ACK or verdict is Verdict.DEAD:
             return
