@@ -3,13 +3,11 @@
 * :class:`TransportBase`: ``subscribe()`` -- its signature and argument checks -- written once; each
   backend implements ``_check_open()`` and ``_subscribe()``, and ``aclose()``.
 * :class:`SubscriptionBase`: what a subscription remembers of its ``subscribe()`` call.
-* :func:`decode_delivery`, :func:`handler_failed`, :func:`new_dead_letter`, :func:`add_dead_letter`:
-  the consumer-side QoS steps that read the same on every backend.
-* :func:`check_retry_backoff` / :func:`retry_delay`: the redelivery backoff.
+* The consumer-side delivery policy (decode, inbox claim, handler, ack / retry / dead-letter) lives in
+  :mod:`catga._delivery`; :func:`check_retry_backoff` / :func:`retry_delay` are re-exported here.
 * :func:`replay_route`, :func:`replay_headers`: what :meth:`~catga.protocols.Transport.replay` reads of
   a dead letter, alike on every backend.
 * :func:`drain`: let in-flight handler tasks finish, then cancel the rest.
-* :func:`complete_inbox`: record an ``EXACTLY_ONCE`` message as handled, retrying through an outage.
 
 Hot paths (publish, per-message decode) call at most one of these functions per message.
 """
@@ -17,32 +15,24 @@ Hot paths (publish, per-message decode) call at most one of these functions per 
 from __future__ import annotations
 
 import asyncio
-import enum
-import logging
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
+from catga._delivery import check_retry_backoff, retry_delay
 from catga._lifecycle import AsyncCloseable
-from catga.errors import ConfigurationError, SerializationError
-from catga.messages import H_ID, H_TYPE, Metadata, QoS
-from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, InboxStore, validate_identifier
+from catga.errors import ConfigurationError
+from catga.messages import H_ID, Metadata, QoS
+from catga.protocols import COMMAND, DeadLetter, validate_identifier
 from catga.serialization import Codec, TypeRegistry
 
 __all__ = (
-    "Fate",
     "SubscribeArgs",
     "SubscriptionBase",
     "TransportBase",
-    "add_dead_letter",
     "check_retry_backoff",
-    "complete_inbox",
-    "decode_delivery",
     "drain",
-    "handler_failed",
-    "new_dead_letter",
     "replay_dedup_id",
     "replay_headers",
     "replay_route",
@@ -51,38 +41,9 @@ __all__ = (
 
 T = TypeVar("T")
 SubT = TypeVar("SubT")
-TransportT = TypeVar("TransportT")
 
 #: A subscription's handler, as stored (the message type is checked by ``subscribe``).
 Handler = Callable[[Any, Metadata], Awaitable[None]]
-
-
-# -- redelivery backoff ----------------------------------------------------------------------------
-
-
-def check_retry_backoff(retry_backoff: float, retry_backoff_max: float) -> None:
-    """Check a transport's backoff options.
-
-    Raises:
-        ConfigurationError: not ``0 <= retry_backoff <= retry_backoff_max`` (NaN fails too).
-    """
-    if not 0 <= retry_backoff <= retry_backoff_max:
-        raise ConfigurationError(
-            f"need 0 <= retry_backoff <= retry_backoff_max, got {retry_backoff} and {retry_backoff_max}"
-        )
-
-
-def retry_delay(retry_backoff: float, retry_backoff_max: float, attempts: int) -> float:
-    """Delay before redelivering a message that failed ``attempts`` times.
-
-    ``retry_backoff * 2 ** (attempts - 1)`` (``retry_backoff`` for ``attempts <= 1``), at most
-    ``retry_backoff_max``; any delivery count is fine (no huge integers are built).
-    """
-    try:
-        delay = math.ldexp(retry_backoff, attempts - 1 if attempts > 1 else 0)
-    except OverflowError:
-        return retry_backoff_max
-    return min(delay, retry_backoff_max)
 
 
 # -- subscribe ---------------------------------------------------------------------------------------
@@ -145,11 +106,10 @@ class TransportBase(AsyncCloseable, Generic[SubT]):
             The live subscription, ready to receive; ``aclose()`` it (or the transport) to stop.
 
         Raises:
-            ConfigurationError: bad limits, ``message_type`` is not a class, or (memory) the transport
-                is closing.
+            ConfigurationError: bad limits, or ``message_type`` is not a class.
             InvalidIdentifierError: a malformed destination or group.
-            BackendError: the transport is closed (NATS, Redis: ``BackendUnavailableError``), or the
-                consumers, groups or server subscriptions could not be created.
+            BackendUnavailableError: the transport is closed (or closing), on every backend.
+            BackendError: the consumers, groups or server subscriptions could not be created.
         """
         self._check_open()
         if not isinstance(message_type, type):
@@ -167,11 +127,13 @@ class TransportBase(AsyncCloseable, Generic[SubT]):
         )
 
 
-class SubscriptionBase(Generic[TransportT]):
+class SubscriptionBase:
     """What a remote-backend subscription keeps of its ``subscribe()`` call (its :class:`SubscribeArgs`).
 
+    A subscription does not hold its transport: it gets a :class:`~catga._delivery.DeliveryPolicy` and
+    its backend's settings value, so a consumer module never imports its transport module.
+
     Attributes:
-        transport: the transport it belongs to.
         codec: the codec of the one message type it decodes.
         handler: the user's handler.
         qos: its delivery guarantee.
@@ -185,8 +147,7 @@ class SubscriptionBase(Generic[TransportT]):
             :meth:`catga.App.health` reports the consumers as degraded for a while after one.
     """
 
-    def __init__(self, transport: TransportT, args: SubscribeArgs) -> None:
-        self.transport = transport
+    def __init__(self, args: SubscribeArgs) -> None:
         self.codec = args.codec
         self.handler = args.handler
         self.qos = args.qos
@@ -207,130 +168,6 @@ class SubscriptionBase(Generic[TransportT]):
     def closed(self) -> bool:
         """True once ``aclose()`` was called (or the transport closed)."""
         return self._closed
-
-
-# -- consuming ---------------------------------------------------------------------------------------
-
-
-def decode_delivery(
-    codec: Codec, destination: str, headers: dict[str, str], body: bytes
-) -> tuple[Any, Metadata]:
-    """Decode a delivery of a subscription that takes ``codec``'s type only.
-
-    Raises:
-        SerializationError: bad or missing catga headers, another message type, or malformed bytes.
-    """
-    name, meta = Metadata.from_headers(headers)
-    if name != codec.name:
-        raise SerializationError(
-            f"message type {name!r} on {destination!r}, but this subscription decodes {codec.name!r}"
-        )
-    return codec.decode(body), meta
-
-
-class Fate(enum.Enum):
-    """What becomes of a message whose handler raised."""
-
-    DROP = "drop"  #: at-most-once: lost (logged)
-    DEAD = "dead"  #: the last allowed delivery failed: dead-letter it
-    RETRY = "retry"  #: redeliver it after a backoff
-
-
-def handler_failed(
-    log: logging.Logger,
-    qos: QoS,
-    message_id: object,
-    destination: str,
-    attempts: int,
-    max_deliver: int,
-    exc: Exception,
-) -> tuple[Fate, str]:
-    """Log a handler failure and decide the message's fate; returns it with the error text."""
-    if qos == QoS.AT_MOST_ONCE:
-        log.error(
-            "handler failed for message %s on %r (at-most-once: dropped)",
-            message_id,
-            destination,
-            exc_info=exc,
-        )
-        return Fate.DROP, ""
-    error = f"{type(exc).__name__}: {exc}"
-    if attempts >= max_deliver:
-        log.error(
-            "handler failed for message %s on %r %d times; dead-lettering it: %s",
-            message_id,
-            destination,
-            attempts,
-            error,
-        )
-        return Fate.DEAD, error
-    log.warning(
-        "handler failed for message %s on %r (delivery %d of %d), retrying: %s",
-        message_id,
-        destination,
-        attempts,
-        max_deliver,
-        error,
-    )
-    return Fate.RETRY, error
-
-
-def new_dead_letter(
-    letter_id: str,
-    source: str,
-    body: bytes,
-    headers: dict[str, str],
-    error: str,
-    attempts: int,
-    *,
-    command: bool = False,
-) -> DeadLetter:
-    """A :class:`~catga.protocols.DeadLetter` for a delivery that failed now (type and id from its headers).
-
-    ``source`` is the subscription's destination (as the application names it), ``command`` whether the
-    message was sent (``send``) rather than published.
-    """
-    return DeadLetter(
-        id=letter_id,
-        source=source,
-        type_name=headers.get(H_TYPE, ""),
-        body=body,
-        headers=headers,
-        error=error,
-        attempts=attempts,
-        failed_at=time.time(),
-        kind=COMMAND if command else EVENT,
-        message_id=headers.get(H_ID, ""),
-    )
-
-
-async def add_dead_letter(
-    dlq: DeadLetterQueue | None,
-    log: logging.Logger,
-    letter_id: str,
-    source: str,
-    body: bytes,
-    headers: dict[str, str],
-    error: str,
-    attempts: int,
-    *,
-    command: bool = False,
-    if_failed: str = "",
-) -> bool:
-    """Store a failed delivery in ``dlq``; without a queue, log it as dropped.
-
-    Returns:
-        False when the queue failed (logged with ``if_failed`` appended): the caller keeps the message.
-    """
-    if dlq is None:
-        log.error("message %s on %r dropped (no dead-letter queue): %s", letter_id, source, error)
-        return True
-    try:
-        await dlq.add(new_dead_letter(letter_id, source, body, headers, error, attempts, command=command))
-    except Exception:
-        log.exception("could not dead-letter message %s from %r%s", letter_id, source, if_failed)
-        return False
-    return True
 
 
 # -- dead-letter replay ------------------------------------------------------------------------------
@@ -378,50 +215,3 @@ async def drain(tasks: Collection[asyncio.Task[None]], timeout: float) -> set[as
     for task in pending:
         task.cancel()
     return pending
-
-
-# -- exactly once ----------------------------------------------------------------------------------
-
-_COMPLETE_RETRY_FIRST = 0.05
-_COMPLETE_RETRY_MAX = 1.0
-
-
-async def complete_inbox(inbox: InboxStore, key: str, within: float, log: logging.Logger) -> bool:
-    """Record ``key`` as handled in ``inbox``, retrying for up to ``within`` seconds; False if it never was.
-
-    The handler of an ``EXACTLY_ONCE`` message has run; until ``complete`` is recorded, the claim is
-    only a lock that ends ``lock_ttl`` (the transport's ``ack_wait``) after the claim, and a
-    redelivery after that runs the handler again. One failed ``complete`` (the inbox's server lost
-    its leader, say) used to be logged and forgotten, so the next redelivery always ran the handler a
-    second time. Retrying with a capped backoff records it as soon as the inbox answers again: a
-    redelivery then finds it completed, as long as the outage is shorter than the lock.
-
-    The first attempt costs one await (the hot path); cancellation propagates.
-    """
-    try:
-        await inbox.complete(key)
-        return True
-    except Exception as exc:
-        first = exc
-    deadline = time.monotonic() + within
-    delay = _COMPLETE_RETRY_FIRST
-    attempts = 1
-    while time.monotonic() + delay < deadline:
-        await asyncio.sleep(delay)
-        attempts += 1
-        try:
-            await inbox.complete(key)
-        except Exception:
-            delay = min(delay * 2, _COMPLETE_RETRY_MAX)
-            continue
-        log.warning("inbox complete of %s succeeded on attempt %d (first error: %r)", key, attempts, first)
-        return True
-    log.error(
-        "inbox complete of %s failed for %.1f s (%d attempts, first error: %r); once its claim expires a "
-        "redelivery may run the handler again",
-        key,
-        within,
-        attempts,
-        first,
-    )
-    return False

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from catga._delivery import retry_delay
 from catga.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -16,9 +17,10 @@ from catga.errors import (
 from catga.memory import MemoryBroker, MemoryDeadLetterQueue, MemoryTransport
 from catga.memory.transport import H_ERROR
 from catga.messages import Metadata, QoS
-from catga.protocols import Transport
+from catga.protocols import InboxStore, Transport
 from catga.testing.contracts import (
     ContractOrderPlaced,
+    InboxTransportFactory,
     TransportContract,
     TransportFactory,
     contract_registry,
@@ -26,12 +28,16 @@ from catga.testing.contracts import (
 
 
 def _transport(
-    broker: MemoryBroker, dlq: MemoryDeadLetterQueue | None = None, **kw: float
+    broker: MemoryBroker,
+    dlq: MemoryDeadLetterQueue | None = None,
+    inbox: InboxStore | None = None,
+    **kw: float,
 ) -> MemoryTransport:
     return MemoryTransport(
         broker,
         registry=contract_registry(),
         dead_letters=dlq,
+        inbox=inbox,
         retry_backoff=kw.pop("retry_backoff", 0.01),
         retry_backoff_max=kw.pop("retry_backoff_max", 0.05),
         **kw,  # type: ignore[arg-type]
@@ -52,6 +58,22 @@ class TestMemoryTransport(TransportContract):
 
         async def factory() -> MemoryTransport:
             transport = _transport(broker, transport_dead_letters)
+            made.append(transport)
+            return transport
+
+        yield factory
+        for transport in made:
+            await transport.aclose()
+
+    @pytest.fixture
+    async def transport_inbox_factory(
+        self, transport_dead_letters: MemoryDeadLetterQueue
+    ) -> AsyncIterator[InboxTransportFactory]:
+        broker = MemoryBroker()
+        made: list[MemoryTransport] = []
+
+        async def factory(inbox: InboxStore) -> MemoryTransport:
+            transport = _transport(broker, transport_dead_letters, inbox=inbox)
             made.append(transport)
             return transport
 
@@ -81,8 +103,7 @@ async def test_transports_without_a_broker_do_not_see_each_other() -> None:
 
 
 async def test_backoff_doubles_and_is_capped() -> None:
-    t = MemoryTransport(retry_backoff=0.5, retry_backoff_max=3.0)
-    assert [t._backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [retry_delay(0.5, 3.0, n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
 
 
 async def test_failed_messages_without_a_dead_letter_queue_are_dropped_and_logged(
@@ -170,7 +191,7 @@ async def test_aclose_cancels_redeliveries_and_stops_everything() -> None:
     assert broker._routes == {}
     with pytest.raises(BackendUnavailableError):
         await t.publish(ContractOrderPlaced("o", 2), destination="d")
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(BackendUnavailableError):
         await t.subscribe(ContractOrderPlaced, broken, destination="d")
 
 

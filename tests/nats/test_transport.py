@@ -16,7 +16,7 @@ from catga.memory import MemoryDeadLetterQueue, MemoryInboxStore
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.nats import NatsConnection, NatsDeadLetterQueue
 from catga.nats.transport import H_ERROR, NatsTransport, _subject_matches
-from catga.protocols import DeadLetterQueue
+from catga.protocols import DeadLetterQueue, InboxStore
 from catga.testing.contracts import TransportContract
 from catga.testing.contracts._util import eventually
 from catga.testing.contracts.messages import (
@@ -95,6 +95,17 @@ class TestNatsTransport(TransportContract):
 
         async def make() -> NatsTransport:
             return await env.transport(retry_backoff=0.01, retry_backoff_max=0.05)
+
+        yield make
+
+    @pytest.fixture
+    async def transport_inbox_factory(
+        self, env: Env, transport_dead_letters: DeadLetterQueue
+    ) -> AsyncIterator[Callable[[InboxStore], Awaitable[NatsTransport]]]:
+        env.dead_letters = transport_dead_letters
+
+        async def make(inbox: InboxStore) -> NatsTransport:
+            return await env.transport(retry_backoff=0.01, retry_backoff_max=0.05, inbox=inbox)
 
         yield make
 

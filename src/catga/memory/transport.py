@@ -22,20 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 
+from catga._delivery import DeliveryPolicy, check_retry_backoff
 from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
-from catga._transport import (
-    SubscribeArgs,
-    TransportBase,
-    add_dead_letter,
-    check_retry_backoff,
-    drain,
-    replay_headers,
-    replay_route,
-    retry_delay,
-)
+from catga._transport import SubscribeArgs, TransportBase, drain, replay_headers, replay_route
 from catga.errors import (
     BackendError,
     BackendUnavailableError,
@@ -199,7 +190,22 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         if args.qos == QoS.EXACTLY_ONCE:
             inbox = self._inbox if self._inbox is not None else self.broker.inbox
         scope = f"{dest}.{group}" if group is not None else f"{dest}.s{next(self.broker._scopes)}"
-        sub = _MessageSubscription(self, args, inbox=inbox, scope=scope)
+        policy = DeliveryPolicy(
+            codec=args.codec,
+            handler=args.handler,
+            qos=args.qos,
+            destination=dest,
+            max_deliver=args.max_deliver,
+            log=_log,
+            registry=self.registry,
+            inbox=inbox,
+            inbox_ttl=self._inbox_lock_ttl,
+            dead_letters=self.dead_letters,
+            retry_backoff=self._retry_backoff,
+            retry_backoff_max=self._retry_backoff_max,
+            over_delivered="its earlier deliveries never settled",
+        )
+        sub = _MessageSubscription(self, policy, group, args.max_in_flight, scope)
         self._attach(sub)
         return sub
 
@@ -258,7 +264,7 @@ class MemoryTransport(TransportBase[MemorySubscription]):
 
     def _check_open(self) -> None:
         if self._closing:
-            raise ConfigurationError("memory transport is closed; subscribe on a new one")
+            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
 
     def _attach(self, sub: MemorySubscription) -> None:
         self._subs.add(sub)
@@ -267,9 +273,6 @@ class MemoryTransport(TransportBase[MemorySubscription]):
     def _detach(self, sub: MemorySubscription) -> None:
         self._subs.discard(sub)
         self.broker._detach(sub)
-
-    def _backoff(self, attempts: int) -> float:
-        return retry_delay(self._retry_backoff, self._retry_backoff_max, attempts)
 
     def _redeliver_later(self, sub: MemorySubscription, delivery: _Delivery, delay: float) -> None:
         if self._closing:
@@ -293,20 +296,6 @@ class MemoryTransport(TransportBase[MemorySubscription]):
                 delivery.headers.get(H_ID, "?"),
                 sub.destination,
             )
-
-    async def _dead_letter(self, sub: MemorySubscription, delivery: _Delivery, error: str) -> None:
-        headers = delivery.headers
-        await add_dead_letter(
-            self.dead_letters,
-            _log,
-            headers.get(H_ID) or uuid.uuid4().hex,
-            sub.destination,
-            delivery.body,
-            dict(headers),
-            error,
-            delivery.attempts,
-            command=delivery.command,
-        )
 
     # ---------------------------------------------------------------------------------------------
     # lifecycle

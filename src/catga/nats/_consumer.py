@@ -20,33 +20,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from catga._delivery import DeliveryPolicy, Verdict
 from catga._outage import OutageLog
-from catga._transport import (
-    SubscribeArgs,
-    SubscriptionBase,
-    complete_inbox,
-    drain,
-    new_dead_letter,
-    retry_delay,
-)
-from catga.errors import BackendError, CatgaError, SerializationError, UnknownMessageTypeError
-from catga.messages import H_ID, H_TYPE, Metadata, QoS
+from catga._transport import SubscribeArgs, SubscriptionBase, drain
+from catga.errors import BackendError
 from catga.nats._wire import LeanConnection, parse_headers, reply_status
-from catga.protocols import ClaimStatus
 
 if TYPE_CHECKING:
     from nats.aio.subscription import Subscription as ClientSubscription
 
-    from catga.nats.transport import NatsTransport
-
-__all__ = ("Delivery", "NatsSubscription", "PullConsumer", "settle")
+__all__ = ("ConsumerSettings", "Delivery", "NatsSubscription", "PullConsumer", "settle")
 
 logger = logging.getLogger("catga.nats.transport")
 
@@ -65,14 +57,46 @@ async def settle(op: Coroutine[Any, Any, None], what: str) -> None:
         logger.warning("%s failed: %r", what, exc)
 
 
-class NatsSubscription(SubscriptionBase["NatsTransport"]):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerSettings:
+    """What the subscriptions of one :class:`~catga.nats.NatsTransport` use of it (set once).
+
+    Attributes:
+        client: nats-py's client (core subscriptions, inbox names).
+        wire: the lean connection pull requests, deliveries and acks go over.
+        api_prefix: the JetStream API prefix (``$JS.API`` or a domain's).
+        command_prefix: ``<prefix>.cmd.``: a core message on a subject starting with it is a command.
+        timeout: default timeout of a network call.
+        drain_timeout: seconds ``aclose`` lets in-flight handlers finish.
+        pull_expires: lifetime of one pull request.
+        delete_consumer: deletes a JetStream consumer ``(stream, name)`` (private ones, on close).
+        forget: tells the transport a subscription closed.
+    """
+
+    client: Client
+    wire: LeanConnection
+    api_prefix: str
+    command_prefix: str
+    timeout: float
+    drain_timeout: float
+    pull_expires: float
+    delete_consumer: Callable[[str, str], Awaitable[None]]
+    forget: Callable[[NatsSubscription], None]
+
+
+class NatsSubscription(SubscriptionBase):
     """A live subscription of :class:`~catga.nats.NatsTransport`; ``aclose()`` stops it gracefully.
+
+    It executes the verdicts of its :class:`~catga._delivery.DeliveryPolicy`: ``+ACK``, ``+TERM``
+    (dead-lettered) or ``-NAK`` with the delay (``RETRY``, ``WAIT``, ``KEEP``).
 
     Attributes: see :class:`~catga._transport.SubscriptionBase` (``destination``, ``group``, ``qos``...).
     """
 
-    def __init__(self, transport: NatsTransport, args: SubscribeArgs) -> None:
-        super().__init__(transport, args)
+    def __init__(self, args: SubscribeArgs, policy: DeliveryPolicy, settings: ConsumerSettings) -> None:
+        super().__init__(args)
+        self.policy = policy
+        self.settings = settings
         self.sem = asyncio.Semaphore(args.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
@@ -82,63 +106,11 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
     # -- setup -------------------------------------------------------------------------------------
 
     async def add_core(self, subject: str, queue: str) -> None:
-        self._core.append(await self.transport.client.subscribe(subject, queue=queue, cb=self._on_core))
+        self._core.append(await self.settings.client.subscribe(subject, queue=queue, cb=self._on_core))
 
     async def add_pull(self, consumer: PullConsumer) -> None:
         self._pulls.append(consumer)
         await consumer.start()
-
-    # -- decoding and dead letters -----------------------------------------------------------------
-
-    def decode(self, msg: Msg | Delivery) -> tuple[Any, Metadata]:
-        """Decode a delivery into ``(message, metadata)``.
-
-        Raises:
-            SerializationError: no catga headers, another type, or malformed bytes.
-        """
-        headers = msg.headers
-        wire = headers.get(H_TYPE) if headers else None
-        if wire is None or headers is None:
-            raise SerializationError(
-                f"message on {msg.subject!r} has no {H_TYPE} header; it was not published by catga"
-            )
-        if wire != self.codec.name:
-            if wire not in self.transport.registry:
-                raise UnknownMessageTypeError(wire)
-            raise SerializationError(
-                f"message on {msg.subject!r} is a {wire!r}, but this subscription decodes only "
-                f"{self.codec.name!r}; give the types distinct destinations"
-            )
-        # nats-py made this dict for this delivery alone; JetStream adds no other header on delivery.
-        headers.pop("Nats-Msg-Id", None)
-        _, metadata = Metadata.from_headers(headers)
-        return self.codec.decode(msg.data), metadata
-
-    async def dead_letter(self, msg: Msg | Delivery, error: str, attempts: int) -> bool:
-        """Store ``msg`` in the dead-letter queue; return False if that failed (keep the message)."""
-        headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-        msg_id = headers.get(H_ID) or _fallback_id(msg)
-        command = msg.subject.startswith(f"{self.transport.prefix}.cmd.")
-        letter = new_dead_letter(
-            msg_id, self.destination, msg.data, headers, error, attempts, command=command
-        )
-        dlq = self.transport.dead_letters
-        if dlq is None:
-            logger.error(
-                "dropping message %s from %s after %d deliveries (no dead-letter queue configured): %s",
-                msg_id,
-                msg.subject,
-                attempts,
-                error,
-            )
-            return True
-        try:
-            await asyncio.wait_for(dlq.add(letter), self.transport.timeout)
-        except Exception:
-            logger.exception("could not dead-letter message %s from %s; will retry it", msg_id, msg.subject)
-            return False
-        logger.warning("dead-lettered message %s from %s: %s", msg_id, msg.subject, error)
-        return True
 
     # -- at most once --------------------------------------------------------------------------------
 
@@ -156,107 +128,36 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
         self.sem.release()
 
     async def _run_core(self, msg: Msg) -> None:
-        try:
-            message, metadata = self.decode(msg)
-        except SerializationError as exc:
-            await self.dead_letter(msg, str(exc), 1)
-            return
-        try:
-            await self.handler(message, metadata)
-        except Exception:
-            logger.exception(
-                "handler failed for message %s on %s (at-most-once: not retried)",
-                metadata.message_id,
-                msg.subject,
-            )
+        headers = dict(msg.headers) if msg.headers else {}
+        headers.pop("Nats-Msg-Id", None)
+        command = msg.subject.startswith(self.settings.command_prefix)
+        # nothing to settle on core NATS: a failed handler is dropped, a bad message dead-lettered
+        await self.policy.deliver(headers, msg.data, 1, "", command=command)
 
     # -- at least once -------------------------------------------------------------------------------
 
-    def backoff(self, delivered: int) -> float:
-        t = self.transport
-        return retry_delay(t.retry_backoff, t.retry_backoff_max, delivered)
-
     async def run_js(self, msg: Delivery, consumer: PullConsumer) -> None:
-        """Handle one JetStream delivery under the in-flight limit; settle it by policy."""
+        """Handle one JetStream delivery under the in-flight limit; settle it by the policy's verdict."""
         async with self.sem:
             if self.closing:
                 await settle(msg.nak(), "nak on close")
                 return
-            await self._handle_js(msg, consumer)
-
-    async def _handle_js(self, msg: Delivery, consumer: PullConsumer) -> None:
-        delivered = _num_delivered(msg.reply)
-        try:
-            message, metadata = self.decode(msg)
-        except SerializationError as exc:
-            await self._fail_terminally(msg, f"undecodable: {exc}", delivered)
-            return
-        if delivered > self.max_deliver:
-            await self._fail_terminally(
-                msg,
-                f"delivered {delivered} times without being acknowledged (the consumer died or the "
-                f"handler ran longer than ack_wait={self.transport.ack_wait} s)",
-                delivered,
-            )
-            return
-        key: str | None = None
-        inbox = self.transport.inbox
-        if self.qos == QoS.EXACTLY_ONCE and inbox is not None:
-            key = f"{consumer.name}:{metadata.message_id}"
             try:
-                claim = await inbox.claim(key, lock_ttl=self.transport.ack_wait)
-            except Exception:
-                logger.exception("inbox claim of %s failed; will retry", key)
-                await settle(msg.nak(delay=self.backoff(delivered)), "nak")
-                return
-            if claim.status == ClaimStatus.COMPLETED:
-                await settle(msg.ack(), "ack of a duplicate")
-                return
-            if claim.status == ClaimStatus.IN_PROGRESS:
-                await settle(msg.nak(delay=self.backoff(delivered)), "nak of a message in progress")
-                return
-        try:
-            await self.handler(message, metadata)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._cancelled(msg, key))
-            raise
-        except Exception as exc:
-            # catga's own errors say what happened (the mediator logged a backend outage already):
-            # a traceback per delivery only for anything else.
-            logger.warning(
-                "handler failed for message %s on %s (delivery %d of %d): %s: %s",
-                metadata.message_id,
-                msg.subject,
-                delivered,
-                self.max_deliver,
-                type(exc).__name__,
-                exc,
-                exc_info=not isinstance(exc, CatgaError) or logger.isEnabledFor(logging.DEBUG),
-            )
-            if key is not None and inbox is not None:
-                await _quietly(inbox.release(key), f"inbox release of {key}")
-            if delivered >= self.max_deliver:
-                await self._fail_terminally(msg, f"{type(exc).__name__}: {exc}", delivered)
+                outcome = await self.policy.deliver(
+                    msg.headers, msg.data, _num_delivered(msg.reply), consumer.name, command=consumer.command
+                )
+            except asyncio.CancelledError:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.timeout):
+                        await asyncio.shield(settle(msg.nak(), "nak on cancel"))
+                raise
+            verdict = outcome.verdict
+            if verdict is Verdict.ACK:
+                await settle(msg.ack(), "ack")
+            elif verdict is Verdict.DEAD:
+                await settle(msg.term(), "term")
             else:
-                await settle(msg.nak(delay=self.backoff(delivered)), "nak")
-            return
-        if key is not None and inbox is not None:
-            await complete_inbox(inbox, key, self.transport.ack_wait, logger)
-        await settle(msg.ack(), "ack")
-
-    async def _fail_terminally(self, msg: Delivery, error: str, delivered: int) -> None:
-        if await self.dead_letter(msg, error, delivered):
-            await settle(msg.term(), "term")
-        else:
-            await settle(msg.nak(delay=self.backoff(delivered)), "nak")
-
-    async def _cancelled(self, msg: Delivery, key: str | None) -> None:
-        inbox = self.transport.inbox
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.transport.timeout):
-                if key is not None and inbox is not None:
-                    await _quietly(inbox.release(key), f"inbox release of {key}")
-                await settle(msg.nak(), "nak on cancel")
+                await settle(msg.nak(delay=outcome.delay), "nak")
 
     # -- shutdown ------------------------------------------------------------------------------------
 
@@ -266,8 +167,8 @@ class NatsSubscription(SubscriptionBase["NatsTransport"]):
             return
         self._closed = True
         self.closing = True
-        t = self.transport
-        t._forget(self)
+        t = self.settings
+        t.forget(self)
         for pull in self._pulls:
             await pull.stop()
         for sub in self._core:
@@ -305,7 +206,8 @@ class Delivery:
         self._ack_subject = reply
         self.subject = subject.decode()
         self.reply = reply.decode()
-        self.headers = parse_headers(hdr)
+        headers = self.headers = parse_headers(hdr)
+        headers.pop("Nats-Msg-Id", None)  # JetStream's de-duplication id; catga's id is Catga-Id
         self.data = data
 
     async def ack(self) -> None:
@@ -326,11 +228,14 @@ class PullConsumer:
     on this consumer's inbox, routed by sid to :meth:`_on_message`); nats-py only manages the consumer.
     """
 
-    def __init__(self, owner: NatsSubscription, stream: str, name: str, *, ephemeral: bool) -> None:
+    def __init__(
+        self, owner: NatsSubscription, stream: str, name: str, *, ephemeral: bool, command: bool = False
+    ) -> None:
         self.owner = owner
         self.stream = stream
         self.name = name
         self.ephemeral = ephemeral
+        self.command = command  # a consumer of the commands stream
         self.window = owner.max_in_flight
         self._threshold = max(1, self.window // 4)
         self._open = 0  # delivered, not yet settled
@@ -343,9 +248,9 @@ class PullConsumer:
         self._inbox = b""
         # While the server is down every pull fails (4 a second): one line per outage, not per pull.
         self._outage = OutageLog(logger, f"pull requests of JetStream consumer {name} on {stream}")
-        t = owner.transport
-        self._wire: LeanConnection = t._wire
-        self._next_subject = f"{t.connection.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{name}".encode()
+        t = owner.settings
+        self._wire: LeanConnection = t.wire
+        self._next_subject = f"{t.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{name}".encode()
         self._sid: bytes | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -353,12 +258,12 @@ class PullConsumer:
         wire = self._wire
         if not wire.connected:
             await wire.connect()
-        self._inbox = self.owner.transport.client.new_inbox().encode()
+        self._inbox = self.owner.settings.client.new_inbox().encode()
         self._sid = wire.subscribe(self._inbox + b".*", self._on_message)
         self._task = asyncio.create_task(self._loop(), name=f"catga-pull-{self.name}")
 
     async def _loop(self) -> None:
-        t = self.owner.transport
+        t = self.owner.settings
         wire = self._wire
         expires_ns = int(t.pull_expires * 1e9)
         while True:
@@ -443,13 +348,6 @@ class PullConsumer:
             self._wire.unsubscribe(sid)
 
 
-async def _quietly(op: Awaitable[Any], what: str) -> None:
-    try:
-        await op
-    except Exception:
-        logger.exception("%s failed", what)
-
-
 def _ack_fields(reply: str) -> list[str]:
     """A JetStream ack subject's tokens in its 9-token layout, ``$JS.ACK.<stream>.<consumer>.<delivered>.
     <stream seq>.<consumer seq>.<timestamp>.<pending>`` (the 12-token form's domain and account hash are
@@ -461,12 +359,3 @@ def _ack_fields(reply: str) -> list[str]:
 def _num_delivered(reply: str) -> int:
     """The delivery count from a JetStream ack subject."""
     return int(_ack_fields(reply)[4])
-
-
-def _fallback_id(msg: Msg | Delivery) -> str:
-    """An id for a message without a catga message id: ``<stream>-<stream sequence>`` when known."""
-    reply = msg.reply or ""
-    if reply.startswith("$JS.ACK.") and reply.count(".") in (8, 11):
-        fields = _ack_fields(reply)
-        return f"{fields[2]}-{fields[5]}"
-    return f"nats-{time.time_ns()}"

@@ -59,11 +59,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
+from catga._delivery import DeliveryPolicy, check_retry_backoff
 from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._transport import (
     SubscribeArgs,
     TransportBase,
-    check_retry_backoff,
     drain,
     replay_dedup_id,
     replay_headers,
@@ -80,7 +80,7 @@ from catga.errors import (
 )
 from catga.ids import new_id
 from catga.messages import H_ID, Metadata, QoS
-from catga.nats._consumer import NatsSubscription, PullConsumer, settle
+from catga.nats._consumer import ConsumerSettings, NatsSubscription, PullConsumer, settle
 from catga.nats._errors import translate_errors
 from catga.nats._jsapi import decode_ack
 from catga.nats.connection import (
@@ -262,6 +262,17 @@ class NatsTransport(TransportBase[NatsSubscription]):
         self._servers: set[_RpcServe] = set()
         self._subjects: dict[tuple[str, str], str] = {}
         self._closed = False
+        self._consumer_settings = ConsumerSettings(
+            client=self.client,
+            wire=self._wire,
+            api_prefix=self.connection.api_prefix,
+            command_prefix=f"{self.prefix}.cmd.",
+            timeout=timeout,
+            drain_timeout=drain_timeout,
+            pull_expires=pull_expires,
+            delete_consumer=self.delete_consumer,
+            forget=self._forget,
+        )
 
     @classmethod
     async def connect(
@@ -534,7 +545,23 @@ class NatsTransport(TransportBase[NatsSubscription]):
                 replicas=self.replicas,
             )
             self.inbox = self._own_inbox
-        sub = NatsSubscription(self, args)
+        policy = DeliveryPolicy(
+            codec=args.codec,
+            handler=args.handler,
+            qos=qos,
+            destination=dest,
+            max_deliver=args.max_deliver,
+            log=logger,
+            registry=self.registry,
+            inbox=self.inbox if qos == QoS.EXACTLY_ONCE else None,
+            inbox_ttl=self.ack_wait,
+            dead_letters=self.dead_letters,
+            dead_letter_timeout=self.timeout,
+            retry_backoff=self.retry_backoff,
+            retry_backoff_max=self.retry_backoff_max,
+            over_delivered=f"the consumer died or the handler ran longer than ack_wait={self.ack_wait} s",
+        )
+        sub = NatsSubscription(args, policy, self._consumer_settings)
         evt, cmd = f"{self.prefix}.evt.{dest}", f"{self.prefix}.cmd.{dest}"
         try:
             if qos == QoS.AT_MOST_ONCE:
@@ -551,7 +578,9 @@ class NatsTransport(TransportBase[NatsSubscription]):
                 await sub.add_pull(PullConsumer(sub, self.stream, evt_name, ephemeral=ephemeral))
                 cmd_name = _consumer_name("cmd", dest, None)
                 await self._add_consumer(self.command_stream, cmd_name, cmd, sub, False)
-                await sub.add_pull(PullConsumer(sub, self.command_stream, cmd_name, ephemeral=False))
+                await sub.add_pull(
+                    PullConsumer(sub, self.command_stream, cmd_name, ephemeral=False, command=True)
+                )
         except BaseException:
             await asyncio.shield(sub.aclose())
             raise

@@ -11,50 +11,53 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
-from catga._transport import (
-    Fate,
-    SubscribeArgs,
-    SubscriptionBase,
-    add_dead_letter,
-    complete_inbox,
-    decode_delivery,
-    drain,
-    handler_failed,
-)
-from catga.errors import SerializationError
-from catga.messages import H_ID, Metadata, QoS
-from catga.protocols import ClaimStatus
-from catga.redis._reader import Delivery, Outcome, StreamReader
-from catga.redis._wire import parse_entry, quietly, unframe
-
-if TYPE_CHECKING:
-    from catga.redis.transport import RedisTransport
+from catga._delivery import DeliveryPolicy, Outcome
+from catga._transport import SubscribeArgs, SubscriptionBase, drain
+from catga.redis._reader import ConsumerSettings, Delivery, StreamReader
+from catga.redis._wire import parse_entry, unframe
 
 __all__ = ("RedisSubscription",)
 
 logger = logging.getLogger("catga.redis.transport")
 
 
-class RedisSubscription(SubscriptionBase["RedisTransport"]):
+class RedisSubscription(SubscriptionBase):
     """A live subscription of :class:`RedisTransport`; ``aclose()`` stops it gracefully.
 
     Attributes: see :class:`~catga._transport.SubscriptionBase` (``destination``, ``group``, ``qos``...).
     """
 
-    def __init__(self, transport: RedisTransport, args: SubscribeArgs) -> None:
-        super().__init__(transport, args)
+    def __init__(
+        self,
+        args: SubscribeArgs,
+        policy: DeliveryPolicy,
+        settings: ConsumerSettings,
+        on_close: Callable[[RedisSubscription], Awaitable[None]],
+    ) -> None:
+        super().__init__(args)
+        self.policy = policy
+        self.settings = settings
+        self._on_close = on_close
         self._sem = asyncio.Semaphore(args.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._readers: list[StreamReader] = []
         self._channel: str | None = None
         self._closing: asyncio.Task[None] | None = None
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    def add_reader(self, kind: str, key: str, group: str, *, private: bool, noack: bool) -> StreamReader:
+        """A reader of stream ``key`` with ``group`` for this subscription (started by :meth:`start`)."""
+        reader = StreamReader(self, self.settings, kind, key, group, private=private, noack=noack)
+        self._readers.append(reader)
+        return reader
+
+    def start(self) -> None:
+        for reader in self._readers:
+            reader.start()
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -71,104 +74,35 @@ class RedisSubscription(SubscriptionBase["RedisTransport"]):
         if len(self._tasks) >= 16 * self.max_in_flight + 1000:
             logger.warning("pub/sub subscription on %r is overloaded; message dropped", self.destination)
             return
-        self._spawn(self._run(Delivery(None, b"", data, 1)))
+        self.spawn(self.run(Delivery(None, b"", data, 1)))
 
-    async def _run(self, d: Delivery) -> None:
+    async def run(self, d: Delivery) -> None:
+        """Handle ``d`` under the in-flight limit by the delivery policy; settle a stream entry."""
         reader = d.reader
         settled = False
         try:
             async with self._sem:
                 if self._closed and reader is not None:
                     return  # read but never started: stays pending for another consumer
-                outcome, delay = await self._handle(d)
+                outcome = await self._handle(d)
             if reader is not None:
                 settled = True
-                await reader.settle(d, outcome, delay)
+                await reader.settle(d, outcome)
         finally:
             if reader is not None and not settled:
                 reader.release(d)
 
-    async def _handle(self, d: Delivery) -> tuple[Outcome, float]:
+    def _handle(self, d: Delivery) -> Awaitable[Outcome]:
         reader = d.reader
         if reader is None:
             body, headers, error = unframe(d.fields)
-            source = self.transport.evt_key(self.destination)
+            scope, command = "", False
         else:
             body, headers, error = parse_entry(d.fields)
-            source = reader.key
-        # ``source`` (the stream key) names the message in logs; its dead letter records the destination.
-        try:
-            if error is not None:
-                raise SerializationError(error)
-            message, meta = decode_delivery(self.codec, self.destination, headers, body)
-        except SerializationError as exc:
-            return await self._dead_letter(d, source, body, headers, f"undecodable: {exc}"), 0.0
-        if d.exhausted:
-            error = (
-                f"delivered {d.attempts} times without an ack (max_deliver={self.max_deliver}): its "
-                "consumers died or stalled"
-            )
-            return await self._dead_letter(d, source, body, headers, error), 0.0
-        key: str | None = None
-        inbox = self.transport.inbox
-        if self.qos == QoS.EXACTLY_ONCE and reader is not None:
-            key = f"inbox.{reader.scope}.{meta.message_id}"
-            try:
-                claim = await inbox.claim(key, self.transport.claim_min_idle)
-            except Exception as exc:
-                logger.warning("inbox claim of %s failed (%s); retrying", key, exc)
-                return Outcome.WAIT, self.transport.backoff(d.attempts)
-            if claim.status == ClaimStatus.COMPLETED:
-                logger.debug("duplicate message %s on %r acked unhandled", meta.message_id, self.destination)
-                return Outcome.ACK, 0.0
-            if claim.status == ClaimStatus.IN_PROGRESS:
-                return Outcome.WAIT, self.transport.backoff(1)
-        try:
-            await self.handler(message, meta)
-        except Exception as exc:
-            if key is not None:
-                await quietly(inbox.release(key), f"inbox release of {key}")
-            return await self._failed(d, source, body, headers, meta, exc)
-        if key is not None:
-            await complete_inbox(inbox, key, self.transport.claim_min_idle, logger)
-        return Outcome.ACK, 0.0
-
-    async def _failed(
-        self,
-        d: Delivery,
-        source: str,
-        body: bytes,
-        headers: dict[str, str],
-        meta: Metadata,
-        exc: Exception,
-    ) -> tuple[Outcome, float]:
-        fate, error = handler_failed(
-            logger, self.qos, meta.message_id, self.destination, d.attempts, self.max_deliver, exc
-        )
-        if fate is Fate.DROP:
-            return Outcome.ACK, 0.0
-        if fate is Fate.DEAD:
-            return await self._dead_letter(d, source, body, headers, error), 0.0
-        return Outcome.RETRY, self.transport.backoff(d.attempts)
-
-    async def _dead_letter(
-        self, d: Delivery, source: str, body: bytes, headers: dict[str, str], error: str
-    ) -> Outcome:
-        letter_id = headers.get(H_ID) or f"{source}:{d.id.decode() or uuid.uuid4().hex}"
-        reader = d.reader
-        stored = await add_dead_letter(
-            self.transport.dead_letters,
-            logger,
-            letter_id,
-            self.destination,
-            bytes(body),
-            headers,
-            error,
-            d.attempts,
-            command=reader is not None and reader.kind == "cmd",
-            if_failed="; it stays pending",
-        )
-        return Outcome.ACK if stored else Outcome.KEEP
+            scope, command = reader.scope, reader.kind == "cmd"
+        if error is not None:
+            return self.policy.dead_letter(headers, bytes(body), f"undecodable: {error}", d.attempts, command)
+        return self.policy.deliver(headers, body, d.attempts, scope, command=command)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -180,12 +114,10 @@ class RedisSubscription(SubscriptionBase["RedisTransport"]):
 
     async def _close(self) -> None:
         self._closed = True
-        self.transport._forget(self)
-        if self._channel is not None:
-            await self.transport._pubsub_remove(self._channel, self)
+        await self._on_close(self)
         for reader in self._readers:
             await reader.stop_reading()
-        pending = await drain(set(self._tasks), self.transport.drain_timeout)
+        pending = await drain(set(self._tasks), self.settings.drain_timeout)
         if pending:
             await asyncio.wait(pending)
         for reader in self._readers:

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import hashlib
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from catga._delivery import Outcome, Verdict
 from catga.errors import BackendError
 from catga.redis._wire import quietly
-from catga.redis.connection import Script
+from catga.redis.connection import RedisClient, Script
 
-if TYPE_CHECKING:
-    from catga.redis._consumer import RedisSubscription
-
-__all__ = ("Delivery", "Outcome", "StreamReader")
+__all__ = ("ConsumerSettings", "Delivery", "Owner", "StreamReader")
 
 logger = logging.getLogger("catga.redis.transport")
 
@@ -70,37 +69,70 @@ def _before(mid: bytes) -> str:
     return f"{ms - 1}-18446744073709551615" if ms > 0 else "0"
 
 
-class Outcome(enum.Enum):
-    """What to do with an entry after its delivery."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerSettings:
+    """What the subscriptions of one :class:`~catga.redis.RedisTransport` read of it (set once).
 
-    ACK = 0  # done: ack it
-    RETRY = 1  # failed: take it again after the backoff
-    WAIT = 2  # someone else is on it (inbox): look again later, not counted as a delivery
-    KEEP = 3  # leave it pending (a dead-letter write failed); XAUTOCLAIM takes it again later
+    Attributes: see :class:`~catga.redis.RedisTransport`; ``consumer_base`` names this process's
+    consumers (``<host>-<pid>``), ``claim_interval`` is the period of the maintenance loop.
+    """
+
+    client: RedisClient
+    prefix: str
+    consumer_base: str
+    block: float
+    timeout: float
+    drain_timeout: float
+    consumer_ttl: float
+    claim_interval: float
+    claim_min_idle_ms: int
+
+
+class Owner(Protocol):
+    """What a reader needs of its subscription (:class:`~catga.redis._consumer.RedisSubscription`)."""
+
+    max_in_flight: int
+    max_deliver: int
+
+    @property
+    def closed(self) -> bool: ...
+
+    def recovered(self, what: str) -> None: ...
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run ``work`` in a task of the subscription (drained when it closes)."""
+
+    def run(self, d: Delivery) -> Awaitable[None]:
+        """Handle ``d`` and settle it (a coroutine for :meth:`spawn`)."""
 
 
 class Delivery:
     """One message in hand: a stream entry (``reader`` set) or a pub/sub frame."""
 
-    __slots__ = ("attempts", "exhausted", "fields", "id", "reader")
+    __slots__ = ("attempts", "fields", "id", "reader")
 
-    def __init__(
-        self, reader: StreamReader | None, id: bytes, fields: Any, attempts: int, exhausted: bool = False
-    ) -> None:
+    def __init__(self, reader: StreamReader | None, id: bytes, fields: Any, attempts: int) -> None:
         self.reader = reader
         self.id = id
         self.fields = fields
         self.attempts = attempts
-        self.exhausted = exhausted
 
 
 class StreamReader:
     """Reads one stream with one consumer group for a subscription, and keeps its entries alive."""
 
     def __init__(
-        self, sub: RedisSubscription, kind: str, key: str, group: str, *, private: bool, noack: bool
+        self,
+        sub: Owner,
+        settings: ConsumerSettings,
+        kind: str,
+        key: str,
+        group: str,
+        *,
+        private: bool,
+        noack: bool,
     ) -> None:
-        t = sub.transport
+        t = self.settings = settings
         self.sub = sub
         self.kind = kind
         self.key = key
@@ -123,7 +155,7 @@ class StreamReader:
         self._ack_flush: asyncio.Future[None] | None = None
 
     async def create_group(self, start: str) -> None:
-        client = self.sub.transport.client
+        client = self.settings.client
         if self.private:  # mark it alive first, so no sweep ever sees it unmarked
             await self._mark_alive()
         try:
@@ -133,10 +165,10 @@ class StreamReader:
                 raise
 
     def _live_key(self, group: str) -> str:
-        return f"{self.sub.transport.prefix}:t:live:{group}"
+        return f"{self.settings.prefix}:t:live:{group}"
 
     async def _mark_alive(self) -> None:
-        t = self.sub.transport
+        t = self.settings
         ttl_ms = round(max(t.consumer_ttl, 3 * t.claim_interval) * 1000)
         await t.client.execute("SET", self._live_key(self.group), b"1", "PX", ttl_ms)
 
@@ -147,7 +179,7 @@ class StreamReader:
 
     # -- reading --------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
-        t = self.sub.transport
+        t = self.settings
         limit = self.sub.max_in_flight
         cap = max(1000, 4 * limit)
         block_ms = max(1, round(t.block * 1000))
@@ -202,7 +234,7 @@ class StreamReader:
         start = "0"
         last = self._last_read
         if self.kind == "evt" and last is not None:
-            kept = await self.sub.transport.client.execute("XRANGE", self.key, last, last)
+            kept = await self.settings.client.execute("XRANGE", self.key, last, last)
             if kept:
                 start = _before(min(self.held, key=_id_key)) if self.held else last.decode()
         logger.warning(
@@ -216,11 +248,11 @@ class StreamReader:
         await self.create_group(start)
         self.sub.recovered(f"consumer group {self.group} on {self.key} vanished and was re-created")
 
-    def accept(self, mid: bytes, fields: Any, attempts: int, exhausted: bool = False) -> None:
+    def accept(self, mid: bytes, fields: Any, attempts: int) -> None:
         self.active += 1
         if not self.noack:
             self.held[mid] = attempts
-        self.sub._spawn(self.sub._run(Delivery(self, mid, fields, attempts, exhausted)))
+        self.sub.spawn(self.sub.run(Delivery(self, mid, fields, attempts)))
 
     def release(self, d: Delivery) -> None:
         """The delivery ended unsettled (closing): forget it; it stays pending for another consumer."""
@@ -228,23 +260,24 @@ class StreamReader:
         self.held.pop(d.id, None)
         self._room.set()
 
-    async def settle(self, d: Delivery, outcome: Outcome, delay: float) -> None:
+    async def settle(self, d: Delivery, outcome: Outcome) -> None:
+        """Execute the delivery policy's verdict: ack (``ACK``, ``DEAD``), leave pending (``KEEP``), or
+        take it again with ``XCLAIM`` after the delay (``RETRY`` counts a delivery, ``WAIT`` not)."""
         self.active -= 1
         self._room.set()
         if self.noack:
             return
-        if outcome is Outcome.ACK:
+        verdict = outcome.verdict
+        if verdict is Verdict.ACK or verdict is Verdict.DEAD:
             self.held.pop(d.id, None)
             await self._ack(d.id)
-        elif outcome is Outcome.KEEP:
-            self.held.pop(d.id, None)
-        elif self.sub.closed:
-            self.held.pop(d.id, None)  # stays pending: XAUTOCLAIM hands it to another consumer
+        elif verdict is Verdict.KEEP or self.sub.closed:
+            self.held.pop(d.id, None)  # stays pending: XAUTOCLAIM hands it to a consumer later
         else:
-            attempts = d.attempts + 1 if outcome is Outcome.RETRY else d.attempts
+            attempts = d.attempts + 1 if verdict is Verdict.RETRY else d.attempts
             self.waiting += 1
             loop = asyncio.get_running_loop()
-            self._timers[d.id] = loop.call_later(delay, self._retry_due, d.id, attempts)
+            self._timers[d.id] = loop.call_later(outcome.delay, self._retry_due, d.id, attempts)
 
     async def _ack(self, mid: bytes) -> None:
         """Ack (and on a command stream delete) ``mid``; the acks of one loop tick share one command."""
@@ -260,14 +293,14 @@ class StreamReader:
         commands: list[tuple[Any, ...]] = [("XACK", self.key, self.group, *ids)]
         if self.kind == "cmd":
             commands.append(("XDEL", self.key, *ids))
-        await quietly(self.sub.transport.client.execute_many(commands), f"ack of {len(ids)} on {self.key}")
+        await quietly(self.settings.client.execute_many(commands), f"ack of {len(ids)} on {self.key}")
 
     def _retry_due(self, mid: bytes, attempts: int) -> None:
         self._timers.pop(mid, None)
-        self.sub._spawn(self._retry(mid, attempts))
+        self.sub.spawn(self._retry(mid, attempts))
 
     async def _retry(self, mid: bytes, attempts: int) -> None:
-        t = self.sub.transport
+        t = self.settings
         try:
             if self.sub.closed:
                 self.held.pop(mid, None)
@@ -291,7 +324,7 @@ class StreamReader:
 
     # -- keeping entries alive, taking over stuck ones ------------------------------------------
     async def _maintain_loop(self) -> None:
-        t = self.sub.transport
+        t = self.settings
         every = max(1, round(min(60.0, t.consumer_ttl / 2) / t.claim_interval))
         while True:
             await asyncio.sleep(t.claim_interval)
@@ -308,14 +341,14 @@ class StreamReader:
 
     async def _heartbeat(self) -> None:
         ids = list(self.held)
-        client = self.sub.transport.client
+        client = self.settings.client
         for i in range(0, len(ids), 256):
             await client.run_script(
                 _CLAIM_OWN, (self.key,), (self.group, self.consumer, "1", *ids[i : i + 256])
             )
 
     async def _autoclaim(self) -> None:
-        sub, t = self.sub, self.sub.transport
+        sub, t = self.sub, self.settings
         room = sub.max_in_flight - self.active
         if room <= 0 or sub.closed:
             return
@@ -342,12 +375,12 @@ class StreamReader:
         for (mid, fields), info in zip(entries, pending, strict=True):
             attempts = int(info[0][3]) if info else 1
             logger.info("took over message %r on %s (delivery %d)", mid, self.key, attempts)
-            self.accept(mid, fields, attempts, exhausted=attempts > sub.max_deliver)
+            self.accept(mid, fields, attempts)  # past max_deliver: the policy dead-letters it
 
     async def _sweep(self) -> None:
         """Delete consumers idle for ``consumer_ttl`` with nothing pending, and private groups whose
         subscription stopped refreshing its ``P:t:live:<group>`` key (its process died)."""
-        client, ttl_ms = self.sub.transport.client, self.sub.transport.consumer_ttl * 1000
+        client, ttl_ms = self.settings.client, self.settings.consumer_ttl * 1000
         for info in await client.execute("XINFO", "CONSUMERS", self.key, self.group):
             c = dict(zip(info[::2], info[1::2], strict=False))
             if c[b"name"].decode() != self.consumer and c[b"pending"] == 0 and c[b"idle"] > ttl_ms:
@@ -380,7 +413,7 @@ class StreamReader:
 
     async def finish(self) -> None:
         """After the handlers: drop a private group, or this consumer if it holds nothing."""
-        client = self.sub.transport.client
+        client = self.settings.client
         if self.private:
             await quietly(
                 client.execute_many(

@@ -55,15 +55,9 @@ import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
+from catga._delivery import DeliveryPolicy, check_retry_backoff, retry_delay
 from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
-from catga._transport import (
-    SubscribeArgs,
-    TransportBase,
-    check_retry_backoff,
-    replay_headers,
-    replay_route,
-    retry_delay,
-)
+from catga._transport import SubscribeArgs, TransportBase, replay_headers, replay_route
 from catga.errors import BackendError, BackendUnavailableError, ConfigurationError, PayloadTooLargeError
 from catga.ids import new_id
 from catga.messages import Metadata, QoS
@@ -71,7 +65,7 @@ from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, validate_id
 from catga.redis._consumer import RedisSubscription
 from catga.redis._keys import validate_prefix
 from catga.redis._pubsub import PubSubHub
-from catga.redis._reader import StreamReader
+from catga.redis._reader import ConsumerSettings
 from catga.redis._reqrep import RawHandler, RedisRpcEndpoint, _ReplyRouter
 from catga.redis._wire import H_ERROR, entry_args, frame
 from catga.redis.connection import DEFAULT_URL, RedisClient
@@ -178,6 +172,17 @@ class RedisTransport(TransportBase[RedisSubscription]):
         self.reply_ttl = reply_ttl
         self.consumer_base = f"{socket.gethostname()[:40]}-{os.getpid()}"
         self._owns_client = owns_client
+        self._consumer_settings = ConsumerSettings(
+            client=client,
+            prefix=self.prefix,
+            consumer_base=self.consumer_base,
+            block=block,
+            timeout=self.timeout,
+            drain_timeout=drain_timeout,
+            consumer_ttl=consumer_ttl,
+            claim_interval=self.claim_interval,
+            claim_min_idle_ms=self.claim_min_idle_ms,
+        )
         self._evt = f"{self.prefix}:t:evt:"
         self._cmd = f"{self.prefix}:t:cmd:"
         self._subs: set[RedisSubscription] = set()
@@ -343,7 +348,22 @@ class RedisTransport(TransportBase[RedisSubscription]):
     async def _subscribe(self, args: SubscribeArgs) -> RedisSubscription:
         """Create the consumer groups (or the pub/sub subscription) and start reading."""
         qos, group, dest = args.qos, args.group, args.destination
-        sub = RedisSubscription(self, args)
+        policy = DeliveryPolicy(
+            codec=args.codec,
+            handler=args.handler,
+            qos=qos,
+            destination=dest,
+            max_deliver=args.max_deliver,
+            log=logger,
+            registry=self.registry,
+            inbox=self.inbox if qos == QoS.EXACTLY_ONCE else None,
+            inbox_ttl=self.claim_min_idle,
+            dead_letters=self.dead_letters,
+            retry_backoff=self.retry_backoff,
+            retry_backoff_max=self.retry_backoff_max,
+            over_delivered="its consumers died or stalled",
+        )
+        sub = RedisSubscription(args, policy, self._consumer_settings, self._unsubscribed)
         noack = qos == QoS.AT_MOST_ONCE
         self._subs.add(sub)
         try:
@@ -354,25 +374,21 @@ class RedisTransport(TransportBase[RedisSubscription]):
             else:
                 private = group is None
                 name = group if group is not None else f"~{uuid.uuid4().hex}"
-                reader = StreamReader(sub, "evt", self._evt + dest, name, private=private, noack=noack)
-                sub._readers.append(reader)
+                reader = sub.add_reader("evt", self._evt + dest, name, private=private, noack=noack)
                 await reader.create_group("$")
-            reader = StreamReader(sub, "cmd", self._cmd + dest, CMD_GROUP, private=False, noack=noack)
-            sub._readers.append(reader)
+            reader = sub.add_reader("cmd", self._cmd + dest, CMD_GROUP, private=False, noack=noack)
             await reader.create_group("0")
         except BaseException:
             await sub.aclose()
             raise
-        for reader in sub._readers:
-            reader.start()
+        sub.start()
         return sub
 
-    def _forget(self, sub: RedisSubscription) -> None:
+    async def _unsubscribed(self, sub: RedisSubscription) -> None:
+        """``sub`` is closing: forget it, and leave its pub/sub channel."""
         self._subs.discard(sub)
-
-    async def _pubsub_remove(self, channel: str, sub: RedisSubscription) -> None:
-        if self._pubsub is not None:
-            await self._pubsub.remove(channel, sub)
+        if sub._channel is not None and self._pubsub is not None:
+            await self._pubsub.remove(sub._channel, sub)
 
     # -- pub/sub --------------------------------------------------------------------------------
     # -- request / reply ------------------------------------------------------------------------

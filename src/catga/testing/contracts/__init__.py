@@ -24,7 +24,7 @@ DeadLetterQueueContract    ``dead_letter_queue``
 DistributedLockContract    ``distributed_lock``
 WorkerIdLeaseContract      ``distributed_lock`` (worker id leasing through that lock)
 CacheContract              ``cache``
-TransportContract          ``transport_factory`` and ``transport_dead_letters``
+TransportContract          ``transport_factory``, ``transport_dead_letters``, ``transport_inbox_factory``
 ========================== ============================================================
 
 Every fixture yields a fresh, isolated object (its own stream, bucket, prefix or broker) and closes it
@@ -46,7 +46,12 @@ from catga.testing.contracts.messages import (
     contract_registry,
 )
 from catga.testing.contracts.outbox import OutboxStoreContract
-from catga.testing.contracts.transport import RawPublishTransport, TransportContract, TransportFactory
+from catga.testing.contracts.transport import (
+    InboxTransportFactory,
+    RawPublishTransport,
+    TransportContract,
+    TransportFactory,
+)
 from catga.testing.contracts.worker_lease import WorkerIdLeaseContract
 
 __all__ = (
@@ -61,6 +66,7 @@ __all__ = (
     "DistributedLockContract",
     "EventStoreContract",
     "IdempotencyStoreContract",
+    "InboxTransportFactory",
     "OutboxStoreContract",
     "RawPublishTransport",
     "TransportContract",

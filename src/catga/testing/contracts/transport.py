@@ -13,14 +13,16 @@ import pytest
 from catga._payload import DEFAULT_MAX_PAYLOAD
 from catga.errors import (
     BackendError,
+    BackendUnavailableError,
     ErrorCode,
     InvalidIdentifierError,
     OperationTimeoutError,
     PayloadTooLargeError,
 )
 from catga.ids import new_id
+from catga.memory.idempotency import MemoryInboxStore
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
-from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, Transport
+from catga.protocols import COMMAND, EVENT, Claim, DeadLetter, DeadLetterQueue, InboxStore, Transport
 from catga.testing.contracts._util import WAIT, eventually, unique
 from catga.testing.contracts.messages import (
     ContractDoWork,
@@ -29,7 +31,7 @@ from catga.testing.contracts.messages import (
     contract_registry,
 )
 
-__all__ = ("RawPublishTransport", "TransportContract", "TransportFactory")
+__all__ = ("InboxTransportFactory", "RawPublishTransport", "TransportContract", "TransportFactory")
 
 #: Time given to a transport to show that something does *not* happen (a duplicate, a redelivery).
 SETTLE = 0.3
@@ -44,6 +46,24 @@ class RawPublishTransport(Transport, Protocol):
 
 
 TransportFactory = Callable[[], Awaitable[RawPublishTransport]]
+#: Like :data:`TransportFactory`, for a transport whose ``EXACTLY_ONCE`` subscriptions use ``inbox``.
+InboxTransportFactory = Callable[[InboxStore], Awaitable[RawPublishTransport]]
+
+
+class _WatchedInbox(MemoryInboxStore):
+    """An in-memory inbox that records the keys claimed and fails the first ``fail_claims`` claims."""
+
+    def __init__(self, fail_claims: int = 0) -> None:
+        super().__init__()
+        self.claimed: list[str] = []
+        self.fail_claims = fail_claims
+
+    async def claim(self, key: str, lock_ttl: float = 30.0) -> Claim:
+        self.claimed.append(key)
+        if self.fail_claims > 0:
+            self.fail_claims -= 1
+            raise BackendUnavailableError("inbox down (contract test)", backend="contract")
+        return await super().claim(key, lock_ttl)
 
 
 async def _letter_for(dlq: DeadLetterQueue, message_id: str) -> DeadLetter | None:
@@ -90,6 +110,8 @@ class TransportContract:
       short redelivery backoffs (e.g. ``retry_backoff=0.01, retry_backoff_max=0.05``). The binding
       closes them after the test.
     * ``transport_dead_letters``: that shared :class:`~catga.protocols.DeadLetterQueue`.
+    * ``transport_inbox_factory``: like ``transport_factory``, taking the
+      :class:`~catga.protocols.InboxStore` the new transport's ``EXACTLY_ONCE`` subscriptions claim in.
 
     ``subscribe`` and ``serve`` must be ready to receive when they return. Transports must also offer
     ``publish_raw(destination, body, headers)`` (see :class:`RawPublishTransport`), and keep the default
@@ -642,3 +664,109 @@ class TransportContract:
         await asyncio.sleep(SETTLE)
         assert sorted(got) == ["job 2", "marker"], got
         assert served == []
+
+    # -- one delivery policy (issue 10): what the backends used to disagree on ----------------------
+
+    async def test_exactly_once_claims_inbox_scope_id_shared_within_a_group(
+        self, transport_inbox_factory: InboxTransportFactory
+    ) -> None:
+        """The inbox key is ``inbox.<scope>.<message id>`` on every backend; competing consumers of a
+        group share a scope (one claim per message), another group has its own."""
+        inbox = _WatchedInbox()
+        t1, t2 = await transport_inbox_factory(inbox), await transport_inbox_factory(inbox)
+        dest = unique("ev")
+        got: list[str] = []
+
+        def recorder(group: str) -> Callable[[ContractOrderPlaced, Metadata], Awaitable[None]]:
+            async def handle(message: ContractOrderPlaced, meta: Metadata) -> None:
+                got.append(group)
+
+            return handle
+
+        for t in (t1, t2):
+            await t.subscribe(
+                ContractOrderPlaced, recorder("g"), qos=QoS.EXACTLY_ONCE, group="g", destination=dest
+            )
+        await t2.subscribe(
+            ContractOrderPlaced, recorder("h"), qos=QoS.EXACTLY_ONCE, group="h", destination=dest
+        )
+        mid = new_id()
+        await t1.publish(ContractOrderPlaced("o", 1), metadata=Metadata(message_id=mid), destination=dest)
+
+        async def both() -> bool:
+            return sorted(got) == ["g", "h"]
+
+        await eventually(both, what="one delivery per group")
+        await asyncio.sleep(SETTLE)
+        assert sorted(got) == ["g", "h"]
+        keys = set(inbox.claimed)
+        assert len(keys) == 2, keys  # one scope per group
+        for key in keys:
+            assert key.startswith("inbox.") and key.endswith(f".{mid}"), key
+
+    async def test_a_failing_inbox_claim_retries_the_message(
+        self, transport_inbox_factory: InboxTransportFactory
+    ) -> None:
+        """An inbox that fails to claim never loses the message: it is delivered again later."""
+        inbox = _WatchedInbox(fail_claims=1)
+        t1 = await transport_inbox_factory(inbox)
+        t2 = await transport_inbox_factory(inbox)
+        dest = unique("ev")
+        handled: list[int] = []
+
+        async def handle(message: ContractOrderPlaced, meta: Metadata) -> None:
+            handled.append(meta.message_id)
+
+        await t1.subscribe(ContractOrderPlaced, handle, qos=QoS.EXACTLY_ONCE, destination=dest, max_deliver=5)
+        mid = new_id()
+        await t2.publish(ContractOrderPlaced("o", 1), metadata=Metadata(message_id=mid), destination=dest)
+
+        async def done() -> bool:
+            return bool(handled)
+
+        await eventually(done, what="message handled after a failed inbox claim")
+        await asyncio.sleep(SETTLE)
+        assert handled == [mid]
+        assert len(inbox.claimed) >= 2 and inbox.fail_claims == 0
+
+    async def test_a_closed_transport_refuses_subscribe_and_publish_alike(
+        self, transport_factory: TransportFactory
+    ) -> None:
+        t = await transport_factory()
+
+        async def handle(message: ContractOrderPlaced, meta: Metadata) -> None:
+            pass
+
+        await t.aclose()
+        with pytest.raises(BackendUnavailableError):
+            await t.subscribe(ContractOrderPlaced, handle, destination=unique("ev"))
+        with pytest.raises(BackendUnavailableError):
+            await t.publish(ContractOrderPlaced("o", 1), destination=unique("ev"))
+
+    async def test_a_bad_message_is_dead_lettered_once_under_one_id(
+        self, transport_factory: TransportFactory, transport_dead_letters: DeadLetterQueue
+    ) -> None:
+        """A message without a catga id that no subscription can decode, reaching an at-most-once and an
+        at-least-once subscription, is one dead letter (both write the same id)."""
+        t1, t2 = await transport_factory(), await transport_factory()
+        dest = unique("ev")
+
+        async def handle(message: ContractOrderPlaced, meta: Metadata) -> None:
+            raise AssertionError("an undecodable message reached the handler")
+
+        await t1.subscribe(ContractOrderPlaced, handle, qos=QoS.AT_MOST_ONCE, destination=dest)
+        await t1.subscribe(ContractOrderPlaced, handle, qos=QoS.AT_LEAST_ONCE, group="g", destination=dest)
+        garbage = b'\xff{"order_id": ' + unique("x").encode()
+        await t2.publish_raw(dest, garbage, {H_TYPE: "contracts.OrderPlaced"})
+
+        async def mine() -> list[DeadLetter]:
+            return [letter for letter in await transport_dead_letters.list(10_000) if letter.body == garbage]
+
+        async def dead() -> bool:
+            return bool(await mine())
+
+        await eventually(dead, what="undecodable message dead-lettered")
+        await asyncio.sleep(SETTLE)
+        letters = await mine()
+        assert len(letters) == 1, [(x.id, x.error) for x in letters]
+        assert letters[0].source == dest and "undecodable" in letters[0].error
