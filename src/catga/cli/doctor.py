@@ -27,8 +27,8 @@ Status = Literal["ok", "warn", "fail", "info"]
 _PACKAGES = (
     ("msgspec", "core"),
     ("nats-py", "catga[nats]"),
-    ("redis", "catga[redis]"),
     ("hiredis", "catga[redis]"),
+    ("redis", "catga[bench]"),
     ("uvloop", "catga[bench]"),
     ("matplotlib", "catga[bench]"),
 )
