@@ -119,7 +119,7 @@ async def _sleep_through_attempts(hub: PubSubHub, attempts: int) -> None:
 
 
 async def test_pub_sub_over_tls_with_an_acl_user_and_a_database(
-    tls_server: tuple[int, Path, RedisServer], unique_name: str, transports: list[RedisTransport]
+    tls_server: tuple[int, Path, RedisServer], unique_name: str
 ) -> None:
     port, ca, server = tls_server
     user, password = f"u{unique_name}", "s3cret"
@@ -127,27 +127,28 @@ async def test_pub_sub_over_tls_with_an_acl_user_and_a_database(
         await admin.execute("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
         try:
             url = f"rediss://{user}:{password}@127.0.0.1:{port}/3?ssl_ca_certs={ca}&client_name={unique_name}"
-            t = connect(transports, url, unique_name)
-            dest = unique("ev")
-            got: list[Any] = []
-            await t.subscribe(ContractOrderPlaced, recorder(got), qos=QoS.AT_MOST_ONCE, destination=dest)
-            [entry] = [c for c in (await admin.execute("CLIENT", "LIST", "TYPE", "pubsub")).split(b"\n") if c]
-            fields = dict(f.split(b"=", 1) for f in entry.split(b" ") if b"=" in f)
-            assert fields[b"user"] == user.encode()
-            assert fields[b"db"] == b"3"
-            assert fields[b"name"] == unique_name.encode()
-            assert fields[b"laddr"] != f"127.0.0.1:{server.port}".encode()  # on the TLS port
-            assert fields[b"laddr"] == f"127.0.0.1:{port}".encode()
-            await t.publish(ContractOrderPlaced("o", 1), destination=dest)
-            await eventually(lambda: _truthy(got), what="a pub/sub message over TLS")
-            assert got == [ContractOrderPlaced("o", 1)]
+            t = RedisTransport.connect(url, prefix=unique_name, registry=contract_registry())
+            try:
+                dest = unique("ev")
+                got: list[Any] = []
+                await t.subscribe(ContractOrderPlaced, recorder(got), qos=QoS.AT_MOST_ONCE, destination=dest)
+                listing = await admin.execute("CLIENT", "LIST", "TYPE", "pubsub")
+                [entry] = [c for c in listing.split(b"\n") if c]
+                fields = dict(f.split(b"=", 1) for f in entry.split(b" ") if b"=" in f)
+                assert fields[b"user"] == user.encode()
+                assert fields[b"db"] == b"3"
+                assert fields[b"name"] == unique_name.encode()
+                assert fields[b"laddr"] == f"127.0.0.1:{port}".encode()  # the TLS port
+                await t.publish(ContractOrderPlaced("o", 1), destination=dest)
+                await eventually(lambda: _truthy(got), what="a pub/sub message over TLS")
+                assert got == [ContractOrderPlaced("o", 1)]
+            finally:
+                await t.aclose()  # before the user is deleted (which drops its connections)
         finally:
             await admin.execute("ACL", "DELUSER", user)
 
 
-async def test_a_refused_channel_raises_configuration_error(
-    redis_url: str, unique_name: str, transports: list[RedisTransport]
-) -> None:
+async def test_a_refused_channel_raises_configuration_error(redis_url: str, unique_name: str) -> None:
     user, password = f"u{unique_name}", "s3cret"
     host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
     async with RedisClient.from_url(redis_url) as admin:
@@ -157,10 +158,15 @@ async def test_a_refused_channel_raises_configuration_error(
         )
         await admin.execute("ACL", "SETUSER", user, "+@all")
         try:
-            t = connect(transports, f"redis://{user}:{password}@{host_port}/0", unique_name)
-            with pytest.raises(ConfigurationError) as info:
-                await t.subscribe(ContractOrderPlaced, recorder([]), qos=QoS.AT_MOST_ONCE, destination="ev")
-            assert "NOPERM" in str(info.value)
+            t = RedisTransport.connect(f"redis://{user}:{password}@{host_port}/0", prefix=unique_name)
+            try:
+                with pytest.raises(ConfigurationError) as info:
+                    await t.subscribe(
+                        ContractOrderPlaced, recorder([]), qos=QoS.AT_MOST_ONCE, destination="ev"
+                    )
+                assert "NOPERM" in str(info.value)
+            finally:
+                await t.aclose()
         finally:
             await admin.execute("ACL", "DELUSER", user)
 

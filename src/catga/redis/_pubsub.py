@@ -102,7 +102,12 @@ class PubSubHub:
                 ready = self._ready[key] = asyncio.get_running_loop().create_future()
                 conn = self._conn
                 if conn is None and self._task is None:  # first use: connect in the caller's task
-                    conn = await self._open()
+                    try:
+                        conn = await self._open()
+                    except BaseException:
+                        del self._ready[key]  # the next add of this channel connects again
+                        ready.cancel()
+                        raise
                     self._task = asyncio.ensure_future(self._supervise(conn))
                 if conn is not None and not conn.closed:
                     conn.write(("SUBSCRIBE", key))
@@ -184,7 +189,7 @@ class PubSubHub:
     async def _open(self) -> RespConnection:
         conn = await open_connection(self._settings, coalesce=False)
         if self._closed:
-            conn.close()
+            conn.abort("the pub/sub hub was closed while connecting")
             raise BackendUnavailableError("the Redis pub/sub connection was closed", backend="redis")
         conn.on_push = self._on_push
         self._conn = conn

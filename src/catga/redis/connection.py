@@ -229,7 +229,9 @@ async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> 
             require_version("redis", address, conn.server_version, MIN_SERVER, "catga's Redis backend")
     except BaseException as exc:
         if conn is not None:
-            conn.close()
+            # abort, not close: a TLS close waits for the peer's close_notify (up to 30 s), and a
+            # loop that stops meanwhile leaks the socket; nothing worth flushing was written.
+            conn.abort(f"handshake failed: {type(exc).__name__}")
         translated = translate_error(exc, op, settings.connect_timeout)
         if translated is exc:
             raise
