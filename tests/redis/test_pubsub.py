@@ -228,3 +228,18 @@ async def _replaced(hub: PubSubHub, first: object) -> bool:
 
 async def _truthy(items: list[Any]) -> bool:
     return bool(items)
+
+
+def test_the_redis_backend_does_not_import_redis_py() -> None:
+    """One client stack per server: catga[redis] needs hiredis only (redis-py is a bench extra)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, catga.redis, catga.redis.transport, catga.redis._pubsub, catga.redis._errors\n"
+        "import catga.cli.doctor\n"
+        "loaded = sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.'))\n"
+        "assert not loaded, loaded\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr

@@ -204,7 +204,7 @@ async def check_redis(url: str, timeout: float) -> list[Check]:
         from catga.redis._durability import check_durability
         from catga.redis.connection import MIN_SERVER
     except ImportError:
-        return [Check("redis", "fail", "redis is not installed: pip install 'catga[redis]'", {"url": url})]
+        return [Check("redis", "fail", "hiredis is not installed: pip install 'catga[redis]'", {"url": url})]
     facts: dict[str, Any] = {"url": url, "needed_version": format_version(MIN_SERVER)}
     shown = redact_url(url)
     try:
