@@ -99,6 +99,9 @@ async def test_aclose_while_the_lean_nats_connection_reconnects_closes_the_new_s
         options={},
         ssl_context=None,
         _inbox_prefix=b"_INBOX",
+        _signature_cb=None,
+        _user_jwt_cb=None,
+        _public_nkey=None,
     )
     wire = LeanConnection(client, connect_timeout=5.0)
     async with server:

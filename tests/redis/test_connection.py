@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from catga.errors import (
 )
 from catga.redis import RedisClient, RedisSettings, Script
 from catga.redis._errors import redis_errors, translate_error
+from catga.redis._resp import ReplyError
 from catga.testing.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -253,20 +252,22 @@ async def test_closed_client_refuses_calls(redis_url: str) -> None:
         await client.execute("PING")
 
 
-def test_translate_error_maps_redis_py_and_builtin_errors() -> None:
-    import redis.exceptions as rexc
-
-    assert isinstance(translate_error(rexc.ConnectionError("x"), "GET k"), BackendUnavailableError)
+def test_translate_error_maps_builtin_errors_and_error_replies() -> None:
+    assert isinstance(translate_error(ConnectionResetError("x"), "GET k"), BackendUnavailableError)
     assert isinstance(translate_error(ConnectionRefusedError(), "connect"), BackendUnavailableError)
-    timeout = translate_error(rexc.TimeoutError("slow"), "GET k", 1.5)
+    assert isinstance(translate_error(ssl.SSLError("bad cert"), "connect"), BackendUnavailableError)
+    timeout = translate_error(TimeoutError("slow"), "GET k", 1.5)
     assert isinstance(timeout, BackendTimeoutError) and "GET k" in str(timeout) and "1.5 s" in str(timeout)
-    assert isinstance(translate_error(rexc.AuthenticationError("no"), "AUTH"), ConfigurationError)
-    assert type(translate_error(rexc.ResponseError("ERR x"), "GET")) is BackendError
+    refused = translate_error(ReplyError("WRONGPASS invalid username-password pair"), "AUTH")
+    assert isinstance(refused, ConfigurationError)
+    assert type(translate_error(ReplyError("ERR x"), "GET")) is BackendError
     cancelled = asyncio.CancelledError()
     assert translate_error(cancelled, "GET") is cancelled
+    other = ValueError("not a client error")
+    assert translate_error(other, "GET") is other
     with pytest.raises(BackendUnavailableError) as info, redis_errors("XADD s", 1.0):
-        raise rexc.ConnectionError("gone")
-    assert isinstance(info.value.__cause__, rexc.ConnectionError)
+        raise ConnectionResetError("gone")
+    assert isinstance(info.value.__cause__, ConnectionResetError)
 
 
 # -- auth, db, TLS (on a server of their own) ---------------------------------------------------------
@@ -299,26 +300,6 @@ async def test_db_from_the_url_is_selected(redis_url: str, unique_name: str) -> 
             assert await db5.execute("GET", key) == b"five"
         finally:
             await db5.execute("DEL", key)
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path, RedisServer]]:
-    """A redis-server with a TLS port and a self-signed CA (generated with the openssl CLI)."""
-    d = tmp_path_factory.mktemp("tls")
-    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
-    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
-        "-subj", "/CN=catga-test-ca")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
-    ext = d / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-        "-days", "1", "-extfile", ext)  # fmt: skip
-    tls_port = free_port()
-    args = ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]  # fmt: skip
-    with RedisServer(extra_args=args) as server:
-        yield tls_port, ca, server
 
 
 async def test_tls_with_a_verified_certificate(tls_server: tuple[int, Path, RedisServer]) -> None:

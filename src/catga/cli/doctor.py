@@ -28,8 +28,8 @@ Status = Literal["ok", "warn", "fail", "info"]
 _PACKAGES = (
     ("msgspec", "core"),
     ("nats-py", "catga[nats]"),
-    ("redis", "catga[redis]"),
     ("hiredis", "catga[redis]"),
+    ("redis", "catga[bench]"),
     ("uvloop", "catga[bench]"),
     ("matplotlib", "catga[bench]"),
 )
@@ -230,7 +230,7 @@ async def check_redis(url: str, timeout: float) -> list[Check]:
         from catga.redis._durability import check_durability
         from catga.redis.connection import MIN_SERVER
     except ImportError:
-        return [Check("redis", "fail", "redis is not installed: pip install 'catga[redis]'", {"url": url})]
+        return [Check("redis", "fail", "hiredis is not installed: pip install 'catga[redis]'", {"url": url})]
     facts: dict[str, Any] = {"url": url, "needed_version": format_version(MIN_SERVER)}
     shown = redact_url(url)
     try:

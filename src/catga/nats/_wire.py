@@ -34,6 +34,20 @@ Robustness:
       (trying the nats-py client's current server first, then its server pool).
     * a request larger than the server's ``max_payload`` is refused before sending (the server would
       otherwise close the connection).
+
+Credentials, and why nats-py is pinned:
+    The ``CONNECT`` must authenticate exactly as the nats-py client it rides on (user/password, token,
+    URL credentials, an nkeys seed, a ``.creds`` file with a JWT, and the inbox prefix a server's
+    permissions may require). nats-py keeps the nkeys/JWT pieces in private attributes
+    (:data:`NATS_PY_PRIVATE`: ``_signature_cb``, ``_user_jwt_cb``, ``_public_nkey``, ``_inbox_prefix``),
+    set by ``Client.connect()`` from its ``nkeys_seed``/``user_credentials``/``inbox_prefix`` options.
+    Re-implementing that (reading creds files, nkeys signing) would duplicate security-sensitive code
+    and add the ``nkeys`` dependency for a handful of lines; so the access is kept and made explicit:
+    ``catga[nats]`` pins nats-py below the next minor version (``<2.17``, 2.16 tested), a missing
+    attribute raises :class:`~catga.errors.ConfigurationError` naming it (never a silent
+    unauthenticated ``CONNECT``), and ``tests/nats/test_wire_credentials.py`` builds nats-py clients
+    with each kind of credentials and checks that our ``CONNECT`` fields equal nats-py's own -- it fails
+    when an attribute disappears or changes meaning, which is the signal to raise the pin.
 """
 
 from __future__ import annotations
@@ -51,7 +65,10 @@ from catga._lifecycle import close_transport
 from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
 from catga.nats._errors import timeout_error, unavailable_error
 
-__all__ = ("LeanConnection", "Listener", "Reply", "parse_headers", "reply_status")
+__all__ = ("NATS_PY_PRIVATE", "LeanConnection", "Listener", "Reply", "parse_headers", "reply_status")
+
+#: The private attributes of a nats-py ``Client`` read here (see the module docstring).
+NATS_PY_PRIVATE = ("_inbox_prefix", "_signature_cb", "_user_jwt_cb", "_public_nkey")
 
 _log = logging.getLogger("catga.nats")
 
@@ -300,6 +317,23 @@ class _Protocol(asyncio.Protocol):
         # +OK and unknown ops are ignored
 
 
+def _private(client: Any, name: str) -> Any:
+    """A private attribute of the nats-py client (see the module docstring); refuse when it is gone."""
+    try:
+        return getattr(client, name)
+    except AttributeError:
+        try:
+            from importlib.metadata import version
+
+            installed = version("nats-py")
+        except Exception:  # pragma: no cover - not installed as a distribution
+            installed = "?"
+        raise ConfigurationError(
+            f"nats-py {installed} has no attribute {name!r}, which catga's lean NATS connection reads to "
+            "authenticate like nats-py; install a supported nats-py (pip install 'catga[nats]' pins it)"
+        ) from None
+
+
 class LeanConnection:
     """A lean request/reply connection riding on a nats-py client's configuration.
 
@@ -328,7 +362,7 @@ class LeanConnection:
         self._listeners: dict[bytes, Listener] = {}  # sid -> callback, shared with every socket
         self._subjects: dict[bytes, bytes] = {}  # sid -> subject (subscribed again after a reconnect)
         self._next_sid = 1
-        inbox = getattr(client, "_inbox_prefix", None)
+        inbox = _private(client, "_inbox_prefix")
         inbox_str = bytes(inbox).decode() if inbox else "_INBOX"
         self.prefix = f"{inbox_str}.{secrets.token_hex(11)}.".encode()
 
@@ -452,11 +486,11 @@ class LeanConnection:
             return v() if callable(v) else v
 
         nonce = info.get("nonce")
-        signature_cb = getattr(nc, "_signature_cb", None)
+        signature_cb = _private(nc, "_signature_cb")
+        jwt_cb = _private(nc, "_user_jwt_cb")
+        public_nkey = _private(nc, "_public_nkey")
         if nonce and signature_cb is not None:  # nkeys seed or creds file (JWT)
             fields["sig"] = signature_cb(nonce).decode()
-            jwt_cb = getattr(nc, "_user_jwt_cb", None)
-            public_nkey = getattr(nc, "_public_nkey", None)
             if jwt_cb is not None:
                 fields["jwt"] = jwt_cb().decode()
             elif public_nkey is not None:

@@ -1,23 +1,23 @@
 """Translation of Redis client errors into catga's hierarchy — the one place it happens.
 
-* Cannot reach / lost the server (``OSError``, ``ssl.SSLError``, redis-py ``ConnectionError``) →
+* Cannot reach / lost the server (``OSError``, ``ssl.SSLError``, ``EOFError``) →
   :class:`~catga.errors.BackendUnavailableError`.
-* No answer in time (``TimeoutError``, redis-py ``TimeoutError``) →
-  :class:`~catga.errors.BackendTimeoutError`, naming the operation and the seconds.
-* Authentication or permission refused (``WRONGPASS``, ``NOAUTH``, ``NOPERM``, redis-py
-  ``AuthenticationError``) → :class:`~catga.errors.ConfigurationError`: retrying will not help.
-* Any other error reply → :class:`~catga.errors.BackendError`.
+* No answer in time (``TimeoutError``) → :class:`~catga.errors.BackendTimeoutError`, naming the
+  operation and the seconds.
+* Authentication or permission refused (``WRONGPASS``, ``NOAUTH``, ``NOPERM`` replies) →
+  :class:`~catga.errors.ConfigurationError`: retrying will not help.
+* Any other error reply (:class:`~catga.redis._resp.ReplyError`) → :class:`~catga.errors.BackendError`.
 
-redis-py's ``ConnectionError``/``TimeoutError`` do **not** subclass the builtins, so they are matched
-explicitly. ``asyncio.CancelledError`` is a ``BaseException`` and is never caught here.
+Every catga Redis connection, pub/sub included, is catga's own RESP client
+(:mod:`catga.redis._resp`), so only the builtins and ``ReplyError`` reach this module; redis-py is not
+a dependency of ``catga[redis]`` (its errors, which do not subclass the builtins, are not matched).
+``asyncio.CancelledError`` is a ``BaseException`` and is never caught here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import redis.exceptions as rexc
 
 from catga.errors import (
     BackendError,
@@ -55,11 +55,7 @@ def translate_error(exc: BaseException, operation: str, seconds: float | None = 
     """
     if isinstance(exc, CatgaError) or not isinstance(exc, Exception):
         return exc
-    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
-        return ConfigurationError(
-            f"Redis refused {operation}: {exc}; check the user name and password in the Redis URL"
-        )
-    if isinstance(exc, TimeoutError | rexc.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return BackendTimeoutError(
             f"Redis {operation} timed out after {seconds} s; the server is slow or unreachable "
             "(retry, or raise the timeout)",
@@ -67,7 +63,7 @@ def translate_error(exc: BaseException, operation: str, seconds: float | None = 
             operation=operation,
             seconds=seconds,
         )
-    if isinstance(exc, OSError | rexc.ConnectionError | EOFError):
+    if isinstance(exc, OSError | EOFError):
         return BackendUnavailableError(
             f"Redis {operation} failed: cannot reach the server ({type(exc).__name__}: {exc}); "
             "check the URL and that redis-server is running",
@@ -76,8 +72,6 @@ def translate_error(exc: BaseException, operation: str, seconds: float | None = 
         )
     if isinstance(exc, ReplyError):
         return reply_error(operation, exc)
-    if isinstance(exc, rexc.RedisError):
-        return BackendError(f"Redis {operation} failed: {exc}", backend="redis", operation=operation)
     return exc
 
 
@@ -86,8 +80,8 @@ def redis_errors(operation: str, seconds: float | None = None) -> Iterator[None]
     """Translate client errors raised inside the block (``raise ... from exc``).
 
     Example:
-        >>> with redis_errors("XADD orders", 5.0):  # doctest: +SKIP
-        ...     await r.xadd("orders", {"b": b"..."})
+        >>> with redis_errors("connect to 127.0.0.1:6379", 5.0):  # doctest: +SKIP
+        ...     await asyncio.open_connection("127.0.0.1", 6379)
     """
     try:
         yield

@@ -21,6 +21,13 @@ for that long: the connection is closed, so the next call reconnects.
 
 Connection loss fails every pending command with :class:`~catga.errors.BackendUnavailableError`.
 A cancelled caller leaves its slot in the queue (the reply is read and dropped), so FIFO matching holds.
+
+Subscriber mode (pub/sub, :mod:`catga.redis._pubsub`): once ``on_push`` is set, a reply that arrives
+when no command waits is handed to it instead of closing the connection as a protocol error. After
+``SUBSCRIBE`` every reply is such a push (RESP2 arrays ``[b"message", channel, data]``,
+``[b"subscribe", channel, count]``, ...), so a subscriber writes its commands with :meth:`write` (no
+reply slot) once the handshake is over; mixing :meth:`send` in would mis-match the pushes. The hot
+path is unchanged: the push branch is the one that used to abort.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -54,6 +62,9 @@ class RespConnection(asyncio.Protocol):
         address: ``host:port`` (or the socket path), for error messages.
         closed: True once the connection is lost or closed; it is never reopened.
         server_version: the version the server reported in the handshake (None: not known).
+        on_push: subscriber mode: called with each reply no command waits for (see the module
+            docstring); None (the default) treats such a reply as a protocol error.
+        on_lost: called once with the reason when the socket is closed (lost, aborted or closed).
     """
 
     def __init__(self, address: str, *, coalesce: bool = True) -> None:
@@ -71,6 +82,8 @@ class RespConnection(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_at = _INF
         self._closed_reason = "connection closed"
+        self.on_push: Callable[[Any], None] | None = None
+        self.on_lost: Callable[[str], None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,6 +102,10 @@ class RespConnection(asyncio.Protocol):
             if reply is False:
                 return
             if not pending:
+                on_push = self.on_push
+                if on_push is not None:  # subscriber mode
+                    on_push(reply)
+                    continue
                 self._abort(BackendError(f"Redis at {self.address} sent a reply nobody asked for"))
                 return
             fut = pending.popleft()[0]
@@ -99,6 +116,9 @@ class RespConnection(asyncio.Protocol):
         self.lost = True  # the socket is closed now (``closed`` only says no more commands go out)
         reason = self._closed_reason if exc is None else f"connection lost: {exc}"
         self._fail_all(reason)
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost(reason)
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, args: tuple[Any, ...], timeout: float | None) -> asyncio.Future[Any]:
@@ -126,6 +146,20 @@ class RespConnection(asyncio.Protocol):
         else:
             self._transport.write(data)  # type: ignore[union-attr]
         return fut
+
+    def write(self, args: tuple[Any, ...]) -> None:
+        """Write one command at once, with no reply slot: its replies come to ``on_push``.
+
+        For subscriber mode only (``SUBSCRIBE``, ``UNSUBSCRIBE``, ``PING``).
+
+        Raises:
+            BackendUnavailableError: the connection is closed.
+        """
+        if self.closed or self._transport is None:
+            raise BackendUnavailableError(
+                f"connection to Redis at {self.address} is closed ({self._closed_reason})", backend="redis"
+            )
+        self._transport.write(_pack(args))
 
     def send_many(self, commands: list[tuple[Any, ...]], timeout: float | None) -> list[asyncio.Future[Any]]:
         """Queue several commands at once (written together); futures in order."""
@@ -200,6 +234,15 @@ class RespConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
         self._fail_all(str(error))
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once (a peer that stopped answering); pending commands fail with
+        BackendUnavailableError naming ``reason``."""
+        if not self.closed:
+            self._closed_reason = reason
+        if self._transport is not None:
+            self._transport.abort()
+        self._fail_all(self._closed_reason)
 
     def close(self) -> None:
         """Close the socket now; pending commands fail with BackendUnavailableError.

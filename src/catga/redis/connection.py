@@ -231,7 +231,9 @@ async def open_connection(settings: RedisSettings, *, coalesce: bool = True) -> 
             require_version("redis", address, conn.server_version, MIN_SERVER, "catga's Redis backend")
     except BaseException as exc:
         if conn is not None:
-            conn.close()
+            # abort, not close: a TLS close waits for the peer's close_notify (up to 30 s), and a
+            # loop that stops meanwhile leaks the socket; nothing worth flushing was written.
+            conn.abort(f"handshake failed: {type(exc).__name__}")
         if isinstance(exc, Exception):
             explained = await _explain_handshake_failure(settings, exc, tls_done=conn is not None)
             if explained is not None:
@@ -430,7 +432,7 @@ class RedisClient(AsyncCloseable):
                 return conn
             conn = await open_connection(self.settings, coalesce=self._coalesce)
             if self._closed:
-                conn.close()
+                conn.abort("the client was closed while connecting")
                 raise BackendUnavailableError(
                     f"this RedisClient for {self.settings.address} was closed while connecting",
                     backend="redis",
