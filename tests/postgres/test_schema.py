@@ -136,10 +136,12 @@ async def test_methods_without_a_connection_time_out_instead_of_waiting_forever(
 ) -> None:
     pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=1)
     try:
+        # the tables are set up with the default timeout (DDL can take more than 0.1 s on a busy
+        # machine); the stores under test only need a pool connection, which they never get
+        await PostgresOutboxStore(pool, table=f"out_{unique_name}").ensure_schema()
+        await PostgresInboxStore(pool, table=f"inbox_{unique_name}").ensure_schema()
         outbox = PostgresOutboxStore(pool, table=f"out_{unique_name}", timeout=0.1)
         inbox = PostgresInboxStore(pool, table=f"inbox_{unique_name}", timeout=0.1)
-        await outbox.ensure_schema()
-        await inbox.ensure_schema()
         calls = [
             outbox.fetch_pending(),
             outbox.mark_published(["x"]),
