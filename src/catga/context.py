@@ -135,7 +135,7 @@ class Context(msgspec.Struct):
 
         See :meth:`catga.mediator.Mediator.send`.
         """
-        return await self.mediator.dispatch(request, metadata, self)
+        return await self.mediator.send(request, metadata=metadata, parent=self)
 
     async def publish(self, event: object, *, metadata: Metadata | None = None) -> Result[None]:
         """Publish an event caused by this message (correlation and causation set from it).
@@ -143,7 +143,7 @@ class Context(msgspec.Struct):
         This is the hook the outbox uses when one is configured; by default it publishes in process
         through :meth:`catga.mediator.Mediator.publish`.
         """
-        return await self.mediator.dispatch_event(event, metadata, self)
+        return await self.mediator.publish(event, metadata=metadata, parent=self)
 
     def child_metadata(self, message_id: int | None = None) -> Metadata:
         """Metadata for a new message caused by this one (for outboxes and transports)."""
