@@ -55,14 +55,13 @@ class Context(msgspec.Struct):
             message, its own id.
         causation_id: the id of the message whose handling sent this one, or None for a root message.
 
-    A context is a small msgspec Struct (created in C, about twice as fast as a ``__slots__``
-    class). Apart from drawing its id, it is not thread-safe: a context belongs to one message
-    handled in one task.
+    A context is a small msgspec Struct (created in C, faster than a ``__slots__`` class). Apart from
+    drawing its id, it is not thread-safe: a context belongs to one message handled in one task.
 
-    Why events draw their id lazily: a Snowflake id costs about 0.2 µs (a clock read and a counter
-    step), a sixth of an in-process publish to two handlers (``catga bench mediator``,
-    ``docs/benchmarks.md``). Commands and queries always need theirs at once (the idempotency
-    behavior keys on it), so they draw it eagerly.
+    Why events draw their id lazily: a Snowflake id (a clock read and a counter step) is a sizeable
+    part of an in-process publish to two handlers (figures in ``docs/benchmarks.md``, *Design
+    figures*). Commands and queries always need theirs at once (the idempotency behavior keys on it),
+    so they draw it eagerly.
     """
 
     mediator: Mediator

@@ -10,10 +10,10 @@
   at most ``max_concurrency`` in flight.
 
 Event fan-out is sequential by default: each handler is awaited in turn, isolated by try/except, with no
-task created. For the usual in-process handlers this is ~10x cheaper than ``asyncio.gather`` (which
-creates one Task per handler); the trade-off is that a handler that waits on I/O delays the next one.
-``Mediator(concurrent_events=True)`` or ``publish(event, concurrent=True)`` runs the handlers
-concurrently with ``asyncio.gather`` instead. See ``docs/pipeline.md`` for the figures.
+task created, much cheaper than ``asyncio.gather`` (which creates one Task per handler); the trade-off
+is that a handler that waits on I/O delays the next one. ``Mediator(concurrent_events=True)`` or
+``publish(event, concurrent=True)`` runs the handlers concurrently with ``asyncio.gather`` instead.
+Figures: ``docs/benchmarks.md`` (*mediator*, *Design figures*).
 
 Safe handler semantics: a :class:`~catga.errors.HandlerError` raised by a handler becomes a failed
 Result with its code and message; so does any other catga error (``unavailable``, ``timeout`` and
