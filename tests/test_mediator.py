@@ -646,6 +646,52 @@ async def test_correlation_and_causation_flow_through_nested_sends_and_publishes
     assert len({v[0] for v in seen.values()}) == 5
 
 
+async def test_parent_names_the_cause_or_makes_a_root_message() -> None:
+    """``parent=`` (default: the running handler's context) for send and publish alike."""
+    m = Mediator(behaviors=[], id_factory=iter(range(100, 200)).__next__)
+    seen: dict[str, tuple[int, int, int | None]] = {}
+
+    def record(name: str, ctx: Context) -> None:
+        seen[name] = (ctx.message_id, ctx.correlation_id, ctx.causation_id)
+
+    @m.handler
+    async def root(cmd: Nested, ctx: Context) -> list[int]:
+        record("root", ctx)
+        await m.send(Echo("fresh"), parent=None)  # a new conversation, from inside a handler
+        await m.publish(Happened(1), parent=None)
+        await m.send(Echo("child"))  # default: caused by the running handler
+        await m.publish(Happened(2), parent=ctx)
+        return []
+
+    @m.handler
+    async def echo(cmd: Echo, ctx: Context) -> str:
+        record(cmd.text, ctx)
+        return cmd.text
+
+    @m.handler
+    async def happened(e: Happened, ctx: Context) -> None:
+        record(f"event{e.n}", ctx)
+
+    outer: list[Context] = []
+
+    @m.handler
+    async def other(q: Add, ctx: Context) -> int:
+        outer.append(ctx)
+        return 0
+
+    assert (await m.send(Nested(1))).ok
+    root_id = seen["root"][0]
+    for name in ("fresh", "event1"):
+        mid, corr, cause = seen[name]
+        assert (corr, cause) == (mid, None) and mid != root_id, name
+    for name in ("child", "event2"):
+        assert seen[name][1:] == (root_id, root_id), name
+    # Outside any handler, an explicit parent still names the cause.
+    ctx = Context(m, 7, 5)
+    assert (await m.send(Add(1, 1), parent=ctx)).ok
+    assert (outer[0].correlation_id, outer[0].causation_id) == (5, 7)
+
+
 async def test_explicit_metadata_is_kept_and_its_correlation_continues() -> None:
     m = Mediator()
     seen: list[Context] = []

@@ -4,15 +4,17 @@ In turn (the default: each handler awaited after the previous one, no task creat
 (``asyncio.gather``, one task per handler). Either way a failing handler becomes a failed Result of its
 own (through the mediator's safe-handler path) and the others still run; the publish's Result lists every
 failure as a :class:`HandlerFailure`. :meth:`catga.mediator.Mediator.publish` inlines the in-turn loop
-when no behavior applies; everything else calls handlers through :func:`call_handler`.
+when no behavior applies; everything else calls handlers through
+:func:`catga._terminal.call_handler`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from catga._terminal import call_handler
 from catga.handlers import HandlerInfo, Registration
 from catga.pipeline.base import Next
 from catga.result import _SUCCESS, Result
@@ -21,14 +23,10 @@ if TYPE_CHECKING:
     from catga.context import Context
     from catga.mediator import Mediator
 
-__all__ = ("HandlerFailure", "call_handler", "gather", "in_turn", "publish_failure")
+__all__ = ("HandlerFailure", "gather", "in_turn", "publish_failure")
 
-#: How a handler is called: ``fn(message)``, ``fn(message, ctx)``, or ``handle`` on an instance made
-#: by its factory.
-_NO_CTX, _WITH_CTX, _INSTANCE = 0, 1, 2
 #: An event's handlers: (registration, its target, calling convention).
 _Handlers = tuple[tuple[Registration, Callable[..., Any], int], ...]
-_Failed = Callable[[Any, "Context", Exception, "Registration | None", Any], Awaitable[Result[Any]]]
 
 
 class HandlerFailure(NamedTuple):
@@ -63,31 +61,6 @@ def publish_failure(
         first.exception,
         {"failures": details},
     )
-
-
-async def call_handler(
-    failed: _Failed, reg: Registration, mode: int, message: Any, ctx: Context
-) -> Result[Any]:
-    """Run ``reg``'s handler once by its calling convention ``mode``; its Result, failures included.
-
-    The one copy of the handler-call switch off the hot path (retries, event fan-out under behaviors
-    or concurrent, handlers with a factory): the mediator's ``send``, ``publish`` and terminal inline
-    their own. An exception becomes ``failed(message, ctx, exc, reg, instance)``'s Result.
-    """
-    instance = None
-    try:
-        if mode == _WITH_CTX:
-            value = await reg.target(message, ctx)
-        elif mode == _NO_CTX:
-            value = await reg.target(message)
-        else:
-            make = reg.factory
-            instance = make(ctx) if reg.factory_takes_context else make()  # type: ignore[misc]
-            handle = instance.handle
-            value = await (handle(message, ctx) if reg.takes_context else handle(message))
-    except Exception as exc:
-        return await failed(message, ctx, exc, reg, instance)
-    return _SUCCESS if value is None else Result(True, value)
 
 
 def in_turn(mediator: Mediator, info: HandlerInfo, handlers: _Handlers) -> Next:

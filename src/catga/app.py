@@ -1,3 +1,5 @@
+# Over 500 lines: App is the public entry point and most of this file is its documented API (wiring,
+# lifecycle, serving). The cross-process bridge lives in catga._bridge, URL handling in catga.backends.
 """``catga.App``: one object that wires a mediator to backends and runs their lifecycle.
 
 ::

@@ -1,3 +1,7 @@
+# Over 500 lines on purpose: send and publish each carry an inline copy of the chain's first step (one
+# coroutine frame per message less; figures in docs/benchmarks.md), next to the registration and the
+# safe-handler policy they use. The handler calls, fan-out and hooks live in catga._terminal,
+# catga._fanout and catga.pipeline._hooks.
 """The in-process mediator: dispatches commands, queries and events to their handlers through a pipeline.
 
 * ``send(command | query) -> Result[R]``: exactly one handler; never raises for handler failures (only
@@ -28,7 +32,7 @@ the Result.
 Dispatch is a dict lookup: each message type's chain (behaviors + handler) is composed on its first
 dispatch and cached; behaviors cannot be added after that. When that chain is only a function handler
 with fused behaviors (retry, in-memory idempotency) behind a quiet logging layer, as with ``App()``'s
-default pipeline, ``send`` runs the handler call in its own frame (see :meth:`Mediator._terminal`).
+default pipeline, ``send`` runs the handler call in its own frame (see :func:`catga._terminal.terminal_of`).
 Not thread-safe: use one mediator per event loop, and register handlers before serving traffic.
 """
 
@@ -42,18 +46,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, C
 from types import ModuleType
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from catga._fanout import (
-    _INSTANCE,
-    _NO_CTX,
-    _WITH_CTX,
-    HandlerFailure,
-    _Handlers,
-    call_handler,
-    gather,
-    in_turn,
-    publish_failure,
-)
+from catga._fanout import HandlerFailure, _Handlers, gather, in_turn, publish_failure
 from catga._outage import OutageLog
+from catga._terminal import _INSTANCE, _NO_CTX, _WITH_CTX, call_handler, terminal_of
 from catga.context import Context, _current
 from catga.errors import (
     BackendError,
@@ -70,12 +65,9 @@ from catga.messages import Event, Metadata, Request
 from catga.pipeline._hooks import (
     Direct,
     Guard,
-    GuardHooks,
     RetryPolicy,
     bypass_of,
     direct_of,
-    set_direct,
-    set_fuse,
 )
 from catga.pipeline.base import BehaviorLike, Next, Pipeline, compose
 from catga.result import _SUCCESS, Result
@@ -307,7 +299,7 @@ class Mediator:
             if direct is None or (probe is not None and probe(key) is not False):
                 return await chain(request, ctx)
             # The handler is a function and nothing but fusable behaviors applies (or the only
-            # other one is quiet): run the handler's terminal right here (see _terminal).
+            # other one is quiet): run the handler's terminal right here (see terminal_of).
             fn, takes_ctx, guard, recover = direct
             if guard is not None:
                 enter, leave, abort = guard
@@ -526,86 +518,6 @@ class Mediator:
 
     # -- composition ------------------------------------------------------------------------------
 
-    def _terminal(
-        self, reg: Registration, retry: RetryPolicy | None = None, guard: Guard | None = None
-    ) -> Next:
-        """The innermost callable of a chain: run the handler, turn exceptions into Results.
-
-        Built-in behaviors that sit right around the handler may be *fused* into it instead of adding
-        a coroutine layer each (same semantics, measured in ``docs/benchmarks.md``): the retry loop
-        (``retry``) and one synchronous :class:`Guard` outside it (``guard``: the idempotency behavior
-        on the in-memory store). A behavior fuses itself through :func:`catga.pipeline._hooks.fuse`.
-
-        The first attempt is written out in ``terminal``; everything after a failure (error hooks,
-        retries, then the guard's ``leave``) is in ``recover``, so the common path stays short. A
-        function handler's terminal is also a :class:`~catga.pipeline._hooks.DirectCallable`:
-        :meth:`send` then runs that first attempt in its own frame, with no coroutine for the terminal.
-        """
-        failed = self._failed
-        fn, takes_ctx, make = reg.target, reg.takes_context, reg.factory
-        mode = _INSTANCE if make is not None else _WITH_CTX if takes_ctx else _NO_CTX
-        make_takes_ctx = reg.factory_takes_context
-        max_attempts = 1 if retry is None else retry.max_attempts
-        sleep = None if retry is None else retry.sleep
-        delay = None if retry is None else retry.delay
-        hooks = None if guard is None else GuardHooks(guard.enter, guard.leave, guard.abort)
-        enter, leave, abort = (None, None, None) if hooks is None else hooks
-
-        async def recover(message: Any, ctx: Context, exc: Exception, instance: Any) -> Result[Any]:
-            """After the first attempt raised ``exc``: failure hooks, retries, then ``leave``."""
-            attempt = 1
-            try:
-                result = await failed(message, ctx, exc, reg, instance)
-                while attempt < max_attempts and not result.ok and result.retryable:
-                    await sleep(delay(attempt))  # type: ignore[misc]
-                    attempt += 1
-                    result = await call_handler(failed, reg, mode, message, ctx)
-            except BaseException:
-                if abort is not None:
-                    abort(message, ctx)
-                raise
-            if leave is not None:
-                leave(message, ctx, result)
-            return result
-
-        async def terminal(message: Any, ctx: Context) -> Result[Any]:
-            if enter is not None:
-                early = enter(message, ctx)
-                if early is not None:
-                    return early
-            instance = None
-            try:
-                if mode == _WITH_CTX:
-                    value = await fn(message, ctx)
-                elif mode == _NO_CTX:
-                    value = await fn(message)
-                else:
-                    instance = make(ctx) if make_takes_ctx else make()  # type: ignore[misc]
-                    handle = instance.handle
-                    value = await (handle(message, ctx) if takes_ctx else handle(message))
-            except Exception as exc:
-                return await recover(message, ctx, exc, instance)
-            except BaseException:
-                if abort is not None:
-                    abort(message, ctx)
-                raise
-            result = _SUCCESS if value is None else Result(True, value)
-            if leave is not None:
-                leave(message, ctx, result)
-            return result
-
-        def fuse(*, retry: RetryPolicy | None = None, guard: Guard | None = None) -> Next | None:
-            # Retry must stay innermost, and there is room for one guard.
-            if terminal_guard is not None or (retry is not None and terminal_retry is not None):
-                return None
-            return self._terminal(reg, retry or terminal_retry, guard)
-
-        terminal_retry, terminal_guard = retry, guard
-        set_fuse(terminal, fuse)
-        if mode != _INSTANCE:
-            set_direct(terminal, Direct(fn, takes_ctx, hooks, recover))
-        return terminal
-
     def _compile_request(self, message_type: type) -> _RequestEntry:
         self._frozen = True
         regs = () if issubclass(message_type, Event) else self.handlers_for(message_type)
@@ -620,7 +532,7 @@ class Mediator:
         else:
             reg = regs[0]
             info = HandlerInfo(message_type, regs, reg.return_type)
-            chain = compose(self._behaviors, info, self._terminal(reg))
+            chain = compose(self._behaviors, info, terminal_of(self._failed, reg))
             # A quiet outermost layer (logging) may be skipped while a probe says it has nothing to
             # do; what it wraps runs inline when it is a function handler's terminal.
             probe, key, inner = bypass_of(chain)

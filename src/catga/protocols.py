@@ -1,3 +1,5 @@
+# Over 500 lines: every backend contract (the protocols and their record types) in one file, so a
+# backend author reads one place; each protocol is small and mostly its documented contract.
 """The storage and transport contracts every backend implements.
 
 Each protocol states precisely what is atomic, what a duplicate does and what a conflict raises. The
