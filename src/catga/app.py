@@ -58,17 +58,18 @@ import signal
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from catga._bridge import APP_NAME, H_ORIGIN, Bridge, Group
 from catga._payload import DEFAULT_MAX_PAYLOAD
 from catga._worker_ids import env_worker_id_set, process_worker_id
 from catga.backends import Backends
+from catga.context import Context
 from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
 from catga.health import Health, Probe, consumers_detail, run_checks, server_checks
 from catga.ids import SnowflakeIdGenerator, default_generator
-from catga.mediator import ErrorHook, Mediator
+from catga.mediator import CURRENT, ErrorHook, Mediator, _Parent
 from catga.messages import Event, Metadata, QoS, Request
 from catga.outbox import OutboxRelay
 from catga.pipeline import BehaviorLike, default_pipeline
@@ -94,13 +95,22 @@ _log = logging.getLogger("catga.app")
 
 class _Send(Protocol):
     def __call__(
-        self, request: Request[R], *, metadata: Metadata | None = None
+        self,
+        request: Request[R],
+        *,
+        metadata: Metadata | None = None,
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
     ) -> Coroutine[Any, Any, Result[R]]: ...
 
 
 class _Publish(Protocol):
     def __call__(
-        self, event: object, *, metadata: Metadata | None = None, concurrent: bool | None = None
+        self,
+        event: object,
+        *,
+        metadata: Metadata | None = None,
+        concurrent: bool | None = None,
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
     ) -> Coroutine[Any, Any, Result[None]]: ...
 
 
