@@ -165,6 +165,46 @@ async def test_an_instance_registers_as_a_singleton_with_its_compensate_hook() -
     assert undone == ["thing"]
 
 
+@pytest.mark.parametrize("path", ["inline", "in_turn", "gather"])
+async def test_class_event_handlers_run_per_message_and_compensate_on_every_fan_out_path(path: str) -> None:
+    """A factory-made event handler goes through the one generic handler call on each path."""
+
+    async def passthrough(message: Any, ctx: Context, call_next: Any) -> Result[Any]:
+        return await call_next(message, ctx)  # a behavior that applies to events: no inline fan-out
+
+    m = Mediator(behaviors=[passthrough] if path == "in_turn" else [])
+    made: list[object] = []
+    undone: list[int] = []
+    ran: list[tuple[str, int]] = []
+
+    class Flaky:
+        def __init__(self, ctx: Context) -> None:
+            made.append(self)
+            self.ctx = ctx
+
+        async def handle(self, e: Happened, ctx: Context) -> None:
+            assert ctx is self.ctx
+            ran.append(("flaky", e.n))
+            if e.n < 0:
+                raise NotFoundError(f"no {e.n}")
+
+        async def compensate(self, e: Happened, ctx: Context, exc: BaseException) -> None:
+            undone.append(e.n)
+
+    async def plain(e: Happened) -> None:
+        ran.append(("plain", e.n))
+
+    m.register(Flaky, factory=Flaky)
+    m.register(plain)
+    concurrent = True if path == "gather" else None
+    assert (await m.publish(Happened(1), concurrent=concurrent)).ok
+    failed = await m.publish(Happened(-1), concurrent=concurrent)
+    assert not failed.ok and failed.code == ErrorCode.NOT_FOUND
+    assert [f.handler for f in failed.metadata["failures"]] == [m.handlers_for(Happened)[0].name]
+    assert len(made) == 2 and undone == [-1]
+    assert sorted(ran) == [("flaky", -1), ("flaky", 1), ("plain", -1), ("plain", 1)]
+
+
 async def test_explicit_message_type_overrides_annotations() -> None:
     m = Mediator()
 

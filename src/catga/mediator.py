@@ -44,7 +44,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from types import ModuleType
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, TypeVar
 
 from catga._fanout import HandlerFailure, _Handlers, gather, in_turn, publish_failure
 from catga._outage import OutageLog
@@ -62,13 +62,7 @@ from catga.errors import (
 from catga.handlers import Compensate, HandlerInfo, Lifetime, Registration, find_marked, inspect_handler
 from catga.ids import new_id as _default_new_id
 from catga.messages import Event, Metadata, Request
-from catga.pipeline._hooks import (
-    Direct,
-    Guard,
-    RetryPolicy,
-    bypass_of,
-    direct_of,
-)
+from catga.pipeline._hooks import Guard, Recover, RetryPolicy, bypass_of, direct_of
 from catga.pipeline.base import BehaviorLike, Next, Pipeline, compose
 from catga.result import _SUCCESS, Result
 
@@ -135,8 +129,8 @@ class Mediator:
         self._unexpected_hook = on_unexpected_error
         self._requests: dict[type, Registration] = {}
         self._events: dict[type, list[Registration]] = {}
-        self._request_chains: dict[type, _RequestEntry] = {}
-        self._event_chains: dict[type, _EventEntry] = {}
+        self._request_chains: dict[type, _RequestRow] = {}
+        self._event_chains: dict[type, _EventRow] = {}
         self._outages: dict[str, OutageLog] = {}  # by backend name: handler failures it caused
         self._frozen = False
 
@@ -293,29 +287,27 @@ class Mediator:
                 ctx = Context(self, self.new_id(), parent.correlation_id, cause)
         else:
             ctx = Context.from_metadata(self, metadata)
-        chain, direct, probe, key = entry
+        chain, fn, takes_ctx, recover, enter, leave, abort, probe, key = entry
         token = _current.set(ctx)
         try:
-            if direct is None or (probe is not None and probe(key) is not False):
+            if fn is None or (probe is not None and probe(key) is not False):
                 return await chain(request, ctx)
             # The handler is a function and nothing but fusable behaviors applies (or the only
             # other one is quiet): run the handler's terminal right here (see terminal_of).
-            fn, takes_ctx, guard, recover = direct
-            if guard is not None:
-                enter, leave, abort = guard
+            if enter is not None:
                 early = enter(request, ctx)
                 if early is not None:
                     return early
             try:
                 value = await (fn(request, ctx) if takes_ctx else fn(request))
             except Exception as exc:
-                return await recover(request, ctx, exc, None)
+                return await recover(request, ctx, exc, None)  # type: ignore[misc]  # set with fn
             except BaseException:
-                if guard is not None:
+                if abort is not None:
                     abort(request, ctx)
                 raise
             result = _SUCCESS if value is None else Result(True, value)
-            if guard is not None:
+            if leave is not None:
                 leave(request, ctx, result)
             return result
         except Exception as exc:  # raised by a behavior, a guard or an error hook
@@ -518,17 +510,17 @@ class Mediator:
 
     # -- composition ------------------------------------------------------------------------------
 
-    def _compile_request(self, message_type: type) -> _RequestEntry:
+    def _compile_request(self, message_type: type) -> _RequestRow:
         self._frozen = True
         regs = () if issubclass(message_type, Event) else self.handlers_for(message_type)
-        entry: _RequestEntry
+        entry: _RequestRow
         if not regs:
             not_found = HandlerNotFoundError(message_type)
 
             async def missing(message: Any, ctx: Context) -> Result[Any]:
                 return Result(False, None, str(not_found), not_found.code, not_found)
 
-            entry = _RequestEntry(missing, None, None, None)
+            entry = (missing, None, False, None, None, None, None, None, None)
         else:
             reg = regs[0]
             info = HandlerInfo(message_type, regs, reg.return_type)
@@ -537,15 +529,15 @@ class Mediator:
             # do; what it wraps runs inline when it is a function handler's terminal.
             probe, key, inner = bypass_of(chain)
             direct = direct_of(inner)
-            entry = (
-                _RequestEntry(chain, None, None, None)
-                if direct is None
-                else _RequestEntry(chain, direct, probe, key)
-            )
+            if direct is None:
+                entry = (chain, None, False, None, None, None, None, None, None)
+            else:
+                enter, leave, abort = (None, None, None) if direct.guard is None else direct.guard
+                entry = (chain, direct.fn, direct.takes_ctx, direct.recover, enter, leave, abort, probe, key)
         self._request_chains[message_type] = entry
         return entry
 
-    def _compile_event(self, message_type: type) -> _EventEntry:
+    def _compile_event(self, message_type: type) -> _EventRow:
         self._frozen = True
         regs = self.handlers_for(message_type)
         info = HandlerInfo(message_type, regs, None)
@@ -565,43 +557,43 @@ class Mediator:
         # can be bypassed while it has nothing to do (the logging behavior while quiet).
         probe, key, inner = bypass_of(chain_seq)
         direct = handlers if inner is sequential else None
-        entry = (
-            _EventEntry(chain_con, chain_seq, None, info, None, None)
+        entry: _EventRow = (
+            (chain_con, chain_seq, None, info, None, None)
             if self.concurrent_events
-            else _EventEntry(chain_seq, chain_con, direct, info, probe, key)
+            else (chain_seq, chain_con, direct, info, probe, key)
         )
         self._event_chains[message_type] = entry
         return entry
 
 
-class _RequestEntry(NamedTuple):
-    """A request type's compiled dispatch."""
-
-    chain: Next
-    """The composed chain: behaviors + terminal."""
-    direct: Direct | None
-    """The function handler's first attempt, to run inline; None: always run ``chain``."""
-    probe: _Probe | None
-    """With ``key``: run ``direct`` inline only while ``probe(key) is False`` (None: always)."""
-    key: Any
-
-
-class _EventEntry(NamedTuple):
-    """An event type's compiled fan-out."""
-
-    chain: Next
-    """The default chain (in turn, or concurrent with ``concurrent_events``)."""
-    other: Next
-    """The chain for the other fan-out mode (``publish(concurrent=...)``)."""
-    direct: _Handlers | None
-    """The handlers to fan out inline, or None: always run ``chain``."""
-    info: HandlerInfo
-    probe: _Probe | None
-    """With ``key``: fan out inline only while ``probe(key) is False`` (None: always)."""
-    key: Any
-
+# The compiled rows are plain tuples, unpacked once per message into named locals. Not NamedTuples:
+# CPython 3.11 unpacks only exact tuples on its fast path (a NamedTuple goes through the iterator
+# protocol), which cost 18 % more instructions per bare send (callgrind, see docs/benchmarks.md).
 
 _Probe = Callable[[Any], Any]
+
+_RequestRow = tuple[
+    Next,  # chain: the composed chain (behaviors + terminal)
+    Callable[..., Any] | None,  # fn: the function handler run inline; None: always run chain
+    bool,  # takes_ctx: call fn(message, ctx), else fn(message)
+    Recover | None,  # recover: the terminal's path after fn raised (set with fn)
+    Callable[[Any, Context], "Result[Any] | None"] | None,  # enter: the fused guard's, or None
+    Callable[[Any, Context, "Result[Any]"], None] | None,  # leave
+    Callable[[Any, Context], None] | None,  # abort
+    _Probe | None,  # probe: with key, run inline only while probe(key) is False (None: always)
+    Any,  # key
+]
+"""A request type's compiled dispatch (see :meth:`Mediator._compile_request`)."""
+
+_EventRow = tuple[
+    Next,  # chain: the default fan-out chain (in turn, or concurrent with concurrent_events)
+    Next,  # other: the chain of the other fan-out mode (publish(concurrent=...))
+    _Handlers | None,  # direct: the handlers to fan out inline, or None: always run chain
+    HandlerInfo,  # info
+    _Probe | None,  # probe: with key, fan out inline only while probe(key) is False (None: always)
+    Any,  # key
+]
+"""An event type's compiled fan-out (see :meth:`Mediator._compile_event`)."""
 
 
 async def _ordered(
