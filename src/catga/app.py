@@ -97,9 +97,9 @@ class _Send(Protocol):
     def __call__(
         self,
         request: Request[R],
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
         *,
         metadata: Metadata | None = None,
-        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
     ) -> Coroutine[Any, Any, Result[R]]: ...
 
 
@@ -107,10 +107,10 @@ class _Publish(Protocol):
     def __call__(
         self,
         event: object,
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
         *,
         metadata: Metadata | None = None,
         concurrent: bool | None = None,
-        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
     ) -> Coroutine[Any, Any, Result[None]]: ...
 
 

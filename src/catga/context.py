@@ -134,7 +134,9 @@ class Context(msgspec.Struct):
 
         See :meth:`catga.mediator.Mediator.send`.
         """
-        return await self.mediator.send(request, metadata=metadata, parent=self)
+        if metadata is None:  # positional: the cheapest call
+            return await self.mediator.send(request, self)
+        return await self.mediator.send(request, self, metadata=metadata)
 
     async def publish(self, event: object, *, metadata: Metadata | None = None) -> Result[None]:
         """Publish an event caused by this message (correlation and causation set from it).
@@ -142,7 +144,9 @@ class Context(msgspec.Struct):
         This is the hook the outbox uses when one is configured; by default it publishes in process
         through :meth:`catga.mediator.Mediator.publish`.
         """
-        return await self.mediator.publish(event, metadata=metadata, parent=self)
+        if metadata is None:  # positional: the cheapest call
+            return await self.mediator.publish(event, self)
+        return await self.mediator.publish(event, self, metadata=metadata)
 
     def child_metadata(self, message_id: int | None = None) -> Metadata:
         """Metadata for a new message caused by this one (for outboxes and transports)."""

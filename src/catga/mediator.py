@@ -249,24 +249,26 @@ class Mediator:
 
     # send and publish serve both a root message and one caused by a handler (``parent``): the
     # default is a sentinel compared by identity, so a handler's ``ctx.send`` costs no extra call.
+    # ``parent`` is positional-or-keyword on purpose: CPython 3.11 fills a missing positional default
+    # from a tuple, a missing keyword-only one with a dict lookup (a few % of a bare send, measured).
     # Each runs the common case (a function handler, or an event's handlers, with nothing but fused or
     # quiet behaviors) inline: a coroutine per message less (see docs/benchmarks.md).
 
     async def send(
         self,
         request: Request[R],
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
         *,
         metadata: Metadata | None = None,
-        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
     ) -> Result[R]:
         """Send a command or query to its handler.
 
         Args:
             request: the command or query.
-            metadata: the message's metadata (message id, correlation...) when it came from elsewhere;
-                by default a new id is generated and correlation taken from ``parent``.
             parent: the message that caused this one: default the context of the handler running in
                 this task (:data:`CURRENT`); None for a root message. Ignored with ``metadata``.
+            metadata: the message's metadata (message id, correlation...) when it came from elsewhere;
+                by default a new id is generated and correlation taken from ``parent``.
 
         Returns:
             the handler's Result; failures (no handler, validation, business or unexpected errors)
@@ -318,18 +320,18 @@ class Mediator:
     async def publish(
         self,
         event: object,
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
         *,
         metadata: Metadata | None = None,
         concurrent: bool | None = None,
-        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
     ) -> Result[None]:
         """Publish an event to all its handlers.
 
         Args:
             event: the event.
+            parent: as for :meth:`send`.
             metadata: as for :meth:`send`.
             concurrent: override ``concurrent_events`` for this publish.
-            parent: as for :meth:`send`.
 
         Returns:
             success, or a failure listing each failed handler in ``metadata["failures"]``
@@ -391,7 +393,7 @@ class Mediator:
             r
             async for r in _ordered(
                 events,
-                lambda e: self.publish(e, parent=parent),
+                lambda e: self.publish(e, parent),
                 self.max_concurrency if max_concurrency is None else max_concurrency,
             )
         ]
@@ -410,7 +412,7 @@ class Mediator:
         parent = _current.get()
         return _ordered(
             requests,
-            lambda r: self.send(r, parent=parent),
+            lambda r: self.send(r, parent),
             self.max_concurrency if max_concurrency is None else max_concurrency,
         )
 
@@ -568,7 +570,7 @@ class Mediator:
 
 # The compiled rows are plain tuples, unpacked once per message into named locals. Not NamedTuples:
 # CPython 3.11 unpacks only exact tuples on its fast path (a NamedTuple goes through the iterator
-# protocol), which cost 18 % more instructions per bare send (callgrind, see docs/benchmarks.md).
+# protocol): about 20-30 % more instructions per bare send (callgrind; docs/benchmarks.md, Design figures).
 
 _Probe = Callable[[Any], Any]
 
