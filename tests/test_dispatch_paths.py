@@ -142,7 +142,9 @@ async def test_cancellation_releases_the_claim(logged: logging.Logger) -> None:
 
 async def test_requests_are_logged_only_while_the_logger_is_enabled(caplog: pytest.LogCaptureFixture) -> None:
     name = "test.dispatch.runtime"
-    m = Mediator(behaviors=[LoggingBehavior(logging.getLogger(name)), IdempotencyBehavior()])
+    m = Mediator(
+        behaviors=[LoggingBehavior(logging.getLogger(name)), IdempotencyBehavior(MemoryIdempotencyStore())]
+    )
 
     @m.handler
     async def work(cmd: InlineWork) -> str:

@@ -165,6 +165,46 @@ async def test_an_instance_registers_as_a_singleton_with_its_compensate_hook() -
     assert undone == ["thing"]
 
 
+@pytest.mark.parametrize("path", ["inline", "in_turn", "gather"])
+async def test_class_event_handlers_run_per_message_and_compensate_on_every_fan_out_path(path: str) -> None:
+    """A factory-made event handler goes through the one generic handler call on each path."""
+
+    async def passthrough(message: Any, ctx: Context, call_next: Any) -> Result[Any]:
+        return await call_next(message, ctx)  # a behavior that applies to events: no inline fan-out
+
+    m = Mediator(behaviors=[passthrough] if path == "in_turn" else [])
+    made: list[object] = []
+    undone: list[int] = []
+    ran: list[tuple[str, int]] = []
+
+    class Flaky:
+        def __init__(self, ctx: Context) -> None:
+            made.append(self)
+            self.ctx = ctx
+
+        async def handle(self, e: Happened, ctx: Context) -> None:
+            assert ctx is self.ctx
+            ran.append(("flaky", e.n))
+            if e.n < 0:
+                raise NotFoundError(f"no {e.n}")
+
+        async def compensate(self, e: Happened, ctx: Context, exc: BaseException) -> None:
+            undone.append(e.n)
+
+    async def plain(e: Happened) -> None:
+        ran.append(("plain", e.n))
+
+    m.register(Flaky, factory=Flaky)
+    m.register(plain)
+    concurrent = True if path == "gather" else None
+    assert (await m.publish(Happened(1), concurrent=concurrent)).ok
+    failed = await m.publish(Happened(-1), concurrent=concurrent)
+    assert not failed.ok and failed.code == ErrorCode.NOT_FOUND
+    assert [f.handler for f in failed.metadata["failures"]] == [m.handlers_for(Happened)[0].name]
+    assert len(made) == 2 and undone == [-1]
+    assert sorted(ran) == [("flaky", -1), ("flaky", 1), ("plain", -1), ("plain", 1)]
+
+
 async def test_explicit_message_type_overrides_annotations() -> None:
     m = Mediator()
 
@@ -644,6 +684,52 @@ async def test_correlation_and_causation_flow_through_nested_sends_and_publishes
     echo_id = seen["echo"][0]
     assert seen["event2"][1:] == (root_id, echo_id)
     assert len({v[0] for v in seen.values()}) == 5
+
+
+async def test_parent_names_the_cause_or_makes_a_root_message() -> None:
+    """``parent=`` (default: the running handler's context) for send and publish alike."""
+    m = Mediator(behaviors=[], id_factory=iter(range(100, 200)).__next__)
+    seen: dict[str, tuple[int, int, int | None]] = {}
+
+    def record(name: str, ctx: Context) -> None:
+        seen[name] = (ctx.message_id, ctx.correlation_id, ctx.causation_id)
+
+    @m.handler
+    async def root(cmd: Nested, ctx: Context) -> list[int]:
+        record("root", ctx)
+        await m.send(Echo("fresh"), parent=None)  # a new conversation, from inside a handler
+        await m.publish(Happened(1), parent=None)
+        await m.send(Echo("child"))  # default: caused by the running handler
+        await m.publish(Happened(2), parent=ctx)
+        return []
+
+    @m.handler
+    async def echo(cmd: Echo, ctx: Context) -> str:
+        record(cmd.text, ctx)
+        return cmd.text
+
+    @m.handler
+    async def happened(e: Happened, ctx: Context) -> None:
+        record(f"event{e.n}", ctx)
+
+    outer: list[Context] = []
+
+    @m.handler
+    async def other(q: Add, ctx: Context) -> int:
+        outer.append(ctx)
+        return 0
+
+    assert (await m.send(Nested(1))).ok
+    root_id = seen["root"][0]
+    for name in ("fresh", "event1"):
+        mid, corr, cause = seen[name]
+        assert (corr, cause) == (mid, None) and mid != root_id, name
+    for name in ("child", "event2"):
+        assert seen[name][1:] == (root_id, root_id), name
+    # Outside any handler, an explicit parent still names the cause.
+    ctx = Context(m, 7, 5)
+    assert (await m.send(Add(1, 1), parent=ctx)).ok
+    assert (outer[0].correlation_id, outer[0].causation_id) == (5, 7)
 
 
 async def test_explicit_metadata_is_kept_and_its_correlation_continues() -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pydantic
 import pytest
 
+import catga
 from catga import Command, Context, Event, Mediator, Metadata, Query, Result
 from catga.errors import (
     ConfigurationError,
@@ -191,7 +194,9 @@ async def test_behaviors_that_have_nothing_to_do_for_a_type_are_skipped_at_compo
     assert TimeoutBehavior(None).wrap(info, terminal) is terminal
     assert RetryBehavior(max_attempts=1).wrap(info, terminal) is terminal
     assert RetryBehavior().wrap(HandlerInfo(Tick, (), None), terminal) is terminal  # events not retried
-    assert IdempotencyBehavior().wrap(HandlerInfo(Tick, (), None), terminal) is terminal
+    assert (
+        IdempotencyBehavior(MemoryIdempotencyStore()).wrap(HandlerInfo(Tick, (), None), terminal) is terminal
+    )
 
 
 def test_pipeline_builder() -> None:
@@ -203,7 +208,7 @@ def test_pipeline_builder() -> None:
     assert len(p) == 3 and "LoggingBehavior" in repr(p)
     with pytest.raises(ConfigurationError):
         p.add(42)  # type: ignore[arg-type]
-    kinds = [type(b) for b in default_pipeline()]
+    kinds = [type(b) for b in default_pipeline(MemoryIdempotencyStore())]
     assert kinds == [LoggingBehavior, ValidationBehavior, IdempotencyBehavior, RetryBehavior]
 
 
@@ -466,7 +471,7 @@ async def test_a_cancelled_handler_releases_its_claim(idem: IdemSetup) -> None:
 
 
 async def test_events_are_deduplicated_as_a_whole_when_enabled() -> None:
-    m = Mediator(behaviors=[IdempotencyBehavior(events=True)])
+    m = Mediator(behaviors=[IdempotencyBehavior(MemoryIdempotencyStore(), events=True)])
     seen: list[int] = []
 
     @m.handler
@@ -484,7 +489,7 @@ async def test_events_are_deduplicated_as_a_whole_when_enabled() -> None:
 
 
 async def test_unencodable_results_are_returned_but_not_stored(caplog: pytest.LogCaptureFixture) -> None:
-    m = Mediator(behaviors=[IdempotencyBehavior()])
+    m = Mediator(behaviors=[IdempotencyBehavior(MemoryIdempotencyStore())])
     calls = 0
 
     class Opaque:
@@ -506,7 +511,7 @@ async def test_unencodable_results_are_returned_but_not_stored(caplog: pytest.Lo
 
 async def test_idempotency_fused_with_retry_stores_the_final_outcome() -> None:
     retry, slept = _retry(max_attempts=3)
-    m = Mediator(behaviors=[IdempotencyBehavior(), retry])
+    m = Mediator(behaviors=[IdempotencyBehavior(MemoryIdempotencyStore()), retry])
     runs: dict[str, int] = {}
 
     class Flaky:  # a class handler: the fused terminal builds one instance per attempt
@@ -738,3 +743,26 @@ async def test_logging_of_events_follows_the_level_at_run_time(caplog: pytest.Lo
     assert seen == [1, 2]
     records = [r for r in caplog.records if r.name == "test.pipeline.events"]
     assert len(records) == 1 and records[0].catga_message_type == "Tick"  # type: ignore[attr-defined]
+
+
+_CORE = ("context", "errors", "handlers", "mediator", "_fanout", "messages", "result", "pipeline")
+_BACKENDS = ("catga.memory", "catga.nats", "catga.redis", "catga.postgres")
+
+
+def test_the_core_imports_no_backend() -> None:
+    """The mediator and the pipeline know no backend, not even lazily (a store comes from the caller)."""
+    root = Path(catga.__file__).parent
+    files = [root / f"{name}.py" for name in _CORE if name != "pipeline"]
+    files += sorted((root / "pipeline").glob("*.py"))
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found += [f"{path.name}: {n}" for n in names if n.startswith(_BACKENDS)]
+    assert len(files) > 10 and found == []

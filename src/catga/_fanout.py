@@ -4,7 +4,8 @@ In turn (the default: each handler awaited after the previous one, no task creat
 (``asyncio.gather``, one task per handler). Either way a failing handler becomes a failed Result of its
 own (through the mediator's safe-handler path) and the others still run; the publish's Result lists every
 failure as a :class:`HandlerFailure`. :meth:`catga.mediator.Mediator.publish` inlines the in-turn loop
-when no behavior applies.
+when no behavior applies; everything else calls handlers through
+:func:`catga._terminal.call_handler`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from catga._terminal import call_handler
 from catga.handlers import HandlerInfo, Registration
 from catga.pipeline.base import Next
 from catga.result import _SUCCESS, Result
@@ -21,10 +23,9 @@ if TYPE_CHECKING:
     from catga.context import Context
     from catga.mediator import Mediator
 
-__all__ = ("HandlerFailure", "call_isolated", "gather", "in_turn", "publish_failure")
+__all__ = ("HandlerFailure", "gather", "in_turn", "publish_failure")
 
-#: How a handler is called: ``fn(event)``, ``fn(event, ctx)``, or a terminal returning a Result.
-_NO_CTX, _WITH_CTX, _INSTANCE = 0, 1, 2
+#: An event's handlers: (registration, its target, calling convention).
 _Handlers = tuple[tuple[Registration, Callable[..., Any], int], ...]
 
 
@@ -62,49 +63,30 @@ def publish_failure(
     )
 
 
-async def call_isolated(
-    mediator: Mediator, reg: Registration, fn: Callable[..., Any], mode: int, event: Any, ctx: Context
-) -> Result[Any] | None:
-    """Run one event handler; None on success, else its failed Result."""
-    try:
-        if mode == _WITH_CTX:
-            await fn(event, ctx)
-        elif mode == _NO_CTX:
-            await fn(event)
-        else:
-            result: Result[Any] = await fn(event, ctx)
-            return None if result.ok else result
-        return None
-    except Exception as exc:
-        return await mediator._failed(event, ctx, exc, reg, None)
-
-
 def in_turn(mediator: Mediator, info: HandlerInfo, handlers: _Handlers) -> Next:
+    """Each handler awaited after the previous one; a failure does not stop the others."""
+    failed = mediator._failed
+
     async def in_turn(event: Any, ctx: Context) -> Result[Any]:
-        failed: list[tuple[Registration, Result[Any]]] | None = None
-        for reg, fn, mode in handlers:
-            try:
-                if mode == _WITH_CTX:
-                    await fn(event, ctx)
-                elif mode == _NO_CTX:
-                    await fn(event)
-                else:
-                    result = await fn(event, ctx)
-                    if not result.ok:
-                        failed = [*(failed or ()), (reg, result)]
-            except Exception as exc:
-                failed = [*(failed or ()), (reg, await mediator._failed(event, ctx, exc, reg, None))]
-        return _SUCCESS if failed is None else publish_failure(info, ctx, failed)
+        failures: list[tuple[Registration, Result[Any]]] | None = None
+        for reg, _, mode in handlers:
+            result = await call_handler(failed, reg, mode, event, ctx)
+            if not result.ok:
+                failures = [*(failures or ()), (reg, result)]
+        return _SUCCESS if failures is None else publish_failure(info, ctx, failures)
 
     return in_turn
 
 
 def gather(mediator: Mediator, info: HandlerInfo, handlers: _Handlers) -> Next:
+    """The handlers run concurrently (one task each); a failure does not stop the others."""
+    failed = mediator._failed
+
     async def gather(event: Any, ctx: Context) -> Result[Any]:
-        outcomes = await asyncio.gather(
-            *[call_isolated(mediator, reg, fn, mode, event, ctx) for reg, fn, mode in handlers]
+        results = await asyncio.gather(
+            *[call_handler(failed, reg, mode, event, ctx) for reg, _, mode in handlers]
         )
-        failed = [(h[0], r) for h, r in zip(handlers, outcomes, strict=True) if r is not None]
-        return _SUCCESS if not failed else publish_failure(info, ctx, failed)
+        failures = [(h[0], r) for h, r in zip(handlers, results, strict=True) if not r.ok]
+        return _SUCCESS if not failures else publish_failure(info, ctx, failures)
 
     return gather

@@ -1,3 +1,5 @@
+# Over 500 lines: App is the public entry point and most of this file is its documented API (wiring,
+# lifecycle, serving). The cross-process bridge lives in catga._bridge, URL handling in catga.backends.
 """``catga.App``: one object that wires a mediator to backends and runs their lifecycle.
 
 ::
@@ -42,33 +44,32 @@ one named app handle each of their events once, where it was published), and an 
 transport is never exported again. Apps without a name get a unique origin per instance. With the
 default ``memory://`` transport there is no transport at all (``app.transport is None``, the publish hot
 path is untouched): ``export`` and ``consume`` are recorded and do nothing, so the same code runs in tests.
+
+The bridge itself (export handler, origin header, inbound marker, subscriptions) lives in
+:mod:`catga._bridge`; this module is the wiring and the lifecycle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import inspect
 import logging
 import signal
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal, Protocol, TypeVar
 
-import msgspec
-
+from catga._bridge import APP_NAME, H_ORIGIN, Bridge, Group
 from catga._payload import DEFAULT_MAX_PAYLOAD
 from catga._worker_ids import env_worker_id_set, process_worker_id
 from catga.backends import Backends
 from catga.context import Context
-from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
+from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
 from catga.health import Health, Probe, consumers_detail, counted, run_checks, server_checks
 from catga.ids import SnowflakeIdGenerator, default_generator
-from catga.mediator import ErrorHook, Mediator
+from catga.mediator import CURRENT, ErrorHook, Mediator, _Parent
 from catga.messages import Event, Metadata, QoS, Request
 from catga.outbox import OutboxRelay
 from catga.pipeline import BehaviorLike, default_pipeline
@@ -76,14 +77,12 @@ from catga.protocols import (
     DistributedLock,
     EventStore,
     IdempotencyStore,
-    OutboxMessage,
     OutboxStore,
-    Subscription,
     Transport,
     validate_identifier,
 )
 from catga.result import Result
-from catga.serialization import TypeRegistry, default_registry
+from catga.serialization import TypeRegistry
 
 __all__ = ("APP_NAME", "H_ORIGIN", "App")
 
@@ -93,40 +92,25 @@ E = TypeVar("E")
 Hook = Callable[[], Awaitable[None] | None]
 _log = logging.getLogger("catga.app")
 
-#: Wire header naming the app (its name, or a unique id) that published an exported event.
-H_ORIGIN = "X-Catga-Origin"
-
-#: The message id of the event being dispatched from the transport in this task (never re-exported).
-_inbound: ContextVar[int | None] = ContextVar("catga_inbound", default=None)
-
-
-class _AppName(enum.Enum):
-    APP_NAME = "the app's name"
-
-
-#: ``consume(group=...)`` default: the app's name (a private copy when the app has no name).
-APP_NAME: Literal[_AppName.APP_NAME] = _AppName.APP_NAME
-
-
-@dataclass(frozen=True)
-class _Consumer:
-    event_type: type
-    qos: QoS
-    group: str | Literal[_AppName.APP_NAME] | None
-    destination: str | None
-    max_in_flight: int
-    max_deliver: int
-
 
 class _Send(Protocol):
     def __call__(
-        self, request: Request[R], *, metadata: Metadata | None = None
+        self,
+        request: Request[R],
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
+        *,
+        metadata: Metadata | None = None,
     ) -> Coroutine[Any, Any, Result[R]]: ...
 
 
 class _Publish(Protocol):
     def __call__(
-        self, event: object, *, metadata: Metadata | None = None, concurrent: bool | None = None
+        self,
+        event: object,
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
+        *,
+        metadata: Metadata | None = None,
+        concurrent: bool | None = None,
     ) -> Coroutine[Any, Any, Result[None]]: ...
 
 
@@ -205,16 +189,12 @@ class App:
         self._started: list[Any] = []
         self._running = False
         self._stop_requested: asyncio.Event | None = None
-        self._exports: set[type] = set()
-        self._consumers: list[_Consumer] = []
-        self._subscriptions: list[Subscription] = []
         self.backends = Backends(
             name=self.origin, registry=registry, timeout=connect_timeout, max_payload=max_payload
         )
         self.transport: Transport | None = self.backends.transport_for(transport)
         self.store: EventStore = self.backends.store_for(store)
         self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
-        self._header_hooks: list[Callable[[dict[str, str]], None]] = []
         self.outbox: OutboxStore | None = self.backends.outbox_for(outbox)
         self.relay: OutboxRelay | None = None  # created at start when there is an outbox and a transport
         for backend in (self.transport, self.store, self.idempotency_store, self.outbox):
@@ -228,6 +208,15 @@ class App:
                 on_unexpected_error=on_unexpected_error,
             )
         self.mediator = mediator
+        self._bridge = Bridge(
+            mediator,
+            self.transport,
+            origin=self.origin,
+            name=self.name,
+            outbox=self.outbox,
+            registry=self.backends.registry,
+            max_payload=self.backends.max_payload,
+        )
         # The mediator's own bound methods: no extra call per message.
         self.send: _Send = mediator.send
         """Send a command or query: :meth:`Mediator.send <catga.mediator.Mediator.send>`."""
@@ -316,46 +305,7 @@ class App:
             ConfigurationError: not an Event class, or the app is already running.
         """
         self._check_declarable("export", event_type)
-        if event_type in self._exports:
-            return event_type
-        self._exports.add(event_type)
-        transport = self.transport
-        if transport is None:
-            return event_type
-        origin, qos = self.origin, QoS(qos)
-
-        outbox, hooks, mediator = self.outbox, self._header_hooks, self.mediator
-        # Backends whose failures the mediator is counting as an outage (see Mediator._failed): the
-        # next export that goes through ends it with one "recovered" line.
-        down: set[str] = set()
-
-        async def forward(event: Any, ctx: Context) -> None:
-            if _inbound.get() == ctx.message_id:
-                return  # it came from the transport: never send it back
-            md = ctx.metadata
-            headers = dict(md.headers) if md.headers else {}
-            headers[H_ORIGIN] = origin
-            for hook in hooks:
-                hook(headers)
-            out = msgspec.structs.replace(md, qos=qos, headers=headers)
-            try:
-                if outbox is None:
-                    await transport.publish(event, metadata=out, destination=destination)
-                else:
-                    await outbox.add([self._outbox_message(event, out, destination)])
-            except BackendError as exc:
-                if not isinstance(exc, PayloadTooLargeError):  # that one is the message, not the backend
-                    down.add(exc.backend)
-                raise
-            if down:
-                for backend in down:
-                    mediator.backend_recovered(backend)
-                down.clear()
-            if outbox is not None and self.relay is not None:
-                self.relay.notify()
-
-        forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"
-        self.mediator.register(forward, event_type)
+        self._bridge.export(event_type, QoS(qos), destination)
         return event_type
 
     async def health(self, timeout: float = 2.0) -> Health:
@@ -382,13 +332,14 @@ class App:
                 return f"worker id {lease.worker_id} leased"
 
             probes.append(("worker_id", worker_id))
-        if self._consumers:
+        bridge = self._bridge
+        if bridge.consumers:
 
             async def consumers() -> str:
-                live = len(self._subscriptions)
-                if live < len(self._consumers):
-                    raise RuntimeError(f"{live} of {len(self._consumers)} consume() subscriptions are live")
-                return consumers_detail(self._subscriptions)
+                live = len(bridge.subscriptions)
+                if live < len(bridge.consumers):
+                    raise RuntimeError(f"{live} of {len(bridge.consumers)} consume() subscriptions are live")
+                return consumers_detail(bridge.subscriptions)
 
             probes.append(("consumers", consumers))
         relay = self.relay
@@ -407,34 +358,14 @@ class App:
 
         It runs in the exporting handler's context, on a copy of the event's headers.
         """
-        self._header_hooks.append(hook)
-
-    def _outbox_message(self, event: Any, metadata: Metadata, destination: str | None) -> OutboxMessage:
-        """The outbox entry for an exported event: what the transport would have published."""
-        registry = self.backends.registry
-        if registry is None:
-            registry = default_registry()
-        type_name = registry.name_of(type(event))
-        dest = type_name if destination is None else destination
-        body = registry.codec_for(type(event)).encode(event)
-        limit = self.backends.max_payload
-        if len(body) > limit:  # refused now, not stored for a relay that could never publish it
-            raise PayloadTooLargeError(len(body), limit, destination=dest)
-        return OutboxMessage(
-            id=str(metadata.message_id),
-            destination=dest,
-            type_name=type_name,
-            body=body,
-            headers=metadata.to_headers(type_name),
-            created_at=metadata.created_at,
-        )
+        self._bridge.header_hooks.append(hook)
 
     def consume(
         self,
         event_type: type[E],
         *,
         qos: QoS = QoS.AT_LEAST_ONCE,
-        group: str | Literal[_AppName.APP_NAME] | None = APP_NAME,
+        group: Group = APP_NAME,
         destination: str | None = None,
         max_in_flight: int = 64,
         max_deliver: int = 5,
@@ -463,9 +394,7 @@ class App:
             ConfigurationError: not an Event class, or the app is already running.
         """
         self._check_declarable("consume", event_type)
-        self._consumers.append(
-            _Consumer(event_type, QoS(qos), group, destination, max_in_flight, max_deliver)
-        )
+        self._bridge.consume(event_type, QoS(qos), group, destination, max_in_flight, max_deliver)
         return event_type
 
     def _check_declarable(self, what: str, event_type: object) -> None:
@@ -475,35 +404,6 @@ class App:
             raise ConfigurationError(
                 f"{what}({event_type.__qualname__}) must be declared before the app starts"
             )
-
-    async def _receive(self, event: Any, metadata: Metadata) -> None:
-        headers = metadata.headers
-        if headers is not None and headers.get(H_ORIGIN) == self.origin:
-            return  # published by this app (a replica of it): handled where it was published
-        token = _inbound.set(metadata.message_id)
-        try:
-            result = await self.mediator.publish(event, metadata=metadata)
-        finally:
-            _inbound.reset(token)
-        if not result.ok:
-            result.unwrap()  # raise: the transport redelivers, then dead-letters
-
-    async def _subscribe(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        for c in self._consumers:
-            group = self.name if c.group is APP_NAME else c.group
-            sub = await transport.subscribe(
-                c.event_type,
-                self._receive,
-                qos=c.qos,
-                group=group,
-                destination=c.destination,
-                max_in_flight=c.max_in_flight,
-                max_deliver=c.max_deliver,
-            )
-            self._subscriptions.append(sub)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -560,6 +460,7 @@ class App:
                     self.outbox, self.transport, dead_letters=_dead_letters_of(self.transport)
                 )
                 self.components.append(self.relay)  # started last, so stopped (and flushed) first
+                self._bridge.relay = self.relay
             for component in self.components:
                 start = getattr(component, "start", None)
                 if start is not None:
@@ -568,7 +469,7 @@ class App:
             self._running = True
             for hook in self._startup:
                 await _call(hook)
-            await self._subscribe()
+            await self._bridge.subscribe()
         except BaseException:
             started_hooks = self._running
             self._running = False
@@ -596,11 +497,12 @@ class App:
     async def _shutdown_all(self, hooks: bool = True) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout
+        subscriptions = self._bridge.subscriptions
         steps: list[tuple[str, Callable[[], Any]]] = [
             (f"consumer {s!r}", s.aclose)
-            for s in self._subscriptions  # first: stop taking new work
+            for s in subscriptions  # first: stop taking new work
         ]
-        self._subscriptions.clear()
+        subscriptions.clear()
         if hooks:
             steps += [(f"shutdown hook {h!r}", h) for h in self._shutdown]
         steps += [(f"component {c!r}", c.aclose) for c in reversed(self._started)]

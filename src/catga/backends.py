@@ -6,6 +6,8 @@ URL                                    backend
 ``memory://`` (or ``memory``)          in-process (:mod:`catga.memory`)
 ``nats://host:4222``, ``tls://...``    NATS JetStream (:mod:`catga.nats`, ``pip install "catga[nats]"``)
 ``redis://host:6379/0``, ``rediss://`` Redis (:mod:`catga.redis`, ``pip install "catga[redis]"``)
+``postgresql://user@host/db``          PostgreSQL (:mod:`catga.postgres`, ``pip install "catga[postgres]"``):
+``postgres://``                        ``idempotency_store=`` and ``outbox=`` only
 =====================================  =====================================================
 
 Credentials go in the URL as the clients accept them (``nats://user:pass@host:4222``,

@@ -55,14 +55,13 @@ class Context(msgspec.Struct):
             message, its own id.
         causation_id: the id of the message whose handling sent this one, or None for a root message.
 
-    A context is a small msgspec Struct (created in C, about twice as fast as a ``__slots__``
-    class). Apart from drawing its id, it is not thread-safe: a context belongs to one message
-    handled in one task.
+    A context is a small msgspec Struct (created in C, faster than a ``__slots__`` class). Apart from
+    drawing its id, it is not thread-safe: a context belongs to one message handled in one task.
 
-    Why events draw their id lazily: a Snowflake id costs about 0.2 µs (a clock read and a counter
-    step), a sixth of an in-process publish to two handlers (``catga bench mediator``,
-    ``docs/benchmarks.md``). Commands and queries always need theirs at once (the idempotency
-    behavior keys on it), so they draw it eagerly.
+    Why events draw their id lazily: a Snowflake id (a clock read and a counter step) is a sizeable
+    part of an in-process publish to two handlers (figures in ``docs/benchmarks.md``, *Design
+    figures*). Commands and queries always need theirs at once (the idempotency behavior keys on it),
+    so they draw it eagerly.
     """
 
     mediator: Mediator
@@ -135,7 +134,9 @@ class Context(msgspec.Struct):
 
         See :meth:`catga.mediator.Mediator.send`.
         """
-        return await self.mediator.dispatch(request, metadata, self)
+        if metadata is None:  # positional: the cheapest call
+            return await self.mediator.send(request, self)
+        return await self.mediator.send(request, self, metadata=metadata)
 
     async def publish(self, event: object, *, metadata: Metadata | None = None) -> Result[None]:
         """Publish an event caused by this message (correlation and causation set from it).
@@ -143,7 +144,9 @@ class Context(msgspec.Struct):
         This is the hook the outbox uses when one is configured; by default it publishes in process
         through :meth:`catga.mediator.Mediator.publish`.
         """
-        return await self.mediator.dispatch_event(event, metadata, self)
+        if metadata is None:  # positional: the cheapest call
+            return await self.mediator.publish(event, self)
+        return await self.mediator.publish(event, self, metadata=metadata)
 
     def child_metadata(self, message_id: int | None = None) -> Metadata:
         """Metadata for a new message caused by this one (for outboxes and transports)."""

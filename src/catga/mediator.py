@@ -1,3 +1,7 @@
+# Over 500 lines on purpose: send and publish each carry an inline copy of the chain's first step (one
+# coroutine frame per message less; figures in docs/benchmarks.md), next to the registration and the
+# safe-handler policy they use. The handler calls, fan-out and hooks live in catga._terminal,
+# catga._fanout and catga.pipeline._hooks.
 """The in-process mediator: dispatches commands, queries and events to their handlers through a pipeline.
 
 * ``send(command | query) -> Result[R]``: exactly one handler; never raises for handler failures (only
@@ -10,10 +14,10 @@
   at most ``max_concurrency`` in flight.
 
 Event fan-out is sequential by default: each handler is awaited in turn, isolated by try/except, with no
-task created. For the usual in-process handlers this is ~10x cheaper than ``asyncio.gather`` (which
-creates one Task per handler); the trade-off is that a handler that waits on I/O delays the next one.
-``Mediator(concurrent_events=True)`` or ``publish(event, concurrent=True)`` runs the handlers
-concurrently with ``asyncio.gather`` instead. See ``docs/pipeline.md`` for the figures.
+task created, much cheaper than ``asyncio.gather`` (which creates one Task per handler); the trade-off
+is that a handler that waits on I/O delays the next one. ``Mediator(concurrent_events=True)`` or
+``publish(event, concurrent=True)`` runs the handlers concurrently with ``asyncio.gather`` instead.
+Figures: ``docs/benchmarks.md`` (*mediator*, *Design figures*).
 
 Safe handler semantics: a :class:`~catga.errors.HandlerError` raised by a handler becomes a failed
 Result with its code and message; so does any other catga error (``unavailable``, ``timeout`` and
@@ -28,30 +32,23 @@ the Result.
 Dispatch is a dict lookup: each message type's chain (behaviors + handler) is composed on its first
 dispatch and cached; behaviors cannot be added after that. When that chain is only a function handler
 with fused behaviors (retry, in-memory idempotency) behind a quiet logging layer, as with ``App()``'s
-default pipeline, ``send`` runs the handler call in its own frame (see :meth:`Mediator._terminal`).
+default pipeline, ``send`` runs the handler call in its own frame (see :func:`catga._terminal.terminal_of`).
 Not thread-safe: use one mediator per event loop, and register handlers before serving traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
-from catga._fanout import (
-    _INSTANCE,
-    _NO_CTX,
-    _WITH_CTX,
-    HandlerFailure,
-    _Handlers,
-    gather,
-    in_turn,
-    publish_failure,
-)
+from catga._fanout import HandlerFailure, _Handlers, gather, in_turn, publish_failure
 from catga._outage import OutageLog
+from catga._terminal import _INSTANCE, _NO_CTX, _WITH_CTX, call_handler, terminal_of
 from catga.context import Context, _current
 from catga.errors import (
     BackendError,
@@ -65,10 +62,11 @@ from catga.errors import (
 from catga.handlers import Compensate, HandlerInfo, Lifetime, Registration, find_marked, inspect_handler
 from catga.ids import new_id as _default_new_id
 from catga.messages import Event, Metadata, Request
+from catga.pipeline._hooks import Guard, Recover, RetryPolicy, bypass_of, direct_of
 from catga.pipeline.base import BehaviorLike, Next, Pipeline, compose
 from catga.result import _SUCCESS, Result
 
-__all__ = ("ErrorHook", "Guard", "HandlerFailure", "Mediator", "RetryPolicy")
+__all__ = ("CURRENT", "ErrorHook", "Guard", "HandlerFailure", "Mediator", "RetryPolicy")
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -77,6 +75,15 @@ ErrorHook = Callable[[Any, Context, BaseException], Awaitable["Result[Any] | Non
 """``async (message, context, exc) -> Result | None``: return a Result to replace the failed one."""
 
 _log = logging.getLogger("catga.mediator")
+
+
+class _Parent(enum.Enum):
+    CURRENT = "the current handler's context"
+
+
+#: ``send(parent=...)`` / ``publish(parent=...)`` default: the context of the handler running in this
+#: task, if any (compared by identity: no call when a caller passes its own parent).
+CURRENT: Literal[_Parent.CURRENT] = _Parent.CURRENT
 
 
 class Mediator:
@@ -122,8 +129,8 @@ class Mediator:
         self._unexpected_hook = on_unexpected_error
         self._requests: dict[type, Registration] = {}
         self._events: dict[type, list[Registration]] = {}
-        self._request_chains: dict[type, _RequestEntry] = {}
-        self._event_chains: dict[type, _EventEntry] = {}
+        self._request_chains: dict[type, _RequestRow] = {}
+        self._event_chains: dict[type, _EventRow] = {}
         self._outages: dict[str, OutageLog] = {}  # by backend name: handler failures it caused
         self._frozen = False
 
@@ -240,27 +247,40 @@ class Mediator:
 
     # -- dispatch ---------------------------------------------------------------------------------
 
-    # send/publish and dispatch/dispatch_event share one body, written out twice on purpose: a
-    # wrapper would cost a Python call per message (see docs/pipeline.md, "Speed").
+    # send and publish serve both a root message and one caused by a handler (``parent``): the
+    # default is a sentinel compared by identity, so a handler's ``ctx.send`` costs no extra call.
+    # ``parent`` is positional-or-keyword on purpose: CPython 3.11 fills a missing positional default
+    # from a tuple, a missing keyword-only one with a dict lookup (a few % of a bare send, measured).
+    # Each runs the common case (a function handler, or an event's handlers, with nothing but fused or
+    # quiet behaviors) inline: a coroutine per message less (see docs/benchmarks.md).
 
-    async def send(self, request: Request[R], *, metadata: Metadata | None = None) -> Result[R]:
+    async def send(
+        self,
+        request: Request[R],
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
+        *,
+        metadata: Metadata | None = None,
+    ) -> Result[R]:
         """Send a command or query to its handler.
 
         Args:
             request: the command or query.
+            parent: the message that caused this one: default the context of the handler running in
+                this task (:data:`CURRENT`); None for a root message. Ignored with ``metadata``.
             metadata: the message's metadata (message id, correlation...) when it came from elsewhere;
-                by default a new id is generated and correlation taken from the current context.
+                by default a new id is generated and correlation taken from ``parent``.
 
         Returns:
             the handler's Result; failures (no handler, validation, business or unexpected errors)
             are failed Results, never exceptions (``CancelledError`` propagates).
         """
-        parent = _current.get()
         try:
             entry = self._request_chains[type(request)]
         except KeyError:  # first message of its type
             entry = self._compile_request(type(request))
         if metadata is None:
+            if parent is CURRENT:
+                parent = _current.get()
             if parent is None:
                 mid = self.new_id()
                 ctx = Context(self, mid, mid)
@@ -269,75 +289,28 @@ class Mediator:
                 ctx = Context(self, self.new_id(), parent.correlation_id, cause)
         else:
             ctx = Context.from_metadata(self, metadata)
+        chain, fn, takes_ctx, recover, enter, leave, abort, probe, key = entry
         token = _current.set(ctx)
         try:
-            fn = entry[1]
-            if fn is None or (entry[4] is not None and entry[4](entry[5]) is not False):
-                return await entry[0](request, ctx)
+            if fn is None or (probe is not None and probe(key) is not False):
+                return await chain(request, ctx)
             # The handler is a function and nothing but fusable behaviors applies (or the only
-            # other one is quiet): run the handler's terminal right here (see _terminal).
-            guard = entry[6]
-            if guard is not None:
-                early = guard[0](request, ctx)
+            # other one is quiet): run the handler's terminal right here (see terminal_of).
+            if enter is not None:
+                early = enter(request, ctx)
                 if early is not None:
                     return early
             try:
-                value = await (fn(request, ctx) if entry[2] else fn(request))
+                value = await (fn(request, ctx) if takes_ctx else fn(request))
             except Exception as exc:
-                return await entry[3](request, ctx, exc, None)  # type: ignore[misc]  # set with fn
+                return await recover(request, ctx, exc, None)  # type: ignore[misc]  # set with fn
             except BaseException:
-                if guard is not None:
-                    guard[2](request, ctx)
+                if abort is not None:
+                    abort(request, ctx)
                 raise
             result = _SUCCESS if value is None else Result(True, value)
-            if guard is not None:
-                guard[1](request, ctx, result)
-            return result
-        except Exception as exc:  # raised by a behavior, a guard or an error hook
-            return await self._failed(request, ctx, exc, None, None)
-        finally:
-            _current.reset(token)
-
-    async def dispatch(
-        self, request: Request[R], metadata: Metadata | None, parent: Context | None
-    ) -> Result[R]:
-        """Send ``request`` as a message caused by ``parent`` (None: a root message). See :meth:`send`."""
-        try:
-            entry = self._request_chains[type(request)]
-        except KeyError:  # first message of its type
-            entry = self._compile_request(type(request))
-        if metadata is None:
-            if parent is None:
-                mid = self.new_id()
-                ctx = Context(self, mid, mid)
-            else:  # the parent's id first: a lazy event id must stay below its children's
-                cause = parent.message_id
-                ctx = Context(self, self.new_id(), parent.correlation_id, cause)
-        else:
-            ctx = Context.from_metadata(self, metadata)
-        token = _current.set(ctx)
-        try:
-            fn = entry[1]
-            if fn is None or (entry[4] is not None and entry[4](entry[5]) is not False):
-                return await entry[0](request, ctx)
-            # The handler is a function and nothing but fusable behaviors applies (or the only
-            # other one is quiet): run the handler's terminal right here (see _terminal).
-            guard = entry[6]
-            if guard is not None:
-                early = guard[0](request, ctx)
-                if early is not None:
-                    return early
-            try:
-                value = await (fn(request, ctx) if entry[2] else fn(request))
-            except Exception as exc:
-                return await entry[3](request, ctx, exc, None)  # type: ignore[misc]  # set with fn
-            except BaseException:
-                if guard is not None:
-                    guard[2](request, ctx)
-                raise
-            result = _SUCCESS if value is None else Result(True, value)
-            if guard is not None:
-                guard[1](request, ctx, result)
+            if leave is not None:
+                leave(request, ctx, result)
             return result
         except Exception as exc:  # raised by a behavior, a guard or an error hook
             return await self._failed(request, ctx, exc, None, None)
@@ -345,12 +318,18 @@ class Mediator:
             _current.reset(token)
 
     async def publish(
-        self, event: object, *, metadata: Metadata | None = None, concurrent: bool | None = None
+        self,
+        event: object,
+        parent: Context | Literal[_Parent.CURRENT] | None = CURRENT,
+        *,
+        metadata: Metadata | None = None,
+        concurrent: bool | None = None,
     ) -> Result[None]:
         """Publish an event to all its handlers.
 
         Args:
             event: the event.
+            parent: as for :meth:`send`.
             metadata: as for :meth:`send`.
             concurrent: override ``concurrent_events`` for this publish.
 
@@ -358,26 +337,28 @@ class Mediator:
             success, or a failure listing each failed handler in ``metadata["failures"]``
             (:class:`HandlerFailure` tuples).
         """
-        parent = _current.get()
         try:
             entry = self._event_chains[type(event)]
         except KeyError:  # first message of its type
             entry = self._compile_event(type(event))
         if metadata is None:  # an event's id is drawn when first read (see Context.message_id)
+            if parent is CURRENT:
+                parent = _current.get()
             if parent is None:
                 ctx = Context(self)
             else:
                 ctx = Context(self, None, parent.correlation_id, parent.message_id)
         else:
             ctx = Context.from_metadata(self, metadata)
+        chain, other, direct, info, probe, key = entry
         token = _current.set(ctx)
         try:
             if concurrent is not None and concurrent != self.concurrent_events:
-                return await entry[1](event, ctx)
-            direct = entry[2]
-            if direct is None or (entry[4] is not None and entry[4](entry[5]) is not False):
-                return await entry[0](event, ctx)
-            # No behavior applies: fan out in turn right here (the loop of catga._fanout.in_turn, inlined).
+                return await other(event, ctx)
+            if direct is None or (probe is not None and probe(key) is not False):
+                return await chain(event, ctx)
+            # No behavior applies: fan out in turn right here (catga._fanout.in_turn, with the two
+            # plain calling conventions inlined).
             failed: list[tuple[Registration, Result[Any]]] | None = None
             for reg, fn, mode in direct:
                 try:
@@ -386,58 +367,12 @@ class Mediator:
                     elif mode == _NO_CTX:
                         await fn(event)
                     else:
-                        result = await fn(event, ctx)
+                        result = await call_handler(self._failed, reg, mode, event, ctx)
                         if not result.ok:
                             failed = [*(failed or ()), (reg, result)]
                 except Exception as exc:
                     failed = [*(failed or ()), (reg, await self._failed(event, ctx, exc, reg, None))]
-            return _SUCCESS if failed is None else publish_failure(entry[3], ctx, failed)
-        except Exception as exc:
-            return await self._failed(event, ctx, exc, None, None)
-        finally:
-            _current.reset(token)
-
-    async def dispatch_event(
-        self,
-        event: object,
-        metadata: Metadata | None,
-        parent: Context | None,
-        concurrent: bool | None = None,
-    ) -> Result[None]:
-        """Publish ``event`` as a message caused by ``parent`` (None: a root message). See :meth:`publish`."""
-        try:
-            entry = self._event_chains[type(event)]
-        except KeyError:  # first message of its type
-            entry = self._compile_event(type(event))
-        if metadata is None:  # an event's id is drawn when first read (see Context.message_id)
-            if parent is None:
-                ctx = Context(self)
-            else:
-                ctx = Context(self, None, parent.correlation_id, parent.message_id)
-        else:
-            ctx = Context.from_metadata(self, metadata)
-        token = _current.set(ctx)
-        try:
-            if concurrent is not None and concurrent != self.concurrent_events:
-                return await entry[1](event, ctx)
-            direct = entry[2]
-            if direct is None or (entry[4] is not None and entry[4](entry[5]) is not False):
-                return await entry[0](event, ctx)
-            # No behavior applies: fan out in turn right here (the loop of catga._fanout.in_turn, inlined).
-            failed: list[tuple[Registration, Result[Any]]] | None = None
-            for reg, fn, mode in direct:
-                try:
-                    if mode == _WITH_CTX:
-                        await fn(event, ctx)
-                    elif mode == _NO_CTX:
-                        await fn(event)
-                    else:
-                        result = await fn(event, ctx)
-                        if not result.ok:
-                            failed = [*(failed or ()), (reg, result)]
-                except Exception as exc:
-                    failed = [*(failed or ()), (reg, await self._failed(event, ctx, exc, reg, None))]
-            return _SUCCESS if failed is None else publish_failure(entry[3], ctx, failed)
+            return _SUCCESS if failed is None else publish_failure(info, ctx, failed)
         except Exception as exc:
             return await self._failed(event, ctx, exc, None, None)
         finally:
@@ -458,7 +393,7 @@ class Mediator:
             r
             async for r in _ordered(
                 events,
-                lambda e: self.dispatch_event(e, None, parent),
+                lambda e: self.publish(e, parent),
                 self.max_concurrency if max_concurrency is None else max_concurrency,
             )
         ]
@@ -477,7 +412,7 @@ class Mediator:
         parent = _current.get()
         return _ordered(
             requests,
-            lambda r: self.dispatch(r, None, parent),
+            lambda r: self.send(r, parent),
             self.max_concurrency if max_concurrency is None else max_concurrency,
         )
 
@@ -577,147 +512,54 @@ class Mediator:
 
     # -- composition ------------------------------------------------------------------------------
 
-    def _terminal(
-        self, reg: Registration, retry: RetryPolicy | None = None, guard: Guard | None = None
-    ) -> Next:
-        """The innermost callable of a chain: run the handler, turn exceptions into Results.
-
-        Built-in behaviors that sit right around the handler may be *fused* into it instead of adding
-        a coroutine layer each (same semantics, measured in ``docs/pipeline.md``): the retry loop
-        (``retry``) and one synchronous :class:`Guard` outside it (``guard``: the idempotency behavior
-        on the in-memory store). A behavior fuses itself through the terminal's ``__catga_fuse__``.
-
-        The first attempt is written out in ``terminal``; everything after a failure (error hooks,
-        retries, then the guard's ``leave``) is in ``recover``, so the common path stays short. For a
-        function handler the terminal also exposes ``__catga_direct__`` = (handler, takes context,
-        (enter, leave, abort) or None, recover): :meth:`send` then runs that first attempt in its own
-        frame, with no coroutine for the terminal at all.
-        """
-        failed = self._failed
-        fn, takes_ctx, make = reg.target, reg.takes_context, reg.factory
-        mode = _INSTANCE if make is not None else _WITH_CTX if takes_ctx else _NO_CTX
-        make_takes_ctx = reg.factory_takes_context
-        max_attempts = 1 if retry is None else retry.max_attempts
-        sleep = None if retry is None else retry.sleep
-        delay = None if retry is None else retry.delay
-        enter = None if guard is None else guard.enter
-        leave = None if guard is None else guard.leave
-        abort = None if guard is None else guard.abort
-
-        async def recover(message: Any, ctx: Context, exc: Exception, instance: Any) -> Result[Any]:
-            """After the first attempt raised ``exc``: failure hooks, retries, then ``leave``."""
-            attempt = 1
-            try:
-                result = await failed(message, ctx, exc, reg, instance)
-                while attempt < max_attempts and not result.ok and result.retryable:
-                    await sleep(delay(attempt))  # type: ignore[misc]
-                    attempt += 1
-                    instance = None
-                    try:
-                        if mode == _WITH_CTX:
-                            value = await fn(message, ctx)
-                        elif mode == _NO_CTX:
-                            value = await fn(message)
-                        else:
-                            instance = make(ctx) if make_takes_ctx else make()  # type: ignore[misc]
-                            handle = instance.handle
-                            value = await (handle(message, ctx) if takes_ctx else handle(message))
-                        result = _SUCCESS if value is None else Result(True, value)
-                    except Exception as again:
-                        result = await failed(message, ctx, again, reg, instance)
-            except BaseException:
-                if abort is not None:
-                    abort(message, ctx)
-                raise
-            if leave is not None:
-                leave(message, ctx, result)
-            return result
-
-        async def terminal(message: Any, ctx: Context) -> Result[Any]:
-            if enter is not None:
-                early = enter(message, ctx)
-                if early is not None:
-                    return early
-            instance = None
-            try:
-                if mode == _WITH_CTX:
-                    value = await fn(message, ctx)
-                elif mode == _NO_CTX:
-                    value = await fn(message)
-                else:
-                    instance = make(ctx) if make_takes_ctx else make()  # type: ignore[misc]
-                    handle = instance.handle
-                    value = await (handle(message, ctx) if takes_ctx else handle(message))
-            except Exception as exc:
-                return await recover(message, ctx, exc, instance)
-            except BaseException:
-                if abort is not None:
-                    abort(message, ctx)
-                raise
-            result = _SUCCESS if value is None else Result(True, value)
-            if leave is not None:
-                leave(message, ctx, result)
-            return result
-
-        def fuse(*, retry: RetryPolicy | None = None, guard: Guard | None = None) -> Next | None:
-            # Retry must stay innermost, and there is room for one guard.
-            if terminal_guard is not None or (retry is not None and terminal_retry is not None):
-                return None
-            return self._terminal(reg, retry or terminal_retry, guard)
-
-        terminal_retry, terminal_guard = retry, guard
-        terminal.__catga_fuse__ = fuse  # type: ignore[attr-defined]
-        if mode != _INSTANCE:
-            hooks = None if guard is None else (enter, leave, abort)
-            terminal.__catga_direct__ = (fn, takes_ctx, hooks, recover)  # type: ignore[attr-defined]
-        return terminal
-
-    def _compile_request(self, message_type: type) -> _RequestEntry:
+    def _compile_request(self, message_type: type) -> _RequestRow:
         self._frozen = True
         regs = () if issubclass(message_type, Event) else self.handlers_for(message_type)
-        entry: _RequestEntry
+        entry: _RequestRow
         if not regs:
             not_found = HandlerNotFoundError(message_type)
 
             async def missing(message: Any, ctx: Context) -> Result[Any]:
                 return Result(False, None, str(not_found), not_found.code, not_found)
 
-            entry = (missing, None, False, None, None, None, None)
+            entry = (missing, None, False, None, None, None, None, None, None)
         else:
             reg = regs[0]
             info = HandlerInfo(message_type, regs, reg.return_type)
-            chain = compose(self._behaviors, info, self._terminal(reg))
+            chain = compose(self._behaviors, info, terminal_of(self._failed, reg))
             # A quiet outermost layer (logging) may be skipped while a probe says it has nothing to
             # do; what it wraps runs inline when it is a function handler's terminal.
-            probe, key, inner = _bypass(chain)
-            direct = getattr(inner, "__catga_direct__", None)
+            probe, key, inner = bypass_of(chain)
+            direct = direct_of(inner)
             if direct is None:
-                entry = (chain, None, False, None, None, None, None)
+                entry = (chain, None, False, None, None, None, None, None, None)
             else:
-                fn, takes_ctx, hooks, recover = direct
-                entry = (chain, fn, takes_ctx, recover, probe, key, hooks)
+                enter, leave, abort = (None, None, None) if direct.guard is None else direct.guard
+                entry = (chain, direct.fn, direct.takes_ctx, direct.recover, enter, leave, abort, probe, key)
         self._request_chains[message_type] = entry
         return entry
 
-    def _compile_event(self, message_type: type) -> _EventEntry:
+    def _compile_event(self, message_type: type) -> _EventRow:
         self._frozen = True
         regs = self.handlers_for(message_type)
         info = HandlerInfo(message_type, regs, None)
         handlers = tuple(
-            (reg, self._terminal(reg), _INSTANCE)
-            if reg.factory is not None
-            else (reg, reg.target, _WITH_CTX if reg.takes_context else _NO_CTX)
+            (
+                reg,
+                reg.target,
+                _INSTANCE if reg.factory is not None else _WITH_CTX if reg.takes_context else _NO_CTX,
+            )
             for reg in regs
         )
         sequential = in_turn(self, info, handlers)
         concurrent = gather(self, info, handlers) if len(handlers) > 1 else sequential
         chain_seq = compose(self._behaviors, info, sequential)
         chain_con = compose(self._behaviors, info, concurrent)
-        # Fan out inline in dispatch_event when no behavior applies, or when the only one is a layer
-        # that can be bypassed while it has nothing to do (the logging behavior while quiet).
-        probe, key, inner = _bypass(chain_seq)
+        # Fan out inline in publish when no behavior applies, or when the only one is a layer that
+        # can be bypassed while it has nothing to do (the logging behavior while quiet).
+        probe, key, inner = bypass_of(chain_seq)
         direct = handlers if inner is sequential else None
-        entry: _EventEntry = (
+        entry: _EventRow = (
             (chain_con, chain_seq, None, info, None, None)
             if self.concurrent_events
             else (chain_seq, chain_con, direct, info, probe, key)
@@ -726,58 +568,34 @@ class Mediator:
         return entry
 
 
-class RetryPolicy(Protocol):
-    """What the mediator needs to fuse a retry loop into a handler's terminal."""
-
-    max_attempts: int
-
-    def delay(self, attempt: int) -> float: ...
-    def sleep(self, seconds: float) -> Awaitable[Any]: ...
-
-
-class Guard(Protocol):
-    """Synchronous hooks around a handler call, fused into its terminal (no coroutine of their own).
-
-    ``enter`` returns a Result to answer without running the handler, or None to proceed;
-    ``leave`` sees the final Result (after retries); ``abort`` runs when an exception or a
-    cancellation escapes instead.
-    """
-
-    def enter(self, message: Any, ctx: Context) -> Result[Any] | None: ...
-    def leave(self, message: Any, ctx: Context, result: Result[Any]) -> None: ...
-    def abort(self, message: Any, ctx: Context) -> None: ...
-
+# The compiled rows are plain tuples, unpacked once per message into named locals. Not NamedTuples:
+# CPython 3.11 unpacks only exact tuples on its fast path (a NamedTuple goes through the iterator
+# protocol): about 20-30 % more instructions per bare send (callgrind; docs/benchmarks.md, Design figures).
 
 _Probe = Callable[[Any], Any]
-_Recover = Callable[[Any, Context, Exception, Any], Awaitable["Result[Any]"]]
-_Hooks = tuple[
-    Callable[[Any, Context], "Result[Any] | None"],
-    Callable[[Any, Context, "Result[Any]"], None],
-    Callable[[Any, Context], None],
+
+_RequestRow = tuple[
+    Next,  # chain: the composed chain (behaviors + terminal)
+    Callable[..., Any] | None,  # fn: the function handler run inline; None: always run chain
+    bool,  # takes_ctx: call fn(message, ctx), else fn(message)
+    Recover | None,  # recover: the terminal's path after fn raised (set with fn)
+    Callable[[Any, Context], "Result[Any] | None"] | None,  # enter: the fused guard's, or None
+    Callable[[Any, Context, "Result[Any]"], None] | None,  # leave
+    Callable[[Any, Context], None] | None,  # abort
+    _Probe | None,  # probe: with key, run inline only while probe(key) is False (None: always)
+    Any,  # key
 ]
-# (chain, handler function to run inline or None, takes context, its terminal's recover coroutine,
-#  probe, probe key: inline only while probe(key) is False (probe None: always), (enter, leave, abort))
-_RequestEntry = tuple[
-    Next, Callable[..., Any] | None, bool, _Recover | None, _Probe | None, Any, _Hooks | None
+"""A request type's compiled dispatch (see :meth:`Mediator._compile_request`)."""
+
+_EventRow = tuple[
+    Next,  # chain: the default fan-out chain (in turn, or concurrent with concurrent_events)
+    Next,  # other: the chain of the other fan-out mode (publish(concurrent=...))
+    _Handlers | None,  # direct: the handlers to fan out inline, or None: always run chain
+    HandlerInfo,  # info
+    _Probe | None,  # probe: with key, fan out inline only while probe(key) is False (None: always)
+    Any,  # key
 ]
-# (default chain, chain for the other fan-out mode, handlers to fan out inline or None, info,
-#  probe, probe key: fan out inline only while probe(key) is False (probe None: always))
-_EventEntry = tuple[Next, Next, _Handlers | None, HandlerInfo, _Probe | None, Any]
-
-
-def _bypass(chain: Next) -> tuple[_Probe | None, Any, Next]:
-    """``(probe, key, inner)``: ``chain`` may be skipped for ``inner`` while ``probe(key) is False``.
-
-    A layer that has nothing to do in some state (the logging behavior while its logger is not
-    enabled) advertises ``__catga_bypass__ = (probe, key, inner)`` with a C-level probe (a dict's
-    ``get``); ``probe(key) is False`` must guarantee the layer would only call ``inner``. Anything else
-    (None, True) means: run the layer, which checks for itself. Other chains: ``(None, None, chain)``.
-    """
-    bypass = getattr(chain, "__catga_bypass__", None)
-    if bypass is None:
-        return None, None, chain
-    probe, key, inner = bypass
-    return probe, key, inner
+"""An event type's compiled fan-out (see :meth:`Mediator._compile_event`)."""
 
 
 async def _ordered(

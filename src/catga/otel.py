@@ -20,9 +20,10 @@ What :func:`instrument` does:
 * records two metrics: ``catga.messages.handled`` (counter) and ``catga.message.duration`` (histogram,
   seconds), both with attributes ``catga.message.type`` and ``catga.outcome`` (``ok`` / ``failed``).
 
-Cost: with the OpenTelemetry API alone (no SDK) or a span that is sampled out, about 1.5 µs per message
-(a no-op span is started and ended, no context switch, no attributes); with an SDK recording the span,
-what its processors cost on top. Apps that are not instrumented pay nothing.
+Cost: with the OpenTelemetry API alone (no SDK) or a span that is sampled out, a no-op span is
+started and ended per message (no context switch, no attributes; figure in ``docs/benchmarks.md``,
+*Design figures*); with an SDK recording the span, what its processors cost on top. Apps that are not
+instrumented pay nothing.
 """
 
 from __future__ import annotations

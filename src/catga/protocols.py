@@ -1,8 +1,11 @@
+# Over 500 lines: every backend contract (the protocols and their record types) in one file, so a
+# backend author reads one place; each protocol is small and mostly its documented contract.
 """The storage and transport contracts every backend implements.
 
 Each protocol states precisely what is atomic, what a duplicate does and what a conflict raises. The
 conformance suites in :mod:`catga.testing.contracts` check exactly these statements against every backend
-(``catga.memory``, ``catga.nats``, ``catga.redis``).
+that implements the protocol: ``catga.memory``, ``catga.nats`` and ``catga.redis`` (all of them), and
+``catga.postgres`` (idempotency and inbox stores, outbox, distributed lock).
 
 Identifiers (stream ids, keys, destinations) are validated by :func:`validate_identifier`: 1–200
 characters from ``[A-Za-z0-9_\\-:.@=+]`` ... see its docstring. Backends that map them to NATS subjects or
@@ -461,8 +464,10 @@ class Transport(Protocol):
           error. ``EXACTLY_ONCE``: at-least-once plus an inbox check on the message id.
         * A message that cannot be decoded goes straight to the dead-letter queue with the reason.
         * At most ``max_in_flight`` handlers run at once per subscription (back-pressure).
-        * ``request(message, destination, timeout)`` sends and waits for the handler's encoded reply
-          (see :mod:`catga.rpc`); no reply in time raises :class:`~catga.errors.OperationTimeoutError`.
+        * ``request(destination, body, *, headers=None, timeout=5.0) -> (reply body, reply headers)``
+          sends pre-encoded bytes to one server of ``destination`` (see ``serve(destination, handler,
+          group="rpc")``) and waits for its reply; :mod:`catga.rpc` encodes and decodes on top. No
+          reply in time raises :class:`~catga.errors.OperationTimeoutError`.
     """
 
     async def publish(

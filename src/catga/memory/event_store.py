@@ -1,32 +1,27 @@
 """In-memory event store: the reference implementation of :class:`~catga.protocols.EventStore`.
 
-Design (the origin's lock review, translated to CPython), measured on CPython 3.11 on a shared 2-core
-VM with ``timeit`` (best of 40 runs; the figures move ±50 % with the neighbours, the ordering does not):
+Design (the origin's lock review, translated to CPython; each choice measured, figures in
+``docs/benchmarks.md``, *Design figures*):
 
 * **Writes** take one ``threading.Lock`` for the whole store, around the expected-version check, the
   position assignment and the list appends, with no ``await`` inside: an append is atomic for asyncio
   tasks and for OS threads alike. A per-stream lock (the origin's design) would buy nothing here: global
   positions must be handed out in commit order, which needs a store-wide critical section anyway, and
-  the GIL runs one writer at a time; it would only add an acquire/release (one lock 254 ns, per-stream
-  lock + global lock 527 ns). The lock is taken with explicit ``acquire()``/``release()``, which costs
-  about half of a ``with`` block on CPython 3.11 (142–171 ns vs 256–265 ns).
+  the GIL runs one writer at a time; it would only add a second acquire/release. The lock is taken
+  with explicit ``acquire()``/``release()``, cheaper than a ``with`` block on CPython 3.11.
 * **Reads** take no lock. Each stream is an append-only ``list``; a read is one slice. A slice or an
   ``extend`` is a single C call that the GIL (or, on free-threaded builds, the list's own lock) keeps
   atomic, so a reader sees all events of an append or none. The alternative, a copy-on-write ``tuple``
-  per stream, was measured and rejected: reading a 10-event stream costs 163 ns (list slice) vs 200 ns
-  (tuple slice + ``list()``, since the protocol returns a list), 575 vs 636 ns through ``await``;
-  appending one event costs a flat 240–345 ns for the list but grows with the stream for the tuple
-  (321 ns at 10 events, 417 ns at 100, 1,241 ns at 1,000: copy-on-write is O(length)).
+  per stream, was measured and rejected: its reads are slower (a slice plus ``list()``, since the
+  protocol returns a list) and its appends grow with the stream (copy-on-write is O(length)).
 * **Positions** are indexes into one global append-only list (position ``p`` is at index ``p - 1``: the
   memory store has no gaps); ``read_all`` slices it.
 * **subscribe_all** waits on an ``asyncio`` future per waiting subscriber, registered under the lock
   together with a re-check of the last position (no lost wake-ups). An append wakes waiters of its own
   event loop directly and those of other loops with ``call_soon_threadsafe``.
 
-Result (``catga bench eventstore-memory --concurrency 1,16 --duration 1``, three runs, 2026-11-26, idle
-VM; ``docs/benchmarks.md``): at 16 asyncio tasks ``read_10`` 1.40M reads/s with P50 0.4 µs and ``append``
-507K appends/s, 16.8x and 10.1x eventsourcing's POPO recorder driven from 16 threads; at concurrency 1,
-1.58M and 699K (4.1x and 4.7x the recorder).
+Throughput against eventsourcing's POPO recorder: ``catga bench eventstore-memory`` (figures in
+``docs/benchmarks.md``).
 
 Thread-safety: every method is thread-safe. The async methods never block on I/O; ``append_sync``,
 ``read_sync``, ``version_sync`` and ``read_all_sync`` are the same operations for plain threads.
@@ -126,7 +121,7 @@ class MemoryEventStore:
         ts = time.time()
         waiters: list[Waiter] | None = None
         lock = self._lock
-        lock.acquire()  # explicit acquire/release: 1.8x cheaper than `with` on CPython 3.11
+        lock.acquire()  # explicit acquire/release: cheaper than `with` on CPython 3.11
         try:
             if stream is None:
                 stream = streams.get(stream_id)  # another writer may have created it

@@ -1,16 +1,17 @@
 """A lean NATS protocol connection for JetStream hot paths (publish with ack, direct get).
 
-Why a second connection: nats-py's generic path costs ~50 µs of client CPU per JetStream publish
-(flusher task hop, a subscription queue and task per reply, dict and JSON handling), which caps an
-optimistic-concurrency append at ~15-20K/s on a 2-core machine. This connection is the probe's
+Why a second connection: nats-py's generic path spends most of a JetStream publish's client CPU on
+a flusher task hop, a subscription queue and task per reply, dict and JSON handling, which caps an
+optimistic-concurrency append on a small machine (figures in ``docs/benchmarks.md``, *Design
+figures*). This connection is the probe's
 "raw" design (see ``docs/nats.md``, *Performance*):
 
 * one wildcard reply subscription ``<inbox>.<random>.*``; every request publishes with a unique reply
   token and its reply is matched to a future by that token -- no per-request subscription;
 * writes are coalesced, a little: a request with nothing else in flight is written at once; otherwise it
   joins a queue that is written when it holds :data:`_WRITE_BATCH` (4) requests or at the end of the
-  event-loop iteration, whichever comes first. Per append this cuts the client's system time by ~3x
-  and the server's reads, while the cap keeps several groups in flight so that client and server work
+  event-loop iteration, whichever comes first. Per append this cuts the client's system time and the
+  server's reads, while the cap keeps several groups in flight so that client and server work
   at the same time: writing all of an iteration's requests at once (as nats-py's flusher does) makes
   them take turns, and one ``send`` per request (write-through) costs more CPU than the work itself on
   a small machine (``docs/nats.md``, *Performance*). No flusher task: the end-of-iteration flush is a

@@ -1,11 +1,15 @@
 """The mediator's pipeline: behaviors that run around every handler.
 
-Default order, outermost first (see ``docs/pipeline.md``)::
+:func:`default_pipeline` (what ``catga.App()`` uses) is, outermost first::
 
-    logging → validation → idempotency → retry → timeout → caching → handler
+    logging → validation → idempotency → retry → handler
+
+When you add the others, the documented order is (see ``docs/pipeline.md``)::
+
+    logging → (tracing) → validation → idempotency → retry → timeout → caching → (inbox, outbox) → handler
 
 Build one with :class:`Pipeline` or a plain list; add your own ``async (message, context, call_next)``
-functions anywhere in it.
+functions anywhere in it. A :class:`Pipeline` keeps the order it is given.
 """
 
 from typing import TYPE_CHECKING
@@ -40,11 +44,12 @@ __all__ = (
 )
 
 
-def default_pipeline(idempotency_store: "IdempotencyStore | None" = None) -> Pipeline:
+def default_pipeline(idempotency_store: "IdempotencyStore") -> Pipeline:
     """The App's default pipeline: logging → validation → idempotency → retry.
 
     Args:
-        idempotency_store: where idempotency records go; in memory when omitted.
+        idempotency_store: where idempotency records go (``catga.App`` passes its
+            ``idempotency_store``; for a bare mediator, e.g. ``catga.memory.MemoryIdempotencyStore()``).
     """
     return Pipeline(
         [LoggingBehavior(), ValidationBehavior(), IdempotencyBehavior(idempotency_store), RetryBehavior()]

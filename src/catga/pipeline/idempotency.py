@@ -19,19 +19,18 @@ encoded is not stored (logged once per type): the claim is released, the result 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from catga.context import Context
 from catga.errors import ConflictError, ErrorCode, SerializationError
 from catga.handlers import HandlerInfo
 from catga.pipeline._codec import ResultCodec
+from catga.pipeline._hooks import Guard, fuse
 from catga.pipeline.base import Behavior, Next
-from catga.protocols import Claim, ClaimStatus
+from catga.protocols import ClaimStatus
 from catga.result import _SUCCESS, Result
 
 if TYPE_CHECKING:
-    from catga.mediator import Guard
     from catga.protocols import IdempotencyStore
 
 __all__ = ("IdempotencyBehavior",)
@@ -51,7 +50,8 @@ class IdempotencyBehavior(Behavior):
     """Deduplicate messages by id through an idempotency store.
 
     Args:
-        store: the store; an in-memory :class:`~catga.memory.MemoryIdempotencyStore` when omitted.
+        store: the store, e.g. :class:`catga.memory.MemoryIdempotencyStore` (the pipeline never picks a
+            backend itself; :class:`catga.App` passes its ``idempotency_store``).
         ttl: how long a completed result is kept and replayed (seconds, default one day).
         lock_ttl: how long a claim blocks duplicates if its holder dies (seconds, default 30).
         events: also deduplicate events (default False: events arriving from a transport are
@@ -60,16 +60,12 @@ class IdempotencyBehavior(Behavior):
 
     def __init__(
         self,
-        store: IdempotencyStore | None = None,
+        store: IdempotencyStore,
         *,
         ttl: float = 86400.0,
         lock_ttl: float = 30.0,
         events: bool = False,
     ) -> None:
-        if store is None:
-            from catga.memory.idempotency import MemoryIdempotencyStore
-
-            store = MemoryIdempotencyStore()
         self.store = store
         self.ttl = ttl
         self.lock_ttl = lock_ttl
@@ -101,9 +97,6 @@ class IdempotencyBehavior(Behavior):
 
         store = self.store
         sync_guard = getattr(store, "sync_guard", None)
-        claim_nowait = getattr(store, "claim_nowait", None)
-        complete_nowait = getattr(store, "complete_nowait", None)
-        release_nowait = getattr(store, "release_nowait", None)
         guard: Guard | None = None
         if sync_guard is not None:  # the in-memory store: hooks written against its dict
             guard = sync_guard(
@@ -114,13 +107,8 @@ class IdempotencyBehavior(Behavior):
                 encode=lambda result: encode(result) if _storable(result) else None,
                 known=(_SUCCESS, _OK_NONE),
             )
-        elif claim_nowait is not None and complete_nowait is not None and release_nowait is not None:
-            guard = _SyncGuard(
-                claim_nowait, complete_nowait, release_nowait, codec, encode, in_progress, self
-            )
         if guard is not None:
-            fuse = getattr(call_next, "__catga_fuse__", None)
-            fused: Next | None = fuse(guard=guard) if fuse is not None else None
+            fused = fuse(call_next, guard=guard)
             if fused is not None:  # right around the handler: hooks run in the handler's frame
                 return fused
             enter, leave, abort = guard.enter, guard.leave, guard.abort
@@ -159,49 +147,3 @@ class IdempotencyBehavior(Behavior):
             return in_progress(ctx)
 
         return idempotent
-
-
-class _SyncGuard:
-    """Claim/complete/release on a store with a synchronous API (the in-memory store).
-
-    Used as a :class:`~catga.mediator.Guard` fused into the handler call, or by the layer above.
-    """
-
-    __slots__ = ("_claim", "_codec", "_complete", "_encode", "_in_progress", "_lock_ttl", "_release", "_ttl")
-
-    def __init__(
-        self,
-        claim: Callable[[int, float], Claim],
-        complete: Callable[[int, bytes, float], None],
-        release: Callable[[int], None],
-        codec: ResultCodec,
-        encode: Callable[[Result[Any]], bytes | None],
-        in_progress: Callable[[Context], Result[Any]],
-        options: IdempotencyBehavior,
-    ) -> None:
-        self._claim, self._complete, self._release = claim, complete, release
-        self._codec, self._encode, self._in_progress = codec, encode, in_progress
-        self._ttl, self._lock_ttl = options.ttl, options.lock_ttl
-
-    def enter(self, message: Any, ctx: Context) -> Result[Any] | None:
-        # The memory store takes the int message id as its key (same record as str(id)).
-        claim = self._claim(ctx.message_id, self._lock_ttl)
-        status = claim.status
-        if status == _CLAIMED:
-            return None
-        if status == _COMPLETED:
-            return self._codec.decode(claim.result or b"")
-        return self._in_progress(ctx)
-
-    def leave(self, message: Any, ctx: Context, result: Result[Any]) -> None:
-        if result is _SUCCESS or (result.ok and result.value is None and result.metadata is None):
-            self._complete(ctx.message_id, _OK_NONE, self._ttl)
-            return
-        data = self._encode(result) if _storable(result) else None
-        if data is None:
-            self._release(ctx.message_id)
-        else:
-            self._complete(ctx.message_id, data, self._ttl)
-
-    def abort(self, message: Any, ctx: Context) -> None:
-        self._release(ctx.message_id)

@@ -9,6 +9,7 @@ from typing import Any
 
 from catga.context import Context
 from catga.handlers import HandlerInfo
+from catga.pipeline._hooks import Bypass, set_bypass
 from catga.pipeline.base import Behavior, Next
 from catga.result import Result
 
@@ -95,5 +96,4 @@ class LoggingBehavior(Behavior):
 
         # Lets the mediator skip this layer while ``cached(threshold) is False`` (a C call, no frame):
         # run the handler's terminal, or an event's fan-out, inline.
-        layer.__catga_bypass__ = (cached, threshold, call_next)  # type: ignore[attr-defined]
-        return layer
+        return set_bypass(layer, Bypass(cached, threshold, call_next))

@@ -22,6 +22,7 @@ from typing import Any
 from catga.context import Context
 from catga.errors import ConfigurationError
 from catga.handlers import HandlerInfo
+from catga.pipeline._hooks import fuse
 from catga.pipeline.base import Behavior, Next
 from catga.result import Result
 
@@ -72,8 +73,7 @@ class RetryBehavior(Behavior):
         """Compose the retry layer, or skip it (events, or a single attempt)."""
         if self.max_attempts == 1 or (info.is_event and not self.events):
             return call_next
-        fuse = getattr(call_next, "__catga_fuse__", None)
-        fused: Next | None = fuse(retry=self) if fuse is not None else None
+        fused = fuse(call_next, retry=self)
         if fused is not None:  # innermost: the mediator runs the retry loop in the handler's frame
             return fused
         max_attempts = self.max_attempts

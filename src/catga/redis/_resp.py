@@ -7,12 +7,10 @@ concurrent tasks share one connection and the server sees them pipelined. Replie
 ``hiredis.Reader`` (C) and commands packed by ``hiredis.pack_command`` (C).
 
 Writes are coalesced per event-loop tick: commands issued while the loop runs other callbacks are
-joined and written with one ``send()`` when the tick ends (``call_soon``). Measured with
-``RedisLock`` acquire+release, distinct key per task, on the shared 2-core VM (load ~2.3), best of 3:
-at concurrency 16 coalesced 23.4k ops/s and 27 µs of client CPU per op, write-through (one
-``transport.write`` per command) 12.4k ops/s and 47 µs; at concurrency 1 both ~5k ops/s (equal
-within noise). A hybrid (write at once when nothing is in flight, else coalesce) fragmented the
-batches and measured between the two at concurrency 4-16, so it was dropped.
+joined and written with one ``send()`` when the tick ends (``call_soon``). Measured against
+write-through (one ``transport.write`` per command) and a hybrid (write at once when nothing is in
+flight): coalescing wins at concurrency 16 and ties at 1; the hybrid fragmented the batches, so it was
+dropped (figures in ``docs/benchmarks.md``, *Design figures*).
 
 Timeouts: one watchdog timer per connection (not one per command) fires at the earliest deadline. An
 overdue command fails with :class:`~catga.errors.BackendTimeoutError` and its reply slot stays in the

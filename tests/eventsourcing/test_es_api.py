@@ -1,5 +1,4 @@
-"""catga.eventsourcing: public API pinning and the docs page's examples (the detailed tests live in
-tests/eventsourcing/)."""
+"""catga.eventsourcing: public API pinning and the docs page's examples."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import pytest
 
 import catga.eventsourcing
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "event-sourcing.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "event-sourcing.md"
 MODULES = ("aggregate", "checkpoints", "projections", "repository", "snapshots", "upcasting")
 
 
