@@ -172,3 +172,28 @@ def test_the_id_before_an_entry() -> None:
     assert _before(b"1700000000000-3") == "1700000000000-2"
     assert _before(b"1700000000000-0") == "1699999999999-18446744073709551615"
     assert _before(b"0-0") == "0"
+
+
+async def test_an_rpc_request_sent_right_after_an_empty_restart_is_answered(
+    server: RedisServer, unique_name: str
+) -> None:
+    """The RPC server's group vanishes with the data; the request sent at once must still be served
+    (re-creating the group at ``$`` lost it: the caller timed out)."""
+    served = RedisTransport.connect(server.url, prefix=unique_name)
+    caller = RedisTransport.connect(server.url, prefix=unique_name)
+
+    async def echo(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        return b"re:" + body, {}
+
+    try:
+        await served.serve("echo", echo)
+        body, _ = await caller.request("echo", b"1", timeout=5.0)
+        assert body == b"re:1"
+        server.stop()
+        await asyncio.sleep(1.0)  # the server's reader backs off while Redis is down
+        server = RedisServer(port=server.port).start()
+        body, _ = await caller.request("echo", b"2", timeout=8.0)
+        assert body == b"re:2"
+    finally:
+        await caller.aclose()
+        await served.aclose()

@@ -173,6 +173,7 @@ class RedisRpcEndpoint:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
+        self._last_id: bytes | None = None  # the newest request this server read
 
     async def start(self) -> None:
         """Create the consumer group (starting at new requests) and start reading."""
@@ -185,6 +186,29 @@ class RedisRpcEndpoint:
         except BackendError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def _recreate_group(self) -> None:
+        """The group vanished (an empty restart, a failover, ``XGROUP DESTROY``): create it again where
+        nothing sent since is skipped — after the last request read if the stream still holds it, else
+        at the start (after an empty restart every request in the stream is new; expired ones are
+        dropped unanswered by their deadline). Creating it at ``$`` lost the requests sent meanwhile."""
+        client = self.transport.client
+        start = "0"
+        last = self._last_id
+        if last is not None and await client.execute("XRANGE", self.key, last, last, "COUNT", 1):
+            start = last.decode()
+        try:
+            await client.execute("XGROUP", "CREATE", self.key, self.group, start, "MKSTREAM")
+        except BackendError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+            return
+        logger.warning(
+            "RPC consumer group %s on %s vanished and was re-created from %s",
+            self.group,
+            self.key,
+            "the start of the stream" if start == "0" else f"after request {start}",
+        )
 
     async def _read_requests(self) -> None:
         t = self.transport
@@ -203,14 +227,15 @@ class RedisRpcEndpoint:
                 )  # fmt: skip
             except Exception as exc:
                 if "NOGROUP" in str(exc):
-                    await quietly(self._create_group(), f"re-creating group {self.group} on {self.key}")
+                    await quietly(self._recreate_group(), f"re-creating group {self.group} on {self.key}")
                 else:
                     logger.warning("reading %s failed (%s); retrying in %.2f s", self.key, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
                 continue
             pause = 0.05
-            for _mid, fields in reply[0][1] if reply else ():
+            for mid, fields in reply[0][1] if reply else ():
+                self._last_id = mid
                 self._active += 1
                 task = asyncio.ensure_future(self._answer(fields))
                 self._tasks.add(task)
