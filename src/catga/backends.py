@@ -87,7 +87,9 @@ __all__ = (
     "LateOutboxStore",
     "LateTransport",
     "NatsLayout",
+    "ROLES",
     "import_backend",
+    "register_backend",
     "nats_layout",
     "parse_url",
     "redact_url",
@@ -99,15 +101,62 @@ T = TypeVar("T")
 M = TypeVar("M")
 L = TypeVar("L", bound="_Late[Any]")
 
-#: URL scheme → backend package.
-SCHEMES: Mapping[str, str] = {
-    "memory": "memory",
-    "nats": "nats",
-    "tls": "nats",
-    "redis": "redis",
-    "rediss": "redis",
-}
-_SUPPORTED = "memory://, nats://, tls://, redis://, rediss://"
+#: The roles a URL can fill, as the ``App(...)`` arguments name them.
+ROLES = ("transport", "store", "idempotency_store", "outbox")
+
+#: URL scheme → backend name (see :func:`register_backend`).
+SCHEMES: dict[str, str] = {}
+_PACKAGES: dict[str, str] = {}  # backend name → its package
+_BACKEND_ROLES: dict[str, frozenset[str]] = {}  # backend name → the roles its URLs can fill
+_OWN_OPTIONS: dict[str, bool] = {}  # backend name → catga's options are parsed out of its URLs
+
+
+def register_backend(
+    scheme: str,
+    backend: str,
+    *,
+    package: str | None = None,
+    roles: Sequence[str] = ROLES,
+    url_options: bool = True,
+) -> None:
+    """Make URLs ``scheme://...`` build the ``backend`` backend (no import happens here).
+
+    What a URL builds comes from the opener module ``<package>._backend`` (see :class:`Backends`),
+    imported the first time a URL names the backend.
+
+    Args:
+        scheme: the URL scheme (lower case).
+        backend: the backend's name, ``catga.<backend>`` unless ``package`` says otherwise.
+        package: the backend's package (its missing dependency becomes a ``pip install`` hint).
+        roles: which of :data:`ROLES` its URLs can fill; other roles reject the scheme.
+        url_options: True: catga's ``prefix`` / ``max_payload`` options are taken out of the URL;
+            False: the URL goes to the client as given.
+    """
+    SCHEMES[scheme] = backend
+    _PACKAGES[backend] = package or f"catga.{backend}"
+    _BACKEND_ROLES[backend] = frozenset(roles)
+    _OWN_OPTIONS[backend] = url_options
+
+
+register_backend("memory", "memory")
+register_backend("nats", "nats")
+register_backend("tls", "nats")
+register_backend("redis", "redis")
+register_backend("rediss", "redis")
+register_backend("postgresql", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
+register_backend("postgres", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
+
+
+def _fills(backend: str, role: str) -> bool:
+    """True if ``backend`` URLs can fill ``role`` (any other role name: the transport and the store)."""
+    roles = _BACKEND_ROLES[backend]
+    return role in roles if role in ROLES else {"transport", "store"} <= roles
+
+
+def _supported(role: str) -> str:
+    return ", ".join(f"{scheme}://" for scheme, backend in SCHEMES.items() if _fills(backend, role))
+
+
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 _MAX_REPLICAS = 5  # catga.nats.connection.MAX_REPLICAS (not imported: catga.nats is optional)
 _NATS_OPTIONS = ("prefix", "storage", "max_payload", "replicas")
@@ -156,17 +205,17 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
     scheme = url.split("://", 1)[0].lower() if "://" in url else url.lower()
     if "://" not in url and scheme != "memory":
         raise ConfigurationError(
-            f"{role} {shown!r} is not a URL: use one of {_SUPPORTED} with a host "
+            f"{role} {shown!r} is not a URL: use one of {_supported(role)} with a host "
             "(e.g. nats://127.0.0.1:4222), or pass a backend object built yourself"
         )
     backend = SCHEMES.get(scheme)
-    if backend is None:
+    if backend is None or not _fills(backend, role):
         raise ConfigurationError(
-            f"{role} URL {shown!r} has an unsupported scheme {scheme!r}: use one of {_SUPPORTED} "
+            f"{role} URL {shown!r} has an unsupported scheme {scheme!r}: use one of {_supported(role)} "
             "(or pass a backend object built yourself)"
         )
-    if backend == "memory":
-        return BackendUrl(url, "memory", url)
+    if backend == "memory" or not _OWN_OPTIONS[backend]:
+        return BackendUrl(url, backend, url)
     base, _, query = url.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True))
     prefix = options.pop("prefix", "catga")
@@ -246,7 +295,7 @@ def import_backend(backend: str) -> ModuleType:
         ConfigurationError: the backend's client library is not installed (says what to install).
     """
     try:
-        return import_module(f"catga.{backend}")
+        return import_module(_PACKAGES.get(backend, f"catga.{backend}"))
     except ImportError as exc:
         missing = getattr(exc, "name", None) or "its client library"
         if missing.startswith("catga"):
@@ -284,9 +333,23 @@ def nats_layout(prefix: str = "catga") -> NatsLayout:
 # --------------------------------------------------------------------------------------------------
 # Opening and sharing connections
 
+_WHAT = {
+    "transport": "transport",
+    "store": "event store",
+    "idempotency_store": "idempotency store",
+    "outbox": "outbox",
+}
+
 
 class Backends:
     """Builds backends from URLs, one connection per server, and closes what it opened.
+
+    What a URL builds comes from its backend's opener module (``catga.<backend>._backend``, see
+    :func:`register_backend`): one async function per role (``transport``, ``store``,
+    ``idempotency_store``, ``outbox``), each ``(backends, spec) -> object``, plus
+    ``worker_id_lock(backends, spec, opened) -> (description, lock)`` and ``LOCK_RANK`` (lower is
+    preferred). Openers share connections through :meth:`shared` and register extra objects to
+    close through :meth:`track`.
 
     Args:
         name: the client connection name shown by the servers.
@@ -309,7 +372,7 @@ class Backends:
         self.max_payload = check_max_payload(max_payload)
         self._connections: dict[tuple[str, str], Any] = {}
         self._opened: list[tuple[str, Any]] = []
-        self._late: list[tuple[BackendUrl, _Late[Any], Callable[[BackendUrl], Awaitable[Any]]]] = []
+        self._late: list[tuple[BackendUrl, str, _Late[Any]]] = []
 
     # -- what the app hands out --------------------------------------------------------------------
 
@@ -322,8 +385,8 @@ class Backends:
             import_backend(spec.backend)
         return spec
 
-    def _defer(self, spec: BackendUrl, late: L, opener: Callable[[BackendUrl], Awaitable[Any]]) -> L:
-        self._late.append((spec, late, opener))
+    def _defer(self, role: str, spec: BackendUrl, late: L) -> L:
+        self._late.append((spec, role, late))
         return late
 
     def transport_for(self, value: object) -> Transport | None:
@@ -337,7 +400,7 @@ class Backends:
             return value  # type: ignore[return-value]  # a transport object, or None
         if spec.backend == "memory":
             return None
-        return self._defer(spec, LateTransport("transport", spec.url), self.transport)
+        return self._defer("transport", spec, LateTransport("transport", spec.url))
 
     def store_for(self, value: object) -> EventStore:
         """The app's event store for ``value``: memory for None/``memory://``, a proxy for a URL, else it.
@@ -350,7 +413,7 @@ class Backends:
             return value  # type: ignore[return-value]  # an event store object
         if spec is None or spec.backend == "memory":
             return MemoryEventStore(registry=self.registry, max_payload=self.max_payload)
-        return self._defer(spec, LateEventStore("event store", spec.url), self.event_store)
+        return self._defer("store", spec, LateEventStore("event store", spec.url))
 
     def idempotency_store_for(self, value: object) -> IdempotencyStore:
         """Like :meth:`store_for`, for the idempotency store.
@@ -358,15 +421,12 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        pg = _postgres_spec("idempotency_store", value)
-        if pg is not None:
-            return self._defer(pg, LateIdempotencyStore("idempotency store", pg.url), self.idempotency_store)
         spec = self._spec("idempotency_store", value)
         if spec is None and value is not None:
             return value  # type: ignore[return-value]  # an idempotency store object
         if spec is None or spec.backend == "memory":
             return MemoryIdempotencyStore()
-        return self._defer(spec, LateIdempotencyStore("idempotency store", spec.url), self.idempotency_store)
+        return self._defer("idempotency_store", spec, LateIdempotencyStore("idempotency store", spec.url))
 
     def outbox_for(self, value: object) -> OutboxStore | None:
         """Like :meth:`store_for`, for the outbox; None when ``value`` is None (no outbox).
@@ -376,19 +436,16 @@ class Backends:
         """
         if value is None:
             return None
-        pg = _postgres_spec("outbox", value)
-        if pg is not None:
-            return self._defer(pg, LateOutboxStore("outbox", pg.url), self.outbox_store)
         spec = self._spec("outbox", value)
         if spec is None:
             return value  # type: ignore[return-value]  # an outbox store object
         if spec.backend == "memory":
             return MemoryOutboxStore()
-        return self._defer(spec, LateOutboxStore("outbox", spec.url), self.outbox_store)
+        return self._defer("outbox", spec, LateOutboxStore("outbox", spec.url))
 
     def manages(self, obj: object) -> bool:
         """True if ``obj`` is a proxy handed out by this object (opened and closed by it)."""
-        return any(late is obj for _, late, _ in self._late)
+        return any(late is obj for _, _, late in self._late)
 
     async def open(self) -> None:
         """Open what the proxies stand for and bind them (idempotent while open).
@@ -397,10 +454,10 @@ class Backends:
             BackendUnavailableError: a server cannot be reached.
             ConfigurationError: a server refused the credentials or the configuration.
         """
-        for spec, late, opener in self._late:
+        for spec, role, late in self._late:
             if not late.bound:
-                late.bind(await opener(spec))
-                if spec.backend == "nats" and spec.storage == "memory":
+                late.bind(await self.build(role, spec))
+                if spec.storage == "memory":
                     _log.warning(
                         "%s %s keeps its NATS streams on memory storage: a nats-server restart loses "
                         "every message in them, acknowledged or not; drop storage=memory for anything "
@@ -410,7 +467,7 @@ class Backends:
                     )
 
     async def _unbind(self) -> None:
-        for _, late, _ in self._late:
+        for _, _, late in self._late:
             late.unbind()
 
     # -- opening -------------------------------------------------------------------------------------
@@ -420,136 +477,34 @@ class Backends:
         """The connections opened so far (NatsConnection / RedisClient objects)."""
         return tuple(self._connections.values())
 
-    def _track(self, what: str, obj: T) -> T:
+    def track(self, what: str, obj: T) -> T:
+        """Close ``obj`` (its ``aclose()``) with the backends, after what was opened later."""
         self._opened.append((what, obj))
         return obj
 
-    async def _nats(self, spec: BackendUrl) -> Any:
-        key = ("nats", spec.address)
+    async def shared(self, key: tuple[str, str], what: str, connect: Callable[[], Awaitable[T]]) -> T:
+        """The connection ``key`` names, opened by ``connect()`` on first use, then shared and closed last."""
         conn = self._connections.get(key)
         if conn is None:
-            import_backend("nats")
-            from catga.nats import NatsConnection
-
-            conn = await NatsConnection.connect(
-                spec.address, name=self.name, connect_timeout=self.timeout, timeout=self.timeout
-            )
-            self._connections[key] = self._track(f"NATS connection {redact_url(spec.address)}", conn)
+            conn = self._connections[key] = self.track(what, await connect())
         return conn
 
-    async def _redis(self, spec: BackendUrl) -> Any:
-        key = ("redis", f"{spec.address}#{spec.prefix}")
-        client = self._connections.get(key)
-        if client is None:
-            import_backend("redis")
-            from catga.redis import RedisClient
+    async def build(self, role: str, spec: BackendUrl) -> Any:
+        """Open the ``role`` (``transport``, ``store``, ``idempotency_store``, ``outbox``) ``spec`` names.
 
-            client = RedisClient.from_url(
-                spec.address, prefix=spec.prefix, timeout=self.timeout, connect_timeout=self.timeout
-            )
-            self._connections[key] = self._track(f"Redis client {redact_url(spec.address)}", client)
-            await client.ping()  # connect now: a wrong URL fails at start, not at the first message
-            from catga.redis._durability import log_durability
-
-            await log_durability(client, logging.getLogger("catga.redis"))  # WARNING if it can lose data
-        return client
-
-    async def event_store(self, spec: BackendUrl) -> EventStore:
-        """Open the event store ``spec`` names (NATS or Redis)."""
-        if spec.backend == "nats":
-            from catga.nats import NatsEventStore
-
-            layout = nats_layout(spec.prefix)
-            nats_store = NatsEventStore(
-                await self._nats(spec),
-                stream=layout.events_stream,
-                prefix=layout.events_subjects,
-                registry=self.registry,
-                storage=spec.storage,
-                replicas=spec.replicas,
-            )
-            return self._track(f"event store {spec}", nats_store)
-        from catga.redis import RedisEventStore
-
-        redis_store = RedisEventStore(
-            await self._redis(spec), registry=self.registry, max_payload=spec.max_payload or self.max_payload
-        )
-        return self._track(f"event store {spec}", redis_store)
+        Raises:
+            ConfigurationError: the backend does not provide ``role``, or refused the configuration.
+            BackendUnavailableError, BackendTimeoutError: the server failed.
+        """
+        opener = getattr(_opener(spec.backend), role, None)
+        if opener is None:
+            raise ConfigurationError(f"the {spec.backend} backend has no {_WHAT.get(role, role)}: {spec}")
+        return self.track(f"{_WHAT.get(role, role)} {spec}", await opener(self, spec))
 
     async def transport(self, spec: BackendUrl) -> Transport:
         """Open the transport ``spec`` names, with a dead-letter queue on the same server."""
-        if spec.backend == "nats":
-            from catga.nats import NatsDeadLetterQueue, NatsTransport
-
-            conn, layout = await self._nats(spec), nats_layout(spec.prefix)
-            dlq = self._track(
-                f"dead letters {spec}",
-                NatsDeadLetterQueue(
-                    conn, bucket=layout.dead_letter_bucket, storage=spec.storage, replicas=spec.replicas
-                ),
-            )
-            nats_transport = NatsTransport(
-                conn,
-                registry=self.registry,
-                prefix=layout.transport_prefix,
-                dead_letters=dlq,
-                storage="memory" if spec.storage == "memory" else "file",
-                replicas=spec.replicas,
-                timeout=self.timeout,
-                max_payload=spec.max_payload or self.max_payload,
-            )
-            return self._track(f"transport {spec}", nats_transport)
-        from catga.redis import RedisDeadLetterQueue, RedisTransport
-
-        client = await self._redis(spec)
-        dead_letters = self._track(f"dead letters {spec}", RedisDeadLetterQueue(client))
-        redis_transport = RedisTransport(
-            client,
-            registry=self.registry,
-            dead_letters=dead_letters,
-            max_payload=spec.max_payload or self.max_payload,
-        )
-        return self._track(f"transport {spec}", redis_transport)
-
-    async def idempotency_store(self, spec: BackendUrl) -> IdempotencyStore:
-        """Open the idempotency store ``spec`` names (NATS, Redis, or PostgreSQL: ``catga_idempotency``)."""
-        if spec.backend == "postgres":
-            from catga.postgres import PostgresIdempotencyStore
-
-            pg_idem = await PostgresIdempotencyStore.connect(spec.address, timeout=self.timeout)
-            return self._track(f"idempotency store {spec}", pg_idem)
-        if spec.backend == "nats":
-            from catga.nats import NatsIdempotencyStore
-
-            bucket = nats_layout(spec.prefix).idempotency_bucket
-            nats_idem = NatsIdempotencyStore(
-                await self._nats(spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
-            )
-            return self._track(f"idempotency store {spec}", nats_idem)
-        from catga.redis import RedisIdempotencyStore
-
-        redis_idem = RedisIdempotencyStore(await self._redis(spec))
-        return self._track(f"idempotency store {spec}", redis_idem)
-
-    async def outbox_store(self, spec: BackendUrl) -> OutboxStore:
-        """Open the outbox store ``spec`` names (NATS, Redis, or PostgreSQL: table ``catga_outbox``)."""
-        if spec.backend == "postgres":
-            from catga.postgres import PostgresOutboxStore
-
-            pg_outbox = await PostgresOutboxStore.connect(spec.address, timeout=self.timeout)
-            return self._track(f"outbox {spec}", pg_outbox)
-        if spec.backend == "nats":
-            from catga.nats import NatsOutboxStore
-
-            bucket = nats_layout(spec.prefix).outbox_bucket
-            nats_outbox = NatsOutboxStore(
-                await self._nats(spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
-            )
-            return self._track(f"outbox {spec}", nats_outbox)
-        from catga.redis import RedisOutboxStore
-
-        redis_outbox = RedisOutboxStore(await self._redis(spec))
-        return self._track(f"outbox {spec}", redis_outbox)
+        transport: Transport = await self.build("transport", spec)
+        return transport
 
     async def worker_id_lock(self) -> tuple[str, Any] | None:
         """A distributed lock to lease worker ids through: on the first NATS or Redis backend the
@@ -565,39 +520,13 @@ class Backends:
                 privilege); the message says how to create it or hand out worker ids instead.
             BackendUnavailableError, BackendTimeoutError: the server failed.
         """
-        for spec, _, _ in self._late:
-            if spec.backend == "nats":
-                from catga.nats import NatsLock
-
-                conn, bucket = await self._nats(spec), nats_layout(spec.prefix).locks_bucket
-                lock = NatsLock(conn, bucket=bucket, storage=spec.storage, replicas=spec.replicas)
-                return f"NATS {redact_url(spec.address)}", self._track(f"worker id lock {spec}", lock)
-            if spec.backend == "redis":
-                from catga.redis import RedisLock
-
-                redis_lock = RedisLock(await self._redis(spec))
-                return f"Redis {redact_url(spec.address)}", self._track(f"worker id lock {spec}", redis_lock)
-        for spec, late, _ in self._late:
-            if spec.backend == "postgres":
-                return await self._postgres_lock(spec, late.target.pool)
+        ranked = sorted(self._late, key=lambda entry: getattr(_opener(entry[0].backend), "LOCK_RANK", 0))
+        for spec, _, late in ranked:
+            opener = getattr(_opener(spec.backend), "worker_id_lock", None)
+            if opener is not None:
+                where, lock = await opener(self, spec, late.target)
+                return where, self.track(f"worker id lock {spec}", lock)
         return None
-
-    async def _postgres_lock(self, spec: BackendUrl, pool: Any) -> tuple[str, Any]:
-        """A :class:`~catga.postgres.PostgresLock` on the pool of the store ``spec`` opened (the lock
-        does not close the pool: the store does), its table set up now."""
-        from catga.postgres import PostgresLock
-
-        lock = PostgresLock(pool, timeout=self.timeout)
-        try:
-            await lock.ensure_schema()
-        except ConfigurationError as exc:
-            raise ConfigurationError(
-                f"{exc}. The app leases its Snowflake worker id through table {lock.table} of "
-                f"{spec}: create it (CREATE TABLE {lock.table} (key text PRIMARY KEY, token text, "
-                "fencing bigint NOT NULL, expires_at timestamptz)), or hand out worker ids yourself "
-                "(CATGA_WORKER_ID, or App(worker_id=N))"
-            ) from exc
-        return f"PostgreSQL {spec}", self._track(f"worker id lock {spec}", lock)
 
     def closers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(description, aclose)`` of everything opened, last opened first; forgets them."""
@@ -609,17 +538,10 @@ class Backends:
         return steps
 
 
-def _postgres_spec(role: str, value: object) -> BackendUrl | None:
-    """A ``postgresql://`` / ``postgres://`` URL as a spec (the outbox and idempotency stores take one)."""
-    if not (isinstance(value, str) and value.split("://", 1)[0].lower() in ("postgresql", "postgres")):
-        return None
-    try:
-        import catga.postgres  # noqa: F401 - fail now when asyncpg is missing
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"{role} URL {redact_url(value)!r} needs asyncpg: pip install 'catga[postgres]'"
-        ) from exc
-    return BackendUrl(value, "postgres", value)
+def _opener(backend: str) -> ModuleType:
+    """The opener module of ``backend`` (``<package>._backend``)."""
+    import_backend(backend)
+    return import_module(f"{_PACKAGES.get(backend, f'catga.{backend}')}._backend")
 
 
 # --------------------------------------------------------------------------------------------------
