@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from types import ModuleType
@@ -60,18 +60,10 @@ from catga.errors import ConfigurationError
 from catga.memory.event_store import MemoryEventStore
 from catga.memory.idempotency import MemoryIdempotencyStore
 from catga.memory.outbox import MemoryOutboxStore
-from catga.messages import Metadata, QoS
 from catga.protocols import (
-    ANY,
-    Claim,
-    DeadLetter,
     EventStore,
     IdempotencyStore,
-    OutboxMessage,
-    OutboxStatus,
     OutboxStore,
-    StoredEvent,
-    Subscription,
     Transport,
 )
 
@@ -590,6 +582,20 @@ class _Late(Generic[T]):
         for name in self._methods:
             self.__dict__.pop(name, None)
 
+    def __getattr__(self, name: str) -> Any:
+        """A protocol method while not bound: it calls the target's at call time (or says it is not open).
+
+        Once bound, the target's bound methods sit in the instance dict and this is not called.
+        """
+        if name not in type(self)._methods:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return getattr(self.target, name)(*args, **kwargs)
+
+        forward.__name__ = name
+        return forward
+
     async def aclose(self) -> None:
         """No-op: the app owns and closes the real object."""
 
@@ -603,52 +609,11 @@ class LateEventStore(_Late[EventStore]):
 
     _methods = ("append", "read", "version", "read_all", "subscribe_all")
 
-    async def append(
-        self,
-        stream_id: str,
-        events: Sequence[object],
-        expected_version: int = ANY,
-        *,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int:
-        """See :meth:`EventStore.append <catga.protocols.EventStore.append>`."""
-        return await self.target.append(stream_id, events, expected_version, metadata=metadata)
-
-    async def read(
-        self, stream_id: str, from_version: int = 0, max_count: int | None = None
-    ) -> list[StoredEvent]:
-        """See :meth:`EventStore.read <catga.protocols.EventStore.read>`."""
-        return await self.target.read(stream_id, from_version, max_count)
-
-    async def version(self, stream_id: str) -> int:
-        """See :meth:`EventStore.version <catga.protocols.EventStore.version>`."""
-        return await self.target.version(stream_id)
-
-    async def read_all(self, from_position: int = 1, max_count: int | None = None) -> list[StoredEvent]:
-        """See :meth:`EventStore.read_all <catga.protocols.EventStore.read_all>`."""
-        return await self.target.read_all(from_position, max_count)
-
-    def subscribe_all(self, from_position: int = 1) -> AsyncIterator[StoredEvent]:
-        """See :meth:`EventStore.subscribe_all <catga.protocols.EventStore.subscribe_all>`."""
-        return self.target.subscribe_all(from_position)
-
 
 class LateIdempotencyStore(_Late[IdempotencyStore]):
     """An :class:`~catga.protocols.IdempotencyStore` the app opens at start."""
 
     _methods = ("claim", "complete", "release")
-
-    async def claim(self, key: str, lock_ttl: float = 30.0) -> Claim:
-        """See :meth:`IdempotencyStore.claim <catga.protocols.IdempotencyStore.claim>`."""
-        return await self.target.claim(key, lock_ttl)
-
-    async def complete(self, key: str, result: bytes = b"", ttl: float = 86400.0) -> None:
-        """See :meth:`IdempotencyStore.complete <catga.protocols.IdempotencyStore.complete>`."""
-        await self.target.complete(key, result, ttl)
-
-    async def release(self, key: str) -> None:
-        """See :meth:`IdempotencyStore.release <catga.protocols.IdempotencyStore.release>`."""
-        await self.target.release(key)
 
 
 class LateOutboxStore(_Late[OutboxStore]):
@@ -656,103 +621,8 @@ class LateOutboxStore(_Late[OutboxStore]):
 
     _methods = ("add", "fetch_pending", "mark_published", "mark_failed", "get", "count", "purge_published")
 
-    async def add(self, messages: Sequence[OutboxMessage]) -> None:
-        """See :meth:`OutboxStore.add <catga.protocols.OutboxStore.add>`."""
-        await self.target.add(messages)
-
-    async def fetch_pending(self, limit: int = 100, lease: float = 30.0) -> list[OutboxMessage]:
-        """See :meth:`OutboxStore.fetch_pending <catga.protocols.OutboxStore.fetch_pending>`."""
-        return await self.target.fetch_pending(limit, lease)
-
-    async def mark_published(self, ids: Sequence[str]) -> None:
-        """See :meth:`OutboxStore.mark_published <catga.protocols.OutboxStore.mark_published>`."""
-        await self.target.mark_published(ids)
-
-    async def mark_failed(self, id: str, error: str, retry_at: float | None) -> None:
-        """See :meth:`OutboxStore.mark_failed <catga.protocols.OutboxStore.mark_failed>`."""
-        await self.target.mark_failed(id, error, retry_at)
-
-    async def get(self, id: str) -> OutboxMessage | None:
-        """See :meth:`OutboxStore.get <catga.protocols.OutboxStore.get>`."""
-        return await self.target.get(id)
-
-    async def count(self, status: OutboxStatus = OutboxStatus.PENDING) -> int:
-        """See :meth:`OutboxStore.count <catga.protocols.OutboxStore.count>`."""
-        return await self.target.count(status)
-
-    async def purge_published(self, older_than: float) -> int:
-        """See :meth:`OutboxStore.purge_published <catga.protocols.OutboxStore.purge_published>`."""
-        return await self.target.purge_published(older_than)
-
 
 class LateTransport(_Late[Transport]):
     """A :class:`~catga.protocols.Transport` the app opens at start."""
 
     _methods = ("publish", "publish_batch", "send", "subscribe", "publish_raw", "replay", "request", "serve")
-
-    async def publish(
-        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
-    ) -> None:
-        """See :meth:`Transport.publish <catga.protocols.Transport.publish>`."""
-        await self.target.publish(message, metadata=metadata, destination=destination)
-
-    async def publish_batch(self, messages: Sequence[object], *, destination: str | None = None) -> None:
-        """See :meth:`Transport.publish_batch <catga.protocols.Transport.publish_batch>`."""
-        await self.target.publish_batch(messages, destination=destination)
-
-    async def send(
-        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
-    ) -> None:
-        """See :meth:`Transport.send <catga.protocols.Transport.send>`."""
-        await self.target.send(message, metadata=metadata, destination=destination)
-
-    async def subscribe(
-        self,
-        message_type: type[M],
-        handler: Callable[[M, Metadata], Awaitable[None]],
-        *,
-        qos: QoS = QoS.AT_LEAST_ONCE,
-        group: str | None = None,
-        destination: str | None = None,
-        max_in_flight: int = 64,
-        max_deliver: int = 5,
-    ) -> Subscription:
-        """See :meth:`Transport.subscribe <catga.protocols.Transport.subscribe>`."""
-        return await self.target.subscribe(
-            message_type,
-            handler,
-            qos=qos,
-            group=group,
-            destination=destination,
-            max_in_flight=max_in_flight,
-            max_deliver=max_deliver,
-        )
-
-    async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
-        """See :meth:`Transport.publish_raw <catga.protocols.Transport.publish_raw>`."""
-        await self.target.publish_raw(destination, body, headers)
-
-    async def replay(self, letter: DeadLetter) -> None:
-        """See :meth:`Transport.replay <catga.protocols.Transport.replay>`."""
-        await self.target.replay(letter)
-
-    async def request(
-        self,
-        destination: str,
-        body: bytes,
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 5.0,
-    ) -> tuple[bytes, dict[str, str]]:
-        """See :meth:`Transport.request <catga.protocols.Transport.request>`."""
-        return await self.target.request(destination, body, headers=headers, timeout=timeout)
-
-    async def serve(
-        self,
-        destination: str,
-        handler: Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]],
-        *,
-        group: str | None = "rpc",
-    ) -> Subscription:
-        """See :meth:`Transport.serve <catga.protocols.Transport.serve>`."""
-        return await self.target.serve(destination, handler, group=group)
