@@ -150,8 +150,6 @@ def _supported(role: str) -> str:
 
 
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
-_MAX_REPLICAS = 5  # catga.nats.connection.MAX_REPLICAS (not imported: catga.nats is optional)
-_NATS_OPTIONS = ("prefix", "storage", "max_payload", "replicas")
 
 
 @dataclass(frozen=True)
@@ -216,57 +214,17 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
             f"{role} URL {shown!r}: invalid prefix {prefix!r}; use 1-64 letters, digits, '_' or '-'"
         )
     max_payload = _max_payload_option(options.pop("max_payload", None), role, shown)
-    storage, replicas = "file", 1
-    if backend == "nats":
-        storage = options.pop("storage", "file")
-        if storage not in ("file", "memory"):
-            raise ConfigurationError(
-                f"{role} URL {shown!r}: storage must be 'file' or 'memory', got {storage!r}"
-            )
-        replicas = _replicas_option(options.pop("replicas", "1"), role, shown)
-        if options:
-            raise ConfigurationError(
-                f"{role} URL {shown!r}: unknown option(s) {sorted(options)}; a nats:// URL takes "
-                f"{', '.join(_NATS_OPTIONS)} (pass a NatsConnection for anything else)"
-            )
-        _check_nats_servers(base, role, shown)
-        address = base
-    else:
+    # The backend's own options (NATS: storage, replicas, the server list), else the client's.
+    own = getattr(_opener(backend), "url_options", None)
+    extra: dict[str, Any] = own(base, options, role, shown) if own is not None else {}
+    address = extra.pop("address", None)
+    if address is None:
         address = base + (f"?{urlencode(options)}" if options else "")
         try:
             urlsplit(base).port  # noqa: B018 - raises on a malformed port
         except ValueError as exc:
             raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-    return BackendUrl(
-        url, backend, address, prefix=prefix, storage=storage, max_payload=max_payload, replicas=replicas
-    )
-
-
-def _check_nats_servers(base: str, role: str, shown: str) -> None:
-    """Each server of a (comma-separated) NATS URL has a host and a valid port, nats:// or tls://."""
-    for server in base.split(","):
-        server = server.strip()
-        probe = server if "://" in server else f"nats://{server}"
-        try:
-            parts = urlsplit(probe)
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError as exc:
-            raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-        if parts.scheme.lower() not in ("nats", "tls") or not parts.hostname:
-            raise ConfigurationError(
-                f"{role} URL {shown!r}: {redact_url(server)!r} is not a NATS server; list servers as "
-                "nats://host:port (or tls://), separated by commas: nats://n1:4222,nats://n2:4222"
-            )
-
-
-def _replicas_option(text: str, role: str, shown: str) -> int:
-    """The ``replicas=`` option of a NATS URL, checked (1-5)."""
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_REPLICAS:
-        raise ConfigurationError(
-            f"{role} URL {shown!r}: replicas must be a whole number from 1 to {_MAX_REPLICAS}, got {text!r}; "
-            "use replicas=3 on a 3-node JetStream cluster, 1 on a single server"
-        )
-    return int(text)
+    return BackendUrl(url, backend, address, prefix=prefix, max_payload=max_payload, **extra)
 
 
 def _max_payload_option(value: str | None, role: str, shown: str) -> int | None:

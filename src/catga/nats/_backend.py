@@ -7,10 +7,12 @@ streams and buckets come from :func:`catga.backends.nats_layout` of the URL's ``
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from catga._urls import redact_url
 from catga.backends import nats_layout
-from catga.nats.connection import NatsConnection
+from catga.errors import ConfigurationError
+from catga.nats.connection import MAX_REPLICAS, NatsConnection
 from catga.nats.dead_letter import NatsDeadLetterQueue
 from catga.nats.event_store import NatsEventStore
 from catga.nats.idempotency import NatsIdempotencyStore
@@ -23,6 +25,46 @@ if TYPE_CHECKING:
 
 ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
 LOCK_RANK = 0  # a lock on the shared connection: preferred over a PostgreSQL pool
+_OPTIONS = ("prefix", "storage", "max_payload", "replicas")
+
+
+def url_options(base: str, options: dict[str, str], role: str, shown: str) -> dict[str, Any]:
+    """Check the servers of ``base`` and take ``storage`` and ``replicas`` out of ``options``.
+
+    Returns:
+        ``address`` (the server list, without options), ``storage`` and ``replicas``.
+
+    Raises:
+        ConfigurationError: a bad storage or replicas value, an unknown option, a malformed server.
+    """
+    storage = options.pop("storage", "file")
+    if storage not in ("file", "memory"):
+        raise ConfigurationError(f"{role} URL {shown!r}: storage must be 'file' or 'memory', got {storage!r}")
+    text = options.pop("replicas", "1")
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_REPLICAS:
+        raise ConfigurationError(
+            f"{role} URL {shown!r}: replicas must be a whole number from 1 to {MAX_REPLICAS}, got {text!r}; "
+            "use replicas=3 on a 3-node JetStream cluster, 1 on a single server"
+        )
+    if options:
+        raise ConfigurationError(
+            f"{role} URL {shown!r}: unknown option(s) {sorted(options)}; a nats:// URL takes "
+            f"{', '.join(_OPTIONS)} (pass a NatsConnection for anything else)"
+        )
+    for server in base.split(","):
+        server = server.strip()
+        probe = server if "://" in server else f"nats://{server}"
+        try:
+            parts = urlsplit(probe)
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
+        if parts.scheme.lower() not in ("nats", "tls") or not parts.hostname:
+            raise ConfigurationError(
+                f"{role} URL {shown!r}: {redact_url(server)!r} is not a NATS server; list servers as "
+                "nats://host:port (or tls://), separated by commas: nats://n1:4222,nats://n2:4222"
+            )
+    return {"address": base, "storage": storage, "replicas": int(text)}
 
 
 async def connection(b: Backends, spec: BackendUrl) -> NatsConnection:
