@@ -39,6 +39,11 @@ app stops. Until then the app hands out *late-bound* proxies (:class:`LateEventS
 ``Repository(app.store, Order)`` can be written at import time; once bound, a proxy's methods are the
 real object's bound methods (no extra call per operation).
 
+Each scheme is one :func:`register_backend` line here; what a URL builds lives in the backend's own
+opener module, ``catga.<backend>._backend`` (one async function per role, ``transport``, ``store``,
+``idempotency_store``, ``outbox``, plus ``worker_id_lock``, ``LOCK_RANK`` and, optionally,
+``url_options`` for options of its own), so adding a backend touches its folder and one line here.
+
 For anything a URL cannot say (an SSL context, a custom stream name, tuning), build the backend object
 yourself and pass it instead of the URL.
 """
