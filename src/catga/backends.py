@@ -96,7 +96,6 @@ _log = logging.getLogger("catga.app")
 
 T = TypeVar("T")
 M = TypeVar("M")
-L = TypeVar("L", bound="_Late[Any]")
 
 #: The roles a URL can fill, as the ``App(...)`` arguments name them.
 ROLES = ("transport", "store", "idempotency_store", "outbox")
@@ -340,7 +339,14 @@ class Backends:
             import_backend(spec.backend)
         return spec
 
-    def _defer(self, role: str, spec: BackendUrl, late: L) -> L:
+    def _for(self, role: str, value: object, memory: Callable[[], Any]) -> Any:
+        """``value`` itself (an object, or None), ``memory()`` for ``memory://``, a proxy for a URL."""
+        spec = self._spec(role, value)
+        if spec is None:
+            return value
+        if spec.backend == "memory":
+            return memory()
+        late = _LATE[role](_WHAT[role], spec.url)
         self._late.append((spec, role, late))
         return late
 
@@ -350,12 +356,8 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        spec = self._spec("transport", value)
-        if spec is None:
-            return value  # type: ignore[return-value]  # a transport object, or None
-        if spec.backend == "memory":
-            return None
-        return self._defer("transport", spec, LateTransport("transport", spec.url))
+        transport: Transport | None = self._for("transport", value, lambda: None)
+        return transport
 
     def store_for(self, value: object) -> EventStore:
         """The app's event store for ``value``: memory for None/``memory://``, a proxy for a URL, else it.
@@ -363,12 +365,12 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        spec = self._spec("store", value)
-        if spec is None and value is not None:
-            return value  # type: ignore[return-value]  # an event store object
-        if spec is None or spec.backend == "memory":
-            return MemoryEventStore(registry=self.registry, max_payload=self.max_payload)
-        return self._defer("store", spec, LateEventStore("event store", spec.url))
+        store: EventStore = self._for(
+            "store",
+            "memory://" if value is None else value,
+            lambda: MemoryEventStore(registry=self.registry, max_payload=self.max_payload),
+        )
+        return store
 
     def idempotency_store_for(self, value: object) -> IdempotencyStore:
         """Like :meth:`store_for`, for the idempotency store.
@@ -376,12 +378,10 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        spec = self._spec("idempotency_store", value)
-        if spec is None and value is not None:
-            return value  # type: ignore[return-value]  # an idempotency store object
-        if spec is None or spec.backend == "memory":
-            return MemoryIdempotencyStore()
-        return self._defer("idempotency_store", spec, LateIdempotencyStore("idempotency store", spec.url))
+        store: IdempotencyStore = self._for(
+            "idempotency_store", "memory://" if value is None else value, MemoryIdempotencyStore
+        )
+        return store
 
     def outbox_for(self, value: object) -> OutboxStore | None:
         """Like :meth:`store_for`, for the outbox; None when ``value`` is None (no outbox).
@@ -389,14 +389,8 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        if value is None:
-            return None
-        spec = self._spec("outbox", value)
-        if spec is None:
-            return value  # type: ignore[return-value]  # an outbox store object
-        if spec.backend == "memory":
-            return MemoryOutboxStore()
-        return self._defer("outbox", spec, LateOutboxStore("outbox", spec.url))
+        outbox: OutboxStore | None = self._for("outbox", value, MemoryOutboxStore)
+        return outbox
 
     def manages(self, obj: object) -> bool:
         """True if ``obj`` is a proxy handed out by this object (opened and closed by it)."""
@@ -589,3 +583,11 @@ class LateTransport(_Late[Transport]):
     """A :class:`~catga.protocols.Transport` the app opens at start."""
 
     _methods = ("publish", "publish_batch", "send", "subscribe", "publish_raw", "replay", "request", "serve")
+
+
+_LATE: dict[str, type[_Late[Any]]] = {
+    "transport": LateTransport,
+    "store": LateEventStore,
+    "idempotency_store": LateIdempotencyStore,
+    "outbox": LateOutboxStore,
+}
