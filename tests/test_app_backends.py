@@ -155,9 +155,13 @@ async def test_a_backend_registers_its_scheme_with_one_line(
     async with app:
         opened = sys.modules["fakebackend._backend"].OPENED
         assert opened == ["fake://h:1/x"]
-        await app.outbox.add([])  # type: ignore[union-attr]  # bound to the real store
+        outbox: Any = app.outbox
+        assert outbox.add == outbox.target.add  # the real store's bound method: no extra call
+        await outbox.add([])
         assert await app.backends.worker_id_lock() is None  # the backend offers no lock
     assert not app.backends.connections
+    with pytest.raises(ConfigurationError, match=r"the outbox 'fake://h:1/x\?prefix=p' is not open"):
+        await outbox.add([])
 
 
 def test_parse_url_splits_catga_options_from_the_clients() -> None:
