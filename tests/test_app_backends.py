@@ -113,6 +113,57 @@ def test_an_unknown_scheme_names_the_supported_ones(url: str, what: str) -> None
         assert scheme in message
 
 
+def test_a_postgres_url_fills_only_the_idempotency_store_and_the_outbox() -> None:
+    url = "postgresql://u:secret@127.0.0.1:1/db?sslmode=disable"
+    spec = parse_url(url, "outbox")
+    assert (spec.backend, spec.address) == ("postgres", url)  # the client gets the URL as given
+    for role in ("transport", "store", "--store (CATGA_STORE)"):
+        with pytest.raises(ConfigurationError, match="unsupported scheme 'postgresql'") as info:
+            parse_url(url, role)
+        assert "postgresql://" not in str(info.value).split(": use one of ")[1]
+        assert "secret" not in str(info.value)
+    with pytest.raises(ConfigurationError, match="postgresql://"):
+        parse_url("x://y", "outbox")
+
+
+_FAKE_BACKEND = """
+from catga.memory import MemoryOutboxStore
+
+LOCK_RANK = 0
+OPENED = []
+
+
+async def outbox(backends, spec):
+    OPENED.append(spec.address)
+    return MemoryOutboxStore()
+"""
+
+
+async def test_a_backend_registers_its_scheme_with_one_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fakebackend").mkdir()
+    (tmp_path / "fakebackend" / "__init__.py").write_text("")
+    (tmp_path / "fakebackend" / "_backend.py").write_text(_FAKE_BACKEND)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for table in ("SCHEMES", "_PACKAGES", "_BACKEND_ROLES", "_OWN_OPTIONS"):
+        monkeypatch.setattr(backends, table, dict(getattr(backends, table)))
+    backends.register_backend("fake", "fake", package="fakebackend", roles=("outbox",))
+    with pytest.raises(ConfigurationError, match="unsupported scheme 'fake'"):
+        catga.App(transport="fake://h")
+    app = catga.App(outbox="fake://h:1/x?prefix=p")
+    async with app:
+        opened = sys.modules["fakebackend._backend"].OPENED
+        assert opened == ["fake://h:1/x"]
+        outbox: Any = app.outbox
+        assert outbox.add == outbox.target.add  # the real store's bound method: no extra call
+        await outbox.add([])
+        assert await app.backends.worker_id_lock() is None  # the backend offers no lock
+    assert not app.backends.connections
+    with pytest.raises(ConfigurationError, match=r"the outbox 'fake://h:1/x\?prefix=p' is not open"):
+        await outbox.add([])
+
+
 def test_parse_url_splits_catga_options_from_the_clients() -> None:
     spec = parse_url("nats://u:secret@h1:4222,nats://h2:4222?prefix=shop&storage=memory", "store")
     assert (spec.backend, spec.address, spec.prefix, spec.storage) == (
@@ -568,5 +619,6 @@ def test_backends_all_lists_what_the_module_defines() -> None:
         and (isinstance(v, type) or inspect.isfunction(v))
         and v.__module__ == backends.__name__
     }
-    assert defined | {"redact_url"} == set(backends.__all__) - {"SCHEMES"}  # redact_url: from catga._urls
+    # redact_url: from catga._urls
+    assert defined | {"redact_url"} == set(backends.__all__) - {"SCHEMES", "ROLES"}
     assert Backends().connections == ()

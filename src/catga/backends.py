@@ -39,6 +39,11 @@ app stops. Until then the app hands out *late-bound* proxies (:class:`LateEventS
 ``Repository(app.store, Order)`` can be written at import time; once bound, a proxy's methods are the
 real object's bound methods (no extra call per operation).
 
+Each scheme is one :func:`register_backend` line here; what a URL builds lives in the backend's own
+opener module, ``catga.<backend>._backend`` (one async function per role, ``transport``, ``store``,
+``idempotency_store``, ``outbox``, plus ``worker_id_lock``, ``LOCK_RANK`` and, optionally,
+``url_options`` for options of its own), so adding a backend touches its folder and one line here.
+
 For anything a URL cannot say (an SSL context, a custom stream name, tuning), build the backend object
 yourself and pass it instead of the URL.
 """
@@ -47,7 +52,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from types import ModuleType
@@ -60,18 +65,10 @@ from catga.errors import ConfigurationError
 from catga.memory.event_store import MemoryEventStore
 from catga.memory.idempotency import MemoryIdempotencyStore
 from catga.memory.outbox import MemoryOutboxStore
-from catga.messages import Metadata, QoS
 from catga.protocols import (
-    ANY,
-    Claim,
-    DeadLetter,
     EventStore,
     IdempotencyStore,
-    OutboxMessage,
-    OutboxStatus,
     OutboxStore,
-    StoredEvent,
-    Subscription,
     Transport,
 )
 
@@ -87,7 +84,9 @@ __all__ = (
     "LateOutboxStore",
     "LateTransport",
     "NatsLayout",
+    "ROLES",
     "import_backend",
+    "register_backend",
     "nats_layout",
     "parse_url",
     "redact_url",
@@ -97,20 +96,64 @@ _log = logging.getLogger("catga.app")
 
 T = TypeVar("T")
 M = TypeVar("M")
-L = TypeVar("L", bound="_Late[Any]")
 
-#: URL scheme → backend package.
-SCHEMES: Mapping[str, str] = {
-    "memory": "memory",
-    "nats": "nats",
-    "tls": "nats",
-    "redis": "redis",
-    "rediss": "redis",
-}
-_SUPPORTED = "memory://, nats://, tls://, redis://, rediss://"
+#: The roles a URL can fill, as the ``App(...)`` arguments name them.
+ROLES = ("transport", "store", "idempotency_store", "outbox")
+
+#: URL scheme → backend name (see :func:`register_backend`).
+SCHEMES: dict[str, str] = {}
+_PACKAGES: dict[str, str] = {}  # backend name → its package
+_BACKEND_ROLES: dict[str, frozenset[str]] = {}  # backend name → the roles its URLs can fill
+_OWN_OPTIONS: dict[str, bool] = {}  # backend name → catga's options are parsed out of its URLs
+
+
+def register_backend(
+    scheme: str,
+    backend: str,
+    *,
+    package: str | None = None,
+    roles: Sequence[str] = ROLES,
+    url_options: bool = True,
+) -> None:
+    """Make URLs ``scheme://...`` build the ``backend`` backend (no import happens here).
+
+    What a URL builds comes from the opener module ``<package>._backend`` (see :class:`Backends`),
+    imported the first time a URL names the backend.
+
+    Args:
+        scheme: the URL scheme (lower case).
+        backend: the backend's name, ``catga.<backend>`` unless ``package`` says otherwise.
+        package: the backend's package (its missing dependency becomes a ``pip install`` hint).
+        roles: which of :data:`ROLES` its URLs can fill; other roles reject the scheme.
+        url_options: True: catga's ``prefix`` / ``max_payload`` options are taken out of the URL;
+            False: the URL goes to the client as given.
+    """
+    SCHEMES[scheme] = backend
+    _PACKAGES[backend] = package or f"catga.{backend}"
+    _BACKEND_ROLES[backend] = frozenset(roles)
+    _OWN_OPTIONS[backend] = url_options
+
+
+register_backend("memory", "memory")
+register_backend("nats", "nats")
+register_backend("tls", "nats")
+register_backend("redis", "redis")
+register_backend("rediss", "redis")
+register_backend("postgresql", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
+register_backend("postgres", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
+
+
+def _fills(backend: str, role: str) -> bool:
+    """True if ``backend`` URLs can fill ``role`` (any other role name: the transport and the store)."""
+    roles = _BACKEND_ROLES[backend]
+    return role in roles if role in ROLES else {"transport", "store"} <= roles
+
+
+def _supported(role: str) -> str:
+    return ", ".join(f"{scheme}://" for scheme, backend in SCHEMES.items() if _fills(backend, role))
+
+
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
-_MAX_REPLICAS = 5  # catga.nats.connection.MAX_REPLICAS (not imported: catga.nats is optional)
-_NATS_OPTIONS = ("prefix", "storage", "max_payload", "replicas")
 
 
 @dataclass(frozen=True)
@@ -156,17 +199,17 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
     scheme = url.split("://", 1)[0].lower() if "://" in url else url.lower()
     if "://" not in url and scheme != "memory":
         raise ConfigurationError(
-            f"{role} {shown!r} is not a URL: use one of {_SUPPORTED} with a host "
+            f"{role} {shown!r} is not a URL: use one of {_supported(role)} with a host "
             "(e.g. nats://127.0.0.1:4222), or pass a backend object built yourself"
         )
     backend = SCHEMES.get(scheme)
-    if backend is None:
+    if backend is None or not _fills(backend, role):
         raise ConfigurationError(
-            f"{role} URL {shown!r} has an unsupported scheme {scheme!r}: use one of {_SUPPORTED} "
+            f"{role} URL {shown!r} has an unsupported scheme {scheme!r}: use one of {_supported(role)} "
             "(or pass a backend object built yourself)"
         )
-    if backend == "memory":
-        return BackendUrl(url, "memory", url)
+    if backend == "memory" or not _OWN_OPTIONS[backend]:
+        return BackendUrl(url, backend, url)
     base, _, query = url.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True))
     prefix = options.pop("prefix", "catga")
@@ -175,57 +218,17 @@ def parse_url(url: object, role: str = "backend") -> BackendUrl:
             f"{role} URL {shown!r}: invalid prefix {prefix!r}; use 1-64 letters, digits, '_' or '-'"
         )
     max_payload = _max_payload_option(options.pop("max_payload", None), role, shown)
-    storage, replicas = "file", 1
-    if backend == "nats":
-        storage = options.pop("storage", "file")
-        if storage not in ("file", "memory"):
-            raise ConfigurationError(
-                f"{role} URL {shown!r}: storage must be 'file' or 'memory', got {storage!r}"
-            )
-        replicas = _replicas_option(options.pop("replicas", "1"), role, shown)
-        if options:
-            raise ConfigurationError(
-                f"{role} URL {shown!r}: unknown option(s) {sorted(options)}; a nats:// URL takes "
-                f"{', '.join(_NATS_OPTIONS)} (pass a NatsConnection for anything else)"
-            )
-        _check_nats_servers(base, role, shown)
-        address = base
-    else:
+    # The backend's own options (NATS: storage, replicas, the server list), else the client's.
+    own = getattr(_opener(backend), "url_options", None)
+    extra: dict[str, Any] = own(base, options, role, shown) if own is not None else {}
+    address = extra.pop("address", None)
+    if address is None:
         address = base + (f"?{urlencode(options)}" if options else "")
         try:
             urlsplit(base).port  # noqa: B018 - raises on a malformed port
         except ValueError as exc:
             raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-    return BackendUrl(
-        url, backend, address, prefix=prefix, storage=storage, max_payload=max_payload, replicas=replicas
-    )
-
-
-def _check_nats_servers(base: str, role: str, shown: str) -> None:
-    """Each server of a (comma-separated) NATS URL has a host and a valid port, nats:// or tls://."""
-    for server in base.split(","):
-        server = server.strip()
-        probe = server if "://" in server else f"nats://{server}"
-        try:
-            parts = urlsplit(probe)
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError as exc:
-            raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-        if parts.scheme.lower() not in ("nats", "tls") or not parts.hostname:
-            raise ConfigurationError(
-                f"{role} URL {shown!r}: {redact_url(server)!r} is not a NATS server; list servers as "
-                "nats://host:port (or tls://), separated by commas: nats://n1:4222,nats://n2:4222"
-            )
-
-
-def _replicas_option(text: str, role: str, shown: str) -> int:
-    """The ``replicas=`` option of a NATS URL, checked (1-5)."""
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_REPLICAS:
-        raise ConfigurationError(
-            f"{role} URL {shown!r}: replicas must be a whole number from 1 to {_MAX_REPLICAS}, got {text!r}; "
-            "use replicas=3 on a 3-node JetStream cluster, 1 on a single server"
-        )
-    return int(text)
+    return BackendUrl(url, backend, address, prefix=prefix, max_payload=max_payload, **extra)
 
 
 def _max_payload_option(value: str | None, role: str, shown: str) -> int | None:
@@ -246,7 +249,7 @@ def import_backend(backend: str) -> ModuleType:
         ConfigurationError: the backend's client library is not installed (says what to install).
     """
     try:
-        return import_module(f"catga.{backend}")
+        return import_module(_PACKAGES.get(backend, f"catga.{backend}"))
     except ImportError as exc:
         missing = getattr(exc, "name", None) or "its client library"
         if missing.startswith("catga"):
@@ -284,9 +287,23 @@ def nats_layout(prefix: str = "catga") -> NatsLayout:
 # --------------------------------------------------------------------------------------------------
 # Opening and sharing connections
 
+_WHAT = {
+    "transport": "transport",
+    "store": "event store",
+    "idempotency_store": "idempotency store",
+    "outbox": "outbox",
+}
+
 
 class Backends:
     """Builds backends from URLs, one connection per server, and closes what it opened.
+
+    What a URL builds comes from its backend's opener module (``catga.<backend>._backend``, see
+    :func:`register_backend`): one async function per role (``transport``, ``store``,
+    ``idempotency_store``, ``outbox``), each ``(backends, spec) -> object``, plus
+    ``worker_id_lock(backends, spec, opened) -> (description, lock)`` and ``LOCK_RANK`` (lower is
+    preferred). Openers share connections through :meth:`shared` and register extra objects to
+    close through :meth:`track`.
 
     Args:
         name: the client connection name shown by the servers.
@@ -309,7 +326,7 @@ class Backends:
         self.max_payload = check_max_payload(max_payload)
         self._connections: dict[tuple[str, str], Any] = {}
         self._opened: list[tuple[str, Any]] = []
-        self._late: list[tuple[BackendUrl, _Late[Any], Callable[[BackendUrl], Awaitable[Any]]]] = []
+        self._late: list[tuple[BackendUrl, str, _Late[Any]]] = []
 
     # -- what the app hands out --------------------------------------------------------------------
 
@@ -322,8 +339,15 @@ class Backends:
             import_backend(spec.backend)
         return spec
 
-    def _defer(self, spec: BackendUrl, late: L, opener: Callable[[BackendUrl], Awaitable[Any]]) -> L:
-        self._late.append((spec, late, opener))
+    def _for(self, role: str, value: object, memory: Callable[[], Any]) -> Any:
+        """``value`` itself (an object, or None), ``memory()`` for ``memory://``, a proxy for a URL."""
+        spec = self._spec(role, value)
+        if spec is None:
+            return value
+        if spec.backend == "memory":
+            return memory()
+        late = _LATE[role](_WHAT[role], spec.url)
+        self._late.append((spec, role, late))
         return late
 
     def transport_for(self, value: object) -> Transport | None:
@@ -332,12 +356,8 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        spec = self._spec("transport", value)
-        if spec is None:
-            return value  # type: ignore[return-value]  # a transport object, or None
-        if spec.backend == "memory":
-            return None
-        return self._defer(spec, LateTransport("transport", spec.url), self.transport)
+        transport: Transport | None = self._for("transport", value, lambda: None)
+        return transport
 
     def store_for(self, value: object) -> EventStore:
         """The app's event store for ``value``: memory for None/``memory://``, a proxy for a URL, else it.
@@ -345,12 +365,12 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        spec = self._spec("store", value)
-        if spec is None and value is not None:
-            return value  # type: ignore[return-value]  # an event store object
-        if spec is None or spec.backend == "memory":
-            return MemoryEventStore(registry=self.registry, max_payload=self.max_payload)
-        return self._defer(spec, LateEventStore("event store", spec.url), self.event_store)
+        store: EventStore = self._for(
+            "store",
+            "memory://" if value is None else value,
+            lambda: MemoryEventStore(registry=self.registry, max_payload=self.max_payload),
+        )
+        return store
 
     def idempotency_store_for(self, value: object) -> IdempotencyStore:
         """Like :meth:`store_for`, for the idempotency store.
@@ -358,15 +378,10 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        pg = _postgres_spec("idempotency_store", value)
-        if pg is not None:
-            return self._defer(pg, LateIdempotencyStore("idempotency store", pg.url), self.idempotency_store)
-        spec = self._spec("idempotency_store", value)
-        if spec is None and value is not None:
-            return value  # type: ignore[return-value]  # an idempotency store object
-        if spec is None or spec.backend == "memory":
-            return MemoryIdempotencyStore()
-        return self._defer(spec, LateIdempotencyStore("idempotency store", spec.url), self.idempotency_store)
+        store: IdempotencyStore = self._for(
+            "idempotency_store", "memory://" if value is None else value, MemoryIdempotencyStore
+        )
+        return store
 
     def outbox_for(self, value: object) -> OutboxStore | None:
         """Like :meth:`store_for`, for the outbox; None when ``value`` is None (no outbox).
@@ -374,21 +389,12 @@ class Backends:
         Raises:
             ConfigurationError: a bad URL or a missing optional dependency.
         """
-        if value is None:
-            return None
-        pg = _postgres_spec("outbox", value)
-        if pg is not None:
-            return self._defer(pg, LateOutboxStore("outbox", pg.url), self.outbox_store)
-        spec = self._spec("outbox", value)
-        if spec is None:
-            return value  # type: ignore[return-value]  # an outbox store object
-        if spec.backend == "memory":
-            return MemoryOutboxStore()
-        return self._defer(spec, LateOutboxStore("outbox", spec.url), self.outbox_store)
+        outbox: OutboxStore | None = self._for("outbox", value, MemoryOutboxStore)
+        return outbox
 
     def manages(self, obj: object) -> bool:
         """True if ``obj`` is a proxy handed out by this object (opened and closed by it)."""
-        return any(late is obj for _, late, _ in self._late)
+        return any(late is obj for _, _, late in self._late)
 
     async def open(self) -> None:
         """Open what the proxies stand for and bind them (idempotent while open).
@@ -397,10 +403,10 @@ class Backends:
             BackendUnavailableError: a server cannot be reached.
             ConfigurationError: a server refused the credentials or the configuration.
         """
-        for spec, late, opener in self._late:
+        for spec, role, late in self._late:
             if not late.bound:
-                late.bind(await opener(spec))
-                if spec.backend == "nats" and spec.storage == "memory":
+                late.bind(await self.build(role, spec))
+                if spec.storage == "memory":
                     _log.warning(
                         "%s %s keeps its NATS streams on memory storage: a nats-server restart loses "
                         "every message in them, acknowledged or not; drop storage=memory for anything "
@@ -410,7 +416,7 @@ class Backends:
                     )
 
     async def _unbind(self) -> None:
-        for _, late, _ in self._late:
+        for _, _, late in self._late:
             late.unbind()
 
     # -- opening -------------------------------------------------------------------------------------
@@ -420,136 +426,34 @@ class Backends:
         """The connections opened so far (NatsConnection / RedisClient objects)."""
         return tuple(self._connections.values())
 
-    def _track(self, what: str, obj: T) -> T:
+    def track(self, what: str, obj: T) -> T:
+        """Close ``obj`` (its ``aclose()``) with the backends, after what was opened later."""
         self._opened.append((what, obj))
         return obj
 
-    async def _nats(self, spec: BackendUrl) -> Any:
-        key = ("nats", spec.address)
+    async def shared(self, key: tuple[str, str], what: str, connect: Callable[[], Awaitable[T]]) -> T:
+        """The connection ``key`` names, opened by ``connect()`` on first use, then shared and closed last."""
         conn = self._connections.get(key)
         if conn is None:
-            import_backend("nats")
-            from catga.nats import NatsConnection
-
-            conn = await NatsConnection.connect(
-                spec.address, name=self.name, connect_timeout=self.timeout, timeout=self.timeout
-            )
-            self._connections[key] = self._track(f"NATS connection {redact_url(spec.address)}", conn)
+            conn = self._connections[key] = self.track(what, await connect())
         return conn
 
-    async def _redis(self, spec: BackendUrl) -> Any:
-        key = ("redis", f"{spec.address}#{spec.prefix}")
-        client = self._connections.get(key)
-        if client is None:
-            import_backend("redis")
-            from catga.redis import RedisClient
+    async def build(self, role: str, spec: BackendUrl) -> Any:
+        """Open the ``role`` (``transport``, ``store``, ``idempotency_store``, ``outbox``) ``spec`` names.
 
-            client = RedisClient.from_url(
-                spec.address, prefix=spec.prefix, timeout=self.timeout, connect_timeout=self.timeout
-            )
-            self._connections[key] = self._track(f"Redis client {redact_url(spec.address)}", client)
-            await client.ping()  # connect now: a wrong URL fails at start, not at the first message
-            from catga.redis._durability import log_durability
-
-            await log_durability(client, logging.getLogger("catga.redis"))  # WARNING if it can lose data
-        return client
-
-    async def event_store(self, spec: BackendUrl) -> EventStore:
-        """Open the event store ``spec`` names (NATS or Redis)."""
-        if spec.backend == "nats":
-            from catga.nats import NatsEventStore
-
-            layout = nats_layout(spec.prefix)
-            nats_store = NatsEventStore(
-                await self._nats(spec),
-                stream=layout.events_stream,
-                prefix=layout.events_subjects,
-                registry=self.registry,
-                storage=spec.storage,
-                replicas=spec.replicas,
-            )
-            return self._track(f"event store {spec}", nats_store)
-        from catga.redis import RedisEventStore
-
-        redis_store = RedisEventStore(
-            await self._redis(spec), registry=self.registry, max_payload=spec.max_payload or self.max_payload
-        )
-        return self._track(f"event store {spec}", redis_store)
+        Raises:
+            ConfigurationError: the backend does not provide ``role``, or refused the configuration.
+            BackendUnavailableError, BackendTimeoutError: the server failed.
+        """
+        opener = getattr(_opener(spec.backend), role, None)
+        if opener is None:
+            raise ConfigurationError(f"the {spec.backend} backend has no {_WHAT.get(role, role)}: {spec}")
+        return self.track(f"{_WHAT.get(role, role)} {spec}", await opener(self, spec))
 
     async def transport(self, spec: BackendUrl) -> Transport:
         """Open the transport ``spec`` names, with a dead-letter queue on the same server."""
-        if spec.backend == "nats":
-            from catga.nats import NatsDeadLetterQueue, NatsTransport
-
-            conn, layout = await self._nats(spec), nats_layout(spec.prefix)
-            dlq = self._track(
-                f"dead letters {spec}",
-                NatsDeadLetterQueue(
-                    conn, bucket=layout.dead_letter_bucket, storage=spec.storage, replicas=spec.replicas
-                ),
-            )
-            nats_transport = NatsTransport(
-                conn,
-                registry=self.registry,
-                prefix=layout.transport_prefix,
-                dead_letters=dlq,
-                storage="memory" if spec.storage == "memory" else "file",
-                replicas=spec.replicas,
-                timeout=self.timeout,
-                max_payload=spec.max_payload or self.max_payload,
-            )
-            return self._track(f"transport {spec}", nats_transport)
-        from catga.redis import RedisDeadLetterQueue, RedisTransport
-
-        client = await self._redis(spec)
-        dead_letters = self._track(f"dead letters {spec}", RedisDeadLetterQueue(client))
-        redis_transport = RedisTransport(
-            client,
-            registry=self.registry,
-            dead_letters=dead_letters,
-            max_payload=spec.max_payload or self.max_payload,
-        )
-        return self._track(f"transport {spec}", redis_transport)
-
-    async def idempotency_store(self, spec: BackendUrl) -> IdempotencyStore:
-        """Open the idempotency store ``spec`` names (NATS, Redis, or PostgreSQL: ``catga_idempotency``)."""
-        if spec.backend == "postgres":
-            from catga.postgres import PostgresIdempotencyStore
-
-            pg_idem = await PostgresIdempotencyStore.connect(spec.address, timeout=self.timeout)
-            return self._track(f"idempotency store {spec}", pg_idem)
-        if spec.backend == "nats":
-            from catga.nats import NatsIdempotencyStore
-
-            bucket = nats_layout(spec.prefix).idempotency_bucket
-            nats_idem = NatsIdempotencyStore(
-                await self._nats(spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
-            )
-            return self._track(f"idempotency store {spec}", nats_idem)
-        from catga.redis import RedisIdempotencyStore
-
-        redis_idem = RedisIdempotencyStore(await self._redis(spec))
-        return self._track(f"idempotency store {spec}", redis_idem)
-
-    async def outbox_store(self, spec: BackendUrl) -> OutboxStore:
-        """Open the outbox store ``spec`` names (NATS, Redis, or PostgreSQL: table ``catga_outbox``)."""
-        if spec.backend == "postgres":
-            from catga.postgres import PostgresOutboxStore
-
-            pg_outbox = await PostgresOutboxStore.connect(spec.address, timeout=self.timeout)
-            return self._track(f"outbox {spec}", pg_outbox)
-        if spec.backend == "nats":
-            from catga.nats import NatsOutboxStore
-
-            bucket = nats_layout(spec.prefix).outbox_bucket
-            nats_outbox = NatsOutboxStore(
-                await self._nats(spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
-            )
-            return self._track(f"outbox {spec}", nats_outbox)
-        from catga.redis import RedisOutboxStore
-
-        redis_outbox = RedisOutboxStore(await self._redis(spec))
-        return self._track(f"outbox {spec}", redis_outbox)
+        transport: Transport = await self.build("transport", spec)
+        return transport
 
     async def worker_id_lock(self) -> tuple[str, Any] | None:
         """A distributed lock to lease worker ids through: on the first NATS or Redis backend the
@@ -565,39 +469,13 @@ class Backends:
                 privilege); the message says how to create it or hand out worker ids instead.
             BackendUnavailableError, BackendTimeoutError: the server failed.
         """
-        for spec, _, _ in self._late:
-            if spec.backend == "nats":
-                from catga.nats import NatsLock
-
-                conn, bucket = await self._nats(spec), nats_layout(spec.prefix).locks_bucket
-                lock = NatsLock(conn, bucket=bucket, storage=spec.storage, replicas=spec.replicas)
-                return f"NATS {redact_url(spec.address)}", self._track(f"worker id lock {spec}", lock)
-            if spec.backend == "redis":
-                from catga.redis import RedisLock
-
-                redis_lock = RedisLock(await self._redis(spec))
-                return f"Redis {redact_url(spec.address)}", self._track(f"worker id lock {spec}", redis_lock)
-        for spec, late, _ in self._late:
-            if spec.backend == "postgres":
-                return await self._postgres_lock(spec, late.target.pool)
+        ranked = sorted(self._late, key=lambda entry: getattr(_opener(entry[0].backend), "LOCK_RANK", 0))
+        for spec, _, late in ranked:
+            opener = getattr(_opener(spec.backend), "worker_id_lock", None)
+            if opener is not None:
+                where, lock = await opener(self, spec, late.target)
+                return where, self.track(f"worker id lock {spec}", lock)
         return None
-
-    async def _postgres_lock(self, spec: BackendUrl, pool: Any) -> tuple[str, Any]:
-        """A :class:`~catga.postgres.PostgresLock` on the pool of the store ``spec`` opened (the lock
-        does not close the pool: the store does), its table set up now."""
-        from catga.postgres import PostgresLock
-
-        lock = PostgresLock(pool, timeout=self.timeout)
-        try:
-            await lock.ensure_schema()
-        except ConfigurationError as exc:
-            raise ConfigurationError(
-                f"{exc}. The app leases its Snowflake worker id through table {lock.table} of "
-                f"{spec}: create it (CREATE TABLE {lock.table} (key text PRIMARY KEY, token text, "
-                "fencing bigint NOT NULL, expires_at timestamptz)), or hand out worker ids yourself "
-                "(CATGA_WORKER_ID, or App(worker_id=N))"
-            ) from exc
-        return f"PostgreSQL {spec}", self._track(f"worker id lock {spec}", lock)
 
     def closers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(description, aclose)`` of everything opened, last opened first; forgets them."""
@@ -609,17 +487,10 @@ class Backends:
         return steps
 
 
-def _postgres_spec(role: str, value: object) -> BackendUrl | None:
-    """A ``postgresql://`` / ``postgres://`` URL as a spec (the outbox and idempotency stores take one)."""
-    if not (isinstance(value, str) and value.split("://", 1)[0].lower() in ("postgresql", "postgres")):
-        return None
-    try:
-        import catga.postgres  # noqa: F401 - fail now when asyncpg is missing
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"{role} URL {redact_url(value)!r} needs asyncpg: pip install 'catga[postgres]'"
-        ) from exc
-    return BackendUrl(value, "postgres", value)
+def _opener(backend: str) -> ModuleType:
+    """The opener module of ``backend`` (``<package>._backend``)."""
+    import_backend(backend)
+    return import_module(f"{_PACKAGES.get(backend, f'catga.{backend}')}._backend")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -668,6 +539,20 @@ class _Late(Generic[T]):
         for name in self._methods:
             self.__dict__.pop(name, None)
 
+    def __getattr__(self, name: str) -> Any:
+        """A protocol method while not bound: it calls the target's at call time (or says it is not open).
+
+        Once bound, the target's bound methods sit in the instance dict and this is not called.
+        """
+        if name not in type(self)._methods:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return getattr(self.target, name)(*args, **kwargs)
+
+        forward.__name__ = name
+        return forward
+
     async def aclose(self) -> None:
         """No-op: the app owns and closes the real object."""
 
@@ -681,52 +566,11 @@ class LateEventStore(_Late[EventStore]):
 
     _methods = ("append", "read", "version", "read_all", "subscribe_all")
 
-    async def append(
-        self,
-        stream_id: str,
-        events: Sequence[object],
-        expected_version: int = ANY,
-        *,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int:
-        """See :meth:`EventStore.append <catga.protocols.EventStore.append>`."""
-        return await self.target.append(stream_id, events, expected_version, metadata=metadata)
-
-    async def read(
-        self, stream_id: str, from_version: int = 0, max_count: int | None = None
-    ) -> list[StoredEvent]:
-        """See :meth:`EventStore.read <catga.protocols.EventStore.read>`."""
-        return await self.target.read(stream_id, from_version, max_count)
-
-    async def version(self, stream_id: str) -> int:
-        """See :meth:`EventStore.version <catga.protocols.EventStore.version>`."""
-        return await self.target.version(stream_id)
-
-    async def read_all(self, from_position: int = 1, max_count: int | None = None) -> list[StoredEvent]:
-        """See :meth:`EventStore.read_all <catga.protocols.EventStore.read_all>`."""
-        return await self.target.read_all(from_position, max_count)
-
-    def subscribe_all(self, from_position: int = 1) -> AsyncIterator[StoredEvent]:
-        """See :meth:`EventStore.subscribe_all <catga.protocols.EventStore.subscribe_all>`."""
-        return self.target.subscribe_all(from_position)
-
 
 class LateIdempotencyStore(_Late[IdempotencyStore]):
     """An :class:`~catga.protocols.IdempotencyStore` the app opens at start."""
 
     _methods = ("claim", "complete", "release")
-
-    async def claim(self, key: str, lock_ttl: float = 30.0) -> Claim:
-        """See :meth:`IdempotencyStore.claim <catga.protocols.IdempotencyStore.claim>`."""
-        return await self.target.claim(key, lock_ttl)
-
-    async def complete(self, key: str, result: bytes = b"", ttl: float = 86400.0) -> None:
-        """See :meth:`IdempotencyStore.complete <catga.protocols.IdempotencyStore.complete>`."""
-        await self.target.complete(key, result, ttl)
-
-    async def release(self, key: str) -> None:
-        """See :meth:`IdempotencyStore.release <catga.protocols.IdempotencyStore.release>`."""
-        await self.target.release(key)
 
 
 class LateOutboxStore(_Late[OutboxStore]):
@@ -734,103 +578,16 @@ class LateOutboxStore(_Late[OutboxStore]):
 
     _methods = ("add", "fetch_pending", "mark_published", "mark_failed", "get", "count", "purge_published")
 
-    async def add(self, messages: Sequence[OutboxMessage]) -> None:
-        """See :meth:`OutboxStore.add <catga.protocols.OutboxStore.add>`."""
-        await self.target.add(messages)
-
-    async def fetch_pending(self, limit: int = 100, lease: float = 30.0) -> list[OutboxMessage]:
-        """See :meth:`OutboxStore.fetch_pending <catga.protocols.OutboxStore.fetch_pending>`."""
-        return await self.target.fetch_pending(limit, lease)
-
-    async def mark_published(self, ids: Sequence[str]) -> None:
-        """See :meth:`OutboxStore.mark_published <catga.protocols.OutboxStore.mark_published>`."""
-        await self.target.mark_published(ids)
-
-    async def mark_failed(self, id: str, error: str, retry_at: float | None) -> None:
-        """See :meth:`OutboxStore.mark_failed <catga.protocols.OutboxStore.mark_failed>`."""
-        await self.target.mark_failed(id, error, retry_at)
-
-    async def get(self, id: str) -> OutboxMessage | None:
-        """See :meth:`OutboxStore.get <catga.protocols.OutboxStore.get>`."""
-        return await self.target.get(id)
-
-    async def count(self, status: OutboxStatus = OutboxStatus.PENDING) -> int:
-        """See :meth:`OutboxStore.count <catga.protocols.OutboxStore.count>`."""
-        return await self.target.count(status)
-
-    async def purge_published(self, older_than: float) -> int:
-        """See :meth:`OutboxStore.purge_published <catga.protocols.OutboxStore.purge_published>`."""
-        return await self.target.purge_published(older_than)
-
 
 class LateTransport(_Late[Transport]):
     """A :class:`~catga.protocols.Transport` the app opens at start."""
 
     _methods = ("publish", "publish_batch", "send", "subscribe", "publish_raw", "replay", "request", "serve")
 
-    async def publish(
-        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
-    ) -> None:
-        """See :meth:`Transport.publish <catga.protocols.Transport.publish>`."""
-        await self.target.publish(message, metadata=metadata, destination=destination)
 
-    async def publish_batch(self, messages: Sequence[object], *, destination: str | None = None) -> None:
-        """See :meth:`Transport.publish_batch <catga.protocols.Transport.publish_batch>`."""
-        await self.target.publish_batch(messages, destination=destination)
-
-    async def send(
-        self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
-    ) -> None:
-        """See :meth:`Transport.send <catga.protocols.Transport.send>`."""
-        await self.target.send(message, metadata=metadata, destination=destination)
-
-    async def subscribe(
-        self,
-        message_type: type[M],
-        handler: Callable[[M, Metadata], Awaitable[None]],
-        *,
-        qos: QoS = QoS.AT_LEAST_ONCE,
-        group: str | None = None,
-        destination: str | None = None,
-        max_in_flight: int = 64,
-        max_deliver: int = 5,
-    ) -> Subscription:
-        """See :meth:`Transport.subscribe <catga.protocols.Transport.subscribe>`."""
-        return await self.target.subscribe(
-            message_type,
-            handler,
-            qos=qos,
-            group=group,
-            destination=destination,
-            max_in_flight=max_in_flight,
-            max_deliver=max_deliver,
-        )
-
-    async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
-        """See :meth:`Transport.publish_raw <catga.protocols.Transport.publish_raw>`."""
-        await self.target.publish_raw(destination, body, headers)
-
-    async def replay(self, letter: DeadLetter) -> None:
-        """See :meth:`Transport.replay <catga.protocols.Transport.replay>`."""
-        await self.target.replay(letter)
-
-    async def request(
-        self,
-        destination: str,
-        body: bytes,
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 5.0,
-    ) -> tuple[bytes, dict[str, str]]:
-        """See :meth:`Transport.request <catga.protocols.Transport.request>`."""
-        return await self.target.request(destination, body, headers=headers, timeout=timeout)
-
-    async def serve(
-        self,
-        destination: str,
-        handler: Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]],
-        *,
-        group: str | None = "rpc",
-    ) -> Subscription:
-        """See :meth:`Transport.serve <catga.protocols.Transport.serve>`."""
-        return await self.target.serve(destination, handler, group=group)
+_LATE: dict[str, type[_Late[Any]]] = {
+    "transport": LateTransport,
+    "store": LateEventStore,
+    "idempotency_store": LateIdempotencyStore,
+    "outbox": LateOutboxStore,
+}

@@ -1,0 +1,138 @@
+"""What a ``nats://`` / ``tls://`` URL builds (registered in :mod:`catga.backends`).
+
+Every part of one app shares one :class:`~catga.nats.NatsConnection` per server list; the names of
+streams and buckets come from :func:`catga.backends.nats_layout` of the URL's ``prefix``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from catga._urls import redact_url
+from catga.backends import nats_layout
+from catga.errors import ConfigurationError
+from catga.nats.connection import MAX_REPLICAS, NatsConnection
+from catga.nats.dead_letter import NatsDeadLetterQueue
+from catga.nats.event_store import NatsEventStore
+from catga.nats.idempotency import NatsIdempotencyStore
+from catga.nats.lock import NatsLock
+from catga.nats.outbox import NatsOutboxStore
+from catga.nats.transport import NatsTransport
+
+if TYPE_CHECKING:
+    from catga.backends import Backends, BackendUrl
+
+ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
+LOCK_RANK = 0  # a lock on the shared connection: preferred over a PostgreSQL pool
+_OPTIONS = ("prefix", "storage", "max_payload", "replicas")
+
+
+def url_options(base: str, options: dict[str, str], role: str, shown: str) -> dict[str, Any]:
+    """Check the servers of ``base`` and take ``storage`` and ``replicas`` out of ``options``.
+
+    Returns:
+        ``address`` (the server list, without options), ``storage`` and ``replicas``.
+
+    Raises:
+        ConfigurationError: a bad storage or replicas value, an unknown option, a malformed server.
+    """
+    storage = options.pop("storage", "file")
+    if storage not in ("file", "memory"):
+        raise ConfigurationError(f"{role} URL {shown!r}: storage must be 'file' or 'memory', got {storage!r}")
+    text = options.pop("replicas", "1")
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_REPLICAS:
+        raise ConfigurationError(
+            f"{role} URL {shown!r}: replicas must be a whole number from 1 to {MAX_REPLICAS}, got {text!r}; "
+            "use replicas=3 on a 3-node JetStream cluster, 1 on a single server"
+        )
+    if options:
+        raise ConfigurationError(
+            f"{role} URL {shown!r}: unknown option(s) {sorted(options)}; a nats:// URL takes "
+            f"{', '.join(_OPTIONS)} (pass a NatsConnection for anything else)"
+        )
+    for server in base.split(","):
+        server = server.strip()
+        probe = server if "://" in server else f"nats://{server}"
+        try:
+            parts = urlsplit(probe)
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
+        if parts.scheme.lower() not in ("nats", "tls") or not parts.hostname:
+            raise ConfigurationError(
+                f"{role} URL {shown!r}: {redact_url(server)!r} is not a NATS server; list servers as "
+                "nats://host:port (or tls://), separated by commas: nats://n1:4222,nats://n2:4222"
+            )
+    return {"address": base, "storage": storage, "replicas": int(text)}
+
+
+async def connection(b: Backends, spec: BackendUrl) -> NatsConnection:
+    """The app's connection to the servers ``spec`` names (opened on first use, then shared)."""
+
+    async def connect() -> NatsConnection:
+        return await NatsConnection.connect(
+            spec.address, name=b.name, connect_timeout=b.timeout, timeout=b.timeout
+        )
+
+    conn: NatsConnection = await b.shared(
+        ("nats", spec.address), f"NATS connection {redact_url(spec.address)}", connect
+    )
+    return conn
+
+
+async def transport(b: Backends, spec: BackendUrl) -> NatsTransport:
+    """The transport, with its dead-letter queue (bucket ``<prefix>_dead_letters``)."""
+    conn, layout = await connection(b, spec), nats_layout(spec.prefix)
+    dlq = b.track(
+        f"dead letters {spec}",
+        NatsDeadLetterQueue(
+            conn, bucket=layout.dead_letter_bucket, storage=spec.storage, replicas=spec.replicas
+        ),
+    )
+    return NatsTransport(
+        conn,
+        registry=b.registry,
+        prefix=layout.transport_prefix,
+        dead_letters=dlq,
+        storage="memory" if spec.storage == "memory" else "file",
+        replicas=spec.replicas,
+        timeout=b.timeout,
+        max_payload=spec.max_payload or b.max_payload,
+    )
+
+
+async def store(b: Backends, spec: BackendUrl) -> NatsEventStore:
+    """The event store (stream ``<PREFIX>_EVENTS``)."""
+    layout = nats_layout(spec.prefix)
+    return NatsEventStore(
+        await connection(b, spec),
+        stream=layout.events_stream,
+        prefix=layout.events_subjects,
+        registry=b.registry,
+        storage=spec.storage,
+        replicas=spec.replicas,
+    )
+
+
+async def idempotency_store(b: Backends, spec: BackendUrl) -> NatsIdempotencyStore:
+    """The idempotency store (bucket ``<prefix>_idempotency``)."""
+    bucket = nats_layout(spec.prefix).idempotency_bucket
+    return NatsIdempotencyStore(
+        await connection(b, spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+    )
+
+
+async def outbox(b: Backends, spec: BackendUrl) -> NatsOutboxStore:
+    """The outbox (bucket ``<prefix>_outbox``)."""
+    bucket = nats_layout(spec.prefix).outbox_bucket
+    return NatsOutboxStore(
+        await connection(b, spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+    )
+
+
+async def worker_id_lock(b: Backends, spec: BackendUrl, opened: Any) -> tuple[str, NatsLock]:
+    """The worker id lease lock (bucket ``<prefix>_locks``) on the shared connection."""
+    conn, bucket = await connection(b, spec), nats_layout(spec.prefix).locks_bucket
+    lock = NatsLock(conn, bucket=bucket, storage=spec.storage, replicas=spec.replicas)
+    return f"NATS {redact_url(spec.address)}", lock
