@@ -167,3 +167,27 @@ async def test_a_url_app_leases_through_its_backend(broker_url: str, monkeypatch
     async with catga.App(transport=broker_url):
         assert process_worker_id().worker_id is None  # the deployment hands out ids
     default_generator()._adopt(0, None)
+
+
+async def test_a_lost_worker_id_is_refused_then_leased_again() -> None:
+    """After a lease is lost (say the lock's Redis restarted empty and another process took the id),
+    the process never draws from the doubtful id, then leases a new one by itself and draws again."""
+    lock = MemoryLock()
+    leases = process_worker_id()
+    member = await leases.join("t", lock, ttl=0.3)
+    try:
+        lost, old = leases.lease, leases.worker_id
+        assert lost is not None and old is not None
+        time.sleep(0.45)  # noqa: ASYNC251 - block the loop: no renewal runs, the lease expires
+        thief = await lock.acquire(f"worker-id.catga.{old}", ttl=30.0)  # another process takes the id
+        deadline = time.monotonic() + 5.0
+        while leases.lease is lost or leases.lease is None or not leases.lease.valid:
+            assert time.monotonic() < deadline, "no new worker id was leased"
+            await asyncio.sleep(0.02)
+        assert lost.lost_reason is not None
+        assert leases.worker_id != old and default_generator().worker_id == leases.worker_id
+        default_generator().next_id()  # ids are drawn again
+        await thief.release()
+    finally:
+        await leases.leave(member)
+    assert leases.worker_id is None

@@ -66,6 +66,7 @@ class ProcessWorkerId:
     owner: _Member | None = None
     _mutex: asyncio.Lock | None = None
     _mutex_loop: asyncio.AbstractEventLoop | None = None
+    _watcher: asyncio.Task[None] | None = None
 
     def _lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -131,6 +132,9 @@ class ProcessWorkerId:
             member.lock, namespace=member.namespace, ttl=member.ttl, generator=default_generator()
         )
         old, self.lease, self.owner = self.lease, lease, member
+        watcher, self._watcher = self._watcher, asyncio.ensure_future(self._watch(lease))
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
         logger.info(
             "worker id %s leased for this process through app %r (namespace %r)",
             lease.worker_id,
@@ -139,6 +143,34 @@ class ProcessWorkerId:
         )
         if old is not None:
             await _close_quietly(old)
+
+    async def _watch(self, lease: WorkerIdLease) -> None:
+        """Lease a new worker id when ``lease`` is lost (a renewal found its key taken, e.g. after the
+        lock's server restarted empty and another process took the id): meanwhile the generator
+        refuses ids (never one that may collide); then it draws again under the new id."""
+        await asyncio.wait([lease.renewal])  # ends when the lease is lost (or closed: cancelled)
+        delay = 0.1
+        while self.lease is lease and lease.lost_reason is not None:
+            async with self._lock():
+                if self.lease is not lease:
+                    return
+                owner = self.owner
+                candidates = [m for m in (owner, *self.members) if m is not None]
+                for member in dict.fromkeys(candidates):
+                    try:
+                        await self._lease_through(member)
+                    except Exception as exc:
+                        logger.warning("leasing a new worker id through %r failed: %r", member.name, exc)
+                        continue
+                    logger.warning(
+                        "worker id %s was lost (%s); this process now uses worker id %s",
+                        lease.worker_id,
+                        lease.lost_reason,
+                        self.worker_id,
+                    )
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def _close_quietly(lease: WorkerIdLease) -> None:

@@ -100,6 +100,16 @@ class WorkerIdLease:
         self._renewer = asyncio.create_task(self._renew(), name=f"catga-worker-id-{worker_id}")
 
     @property
+    def lost_reason(self) -> str | None:
+        """Why the lease was lost (a renewal found the key taken), or None."""
+        return self._lost
+
+    @property
+    def renewal(self) -> asyncio.Task[None]:
+        """The renewal task: it returns when the lease is lost and is cancelled by :meth:`aclose`."""
+        return self._renewer
+
+    @property
     def valid(self) -> bool:
         """Whether the generator may still draw ids."""
         return self._lost is None and not self._closed and time.monotonic() < self._valid_until
