@@ -36,7 +36,7 @@ import logging
 import random
 import time
 
-from catga.errors import CatgaError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
+from catga.errors import CatgaError, ConfigurationError, ErrorCode, LockNotAcquiredError, LockNotOwnedError
 from catga.ids import SnowflakeIdGenerator, SnowflakeLayout
 from catga.protocols import DistributedLock, Lease, validate_identifier
 
@@ -58,7 +58,13 @@ class NoFreeWorkerIdError(CatgaError):
 
 
 class WorkerIdLostError(CatgaError):
-    """The generator's worker id lease was lost or could not be renewed in time: no more ids."""
+    """The generator's worker id lease was lost or could not be renewed in time: no more ids.
+
+    Code ``unavailable``: a retry helps once an app's process has leased a new worker id (it does so
+    by itself, see :mod:`catga._worker_ids`).
+    """
+
+    code = ErrorCode.UNAVAILABLE
 
     def __init__(self, worker_id: int, reason: str) -> None:
         super().__init__(f"worker id {worker_id} is no longer leased ({reason}); refusing to generate ids")
