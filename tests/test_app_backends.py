@@ -16,19 +16,11 @@ import pytest
 import catga
 from catga import backends
 from catga.app import H_ORIGIN
-from catga.backends import (
-    Backends,
-    LateEventStore,
-    LateIdempotencyStore,
-    LateTransport,
-    nats_layout,
-    parse_url,
-    redact_url,
-)
+from catga.backends import Backends, parse_url, redact_url
 from catga.errors import BackendUnavailableError, ConfigurationError, ConflictError
 from catga.eventsourcing import Aggregate, Repository, applies
 from catga.examples.orders_demo import run_demo
-from catga.memory import MemoryEventStore, MemoryIdempotencyStore
+from catga.memory import MemoryEventStore, MemoryIdempotencyStore, MemoryOutboxStore
 from catga.messages import Command, Event, Metadata, QoS, message_name
 from catga.testing import free_port
 
@@ -130,11 +122,23 @@ _FAKE_BACKEND = """
 from catga.memory import MemoryOutboxStore
 
 LOCK_RANK = 0
-OPENED = []
+EVENTS = []
 
 
-async def outbox(backends, spec):
-    OPENED.append(spec.address)
+class Connection:
+    def __init__(self, address):
+        self.address = address
+
+    async def open(self):
+        EVENTS.append(("open", self.address))
+
+    async def aclose(self):
+        EVENTS.append(("close", self.address))
+
+
+def outbox(backends, spec):
+    conn = backends.shared(("fake", spec.address), "fake", lambda: Connection(spec.address), Connection.open)
+    EVENTS.append(("built", conn.address))
     return MemoryOutboxStore()
 """
 
@@ -152,16 +156,18 @@ async def test_a_backend_registers_its_scheme_with_one_line(
     with pytest.raises(ConfigurationError, match="unsupported scheme 'fake'"):
         catga.App(transport="fake://h")
     app = catga.App(outbox="fake://h:1/x?prefix=p")
-    async with app:
-        opened = sys.modules["fakebackend._backend"].OPENED
-        assert opened == ["fake://h:1/x"]
-        outbox: Any = app.outbox
-        assert outbox.add == outbox.target.add  # the real store's bound method: no extra call
-        await outbox.add([])
-        assert await app.backends.worker_id_lock() is None  # the backend offers no lock
-    assert not app.backends.connections
-    with pytest.raises(ConfigurationError, match=r"the outbox 'fake://h:1/x\?prefix=p' is not open"):
-        await outbox.add([])
+    events = sys.modules["fakebackend._backend"].EVENTS
+    assert events == [("built", "fake://h:1/x")]  # built by the constructor, not opened
+    assert isinstance(app.outbox, MemoryOutboxStore) and app.outbox in app.components
+    for _ in range(2):  # a restart opens the connection again
+        async with app:
+            assert events[-1] == ("open", "fake://h:1/x")
+            await app.outbox.add([])
+            assert await app.backends.worker_id_lock() is None  # the backend offers no lock
+        assert events[-1] == ("close", "fake://h:1/x")
+    assert [e for e, _ in events] == ["built", "open", "close", "open", "close"]
+    [conn] = app.backends.connections
+    assert conn.address == "fake://h:1/x"
 
 
 def test_parse_url_splits_catga_options_from_the_clients() -> None:
@@ -205,7 +211,11 @@ def test_redact_url_hides_passwords_and_tokens() -> None:
 
 
 def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = backends.import_module
+
     def no_client_library(name: str) -> Any:
+        if name.startswith("catga.memory"):  # the core's own backend
+            return real_import(name)
         raise ModuleNotFoundError("No module named 'nats'", name="nats")
 
     monkeypatch.setattr(backends, "import_module", no_client_library)
@@ -263,19 +273,31 @@ async def test_urls_are_not_opened_by_the_constructor() -> None:
         idempotency_store=f"redis://127.0.0.1:{port}/0",
         connect_timeout=1.0,
     )
-    assert isinstance(app.transport, LateTransport)
-    assert isinstance(app.store, LateEventStore)
-    assert isinstance(app.idempotency_store, LateIdempotencyStore)
-    assert app.backends.connections == ()
+    from catga.nats import NatsConnection, NatsTransport
+    from catga.redis import RedisClient, RedisEventStore, RedisIdempotencyStore
+
+    # The real objects, built at once on connections that are not open.
+    assert isinstance(app.transport, NatsTransport)
+    assert isinstance(app.store, RedisEventStore)
+    assert isinstance(app.idempotency_store, RedisIdempotencyStore)
+    nats_conn, redis_client = app.backends.connections  # one per server: the two stores share one
+    assert isinstance(nats_conn, NatsConnection) and isinstance(redis_client, RedisClient)
+    assert not nats_conn.opened and redis_client.closed
     repo = Repository(app.store, Account)  # fine at import time
-    with pytest.raises(ConfigurationError, match=r"is not open: App\.start"):
+    # A call before start says so at once (nothing connects on demand).
+    with pytest.raises(
+        ConfigurationError, match=r"Redis client for 127\.0\.0\.1:\d+ is not open: App\.start"
+    ):
         await repo.load("a-1")
-    with pytest.raises(ConfigurationError, match="is not open"):
+    with pytest.raises(ConfigurationError, match=r"NATS connection to nats://127\.0\.0\.1:\d+ is not open"):
         await app.transport.publish(Ping("x"))
+    with pytest.raises(ConfigurationError, match="is not open"):
+        await app.idempotency_store.claim("k")
     with pytest.raises(BackendUnavailableError):
         await app.start()
-    assert not app.running and app.backends.connections == ()
-    assert not app.store.bound  # type: ignore[attr-defined]
+    assert not app.running and not nats_conn.opened and redis_client.closed
+    with pytest.raises(ConfigurationError, match="is not open"):
+        await app.store.version("s")
 
 
 def test_export_and_consume_take_event_classes_before_start() -> None:
@@ -423,7 +445,9 @@ async def test_an_app_with_a_store_url_saves_and_loads_aggregates(server_url: st
 @pytest.mark.nats
 async def test_nats_names_follow_the_prefix(nats_url: str, unique_name: str) -> None:
     async with catga.App(store=url_in(nats_url, unique_name, storage="memory")) as app:
-        store = app.store.target  # type: ignore[attr-defined]
+        from catga.nats import nats_layout
+
+        store: Any = app.store
         await store.append("s-1", [Ping("x")])
         layout = nats_layout(unique_name)
         assert (store.stream, store.prefix) == (layout.events_stream, f"{unique_name}.events")
@@ -438,20 +462,76 @@ async def test_one_connection_per_server_shared_and_closed(server_url: str) -> N
     app = catga.App(transport=server_url, store=server_url, idempotency_store=server_url, name="shared")
     async with app:
         [conn] = app.backends.connections
-        transport, store = app.transport.target, app.store.target  # type: ignore[union-attr,attr-defined]
-        idempotency = app.idempotency_store.target  # type: ignore[attr-defined]
+        transport: Any = app.transport
+        store: Any = app.store
+        idempotency: Any = app.idempotency_store
         if server_url.startswith("nats"):
             assert transport.connection is conn and store.connection is conn
             assert idempotency.connection is conn
         else:
             assert transport.client is conn and store._client is conn and idempotency._client is conn
-    assert app.backends.connections == ()
+    assert app.backends.connections == (conn,)
     if server_url.startswith("nats"):
         assert conn.client.is_closed
     else:
         assert conn.closed
     with pytest.raises(ConfigurationError, match="not open"):
         await app.store.version("s")
+
+
+async def test_an_app_starts_again_after_a_stop(server_url: str) -> None:
+    app = catga.App(transport=server_url, store=server_url, idempotency_store=server_url, name="again")
+    received: list[str] = []
+
+    @app.handler
+    async def on_ping(event: Ping) -> None:
+        received.append(event.text)
+
+    app.export(Ping)
+    app.consume(Ping)  # subscribed again at the second start
+    store, transport = app.store, app.transport
+    accounts = Repository(app.store, Account)
+    for round_ in range(2):
+        async with app:
+            assert (app.store, app.transport) == (store, transport)  # the same objects, opened again
+            account = Account(f"a-{round_}")
+            account.deposit(round_ + 1)
+            await accounts.save(account)
+            assert (await accounts.load(f"a-{round_}")).balance == round_ + 1
+            assert (await app.publish(Ping(f"round {round_}"))).ok
+            assert (await app.health()).ok
+        with pytest.raises(ConfigurationError, match="not open"):
+            await accounts.load("a-0")
+    [conn] = app.backends.connections
+    assert conn.closed if hasattr(conn, "closed") else not conn.opened
+    assert received == ["round 0", "round 1"]  # handled here; its own events are not consumed back
+
+
+async def test_health_before_start_reports_connections_not_open_without_connecting() -> None:
+    accepted: list[object] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        app = catga.App(
+            transport=f"nats://127.0.0.1:{port}",
+            store=f"redis://127.0.0.1:{port}/0",
+            outbox=f"postgresql://u@127.0.0.1:{port}/db",
+        )
+        report = await app.health(timeout=5.0)
+        failed = {c.name: c.detail for c in report.checks if not c.ok}
+        assert not report.ok and set(failed) >= {"app", f"nats 127.0.0.1:{port}", f"redis 127.0.0.1:{port}"}
+        assert "postgres catga_outbox" in failed
+        for name, detail in failed.items():
+            assert name == "app" or "not open" in detail, (name, detail)
+        assert accepted == []  # nothing tried to connect
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_an_idempotency_store_url_deduplicates_commands(server_url: str) -> None:

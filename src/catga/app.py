@@ -16,12 +16,12 @@
 
 **Backends by URL** (:mod:`catga.backends`): ``transport=``, ``store=``, ``idempotency_store=`` and
 ``outbox=`` take ``memory://``, ``nats://`` / ``tls://`` or ``redis://`` / ``rediss://`` URLs, or ready
-objects. URLs are checked (and their backend package imported) in the constructor, but nothing is
-connected until :meth:`App.start`, which opens one connection per server, shared by everything on it;
-:meth:`App.aclose` closes what the app opened. ``app.store`` is always an event store: for a URL it is
-a late-bound proxy that forwards to the real store while the app runs, so ``Repository(app.store,
-Order)`` can be written at import time. Ready objects are managed as components (started if they have
-``start()``, closed on stop).
+objects. The constructor checks the URLs and builds the real backend objects on connections that are
+not open yet -- one per server, shared by everything on it -- so ``app.store`` is the event store
+itself and ``Repository(app.store, Order)`` can be written at import time. :meth:`App.start` opens the
+connections, :meth:`App.aclose` closes them, and a later start opens them again; a call before start
+raises :class:`~catga.errors.ConfigurationError` ("not open"). Built and ready objects alike are
+managed as components (started if they have ``start()``, closed on stop).
 
 **Events across processes.** Local handlers always run when an event is published (``app.publish`` /
 ``ctx.publish``), exactly as without a transport. Two declarations connect apps through the transport:
@@ -147,11 +147,11 @@ class App:
             too). A larger exported event fails its publish with code ``too_large``, nothing sent.
 
     Attributes:
-        transport: None (no transport), the transport object, or for a URL a
-            :class:`~catga.backends.LateTransport` (usable while the app runs).
-        store: the event store (a :class:`~catga.backends.LateEventStore` for a URL).
+        transport: None (no transport) or the transport (for a URL, built on a connection that
+            opens at :meth:`start`).
+        store: the event store.
         idempotency_store: the idempotency store of the default pipeline.
-        backends: what opened the URL-named backends (its ``connections`` while running).
+        backends: what built the URL-named backends (its ``connections``, open while running).
 
     Raises:
         ConfigurationError: a URL with an unsupported scheme or options, a backend whose optional
@@ -192,13 +192,20 @@ class App:
         self.backends = Backends(
             name=self.origin, registry=registry, timeout=connect_timeout, max_payload=max_payload
         )
-        self.transport: Transport | None = self.backends.transport_for(transport)
-        self.store: EventStore = self.backends.store_for(store)
-        self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
-        self.outbox: OutboxStore | None = self.backends.outbox_for(outbox)
+        built = self.backends.for_role
+        self.transport: Transport | None = built("transport", transport)
+        self.store: EventStore = built("store", store, "memory://")
+        self.idempotency_store: IdempotencyStore = built("idempotency_store", idempotency_store, "memory://")
+        self.outbox: OutboxStore | None = built("outbox", outbox)
         self.relay: OutboxRelay | None = None  # created at start when there is an outbox and a transport
-        for backend in (self.transport, self.store, self.idempotency_store, self.outbox):
-            if backend is not None and not self.backends.manages(backend):
+        for backend in (
+            *self.backends.built,
+            self.transport,
+            self.store,
+            self.idempotency_store,
+            self.outbox,
+        ):
+            if backend is not None:
                 self.add_component(backend)
         if mediator is None:
             mediator = Mediator(
@@ -609,9 +616,8 @@ class App:
 
 
 def _dead_letters_of(transport: Transport) -> Any:
-    """The transport's dead-letter queue (through a late-bound proxy too), or None."""
-    target = getattr(transport, "target", transport)
-    return getattr(target, "dead_letters", None)
+    """The transport's dead-letter queue, or None."""
+    return getattr(transport, "dead_letters", None)
 
 
 async def _call(fn: Callable[[], Any]) -> None:

@@ -123,15 +123,15 @@ def server_checks(objects: Iterable[Any]) -> list[tuple[str, Probe]]:
     """A ``PING`` check per distinct NATS connection / Redis client found in ``objects``.
 
     An object counts if it is a connection (has ``ping``) or holds one as ``connection`` / ``client``
-    (transports, stores). Duplicates are checked once.
+    (transports, stores). Duplicates are checked once. The connections of an app that is not started
+    fail their check at once ("not open") instead of connecting.
     """
     seen: set[int] = set()
     out: list[tuple[str, Probe]] = []
     for obj in objects:
-        if obj is None or (hasattr(obj, "bound") and not obj.bound):  # a late-bound proxy not open
+        if obj is None:
             continue
-        target = obj.target if hasattr(obj, "bound") else obj
-        for candidate in (target, getattr(target, "connection", None), getattr(target, "client", None)):
+        for candidate in (obj, getattr(obj, "connection", None), getattr(obj, "client", None)):
             ping = getattr(candidate, "ping", None)
             if candidate is None or not callable(ping) or id(candidate) in seen:
                 continue
@@ -151,7 +151,11 @@ def _name_of(connection: Any) -> str:
     client = getattr(connection, "client", None)
     if client is not None and hasattr(client, "servers"):  # a NatsConnection
         url = getattr(client, "connected_url", None) or next(iter(getattr(client, "servers", ()) or ()), None)
-        return f"nats {url.hostname}:{url.port}" if url is not None else "nats"
+        return (
+            f"nats {url.hostname}:{url.port}"
+            if url is not None
+            else f"nats {getattr(connection, 'address', '?')}"
+        )
     return type(connection).__name__
 
 

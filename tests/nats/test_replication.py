@@ -187,7 +187,7 @@ async def test_an_app_on_replicas_3_urls_replicates_every_stream_and_bucket(
         await _until_placed(
             lambda: outbox.add([OutboxMessage(id="m-1", destination="d", type_name="t", body=b"{}")])
         )
-        dead_letters = transport.target.dead_letters  # type: ignore[attr-defined]
+        dead_letters = transport.dead_letters  # type: ignore[attr-defined]
         await _until_placed(dead_letters.count)
         for _ in range(200):
             if got:

@@ -143,7 +143,7 @@ async def test_an_app_with_a_postgres_outbox_url_relays_exported_events(postgres
     publisher.export(Paid)
     consumer.consume(Paid)
     async with consumer, publisher:
-        assert type(publisher.outbox).__name__ == "LateOutboxStore"
+        assert type(publisher.outbox).__name__ == "PostgresOutboxStore"
         assert (await publisher.publish(Paid("o-pg"))).ok
         async with asyncio.timeout(10):
             while got != ["o-pg"]:  # noqa: ASYNC110 - waiting for a consumer

@@ -71,7 +71,7 @@ async def test_an_app_with_a_postgres_idempotency_store_leases_and_releases_its_
         assert leased is not None and app.worker_id == leased
         assert default_generator().parse(default_generator().next_id()).worker_id == leased
         [lock] = [o for w, o in app.backends._opened if w.startswith("worker id lock")]
-        assert lock.pool is app.idempotency_store.target.pool  # type: ignore[attr-defined]
+        assert lock.pool is app.idempotency_store.pool  # type: ignore[attr-defined]
         conn = await asyncpg.connect(postgres_url)
         try:
             row = await conn.fetchrow(

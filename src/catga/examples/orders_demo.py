@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from catga.app import App
-from catga.backends import BackendUrl, import_backend, nats_layout, parse_url, redact_url
+from catga.backends import BackendUrl, import_backend, parse_url, redact_url
 from catga.examples.orders import (
     EVENT_TYPES,
     NOTIFIED_EVENT_TYPES,
@@ -161,7 +161,7 @@ async def _drop_namespace(spec: BackendUrl) -> None:
     if spec.backend == "nats":
         import nats.js.errors
 
-        from catga.nats import NatsConnection
+        from catga.nats import NatsConnection, nats_layout
 
         upper, layout = spec.prefix.upper(), nats_layout(spec.prefix)
         owned = (

@@ -9,6 +9,7 @@ from catga.nats.connection import LazyInit, NatsConnection
 from catga.nats.dead_letter import NatsDeadLetterQueue
 from catga.nats.event_store import NatsEventStore
 from catga.nats.idempotency import NatsIdempotencyStore, NatsInboxStore
+from catga.nats.layout import NatsLayout, nats_layout
 from catga.nats.lock import NatsLease, NatsLock
 from catga.nats.outbox import NatsOutboxStore
 from catga.nats.rpc import NatsRpcClient, NatsRpcServer
@@ -22,6 +23,7 @@ __all__ = (
     "NatsEventStore",
     "NatsIdempotencyStore",
     "NatsInboxStore",
+    "NatsLayout",
     "NatsLease",
     "NatsLock",
     "NatsOutboxStore",
@@ -29,4 +31,5 @@ __all__ = (
     "NatsRpcServer",
     "NatsSubscription",
     "NatsTransport",
+    "nats_layout",
 )

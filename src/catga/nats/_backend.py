@@ -1,21 +1,23 @@
 """What a ``nats://`` / ``tls://`` URL builds (registered in :mod:`catga.backends`).
 
-Every part of one app shares one :class:`~catga.nats.NatsConnection` per server list; the names of
-streams and buckets come from :func:`catga.backends.nats_layout` of the URL's ``prefix``.
+Every part of one app shares one :class:`~catga.nats.NatsConnection` per server list, built
+unconnected (:meth:`~catga.nats.NatsConnection.lazy`) and opened at ``App.start()``; the names of
+streams and buckets come from :func:`~catga.nats.nats_layout` of the URL's ``prefix``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from catga._urls import redact_url
-from catga.backends import nats_layout
 from catga.errors import ConfigurationError
 from catga.nats.connection import MAX_REPLICAS, NatsConnection
 from catga.nats.dead_letter import NatsDeadLetterQueue
 from catga.nats.event_store import NatsEventStore
 from catga.nats.idempotency import NatsIdempotencyStore
+from catga.nats.layout import nats_layout
 from catga.nats.lock import NatsLock
 from catga.nats.outbox import NatsOutboxStore
 from catga.nats.transport import NatsTransport
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
 ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
+_log = logging.getLogger("catga.app")
 LOCK_RANK = 0  # a lock on the shared connection: preferred over a PostgreSQL pool
 _OPTIONS = ("prefix", "storage", "max_payload", "replicas")
 
@@ -67,28 +70,31 @@ def url_options(base: str, options: dict[str, str], role: str, shown: str) -> di
     return {"address": base, "storage": storage, "replicas": int(text)}
 
 
-async def connection(b: Backends, spec: BackendUrl) -> NatsConnection:
-    """The app's connection to the servers ``spec`` names (opened on first use, then shared)."""
-
-    async def connect() -> NatsConnection:
-        return await NatsConnection.connect(
-            spec.address, name=b.name, connect_timeout=b.timeout, timeout=b.timeout
+def connection(b: Backends, spec: BackendUrl, what: str | None = None) -> NatsConnection:
+    """The app's connection to the servers ``spec`` names (made on first use, then shared); warns
+    when ``what`` (the part built on it) keeps its streams on memory storage."""
+    if what is not None and spec.storage == "memory":
+        _log.warning(
+            "%s %s keeps its NATS streams on memory storage: a nats-server restart loses every message "
+            "in them, acknowledged or not; drop storage=memory for anything you cannot lose",
+            what,
+            spec,
         )
 
-    conn: NatsConnection = await b.shared(
-        ("nats", spec.address), f"NATS connection {redact_url(spec.address)}", connect
-    )
-    return conn
+    def make() -> NatsConnection:
+        return NatsConnection.lazy(spec.address, name=b.name, connect_timeout=b.timeout, timeout=b.timeout)
+
+    what = f"NATS connection {redact_url(spec.address)}"
+    return b.shared(("nats", spec.address), what, make, NatsConnection.open)
 
 
-async def transport(b: Backends, spec: BackendUrl) -> NatsTransport:
+def transport(b: Backends, spec: BackendUrl) -> NatsTransport:
     """The transport, with its dead-letter queue (bucket ``<prefix>_dead_letters``)."""
-    conn, layout = await connection(b, spec), nats_layout(spec.prefix)
+    conn, layout = connection(b, spec, "transport"), nats_layout(spec.prefix)
     dlq = b.track(
-        f"dead letters {spec}",
         NatsDeadLetterQueue(
             conn, bucket=layout.dead_letter_bucket, storage=spec.storage, replicas=spec.replicas
-        ),
+        )
     )
     return NatsTransport(
         conn,
@@ -102,11 +108,11 @@ async def transport(b: Backends, spec: BackendUrl) -> NatsTransport:
     )
 
 
-async def store(b: Backends, spec: BackendUrl) -> NatsEventStore:
+def store(b: Backends, spec: BackendUrl) -> NatsEventStore:
     """The event store (stream ``<PREFIX>_EVENTS``)."""
     layout = nats_layout(spec.prefix)
     return NatsEventStore(
-        await connection(b, spec),
+        connection(b, spec, "event store"),
         stream=layout.events_stream,
         prefix=layout.events_subjects,
         registry=b.registry,
@@ -115,24 +121,23 @@ async def store(b: Backends, spec: BackendUrl) -> NatsEventStore:
     )
 
 
-async def idempotency_store(b: Backends, spec: BackendUrl) -> NatsIdempotencyStore:
+def idempotency_store(b: Backends, spec: BackendUrl) -> NatsIdempotencyStore:
     """The idempotency store (bucket ``<prefix>_idempotency``)."""
     bucket = nats_layout(spec.prefix).idempotency_bucket
     return NatsIdempotencyStore(
-        await connection(b, spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+        connection(b, spec, "idempotency store"), bucket=bucket, storage=spec.storage, replicas=spec.replicas
     )
 
 
-async def outbox(b: Backends, spec: BackendUrl) -> NatsOutboxStore:
+def outbox(b: Backends, spec: BackendUrl) -> NatsOutboxStore:
     """The outbox (bucket ``<prefix>_outbox``)."""
     bucket = nats_layout(spec.prefix).outbox_bucket
-    return NatsOutboxStore(
-        await connection(b, spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
-    )
+    conn = connection(b, spec, "outbox")
+    return NatsOutboxStore(conn, bucket=bucket, storage=spec.storage, replicas=spec.replicas)
 
 
-async def worker_id_lock(b: Backends, spec: BackendUrl, opened: Any) -> tuple[str, NatsLock]:
+async def worker_id_lock(b: Backends, spec: BackendUrl) -> tuple[str, NatsLock]:
     """The worker id lease lock (bucket ``<prefix>_locks``) on the shared connection."""
-    conn, bucket = await connection(b, spec), nats_layout(spec.prefix).locks_bucket
+    conn, bucket = connection(b, spec), nats_layout(spec.prefix).locks_bucket
     lock = NatsLock(conn, bucket=bucket, storage=spec.storage, replicas=spec.replicas)
     return f"NATS {redact_url(spec.address)}", lock

@@ -1,4 +1,4 @@
-"""What every NATS store shares: its connection, ownership, ``connect()`` and ``aclose()``."""
+"""What every NATS store shares: its connection, ownership, ``connect()``, ``start()`` and ``aclose()``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,18 @@ class NatsStoreBase(AsyncCloseable):
             raise
         store._owns_conn = True
         return store
+
+    async def start(self) -> None:
+        """Use the store again after :meth:`aclose` (an ``App`` starting again); a no-op while open.
+
+        Reopens the connection if this store owns it (an app's connection is opened by the app).
+        """
+        if not self._closed:
+            return
+        if self._owns_conn:
+            await self._conn.open()
+        self._closed = False
+        self._conn.attach()
 
     async def _close(self) -> None:
         """Subclass hook: stop the store's own tasks before the connection is released."""

@@ -43,6 +43,7 @@ __all__ = (
     "ERR_SUBJECTS_OVERLAP",
     "ERR_WRONG_LAST_SEQUENCE",
     "api_error",
+    "replicas_error",
     "timeout_error",
     "translate_errors",
     "unavailable_error",
@@ -157,3 +158,18 @@ def translate_errors(operation: str, timeout: float | None = None) -> Iterator[N
         raise BackendError(
             f"NATS {operation} failed: {type(exc).__name__}: {exc}", backend=BACKEND, operation=operation
         ) from exc
+
+
+def replicas_error(name: str, replicas: int, exc: nats.js.errors.APIError) -> ConfigurationError:
+    """The error for a stream whose replicas cannot be placed (not clustered, or too few servers)."""
+    if exc.err_code == ERR_REPLICAS_NOT_SUPPORTED:
+        hint = "this server runs JetStream without clustering (one copy): use replicas=1, or a cluster"
+    else:
+        hint = (
+            f"the cluster has fewer than {replicas} JetStream servers with room for it: "
+            "lower replicas or add servers"
+        )
+    return ConfigurationError(
+        f"cannot create NATS stream {name!r} with {replicas} replicas: {exc.description} "
+        f"(err_code {exc.err_code}); {hint}"
+    )

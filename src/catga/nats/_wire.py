@@ -360,6 +360,7 @@ class LeanConnection:
         self._received = 0  # proto.received at the last sweep
         self._last_rx = 0.0  # when the sweeper last saw data arrive
         self._closed = False
+        self._refusal: Callable[[], Exception] | None = None  # what a closed connection raises
         self._listeners: dict[bytes, Listener] = {}  # sid -> callback, shared with every socket
         self._subjects: dict[bytes, bytes] = {}  # sid -> subject (subscribed again after a reconnect)
         self._next_sid = 1
@@ -381,6 +382,8 @@ class LeanConnection:
             if self.connected:
                 return
             if self._closed:
+                if self._refusal is not None:
+                    raise self._refusal()
                 raise unavailable_error("request", "the connection was closed by aclose()")
             last: BaseException | None = None
             for uri in self._candidates():
@@ -672,6 +675,14 @@ class LeanConnection:
         proto, self._proto = self._proto, None
         if proto is not None and proto.transport is not None and not proto.closed:
             proto.transport.close()
+
+    def refuse(self, error: Callable[[], Exception]) -> None:
+        """Refuse requests with ``error()`` until :meth:`reopen` (its connection is not open)."""
+        self._closed, self._refusal = True, error
+
+    def reopen(self) -> None:
+        """Allow connecting again after :meth:`aclose` or :meth:`refuse` (its connection opens again)."""
+        self._closed, self._refusal = False, None
 
     async def aclose(self) -> None:
         """Close the socket for good; in-flight and later requests fail. Idempotent.

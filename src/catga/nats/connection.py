@@ -5,11 +5,10 @@ opened from a URL), a JetStream context, a :class:`~catga.nats._wire.LeanConnect
 (publish with ack, direct get) and :meth:`NatsConnection.ensure_stream`, which creates a stream or checks
 that an existing one is compatible.
 
-Lazy initialisation follows the origin's lock review, option A (see ``docs/nats.md``): call sites test
-a plain attribute, ``if not self._init.ready: await self._init()``, so once initialised no coroutine is
-created and no lock is taken; the slow path (:class:`LazyInit`) takes an :class:`asyncio.Lock`,
-re-checks, runs the initialiser and only then sets the flag. A failed or cancelled initialisation
-leaves the flag unset, so the next call retries.
+A connection can be built before it connects (:meth:`NatsConnection.lazy`, what an ``App`` does
+with a ``nats://`` URL) and opened later; opening it runs the server version gates its stores asked
+for. How the client connects lives in :mod:`catga.nats._connect`; :class:`LazyInit` (the stores'
+first-use initialisation) in :mod:`catga.nats._lazy`.
 
 Example:
     >>> conn = await NatsConnection.connect("nats://127.0.0.1:4222", token="s3cret")  # doctest: +SKIP
@@ -24,32 +23,32 @@ import enum
 import logging
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import urlparse
 
-import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import DEFAULT_MAX_RECONNECT_ATTEMPTS, DEFAULT_RECONNECT_TIME_WAIT, Client
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 
 from catga._lifecycle import AsyncCloseable
-from catga._outage import OutageLog
-from catga._urls import redact_url
 from catga._versions import Version, require_version
 from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.nats._connect import ConnectPlan, guard, not_open, server_version
 from catga.nats._errors import (
     ERR_NO_SUITABLE_PEERS,
     ERR_REPLICAS_NOT_SUPPORTED,
     ERR_STREAM_NAME_IN_USE,
     ERR_STREAM_STORE_FAILED,
     ERR_SUBJECTS_OVERLAP,
+    replicas_error,
     translate_errors,
     unavailable_error,
 )
+from catga.nats._lazy import LazyInit
 from catga.nats._wire import LeanConnection
 
 __all__ = (
@@ -109,107 +108,6 @@ STORES_SERVER: Version = (2, 11, 0)
 OUTBOX_SERVER: Version = (2, 12, 0)
 
 
-def server_version(client: Client) -> str | None:
-    """The version of the server ``client`` is connected to (from its ``INFO``), or None if not known."""
-    if not client.is_connected:
-        return None
-    v = client.connected_server_version
-    try:
-        return f"{v.major}.{v.minor}.{v.patch}" + (f"-{v.dev}" if v.dev else "")
-    except ValueError:  # not a semantic version: cannot tell
-        return None
-
-
-class LazyInit:
-    """One-time async initialisation with a lock-free fast path (the origin's option A).
-
-    Use it as ``if not init.ready: await init()``. The slow path runs ``initializer`` once for all the
-    callers waiting at that moment (single flight): the first caller runs it, the others wait for that
-    attempt and share its outcome -- its success, or its exception -- instead of each running an
-    attempt of its own after it failed. So a caller waits for at most the attempt under way, not for a
-    queue of attempts (after a lost stream leader, 16 writers queued behind one another's stream checks
-    and an ``append()`` took 5 s with ``timeout=1.0``). :attr:`ready` is set only after ``initializer``
-    returned; if it raises or is cancelled, :attr:`ready` stays False and the next call runs it again
-    (the callers waiting on a cancelled attempt start a new one, unless they are cancelled themselves).
-
-    Args:
-        initializer: the coroutine function to run once.
-    """
-
-    __slots__ = ("_attempt", "_initializer", "ready")
-
-    def __init__(self, initializer: Callable[[], Awaitable[None]]) -> None:
-        self._initializer = initializer
-        self._attempt: asyncio.Future[None] | None = None
-        self.ready = False
-
-    async def __call__(self) -> None:
-        while not self.ready:
-            attempt = self._attempt
-            if attempt is not None:  # another caller is initialising: share its outcome
-                try:
-                    await asyncio.shield(attempt)
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if attempt.cancelled() and (task is None or not task.cancelling()):
-                        continue  # that caller was cancelled, not this one: try again
-                    raise
-                return
-            attempt = self._attempt = asyncio.get_running_loop().create_future()
-            try:
-                await self._initializer()
-            except BaseException as exc:
-                self._attempt = None
-                if isinstance(exc, asyncio.CancelledError):
-                    attempt.cancel()
-                else:
-                    attempt.set_exception(exc)
-                    attempt.exception()  # retrieved: no "never retrieved" log when nobody was waiting
-                raise
-            self.ready = True
-            self._attempt = None
-            attempt.set_result(None)
-
-    def reset(self) -> None:
-        """Forget the initialisation (e.g. the stream was deleted); the next call runs it again."""
-        self.ready = False
-
-
-#: nats-py errors that mean "the server is gone for now": logged once per outage, not per attempt.
-_CONNECTION_ERRORS = (OSError, nats.errors.StaleConnectionError, nats.errors.ConnectionClosedError,
-                      nats.errors.NoServersError)  # fmt: skip
-
-
-def _raise_first_connect_error(where: str, errors: Sequence[Exception], exc: Exception) -> NoReturn:
-    """Every server failed the first connect: raise why, not "no servers".
-
-    A server's answer (credentials refused, TLS required...) says more than the reset that follows it,
-    so the last protocol error wins over the last socket error.
-    """
-    causes = [e for e in errors if not isinstance(e, nats.errors.NoServersError)]
-    if not causes:
-        raise exc
-    answers = [e for e in causes if not isinstance(e, OSError)]
-    cause = answers[-1] if answers else causes[-1]
-    if isinstance(cause, OSError):
-        raise unavailable_error(
-            f"connect to {where}", f"no server could be reached ({type(cause).__name__}: {cause})"
-        ) from cause
-    raise cause  # translated by the caller's translate_errors (credentials refused, TLS...)
-
-
-def _error_logger(outage: OutageLog) -> Callable[[Exception], Awaitable[None]]:
-    """nats-py's error callback: reconnect failures through ``outage``, anything else as it comes."""
-
-    async def log_error(exc: Exception) -> None:
-        if isinstance(exc, _CONNECTION_ERRORS):
-            outage.failure(exc, "nats-py reconnects in the background")
-        else:
-            _log.warning("nats-py reported an error: %s: %s", type(exc).__name__, exc)
-
-    return log_error
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
@@ -221,8 +119,15 @@ def _plain(value: Any) -> Any:
 class NatsConnection(AsyncCloseable):
     """A nats-py client plus what catga's NATS stores share.
 
+    Build it from a connected client (``NatsConnection(client)``), connect it from a URL
+    (:meth:`connect`), or build it unconnected from a URL (:meth:`lazy`) and :meth:`open` it later --
+    what ``App(transport="nats://...")`` does: the app's stores are built on the connection in the
+    constructor, ``App.start()`` opens it, ``App.aclose()`` closes it, and a restart opens it again.
+    Until it is open, every call through it raises :class:`~catga.errors.ConfigurationError` saying
+    so (no connect on demand: an app's connections open and close with the app).
+
     Args:
-        client: a connected ``nats.aio.client.Client``.
+        client: a nats-py client (connected, unless the connection is opened by :meth:`open`).
         owns_client: close the client in :meth:`aclose` (True when made by :meth:`connect`).
         timeout: default seconds for JetStream API calls.
         api_prefix: JetStream API prefix (``"$JS.API"``, or ``"$JS.<domain>.API"``).
@@ -237,7 +142,7 @@ class NatsConnection(AsyncCloseable):
     Not thread-safe: use a connection, and the stores on it, from the event loop it was made on.
 
     Raises:
-        UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
+        UnsupportedServerError: the (connected) server is older than :data:`MIN_SERVER`.
     """
 
     def __init__(
@@ -251,12 +156,14 @@ class NatsConnection(AsyncCloseable):
         self.client = client
         self.timeout = timeout
         self.api_prefix = api_prefix
+        self._plan: ConnectPlan | None = None
+        self._open = True
+        self._required: list[tuple[Version, str]] = []
         self.require(MIN_SERVER, "catga's NATS backend (its stores need 2.11+, the outbox 2.12+)")
         self.js = client.jetstream(prefix=api_prefix, timeout=timeout)
         name = client.options.get("name") or "catga"
         self.wire = LeanConnection(client, name=f"{name}-lean", connect_timeout=timeout)
         self._owns_client = owns_client
-        self._closed = False
         self._users = 0
         self._memory_streams: set[str] = set()
 
@@ -264,32 +171,40 @@ class NatsConnection(AsyncCloseable):
     def address(self) -> str:
         """``host:port`` of the server the client is connected to (or of its first server)."""
         url = self.client.connected_url or next(iter(self.client.servers or ()), None)
-        return f"{url.hostname}:{url.port}" if url is not None else "?"
+        if url is None and self._plan is not None:  # not connected yet: the first server listed
+            url = urlparse(
+                self._plan.servers[0] if "://" in self._plan.servers[0] else f"nats://{self._plan.servers[0]}"
+            )
+        return f"{url.hostname}:{url.port or 4222}" if url is not None else "?"
+
+    @property
+    def opened(self) -> bool:
+        """True between :meth:`open` (or connecting) and :meth:`aclose`."""
+        return self._open
 
     def require(self, needed: Version, feature: str) -> None:
-        """Refuse a connected server older than ``needed`` (a store calls it once, when it is made).
+        """Refuse a server older than ``needed`` (a store calls it once, when it is made).
 
-        Reads the version from the server's ``INFO``; costs no network call. Not connected, or a
-        version that cannot be read: not refused.
+        Reads the version from the server's ``INFO``; costs no network call. Not connected yet: checked
+        when :meth:`open` connects (and refused there). A version that cannot be read: not refused.
 
         Raises:
             UnsupportedServerError: the server is older than ``needed``; the message names both versions.
         """
+        self._required.append((needed, feature))
         require_version("nats", self.address, server_version(self.client), needed, feature)
 
     async def ping(self) -> None:
         """Check the server answers a ``PING`` within :attr:`timeout` (a health check).
 
         Raises:
-            BackendUnavailableError: the client is closed or reconnecting.
+            BackendUnavailableError: the connection is not open, or the client is reconnecting.
             BackendTimeoutError: no ``PONG`` in time.
         """
         client = self.client
-        if self._closed or client.is_closed or not client.is_connected:
-            raise BackendUnavailableError(
-                f"the NATS connection is {'closed' if self._closed or client.is_closed else 'not connected'}",
-                backend="nats",
-            )
+        if not self._open or client.is_closed or not client.is_connected:
+            state = "not open" if not self._open else "closed" if client.is_closed else "not connected"
+            raise BackendUnavailableError(f"the NATS connection is {state}", backend="nats")
         with translate_errors("ping", self.timeout):
             async with asyncio.timeout(self.timeout):
                 await client.flush()
@@ -307,6 +222,63 @@ class NatsConnection(AsyncCloseable):
         self._users = max(0, self._users - 1)
         if self._users == 0:
             await self.wire.disconnect()
+
+    @classmethod
+    def lazy(
+        cls,
+        url: str | Sequence[str] = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        domain: str | None = None,
+        **options: Any,
+    ) -> NatsConnection:
+        """A connection to ``url`` that connects at :meth:`open` (and again after :meth:`aclose`).
+
+        Nothing touches the network here: stores can be built on it at once; the version gates they
+        ask for (:meth:`require`) run when it opens. The arguments are those of :meth:`connect`.
+        """
+        plan = ConnectPlan(url, **options)
+        prefix = f"$JS.{domain}.API" if domain else "$JS.API"
+        conn = cls(plan.new_client(), owns_client=True, timeout=timeout, api_prefix=prefix)
+        conn._plan = plan
+        conn._open = False
+        conn._refuse()
+        return conn
+
+    def _refuse(self) -> None:
+        """Until :meth:`open`: every call through the client or the lean socket raises "not open"."""
+        if self._plan is not None:
+            where = self._plan.where
+            guard(self.client, where)
+            self.wire.refuse(lambda: not_open(where))
+
+    async def open(self) -> None:
+        """Connect a connection made by :meth:`lazy` (or closed by :meth:`aclose`); no-op while open.
+
+        Raises:
+            BackendUnavailableError: no server could be reached in time, or this connection wraps a
+                client someone else connected and was closed.
+            ConfigurationError: the server refused the credentials.
+            UnsupportedServerError: the server is older than this connection or a store on it needs.
+        """
+        if self._open:
+            return
+        plan = self._plan
+        if plan is None:
+            raise BackendUnavailableError("this NatsConnection was closed; create a new one", backend="nats")
+        client = self.client
+        await plan.connect(client)
+        try:
+            version = server_version(client)
+            for needed, feature in self._required:
+                require_version("nats", self.address, version, needed, feature)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 1.0)
+            raise
+        guard(client, None)
+        self.wire.reopen()
+        self._open = True
 
     @classmethod
     async def connect(
@@ -363,79 +335,23 @@ class NatsConnection(AsyncCloseable):
             ConfigurationError: the server refused the credentials.
             UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
         """
-        servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
-        where = ", ".join(redact_url(u) for u in servers)
-        outage = OutageLog(_log, f"NATS connection to {where}", tracebacks=False)
-        kwargs: dict[str, Any] = {
-            "name": name,
-            "connect_timeout": connect_timeout,
-            "error_cb": _error_logger(outage),
-            "tls_handshake_first": tls_handshake_first,
-        }
-        for key, value in (
-            ("user", user),
-            ("password", password),
-            ("token", token),
-            ("user_credentials", str(user_credentials) if user_credentials else None),
-            ("nkeys_seed", str(nkeys_seed) if nkeys_seed else None),
-            ("tls", tls),
-            ("tls_hostname", tls_hostname),
-        ):
-            if value is not None:
-                kwargs[key] = value
-        if user is None and password is None and token is None and not (user_credentials or nkeys_seed):
-            for key, value in _shared_credentials(servers).items():
-                kwargs.setdefault(key, value)
-        kwargs.update(options)
-        user_reconnected_cb = kwargs.get("reconnected_cb")
-
-        async def reconnected() -> None:
-            outage.recovered()
-            if user_reconnected_cb is not None:
-                await user_reconnected_cb()
-
-        kwargs["reconnected_cb"] = reconnected
-        errors: list[Exception] = []
-        user_error_cb = kwargs["error_cb"]
-        forward_connect_errors = "error_cb" in options  # the default logger would say "reconnects"
-
-        async def record(exc: Exception) -> None:
-            errors.append(exc)
-            if forward_connect_errors:
-                await user_error_cb(exc)
-
-        kwargs["error_cb"] = record
-        # nats-py applies its reconnect policy to the first connect too (nats.py issues #352, #663): it
-        # retries each server up to max_reconnect_attempts (60) times, sleeping reconnect_time_wait
-        # (2 s) between rounds, so a refused port waited the whole connect_timeout. The first connect
-        # tries each server twice without sleeping and reports why; the policy applies from then on.
-        reconnect_policy = {
-            "max_reconnect_attempts": kwargs.get("max_reconnect_attempts", DEFAULT_MAX_RECONNECT_ATTEMPTS),
-            "reconnect_time_wait": kwargs.get("reconnect_time_wait", DEFAULT_RECONNECT_TIME_WAIT),
-        }
-        kwargs.update(max_reconnect_attempts=1, reconnect_time_wait=0)
-        client = Client()
-        ok = False
-        try:
-            with translate_errors(f"connect to {where}", connect_timeout):
-                try:
-                    await asyncio.wait_for(client.connect(servers, **kwargs), connect_timeout)
-                except TimeoutError as exc:
-                    last = f"{type(errors[-1]).__name__}: {errors[-1]}" if errors else "no answer"
-                    raise unavailable_error(
-                        f"connect to {where}", f"no server accepted within {connect_timeout} s ({last})"
-                    ) from exc
-                except nats.errors.NoServersError as exc:
-                    _raise_first_connect_error(where, errors, exc)
-            client.options.update(reconnect_policy)
-            client._error_cb = user_error_cb
-            prefix = f"$JS.{domain}.API" if domain else "$JS.API"
-            conn = cls(client, owns_client=True, timeout=timeout, api_prefix=prefix)
-            ok = True
-        finally:
-            if not ok:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.close(), 1.0)
+        conn = cls.lazy(
+            url,
+            user=user,
+            password=password,
+            token=token,
+            user_credentials=user_credentials,
+            nkeys_seed=nkeys_seed,
+            tls=tls,
+            tls_hostname=tls_hostname,
+            tls_handshake_first=tls_handshake_first,
+            name=name,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            domain=domain,
+            **options,
+        )
+        await conn.open()
         return conn
 
     async def ensure_stream(
@@ -491,7 +407,7 @@ class NatsConnection(AsyncCloseable):
                             f"{exc.description}; retry once every server of the cluster is up",
                         ) from exc
                     if exc.err_code in (ERR_REPLICAS_NOT_SUPPORTED, ERR_NO_SUITABLE_PEERS):
-                        raise _replicas_error(str(name), replicas, exc) from exc
+                        raise replicas_error(str(name), replicas, exc) from exc
                     if exc.err_code != ERR_STREAM_NAME_IN_USE:
                         raise
                     info = await js.stream_info(str(name))
@@ -542,10 +458,13 @@ class NatsConnection(AsyncCloseable):
         return info
 
     async def aclose(self) -> None:
-        """Close the lean connection, and the nats-py client if this object opened it. Idempotent."""
-        if self._closed:
+        """Close the lean connection, and the nats-py client if this object opened it. Idempotent.
+
+        A connection made by :meth:`lazy` or :meth:`connect` can be opened again (:meth:`open`).
+        """
+        if not self._open:
             return
-        self._closed = True
+        self._open = False
         await self.wire.aclose()
         if self._owns_client and not self.client.is_closed:
             try:
@@ -554,39 +473,7 @@ class NatsConnection(AsyncCloseable):
                 _log.warning("draining the NATS connection failed (%s); closing it", exc)
                 with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                     await asyncio.wait_for(self.client.close(), self.timeout)
-
-
-def _shared_credentials(servers: Sequence[str]) -> dict[str, str]:
-    """The user/password or token written in the server URLs, if every URL that has some has the same.
-
-    Parsed as nats-py parses them (no percent-decoding), so what is sent does not change.
-    """
-    found: set[tuple[str, str | None]] = set()
-    for server in servers:
-        try:
-            parts = urlsplit(server if "://" in server else f"nats://{server}")
-        except ValueError:
-            return {}
-        if parts.username is not None:
-            found.add((parts.username, parts.password))
-    if len(found) != 1:
-        return {}
-    name, secret = found.pop()
-    return {"token": name} if secret is None else {"user": name, "password": secret}
-
-
-def _replicas_error(name: str, replicas: int, exc: nats.js.errors.APIError) -> ConfigurationError:
-    if exc.err_code == ERR_REPLICAS_NOT_SUPPORTED:
-        hint = "this server runs JetStream without clustering (one copy): use replicas=1, or a cluster"
-    else:
-        hint = (
-            f"the cluster has fewer than {replicas} JetStream servers with room for it: "
-            "lower replicas or add servers"
-        )
-    return ConfigurationError(
-        f"cannot create NATS stream {name!r} with {replicas} replicas: {exc.description} "
-        f"(err_code {exc.err_code}); {hint}"
-    )
+        self._refuse()
 
 
 _shared: weakref.WeakKeyDictionary[Client, NatsConnection] = weakref.WeakKeyDictionary()

@@ -698,6 +698,17 @@ class NatsTransport(TransportBase[NatsSubscription]):
     # ------------------------------------------------------------------------------------------------
     # Lifecycle
 
+    async def start(self) -> None:
+        """Make the transport usable again after :meth:`aclose` (an ``App`` starting again)."""
+        if not self._closed:
+            return
+        if self._owns_connection:
+            await self.connection.open()
+        self._closed = False
+        self.connection.attach()
+        if self._own_inbox is not None:
+            await self._own_inbox.start()
+
     async def aclose(self) -> None:
         """Stop every subscription (in-flight handlers get ``drain_timeout``), then close an owned client.
 

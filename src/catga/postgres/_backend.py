@@ -1,15 +1,15 @@
 """What a ``postgresql://`` / ``postgres://`` URL builds (registered in :mod:`catga.backends`).
 
-Only the idempotency store and the outbox; each opens its own pool. The worker id lease lock runs on
-the pool of the store the URL opened.
+Only the idempotency store and the outbox, on one :class:`~catga.postgres.PgPool` per URL (created at
+``App.start()``, closed at ``App.aclose()``); the worker id lease lock runs on that pool too.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from catga.errors import ConfigurationError
-from catga.postgres import PostgresIdempotencyStore, PostgresLock, PostgresOutboxStore
+from catga.postgres import PgPool, PostgresIdempotencyStore, PostgresLock, PostgresOutboxStore
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
@@ -18,23 +18,33 @@ ROLES = frozenset({"idempotency_store", "outbox"})
 LOCK_RANK = 1  # on a store's pool: only when no NATS or Redis URL offers a lock
 
 
-async def idempotency_store(b: Backends, spec: BackendUrl) -> PostgresIdempotencyStore:
-    """The idempotency store (table ``catga_idempotency``)."""
-    return await PostgresIdempotencyStore.connect(spec.address, timeout=b.timeout)
+def pool(b: Backends, spec: BackendUrl) -> PgPool:
+    """The app's pool for ``spec`` (made on first use, then shared)."""
+    return b.shared(
+        ("postgres", spec.address),
+        f"PostgreSQL pool {spec}",
+        lambda: PgPool(spec.address, timeout=b.timeout),
+        PgPool.open,
+    )
 
 
-async def outbox(b: Backends, spec: BackendUrl) -> PostgresOutboxStore:
-    """The outbox (table ``catga_outbox``)."""
-    return await PostgresOutboxStore.connect(spec.address, timeout=b.timeout)
+def idempotency_store(b: Backends, spec: BackendUrl) -> PostgresIdempotencyStore:
+    """The idempotency store (table ``catga_idempotency``, set up when the app starts)."""
+    return PostgresIdempotencyStore(pool(b, spec), timeout=b.timeout)
 
 
-async def worker_id_lock(b: Backends, spec: BackendUrl, opened: Any) -> tuple[str, PostgresLock]:
-    """A lock on the pool of the store ``spec`` opened (the store closes the pool), table set up now.
+def outbox(b: Backends, spec: BackendUrl) -> PostgresOutboxStore:
+    """The outbox (table ``catga_outbox``, set up when the app starts)."""
+    return PostgresOutboxStore(pool(b, spec), timeout=b.timeout)
+
+
+async def worker_id_lock(b: Backends, spec: BackendUrl) -> tuple[str, PostgresLock]:
+    """A lock on the URL's pool, its table set up now.
 
     Raises:
         ConfigurationError: PostgreSQL refused to create the ``catga_locks`` table.
     """
-    lock = PostgresLock(opened.pool, timeout=b.timeout)
+    lock = PostgresLock(pool(b, spec), timeout=b.timeout)
     try:
         await lock.ensure_schema()
     except ConfigurationError as exc:

@@ -48,6 +48,7 @@ __all__ = (
     "DEFAULT_TIMEOUT",
     "MIN_SERVER_VERSION",
     "SCHEMA_LOCK_KEY",
+    "PgPool",
     "PgStore",
     "check_server_version",
     "create_pool",
@@ -122,14 +123,84 @@ def deleted(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+class PgPool:
+    """An ``asyncpg`` pool for ``dsn`` that exists between :meth:`open` and :meth:`aclose`.
+
+    What a ``postgresql://`` URL of an ``App`` builds its stores on: the stores are made in the
+    app's constructor, ``App.start()`` opens the pool, ``App.aclose()`` closes it and a restart opens
+    a new one. Until it is open, :meth:`acquire` raises :class:`~catga.errors.ConfigurationError`
+    (no connect on demand: the app's connections open and close with the app).
+
+    Args:
+        dsn: the ``postgresql://`` URL.
+        timeout: seconds allowed for each connection attempt.
+        **pool_options: more ``asyncpg.create_pool`` keyword arguments.
+    """
+
+    def __init__(self, dsn: str, *, timeout: float | None = DEFAULT_TIMEOUT, **pool_options: Any) -> None:
+        self.dsn = dsn
+        self.timeout = timeout
+        self._options = pool_options
+        self._pool: Any = None
+
+    @property
+    def opened(self) -> bool:
+        """True between :meth:`open` and :meth:`aclose`."""
+        return self._pool is not None
+
+    async def open(self) -> None:
+        """Create the pool (a no-op while open).
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+            BackendTimeoutError: it did not answer within ``timeout`` seconds.
+            ConfigurationError: it refused the user, password or database.
+        """
+        if self._pool is None:
+            self._pool = await create_pool(self.dsn, timeout=self.timeout, **self._options)
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        """A pool connection, as ``asyncpg.Pool.acquire`` (``async with pool.acquire() as conn``).
+
+        Raises:
+            ConfigurationError: the pool is not open.
+        """
+        pool = self._pool
+        if pool is None:
+            raise ConfigurationError(
+                f"the PostgreSQL pool for {redact_url(self.dsn)} is not open: App.start() opens it and "
+                "App.aclose() closes it; use the app's stores inside `async with app:` (or after "
+                "`await app.start()`)"
+            )
+        return pool.acquire(timeout=timeout)
+
+    def terminate(self) -> None:
+        """Close the pool at once, without waiting (when cancelled)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
+    async def aclose(self) -> None:
+        """Close the pool (waiting for connections in use to be released). Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    close = aclose
+
+    def __repr__(self) -> str:
+        return f"PgPool({redact_url(self.dsn)!r}, {'open' if self._pool is not None else 'not open'})"
+
+
 class PgStore:
     """A store on one table of an ``asyncpg`` pool (see the module docs for the schema set-up).
 
-    Subclasses set :attr:`default_table` and implement :meth:`_ddl` (and :meth:`_schema_objects`
-    when the DDL creates more than the table).
+    Subclasses set :attr:`default_table`, build their statements in :meth:`_build_sql` and implement
+    :meth:`_ddl` (and :meth:`_schema_objects` when the DDL creates more than the table).
 
     Args:
-        pool: an ``asyncpg`` pool (closed by :meth:`aclose` only if :meth:`connect` created it).
+        pool: an ``asyncpg`` pool or a :class:`PgPool` (closed by :meth:`aclose` only if
+            :meth:`connect` created it).
         table: the table name, optionally ``schema.table``.
         owns_pool: close ``pool`` in :meth:`aclose`.
         timeout: seconds to wait for a pool connection and for each statement (``None``: no limit).
@@ -161,6 +232,10 @@ class PgStore:
         self._ready = False
         self._lock: asyncio.Lock | None = None
         self._boundaries: dict[str, PgErrors] = {}
+        self._build_sql()
+
+    def _build_sql(self) -> None:
+        """Subclass hook: build the statements on :attr:`table` (called once, by the constructor)."""
 
     @classmethod
     async def connect(

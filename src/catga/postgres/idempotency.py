@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from catga.postgres._base import DEFAULT_TIMEOUT, PgStore, deleted
+from catga.postgres._base import PgStore, deleted
 from catga.protocols import Claim, ClaimStatus, validate_identifier
 
 __all__ = ("PostgresIdempotencyStore", "PostgresInboxStore")
@@ -50,15 +50,7 @@ class PostgresIdempotencyStore(PgStore):
 
     default_table = "catga_idempotency"
 
-    def __init__(
-        self,
-        pool: Any,
-        *,
-        table: str | None = None,
-        owns_pool: bool = False,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(pool, table=table, owns_pool=owns_pool, timeout=timeout)
+    def _build_sql(self) -> None:
         t = self.table
         self._claim = (
             f"INSERT INTO {t} (key, state, expires_at, result) VALUES ($1, 0, $2::float8 + $3::float8, NULL) "

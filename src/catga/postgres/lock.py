@@ -40,13 +40,12 @@ import math
 import os
 import random
 import time
-from typing import Any
 
 import asyncpg.exceptions as pgexc
 
 from catga._lease import LeaseBase
 from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
-from catga.postgres._base import DEFAULT_TIMEOUT, PgStore
+from catga.postgres._base import PgStore
 from catga.protocols import validate_identifier
 
 __all__ = ("PostgresLease", "PostgresLock")
@@ -148,15 +147,7 @@ class PostgresLock(PgStore):
 
     default_table = "catga_locks"
 
-    def __init__(
-        self,
-        pool: Any,
-        *,
-        table: str | None = None,
-        owns_pool: bool = False,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(pool, table=table, owns_pool=owns_pool, timeout=timeout)
+    def _build_sql(self) -> None:
         t = self.table
         self._acquire = (
             f"INSERT INTO {t} AS l (key, token, fencing, expires_at) "

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from catga.errors import ConfigurationError
-from catga.postgres._base import DEFAULT_TIMEOUT, PgStore, deleted
+from catga.postgres._base import PgStore, deleted
 from catga.protocols import OutboxMessage, OutboxStatus
 
 __all__ = ("PostgresOutboxStore",)
@@ -66,15 +66,7 @@ class PostgresOutboxStore(PgStore):
 
     default_table = "catga_outbox"
 
-    def __init__(
-        self,
-        pool: Any,
-        *,
-        table: str | None = None,
-        owns_pool: bool = False,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(pool, table=table, owns_pool=owns_pool, timeout=timeout)
+    def _build_sql(self) -> None:
         t = self.table
         self._insert = (
             f"INSERT INTO {t} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10) "

@@ -1,4 +1,4 @@
-"""What every Redis store shares: its client, ownership, ``connect()``, ``aclose()`` and ``repr``."""
+"""What every Redis store shares: its client, ownership, ``connect()``, ``start()``, ``aclose()``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ class RedisStoreBase(AsyncCloseable):
     def connect(cls, url: str = DEFAULT_URL, *, prefix: str = "catga", timeout: float | None = 5.0) -> Self:
         """A store with its own client for ``url`` (closed by :meth:`aclose`)."""
         return cls(RedisClient.from_url(url, prefix=prefix, timeout=timeout), owns_client=True)
+
+    async def start(self) -> None:
+        """Use the store again after :meth:`aclose` (an ``App`` starting again); reopens an owned client."""
+        if self._owns_client and self._client.closed:
+            await self._client.open()
+        self._reopen()
+
+    def _reopen(self) -> None:
+        """Subclass hook: undo what :meth:`_close` stopped for good (the store is used again)."""
 
     async def _close(self) -> None:
         """Subclass hook: stop the store's own work before an owned client is closed."""

@@ -362,6 +362,9 @@ class RedisClient(AsyncCloseable):
             applications sharing a server. Letters, digits and ``_ - . @ = +`` (no ``:``).
         coalesce: join the commands issued within one event-loop tick into one write (default; see
             :mod:`catga.redis._resp` for the measurement) instead of one write per command.
+        opened: False: calls raise :class:`~catga.errors.ConfigurationError` until :meth:`open` (and
+            again after :meth:`aclose`, until the next :meth:`open`): an ``App``'s client, which
+            opens and closes with the app. True (default): connects on first use.
 
     Example:
         >>> r = RedisClient.from_url("redis://127.0.0.1:6379/0", prefix="orders")
@@ -371,7 +374,12 @@ class RedisClient(AsyncCloseable):
     """
 
     def __init__(
-        self, settings: RedisSettings, *, prefix: str = DEFAULT_PREFIX, coalesce: bool = True
+        self,
+        settings: RedisSettings,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        coalesce: bool = True,
+        opened: bool = True,
     ) -> None:
         self.settings = settings
         self.prefix = validate_prefix(prefix)
@@ -379,7 +387,8 @@ class RedisClient(AsyncCloseable):
         self._coalesce = coalesce
         self._conn: RespConnection | None = None
         self._lock = asyncio.Lock()
-        self._closed = False
+        self._managed = not opened
+        self._closed = not opened
 
     @classmethod
     def from_url(
@@ -391,8 +400,9 @@ class RedisClient(AsyncCloseable):
         connect_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
         coalesce: bool = True,
+        opened: bool = True,
     ) -> RedisClient:
-        """A client for ``url`` (nothing is opened until the first command).
+        """A client for ``url`` (nothing is opened until the first command, or :meth:`open`).
 
         Raises:
             ConfigurationError: the URL or prefix is invalid.
@@ -400,7 +410,7 @@ class RedisClient(AsyncCloseable):
         settings = RedisSettings.from_url(
             url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
-        return cls(settings, prefix=prefix, coalesce=coalesce)
+        return cls(settings, prefix=prefix, coalesce=coalesce, opened=opened)
 
     def clone(self, *, prefix: str | None = None, client_name: str | None = None) -> RedisClient:
         """A new client with the same settings and its own connection (e.g. for blocking reads).
@@ -423,6 +433,12 @@ class RedisClient(AsyncCloseable):
     # -- connection ----------------------------------------------------------------------------
     async def _connect(self) -> RespConnection:
         if self._closed:
+            if self._managed:
+                raise ConfigurationError(
+                    f"the Redis client for {self.settings.address} is not open: App.start() opens it and "
+                    "App.aclose() closes it; use the app's transport and stores inside `async with app:` "
+                    "(or after `await app.start()`)"
+                )
             raise BackendUnavailableError(
                 f"this RedisClient for {self.settings.address} was closed; create a new one", backend="redis"
             )
@@ -518,8 +534,24 @@ class RedisClient(AsyncCloseable):
     # -- lifecycle -----------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        """True after :meth:`aclose`."""
+        """True after :meth:`aclose` (and, for a client made with ``opened=False``, before :meth:`open`)."""
         return self._closed
+
+    async def open(self) -> None:
+        """Open the client -- the first time, or again after :meth:`aclose` -- and check the server now
+        (``PING``: a wrong URL fails here, not at the first message). A no-op while open and connected.
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+            ConfigurationError: it refused the credentials, or is not Redis.
+            UnsupportedServerError: it is older than Redis 6.2.
+        """
+        self._closed = False
+        try:
+            await self.ping()
+        except BaseException:
+            await self.aclose()
+            raise
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight fail with BackendUnavailableError. Idempotent."""

@@ -316,6 +316,9 @@ class RedisEventStore(RedisStoreBase):
             await blocker.aclose()
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def _reopen(self) -> None:
+        self._closed = False
+
     async def _close(self) -> None:
         """End live subscriptions (before an owned client is closed)."""
         self._closed = True

@@ -443,6 +443,15 @@ class RedisTransport(TransportBase[RedisSubscription]):
         return server
 
     # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Make the transport usable again after :meth:`aclose` (an ``App`` starting again)."""
+        if not self._closed:
+            return
+        if self._owns_client:
+            await self.client.open()
+        self._closed = False
+        self._router = self._pubsub = None
+
     async def aclose(self) -> None:
         """Stop every subscription and server (in-flight handlers get ``drain_timeout``), then close the
         connections this transport opened. Idempotent."""
