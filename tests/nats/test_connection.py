@@ -240,6 +240,35 @@ async def test_a_failed_connect_never_shows_the_password() -> None:
     assert "alice:***@127.0.0.1" in str(info.value)
 
 
+async def test_a_lazy_connection_refuses_calls_until_open_and_opens_again(
+    nats_url: str, unique_name: str
+) -> None:
+    conn = NatsConnection.lazy(nats_url, name="lazy")
+    store = NatsEventStore(conn, stream=unique_name, prefix=unique_name, storage="memory")
+    assert not conn.opened and conn.address == nats_url.split("//")[1]  # nothing connected
+    with pytest.raises(ConfigurationError, match=r"NATS connection to nats://.* is not open: App\.start"):
+        await store.version("s-1")  # no connect on demand
+    with pytest.raises(BackendUnavailableError, match="not open"):
+        await conn.ping()
+    try:
+        for round_ in range(2):  # opened, closed, opened again: the same client and store
+            await conn.open()
+            await conn.open()  # a no-op while open
+            assert conn.opened
+            await conn.ping()
+            await store.append("s-1", [ContractOrderPlaced(f"o-{round_}", round_)])
+            assert await store.version("s-1") == round_
+            await conn.aclose()
+            assert not conn.opened
+            with pytest.raises(ConfigurationError, match="is not open"):  # the lean socket refuses too
+                await store.version("s-1")
+    finally:
+        await conn.open()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await conn.js.delete_stream(unique_name)
+        await conn.aclose()
+
+
 async def test_a_store_built_on_a_plain_nats_py_client_shares_one_connection(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:

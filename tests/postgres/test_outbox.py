@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from catga.memory import MemoryBroker, MemoryTransport
 from catga.messages import Event, Metadata, message_name
 from catga.outbox import OutboxRelay
 from catga.postgres import PostgresOutboxStore
-from catga.protocols import OutboxMessage, OutboxStatus
+from catga.protocols import ClaimStatus, OutboxMessage, OutboxStatus
 from catga.serialization import TypeRegistry
 from catga.testing.contracts.outbox import OutboxStoreContract
 
@@ -148,6 +149,28 @@ async def test_an_app_with_a_postgres_outbox_url_relays_exported_events(postgres
         async with asyncio.timeout(10):
             while got != ["o-pg"]:  # noqa: ASYNC110 - waiting for a consumer
                 await asyncio.sleep(0.02)
+
+
+async def test_an_app_shares_one_pool_refuses_calls_before_start_and_starts_again(postgres_url: str) -> None:
+    import catga
+    from catga.postgres import PgPool
+
+    app = catga.App(transport=MemoryTransport(), idempotency_store=postgres_url, outbox=postgres_url)
+    [pool] = app.backends.connections  # one pool for the URL, shared by both stores
+    assert isinstance(pool, PgPool) and not pool.opened
+    assert app.outbox.pool is pool and app.idempotency_store.pool is pool  # type: ignore[union-attr,attr-defined]
+    with pytest.raises(
+        ConfigurationError, match=r"PostgreSQL pool for postgresql://.* is not open: App\.start"
+    ):
+        await app.outbox.count(OutboxStatus.PENDING)  # type: ignore[union-attr]
+    for _ in range(2):  # a restart opens a new pool
+        async with app:
+            assert pool.opened
+            assert (await app.idempotency_store.claim(f"k-{uuid.uuid4().hex}")).status == ClaimStatus.CLAIMED
+            assert (await app.health()).ok
+        assert not pool.opened
+        with pytest.raises(ConfigurationError, match="is not open"):
+            await app.idempotency_store.claim("k")
 
 
 async def test_app_health_pings_the_postgres_outbox(postgres_url: str) -> None:

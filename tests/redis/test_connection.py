@@ -252,6 +252,20 @@ async def test_closed_client_refuses_calls(redis_url: str) -> None:
         await client.execute("PING")
 
 
+async def test_a_client_made_not_opened_refuses_calls_until_open(redis_url: str) -> None:
+    client = RedisClient.from_url(redis_url, opened=False)  # what an App builds for a redis:// URL
+    assert client.closed
+    with pytest.raises(ConfigurationError, match=r"Redis client for .* is not open: App\.start"):
+        await client.execute("PING")  # no connect on demand
+    for _ in range(2):  # opened, closed, opened again
+        await client.open()
+        assert not client.closed and client.server_version is not None  # connected by open()
+        assert await client.execute("PING") == b"PONG"
+        await client.aclose()
+        with pytest.raises(ConfigurationError, match="is not open"):
+            await client.execute("PING")
+
+
 def test_translate_error_maps_builtin_errors_and_error_replies() -> None:
     assert isinstance(translate_error(ConnectionResetError("x"), "GET k"), BackendUnavailableError)
     assert isinstance(translate_error(ConnectionRefusedError(), "connect"), BackendUnavailableError)
