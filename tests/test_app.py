@@ -363,6 +363,8 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.web",
         "catga.health",
         "catga.postgres",
+        "catga.nats.layout",
+        "catga.backends",
         "catga.testing.postgres",
         "catga.postgres.idempotency",
         "catga.postgres.lock",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import subprocess
 import sys
 import time
@@ -298,6 +299,15 @@ async def test_urls_are_not_opened_by_the_constructor() -> None:
     assert not app.running and not nats_conn.opened and redis_client.closed
     with pytest.raises(ConfigurationError, match="is not open"):
         await app.store.version("s")
+
+
+def test_a_nats_url_on_memory_storage_is_warned_about_when_the_app_is_built(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="catga.app"):
+        catga.App(transport="nats://127.0.0.1:1?storage=memory", store="nats://127.0.0.1:1")
+    [warning] = [r.getMessage() for r in caplog.records if "memory storage" in r.getMessage()]
+    assert warning.startswith("transport nats://127.0.0.1:1?storage=memory keeps its NATS streams on memory")
 
 
 def test_export_and_consume_take_event_classes_before_start() -> None:

@@ -5,10 +5,9 @@ opened from a URL), a JetStream context, a :class:`~catga.nats._wire.LeanConnect
 (publish with ack, direct get) and :meth:`NatsConnection.ensure_stream`, which creates a stream or checks
 that an existing one is compatible.
 
-A connection can be built before it connects (:meth:`NatsConnection.lazy`, what an ``App`` does
-with a ``nats://`` URL) and opened later; opening it runs the server version gates its stores asked
-for. How the client connects lives in :mod:`catga.nats._connect`; :class:`LazyInit` (the stores'
-first-use initialisation) in :mod:`catga.nats._lazy`.
+A connection can be built unconnected (:meth:`NatsConnection.lazy`, what an ``App`` builds for a
+``nats://`` URL) and opened later, running the version gates its stores asked for. How the client
+connects: :mod:`catga.nats._connect`; :class:`LazyInit` (first-use initialisation): :mod:`catga.nats._lazy`.
 
 Example:
     >>> conn = await NatsConnection.connect("nats://127.0.0.1:4222", token="s3cret")  # doctest: +SKIP
