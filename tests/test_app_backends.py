@@ -517,6 +517,37 @@ async def test_an_app_starts_again_after_a_stop(server_url: str) -> None:
     assert received == ["round 0", "round 1"]  # handled here; its own events are not consumed back
 
 
+async def test_objects_you_built_on_their_own_connections_start_again_with_the_app(server_url: str) -> None:
+    spec = parse_url(server_url)
+    transport: Any
+    store: Any
+    if spec.backend == "nats":
+        from catga.nats import NatsEventStore, NatsTransport
+
+        transport = await NatsTransport.connect(spec.address, prefix=spec.prefix, storage="memory")
+        store = await NatsEventStore.connect(
+            spec.address,
+            stream=f"{spec.prefix.upper()}_EVENTS",
+            prefix=f"{spec.prefix}.events",
+            storage="memory",
+        )
+    else:
+        from catga.redis import RedisEventStore, RedisTransport
+
+        transport = RedisTransport.connect(spec.address, prefix=spec.prefix)
+        store = RedisEventStore.connect(spec.address, prefix=spec.prefix)
+    app = catga.App(transport=transport, store=store)
+    app.export(Ping)
+    accounts = Repository(app.store, Account)
+    for round_ in range(2):  # the app closes them at stop; its next start makes them usable again
+        async with app:
+            account = Account(f"a-{round_}")
+            account.deposit(1)
+            await accounts.save(account)
+            assert (await app.publish(Ping(f"round {round_}"))).ok
+            assert (await app.health()).ok
+
+
 async def test_health_before_start_reports_connections_not_open_without_connecting() -> None:
     accepted: list[object] = []
 
