@@ -25,7 +25,6 @@ from catga.nats.transport import NatsTransport
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
-ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
 _log = logging.getLogger("catga.app")
 LOCK_RANK = 0  # a lock on the shared connection: preferred over a PostgreSQL pool
 _OPTIONS = ("prefix", "storage", "max_payload", "replicas")

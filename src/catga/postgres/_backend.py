@@ -14,7 +14,6 @@ from catga.postgres import PgPool, PostgresIdempotencyStore, PostgresLock, Postg
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
-ROLES = frozenset({"idempotency_store", "outbox"})
 LOCK_RANK = 1  # on a store's pool: only when no NATS or Redis URL offers a lock
 
 

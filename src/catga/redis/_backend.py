@@ -24,7 +24,6 @@ from catga.redis._durability import log_durability
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
-ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
 LOCK_RANK = 0  # a lock on the shared client: preferred over a PostgreSQL pool
 
 
