@@ -120,7 +120,7 @@ def test_a_postgres_url_fills_only_the_idempotency_store_and_the_outbox() -> Non
 
 
 _FAKE_BACKEND = """
-from catga.memory import MemoryOutboxStore
+from catga.memory import MemoryIdempotencyStore, MemoryOutboxStore
 
 LOCK_RANK = 0
 EVENTS = []
@@ -137,10 +137,20 @@ class Connection:
         EVENTS.append(("close", self.address))
 
 
-def outbox(backends, spec):
+def connection(backends, spec):
     conn = backends.shared(("fake", spec.address), "fake", lambda: Connection(spec.address), Connection.open)
     EVENTS.append(("built", conn.address))
+    return conn
+
+
+def outbox(backends, spec):
+    connection(backends, spec)
     return MemoryOutboxStore()
+
+
+def idempotency_store(backends, spec):
+    connection(backends, spec)
+    return MemoryIdempotencyStore()
 """
 
 
@@ -153,22 +163,21 @@ async def test_a_backend_registers_its_scheme_with_one_line(
     monkeypatch.syspath_prepend(str(tmp_path))
     for table in ("SCHEMES", "_PACKAGES", "_BACKEND_ROLES", "_OWN_OPTIONS"):
         monkeypatch.setattr(backends, table, dict(getattr(backends, table)))
-    backends.register_backend("fake", "fake", package="fakebackend", roles=("outbox",))
+    backends.register_backend("fake", "fake", package="fakebackend", roles=("outbox", "idempotency_store"))
     with pytest.raises(ConfigurationError, match="unsupported scheme 'fake'"):
         catga.App(transport="fake://h")
-    app = catga.App(outbox="fake://h:1/x?prefix=p")
+    app = catga.App(outbox="fake://a:1/x?prefix=p", idempotency_store="fake://b:2/y")
     events = sys.modules["fakebackend._backend"].EVENTS
-    assert events == [("built", "fake://h:1/x")]  # built by the constructor, not opened
+    assert events == [("built", "fake://b:2/y"), ("built", "fake://a:1/x")]  # by the constructor
     assert isinstance(app.outbox, MemoryOutboxStore) and app.outbox in app.components
-    for _ in range(2):  # a restart opens the connection again
+    for _ in range(2):  # a restart opens the connections again
+        del events[:]
         async with app:
-            assert events[-1] == ("open", "fake://h:1/x")
+            assert events == [("open", "fake://b:2/y"), ("open", "fake://a:1/x")]
             await app.outbox.add([])
             assert await app.backends.worker_id_lock() is None  # the backend offers no lock
-        assert events[-1] == ("close", "fake://h:1/x")
-    assert [e for e, _ in events] == ["built", "open", "close", "open", "close"]
-    [conn] = app.backends.connections
-    assert conn.address == "fake://h:1/x"
+        assert events[2:] == [("close", "fake://a:1/x"), ("close", "fake://b:2/y")]  # in reverse
+    assert [conn.address for conn in app.backends.connections] == ["fake://b:2/y", "fake://a:1/x"]
 
 
 def test_parse_url_splits_catga_options_from_the_clients() -> None:
