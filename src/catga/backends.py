@@ -40,6 +40,7 @@ from catga._urls import redact_url
 from catga.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from catga.protocols import Transport
     from catga.serialization import TypeRegistry
 
 __all__ = (
@@ -304,11 +305,11 @@ class Backends:
                 await open_()
                 self._opened.append((what, conn))
 
-    async def transport(self, spec: BackendUrl) -> Any:
+    async def transport(self, spec: BackendUrl) -> Transport:
         """Build the transport ``spec`` names and open it, outside an app (``catga dlq``): :meth:`closers`
         closes it, and its dead-letter queue (``transport.dead_letters``), too."""
         before = len(self.built)
-        transport = self.build("transport", spec)
+        transport: Transport = self.build("transport", spec)
         await self.open()
         self._opened += [(f"{type(obj).__name__} {spec}", obj) for obj in self.built[before:]]
         return transport
