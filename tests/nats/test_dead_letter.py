@@ -52,3 +52,20 @@ async def test_listing_pages_through_many_letters(dead_letter_queue: NatsDeadLet
     listed = await dead_letter_queue.list(limit=1000)
     assert [d.id for d in listed] == [f"d{i}" for i in range(300)]
     assert await dead_letter_queue.count() == 300
+
+
+async def test_reads_never_create_the_bucket(nats_connection: NatsConnection, unique_name: str) -> None:
+    # `catga dlq list` with a mistyped ?prefix= used to leave an empty KV_<prefix>_dead_letters behind.
+    async with NatsDeadLetterQueue(nats_connection, bucket=unique_name) as queue:
+        assert await queue.list() == []
+        assert await queue.get("x") is None
+        assert await queue.count() == 0
+        assert await queue.delete("x") is False
+        names = [info.config.name for info in await nats_connection.js.streams_info()]
+        assert f"KV_{unique_name}" not in names
+        await queue.add(DeadLetter(id="x", source="s", type_name="", body=b"1"))
+        try:
+            assert await queue.count() == 1
+            assert (await queue.get("x")) is not None
+        finally:
+            await nats_connection.js.delete_stream(f"KV_{unique_name}")

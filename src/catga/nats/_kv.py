@@ -26,6 +26,7 @@ import secrets
 from collections.abc import AsyncGenerator
 from typing import ClassVar, TypedDict
 
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
@@ -120,6 +121,21 @@ class KvBucket:
             await self.init()
         if not self._wire.connected:
             await self._wire.connect()
+
+    async def exists(self) -> bool:
+        """True if the bucket's stream exists; never creates it (reads of a read-only tool).
+
+        Raises:
+            BackendUnavailableError, BackendTimeoutError: the server failed.
+        """
+        if self.init.ready:
+            return True
+        with translate_errors(f"look up bucket {self.bucket!r}", self._timeout):
+            try:
+                await self._conn.js.stream_info(self.stream)
+            except nats.js.errors.NotFoundError:
+                return False
+        return True
 
     def subject(self, key: str) -> bytes:
         """The subject of ``key`` (validated).

@@ -5,6 +5,10 @@ byte for byte). Listing reads the bucket in revision order, so "oldest first" me
 letters were (last) added -- re-adding an id moves it to the end, like the in-memory queue. ``count``
 reads the stream's message count (one message per letter: deletes remove the message, no tombstones).
 Letter ids may be any non-empty string (escaped into one subject token).
+
+Reads (``list``, ``get``, ``count``, ``delete``) never create the bucket: on a bucket that does not
+exist they find nothing, so ``catga dlq list`` with a mistyped ``?prefix=`` leaves no empty bucket behind.
+Only :meth:`NatsDeadLetterQueue.add` creates it.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class NatsDeadLetterQueue(KvStore):
     async def list(self, limit: int = 100) -> builtins.list[DeadLetter]:
         """Up to ``limit`` letters, oldest first."""
         out: builtins.list[DeadLetter] = []
-        if limit <= 0:
+        if limit <= 0 or not await self._bucket.exists():
             return out
         async with contextlib.aclosing(self._bucket.scan()) as entries:
             async for entry in entries:
@@ -59,6 +63,8 @@ class NatsDeadLetterQueue(KvStore):
 
     async def get(self, id: str) -> DeadLetter | None:
         """The letter with this id, or None."""
+        if not await self._bucket.exists():
+            return None
         entry = await self._bucket.get(id)
         return None if entry is None else _decode(entry.value)
 
@@ -69,6 +75,8 @@ class NatsDeadLetterQueue(KvStore):
         is kept.
         """
         bucket = self._bucket
+        if not await bucket.exists():
+            return False
         while True:
             entry = await bucket.get(id)
             if entry is None:
@@ -82,4 +90,6 @@ class NatsDeadLetterQueue(KvStore):
 
     async def count(self) -> int:
         """Number of letters."""
+        if not await self._bucket.exists():
+            return 0
         return await self._bucket.count()
