@@ -2,7 +2,8 @@
 
 * :class:`Aggregate` and :func:`applies` -- state rebuilt from events, changes raised as events.
 * :class:`Repository` -- load/save aggregates with the right expected version; optional snapshots.
-* :class:`Snapshot`, :class:`SnapshotStore`, :class:`MemorySnapshotStore` -- state at a version.
+* :class:`Snapshot`, :class:`SnapshotStore`, :class:`MemorySnapshotStore` -- state at a version
+  (durable stores: ``catga.nats``, ``catga.redis``, ``catga.postgres``).
 * :class:`Projection`, :func:`handles`, :class:`ProjectionRunner`, :class:`CheckpointStore`,
   :class:`MemoryCheckpointStore` -- read models fed by catch-up then live subscription, resumable.
 * :class:`Upcasters`, :class:`UpcastingRegistry` -- read old event shapes as current classes.
@@ -16,7 +17,13 @@ from catga.eventsourcing.aggregate import Aggregate, applies
 from catga.eventsourcing.checkpoints import CheckpointStore, MemoryCheckpointStore
 from catga.eventsourcing.projections import Projection, ProjectionRunner, handles
 from catga.eventsourcing.repository import Repository
-from catga.eventsourcing.snapshots import MemorySnapshotStore, Snapshot, SnapshotStore
+from catga.eventsourcing.snapshots import (
+    MemorySnapshotStore,
+    Snapshot,
+    SnapshotStore,
+    decode_snapshot,
+    encode_snapshot,
+)
 from catga.eventsourcing.upcasting import SCHEMA_VERSION_KEY, Upcast, Upcasters, UpcastingRegistry
 
 __all__ = (
@@ -34,5 +41,7 @@ __all__ = (
     "Upcasters",
     "UpcastingRegistry",
     "applies",
+    "decode_snapshot",
+    "encode_snapshot",
     "handles",
 )

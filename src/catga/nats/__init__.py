@@ -5,6 +5,7 @@ layout and what is atomic.
 """
 
 from catga.nats.cache import NatsCache
+from catga.nats.checkpoints import NatsCheckpointStore
 from catga.nats.connection import LazyInit, NatsConnection
 from catga.nats.dead_letter import NatsDeadLetterQueue
 from catga.nats.event_store import NatsEventStore
@@ -12,11 +13,13 @@ from catga.nats.idempotency import NatsIdempotencyStore, NatsInboxStore
 from catga.nats.lock import NatsLease, NatsLock
 from catga.nats.outbox import NatsOutboxStore
 from catga.nats.rpc import NatsRpcClient, NatsRpcServer
+from catga.nats.snapshots import NatsSnapshotStore
 from catga.nats.transport import NatsSubscription, NatsTransport
 
 __all__ = (
     "LazyInit",
     "NatsCache",
+    "NatsCheckpointStore",
     "NatsConnection",
     "NatsDeadLetterQueue",
     "NatsEventStore",
@@ -27,6 +30,7 @@ __all__ = (
     "NatsOutboxStore",
     "NatsRpcClient",
     "NatsRpcServer",
+    "NatsSnapshotStore",
     "NatsSubscription",
     "NatsTransport",
 )
