@@ -5,7 +5,8 @@
 * :class:`Snapshot`, :class:`SnapshotStore`, :class:`MemorySnapshotStore` -- state at a version
   (durable stores: ``catga.nats``, ``catga.redis``, ``catga.postgres``).
 * :class:`Projection`, :func:`handles`, :class:`ProjectionRunner`, :class:`CheckpointStore`,
-  :class:`MemoryCheckpointStore` -- read models fed by catch-up then live subscription, resumable.
+  :class:`MemoryCheckpointStore`, :class:`ErrorPolicy`, :class:`Projections` -- read models fed by
+  catch-up then live subscription, resumable, with an error policy and one owner across replicas.
 * :class:`Upcasters`, :class:`UpcastingRegistry` -- read old event shapes as current classes.
 
 Everything here depends only on the protocol, so it runs on every backend. See ``docs/event-sourcing.md``.
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 from catga.eventsourcing.aggregate import Aggregate, applies
 from catga.eventsourcing.checkpoints import CheckpointStore, MemoryCheckpointStore
-from catga.eventsourcing.projections import Projection, ProjectionRunner, handles
+from catga.eventsourcing.projections import ErrorPolicy, Projection, ProjectionRunner, SaveCheckpoint, handles
 from catga.eventsourcing.repository import Repository
+from catga.eventsourcing.runners import Projections
 from catga.eventsourcing.snapshots import (
     MemorySnapshotStore,
     Snapshot,
@@ -30,11 +32,14 @@ __all__ = (
     "SCHEMA_VERSION_KEY",
     "Aggregate",
     "CheckpointStore",
+    "ErrorPolicy",
     "MemoryCheckpointStore",
     "MemorySnapshotStore",
     "Projection",
     "ProjectionRunner",
+    "Projections",
     "Repository",
+    "SaveCheckpoint",
     "Snapshot",
     "SnapshotStore",
     "Upcast",
