@@ -32,7 +32,6 @@ together; the waiting helpers live in ``_waiting.py``, the error policy in ``_po
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -57,6 +56,7 @@ from catga.protocols import (
     StoredEvent,
     validate_identifier,
 )
+from catga.raw import last_position
 
 __all__ = ("ErrorPolicy", "Projection", "ProjectionRunner", "SaveCheckpoint", "handles")
 
@@ -70,15 +70,6 @@ class _Interrupted(Exception):
 
 class _Deposed(Exception):
     """The lease was lost: another replica owns the projection now (internal)."""
-
-
-async def _last_position(store: EventStore) -> int | None:
-    value = getattr(store, "last_position", None)  # a method, or a property (MemoryEventStore)
-    if callable(value):
-        value = value()
-    if inspect.isawaitable(value):
-        value = await value
-    return value if isinstance(value, int) else None
 
 
 class ProjectionRunner(WaitingMixin):
@@ -173,7 +164,7 @@ class ProjectionRunner(WaitingMixin):
 
     async def measure_lag(self) -> int:
         """Ask the store for its newest position (when it tells: ``last_position()``), then :attr:`lag`."""
-        head = await _last_position(self.store)
+        head = await last_position(self.store)
         if head is not None:
             self.head = max(self.head, head)
         return self.lag
