@@ -54,7 +54,7 @@ async def test_the_standby_takes_over_a_killed_owner_with_no_event_skipped_or_ap
     procs: list[asyncio.subprocess.Process] = []
 
     async def spawn() -> asyncio.subprocess.Process:
-        args = (redis_url, unique_name, postgres_url, table, str(before * 3 // 4 - 5), str(mark))
+        args = (redis_url, unique_name, postgres_url, table, str(mark_at), str(mark))
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "projection_worker", *args,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=str(TESTS),
@@ -65,23 +65,24 @@ async def test_the_standby_takes_over_a_killed_owner_with_no_event_skipped_or_ap
     async def checkpoint() -> int:
         return int(await pool.fetchval(f"SELECT position FROM ckpt_{table} WHERE name = 'takeover'") or 0)
 
+    mark_at = before * 3 // 4 - 5  # inside a batch of 50: events before it are handled, not committed
     try:
         for n in range(before):
             await store.append(f"t-{n % 7}", [Tick(n)])
-        owner = await spawn()
+        first = await spawn()
         await _until("the first process owns the projection", lambda: _exists(pool, f"ckpt_{table}"))
-        standby = await spawn()
+        second = await spawn()
         await _until("the owner reached the mark", lambda: _true(mark.exists() and mark.read_text() != ""))
-        assert int(mark.read_text()) == owner.pid
-        committed = await checkpoint()
-        assert 0 < committed < before * 3 // 4 - 5  # killed mid-batch: events in hand, uncommitted
+        # Normally the first process; under heavy load its lease may have lapsed and the second owns it.
+        victim, survivor = (first, second) if int(mark.read_text()) == first.pid else (second, first)
+        assert int(mark.read_text()) == victim.pid
         killed_at = time.monotonic()
-        owner.send_signal(signal.SIGKILL)
-        await owner.wait()
-        for n in range(before, before + after):  # appended while the standby takes over and goes live
+        victim.send_signal(signal.SIGKILL)
+        await victim.wait()
+        for n in range(before, before + after):  # appended while the survivor takes over and goes live
             await store.append(f"t-{n % 7}", [Tick(n)])
         last = await store.last_position()
-        await _until("the standby caught up", lambda: _equals(checkpoint(), last))
+        await _until("the survivor caught up", lambda: _equals(checkpoint(), last))
         recovery = time.monotonic() - killed_at
         rows = await pool.fetch(f"SELECT position, pid FROM model_{table}")
     finally:
@@ -103,9 +104,9 @@ async def test_the_standby_takes_over_a_killed_owner_with_no_event_skipped_or_ap
         recovery_s=round(recovery, 2),
     )
     assert positions == expected  # every event once: none skipped, none applied twice
-    by_owner = {r["position"] for r in rows if r["pid"] == owner.pid}
-    assert by_owner == {p for p in expected if p <= committed}
-    assert {r["pid"] for r in rows if r["position"] > committed} == {standby.pid}
+    by_victim = {r["position"] for r in rows if r["pid"] == victim.pid}
+    assert mark_at not in by_victim  # killed with the mark's batch in hand, uncommitted
+    assert {r["pid"] for r in rows if r["position"] >= mark_at} == {survivor.pid}
 
 
 async def _all(redis_url: str, prefix: str) -> list[Any]:
