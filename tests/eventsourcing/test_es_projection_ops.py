@@ -317,3 +317,60 @@ async def test_a_stale_owner_cannot_commit_after_a_takeover(caplog: pytest.LogCa
     await asyncio.gather(a.stop(), b.stop())
     assert model.rows == list(range(1, 11))  # none skipped, none applied twice
     assert await checkpoints.get("fenced") == 10
+
+
+async def test_stop_interrupts_a_retry_backoff_and_keeps_the_events_before() -> None:
+    store = MemoryEventStore()
+    await deposits(store, 4)
+    model = Model()
+    checkpoints = MemoryCheckpointStore()
+    projection = Transactional(model, fail={3: -1})
+    policy = ErrorPolicy(retries=5, backoff=60.0, max_backoff=60.0)  # a long wait before each retry
+    runner = ProjectionRunner(store, projection, checkpoints, "backoff", on_error=policy)
+    task = runner.start()
+    await eventually(lambda: _true(projection.attempts.get(3) == 1), what="the first failure")
+    await runner.stop(timeout=30)
+    assert task.done() and not task.cancelled() and runner.error is None  # interrupted, not failed
+    assert model.rows == [1, 2] and await checkpoints.get("backoff") == 2
+    assert projection.attempts[3] == 1  # the retry never ran: the event is handled again on restart
+
+
+async def test_a_lost_lease_is_given_up_then_taken_again_with_a_new_token() -> None:
+    store = MemoryEventStore()
+    await deposits(store, 3)
+    model = Model()
+    checkpoints = MemoryCheckpointStore()
+    runner = ProjectionRunner(
+        store, Transactional(model), checkpoints, "relost", lock=MemoryLock(), lease_ttl=5
+    )
+    async with runner:
+        await runner.wait_for_position(3)
+        await runner.wait_until_live()
+        lease, token = runner._lease, runner.fencing_token
+        assert lease is not None and token is not None
+        lease.lost = True  # what auto-renewal does when it finds the key expired or taken
+        await deposits(store, 2)
+        await eventually(lambda: _true(runner.fencing_token not in (None, token)), what="a new lease")
+        await runner.wait_for_position(5)
+    assert model.rows == [1, 2, 3, 4, 5]
+
+
+async def test_a_rebuild_asked_of_a_standby_is_done_when_it_takes_over() -> None:
+    store = MemoryEventStore()
+    await deposits(store, 3)
+    model_a, model_b = Model(), Model()
+    lock = MemoryLock()
+    checkpoints = MemoryCheckpointStore()
+    a = ProjectionRunner(store, Transactional(model_a), checkpoints, "sb", lock=lock)
+    b = ProjectionRunner(store, Transactional(model_b), checkpoints, "sb", lock=lock)
+    a.start()
+    await a.wait_for_position(3)
+    b.start()
+    rebuild = asyncio.create_task(b.rebuild())
+    await asyncio.sleep(0)
+    assert not rebuild.done() and not b.owner
+    await a.stop()
+    await asyncio.wait_for(rebuild, 10)
+    await b.wait_for_position(3)
+    await b.stop()
+    assert model_a.rows == [1, 2, 3] and model_b.rows == [1, 2, 3]  # b replayed everything into its model
