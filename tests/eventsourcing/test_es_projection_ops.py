@@ -374,3 +374,28 @@ async def test_a_rebuild_asked_of_a_standby_is_done_when_it_takes_over() -> None
     await b.wait_for_position(3)
     await b.stop()
     assert model_a.rows == [1, 2, 3] and model_b.rows == [1, 2, 3]  # b replayed everything into its model
+
+
+async def test_a_failed_commit_discards_and_stops_then_a_restart_replays_the_batch() -> None:
+    store = MemoryEventStore()
+    await deposits(store, 3)
+    model = Model()
+    checkpoints = MemoryCheckpointStore()
+
+    class FailingOnce(Transactional):
+        failed = False
+
+        async def commit(self, position: int, save: SaveCheckpoint) -> None:
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("database gone")
+            await super().commit(position, save)
+
+    projection = FailingOnce(model)
+    runner = ProjectionRunner(store, projection, checkpoints, "commits")
+    with pytest.raises(ConnectionError):
+        await runner.run()
+    assert projection.pending == [] and model.rows == [] and await checkpoints.get("commits") == 0
+    async with runner:
+        await runner.wait_for_position(3)
+    assert model.rows == [1, 2, 3]

@@ -408,7 +408,12 @@ class ProjectionRunner(WaitingMixin):
         def save(**options: Any) -> Awaitable[None]:
             return self._save(position, **options)
 
-        await self.projection.commit(position, save)
+        try:
+            await self.projection.commit(position, save)
+        except Exception:
+            self.position = self._saved  # back to what is committed: the rest is handled again
+            await self.projection.discard()
+            raise
         self._saved = position
 
     async def _checkpoint_after_error(self) -> None:
