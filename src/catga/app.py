@@ -67,7 +67,7 @@ from catga.backends import Backends
 from catga.context import Context
 from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
-from catga.health import Health, Probe, consumers_detail, counted, run_checks, server_checks
+from catga.health import Health, Probe, component_checks, consumers_detail, counted, run_checks, server_checks
 from catga.ids import SnowflakeIdGenerator, default_generator
 from catga.mediator import CURRENT, ErrorHook, Mediator, _Parent
 from catga.messages import Event, Metadata, QoS, Request
@@ -330,6 +330,7 @@ class App:
         probes: list[tuple[str, Probe]] = [("app", running)]
         backends = (self.transport, self.store, self.idempotency_store, self.outbox)
         probes += server_checks([*self.backends.connections, *backends, *self.components])
+        probes += component_checks(self.components)  # components with their own health_check()
         if self._worker_member is not None:
 
             async def worker_id() -> str:

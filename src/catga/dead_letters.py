@@ -31,7 +31,7 @@ import msgspec
 
 from catga._transport import replay_route
 from catga.errors import ConfigurationError
-from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, Transport
+from catga.protocols import COMMAND, EVENT, PROJECTION, DeadLetter, DeadLetterQueue, Transport
 
 __all__ = ("ReplayOutcome", "ReplayStatus", "replay_dead_letters")
 
@@ -134,6 +134,18 @@ async def _replay_one(
 ) -> ReplayOutcome:
     if letter is None:
         return ReplayOutcome(id=wanted, status=ReplayStatus.NOT_FOUND, error="no dead letter with this id")
+    if letter.kind == PROJECTION:  # parked by a projection: republishing it would reach no projection
+        return ReplayOutcome(
+            id=letter.id,
+            status=ReplayStatus.FAILED,
+            kind=PROJECTION,
+            destination=letter.source,
+            error=(
+                f"parked by projection {letter.source!r}: not replayable through the transport; fix the "
+                "projection, then rebuild it (ProjectionRunner.rebuild) or apply the event, and delete "
+                "the letter"
+            ),
+        )
     kind, destination = _route(letter)
     outcome = ReplayOutcome(id=letter.id, status=ReplayStatus.FAILED, kind=kind, destination=destination)
     try:

@@ -25,6 +25,7 @@ involved and say what to do; the same facts are available as attributes.
     ├── LockError
     │   ├── LockNotAcquiredError (TimeoutError)
     │   └── LockNotOwnedError
+    │       └── StaleFencingTokenError    a write carries an older owner's fencing token
     └── BackendError                      a storage or transport backend failed
         ├── BackendUnavailableError (ConnectionError)
         ├── BackendTimeoutError (TimeoutError)
@@ -59,6 +60,7 @@ __all__ = (
     "PayloadTooLargeError",
     "RetryableError",
     "SerializationError",
+    "StaleFencingTokenError",
     "UnauthorizedError",
     "UnknownMessageTypeError",
     "UnsupportedServerError",
@@ -310,6 +312,29 @@ class LockNotOwnedError(LockError):
         super().__init__(
             f"lock {key!r} is not held by this holder (it expired or was taken over); "
             "use a longer ttl or auto-renewal"
+        )
+
+
+class StaleFencingTokenError(LockNotOwnedError):
+    """Raised when a write carries a fencing token lower than one the resource has already seen.
+
+    A newer owner took the resource over (its lease has a higher fencing token), so this holder's write
+    is refused and nothing is stored. Stop working on the resource; the new owner continues.
+
+    Attributes:
+        key: the resource (a projection's checkpoint name...).
+        fencing_token: the token the refused write carried.
+        current_token: the highest token the resource has seen.
+    """
+
+    def __init__(self, key: str, fencing_token: int, current_token: int) -> None:
+        self.key = key
+        self.fencing_token = fencing_token
+        self.current_token = current_token
+        LockError.__init__(
+            self,
+            f"write to {key!r} refused: fencing token {fencing_token} is older than {current_token} "
+            "(another owner took it over); stop working on it, the new owner continues",
         )
 
 

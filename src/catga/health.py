@@ -28,6 +28,7 @@ __all__ = (
     "consumers_detail",
     "counted",
     "run_checks",
+    "component_checks",
     "server_checks",
 )
 
@@ -138,6 +139,17 @@ def server_checks(objects: Iterable[Any]) -> list[tuple[str, Probe]]:
             seen.add(id(candidate))
             out.append((_name_of(candidate), _pinger(ping)))
             break
+    return out
+
+
+def component_checks(objects: Iterable[Any]) -> list[tuple[str, Probe]]:
+    """A check per object with an async ``health_check()`` (e.g. :class:`~catga.eventsourcing.Projections`),
+    named by its ``health_name`` (default: its class name)."""
+    out: list[tuple[str, Probe]] = []
+    for obj in objects:
+        check = getattr(obj, "health_check", None)
+        if callable(check):
+            out.append((str(getattr(obj, "health_name", type(obj).__name__)), check))
     return out
 
 

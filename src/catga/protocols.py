@@ -34,6 +34,7 @@ __all__ = (
     "ClaimStatus",
     "COMMAND",
     "EVENT",
+    "PROJECTION",
     "DeadLetter",
     "DeadLetterQueue",
     "DistributedLock",
@@ -318,7 +319,8 @@ class DeadLetter(msgspec.Struct, kw_only=True):
         attempts: deliveries or publish attempts made.
         failed_at: unix seconds.
         kind: ``"event"`` (published: every group gets a copy) or ``"command"`` (sent: one worker
-            takes it); ``""`` in older records (replayed as events).
+            takes it); ``""`` in older records (replayed as events); ``"projection"`` for an event a
+            projection parked (``source`` is the projection's name; not replayable).
         message_id: the message's catga id (its ``Catga-Id`` header), ``""`` when it had none.
     """
 
@@ -338,6 +340,9 @@ class DeadLetter(msgspec.Struct, kw_only=True):
 EVENT = "event"
 #: :attr:`DeadLetter.kind` of a command (``send``).
 COMMAND = "command"
+#: :attr:`DeadLetter.kind` of an event a projection parked (:class:`~catga.eventsourcing.ErrorPolicy`):
+#: never replayed through a transport -- fix the projection, then rebuild it or apply the event yourself.
+PROJECTION = "projection"
 
 
 class DeadLetterQueue(Protocol):

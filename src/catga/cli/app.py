@@ -13,6 +13,7 @@ from catga.cli.bench import bench
 from catga.cli.demo import demo
 from catga.cli.dlq import dlq_app
 from catga.cli.doctor import doctor
+from catga.cli.tail import tail
 
 __all__ = ("app", "main", "version_line")
 
@@ -65,6 +66,7 @@ app.command()(demo)
 app.command()(bench)
 app.command()(doctor)
 app.add_typer(dlq_app, name="dlq")
+app.command()(tail)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ layout and what is atomic.
 """
 
 from catga.nats.cache import NatsCache
+from catga.nats.checkpoints import NatsCheckpointStore
 from catga.nats.connection import LazyInit, NatsConnection
 from catga.nats.dead_letter import NatsDeadLetterQueue
 from catga.nats.event_store import NatsEventStore
@@ -13,11 +14,13 @@ from catga.nats.layout import NatsLayout, nats_layout
 from catga.nats.lock import NatsLease, NatsLock
 from catga.nats.outbox import NatsOutboxStore
 from catga.nats.rpc import NatsRpcClient, NatsRpcServer
+from catga.nats.snapshots import NatsSnapshotStore
 from catga.nats.transport import NatsSubscription, NatsTransport
 
 __all__ = (
     "LazyInit",
     "NatsCache",
+    "NatsCheckpointStore",
     "NatsConnection",
     "NatsDeadLetterQueue",
     "NatsEventStore",
@@ -29,6 +32,7 @@ __all__ = (
     "NatsOutboxStore",
     "NatsRpcClient",
     "NatsRpcServer",
+    "NatsSnapshotStore",
     "NatsSubscription",
     "NatsTransport",
     "nats_layout",

@@ -14,6 +14,7 @@ See ``docs/redis.md`` for URLs, TLS, the key layout and what each Lua script gua
 """
 
 from catga.redis.cache import RedisCache
+from catga.redis.checkpoints import RedisCheckpointStore
 from catga.redis.connection import RedisClient, RedisSettings, Script
 from catga.redis.dead_letter import RedisDeadLetterQueue
 from catga.redis.event_store import RedisEventStore
@@ -21,10 +22,12 @@ from catga.redis.idempotency import RedisIdempotencyStore, RedisInboxStore
 from catga.redis.lock import RedisLease, RedisLock
 from catga.redis.outbox import RedisOutboxStore
 from catga.redis.rpc import RedisRpcClient, RedisRpcServer
+from catga.redis.snapshots import RedisSnapshotStore
 from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTransport
 
 __all__ = (
     "RedisCache",
+    "RedisCheckpointStore",
     "RedisClient",
     "RedisDeadLetterQueue",
     "RedisEventStore",
@@ -37,6 +40,7 @@ __all__ = (
     "RedisRpcServer",
     "RedisRpcEndpoint",
     "RedisSettings",
+    "RedisSnapshotStore",
     "RedisSubscription",
     "RedisTransport",
     "Script",

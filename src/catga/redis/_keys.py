@@ -18,6 +18,8 @@ Every key is ``{prefix}:{family}`` (a fixed key) or ``{prefix}:{family}:{id}`` (
 ``P:dlq``              dead letters (hash id → record)
 ``P:dlq-idx``          dead letters: order (sorted set by insertion counter)
 ``P:dlq-seq``          dead letters: insertion counter
+``P:snap:<stream>``    aggregate snapshot (hash: version, record)
+``P:ckpt:<name>``      projection checkpoint (hash: position, fencing)
 =====================  ==========================================================================
 
 Why no id can reach another's data: the prefix has no ``:``, so it ends at the first ``:``; user ids
@@ -39,7 +41,7 @@ __all__ = ("FAMILIES", "FIXED", "validate_prefix")
 _PREFIX = re.compile(r"[A-Za-z0-9_\-@=+.]{1,64}\Z")
 
 #: Families followed by a user id.
-FAMILIES = ("es:s", "lock", "fence", "idem", "cache", "ob")
+FAMILIES = ("es:s", "lock", "fence", "idem", "cache", "ob", "snap", "ckpt")
 #: Fixed keys (no user id).
 FIXED = ("es:pos", "es:log", "ob-ready", "ob-wait", "ob-pub", "ob-dead", "dlq", "dlq-idx", "dlq-seq")
 

@@ -23,6 +23,8 @@ IdempotencyStoreContract   ``idempotency_store`` (bind it again for the inbox)
 DeadLetterQueueContract    ``dead_letter_queue``
 DistributedLockContract    ``distributed_lock``
 WorkerIdLeaseContract      ``distributed_lock`` (worker id leasing through that lock)
+SnapshotStoreContract      ``snapshot_store``
+CheckpointStoreContract    ``checkpoint_store``
 CacheContract              ``cache``
 TransportContract          ``transport_factory``, ``transport_dead_letters``, ``transport_inbox_factory``
 ========================== ============================================================
@@ -46,6 +48,7 @@ from catga.testing.contracts.messages import (
     contract_registry,
 )
 from catga.testing.contracts.outbox import OutboxStoreContract
+from catga.testing.contracts.snapshots import CheckpointStoreContract, SnapshotStoreContract
 from catga.testing.contracts.transport import (
     InboxTransportFactory,
     RawPublishTransport,
@@ -58,6 +61,7 @@ __all__ = (
     "CONTRACT_TYPES",
     "INVALID_IDS",
     "CacheContract",
+    "CheckpointStoreContract",
     "ContractDoWork",
     "ContractItemAdded",
     "ContractNoted",
@@ -69,6 +73,7 @@ __all__ = (
     "InboxTransportFactory",
     "OutboxStoreContract",
     "RawPublishTransport",
+    "SnapshotStoreContract",
     "TransportContract",
     "TransportFactory",
     "WorkerIdLeaseContract",
