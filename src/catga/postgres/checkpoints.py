@@ -18,7 +18,7 @@ from typing import Any
 
 from catga.errors import StaleFencingTokenError
 from catga.eventsourcing.checkpoints import check_position
-from catga.postgres._base import DEFAULT_TIMEOUT, PgStore
+from catga.postgres._base import PgStore
 from catga.protocols import validate_identifier
 
 __all__ = ("PostgresCheckpointStore",)
@@ -42,15 +42,7 @@ class PostgresCheckpointStore(PgStore):
 
     default_table = "catga_checkpoints"
 
-    def __init__(
-        self,
-        pool: Any,
-        *,
-        table: str | None = None,
-        owns_pool: bool = False,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(pool, table=table, owns_pool=owns_pool, timeout=timeout)
+    def _build_sql(self) -> None:
         t = self.table
         self._get = f"SELECT position FROM {t} WHERE name = $1"
         self._fencing = f"SELECT fencing FROM {t} WHERE name = $1"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from catga.eventsourcing.snapshots import Snapshot, encode_snapshot
-from catga.postgres._base import DEFAULT_TIMEOUT, PgStore, deleted
+from catga.postgres._base import PgStore, deleted
 from catga.protocols import validate_identifier
 
 __all__ = ("PostgresSnapshotStore",)
@@ -37,15 +37,7 @@ class PostgresSnapshotStore(PgStore):
 
     default_table = "catga_snapshots"
 
-    def __init__(
-        self,
-        pool: Any,
-        *,
-        table: str | None = None,
-        owns_pool: bool = False,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(pool, table=table, owns_pool=owns_pool, timeout=timeout)
+    def _build_sql(self) -> None:
         t = self.table
         self._get = (
             f"SELECT version, type_name, schema_version, taken_at, state FROM {t} WHERE stream_id = $1"
