@@ -39,7 +39,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from catga.errors import ConfigurationError
-from catga.testing.servers import HOST, NatsServer, ServerStartError, free_port
+from catga.testing._process import HOST, ServerStartError, free_port
+from catga.testing.servers import NatsServer
 
 __all__ = ("NatsCluster",)
 
