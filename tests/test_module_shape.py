@@ -206,7 +206,10 @@ def _definitions(name: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(("name", "home"), [("H_ERROR", "messages.py"), ("RawHandler", "protocols.py")])
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [("H_ERROR", "messages.py"), ("RawHandler", "protocols.py"), ("MessageHandler", "protocols.py")],
+)
 def test_a_shared_transport_piece_is_defined_once(name: str, home: str) -> None:
     assert _definitions(name) == [home]
 

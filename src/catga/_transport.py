@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import ClassVar, Generic, NamedTuple, TypeVar
 
 from catga._delivery import DeliveryPolicy, check_retry_backoff, retry_delay
 from catga._lifecycle import AsyncCloseable
@@ -36,6 +36,7 @@ from catga.protocols import (
     DeadLetter,
     DeadLetterQueue,
     IdempotencyStore,
+    MessageHandler,
     RawHandler,
     validate_identifier,
 )
@@ -58,9 +59,6 @@ __all__ = (
 T = TypeVar("T")
 SubT = TypeVar("SubT")
 
-#: A subscription's handler, as stored (the message type is checked by ``subscribe``).
-Handler = Callable[[Any, Metadata], Awaitable[None]]
-
 
 # -- subscribe ---------------------------------------------------------------------------------------
 
@@ -69,7 +67,7 @@ class SubscribeArgs(NamedTuple):
     """The arguments of one ``subscribe()`` call, checked (see :meth:`TransportBase.subscribe`)."""
 
     codec: Codec
-    handler: Handler
+    handler: MessageHandler
     qos: QoS
     group: str | None
     destination: str
