@@ -95,6 +95,8 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         self._drain_timeout = drain_timeout
         self._subs: set[MemorySubscription] = set()
         self._timers: dict[_Delivery, tuple[asyncio.TimerHandle, MemorySubscription]] = {}
+        self._closing = False
+        self._closed = False
 
     # ---------------------------------------------------------------------------------------------
     # sending

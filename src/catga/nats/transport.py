@@ -213,6 +213,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
         self._subscriptions: set[NatsSubscription] = set()
         self._servers: set[NatsRpcEndpoint] = set()
         self._subjects: dict[tuple[str, str], str] = {}
+        self._closed = False
         self._consumer_settings = ConsumerSettings(
             client=self.client,
             wire=self._wire,

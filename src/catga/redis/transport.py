@@ -191,6 +191,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
         self._servers: set[RedisRpcEndpoint] = set()
         self._router: _ReplyRouter | None = None
         self._pubsub: PubSubHub | None = None
+        self._closed = False
 
     @classmethod
     def connect(
