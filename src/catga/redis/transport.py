@@ -219,6 +219,10 @@ class RedisTransport(TransportBase[RedisSubscription]):
         """Delay before redelivering a message that failed ``attempts`` times."""
         return retry_delay(self.retry_backoff, self.retry_backoff_max, attempts)
 
+    def _forget_server(self, server: RedisRpcEndpoint) -> None:
+        """Stop tracking a closed RPC endpoint (see :class:`~catga.redis._reqrep.RpcHost`)."""
+        self._servers.discard(server)
+
     # -- publishing -----------------------------------------------------------------------------
     def _encode(
         self, message: object, metadata: Metadata | None, destination: str | None
@@ -430,9 +434,6 @@ class RedisTransport(TransportBase[RedisSubscription]):
         await server.start()
         self._servers.add(server)
         return server
-
-    def _forget_server(self, server: RedisRpcEndpoint) -> None:
-        self._servers.discard(server)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def aclose(self) -> None:
