@@ -39,8 +39,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from catga.errors import ConfigurationError
-from catga.testing._process import HOST, ServerStartError, free_port
-from catga.testing.servers import NatsServer
+from catga.testing.servers import HOST, NatsServer, ServerStartError, free_port
 
 __all__ = ("NatsCluster",)
 

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from catga.testing._process import HOST, START_TIMEOUT, ServerStartError, _ServerProcess
+from catga.testing.servers import HOST, START_TIMEOUT, ServerStartError, _ServerProcess
 
 __all__ = ("PostgresServer", "find_postgres_bindir")
 

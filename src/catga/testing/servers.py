@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from catga.errors import ConfigurationError
-from catga.testing._process import HOST, START_TIMEOUT, ServerStartError, _ServerProcess, free_port
+from catga.testing._process import HOST as HOST  # re-exported (cluster, postgres helpers)
+from catga.testing._process import START_TIMEOUT as START_TIMEOUT
+from catga.testing._process import ServerStartError, free_port
+from catga.testing._process import _ServerProcess as _ServerProcess
 
 __all__ = (
     "NatsServer",
