@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import logging
-import pathlib
 
 import pytest
 
@@ -17,7 +15,6 @@ from catga.protocols import Claim, DeadLetter
 from catga.testing.contracts import ContractOrderPlaced, contract_registry
 
 LOG = logging.getLogger("test.delivery")
-SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "catga"
 
 
 def _message(mid: int = 7) -> tuple[dict[str, str], bytes]:
@@ -183,23 +180,3 @@ def test_a_letter_id_is_the_message_id_or_a_digest_of_the_message() -> None:
     a = letter_id("d", {H_TYPE: "t"}, b"x")
     assert a.startswith("unidentified-") and a == letter_id("d", {H_TYPE: "t"}, b"x")
     assert len({a, letter_id("e", {H_TYPE: "t"}, b"x"), letter_id("d", {H_TYPE: "u"}, b"x")}) == 3
-
-
-@pytest.mark.parametrize(
-    ("consumer", "transport"),
-    [
-        ("memory/_subscription.py", "catga.memory.transport"),
-        ("redis/_consumer.py", "catga.redis.transport"),
-        ("redis/_reader.py", "catga.redis.transport"),
-        ("nats/_consumer.py", "catga.nats.transport"),
-    ],
-)
-def test_a_consumer_module_does_not_import_its_transport(consumer: str, transport: str) -> None:
-    """Subscriptions get a policy and a settings value: no import cycle with the transport, not even
-    under TYPE_CHECKING (issue 10)."""
-    tree = ast.parse((SRC / consumer).read_text())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert transport not in imported
-    assert not {m for m in imported if m.endswith("._consumer")} & {
-        transport.replace("transport", "_consumer")
-    }

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 import catga.testing
 from catga.errors import ConfigurationError
-from catga.testing import servers
+from catga.testing import _process, servers
 from catga.testing.servers import (
     NatsServer,
     RedisServer,
@@ -335,8 +335,8 @@ def test_the_sigterm_handler_lives_only_while_a_server_runs() -> None:
     with RedisServer():
         during = signal.getsignal(signal.SIGTERM)
         if before is signal.SIG_DFL:
-            assert during is servers._on_sigterm
+            assert during is _process._on_sigterm
         else:  # a session server (or pytest) got there first: nothing replaced
             assert during is before
-    if not servers._running:
+    if not _process._running:
         assert signal.getsignal(signal.SIGTERM) is before

@@ -1,10 +1,16 @@
 """Logic the memory, NATS and Redis transports share (backend-neutral; private).
 
-* :class:`TransportBase`: ``subscribe()`` -- its signature and argument checks -- written once; each
-  backend implements ``_check_open()`` and ``_subscribe()``, and ``aclose()``.
+* :class:`TransportBase`: ``subscribe()`` -- its signature and argument checks -- written once; the
+  closed check and its error (:meth:`~TransportBase._check_open`); the
+  :class:`~catga._delivery.DeliveryPolicy` of a subscription
+  (:meth:`~TransportBase._delivery_policy`). Each backend implements ``_subscribe()`` and ``aclose()``.
 * :class:`SubscriptionBase`: what a subscription remembers of its ``subscribe()`` call.
 * The consumer-side delivery policy (decode, inbox claim, handler, ack / retry / dead-letter) lives in
-  :mod:`catga._delivery`; :func:`check_retry_backoff` / :func:`retry_delay` are re-exported here.
+  :mod:`catga._delivery`, written once: every backend's consumer -- memory, NATS JetStream, Redis
+  Streams -- calls :meth:`DeliveryPolicy.deliver <catga._delivery.DeliveryPolicy.deliver>` and only
+  executes its verdict; :func:`check_retry_backoff` / :func:`retry_delay` are re-exported here.
+* :func:`answer`: run a ``serve()`` handler on one request (a failure becomes an
+  :data:`~catga.messages.H_ERROR` reply), alike on every backend.
 * :func:`replay_route`, :func:`replay_headers`: what :meth:`~catga.protocols.Transport.replay` reads of
   a dead letter, alike on every backend.
 * :func:`drain`: let in-flight handler tasks finish, then cancel the rest.
@@ -15,22 +21,33 @@ Hot paths (publish, per-message decode) call at most one of these functions per 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import ClassVar, Generic, NamedTuple, TypeVar
 
-from catga._delivery import check_retry_backoff, retry_delay
+from catga._delivery import DeliveryPolicy, check_retry_backoff, retry_delay
 from catga._lifecycle import AsyncCloseable
-from catga.errors import ConfigurationError
-from catga.messages import H_ID, Metadata, QoS
-from catga.protocols import COMMAND, DeadLetter, validate_identifier
+from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.messages import H_ERROR, H_ID, Metadata, QoS
+from catga.protocols import (
+    COMMAND,
+    DeadLetter,
+    DeadLetterQueue,
+    IdempotencyStore,
+    MessageHandler,
+    RawHandler,
+    validate_identifier,
+)
 from catga.serialization import Codec, TypeRegistry
 
 __all__ = (
+    "RawHandler",
     "SubscribeArgs",
     "SubscriptionBase",
     "TransportBase",
+    "answer",
     "check_retry_backoff",
     "drain",
     "replay_dedup_id",
@@ -42,9 +59,6 @@ __all__ = (
 T = TypeVar("T")
 SubT = TypeVar("SubT")
 
-#: A subscription's handler, as stored (the message type is checked by ``subscribe``).
-Handler = Callable[[Any, Metadata], Awaitable[None]]
-
 
 # -- subscribe ---------------------------------------------------------------------------------------
 
@@ -53,7 +67,7 @@ class SubscribeArgs(NamedTuple):
     """The arguments of one ``subscribe()`` call, checked (see :meth:`TransportBase.subscribe`)."""
 
     codec: Codec
-    handler: Handler
+    handler: MessageHandler
     qos: QoS
     group: str | None
     destination: str
@@ -64,16 +78,84 @@ class SubscribeArgs(NamedTuple):
 class TransportBase(AsyncCloseable, Generic[SubT]):
     """The part of :class:`~catga.protocols.Transport` every backend implements alike.
 
-    Subclasses set ``registry`` and implement :meth:`_check_open`, :meth:`_subscribe` and ``aclose``.
+    Subclasses set the attributes below and implement :meth:`_subscribe` and ``aclose``; ``aclose``
+    sets ``_closing`` when it begins and ``_closed`` once sends are refused (NATS and Redis: at once;
+    memory: after the in-flight handlers drained, so they may still publish).
     """
 
     registry: TypeRegistry
+    dead_letters: DeadLetterQueue | None
+    retry_backoff: float
+    retry_backoff_max: float
+    #: The backend's name in errors (``BackendError.backend``).
+    _backend: ClassVar[str]
     #: What a group is called in error messages.
     _group_kind: ClassVar[str] = "consumer group"
+    #: ``aclose()`` began: no new subscription or server.
+    _closing: bool = False
+    #: No more sends, requests or replays.
+    _closed: bool = False
+
+    def _closed_error(self) -> BackendUnavailableError:
+        """The error every operation of a closed transport raises."""
+        return BackendUnavailableError(
+            f"{type(self).__name__} is closed; create a new one", backend=self._backend
+        )
 
     def _check_open(self) -> None:
-        """Raise when the transport takes no more subscriptions (it is closing or closed)."""
-        raise NotImplementedError
+        """Raise when the transport sends nothing more (hot paths inline ``if self._closed:``).
+
+        Raises:
+            BackendUnavailableError: the transport is closed.
+        """
+        if self._closed:
+            raise self._closed_error()
+
+    def _check_accepting(self) -> None:
+        """Raise when the transport takes no more subscriptions or servers (it is closing or closed).
+
+        Raises:
+            BackendUnavailableError: ``aclose()`` began.
+        """
+        if self._closing or self._closed:
+            raise self._closed_error()
+
+    def _delivery_policy(
+        self,
+        args: SubscribeArgs,
+        *,
+        log: logging.Logger,
+        inbox: IdempotencyStore | None,
+        inbox_ttl: float,
+        over_delivered: str,
+        dead_letter_timeout: float | None = None,
+    ) -> DeliveryPolicy:
+        """The :class:`~catga._delivery.DeliveryPolicy` of one subscription of this transport.
+
+        Args:
+            args: the checked ``subscribe()`` arguments.
+            log: the backend's transport logger.
+            inbox: where ``EXACTLY_ONCE`` claims message ids (ignored for the other QoS).
+            inbox_ttl: the claim's lock ttl: the broker's redelivery deadline.
+            over_delivered: why a delivery can be past ``max_deliver`` on this backend.
+            dead_letter_timeout: seconds a dead-letter write may take (None: the queue's own).
+        """
+        return DeliveryPolicy(
+            codec=args.codec,
+            handler=args.handler,
+            qos=args.qos,
+            destination=args.destination,
+            max_deliver=args.max_deliver,
+            log=log,
+            registry=self.registry,
+            inbox=inbox if args.qos == QoS.EXACTLY_ONCE else None,
+            inbox_ttl=inbox_ttl,
+            dead_letters=self.dead_letters,
+            dead_letter_timeout=dead_letter_timeout,
+            retry_backoff=self.retry_backoff,
+            retry_backoff_max=self.retry_backoff_max,
+            over_delivered=over_delivered,
+        )
 
     async def _subscribe(self, args: SubscribeArgs) -> SubT:
         """Start a subscription; its arguments are checked already."""
@@ -111,7 +193,7 @@ class TransportBase(AsyncCloseable, Generic[SubT]):
             BackendUnavailableError: the transport is closed (or closing), on every backend.
             BackendError: the consumers, groups or server subscriptions could not be created.
         """
-        self._check_open()
+        self._check_accepting()
         if not isinstance(message_type, type):
             raise ConfigurationError(f"subscribe() needs a message class, got {message_type!r}")
         if max_in_flight < 1 or max_deliver < 1:
@@ -168,6 +250,31 @@ class SubscriptionBase:
     def closed(self) -> bool:
         """True once ``aclose()`` was called (or the transport closed)."""
         return self._closed
+
+
+# -- request / reply ---------------------------------------------------------------------------------
+
+
+async def answer(
+    handler: RawHandler, body: bytes, headers: dict[str, str], destination: str, log: logging.Logger
+) -> tuple[bytes, dict[str, str]]:
+    """Run a ``serve()`` handler on one request and return the reply ``(body, headers)``.
+
+    A handler that raises is logged (with the request's ``Catga-Id``) and answered with an empty body
+    and an :data:`~catga.messages.H_ERROR` header naming the error, so the caller does not wait for
+    nothing. Cancellation propagates.
+    """
+    try:
+        out_body, out_headers = await handler(body, headers)
+    except Exception as exc:
+        log.error(
+            "request handler on %r failed for request %s",
+            destination,
+            headers.get(H_ID, "?"),
+            exc_info=exc,
+        )
+        return b"", {H_ERROR: f"{type(exc).__name__}: {exc}"}
+    return out_body, dict(out_headers)
 
 
 # -- dead-letter replay ------------------------------------------------------------------------------

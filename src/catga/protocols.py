@@ -43,6 +43,7 @@ __all__ = (
     "InboxStore",
     "Lease",
     "MessageHandler",
+    "RawHandler",
     "OutboxMessage",
     "OutboxStatus",
     "OutboxStore",
@@ -445,6 +446,11 @@ class Cache(Protocol):
 #: A subscriber: receives the decoded message and its metadata. Raising means failure (nack/retry).
 MessageHandler = Callable[[Any, Metadata], Awaitable[None]]
 
+#: A request handler of :meth:`Transport.serve`: ``(request body, headers) -> (reply body, headers)``.
+#: Raising answers the caller with an empty body and a ``Catga-Error`` header
+#: (:data:`~catga.messages.H_ERROR`).
+RawHandler = Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]]
+
 
 class Subscription(Protocol):
     """A live subscription; ``aclose()`` stops it after in-flight handlers finish."""
@@ -534,7 +540,7 @@ class Transport(Protocol):
     async def serve(
         self,
         destination: str,
-        handler: Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]],
+        handler: RawHandler,
         *,
         group: str | None = "rpc",
     ) -> Subscription: ...

@@ -15,7 +15,8 @@ from catga.errors import InvalidIdentifierError, OperationTimeoutError, PayloadT
 from catga.memory import MemoryDeadLetterQueue, MemoryInboxStore
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.nats import NatsConnection, NatsDeadLetterQueue
-from catga.nats.transport import H_ERROR, NatsTransport, _subject_matches
+from catga.nats._jetstream import subject_matches as _subject_matches
+from catga.nats.transport import H_ERROR, NatsTransport
 from catga.protocols import DeadLetterQueue, InboxStore
 from catga.testing.contracts import TransportContract
 from catga.testing.contracts._util import eventually

@@ -15,20 +15,16 @@ import asyncio
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from catga._delivery import ACKED, DeliveryPolicy, Outcome, Verdict
+from catga._transport import answer
 from catga.messages import H_ID
+from catga.protocols import RawHandler
 
 __all__ = ("Host", "MemorySubscription")
 
 _log = logging.getLogger("catga.memory.transport")
-
-#: Header carrying a server-side error in an RPC reply.
-H_ERROR = "Catga-Error"
-
-RawHandler = Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]]
 
 
 class _Delivery:
@@ -198,15 +194,6 @@ class _ServeSubscription(MemorySubscription):
         reply = delivery.reply
         if reply is None or reply.done():  # the caller timed out already
             return
-        try:
-            body, headers = await self._handler(delivery.body, dict(delivery.headers))
-        except Exception as exc:
-            _log.error(
-                "request handler on %r failed for request %s",
-                self.destination,
-                delivery.headers.get(H_ID, "?"),
-                exc_info=exc,
-            )
-            body, headers = b"", {H_ERROR: f"{type(exc).__name__}: {exc}"}
+        out = await answer(self._handler, delivery.body, dict(delivery.headers), self.destination, _log)
         if not reply.done():
-            reply.set_result((body, dict(headers)))
+            reply.set_result(out)

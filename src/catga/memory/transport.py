@@ -24,28 +24,25 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
-from catga._delivery import DeliveryPolicy, check_retry_backoff
+from catga._delivery import check_retry_backoff
 from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._transport import SubscribeArgs, TransportBase, drain, replay_headers, replay_route
 from catga.errors import (
     BackendError,
-    BackendUnavailableError,
     ConfigurationError,
     OperationTimeoutError,
     PayloadTooLargeError,
 )
 from catga.ids import new_id
 from catga.memory._subscription import (
-    H_ERROR,
     MemorySubscription,
-    RawHandler,
     _Delivery,
     _MessageSubscription,
     _ServeSubscription,
 )
 from catga.memory.broker import MemoryBroker
-from catga.messages import H_ID, Metadata, QoS
-from catga.protocols import DeadLetter, DeadLetterQueue, IdempotencyStore, validate_identifier
+from catga.messages import H_ERROR, H_ID, Metadata, QoS
+from catga.protocols import DeadLetter, DeadLetterQueue, IdempotencyStore, RawHandler, validate_identifier
 from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("H_ERROR", "MemorySubscription", "MemoryTransport")
@@ -70,6 +67,7 @@ class MemoryTransport(TransportBase[MemorySubscription]):
             a larger one raises :class:`~catga.errors.PayloadTooLargeError` and is not delivered.
     """
 
+    _backend = "memory"
     _group_kind = "group"
 
     def __init__(
@@ -91,8 +89,8 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         self.registry = registry if registry is not None else default_registry()
         self.dead_letters = dead_letters
         self._inbox = inbox
-        self._retry_backoff = retry_backoff
-        self._retry_backoff_max = retry_backoff_max
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
         self._inbox_lock_ttl = inbox_lock_ttl
         self._drain_timeout = drain_timeout
         self._subs: set[MemorySubscription] = set()
@@ -108,7 +106,7 @@ class MemoryTransport(TransportBase[MemorySubscription]):
     ) -> tuple[str, bytes, dict[str, str]]:
         """``(destination, body, headers)`` of a message to send, checked against ``max_payload``."""
         if self._closed:
-            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
+            raise self._closed_error()
         codec = self.registry.codec_for(type(message))
         dest = _dest(destination, codec.name)
         body = codec.encode(message)
@@ -150,7 +148,7 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         Subscribers decode them like any message; bytes that do not decode are dead-lettered.
         """
         if self._closed:
-            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
+            raise self._closed_error()
         dest = validate_identifier(destination, "destination")
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="memory")
@@ -168,7 +166,7 @@ class MemoryTransport(TransportBase[MemorySubscription]):
             BackendError: nobody subscribes to the destination.
         """
         if self._closed:
-            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
+            raise self._closed_error()
         command, dest = replay_route(letter)
         body, headers = bytes(letter.body), replay_headers(letter)
         broker = self.broker
@@ -190,19 +188,11 @@ class MemoryTransport(TransportBase[MemorySubscription]):
         if args.qos == QoS.EXACTLY_ONCE:
             inbox = self._inbox if self._inbox is not None else self.broker.inbox
         scope = f"{dest}.{group}" if group is not None else f"{dest}.s{next(self.broker._scopes)}"
-        policy = DeliveryPolicy(
-            codec=args.codec,
-            handler=args.handler,
-            qos=args.qos,
-            destination=dest,
-            max_deliver=args.max_deliver,
+        policy = self._delivery_policy(
+            args,
             log=_log,
-            registry=self.registry,
             inbox=inbox,
             inbox_ttl=self._inbox_lock_ttl,
-            dead_letters=self.dead_letters,
-            retry_backoff=self._retry_backoff,
-            retry_backoff_max=self._retry_backoff_max,
             over_delivered="its earlier deliveries never settled",
         )
         sub = _MessageSubscription(self, policy, group, args.max_in_flight, scope)
@@ -221,7 +211,7 @@ class MemoryTransport(TransportBase[MemorySubscription]):
 
         A handler that raises is logged and answered with an empty body and a ``Catga-Error`` header.
         """
-        self._check_open()
+        self._check_accepting()
         dest = validate_identifier(destination, "destination")
         if group is not None:
             validate_identifier(group, "group")
@@ -245,7 +235,7 @@ class MemoryTransport(TransportBase[MemorySubscription]):
             OperationTimeoutError: no reply within ``timeout`` seconds (also when nobody serves it).
         """
         if self._closed:
-            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
+            raise self._closed_error()
         dest = validate_identifier(destination, "destination")
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="memory")
@@ -261,10 +251,6 @@ class MemoryTransport(TransportBase[MemorySubscription]):
 
     # ---------------------------------------------------------------------------------------------
     # internals used by subscriptions
-
-    def _check_open(self) -> None:
-        if self._closing:
-            raise BackendUnavailableError("memory transport is closed; create a new one", backend="memory")
 
     def _attach(self, sub: MemorySubscription) -> None:
         self._subs.add(sub)

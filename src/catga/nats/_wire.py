@@ -9,15 +9,15 @@ figures*). This connection is the probe's
 * one wildcard reply subscription ``<inbox>.<random>.*``; every request publishes with a unique reply
   token and its reply is matched to a future by that token -- no per-request subscription;
 * writes are coalesced, a little: a request with nothing else in flight is written at once; otherwise it
-  joins a queue that is written when it holds :data:`_WRITE_BATCH` (4) requests or at the end of the
-  event-loop iteration, whichever comes first. Per append this cuts the client's system time and the
-  server's reads, while the cap keeps several groups in flight so that client and server work
-  at the same time: writing all of an iteration's requests at once (as nats-py's flusher does) makes
-  them take turns, and one ``send`` per request (write-through) costs more CPU than the work itself on
-  a small machine (``docs/nats.md``, *Performance*). No flusher task: the end-of-iteration flush is a
-  ``call_soon``;
+  joins a queue that is written when it holds :data:`~catga.nats._protocol.WRITE_BATCH` (4) requests or
+  at the end of the event-loop iteration, whichever comes first. Per append this cuts the client's
+  system time and the server's reads, while the cap keeps several groups in flight so that client and
+  server work at the same time: writing all of an iteration's requests at once (as nats-py's flusher
+  does) makes them take turns, and one ``send`` per request (write-through) costs more CPU than the work
+  itself on a small machine (``docs/nats.md``, *Performance*). No flusher task: the end-of-iteration
+  flush is a ``call_soon``;
 * replies are parsed synchronously in ``data_received`` (an :class:`asyncio.Protocol`, no reader task,
-  no queue), and the waiting future is resolved directly.
+  no queue), and the waiting future is resolved directly (:mod:`catga.nats._protocol`).
 
 It speaks only what the hot paths need: ``CONNECT`` (with the nats-py client's credentials, TLS and
 nkeys/JWT callbacks), ``SUB`` of the reply wildcard and of the transport's pull-consumer inboxes
@@ -58,13 +58,13 @@ import json
 import logging
 import secrets
 import ssl
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import ParseResult
 
 from catga._lifecycle import close_transport
-from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
+from catga.errors import BackendError, ConfigurationError
 from catga.nats._errors import timeout_error, unavailable_error
+from catga.nats._protocol import _SID, Listener, Reply, WireProtocol, parse_headers, reply_status, too_large
 
 __all__ = ("NATS_PY_PRIVATE", "LeanConnection", "Listener", "Reply", "parse_headers", "reply_status")
 
@@ -73,249 +73,8 @@ NATS_PY_PRIVATE = ("_inbox_prefix", "_signature_cb", "_user_jwt_cb", "_public_nk
 
 _log = logging.getLogger("catga.nats")
 
-#: A reply: (raw header block or None, payload).
-Reply = tuple[bytes | None, bytes]
-#: A subscription callback: (subject, reply subject or None, raw header block or None, payload).
-Listener = Callable[[bytes, bytes | None, bytes | None, bytes], None]
-
 _SWEEP_INTERVAL = 0.05
-#: Requests written in one ``send`` system call at most (see the module docstring).
-_WRITE_BATCH = 4
 _DEFAULT_MAX_PAYLOAD = 1024 * 1024
-_SID = b"1"
-
-
-def reply_status(headers: bytes | None) -> int:
-    """The inline status of a reply (``NATS/1.0 404 ...`` -> 404), or 0 for a normal message."""
-    if headers is None or len(headers) < 12 or headers[8:9] != b" ":
-        return 0
-    try:
-        return int(headers[9:12])
-    except ValueError:
-        return 0
-
-
-def parse_headers(headers: bytes | None) -> dict[str, str]:
-    """Parse a ``NATS/1.0`` header block into a dict (the status line is skipped)."""
-    out: dict[str, str] = {}
-    if not headers:
-        return out
-    for line in headers.split(b"\r\n")[1:]:
-        key, sep, value = line.partition(b":")
-        if sep:
-            out[key.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
-    return out
-
-
-def _too_large(size: int, limit: int, subject: bytes) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        size,
-        limit,
-        destination=subject.decode(errors="replace"),
-        backend="nats",
-        what="NATS message (headers included)",
-        limit_name="the server's max_payload",
-    )
-
-
-class _Protocol(asyncio.Protocol):
-    """One socket: parses server ops and resolves pending requests."""
-
-    def __init__(self, prefix: bytes, listeners: dict[bytes, Listener] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        self.loop = loop
-        self.prefix = prefix
-        self.listeners: dict[bytes, Listener] = {} if listeners is None else listeners  # sid -> callback
-        self.prefix_len = len(prefix)
-        # token -> (future, deadline, collector list or None, subject, timeout)
-        self.pending: dict[bytes, tuple[asyncio.Future[Any], float, list[Reply] | None, bytes, float]] = {}
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.create_future = loop.create_future
-        self.transport_write: Callable[[bytes], None] = self._not_connected
-        self.out: list[bytes] = []  # requests queued by write() for the end of this loop iteration
-        self.flush_scheduled = False
-        self.info: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.pong: asyncio.Future[None] = loop.create_future()
-        self.closed = False
-        self.received = 0  # data_received calls, sampled by the sweeper to tell a dead socket
-        self.on_lost: Callable[[_Protocol, Exception | None], None] | None = None
-        self.on_info: Callable[[dict[str, Any]], None] | None = None
-        self.paused: asyncio.Future[None] | None = None
-
-    @staticmethod
-    def _not_connected(data: bytes) -> None:
-        raise unavailable_error("request", "not connected")
-
-    # -- asyncio callbacks -----------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.set_transport(transport)  # type: ignore[arg-type]
-
-    def set_transport(self, transport: asyncio.Transport) -> None:
-        """Use ``transport`` (the socket, or its TLS wrapper after ``start_tls``)."""
-        self.transport = transport
-        self.transport_write = transport.write
-
-    def write(self, data: bytes) -> None:
-        """Send ``data``: at once when nothing else is in flight, else coalesced (see the module doc)."""
-        out = self.out
-        if not out:
-            if len(self.pending) <= 1:  # alone (the request just registered, or a plain publish)
-                self.transport_write(data)
-                return
-            if not self.flush_scheduled:
-                self.flush_scheduled = True
-                self.loop.call_soon(self.flush)
-        out.append(data)
-        if len(out) >= _WRITE_BATCH:
-            self.transport_write(b"".join(out))
-            out.clear()
-
-    def write_soon(self, data: bytes) -> None:
-        """Queue ``data`` for the end of this loop iteration (acks: nobody waits on them)."""
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self.flush)
-        self.out.append(data)
-
-    def flush(self) -> None:
-        """Write what :meth:`write` queued (called at the end of the loop iteration)."""
-        self.flush_scheduled = False
-        out = self.out
-        transport = self.transport
-        if out and transport is not None and not transport.is_closing():
-            self.transport_write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
-
-    def pause_writing(self) -> None:
-        if self.paused is None:
-            self.paused = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        waiter, self.paused = self.paused, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.resume_writing()
-        error = unavailable_error(
-            "request", f"the connection was lost ({exc or 'closed'}); the outcome of the request is unknown"
-        )
-        for handshake in (self.info, self.pong):
-            if not handshake.done():
-                handshake.set_exception(error)
-        pending, self.pending = self.pending, {}
-        for fut, *_ in pending.values():
-            if not fut.done():
-                fut.set_exception(error)
-        if self.on_lost is not None:
-            self.on_lost(self, exc)
-
-    def data_received(self, data: bytes) -> None:  # the hot path
-        self.received += 1
-        buf = self.buf
-        if buf:  # a partial op is waiting: continue from it
-            buf += data
-            data = bytes(buf)
-            buf.clear()
-        n = len(data)
-        pos = 0
-        pending = self.pending
-        plen = self.prefix_len
-        while pos < n:
-            eol = data.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            op = data[pos]
-            if op == 72 or op == 77:  # HMSG / MSG
-                parts = data[pos:eol].split()
-                start = eol + 2
-                end = start + int(parts[-1])
-                if end + 2 > n:
-                    break  # wait for the rest of the payload
-                pos = end + 2
-                if parts[2] != _SID:  # a subscription of its own (a pull consumer's inbox)
-                    self._deliver(parts, op == 72, data, start, end)
-                    continue
-                token = parts[1][plen:]
-                entry = pending.pop(token, None)
-                if entry is None:
-                    continue
-                if op == 72:
-                    split = start + int(parts[-2])
-                    hdr: bytes | None = data[start:split]
-                    payload = data[split:end]
-                else:
-                    hdr = None
-                    payload = data[start:end]
-                fut, _, collector, _, _ = entry
-                if collector is None:
-                    if not fut.done():  # not cancelled by its waiter
-                        fut.set_result((hdr, payload))
-                elif hdr is not None and not payload and hdr[8:9] == b" ":  # status: end of batch
-                    collector.append((hdr, payload))
-                    if not fut.done():
-                        fut.set_result(collector)
-                else:
-                    collector.append((hdr, payload))
-                    pending[token] = entry
-                continue
-            line = data[pos:eol]
-            pos = eol + 2
-            self._control(line)
-        if pos < n:
-            buf += data[pos:]
-
-    def _deliver(self, parts: list[bytes], has_headers: bool, data: bytes, start: int, end: int) -> None:
-        listener = self.listeners.get(parts[2])
-        if listener is None:
-            return  # unsubscribed meanwhile
-        if has_headers:
-            split = start + int(parts[-2])
-            hdr: bytes | None = data[start:split]
-            payload = data[split:end]
-            reply = parts[3] if len(parts) == 6 else None
-        else:
-            hdr = None
-            payload = data[start:end]
-            reply = parts[3] if len(parts) == 5 else None
-        try:
-            listener(parts[1], reply, hdr, payload)
-        except Exception:  # a callback's bug must not stop the parser
-            _log.exception("a subscription callback on catga's lean NATS connection failed")
-
-    def _control(self, line: bytes) -> None:
-        if line == b"PING":
-            if self.transport is not None:
-                self.transport.write(b"PONG\r\n")
-        elif line == b"PONG":
-            if not self.pong.done():
-                self.pong.set_result(None)
-        elif line.startswith(b"INFO"):
-            try:
-                info = json.loads(line[5:])
-            except ValueError:
-                info = {}
-            if not self.info.done():
-                self.info.set_result(info)
-            elif self.on_info is not None:
-                self.on_info(info)
-        elif line.startswith(b"-ERR"):
-            message = line[5:].strip().strip(b"'").decode("utf-8", "replace")
-            if not self.pong.done():
-                exc: Exception
-                if "authoriz" in message.lower() or "authentication" in message.lower():
-                    exc = ConfigurationError(
-                        f"NATS refused the credentials of catga's lean connection: {message}; check "
-                        "user/password, token, nkeys or creds"
-                    )
-                else:
-                    exc = BackendError(f"NATS rejected the connection: {message}", backend="nats")
-                self.pong.set_exception(exc)
-            else:
-                _log.warning("nats-server reported an error on catga's lean connection: %s", message)
-        # +OK and unknown ops are ignored
 
 
 def _private(client: Any, name: str) -> Any:
@@ -352,7 +111,7 @@ class LeanConnection:
         self.connect_timeout = connect_timeout
         self.connected = False
         self.max_payload = _DEFAULT_MAX_PAYLOAD
-        self._proto: _Protocol | None = None
+        self._proto: WireProtocol | None = None
         self._lock: asyncio.Lock | None = None
         self._counter = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -424,7 +183,7 @@ class LeanConnection:
 
     async def _connect_to(self, uri: ParseResult) -> None:
         loop = asyncio.get_running_loop()
-        proto = _Protocol(self.prefix, self._listeners)
+        proto = WireProtocol(self.prefix, self._listeners)
         options = self._nc.options
         hostname = options.get("tls_hostname") or uri.hostname
         first = bool(options.get("tls_handshake_first"))
@@ -518,7 +277,7 @@ class LeanConnection:
         if "max_payload" in info:
             self.max_payload = int(info["max_payload"])
 
-    def _lost(self, proto: _Protocol, exc: Exception | None) -> None:
+    def _lost(self, proto: WireProtocol, exc: Exception | None) -> None:
         if proto is self._proto:
             self.connected = False
             self._proto = None
@@ -564,7 +323,7 @@ class LeanConnection:
                 payload,
             )
         if size > self.max_payload:
-            raise _too_large(size, self.max_payload, subject)
+            raise too_large(size, self.max_payload, subject)
         fut: asyncio.Future[Any] = proto.create_future()
         if self._timer is None:  # idle until now: refresh the coarse clock and start sweeping
             self._start_sweeping(proto)
@@ -573,7 +332,7 @@ class LeanConnection:
         proto.write(data)
         return fut
 
-    def _start_sweeping(self, proto: _Protocol) -> None:
+    def _start_sweeping(self, proto: WireProtocol) -> None:
         self._now = self._last_rx = proto.loop.time()
         self._received = proto.received
         self._timer = proto.loop.call_later(_SWEEP_INTERVAL, self._sweep)
@@ -598,7 +357,7 @@ class LeanConnection:
             size = len(headers) + len(payload)
             data = b"HPUB %b %d %d\r\n%b%b\r\n" % (subject, len(headers), size, headers, payload)
         if size > self.max_payload:
-            raise _too_large(size, self.max_payload, subject)
+            raise too_large(size, self.max_payload, subject)
         if soon:
             proto.write_soon(data)
         else:

@@ -1,3 +1,6 @@
+# Over 500 lines: one class whose appends (an inlined hot path, conflict settlement, ANY) and reads (a
+# binary search from a version, the leader catch-up) share one per-stream cache of (version, sequence).
+# The message layout of an append lives in _event_format, the JetStream API calls in _jsapi.
 """An event store on one JetStream stream, with optimistic concurrency enforced by the server.
 
 Layout (see ``docs/nats.md``):
@@ -41,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +67,14 @@ from catga.errors import (
 )
 from catga.nats._base import NatsStoreBase, check_name
 from catga.nats._errors import timeout_error, translate_errors
+from catga.nats._event_format import (
+    APPEND_HEADERS,
+    MAX_EVENTS_PER_APPEND,
+    POSITION_SHIFT,
+    EventFormat,
+    encode_error,
+    last_version,
+)
 from catga.nats._jsapi import (
     StreamMessage,
     ack_decoder,
@@ -75,17 +85,13 @@ from catga.nats._jsapi import (
     leader_last,
     leader_next,
 )
-from catga.nats._subjects import subject_token, token_to_identifier
+from catga.nats._subjects import subject_token
 from catga.nats.connection import STORES_SERVER, LazyInit, NatsConnection
 from catga.protocols import ANY, NO_STREAM, StoredEvent
 from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("MAX_EVENTS_PER_APPEND", "POSITION_SHIFT", "SEARCH_FROM_VERSION", "NatsEventStore")
 
-#: ``position = sequence << POSITION_SHIFT | index``.
-POSITION_SHIFT = 10
-#: Events per append (one NATS message holds them all).
-MAX_EVENTS_PER_APPEND = 1 << POSITION_SHIFT
 #: Reads from this version on locate their first message by binary search instead of paging from the
 #: stream's first message (about two batch pages of one-event messages cost as much as the search).
 SEARCH_FROM_VERSION = 512
@@ -104,40 +110,6 @@ _STREAM_CHECK = (
     "max_bytes",
     "max_age",
 )
-
-
-_seconds: dict[str, int] = {}
-
-
-def _server_time(stamp: str) -> float:
-    """Parse ``Nats-Time-Stamp`` (RFC 3339 in UTC, e.g. ``2026-01-02T03:04:05.123456789Z``) to unix seconds.
-
-    The whole seconds are cached per distinct value, so a batch of messages costs little.
-    """
-    base, dot, fraction = stamp.partition(".")
-    if dot:
-        fraction = fraction.rstrip("Z")
-        base += "Z"
-    seconds = _seconds.get(base)
-    if seconds is None:
-        if len(_seconds) > 4096:
-            _seconds.clear()
-        seconds = _seconds[base] = int(datetime.datetime.fromisoformat(base).timestamp())
-    return seconds + int(fraction) / 10 ** len(fraction) if fraction else float(seconds)
-
-
-#: An append's header block: expected last subject sequence, first version, then the event lines.
-_HEADERS = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nCatga-Version: %d\r\n%b\r\n"
-
-
-def _encode_error(event: object, exc: Exception) -> SerializationError:
-    """The error to raise when encoding ``event`` failed with ``exc``."""
-    return SerializationError(f"cannot encode {type(event).__qualname__}: {exc}")
-
-
-class _Item(msgspec.Struct, array_like=True):
-    type: str
-    data: msgspec.Raw
 
 
 class _State:
@@ -211,18 +183,13 @@ class NatsEventStore(NatsStoreBase):
         )
         self._direct = f"{self._conn.api_prefix}.DIRECT.GET.{stream}".encode()
         self._msg_get = f"{self._conn.api_prefix}.STREAM.MSG.GET.{stream}".encode()
-        self._subject_start = len(prefix) + 1
         self._states: dict[str, _State] = {}
         self._max_states = max_cached_streams
-        self._type_headers: dict[str, bytes] = {}
-        self._fast: dict[type, tuple[Any, bytes]] = {}
+        self._format = EventFormat(self._registry, stream, prefix)
+        self._fast = self._format.fast  # read by the append hot path
+        self._decode = self._format.decode
         self._init = LazyInit(self._create)
         self._created = False
-        fmt = self._registry.format
-        self._envelope_encode = msgspec.json.encode if fmt == "json" else msgspec.msgpack.encode
-        self._envelope_decoder: Any = (
-            msgspec.json.Decoder(list[_Item]) if fmt == "json" else msgspec.msgpack.Decoder(list[_Item])
-        )
 
     @property
     def registry(self) -> TypeRegistry:
@@ -247,47 +214,6 @@ class NatsEventStore(NatsStoreBase):
             state = self._states[stream_id] = _State(f"{self.prefix}.{token}".encode())
         return state
 
-    def _type_header(self, name: str) -> bytes:
-        header = self._type_headers.get(name)
-        if header is None:
-            if "\r" in name or "\n" in name:
-                raise SerializationError(f"message type name {name!r} contains a line break")
-            header = self._type_headers[name] = f"Catga-Type: {name}\r\n".encode()
-        return header
-
-    def _encode(self, events: Sequence[object], metadata: Mapping[str, str] | None) -> tuple[bytes, bytes]:
-        """Return (header lines without version/expectation, body)."""
-        try:
-            return self._encode_events(events, metadata)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, SerializationError):
-                raise
-            raise SerializationError(f"cannot encode the events: {exc}") from exc
-
-    def _encode_events(
-        self, events: Sequence[object], metadata: Mapping[str, str] | None
-    ) -> tuple[bytes, bytes]:
-        registry = self._registry
-        if len(events) == 1:
-            event = events[0]
-            codec = registry.codec_for(type(event))
-            body = codec.encode(event)
-            lines = self._type_header(codec.name)
-        else:
-            items = []
-            for event in events:
-                codec = registry.codec_for(type(event))
-                items.append(_Item(codec.name, msgspec.Raw(codec.encode(event))))
-            body = self._envelope_encode(items)
-            lines = b"Catga-Count: %d\r\n" % len(events)
-        if metadata:
-            try:
-                meta = msgspec.json.encode({str(k): str(v) for k, v in metadata.items()})
-            except msgspec.EncodeError as exc:
-                raise SerializationError(f"cannot encode event metadata: {exc}") from exc
-            lines += b"Catga-Metadata: " + meta + b"\r\n"
-        return lines, body
-
     async def _refresh(self, stream_id: str, state: _State) -> None:
         """Read the subject's last message from the stream leader; set the cached version and sequence.
 
@@ -305,12 +231,14 @@ class NatsEventStore(NatsStoreBase):
         if last is None:
             state.version, state.seq = -1, 0
         else:
-            state.version = _last_version(last)
+            state.version = last_version(last)
             state.seq = last.seq
 
     def _send(self, state: _State, version: int, last_seq: int, lines: bytes, body: bytes) -> Any:
         """Publish one append expecting ``last_seq``; return the future of its ack."""
-        return self._wire.send(state.subject, body, _HEADERS % (last_seq, version, lines), self._timeout)
+        return self._wire.send(
+            state.subject, body, APPEND_HEADERS % (last_seq, version, lines), self._timeout
+        )
 
     @staticmethod
     def _stored(stream_id: str, state: _State, reply: Any, version: int, count: int) -> bool:
@@ -333,23 +261,6 @@ class NatsEventStore(NatsStoreBase):
         return True
 
     # -- EventStore ------------------------------------------------------------------------
-    def _single(self, event: object) -> tuple[Any, bytes]:
-        """(encode function, type header line) for a single event's type, cached per type."""
-        cls = type(event)
-        fast = self._fast.get(cls)
-        if fast is None:
-            try:
-                codec = self._registry.codec_for(cls)
-            except (TypeError, ValueError) as exc:
-                if isinstance(exc, SerializationError):
-                    raise
-                raise SerializationError(f"cannot encode {cls.__qualname__}: {exc}") from exc
-            # the codec's own encoder when it has one (skips a wrapper frame; errors are translated by
-            # the caller), else its public encode()
-            encode = getattr(codec, "_encode", codec.encode)
-            fast = self._fast[cls] = (encode, self._type_header(codec.name))
-        return fast
-
     async def append(
         self,
         stream_id: str,
@@ -400,11 +311,11 @@ class NatsEventStore(NatsStoreBase):
                 except SerializationError:
                     raise
                 except (TypeError, ValueError, msgspec.EncodeError) as exc:
-                    raise _encode_error(event, exc) from exc
+                    raise encode_error(event, exc) from exc
                 version = expected_version + 1
                 try:
                     reply = await self._wire.send(
-                        state.subject, body, _HEADERS % (state.seq, version, lines), self._timeout
+                        state.subject, body, APPEND_HEADERS % (state.seq, version, lines), self._timeout
                     )
                     if reply[0] is None:  # a plain ack (no status headers)
                         try:
@@ -446,13 +357,13 @@ class NatsEventStore(NatsStoreBase):
         count = len(events)
         if count == 1 and not metadata:
             event = events[0]
-            encode, lines = self._single(event)
+            encode, lines = self._format.single(event)
             try:
                 body = encode(event)
             except SerializationError:
                 raise
             except (TypeError, ValueError, msgspec.EncodeError) as exc:
-                raise _encode_error(event, exc) from exc
+                raise encode_error(event, exc) from exc
         elif count == 0:
             await self._refresh(stream_id, state)
             if expected_version != ANY and expected_version != state.version:
@@ -464,7 +375,7 @@ class NatsEventStore(NatsStoreBase):
                 f"stores one append as one message and allows at most {MAX_EVENTS_PER_APPEND}; split it"
             )
         else:
-            lines, body = self._encode(events, metadata)
+            lines, body = self._format.encode(events, metadata)
         try:
             if expected_version == ANY:
                 return await self._append_any(stream_id, state, lines, body, count)
@@ -561,40 +472,6 @@ class NatsEventStore(NatsStoreBase):
                 else:
                     pause = 0.0
 
-    def _decode(self, message: StreamMessage, stream_id: str | None = None) -> list[StoredEvent]:
-        headers = message.headers
-        try:
-            first = int(headers["Catga-Version"])
-            timestamp = message.time if message.time else _server_time(headers["Nats-Time-Stamp"])
-            raw_meta = headers.get("Catga-Metadata")
-            metadata: dict[str, str] = msgspec.json.decode(raw_meta, type=dict[str, str]) if raw_meta else {}
-            if stream_id is None:
-                stream_id = token_to_identifier(message.subject[self._subject_start :])
-            type_name = headers.get("Catga-Type")
-            if type_name is not None:
-                items = [(type_name, message.data)]
-            else:
-                items = [(i.type, i.data) for i in self._envelope_decoder.decode(message.data)]
-        except (KeyError, ValueError, msgspec.DecodeError) as exc:
-            raise SerializationError(
-                f"message {message.seq} on {message.subject!r} in NATS stream {self.stream!r} is not a "
-                f"catga event ({exc}); only catga should publish to {self.prefix}.>"
-            ) from exc
-        base = message.seq << POSITION_SHIFT
-        registry = self._registry
-        return [
-            StoredEvent(
-                stream_id=stream_id,
-                version=first + index,
-                position=base | index,
-                type_name=name,
-                data=registry.decode(name, data),
-                timestamp=timestamp,
-                metadata=metadata,
-            )
-            for index, (name, data) in enumerate(items)
-        ]
-
     async def _messages(
         self, start: int, subject: str, operation: str
     ) -> AsyncGenerator[StreamMessage, None]:
@@ -660,7 +537,7 @@ class NatsEventStore(NatsStoreBase):
                     return out
         if last is not None and last.seq > state.seq:  # read to the end: remember where the stream is
             state.seq = last.seq
-            state.version = _last_version(last)
+            state.version = last_version(last)
         return out
 
     def _collect(
@@ -672,7 +549,7 @@ class NatsEventStore(NatsStoreBase):
         out: list[StoredEvent],
     ) -> bool:
         """Add ``message``'s events from ``from_version`` on to ``out``; True once ``max_count`` are in."""
-        if _last_version(message) < from_version:
+        if last_version(message) < from_version:
             return False
         for event in self._decode(message, stream_id):
             if event.version >= from_version:
@@ -694,7 +571,7 @@ class NatsEventStore(NatsStoreBase):
             )
         if last is None:
             return None
-        end = _last_version(last)
+        end = last_version(last)
         if last.seq > state.seq:
             state.seq, state.version = last.seq, end
         if end < from_version:
@@ -710,7 +587,7 @@ class NatsEventStore(NatsStoreBase):
             )
             if probe is None or probe.seq >= found:  # nothing new between mid and the best so far
                 hi = mid - 1
-            elif _last_version(probe) < from_version:
+            elif last_version(probe) < from_version:
                 lo = probe.seq + 1
             else:
                 found, hi = probe.seq, mid - 1
@@ -795,9 +672,3 @@ class NatsEventStore(NatsStoreBase):
                     await asyncio.wait_for(
                         self._conn.js.delete_consumer(self.stream, consumer), self._timeout
                     )
-
-
-def _last_version(message: StreamMessage) -> int:
-    """The version of the last event stored in ``message`` (one append)."""
-    headers = message.headers
-    return int(headers.get("Catga-Version", "0")) + int(headers.get("Catga-Count", "1")) - 1

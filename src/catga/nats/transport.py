@@ -1,3 +1,6 @@
+# Over 500 lines: one class, the Transport protocol on NATS, and most of it its documented public API
+# and the publish hot path. Its parts live next door: subscriptions and pull consumers in _consumer,
+# JetStream consumer set-up in _jetstream, request/reply in _reqrep, the lean socket in _wire/_protocol.
 """NATS transport: core NATS for at-most-once, JetStream for at-least-once and exactly-once.
 
 Wire format (readable by any NATS client): the headers are :meth:`Metadata.to_headers
@@ -45,44 +48,33 @@ publisher does not wait); otherwise a JetStream publish that waits for the strea
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import api
 
-from catga._delivery import DeliveryPolicy, check_retry_backoff
+from catga._delivery import check_retry_backoff
 from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._transport import (
     SubscribeArgs,
     TransportBase,
-    drain,
     replay_dedup_id,
     replay_headers,
     replay_route,
 )
-from catga.errors import (
-    BackendError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    ConfigurationError,
-    OperationTimeoutError,
-    PayloadTooLargeError,
-    SerializationError,
-)
+from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
 from catga.ids import new_id
-from catga.messages import H_ID, Metadata, QoS
-from catga.nats._consumer import ConsumerSettings, NatsSubscription, PullConsumer, settle
+from catga.messages import H_ERROR, H_ID, Metadata, QoS
+from catga.nats._consumer import ConsumerSettings, NatsSubscription, PullConsumer
 from catga.nats._errors import translate_errors
+from catga.nats._jetstream import add_consumer, consumer_name, delete_consumer, has_consumer
 from catga.nats._jsapi import decode_ack
+from catga.nats._protocol import header_block
+from catga.nats._reqrep import NatsRpcEndpoint, interest_barrier, request
 from catga.nats.connection import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
@@ -91,65 +83,23 @@ from catga.nats.connection import (
     check_replicas,
 )
 from catga.nats.idempotency import NatsInboxStore
-from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, Subscription, validate_identifier
+from catga.protocols import (
+    DeadLetter,
+    DeadLetterQueue,
+    InboxStore,
+    RawHandler,
+    Subscription,
+    validate_identifier,
+)
 from catga.serialization import TypeRegistry, default_registry
 
-__all__ = ("H_ERROR", "NatsSubscription", "NatsTransport")
+__all__ = ("H_ERROR", "NatsRpcEndpoint", "NatsSubscription", "NatsTransport")
 
 logger = logging.getLogger("catga.nats.transport")
-
-#: Header of an RPC reply whose handler raised (same name as the memory transport's).
-from catga.messages import H_ERROR  # noqa: E402
 
 _CMD_QUEUE = "catga-cmd"
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,200}\Z")
 _DAY = 86400.0
-
-
-def _header_block(headers: Mapping[str, str]) -> bytes:
-    """Render wire headers as a ``NATS/1.0`` header block.
-
-    Raises:
-        SerializationError: a name or value contains CR or LF (it would forge other headers).
-    """
-    text = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    if text.count("\n") != len(headers) or text.count("\r") != len(headers):
-        raise SerializationError(f"header names and values must not contain CR or LF: {dict(headers)!r}")
-    return b"NATS/1.0\r\n" + text.encode() + b"\r\n"
-
-
-async def _interest_barrier(client: Client, timeout: float) -> None:
-    """Return once the server has processed every SUB this client sent: subscribe() is ready on return.
-
-    One ``flush()`` is not enough: nats-py writes its PING straight to the socket, ahead of commands
-    still queued for its flusher task (the SUB), so the PONG can come back before the server saw the
-    SUB (measured: ~1% of requests right after ``serve()`` got "no responders"). The second PING is
-    written after the first PONG arrived, by when the flusher has written the SUB.
-    """
-    seconds = max(1, round(timeout))
-    await client.flush(timeout=seconds)
-    await client.flush(timeout=seconds)
-
-
-def _subject_matches(pattern: str, subject: str) -> bool:
-    """Whether the NATS subject filter ``pattern`` (``*`` one token, ``>`` the rest) matches ``subject``."""
-    want, have = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
-
-
-def _consumer_name(kind: str, destination: str, group: str | None) -> str:
-    """A readable, collision-free JetStream consumer name for ``(kind, destination, group)``."""
-    raw = f"{kind}\0{destination}\0{group or ''}"
-    digest = hashlib.blake2b(raw.encode(), digest_size=6).hexdigest()
-    readable = re.sub(r"[^A-Za-z0-9_-]", "_", destination)[:40]
-    if group:
-        readable += "_" + re.sub(r"[^A-Za-z0-9_-]", "_", group)[:24]
-    return f"{kind}_{readable}_{digest}"
 
 
 class NatsTransport(TransportBase[NatsSubscription]):
@@ -191,6 +141,8 @@ class NatsTransport(TransportBase[NatsSubscription]):
         >>> await transport.publish(OrderPlaced(order_id="o-1"))
         >>> await transport.aclose()
     """
+
+    _backend = "nats"
 
     def __init__(
         self,
@@ -259,7 +211,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
         self._init_lock = asyncio.Lock()
         self._own_inbox: NatsInboxStore | None = None
         self._subscriptions: set[NatsSubscription] = set()
-        self._servers: set[_RpcServe] = set()
+        self._servers: set[NatsRpcEndpoint] = set()
         self._subjects: dict[tuple[str, str], str] = {}
         self._closed = False
         self._consumer_settings = ConsumerSettings(
@@ -353,7 +305,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
         if not messages:
             return
         if self._closed:
-            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+            raise self._closed_error()
         encoded = [self._encode("evt", message, None, destination) for message in messages]
         if self.default_qos == QoS.AT_MOST_ONCE:
             for subject, headers, body in encoded:
@@ -376,7 +328,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
             BackendUnavailableError: the connection is down.
         """
         if self._closed:
-            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+            raise self._closed_error()
         subject = f"{self.prefix}.evt.{validate_identifier(destination, 'destination')}"
         self._check_size(len(body), subject)
         hdrs = dict(headers)
@@ -405,21 +357,21 @@ class NatsTransport(TransportBase[NatsSubscription]):
             BackendUnavailableError: the connection is down, or no stream captures the subject.
         """
         if self._closed:
-            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+            raise self._closed_error()
         command, dest = replay_route(letter)
         subject = f"{self.prefix}.{'cmd' if command else 'evt'}.{dest}"
         headers = replay_headers(letter)
         dedup_id = headers["Nats-Msg-Id"] = replay_dedup_id(letter)
         if not self._streams_ready:
             await self._ensure_streams()
-        if not command and not await self._has_consumer(self.stream, subject):
+        if not command and not await has_consumer(self._js, self.stream, subject, self.timeout):
             raise BackendError(
                 f"cannot replay dead letter {letter.id!r}: no consumer of stream {self.stream!r} reads "
                 f"{subject} (JetStream would drop the event); start the subscriber (its group) first",
                 backend="nats",
             )
         reply = await self._wire.request(
-            subject.encode(), bytes(letter.body), _header_block(headers), timeout=self.timeout
+            subject.encode(), bytes(letter.body), header_block(headers), timeout=self.timeout
         )
         what = f"replay of dead letter {letter.id!r} to {subject}"
         ack = decode_ack(reply, what)
@@ -432,23 +384,6 @@ class NatsTransport(TransportBase[NatsSubscription]):
                 "not stored; the letter is kept",
                 backend="nats",
             )
-
-    async def _has_consumer(self, stream: str, subject: str) -> bool:
-        """Whether a consumer of ``stream`` reads ``subject`` (lists every consumer: for slow paths)."""
-        offset = 0
-        with translate_errors(f"listing the consumers of stream {stream!r}", self.timeout):
-            while True:
-                page = await self._js.consumers_info(stream, offset=offset)
-                for info in page:
-                    config = info.config
-                    filters = list(config.filter_subjects or ())
-                    if config.filter_subject:
-                        filters.append(config.filter_subject)
-                    if not filters or any(_subject_matches(f, subject) for f in filters):
-                        return True
-                if not page:
-                    return False
-                offset += len(page)
 
     def _encode(
         self, kind: str, message: object, metadata: Metadata | None, destination: str | None
@@ -474,7 +409,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
         self, kind: str, message: object, metadata: Metadata | None, destination: str | None
     ) -> None:
         if self._closed:
-            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+            raise self._closed_error()
         subject, headers, body = self._encode(kind, message, metadata, destination)
         qos = self.default_qos if metadata is None else metadata.qos
         if qos == QoS.AT_MOST_ONCE:
@@ -483,7 +418,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
             return
         if not self._streams_ready:
             await self._ensure_streams()
-        reply = await self._wire.request(subject.encode(), body, _header_block(headers), timeout=self.timeout)
+        reply = await self._wire.request(subject.encode(), body, header_block(headers), timeout=self.timeout)
         decode_ack(reply, f"publish to {subject}")
 
     async def _js_publish_many(self, items: Sequence[tuple[str, dict[str, str], bytes]], what: str) -> None:
@@ -496,7 +431,7 @@ class NatsTransport(TransportBase[NatsSubscription]):
         futures: list[asyncio.Future[Any]] = []
         try:
             for subject, headers, body in items:
-                futures.append(wire.send(subject.encode(), body, _header_block(headers), self.timeout))
+                futures.append(wire.send(subject.encode(), body, header_block(headers), self.timeout))
             replies = await asyncio.gather(*futures)
         except BaseException:
             for fut in futures:
@@ -530,10 +465,6 @@ class NatsTransport(TransportBase[NatsSubscription]):
     # ------------------------------------------------------------------------------------------------
     # Subscribing
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
-
     async def _subscribe(self, args: SubscribeArgs) -> NatsSubscription:
         """Subscribe on core NATS (at-most-once) or create and feed the JetStream consumers."""
         qos, group, dest = args.qos, args.group, args.destination
@@ -545,21 +476,13 @@ class NatsTransport(TransportBase[NatsSubscription]):
                 replicas=self.replicas,
             )
             self.inbox = self._own_inbox
-        policy = DeliveryPolicy(
-            codec=args.codec,
-            handler=args.handler,
-            qos=qos,
-            destination=dest,
-            max_deliver=args.max_deliver,
+        policy = self._delivery_policy(
+            args,
             log=logger,
-            registry=self.registry,
-            inbox=self.inbox if qos == QoS.EXACTLY_ONCE else None,
+            inbox=self.inbox,
             inbox_ttl=self.ack_wait,
-            dead_letters=self.dead_letters,
-            dead_letter_timeout=self.timeout,
-            retry_backoff=self.retry_backoff,
-            retry_backoff_max=self.retry_backoff_max,
             over_delivered=f"the consumer died or the handler ran longer than ack_wait={self.ack_wait} s",
+            dead_letter_timeout=self.timeout,
         )
         sub = NatsSubscription(args, policy, self._consumer_settings)
         evt, cmd = f"{self.prefix}.evt.{dest}", f"{self.prefix}.cmd.{dest}"
@@ -568,15 +491,15 @@ class NatsTransport(TransportBase[NatsSubscription]):
                 with translate_errors(f"subscribing to {evt}", self.timeout):
                     await sub.add_core(evt, group or "")
                     await sub.add_core(cmd, _CMD_QUEUE)
-                    await _interest_barrier(self.client, self.timeout)
+                    await interest_barrier(self.client, self.timeout)
             else:
                 if not self._streams_ready:
                     await self._ensure_streams()
                 ephemeral = group is None
-                evt_name = _consumer_name("evt", dest, group if group else str(new_id()))
+                evt_name = consumer_name("evt", dest, group if group else str(new_id()))
                 await self._add_consumer(self.stream, evt_name, evt, sub, ephemeral)
                 await sub.add_pull(PullConsumer(sub, self.stream, evt_name, ephemeral=ephemeral))
-                cmd_name = _consumer_name("cmd", dest, None)
+                cmd_name = consumer_name("cmd", dest, None)
                 await self._add_consumer(self.command_stream, cmd_name, cmd, sub, False)
                 await sub.add_pull(
                     PullConsumer(sub, self.command_stream, cmd_name, ephemeral=False, command=True)
@@ -602,30 +525,14 @@ class NatsTransport(TransportBase[NatsSubscription]):
             max_ack_pending=max(1000, 4 * sub.max_in_flight),
             inactive_threshold=max(60.0, 10 * self.pull_expires) if ephemeral else None,
         )
-        with translate_errors(f"creating JetStream consumer {name!r} on {stream!r}", self.timeout):
-            try:
-                await self._js.add_consumer(stream, config)
-            except nats.js.errors.BadRequestError as exc:
-                # A shared consumer that exists with settings that cannot change: bind to it as it is.
-                try:
-                    await self._js.consumer_info(stream, name)
-                except nats.js.errors.NotFoundError:
-                    raise ConfigurationError(
-                        f"cannot create JetStream consumer {name!r} on stream {stream!r}: "
-                        f"{exc.description}; check the stream is catga's (prefix={self.prefix!r})"
-                    ) from exc
-                logger.warning("using existing JetStream consumer %s on %s as is: %s", name, stream, exc)
+        await add_consumer(self._js, stream, config, prefix=self.prefix, timeout=self.timeout)
 
     def _forget(self, sub: NatsSubscription) -> None:
         self._subscriptions.discard(sub)
 
     async def delete_consumer(self, stream: str, name: str) -> None:
         """Delete a JetStream consumer (used for private consumers on close); a missing one is fine."""
-        with (
-            translate_errors(f"deleting JetStream consumer {name!r}", self.timeout),
-            contextlib.suppress(nats.js.errors.NotFoundError),
-        ):
-            await asyncio.wait_for(self._js.delete_consumer(stream, name), self.timeout)
+        await delete_consumer(self._js, stream, name, self.timeout)
 
     # ------------------------------------------------------------------------------------------------
     # Request / reply
@@ -647,32 +554,21 @@ class NatsTransport(TransportBase[NatsSubscription]):
             OperationTimeoutError: no reply within ``timeout`` seconds (including: nobody serves it).
             BackendUnavailableError: the connection is down.
         """
+        if self._closed:
+            raise self._closed_error()
         validate_identifier(destination, "destination")
         subject = f"{self.prefix}.rpc.{destination}"
         self._check_size(len(body), subject)
-        try:
-            with translate_errors(f"request to {destination!r}", timeout):
-                try:
-                    reply = await self.client.request(
-                        subject, body, timeout=timeout, headers=dict(headers) if headers else None
-                    )
-                except nats.errors.NoRespondersError as exc:
-                    logger.debug("no server for %s: %r", subject, exc)
-                    raise OperationTimeoutError(
-                        f"request to {destination!r} (nobody serves it)", timeout
-                    ) from exc
-        except BackendTimeoutError as exc:
-            raise OperationTimeoutError(f"request to {destination!r}", timeout) from exc.__cause__
-        return reply.data, dict(reply.headers) if reply.headers else {}
+        return await request(self.client, subject, destination, body, headers, timeout)
 
     async def serve(
         self,
         destination: str,
-        handler: Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]],
+        handler: RawHandler,
         *,
         group: str | None = "rpc",
         max_in_flight: int = 64,
-    ) -> Subscription:
+    ) -> NatsRpcEndpoint:
         """Answer requests to ``destination`` with ``handler`` (a NATS queue group shares the load).
 
         A handler that raises is logged and answered with an empty body and a ``Catga-Error`` header,
@@ -682,16 +578,20 @@ class NatsTransport(TransportBase[NatsSubscription]):
             InvalidIdentifierError: a malformed destination or group.
             BackendUnavailableError: the connection is down.
         """
-        if self._closed:
-            raise BackendUnavailableError("NatsTransport is closed; create a new one", backend="nats")
+        self._check_accepting()
         validate_identifier(destination, "destination")
         if group is not None:
             validate_identifier(group, "consumer group")
-        server = _RpcServe(self, destination, handler, max_in_flight)
-        subject = f"{self.prefix}.rpc.{destination}"
-        with translate_errors(f"serving {subject}", self.timeout):
-            server.nsub = await self.client.subscribe(subject, queue=group or "", cb=server.on_msg)
-            await _interest_barrier(self.client, self.timeout)
+        server = NatsRpcEndpoint(
+            self.client,
+            destination,
+            handler,
+            max_in_flight,
+            timeout=self.timeout,
+            drain_timeout=self.drain_timeout,
+            forget=self._servers.discard,
+        )
+        await server.start(f"{self.prefix}.rpc.{destination}", group)
         self._servers.add(server)
         return server
 
@@ -737,54 +637,3 @@ class NatsTransport(TransportBase[NatsSubscription]):
 
     def __repr__(self) -> str:
         return f"NatsTransport(prefix={self.prefix!r}, stream={self.stream!r})"
-
-
-class _RpcServe:
-    """A core NATS queue subscription answering requests with a bytes handler."""
-
-    def __init__(
-        self,
-        transport: NatsTransport,
-        destination: str,
-        handler: Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]],
-        max_in_flight: int,
-    ) -> None:
-        self.transport = transport
-        self.destination = destination
-        self.handler = handler
-        self.nsub: Any = None
-        self._sem = asyncio.Semaphore(max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
-
-    async def on_msg(self, msg: Msg) -> None:
-        await self._sem.acquire()
-        task = asyncio.create_task(self._answer(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._sem.release()
-
-    async def _answer(self, msg: Msg) -> None:
-        try:
-            body, headers = await self.handler(msg.data, dict(msg.headers) if msg.headers else {})
-        except Exception as exc:
-            logger.exception("request handler on %r failed", self.destination)
-            body, headers = b"", {H_ERROR: f"{type(exc).__name__}: {exc}"}
-        if msg.reply:
-            await settle(
-                self.transport.client.publish(msg.reply, body, headers=headers or None),
-                f"replying on {self.destination!r}",
-            )
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.transport._servers.discard(self)
-        if self.nsub is not None:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await asyncio.wait_for(self.nsub.unsubscribe(), self.transport.timeout)
-        await drain(set(self._tasks), self.transport.drain_timeout)

@@ -24,21 +24,19 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
+from catga._transport import answer
 from catga.errors import BackendError, BackendUnavailableError, ConfigurationError, OperationTimeoutError
 from catga.ids import new_id
 from catga.messages import H_ID
-from catga.protocols import validate_identifier
-from catga.redis._wire import H_ERROR, entry_args, frame, parse_entry, quietly, unframe
+from catga.protocols import RawHandler, validate_identifier
+from catga.redis._wire import entry_args, frame, parse_entry, quietly, unframe
+from catga.redis.connection import RedisClient
 
-if TYPE_CHECKING:
-    from catga.redis.transport import RedisTransport
+__all__ = ("H_DEADLINE", "H_REPLY_ID", "H_REPLY_TO", "RedisRpcEndpoint", "RpcHost")
 
-__all__ = ("H_DEADLINE", "H_REPLY_ID", "H_REPLY_TO", "RawHandler", "RedisRpcEndpoint")
-
-RawHandler = Callable[[bytes, dict[str, str]], Awaitable[tuple[bytes, dict[str, str]]]]
 logger = logging.getLogger("catga.redis.rpc")
 
 H_REPLY_TO = "Catga-Reply-To"
@@ -48,10 +46,50 @@ H_DEADLINE = "Catga-Deadline"
 DEADLINE_GRACE = 1.0
 
 
+class RpcHost(Protocol):
+    """What request/reply uses of its transport (implemented by :class:`~catga.redis.RedisTransport`;
+    this module never imports the transport)."""
+
+    @property
+    def client(self) -> RedisClient:
+        """The pipelined client; blocking reads use clones of it."""
+
+    @property
+    def prefix(self) -> str:
+        """The transport's key prefix."""
+
+    @property
+    def consumer_base(self) -> str:
+        """``<host>-<pid>``: the start of this process's consumer names."""
+
+    @property
+    def block(self) -> float:
+        """Seconds one blocking read waits."""
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a command may take (on top of ``block`` for blocking reads)."""
+
+    @property
+    def drain_timeout(self) -> float:
+        """Seconds requests in flight get to be answered on close."""
+
+    @property
+    def rpc_max_len(self) -> int:
+        """Approximate cap of a request stream."""
+
+    @property
+    def reply_ttl(self) -> float:
+        """Seconds a reply list lives after the last reply pushed to it."""
+
+    def _forget_server(self, server: RedisRpcEndpoint) -> None:
+        """Stop tracking a server that closed."""
+
+
 class _ReplyRouter:
     """The requesting side of one transport: a private reply list and the requests waiting on it."""
 
-    def __init__(self, transport: RedisTransport) -> None:
+    def __init__(self, transport: RpcHost) -> None:
         self.transport = transport
         self.key = f"{transport.prefix}:t:reply:{uuid.uuid4().hex}"
         self._pending: dict[str, asyncio.Future[tuple[bytes, dict[str, str]]]] = {}
@@ -147,7 +185,7 @@ class RedisRpcEndpoint:
 
     def __init__(
         self,
-        transport: RedisTransport,
+        transport: RpcHost,
         destination: str,
         handler: RawHandler,
         group: str | None,
@@ -256,17 +294,7 @@ class RedisRpcEndpoint:
                     return
             except ValueError:
                 pass
-            try:
-                out_body, out_headers = await self._handler(body, headers)
-                out = dict(out_headers)
-            except Exception as exc:
-                logger.error(
-                    "request handler on %r failed for request %s",
-                    self.destination,
-                    headers.get(H_ID, "?"),
-                    exc_info=exc,
-                )
-                out_body, out = b"", {H_ERROR: f"{type(exc).__name__}: {exc}"}
+            out_body, out = await answer(self._handler, body, headers, self.destination, logger)
             out[H_REPLY_ID] = rid
             ttl_ms = max(1, round(self.transport.reply_ttl * 1000))
             await quietly(
@@ -286,7 +314,7 @@ class RedisRpcEndpoint:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        self.transport._servers.discard(self)
+        self.transport._forget_server(self)
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])

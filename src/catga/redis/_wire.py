@@ -12,12 +12,9 @@ from typing import Any
 
 import msgspec
 
-__all__ = ("H_ERROR", "entry_args", "frame", "parse_entry", "quietly", "unframe")
+__all__ = ("entry_args", "frame", "parse_entry", "quietly", "unframe")
 
 logger = logging.getLogger("catga.redis.transport")
-
-#: Header of an RPC reply whose handler raised (same name on every backend).
-from catga.messages import H_ERROR  # noqa: E402
 
 _BODY = b"body"
 _encode_headers = msgspec.json.Encoder().encode

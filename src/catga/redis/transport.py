@@ -55,19 +55,19 @@ import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
-from catga._delivery import DeliveryPolicy, check_retry_backoff, retry_delay
+from catga._delivery import check_retry_backoff, retry_delay
 from catga._payload import DEFAULT_MAX_PAYLOAD, check_max_payload
 from catga._transport import SubscribeArgs, TransportBase, replay_headers, replay_route
-from catga.errors import BackendError, BackendUnavailableError, ConfigurationError, PayloadTooLargeError
+from catga.errors import BackendError, ConfigurationError, PayloadTooLargeError
 from catga.ids import new_id
-from catga.messages import Metadata, QoS
-from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, validate_identifier
+from catga.messages import H_ERROR, Metadata, QoS
+from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, RawHandler, validate_identifier
 from catga.redis._consumer import RedisSubscription
 from catga.redis._keys import validate_prefix
 from catga.redis._pubsub import PubSubHub
 from catga.redis._reader import ConsumerSettings
-from catga.redis._reqrep import RawHandler, RedisRpcEndpoint, _ReplyRouter
-from catga.redis._wire import H_ERROR, entry_args, frame
+from catga.redis._reqrep import RedisRpcEndpoint, _ReplyRouter
+from catga.redis._wire import entry_args, frame
 from catga.redis.connection import DEFAULT_URL, RedisClient
 from catga.redis.idempotency import RedisInboxStore
 from catga.serialization import TypeRegistry, default_registry
@@ -112,6 +112,8 @@ class RedisTransport(TransportBase[RedisSubscription]):
         >>> await transport.subscribe(OrderPlaced, on_placed, group="billing")  # doctest: +SKIP
         >>> await transport.publish(OrderPlaced(order_id="o-1"))  # doctest: +SKIP
     """
+
+    _backend = "redis"
 
     def __init__(
         self,
@@ -217,12 +219,16 @@ class RedisTransport(TransportBase[RedisSubscription]):
         """Delay before redelivering a message that failed ``attempts`` times."""
         return retry_delay(self.retry_backoff, self.retry_backoff_max, attempts)
 
+    def _forget_server(self, server: RedisRpcEndpoint) -> None:
+        """Stop tracking a closed RPC endpoint (see :class:`~catga.redis._reqrep.RpcHost`)."""
+        self._servers.discard(server)
+
     # -- publishing -----------------------------------------------------------------------------
     def _encode(
         self, message: object, metadata: Metadata | None, destination: str | None
     ) -> tuple[str, bytes, dict[str, str]]:
         if self._closed:
-            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+            raise self._closed_error()
         codec = self.registry.codec_for(type(message))
         dest = validate_identifier(codec.name if destination is None else destination, "destination")
         body = codec.encode(message)
@@ -275,7 +281,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
             BackendError: Redis failed or timed out.
         """
         if self._closed:
-            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+            raise self._closed_error()
         dest = validate_identifier(destination, "destination")
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(len(body), self.max_payload, destination=dest, backend="redis")
@@ -298,7 +304,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
                 ``BackendTimeoutError``); or, for an event, nobody reads it.
         """
         if self._closed:
-            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+            raise self._closed_error()
         command, dest = replay_route(letter, (self._evt, self._cmd))
         body, headers = bytes(letter.body), replay_headers(letter)
         if not command and not await self._has_reader(self._evt + dest):
@@ -341,26 +347,14 @@ class RedisTransport(TransportBase[RedisSubscription]):
         await self.client.execute(*entry_args(self._cmd + dest, body, headers, self.command_max_len))
 
     # -- subscribing ----------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
-
     async def _subscribe(self, args: SubscribeArgs) -> RedisSubscription:
         """Create the consumer groups (or the pub/sub subscription) and start reading."""
         qos, group, dest = args.qos, args.group, args.destination
-        policy = DeliveryPolicy(
-            codec=args.codec,
-            handler=args.handler,
-            qos=qos,
-            destination=dest,
-            max_deliver=args.max_deliver,
+        policy = self._delivery_policy(
+            args,
             log=logger,
-            registry=self.registry,
-            inbox=self.inbox if qos == QoS.EXACTLY_ONCE else None,
+            inbox=self.inbox,
             inbox_ttl=self.claim_min_idle,
-            dead_letters=self.dead_letters,
-            retry_backoff=self.retry_backoff,
-            retry_backoff_max=self.retry_backoff_max,
             over_delivered="its consumers died or stalled",
         )
         sub = RedisSubscription(args, policy, self._consumer_settings, self._unsubscribed)
@@ -410,7 +404,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
             BackendError: the request could not be written.
         """
         if self._closed:
-            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+            raise self._closed_error()
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(len(body), self.max_payload, destination=destination, backend="redis")
         if self._router is None:
@@ -435,8 +429,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
             InvalidIdentifierError: a malformed destination or group.
             BackendError: the consumer group could not be created.
         """
-        if self._closed:
-            raise BackendUnavailableError("RedisTransport is closed; create a new one", backend="redis")
+        self._check_accepting()
         server = RedisRpcEndpoint(self, destination, handler, group, max_in_flight)
         await server.start()
         self._servers.add(server)
