@@ -1,3 +1,5 @@
+# Over 500 lines: the runner's loop, ownership, rebuild and stop act on the same state and are read
+# together; the waiting helpers live in _waiting.py, the error policy in _policy.py.
 """Projections: read models built from the global event stream, with resumable checkpoints.
 
 A :class:`Projection` declares handlers per event type with :func:`handles`. A :class:`ProjectionRunner`
@@ -24,9 +26,6 @@ projection and feeds it, the others stand by and take over when its lease expire
 Every checkpoint write carries the lease's fencing token and the checkpoint store refuses an older
 token, so an owner that paused past its lease cannot overwrite the new owner's progress (and, with a
 transactional read model, its model changes roll back with the refused write).
-
-(About 500 lines: the runner's loop, ownership, rebuild and stop act on the same state and are read
-together; the waiting helpers live in ``_waiting.py``, the error policy in ``_policy.py``.)
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ import json
 import logging
 import secrets
 import ssl
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import ParseResult
 
