@@ -33,7 +33,7 @@ from catga.nats import (
     NatsTransport,
 )
 from catga.nats.connection import check_replicas
-from catga.protocols import OutboxMessage
+from catga.protocols import DeadLetter, OutboxMessage
 from catga.testing.cluster import NatsCluster
 from catga.testing.contracts import ContractOrderPlaced, contract_registry
 
@@ -196,7 +196,10 @@ async def test_an_app_on_replicas_3_urls_replicates_every_stream_and_bucket(
             lambda: outbox.add([OutboxMessage(id="m-1", destination="d", type_name="t", body=b"{}")])
         )
         dead_letters = transport.dead_letters  # type: ignore[attr-defined]
-        await _until_placed(dead_letters.count)
+        # reads never create the dead-letter bucket: the first letter does
+        await _until_placed(
+            lambda: dead_letters.add(DeadLetter(id="d-1", source="s", type_name="", body=b"{}"))
+        )
         await asyncio.wait_for(arrived.wait(), 60.0)
         assert got == ["o-1"]
         await sub.aclose()
