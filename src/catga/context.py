@@ -17,12 +17,12 @@ dict are built only when first read.
 from __future__ import annotations
 
 import threading
-import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from catga import clock as _clock
 from catga.messages import Metadata, Request
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class Context(msgspec.Struct):
                 message_id=self.message_id,
                 correlation_id=self.correlation_id,
                 causation_id=self.causation_id,
-                created_at=time.time(),
+                created_at=_clock.get_clock().time(),
             )
         return md
 
@@ -154,7 +154,7 @@ class Context(msgspec.Struct):
             message_id=self.mediator.new_id() if message_id is None else message_id,
             correlation_id=self.correlation_id,
             causation_id=self.message_id,
-            created_at=time.time(),
+            created_at=_clock.get_clock().time(),
         )
 
     def __repr__(self) -> str:

@@ -486,6 +486,17 @@ class SnowflakeIdGenerator:
         with self._lock:
             self._window = (0, 0, count(1), 0)
 
+    def _use_clock(self, clock_ns: Callable[[], int] | None) -> None:
+        """Read ``clock_ns`` (Unix ns; None: the wall clock) from now on, for :func:`catga.clock.set_clock`.
+
+        The order restarts: the next id opens a window at the new clock's time, even an earlier one.
+        """
+        with self._lock:
+            self._clock = time.time_ns if clock_ns is None else clock_ns
+            self._div = 1_000_000
+            self._tick = -1
+            self._window = (0, 0, count(1), 0)
+
     def _adopt_locked(self, worker_id: int, guard: Callable[[], None] | None) -> None:
         self._set_worker_id(worker_id)
         self._guard = guard

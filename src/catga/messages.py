@@ -22,7 +22,6 @@ Metadata (ids, correlation, QoS, headers) travels *beside* the message in :class
 from __future__ import annotations
 
 import enum
-import time
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -170,7 +169,9 @@ H_ERROR = "Catga-Error"
 
 def new_metadata(message_id: int, **fields: Any) -> Metadata:
     """Build metadata stamped with the current time."""
-    return Metadata(message_id=message_id, created_at=time.time(), **fields)
+    from catga.clock import get_clock
+
+    return Metadata(message_id=message_id, created_at=get_clock().time(), **fields)
 
 
 def message_name(name: str) -> Any:

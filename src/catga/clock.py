@@ -1,0 +1,117 @@
+"""The clock catga reads: one seam that tests can replace with a controllable clock.
+
+catga code that needs the time asks :func:`get_clock` for it, never :mod:`time` directly, so a test
+can run with :class:`catga.testing.FakeClock` and move time by hand::
+
+    from catga.clock import use_clock
+    from catga.testing import FakeClock
+
+    clock = FakeClock()
+    with use_clock(clock):
+        ...                      # created-at stamps and the default generator's ids follow clock
+        clock.advance(60)        # a minute later, at once
+
+What reads it today: the ``created_at`` of metadata catga generates (:class:`~catga.context.Context`,
+:func:`~catga.messages.new_metadata`) and the timestamp part of the process's Snowflake ids
+(:func:`catga.ids.new_id`; a generator built with its own ``clock=`` keeps it). New code that waits or
+schedules (timers, scheduled messages) reads :meth:`Clock.time` and waits with :meth:`Clock.sleep`.
+Not (yet) routed through it: ``asyncio`` timeouts, which follow the event loop's own clock.
+
+The current clock is process-wide (every thread and task sees the same one): replace it only in
+tests, from one test at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol, runtime_checkable
+
+__all__ = ("SYSTEM_CLOCK", "Clock", "SystemClock", "get_clock", "set_clock", "use_clock")
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What catga asks of a clock."""
+
+    def time(self) -> float:
+        """Wall-clock time: Unix seconds."""
+        ...
+
+    def time_ns(self) -> int:
+        """Wall-clock time: Unix nanoseconds (Snowflake ids read this)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds of a clock that never goes back, for durations and deadlines."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock's time."""
+        ...
+
+
+class SystemClock:
+    """The real clock: :func:`time.time`, :func:`time.time_ns`, :func:`time.monotonic`,
+    :func:`asyncio.sleep`."""
+
+    def time(self) -> float:
+        """Unix seconds."""
+        return time.time()
+
+    def time_ns(self) -> int:
+        """Unix nanoseconds."""
+        return time.time_ns()
+
+    def monotonic(self) -> float:
+        """Monotonic seconds."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """``asyncio.sleep(seconds)``."""
+        await asyncio.sleep(seconds)
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+SYSTEM_CLOCK = SystemClock()
+"""The default clock."""
+
+_clock: Clock = SYSTEM_CLOCK
+
+
+def get_clock() -> Clock:
+    """The clock catga reads now (:data:`SYSTEM_CLOCK` unless a test replaced it)."""
+    return _clock
+
+
+def set_clock(clock: Clock) -> Clock:
+    """Make ``clock`` the one catga reads; return the previous one. Prefer :func:`use_clock`.
+
+    The process's default Snowflake generator follows it: switching clocks restarts its order, so
+    ids drawn under different clocks are not ordered with each other (each clock's ids still are).
+
+    Raises:
+        TypeError: ``clock`` lacks a method of :class:`Clock`.
+    """
+    global _clock
+    if not isinstance(clock, Clock):
+        raise TypeError(f"{clock!r} is not a catga.clock.Clock (needs time, time_ns, monotonic, sleep)")
+    from catga.ids import default_generator
+
+    previous, _clock = _clock, clock
+    default_generator()._use_clock(None if clock is SYSTEM_CLOCK else clock.time_ns)
+    return previous
+
+
+@contextmanager
+def use_clock(clock: Clock) -> Iterator[Clock]:
+    """Within the block, catga reads ``clock``; the previous clock is back afterwards."""
+    previous = set_clock(clock)
+    try:
+        yield clock
+    finally:
+        set_clock(previous)
