@@ -1,0 +1,122 @@
+"""A clock that moves only when a test says so (see :mod:`catga.clock` for what reads it).
+
+::
+
+    clock = FakeClock()                  # starts at the real time now (or start=...)
+    with use_clock(clock):
+        async with app:
+            ...
+            clock.advance(30)            # 30 s later: sleepers due by then wake up
+
+:meth:`FakeClock.sleep` waits until the clock has been advanced past the sleeper's deadline, so code
+that sleeps on the catga clock (retries, schedules) runs at the test's pace, never on real time.
+Not thread-safe: use it from the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from datetime import datetime
+
+__all__ = ("FakeClock",)
+
+
+class FakeClock:
+    """A controllable :class:`~catga.clock.Clock`.
+
+    Args:
+        start: the wall-clock time to start at: Unix seconds or an aware ``datetime``; default now.
+
+    Attributes:
+        sleeping: how many :meth:`sleep` calls are waiting.
+    """
+
+    def __init__(self, start: float | datetime | None = None) -> None:
+        if isinstance(start, datetime):
+            if start.tzinfo is None:
+                raise ValueError(f"start={start!r} has no time zone: pass an aware datetime (e.g. UTC)")
+            start = start.timestamp()
+        self._ns = time.time_ns() if start is None else round(start * 1e9)
+        self._mono_ns = 0
+        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._slept = asyncio.Event()  # set each time a sleeper starts waiting
+
+    def time(self) -> float:
+        """Unix seconds."""
+        return self._ns / 1e9
+
+    def time_ns(self) -> int:
+        """Unix nanoseconds."""
+        return self._ns
+
+    def monotonic(self) -> float:
+        """Seconds advanced since this clock was made."""
+        return self._mono_ns / 1e9
+
+    def now(self) -> datetime:
+        """The clock's time as an aware UTC datetime."""
+        from datetime import UTC
+
+        return datetime.fromtimestamp(self.time(), tz=UTC)
+
+    @property
+    def sleeping(self) -> int:
+        """How many sleepers are waiting for the clock to move."""
+        return sum(1 for _, _, fut in self._sleepers if not fut.done())
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the clock was advanced by ``seconds`` (a zero or negative sleep just yields)."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono_ns + round(seconds * 1e9), next(self._seq), fut))
+        self._slept.set()
+        await fut
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` and wake every sleeper due by then (in deadline order).
+
+        Raises:
+            ValueError: ``seconds`` is negative (use :meth:`set_time` to move the wall clock back).
+        """
+        if seconds < 0:
+            raise ValueError(f"a clock only advances: got {seconds} s; set_time() moves the wall time")
+        step = round(seconds * 1e9)
+        self._ns += step
+        self._mono_ns += step
+        sleepers = self._sleepers
+        while sleepers and sleepers[0][0] <= self._mono_ns:
+            _, _, fut = heapq.heappop(sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    def set_time(self, when: float | datetime) -> None:
+        """Set the wall time (Unix seconds or an aware datetime), backwards too; monotonic time and
+        sleepers are unaffected (like an NTP step on a real machine)."""
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise ValueError(f"{when!r} has no time zone: pass an aware datetime (e.g. UTC)")
+            when = when.timestamp()
+        self._ns = round(when * 1e9)
+
+    async def wait_for_sleepers(self, count: int = 1, *, timeout: float = 5.0) -> None:
+        """Wait (in real time) until at least ``count`` sleepers wait on this clock.
+
+        Raises:
+            TimeoutError: fewer were sleeping after ``timeout`` real seconds.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while self.sleeping < count:
+                    self._slept.clear()
+                    await self._slept.wait()
+        except TimeoutError:
+            raise TimeoutError(f"{self.sleeping} of {count} sleepers after {timeout} s") from None
+
+    def __repr__(self) -> str:
+        return f"FakeClock({self.now().isoformat()})"
