@@ -28,7 +28,6 @@ import msgspec
 
 __all__ = (
     "Command",
-    "DeliveryMode",
     "Event",
     "Message",
     "Metadata",
@@ -85,13 +84,6 @@ class QoS(enum.IntEnum):
     EXACTLY_ONCE = 2
 
 
-class DeliveryMode(enum.IntEnum):
-    """Whether the sender waits for the outcome (``WAIT``) or hands off and retries in the background."""
-
-    WAIT = 0
-    ASYNC_RETRY = 1
-
-
 class Metadata(msgspec.Struct, kw_only=True, gc=False):
     """What travels beside a message.
 
@@ -101,7 +93,6 @@ class Metadata(msgspec.Struct, kw_only=True, gc=False):
         causation_id: id of the message whose handling sent this one.
         created_at: unix time in seconds.
         qos: delivery guarantee.
-        delivery_mode: wait for the result or retry asynchronously.
         headers: free-form string headers (W3C ``traceparent`` lives here).
     """
 
@@ -110,7 +101,6 @@ class Metadata(msgspec.Struct, kw_only=True, gc=False):
     causation_id: int | None = None
     created_at: float = 0.0
     qos: QoS = QoS.AT_MOST_ONCE
-    delivery_mode: DeliveryMode = DeliveryMode.WAIT
     headers: dict[str, str] | None = None
 
     def to_headers(self, type_name: str) -> dict[str, str]:
@@ -124,8 +114,6 @@ class Metadata(msgspec.Struct, kw_only=True, gc=False):
             h[H_CAUSATION] = str(self.causation_id)
         h[H_CREATED] = repr(self.created_at)
         h[H_QOS] = str(int(self.qos))
-        if self.delivery_mode:
-            h[H_DELIVERY] = str(int(self.delivery_mode))
         return h
 
     @classmethod
@@ -148,7 +136,6 @@ class Metadata(msgspec.Struct, kw_only=True, gc=False):
                 causation_id=int(caus) if caus is not None else None,
                 created_at=float(headers.get(H_CREATED, "0")),
                 qos=QoS(int(headers.get(H_QOS, "0"))),
-                delivery_mode=DeliveryMode(int(headers.get(H_DELIVERY, "0"))),
                 headers=user or None,
             )
         except (KeyError, ValueError) as exc:
@@ -162,7 +149,6 @@ H_CORRELATION = "Catga-Correlation-Id"
 H_CAUSATION = "Catga-Causation-Id"
 H_CREATED = "Catga-Created-At"
 H_QOS = "Catga-QoS"
-H_DELIVERY = "Catga-Delivery"
 #: Set on a reply or dead letter when the handler raised; value = the error text.
 H_ERROR = "Catga-Error"
 
