@@ -360,11 +360,17 @@ class NatsConnection(AsyncCloseable):
 
         Raises:
             BackendUnavailableError: no server could be reached in time.
-            ConfigurationError: the server refused the credentials.
+            ConfigurationError: the server refused the credentials, or a server URL has no host.
             UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
         """
         servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
         where = ", ".join(redact_url(u) for u in servers)
+        for server in servers:  # refused here, not by nats-py after its connect attempt
+            if not urlsplit(server if "://" in server else f"nats://{server}").hostname:
+                raise ConfigurationError(
+                    f"NATS server URL {redact_url(server)!r} has no host; write the server's address, "
+                    "e.g. nats://127.0.0.1:4222"
+                )
         outage = OutageLog(_log, f"NATS connection to {where}", tracebacks=False)
         kwargs: dict[str, Any] = {
             "name": name,

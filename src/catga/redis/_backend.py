@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from catga._urls import redact_url
 from catga.redis import (
@@ -25,6 +26,25 @@ if TYPE_CHECKING:
 
 ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
 LOCK_RANK = 0  # a lock on the shared client: preferred over a PostgreSQL pool
+
+
+def url_options(base: str, options: dict[str, str], role: str, shown: str) -> dict[str, Any]:
+    """Refuse a URL without a host in the constructor (``redis://`` never means localhost by itself).
+
+    Returns:
+        nothing to add: the client reads its own options from the URL at connect.
+
+    Raises:
+        ConfigurationError: the URL names no host.
+    """
+    if not urlsplit(base).hostname:
+        from catga.errors import ConfigurationError
+
+        scheme = base.split("://", 1)[0].lower()
+        raise ConfigurationError(
+            f"{role} URL {shown!r} has no host; write the server's address, e.g. {scheme}://127.0.0.1:6379/0"
+        )
+    return {}
 
 
 async def connection(b: Backends, spec: BackendUrl) -> RedisClient:
