@@ -66,7 +66,7 @@ class Context(msgspec.Struct):
 
     mediator: Mediator
     _message_id: int | None = None
-    _correlation_id: int | None = None
+    _correlation_id: int | str | None = None
     causation_id: int | None = None
     _metadata: Metadata | None = None
     _items: dict[str, Any] | None = None
@@ -83,8 +83,9 @@ class Context(msgspec.Struct):
         return mid
 
     @property
-    def correlation_id(self) -> int:
-        """The id shared by every message caused by the same root message (a root's own id)."""
+    def correlation_id(self) -> int | str:
+        """The id shared by every message caused by the same root message (a root's own id, or the
+        correlation id another system sent with it: a str such as a UUID or a W3C trace id)."""
         corr = self._correlation_id
         return self.message_id if corr is None else corr
 

@@ -28,9 +28,11 @@ is None); an event ``202``. A failed :class:`~catga.result.Result` answers an RF
 forbidden 403, timeout 504, retryable/backend 503, business 400, anything else 500). Internal errors
 keep their details out of the response (the mediator already reduced them to "internal error").
 
-**Correlation.** :class:`CorrelationIdMiddleware` reads ``X-Correlation-Id`` (a positive integer) and
-every message an endpoint sends during that request continues that correlation; the response carries
-the correlation id actually used (the incoming one, or the new message's own id).
+**Correlation.** :class:`CorrelationIdMiddleware` reads ``X-Correlation-Id`` (a catga id, a UUID or
+another token, see :func:`~catga.messages.parse_correlation_id`) or, without one, the trace id of a W3C
+``traceparent`` header, and every message an endpoint sends during that request continues that
+correlation; the response carries the correlation id actually used (the incoming one, or the new
+message's own id).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from starlette.routing import Route
 
 from catga.errors import ErrorCode
 from catga.ids import new_id
-from catga.messages import Metadata
+from catga.messages import Metadata, parse_correlation_id, trace_id_of
 from catga.pipeline._codec import _enc_hook  # pydantic values through model_dump, as stored results
 from catga.result import Result
 
@@ -72,7 +74,7 @@ HEADER = "X-Correlation-Id"
 PROBLEM_JSON = "application/problem+json"
 
 # The request's correlation: [incoming id or None, id used by the first message sent or None].
-_request: contextvars.ContextVar[list[int | None] | None] = contextvars.ContextVar(
+_request: contextvars.ContextVar[list[int | str | None] | None] = contextvars.ContextVar(
     "catga_http_correlation", default=None
 )
 
@@ -81,7 +83,7 @@ _encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
 
 
 def problem(
-    status: int, detail: str, code: str | None, *, correlation_id: int | None = None, **extra: Any
+    status: int, detail: str, code: str | None, *, correlation_id: int | str | None = None, **extra: Any
 ) -> Response:
     """An ``application/problem+json`` response (RFC 9457)."""
     body: dict[str, Any] = {
@@ -193,7 +195,7 @@ def _metadata() -> Metadata | None:
     return Metadata(message_id=mid, correlation_id=correlation)
 
 
-def _failed(result: Result[Any], correlation: int | None) -> Response:
+def _failed(result: Result[Any], correlation: int | str | None) -> Response:
     status = STATUS_BY_CODE.get(result.code, 500)
     extra: dict[str, Any] = {}
     field_errors = (result.metadata or {}).get("field_errors")
@@ -240,7 +242,10 @@ def _builder(message_type: type) -> Callable[[dict[str, Any]], Any]:
 class CorrelationIdMiddleware:
     """ASGI middleware: continue the ``X-Correlation-Id`` of a request, and answer with the one used.
 
-    A header that is not a positive integer is ignored (a new correlation starts).
+    The header may carry a catga id (a positive integer), a UUID or another short token (see
+    :func:`~catga.messages.parse_correlation_id`); without it, a W3C ``traceparent`` header's trace id
+    is used, so the logs of a request share the id its trace has. Anything else is ignored (a new
+    correlation starts).
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], header: str = HEADER) -> None:
@@ -257,14 +262,14 @@ class CorrelationIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming: int | None = None
+        incoming: int | str | None = None
+        trace: str | None = None
         for key, value in scope.get("headers", ()):
-            if key == self.header:
-                text = value.decode("latin-1").strip()
-                if text.isdigit() and 0 < int(text) < 1 << 63:
-                    incoming = int(text)
-                break
-        state: list[int | None] = [incoming, None]
+            if key == self.header and incoming is None:
+                incoming = parse_correlation_id(value.decode("latin-1"))
+            elif key == b"traceparent" and trace is None:
+                trace = trace_id_of(value.decode("latin-1"))
+        state: list[int | str | None] = [incoming if incoming is not None else trace, None]
         token = _request.set(state)
 
         async def send_with_header(message: MutableMapping[str, Any]) -> None:
