@@ -248,6 +248,21 @@ async def test_fake_clock_drives_ids_and_created_at_and_wakes_sleepers_when_adva
     assert abs(default_generator().parse(new_id()).timestamp_ms / 1000 - time.time()) < 60
 
 
+def test_wall_clock_ids_resume_after_a_fake_clock_session_and_never_repeat() -> None:
+    before = [new_id() for _ in range(50)]
+    clock = FakeClock()
+    assert clock.now() == datetime(2025, 1, 1, tzinfo=UTC)  # the default start: fixed, in the past
+    with use_clock(clock):
+        faked = [new_id() for _ in range(50)]
+        with use_clock(clock):  # the same clock again: nothing restarts
+            faked.append(new_id())
+    after = [new_id() for _ in range(50)]
+    assert len(set(before + faked + after)) == 151
+    assert before == sorted(before) and faked == sorted(faked) and after == sorted(after)
+    assert after[0] > before[-1]  # the wall clock's order went on where it stopped
+    assert {default_generator().parse(i).timestamp_ms for i in faked} == {1_735_689_600_000}
+
+
 async def test_fake_clock_refuses_naive_datetimes_and_wait_for_sleepers_times_out() -> None:
     with pytest.raises(ValueError, match="no time zone"):
         FakeClock(datetime(2025, 1, 1))

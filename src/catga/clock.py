@@ -27,7 +27,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ("SYSTEM_CLOCK", "Clock", "SystemClock", "get_clock", "set_clock", "use_clock")
 
@@ -81,6 +81,7 @@ SYSTEM_CLOCK = SystemClock()
 """The default clock."""
 
 _clock: Clock = SYSTEM_CLOCK
+_system_ids: Any = None  # the default id generator's wall-clock state while another clock is in use
 
 
 def get_clock() -> Clock:
@@ -91,19 +92,29 @@ def get_clock() -> Clock:
 def set_clock(clock: Clock) -> Clock:
     """Make ``clock`` the one catga reads; return the previous one. Prefer :func:`use_clock`.
 
-    The process's default Snowflake generator follows it: switching clocks restarts its order, so
-    ids drawn under different clocks are not ordered with each other (each clock's ids still are).
+    The process's default Snowflake generator follows it. A replacement clock starts its own order
+    (ids drawn under it are ordered among themselves, not with the wall clock's); switching back to
+    :data:`SYSTEM_CLOCK` resumes the wall clock's order where it stopped, so no id is drawn twice.
 
     Raises:
         TypeError: ``clock`` lacks a method of :class:`Clock`.
     """
-    global _clock
+    global _clock, _system_ids
     if not isinstance(clock, Clock):
         raise TypeError(f"{clock!r} is not a catga.clock.Clock (needs time, time_ns, monotonic, sleep)")
     from catga.ids import default_generator
 
     previous, _clock = _clock, clock
-    default_generator()._use_clock(None if clock is SYSTEM_CLOCK else clock.time_ns)
+    if clock is previous:
+        return previous
+    generator = default_generator()
+    if clock is SYSTEM_CLOCK:  # resume the wall clock's ids where they stopped: none is drawn twice
+        resume, _system_ids = _system_ids, None
+        generator._use_clock(None, resume)
+    else:
+        left = generator._use_clock(clock.time_ns)
+        if previous is SYSTEM_CLOCK:
+            _system_ids = left
     return previous
 
 

@@ -2,7 +2,7 @@
 
 ::
 
-    clock = FakeClock()                  # starts at the real time now (or start=...)
+    clock = FakeClock()                  # 2025-01-01 00:00:00 UTC (or start=...)
     with use_clock(clock):
         async with app:
             ...
@@ -18,17 +18,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from datetime import datetime
 
-__all__ = ("FakeClock",)
+__all__ = ("DEFAULT_START", "FakeClock")
+
+DEFAULT_START = 1_735_689_600.0
+"""Where a :class:`FakeClock` starts by default: 2025-01-01 00:00:00 UTC, in Unix seconds."""
 
 
 class FakeClock:
     """A controllable :class:`~catga.clock.Clock`.
 
     Args:
-        start: the wall-clock time to start at: Unix seconds or an aware ``datetime``; default now.
+        start: the wall-clock time to start at: Unix seconds or an aware ``datetime``; default
+            :data:`DEFAULT_START` (2025-01-01 00:00:00 UTC). A fixed time in the past makes tests
+            reproducible and keeps the ids drawn under it apart from the wall clock's (a Snowflake id
+            holds its millisecond: ids of one millisecond drawn under two clocks could be equal).
 
     Attributes:
         sleeping: how many :meth:`sleep` calls are waiting.
@@ -39,7 +44,7 @@ class FakeClock:
             if start.tzinfo is None:
                 raise ValueError(f"start={start!r} has no time zone: pass an aware datetime (e.g. UTC)")
             start = start.timestamp()
-        self._ns = time.time_ns() if start is None else round(start * 1e9)
+        self._ns = round((DEFAULT_START if start is None else start) * 1e9)
         self._mono_ns = 0
         self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
