@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,7 +17,9 @@ from catga.errors import ConfigurationError, ConflictError, ValidationError
 from catga.eventsourcing import Aggregate, applies
 from catga.ids import default_generator, new_id
 from catga.mediator import Mediator
+from catga.memory import MemoryTransport
 from catga.messages import new_metadata
+from catga.pipeline import TimeoutBehavior
 from catga.testing import FakeClock, MemoryBus, capture, given
 from catga.testing.contracts._util import eventually
 
@@ -319,3 +322,95 @@ async def test_a_producer_and_a_consumer_app_on_one_memory_bus() -> None:
     assert not orders.running and not billing.running
     with pytest.raises(ConfigurationError, match="do not pass transport="):
         bus.app("x", transport="memory://")
+
+
+# -- the event loop's clock ---------------------------------------------------------------------------
+
+
+async def _spin(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop run (no timer needed: the driven loop's timers are frozen) until ``condition``."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
+@dataclass(frozen=True)
+class Slow(Command[None]):
+    pass
+
+
+async def test_drive_loop_holds_asyncio_timers_until_the_clock_is_advanced() -> None:
+    clock = FakeClock()
+    loop = asyncio.get_running_loop()
+    with clock.drive_loop():
+        start = loop.time()
+        slept = asyncio.ensure_future(asyncio.sleep(30))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        clock.advance(29.5)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not slept.done()
+        clock.advance(0.5)
+        await slept
+        assert loop.time() == pytest.approx(start + 30)
+        with pytest.raises(RuntimeError, match="already driven"), clock.drive_loop():
+            pass
+        with pytest.raises(TimeoutError, match=r"0 of 1 sleepers after 0\.05 s"):
+            await clock.wait_for_sleepers(timeout=0.05)  # a real-time deadline, loop timers frozen
+    assert "time" not in vars(loop)
+
+
+async def test_the_timeout_behavior_fires_when_the_driven_clock_passes_it() -> None:
+    started = asyncio.Event()
+    app = catga.App(behaviors=[TimeoutBehavior(5)])
+
+    @app.handler
+    async def slow(cmd: Slow) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    clock = FakeClock()
+    with clock.drive_loop():
+        async with app:
+            pending = asyncio.ensure_future(app.send(Slow()))
+            await started.wait()
+            clock.advance(4.9)
+            for _ in range(50):
+                await asyncio.sleep(0)
+            assert not pending.done()
+            clock.advance(0.1)
+            result = await pending
+    assert result.code == "timeout"
+
+
+async def test_redelivery_backoff_waits_for_the_driven_clock() -> None:
+    bus = MemoryBus(retry_backoff=10, retry_backoff_max=10)
+    orders, billing = bus.app("orders"), bus.app("billing")
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    @billing.handler
+    async def bill(event: OrderPlaced) -> None:
+        attempts.append(loop.time())
+        if len(attempts) == 1:
+            raise ValidationError("first attempt fails")
+
+    orders.export(OrderPlaced)
+    billing.consume(OrderPlaced)
+    clock = FakeClock()
+    with clock.drive_loop():
+        async with bus.running(billing, orders):
+            await orders.publish(OrderPlaced("o-1", 1))
+            transport = billing.transport
+            assert isinstance(transport, MemoryTransport)
+            await _spin(lambda: len(transport._timers) == 1, "the redelivery timer armed")
+            clock.advance(9.9)
+            for _ in range(50):
+                await asyncio.sleep(0)
+            assert len(attempts) == 1
+            clock.advance(0.1)
+            await _spin(lambda: len(attempts) == 2, "the redelivery")
+    assert attempts[1] - attempts[0] == pytest.approx(10)

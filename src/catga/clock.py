@@ -15,7 +15,8 @@ What reads it today: the ``created_at`` of metadata catga generates (:class:`~ca
 :func:`~catga.messages.new_metadata`) and the timestamp part of the process's Snowflake ids
 (:func:`catga.ids.new_id`; a generator built with its own ``clock=`` keeps it). New code that waits or
 schedules (timers, scheduled messages) reads :meth:`Clock.time` and waits with :meth:`Clock.sleep`.
-Not (yet) routed through it: ``asyncio`` timeouts, which follow the event loop's own clock.
+``asyncio`` timeouts and timers follow the event loop's own clock instead; in tests
+:meth:`catga.testing.FakeClock.drive_loop` makes that one the fake clock too.
 
 The current clock is process-wide (every thread and task sees the same one): replace it only in
 tests, from one test at a time.

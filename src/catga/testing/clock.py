@@ -3,13 +3,16 @@
 ::
 
     clock = FakeClock()                  # 2025-01-01 00:00:00 UTC (or start=...)
-    with use_clock(clock):
+    with use_clock(clock), clock.drive_loop():
         async with app:
             ...
-            clock.advance(30)            # 30 s later: sleepers due by then wake up
+            clock.advance(30)            # 30 s later: sleepers and timers due by then run
 
 :meth:`FakeClock.sleep` waits until the clock has been advanced past the sleeper's deadline, so code
-that sleeps on the catga clock (retries, schedules) runs at the test's pace, never on real time.
+that sleeps on the catga clock (schedules) runs at the test's pace, never on real time.
+:meth:`FakeClock.drive_loop` does the same for the event loop's own clock, which ``asyncio.sleep``,
+``asyncio.timeout`` and ``loop.call_later`` read: catga's timeout behavior, retry backoff, redelivery
+timers and RPC timeouts then wait for :meth:`FakeClock.advance` too.
 Not thread-safe: use it from the test's event loop.
 """
 
@@ -18,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import datetime
 
 __all__ = ("DEFAULT_START", "FakeClock")
@@ -110,18 +116,72 @@ class FakeClock:
         self._ns = round(when * 1e9)
 
     async def wait_for_sleepers(self, count: int = 1, *, timeout: float = 5.0) -> None:
-        """Wait (in real time) until at least ``count`` sleepers wait on this clock.
+        """Wait until at least ``count`` sleepers wait on this clock; ``timeout`` is in *real*
+        seconds, also while :meth:`drive_loop` holds the loop's clock still.
 
         Raises:
             TimeoutError: fewer were sleeping after ``timeout`` real seconds.
         """
+        loop = asyncio.get_running_loop()
+        waiter = asyncio.ensure_future(self._until_sleeping(count))
+        # A real-time deadline: the loop's own timers may be frozen by drive_loop().
+
+        def expire() -> None:
+            with suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(waiter.cancel)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
-            async with asyncio.timeout(timeout):
-                while self.sleeping < count:
-                    self._slept.clear()
-                    await self._slept.wait()
-        except TimeoutError:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # the caller was cancelled, not the deadline
             raise TimeoutError(f"{self.sleeping} of {count} sleepers after {timeout} s") from None
+        finally:
+            timer.cancel()
+
+    async def _until_sleeping(self, count: int) -> None:
+        while self.sleeping < count:
+            self._slept.clear()
+            await self._slept.wait()
+
+    @contextmanager
+    def drive_loop(self, loop: asyncio.AbstractEventLoop | None = None) -> Iterator[FakeClock]:
+        """Within the block, the event loop's clock is this clock: its timers wait for :meth:`advance`.
+
+        ``asyncio.sleep``, ``asyncio.timeout``, ``wait_for`` and ``loop.call_later`` read the loop's
+        clock, so catga's timeout behavior, retry backoff, transport redelivery timers and RPC timeouts
+        fire when the test advances the clock past them, at once, and never by themselves. The loop's
+        time goes on from where it was; afterwards it is the real clock again (a timer set in the block
+        for a time the real clock has not reached yet fires that much later).
+
+        Args:
+            loop: the loop to drive (default: the running loop). Needs the standard asyncio loop
+                (uvloop's timers do not read an overridable clock).
+
+        Raises:
+            RuntimeError: no running loop, a loop that is not an ``asyncio.BaseEventLoop``, or a loop
+                some clock already drives.
+        """
+        loop = asyncio.get_running_loop() if loop is None else loop
+        if not isinstance(loop, asyncio.BaseEventLoop):
+            raise RuntimeError(
+                f"drive_loop() needs the standard asyncio event loop, got {type(loop).__name__}"
+            )
+        if "time" in vars(loop):
+            raise RuntimeError("this event loop's clock is already driven by a FakeClock")
+        base = loop.time() - self._mono_ns / 1e9
+
+        def time() -> float:
+            return base + self._mono_ns / 1e9
+
+        loop.time = time  # type: ignore[method-assign]  # every timer of BaseEventLoop reads self.time()
+        try:
+            yield self
+        finally:
+            del loop.time
 
     def __repr__(self) -> str:
         return f"FakeClock({self.now().isoformat()})"
