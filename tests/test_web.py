@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 
 import catga
 from catga import Command, Context, Event, Query
-from catga.errors import ConflictError, NotFoundError
+from catga.errors import ConfigurationError, ConflictError, NotFoundError
 from catga.web import STATUS_BY_CODE, CorrelationIdMiddleware, Endpoints
 
 
@@ -175,6 +175,17 @@ async def test_a_uuid_or_a_w3c_traceparent_from_another_system_is_the_correlatio
         headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01", "X-Correlation-Id": "req-17"},
     )
     assert r.headers["X-Correlation-Id"] == "req-17" == seen["correlations"][-1]
+
+
+def test_a_route_of_the_wrong_message_kind_is_refused_when_it_is_added() -> None:
+    api = Endpoints(catga.App())
+    with pytest.raises(ConfigurationError, match=r"OrderShipped is an Event: use Endpoints\.event"):
+        api.command("/shipped", OrderShipped)
+    with pytest.raises(ConfigurationError, match=r"Endpoints\.query\('/x', dict\): it takes a class"):
+        api.query("/x", dict)
+    with pytest.raises(ConfigurationError, match=r"an event route takes a class that inherits catga\.Event"):
+        api.event("/orders", PlaceOrder)
+    assert api.routes == []
 
 
 def test_every_error_code_has_a_sensible_status() -> None:

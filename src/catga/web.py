@@ -47,9 +47,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from catga.errors import ErrorCode
+from catga.errors import ConfigurationError, ErrorCode
 from catga.ids import new_id
-from catga.messages import Metadata, parse_correlation_id, trace_id_of
+from catga.messages import Event, Metadata, parse_correlation_id, trace_id_of
+from catga.messages import Request as MessageRequest
 from catga.pipeline._codec import _enc_hook  # pydantic values through model_dump, as stored results
 from catga.result import Result
 
@@ -104,6 +105,9 @@ class Endpoints:
 
     Args:
         dispatcher: a :class:`catga.App` or :class:`~catga.mediator.Mediator` (``send``/``publish``).
+
+    ``command`` and ``query`` take Command/Query classes, ``event`` an Event class; another class is a
+    :class:`~catga.errors.ConfigurationError` when the route is added (not a 500 on each request).
     """
 
     def __init__(self, dispatcher: Any) -> None:
@@ -141,6 +145,9 @@ class Endpoints:
     def _add(
         self, path: str, message_type: type, method: str, name: str | None, *, from_body: bool, event: bool
     ) -> Route:
+        _check_route_type(
+            message_type, path, event=event, call="event" if event else "command" if from_body else "query"
+        )
         build = _builder(message_type)
         dispatcher = self.dispatcher
 
@@ -204,6 +211,21 @@ def _failed(result: Result[Any], correlation: int | str | None) -> Response:
     return problem(
         status, result.error or HTTPStatus(status).phrase, result.code, correlation_id=correlation, **extra
     )
+
+
+def _check_route_type(message_type: object, path: str, *, event: bool, call: str) -> None:
+    """Refuse a route whose type is not the kind its method dispatches (events are published)."""
+    wanted = Event if event else MessageRequest
+    if isinstance(message_type, type) and issubclass(message_type, wanted):
+        return
+    name = getattr(message_type, "__qualname__", repr(message_type))
+    if event:
+        hint = "an event route takes a class that inherits catga.Event"
+    elif isinstance(message_type, type) and issubclass(message_type, Event):
+        hint = f"{name} is an Event: use Endpoints.event (events are published, answered 202)"
+    else:
+        hint = "it takes a class that inherits catga.Command[R] or catga.Query[R]"
+    raise ConfigurationError(f"Endpoints.{call}({path!r}, {name}): {hint}")
 
 
 class _InvalidInput(Exception):
