@@ -111,5 +111,5 @@ def test_markers_async_tests_and_an_old_conftest_in_a_project_without_asyncio_mo
     done = _run(project, "-q", "-m", "not nats and not postgres and not redis")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 failed, 1 passed, 3 deselected" in done.stdout
-    assert "test_async is an 'async def' test and no plugin ran it: install pytest-asyncio" in done.stdout
+    assert "test_async is an 'async def' test and no plugin ran it: with pytest-asyncio" in done.stdout
     assert 'asyncio_mode = "auto"' in done.stdout

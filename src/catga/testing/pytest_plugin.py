@@ -65,9 +65,9 @@ MARKERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 _NO_ASYNC_RUNNER = (
-    "{name} is an 'async def' test and no plugin ran it: install pytest-asyncio "
-    '(pip install "catga[testing]") and set asyncio_mode = "auto" under [tool.pytest.ini_options] in '
-    "pyproject.toml (or mark the test @pytest.mark.asyncio); see catga's docs/testing.md, Async tests"
+    "{name} is an 'async def' test and no plugin ran it: with pytest-asyncio installed "
+    '(pip install "catga[testing]"), set asyncio_mode = "auto" under [tool.pytest.ini_options] in '
+    "pyproject.toml (or mark the test @pytest.mark.asyncio); see catga's docs/testing.md, Set-up"
 )
 
 
