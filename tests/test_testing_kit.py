@@ -414,3 +414,12 @@ async def test_redelivery_backoff_waits_for_the_driven_clock() -> None:
             clock.advance(0.1)
             await _spin(lambda: len(attempts) == 2, "the redelivery")
     assert attempts[1] - attempts[0] == pytest.approx(10)
+
+
+async def test_the_plugin_fixtures_give_a_fake_clock_and_a_bus(
+    fake_clock: FakeClock, memory_bus: MemoryBus
+) -> None:
+    assert get_clock() is fake_clock
+    assert default_generator().parse(new_id()).timestamp_ms == 1_735_689_600_000
+    app = memory_bus.app("solo")
+    assert isinstance(app.transport, MemoryTransport) and app.transport.broker is memory_bus.broker

@@ -28,7 +28,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = ("SYSTEM_CLOCK", "Clock", "SystemClock", "get_clock", "set_clock", "use_clock")
 
@@ -119,8 +119,11 @@ def set_clock(clock: Clock) -> Clock:
     return previous
 
 
+C = TypeVar("C", bound=Clock)
+
+
 @contextmanager
-def use_clock(clock: Clock) -> Iterator[Clock]:
+def use_clock(clock: C) -> Iterator[C]:
     """Within the block, catga reads ``clock``; the previous clock is back afterwards."""
     previous = set_clock(clock)
     try:

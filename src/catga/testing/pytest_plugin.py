@@ -11,6 +11,10 @@ turns it off. Fixtures:
 * ``nats_cluster`` (function): a :class:`~catga.testing.cluster.NatsCluster` of three JetStream nodes
   (started once per session), with every node running and a meta leader elected when the test starts.
 * ``unique_name`` (function): a short unique name for isolating streams, keys and prefixes.
+* ``fake_clock`` (function): a :class:`~catga.testing.FakeClock` that catga reads for the test
+  (:func:`catga.clock.use_clock`); ``with fake_clock.drive_loop():`` in an async test makes asyncio's
+  timers follow it too.
+* ``memory_bus`` (function): a :class:`~catga.testing.MemoryBus` for several apps on one in-memory broker.
 
 The servers are started on free ports on first use and stopped at the end of the session (one
 per pytest-xdist worker). If ``CATGA_NATS_URL`` / ``CATGA_REDIS_URL`` / ``CATGA_POSTGRES_URL`` are
@@ -34,11 +38,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from catga.clock import use_clock
+from catga.testing.bus import MemoryBus
+from catga.testing.clock import FakeClock
 from catga.testing.cluster import NatsCluster
 from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
 __all__ = (
     "MARKERS",
+    "fake_clock",
+    "memory_bus",
     "nats_cluster",
     "nats_cluster_session",
     "nats_url",
@@ -156,3 +165,16 @@ def postgres_url() -> Iterator[str]:
 def unique_name() -> str:
     """A short unique name (``t`` + 12 hex digits), valid as a NATS stream name or Redis key."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def fake_clock() -> Iterator[FakeClock]:
+    """A :class:`~catga.testing.FakeClock` (2025-01-01 UTC) that catga reads during the test."""
+    with use_clock(FakeClock()) as clock:
+        yield clock
+
+
+@pytest.fixture
+def memory_bus() -> MemoryBus:
+    """A :class:`~catga.testing.MemoryBus`: build the test's apps with ``memory_bus.app(name)``."""
+    return MemoryBus()
