@@ -129,7 +129,7 @@ def test_config_defaults_and_quick() -> None:
     assert full.concurrency == (1, 2, 4, 8, 16, 32)
     assert full.duration == 2.0
     quick = BenchConfig.create(quick=True)
-    assert quick.concurrency == (1, 16)
+    assert quick.concurrency == (1, 4, 16)
     assert quick.duration == pytest.approx(0.2)
     assert quick.quick is True
     assert BenchConfig.create(quick=True, concurrency=[3], duration=1.5).concurrency == (3,)
@@ -261,6 +261,47 @@ def test_charts_are_png_files(tmp_path: Path) -> None:
     assert written == [tmp_path / "png" / chart_filename("s", "send")]
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert chart_filename("eventstore-nats", "append 16/x") == "eventstore-nats__append_16_x.png"
+
+
+def test_chart_legends_sit_below_the_plots_and_numbers_have_thousands_separators() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from catga.bench.charts import _draw_chart
+
+    impls = {
+        name: [
+            BenchResult("s", "send", name, c, ops * c, 40.0 * c, 900.0 * c, 12_000.0 * c) for c in (1, 4, 16)
+        ]
+        for name, ops in (("catga", 25_000.0), ("python-cqrs", 8_000.0), ("raw", 30_000.0))
+    }
+    fig = _draw_chart(BenchReport(python="py", machine="m", results=[]), "s", "send", impls, "catga")
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax_ops, ax_lat = fig.axes
+        assert ax_ops.get_legend() is None and ax_lat.get_legend() is None  # nothing over the lines
+        [legend] = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == [
+            "catga",
+            "python-cqrs",
+            "raw",
+            "P50",
+            "P95",
+            "P99",
+        ]
+        box = legend.get_window_extent(renderer)
+        for ax in (ax_ops, ax_lat):
+            assert box.y1 <= ax.get_window_extent(renderer).y0, "the legend overlaps a plot"
+        ops_labels = [t.get_text() for t in ax_ops.get_yticklabels() if t.get_text()]
+        assert any("," in t for t in ops_labels), ops_labels  # e.g. 400,000
+        lat_labels = [t.get_text() for t in ax_lat.get_yticklabels() if t.get_text()]
+        assert any(t.endswith(",000") for t in lat_labels), lat_labels
+        assert [t.get_text() for t in ax_ops.get_xticklabels()] == ["1", "4", "16"]
+    finally:
+        plt.close(fig)
 
 
 # -- discovery and runner --------------------------------------------------------------------

@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 
 import catga
 from catga import Command, Context, Event, Query
-from catga.errors import ConflictError, NotFoundError
+from catga.errors import ConfigurationError, ConflictError, NotFoundError
 from catga.web import STATUS_BY_CODE, CorrelationIdMiddleware, Endpoints
 
 
@@ -144,13 +144,48 @@ async def test_the_correlation_id_is_continued_and_returned(
     fresh = int(r.headers["X-Correlation-Id"])
     assert fresh == seen["correlations"][-1] and fresh != 777
     r = await client.post(
-        "/orders", json={"customer_id": "c", "amount": 3}, headers={"X-Correlation-Id": "nope"}
+        "/orders", json={"customer_id": "c", "amount": 3}, headers={"X-Correlation-Id": "not an id"}
     )
     assert int(r.headers["X-Correlation-Id"]) == seen["correlations"][-1]  # ignored: a new one
     r = await client.post(
         "/orders", json={"customer_id": "c", "amount": 5000}, headers={"X-Correlation-Id": "9"}
     )
     assert r.json()["correlation_id"] == "9"
+
+
+async def test_a_uuid_or_a_w3c_traceparent_from_another_system_is_the_correlation(
+    web: tuple[Client, dict[str, list[object]]],
+) -> None:
+    client, seen = web
+    uuid_text = "3F2504E0-4F89-11D3-9A0C-0305E82C3301"
+    r = await client.post(
+        "/orders", json={"customer_id": "c", "amount": 1}, headers={"X-Correlation-Id": uuid_text}
+    )
+    assert r.headers["X-Correlation-Id"] == uuid_text.lower() == seen["correlations"][-1]
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    r = await client.post(
+        "/orders",
+        json={"customer_id": "c", "amount": 5000},
+        headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
+    assert r.json()["correlation_id"] == trace == seen["correlations"][-1]
+    r = await client.post(  # the explicit header wins over the trace
+        "/orders",
+        json={"customer_id": "c", "amount": 1},
+        headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01", "X-Correlation-Id": "req-17"},
+    )
+    assert r.headers["X-Correlation-Id"] == "req-17" == seen["correlations"][-1]
+
+
+def test_a_route_of_the_wrong_message_kind_is_refused_when_it_is_added() -> None:
+    api = Endpoints(catga.App())
+    with pytest.raises(ConfigurationError, match=r"OrderShipped is an Event: use Endpoints\.event"):
+        api.command("/shipped", OrderShipped)
+    with pytest.raises(ConfigurationError, match=r"Endpoints\.query\('/x', dict\): it takes a class"):
+        api.query("/x", dict)
+    with pytest.raises(ConfigurationError, match=r"an event route takes a class that inherits catga\.Event"):
+        api.event("/orders", PlaceOrder)
+    assert api.routes == []
 
 
 def test_every_error_code_has_a_sensible_status() -> None:

@@ -14,7 +14,7 @@ from catga.errors import (
 )
 from catga.handlers import handler
 from catga.mediator import Mediator
-from catga.messages import Command, DeliveryMode, Event, Message, Metadata, QoS, Query, Request
+from catga.messages import Command, Event, Message, Metadata, QoS, Query, Request
 from catga.result import Result
 
 __version__ = "0.1.0"
@@ -24,7 +24,6 @@ __all__ = (
     "Command",
     "ConcurrencyError",
     "ConfigurationError",
-    "DeliveryMode",
     "Event",
     "HandlerNotFoundError",
     "Message",

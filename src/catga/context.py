@@ -17,12 +17,12 @@ dict are built only when first read.
 from __future__ import annotations
 
 import threading
-import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from catga import clock as _clock
 from catga.messages import Metadata, Request
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class Context(msgspec.Struct):
 
     mediator: Mediator
     _message_id: int | None = None
-    _correlation_id: int | None = None
+    _correlation_id: int | str | None = None
     causation_id: int | None = None
     _metadata: Metadata | None = None
     _items: dict[str, Any] | None = None
@@ -83,8 +83,9 @@ class Context(msgspec.Struct):
         return mid
 
     @property
-    def correlation_id(self) -> int:
-        """The id shared by every message caused by the same root message (a root's own id)."""
+    def correlation_id(self) -> int | str:
+        """The id shared by every message caused by the same root message (a root's own id, or the
+        correlation id another system sent with it: a str such as a UUID or a W3C trace id)."""
         corr = self._correlation_id
         return self.message_id if corr is None else corr
 
@@ -113,7 +114,7 @@ class Context(msgspec.Struct):
                 message_id=self.message_id,
                 correlation_id=self.correlation_id,
                 causation_id=self.causation_id,
-                created_at=time.time(),
+                created_at=_clock.get_clock().time(),
             )
         return md
 
@@ -154,7 +155,7 @@ class Context(msgspec.Struct):
             message_id=self.mediator.new_id() if message_id is None else message_id,
             correlation_id=self.correlation_id,
             causation_id=self.message_id,
-            created_at=time.time(),
+            created_at=_clock.get_clock().time(),
         )
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from itertools import count, islice
+from typing import Any
 
 from catga._id_layout import DEFAULT_EPOCH_MS, SnowflakeLayout, SnowflakeParts, check_int
 from catga.errors import CatgaError, ConfigurationError
@@ -325,6 +326,29 @@ class SnowflakeIdGenerator:
         """End the current millisecond's window: the next id goes through the lock (and the guard)."""
         with self._lock:
             self._window = (0, 0, count(1), 0)
+
+    def _use_clock(self, clock_ns: Callable[[], int] | None, resume: Any = None) -> Any:
+        """Read ``clock_ns`` (Unix ns; None: the wall clock) from now on, for :func:`catga.clock.set_clock`.
+
+        Args:
+            clock_ns: the new clock.
+            resume: a state this method returned before: continue from it (the same clock's last
+                millisecond and sequence, so no id is handed out twice); None: the order restarts at
+                the new clock's time, even an earlier one.
+
+        Returns:
+            the state left behind, to resume it later.
+        """
+        with self._lock:
+            left = (self._clock, self._div, self._tick, self._window)
+            if resume is not None:
+                self._clock, self._div, self._tick, self._window = resume
+            else:
+                self._clock = time.time_ns if clock_ns is None else clock_ns
+                self._div = 1_000_000
+                self._tick = -1
+                self._window = (0, 0, count(1), 0)
+            return left
 
     def _adopt_locked(self, worker_id: int, guard: Callable[[], None] | None) -> None:
         self._set_worker_id(worker_id)

@@ -61,7 +61,7 @@ from catga.errors import (
 )
 from catga.handlers import Compensate, HandlerInfo, Lifetime, Registration, find_marked, inspect_handler
 from catga.ids import new_id as _default_new_id
-from catga.messages import Event, Metadata, Request
+from catga.messages import Event, Metadata, Query, Request
 from catga.pipeline._hooks import Guard, Recover, RetryPolicy, bypass_of, direct_of
 from catga.pipeline.base import BehaviorLike, Next, Pipeline, compose
 from catga.result import _SUCCESS, Result
@@ -160,6 +160,12 @@ class Mediator:
             handler, message_type, factory=factory, lifetime=lifetime, compensate=compensate
         )
         mt = reg.message_type
+        if not issubclass(mt, (Request, Event)):
+            raise ConfigurationError(
+                f"handler {reg.name} handles {mt.__qualname__}, which is not a catga message: make "
+                "it inherit catga.Command[R] or catga.Query[R] (one handler, returns R) or catga.Event "
+                "(any number of handlers)"
+            )
         if issubclass(mt, Event):
             regs = self._events.setdefault(mt, [])
             if any(r.target == reg.target for r in regs):
@@ -514,8 +520,13 @@ class Mediator:
 
     def _compile_request(self, message_type: type) -> _RequestRow:
         self._frozen = True
-        regs = () if issubclass(message_type, Event) else self.handlers_for(message_type)
         entry: _RequestRow
+        misuse = _wrong_kind(message_type, "send")
+        if misuse is not None:
+            entry = (misuse, None, False, None, None, None, None, None, None)
+            self._request_chains[message_type] = entry
+            return entry
+        regs = self.handlers_for(message_type)
         if not regs:
             not_found = HandlerNotFoundError(message_type)
 
@@ -541,6 +552,11 @@ class Mediator:
 
     def _compile_event(self, message_type: type) -> _EventRow:
         self._frozen = True
+        misuse = _wrong_kind(message_type, "publish")
+        if misuse is not None:
+            row: _EventRow = (misuse, misuse, None, HandlerInfo(message_type, (), None), None, None)
+            self._event_chains[message_type] = row
+            return row
         regs = self.handlers_for(message_type)
         info = HandlerInfo(message_type, regs, None)
         handlers = tuple(
@@ -596,6 +612,41 @@ _EventRow = tuple[
     Any,  # key
 ]
 """An event type's compiled fan-out (see :meth:`Mediator._compile_event`)."""
+
+
+def _wrong_kind(message_type: type, operation: Literal["send", "publish"]) -> Next | None:
+    """For a type that ``operation`` does not take, the chain that fails every such message; else None.
+
+    Checked once per type, when its chain is composed (the hot path never looks at markers): ``send``
+    takes commands and queries, ``publish`` takes events. The misuse is logged once, at ERROR, and
+    every such dispatch returns a failed Result (code ``configuration``) saying what to do.
+    """
+    name = message_type.__qualname__
+    if operation == "send":
+        if issubclass(message_type, Request):
+            return None
+        text = (
+            f"{name} is an Event: publish it (app.publish / ctx.publish); send() takes commands and queries"
+            if issubclass(message_type, Event)
+            else f"{name} is not a command or query: send() takes classes that inherit catga.Command[R] "
+            "or catga.Query[R]"
+        )
+    else:
+        if issubclass(message_type, Event):
+            return None
+        text = (
+            f"{name} is a {'Query' if issubclass(message_type, Query) else 'Command'}: send it "
+            "(app.send / ctx.send) to run its one handler; publish() takes events"
+            if issubclass(message_type, Request)
+            else f"{name} is not an Event: publish() takes classes that inherit catga.Event"
+        )
+    error = ConfigurationError(text)
+    _log.error("%s", text)
+
+    async def refuse(message: Any, ctx: Context) -> Result[Any]:
+        return Result(False, None, text, error.code, error)
+
+    return refuse
 
 
 async def _ordered(

@@ -28,9 +28,11 @@ is None); an event ``202``. A failed :class:`~catga.result.Result` answers an RF
 forbidden 403, timeout 504, retryable/backend 503, business 400, anything else 500). Internal errors
 keep their details out of the response (the mediator already reduced them to "internal error").
 
-**Correlation.** :class:`CorrelationIdMiddleware` reads ``X-Correlation-Id`` (a positive integer) and
-every message an endpoint sends during that request continues that correlation; the response carries
-the correlation id actually used (the incoming one, or the new message's own id).
+**Correlation.** :class:`CorrelationIdMiddleware` reads ``X-Correlation-Id`` (a catga id, a UUID or
+another token, see :func:`~catga.messages.parse_correlation_id`) or, without one, the trace id of a W3C
+``traceparent`` header, and every message an endpoint sends during that request continues that
+correlation; the response carries the correlation id actually used (the incoming one, or the new
+message's own id).
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from catga.errors import ErrorCode
+from catga.errors import ConfigurationError, ErrorCode
 from catga.ids import new_id
-from catga.messages import Metadata
+from catga.messages import Event, Metadata, parse_correlation_id, trace_id_of
+from catga.messages import Request as MessageRequest
 from catga.pipeline._codec import _enc_hook  # pydantic values through model_dump, as stored results
 from catga.result import Result
 
@@ -72,7 +75,7 @@ HEADER = "X-Correlation-Id"
 PROBLEM_JSON = "application/problem+json"
 
 # The request's correlation: [incoming id or None, id used by the first message sent or None].
-_request: contextvars.ContextVar[list[int | None] | None] = contextvars.ContextVar(
+_request: contextvars.ContextVar[list[int | str | None] | None] = contextvars.ContextVar(
     "catga_http_correlation", default=None
 )
 
@@ -81,7 +84,7 @@ _encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
 
 
 def problem(
-    status: int, detail: str, code: str | None, *, correlation_id: int | None = None, **extra: Any
+    status: int, detail: str, code: str | None, *, correlation_id: int | str | None = None, **extra: Any
 ) -> Response:
     """An ``application/problem+json`` response (RFC 9457)."""
     body: dict[str, Any] = {
@@ -102,6 +105,9 @@ class Endpoints:
 
     Args:
         dispatcher: a :class:`catga.App` or :class:`~catga.mediator.Mediator` (``send``/``publish``).
+
+    ``command`` and ``query`` take Command/Query classes, ``event`` an Event class; another class is a
+    :class:`~catga.errors.ConfigurationError` when the route is added (not a 500 on each request).
     """
 
     def __init__(self, dispatcher: Any) -> None:
@@ -139,6 +145,9 @@ class Endpoints:
     def _add(
         self, path: str, message_type: type, method: str, name: str | None, *, from_body: bool, event: bool
     ) -> Route:
+        _check_route_type(
+            message_type, path, event=event, call="event" if event else "command" if from_body else "query"
+        )
         build = _builder(message_type)
         dispatcher = self.dispatcher
 
@@ -193,7 +202,7 @@ def _metadata() -> Metadata | None:
     return Metadata(message_id=mid, correlation_id=correlation)
 
 
-def _failed(result: Result[Any], correlation: int | None) -> Response:
+def _failed(result: Result[Any], correlation: int | str | None) -> Response:
     status = STATUS_BY_CODE.get(result.code, 500)
     extra: dict[str, Any] = {}
     field_errors = (result.metadata or {}).get("field_errors")
@@ -202,6 +211,21 @@ def _failed(result: Result[Any], correlation: int | None) -> Response:
     return problem(
         status, result.error or HTTPStatus(status).phrase, result.code, correlation_id=correlation, **extra
     )
+
+
+def _check_route_type(message_type: object, path: str, *, event: bool, call: str) -> None:
+    """Refuse a route whose type is not the kind its method dispatches (events are published)."""
+    wanted = Event if event else MessageRequest
+    if isinstance(message_type, type) and issubclass(message_type, wanted):
+        return
+    name = getattr(message_type, "__qualname__", repr(message_type))
+    if event:
+        hint = "an event route takes a class that inherits catga.Event"
+    elif isinstance(message_type, type) and issubclass(message_type, Event):
+        hint = f"{name} is an Event: use Endpoints.event (events are published, answered 202)"
+    else:
+        hint = "it takes a class that inherits catga.Command[R] or catga.Query[R]"
+    raise ConfigurationError(f"Endpoints.{call}({path!r}, {name}): {hint}")
 
 
 class _InvalidInput(Exception):
@@ -240,7 +264,10 @@ def _builder(message_type: type) -> Callable[[dict[str, Any]], Any]:
 class CorrelationIdMiddleware:
     """ASGI middleware: continue the ``X-Correlation-Id`` of a request, and answer with the one used.
 
-    A header that is not a positive integer is ignored (a new correlation starts).
+    The header may carry a catga id (a positive integer), a UUID or another short token (see
+    :func:`~catga.messages.parse_correlation_id`); without it, a W3C ``traceparent`` header's trace id
+    is used, so the logs of a request share the id its trace has. Anything else is ignored (a new
+    correlation starts).
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], header: str = HEADER) -> None:
@@ -257,14 +284,14 @@ class CorrelationIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming: int | None = None
+        incoming: int | str | None = None
+        trace: str | None = None
         for key, value in scope.get("headers", ()):
-            if key == self.header:
-                text = value.decode("latin-1").strip()
-                if text.isdigit() and 0 < int(text) < 1 << 63:
-                    incoming = int(text)
-                break
-        state: list[int | None] = [incoming, None]
+            if key == self.header and incoming is None:
+                incoming = parse_correlation_id(value.decode("latin-1"))
+            elif key == b"traceparent" and trace is None:
+                trace = trace_id_of(value.decode("latin-1"))
+        state: list[int | str | None] = [incoming if incoming is not None else trace, None]
         token = _request.set(state)
 
         async def send_with_header(message: MutableMapping[str, Any]) -> None:

@@ -115,7 +115,7 @@ def test_a_bad_replicas_option_is_a_configuration_error(role: str, value: str) -
     [
         ("nats://a:4222,,nats://b:4222", "'' is not a NATS server"),
         ("nats://a:4222,redis://b:6379", "'redis://b:6379' is not a NATS server"),
-        ("nats://a:4222,nats://:4222", "'nats://:4222' is not a NATS server"),
+        ("nats://a:4222,nats://:4222", "'nats://:4222' has no host; write the server's address"),
         ("nats://a:4222,nats://b:port", "Port could not be cast"),
     ],
 )

@@ -94,7 +94,7 @@ def bench(
     quick: Annotated[
         bool,
         typer.Option(
-            "--quick", envvar="CATGA_BENCH_QUICK", help="Smoke run: 0.2 s per run, concurrency 1,16."
+            "--quick", envvar="CATGA_BENCH_QUICK", help="Smoke run: 0.2 s per run, concurrency 1,4,16."
         ),
     ] = False,
     concurrency: Annotated[
@@ -102,7 +102,7 @@ def bench(
         typer.Option(
             envvar="CATGA_BENCH_CONCURRENCY",
             callback=_check_concurrency,
-            help="Comma-separated levels [default: 1,2,4,8,16,32; quick: 1,16].",
+            help="Comma-separated levels [default: 1,2,4,8,16,32; quick: 1,4,16].",
         ),
     ] = None,
     duration: Annotated[

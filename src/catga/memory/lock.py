@@ -91,7 +91,7 @@ class MemoryLock:
     Example:
         >>> lock = MemoryLock()
         >>> async with await lock.acquire("order-1", ttl=10, wait=2) as lease:  # doctest: +SKIP
-        ...     await repo.save(order, fencing_token=lease.fencing_token)
+        ...     await ledger.write(key, entry, fencing_token=lease.fencing_token)  # see docs/protocols.md
     """
 
     __slots__ = ("_keys", "_mutex", "_renewers")

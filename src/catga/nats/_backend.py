@@ -61,10 +61,15 @@ def url_options(base: str, options: dict[str, str], role: str, shown: str) -> di
             parts.port  # noqa: B018 - raises on a malformed port
         except ValueError as exc:
             raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
-        if parts.scheme.lower() not in ("nats", "tls") or not parts.hostname:
+        if parts.scheme.lower() not in ("nats", "tls") or not server:
             raise ConfigurationError(
                 f"{role} URL {shown!r}: {redact_url(server)!r} is not a NATS server; list servers as "
                 "nats://host:port (or tls://), separated by commas: nats://n1:4222,nats://n2:4222"
+            )
+        if not parts.hostname:
+            raise ConfigurationError(
+                f"{role} URL {shown!r}: {redact_url(server)!r} has no host; write the server's address, "
+                "e.g. nats://127.0.0.1:4222"
             )
     return {"address": base, "storage": storage, "replicas": int(text)}
 

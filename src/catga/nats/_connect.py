@@ -90,6 +90,12 @@ class ConnectPlan:
     ) -> None:
         self.servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
         self.where = ", ".join(redact_url(u) for u in self.servers)
+        for server in self.servers:  # refused here, not by nats-py after its connect attempt
+            if not urlsplit(server if "://" in server else f"nats://{server}").hostname:
+                raise ConfigurationError(
+                    f"NATS server URL {redact_url(server)!r} has no host; write the server's address, "
+                    "e.g. nats://127.0.0.1:4222"
+                )
         self.name = name
         self.connect_timeout = connect_timeout
         self.outage = OutageLog(_log, f"NATS connection to {self.where}", tracebacks=False)

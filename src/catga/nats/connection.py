@@ -331,7 +331,7 @@ class NatsConnection(AsyncCloseable):
 
         Raises:
             BackendUnavailableError: no server could be reached in time.
-            ConfigurationError: the server refused the credentials.
+            ConfigurationError: the server refused the credentials, or a server URL has no host.
             UnsupportedServerError: the server is older than :data:`MIN_SERVER`.
         """
         conn = cls.lazy(

@@ -98,6 +98,7 @@ __all__ = ("H_ERROR", "NatsRpcEndpoint", "NatsSubscription", "NatsTransport")
 logger = logging.getLogger("catga.nats.transport")
 
 _CMD_QUEUE = "catga-cmd"
+_PREFIX = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,200}\Z")
 _DAY = 86400.0
 
@@ -110,7 +111,8 @@ class NatsTransport(TransportBase[NatsSubscription]):
             with the other NATS objects built on it). The transport does not close it unless
             ``owns_connection=True`` (as with :meth:`connect`).
         registry: message types allowed on the wire; :func:`~catga.serialization.default_registry` if None.
-        prefix: first subject token(s), to isolate applications on one server.
+        prefix: the first subject token, to isolate applications on one server: 1-64 letters, digits,
+            ``_`` or ``-`` (no dots: ``P.evt.x`` would fall under prefix ``P``'s subjects).
         stream: name of the events stream; the commands stream is ``<stream>_COMMANDS``. Default
             ``CATGA_MESSAGES`` for the default prefix, else ``<PREFIX>_MESSAGES``.
         dead_letters: where failed and undecodable messages go. Without one they are logged and dropped.
@@ -168,6 +170,11 @@ class NatsTransport(TransportBase[NatsSubscription]):
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.prefix = validate_identifier(prefix, "subject prefix")
+        if _PREFIX.match(prefix) is None:  # one subject token, as a URL's ?prefix= (a dot would overlap)
+            raise ConfigurationError(
+                f"invalid subject prefix {prefix!r}: use 1-64 letters, digits, '_' or '-' (one subject "
+                "token; with dots, another prefix's '<prefix>.evt.>' could receive this transport's messages)"
+            )
         self.max_payload = check_max_payload(max_payload)
         if stream is None:
             stream = "CATGA_MESSAGES" if prefix == "catga" else f"{prefix.upper()}_MESSAGES"

@@ -7,7 +7,8 @@ with ``opened=False`` and opened at ``App.start()`` (connected and checked at on
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from catga._urls import redact_url
 from catga.redis import (
@@ -34,6 +35,25 @@ async def _open(client: RedisClient) -> None:
     except BaseException:
         await client.aclose()
         raise
+
+
+def url_options(base: str, options: dict[str, str], role: str, shown: str) -> dict[str, Any]:
+    """Refuse a URL without a host in the constructor (``redis://`` never means localhost by itself).
+
+    Returns:
+        nothing to add: the client reads its own options from the URL at connect.
+
+    Raises:
+        ConfigurationError: the URL names no host.
+    """
+    if not urlsplit(base).hostname:
+        from catga.errors import ConfigurationError
+
+        scheme = base.split("://", 1)[0].lower()
+        raise ConfigurationError(
+            f"{role} URL {shown!r} has no host; write the server's address, e.g. {scheme}://127.0.0.1:6379/0"
+        )
+    return {}
 
 
 def connection(b: Backends, spec: BackendUrl) -> RedisClient:

@@ -82,6 +82,11 @@ class RedisSettings:
             raise ConfigurationError(
                 f"invalid Redis URL {_redact(url)!r}: scheme must be redis://, rediss:// or unix://"
             )
+        if scheme != "unix" and not parts.hostname:  # no silent localhost: say what is missing
+            raise ConfigurationError(
+                f"invalid Redis URL {_redact(url)!r}: no host; write the server's address, e.g. "
+                f"{scheme}://127.0.0.1:6379/0"
+            )
         db_text = query.get("db")
         if db_text is None and scheme != "unix":
             db_text = parts.path.strip("/") or "0"
@@ -96,7 +101,7 @@ class RedisSettings:
         if scheme == "rediss" and ssl_context is None:
             ssl_context = _ssl_context_from(query, url)
         return cls(
-            host=parts.hostname or "127.0.0.1",
+            host=parts.hostname or "127.0.0.1",  # unix:// only: TCP URLs without a host are refused above
             port=port or 6379,
             db=db,
             username=username,

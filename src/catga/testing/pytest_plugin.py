@@ -1,7 +1,9 @@
-"""pytest fixtures giving tests real NATS JetStream and Redis servers on loopback.
+"""pytest plugin: fixtures giving tests real NATS JetStream, Redis and PostgreSQL servers on loopback.
 
-Enable it with ``pytest_plugins = ["catga.testing.pytest_plugin"]`` in your top-level
-``conftest.py``. Fixtures:
+Installing catga registers it with pytest (a ``pytest11`` entry point named after this module), so
+the fixtures and markers are there in any project; ``pytest_plugins = ["catga.testing.pytest_plugin"]``
+in a ``conftest.py`` (the way before the entry point) still works. ``-p no:catga.testing.pytest_plugin``
+turns it off. Fixtures:
 
 * ``nats_url`` (session): URL of a ``nats-server`` with JetStream.
 * ``redis_url`` (session): URL of a ``redis-server`` (database 0).
@@ -9,28 +11,98 @@ Enable it with ``pytest_plugins = ["catga.testing.pytest_plugin"]`` in your top-
 * ``nats_cluster`` (function): a :class:`~catga.testing.cluster.NatsCluster` of three JetStream nodes
   (started once per session), with every node running and a meta leader elected when the test starts.
 * ``unique_name`` (function): a short unique name for isolating streams, keys and prefixes.
+* ``fake_clock`` (function): a :class:`~catga.testing.FakeClock` that catga reads for the test
+  (:func:`catga.clock.use_clock`); ``with fake_clock.drive_loop():`` in an async test makes asyncio's
+  timers follow it too.
+* ``memory_bus`` (function): a :class:`~catga.testing.MemoryBus` for several apps on one in-memory broker.
 
 The servers are started on free ports on first use and stopped at the end of the session (one
 per pytest-xdist worker). If ``CATGA_NATS_URL`` / ``CATGA_REDIS_URL`` / ``CATGA_POSTGRES_URL`` are
 set, those servers are used instead; they must be on loopback. A server that cannot start makes the
 tests using it error with the reason; they are never skipped.
+
+Markers (registered here, so ``--strict-markers`` accepts them): ``nats``, ``redis`` and ``postgres``.
+A test that uses ``nats_url`` / ``nats_cluster``, ``redis_url`` or ``postgres_url`` gets the marker
+itself, so ``pytest -m "not nats"`` deselects it without marking it by hand.
+
+Async tests need an asyncio runner: catga's own is pytest-asyncio (``pip install "catga[testing]"``)
+with ``asyncio_mode = "auto"``. An ``async def`` test that no plugin ran fails with a message saying
+that, instead of pytest's bare "async def functions are not natively supported".
 """
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from catga.clock import use_clock
+from catga.testing.bus import MemoryBus
+from catga.testing.clock import FakeClock
 from catga.testing.cluster import NatsCluster
 from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
-__all__ = ("nats_cluster", "nats_cluster_session", "nats_url", "postgres_url", "redis_url", "unique_name")
+__all__ = (
+    "MARKERS",
+    "fake_clock",
+    "memory_bus",
+    "nats_cluster",
+    "nats_cluster_session",
+    "nats_url",
+    "postgres_url",
+    "pytest_collection_modifyitems",
+    "pytest_configure",
+    "pytest_pyfunc_call",
+    "redis_url",
+    "unique_name",
+)
 
 NATS_URL_ENV = "CATGA_NATS_URL"
 REDIS_URL_ENV = "CATGA_REDIS_URL"
 POSTGRES_URL_ENV = "CATGA_POSTGRES_URL"
+
+#: The markers this plugin registers, and the fixtures that apply each of them to a test.
+MARKERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "nats": (
+        "needs a real nats-server with JetStream (started by the fixtures)",
+        ("nats_url", "nats_cluster"),
+    ),
+    "redis": ("needs a real redis-server (started by the fixtures)", ("redis_url",)),
+    "postgres": ("needs a real PostgreSQL server (started by the fixtures)", ("postgres_url",)),
+}
+
+_NO_ASYNC_RUNNER = (
+    "{name} is an 'async def' test and no plugin ran it: with pytest-asyncio installed "
+    '(pip install "catga[testing]"), set asyncio_mode = "auto" under [tool.pytest.ini_options] in '
+    "pyproject.toml (or mark the test @pytest.mark.asyncio); see catga's docs/testing.md, Set-up"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register catga's markers (``nats``, ``redis``, ``postgres``) for ``--strict-markers``."""
+    for name, (text, _) in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the server markers of the catga fixtures it uses."""
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        for name, (_, fixtures) in MARKERS.items():
+            if any(f in used for f in fixtures) and item.get_closest_marker(name) is None:
+                item.add_marker(name)
+
+
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
+    """Fail an ``async def`` test that reached pytest's own runner with how to run async tests.
+
+    Async plugins (pytest-asyncio, anyio) swap the coroutine function for a runner before this
+    hook, or run the test in a hook of their own first: only an unhandled coroutine gets here.
+    """
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        pytest.fail(_NO_ASYNC_RUNNER.format(name=pyfuncitem.nodeid), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +165,16 @@ def postgres_url() -> Iterator[str]:
 def unique_name() -> str:
     """A short unique name (``t`` + 12 hex digits), valid as a NATS stream name or Redis key."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def fake_clock() -> Iterator[FakeClock]:
+    """A :class:`~catga.testing.FakeClock` (2025-01-01 UTC) that catga reads during the test."""
+    with use_clock(FakeClock()) as clock:
+        yield clock
+
+
+@pytest.fixture
+def memory_bus() -> MemoryBus:
+    """A :class:`~catga.testing.MemoryBus`: build the test's apps with ``memory_bus.app(name)``."""
+    return MemoryBus()
