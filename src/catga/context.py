@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from catga import clock as _clock
+import catga.clock as _clock
 from catga.messages import Metadata, Request
 
 if TYPE_CHECKING:
