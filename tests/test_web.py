@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+import fastapi
 import httpx
 import msgspec
 import pydantic
@@ -14,11 +16,13 @@ from starlette.middleware import Middleware
 
 import catga
 from catga import Command, Context, Event, Query
-from catga.errors import ConflictError, NotFoundError
+from catga.errors import ConfigurationError, ConflictError, NotFoundError
 from catga.web import STATUS_BY_CODE, CorrelationIdMiddleware, Endpoints
 
 
 class PlaceOrder(msgspec.Struct, Command[str], frozen=True):
+    """Place an order for a customer."""
+
     customer_id: str
     amount: int
 
@@ -42,8 +46,23 @@ class OrderShipped(Event):
 Client = httpx.AsyncClient
 
 
-@pytest.fixture
-async def web() -> AsyncIterator[tuple[Client, dict[str, list[object]]]]:
+def make_web(framework: str, api: Endpoints) -> Any:
+    """The routes served by a Starlette app, or added to a FastAPI app (with its OpenAPI document)."""
+    if framework == "starlette":
+        return Starlette(routes=api.routes, middleware=[Middleware(CorrelationIdMiddleware)])
+    web = fastapi.FastAPI(title="orders", version="1.0")
+
+    @web.get("/ping")
+    async def ping() -> str:
+        return "pong"
+
+    api.add_to(web)
+    web.add_middleware(CorrelationIdMiddleware)
+    return web
+
+
+@pytest.fixture(params=["starlette", "fastapi"])
+async def web(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Client, dict[str, list[object]]]]:
     app = catga.App()
     seen: dict[str, list[object]] = {"shipped": [], "correlations": []}
 
@@ -73,9 +92,8 @@ async def web() -> AsyncIterator[tuple[Client, dict[str, list[object]]]]:
     api.query("/orders/{order_id}", GetOrder)
     api.command("/orders/{order_id}/cancel", CancelOrder)
     api.event("/events/shipped", OrderShipped)
-    web = Starlette(routes=api.routes, middleware=[Middleware(CorrelationIdMiddleware)])
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=web), base_url="http://catga.test"
+        transport=httpx.ASGITransport(app=make_web(request.param, api)), base_url="http://catga.test"
     ) as client:
         yield client, seen
 
@@ -156,3 +174,68 @@ async def test_the_correlation_id_is_continued_and_returned(
 def test_every_error_code_has_a_sensible_status() -> None:
     assert STATUS_BY_CODE["validation"] == 422 and STATUS_BY_CODE["not_found"] == 404
     assert STATUS_BY_CODE.get("internal", 500) == 500 and STATUS_BY_CODE.get("handler_not_found", 500) == 500
+
+
+async def test_fastapi_describes_the_message_routes_in_its_openapi_document() -> None:
+    api = Endpoints(catga.App())
+    api.command("/orders", PlaceOrder)
+    api.query("/orders/{order_id}", GetOrder)
+    api.command("/orders/{order_id}/cancel", CancelOrder)
+    api.event("/events/shipped", OrderShipped)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=make_web("fastapi", api)), base_url="http://catga.test"
+    ) as client:
+        doc = (await client.get("/openapi.json")).json()
+        docs_page = await client.get("/docs")
+    assert docs_page.status_code == 200 and "swagger" in docs_page.text.lower()
+    assert doc["info"] == {"title": "orders", "version": "1.0"}
+    paths, schemas = doc["paths"], doc["components"]["schemas"]
+    assert set(paths) == {
+        "/ping",
+        "/orders",
+        "/orders/{order_id}",
+        "/orders/{order_id}/cancel",
+        "/events/shipped",
+    }
+    place = paths["/orders"]["post"]
+    assert place["summary"] == "PlaceOrder" and place["description"] == "Place an order for a customer."
+    assert place["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PlaceOrder"
+    }
+    assert schemas["PlaceOrder"]["properties"] == {
+        "customer_id": {"type": "string"},
+        "amount": {"type": "integer"},
+    }
+    assert place["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "type": "string"
+    }  # Command[str]
+    problem = place["responses"]["default"]["content"]["application/problem+json"]["schema"]
+    assert problem == {"$ref": "#/components/schemas/Problem"} and "detail" in schemas["Problem"]["required"]
+    get = paths["/orders/{order_id}"]["get"]
+    assert [(p["name"], p["in"], p["required"]) for p in get["parameters"]] == [
+        ("order_id", "path", True),
+        ("detailed", "query", False),
+    ]
+    assert get["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "object"
+    cancel = paths["/orders/{order_id}/cancel"]["post"]  # pydantic; the path gives order_id
+    body = cancel["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["reason"] and set(body["properties"]) == {"reason"}
+    assert set(cancel["responses"]) == {"204", "default"}  # Command[None]
+    assert schemas["CancelOrder"]["required"] == ["order_id", "reason"]
+    assert set(paths["/events/shipped"]["post"]["responses"]) == {"202", "default"}
+    assert {op["post" if "post" in op else "get"]["tags"][0] for p, op in paths.items() if p != "/ping"} == {
+        "commands",
+        "queries",
+        "events",
+    }
+
+
+def test_a_message_type_without_a_json_schema_is_a_clear_error() -> None:
+    class Opaque(Command[None]):
+        def __init__(self, blob: object) -> None:
+            self.blob = blob
+
+    api = Endpoints(catga.App())
+    api.command("/opaque", Opaque)
+    with pytest.raises(ConfigurationError, match=r"no JSON Schema for .*Opaque.*msgspec Struct, a dataclass"):
+        api.openapi()
