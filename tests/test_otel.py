@@ -113,6 +113,10 @@ async def test_a_send_gets_a_span_with_the_message_ids_and_metrics(telemetry: Te
     assert type_name.endswith("Ship") and outcome == "ok" and handled[(type_name, outcome)].value == 1
     [duration] = telemetry.points("catga.message.duration").values()
     assert duration.count == 1 and duration.sum > 0
+    # seconds-sized buckets, not the SDK's millisecond-sized defaults (every message in the first)
+    assert (
+        tuple(duration.explicit_bounds) == catga.otel.DURATION_BUCKETS and duration.explicit_bounds[0] < 0.001
+    )
 
 
 async def test_a_failure_marks_the_span_and_a_nested_send_is_a_child(telemetry: Telemetry) -> None:

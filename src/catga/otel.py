@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from catga.app import App
 
 __all__ = (
+    "DURATION_BUCKETS",
     "BackendProbe",
     "TracingBehavior",
     "inject",
@@ -71,6 +72,12 @@ __all__ = (
 )
 
 M = TypeVar("M", bound=type)
+
+#: Bucket bounds (seconds) advised for every duration histogram: the SDK's default bounds (0, 5, 10,
+#: 25... meant for milliseconds) would put every catga operation in the first bucket.
+DURATION_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 
 #: The class attribute :func:`trace_tags` sets: ``((field, attribute name), ...)``.
 _TAGS = "__catga_trace_tags__"
@@ -131,7 +138,10 @@ class TracingBehavior(Behavior):
             "catga.messages.handled", unit="{message}", description="Messages handled, by type and outcome"
         )
         self.duration = meter.create_histogram(
-            "catga.message.duration", unit="s", description="Time to handle a message through the pipeline"
+            "catga.message.duration",
+            unit="s",
+            description="Time to handle a message through the pipeline",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
 
     def wrap(self, info: HandlerInfo, call_next: Next) -> Next:
@@ -315,13 +325,19 @@ class BackendProbe:
         self.tracer = trace.get_tracer("catga", __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter("catga", __version__, meter_provider=meter_provider)
         self._client_duration = meter.create_histogram(
-            "messaging.client.operation.duration", unit="s", description="Time to send a message"
+            "messaging.client.operation.duration",
+            unit="s",
+            description="Time to send a message",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._sent = meter.create_counter(
             "messaging.client.sent.messages", unit="{message}", description="Messages sent or stored"
         )
         self._process_duration = meter.create_histogram(
-            "messaging.process.duration", unit="s", description="Time to process a delivery"
+            "messaging.process.duration",
+            unit="s",
+            description="Time to process a delivery",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._consumed = meter.create_counter(
             "messaging.client.consumed.messages", unit="{message}", description="Deliveries processed"
@@ -333,7 +349,10 @@ class BackendProbe:
             "catga.outbox.messages", unit="{message}", description="Outbox messages by relay outcome"
         )
         self._store_duration = meter.create_histogram(
-            "catga.event_store.duration", unit="s", description="Time of an event-store read or append"
+            "catga.event_store.duration",
+            unit="s",
+            description="Time of an event-store read or append",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._store_events = meter.create_counter(
             "catga.event_store.events", unit="{event}", description="Events read or appended"
