@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import fastapi
 import httpx
@@ -239,3 +239,55 @@ def test_a_message_type_without_a_json_schema_is_a_clear_error() -> None:
     api.command("/opaque", Opaque)
     with pytest.raises(ConfigurationError, match=r"no JSON Schema for .*Opaque.*msgspec Struct, a dataclass"):
         api.openapi()
+
+
+@dataclass(frozen=True)
+class ShipOrder(Command[str]):
+    order_id: str
+
+
+class Carrier:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class ShipOrderHandler:
+    def __init__(self, carrier: Carrier) -> None:
+        self.carrier = carrier
+
+    async def handle(self, cmd: ShipOrder, ctx: Context) -> str:
+        return f"{cmd.order_id} via {self.carrier.name}"
+
+
+def catga_app(request: fastapi.Request) -> catga.App:
+    app: catga.App = request.app.state.catga
+    return app
+
+
+Bus = Annotated[catga.App, fastapi.Depends(catga_app)]
+
+
+async def test_the_documented_dependency_bridge_works_from_a_fastapi_endpoint() -> None:
+    """docs/web.md: a class handler's factory provides its dependencies; an endpoint depends on the app."""
+    app = catga.App()
+    made: list[int] = []
+
+    def provide(ctx: Context) -> ShipOrderHandler:
+        made.append(ctx.message_id)
+        return ShipOrderHandler(Carrier("postal"))
+
+    app.handler(ShipOrderHandler, factory=provide)
+    web = fastapi.FastAPI()
+    web.state.catga = app
+
+    @web.post("/orders/{order_id}/ship")
+    async def ship(order_id: str, bus: Bus) -> str:
+        return (await bus.send(ShipOrder(order_id))).unwrap()
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web), base_url="http://catga.test"
+    ) as client:
+        r = await client.post("/orders/o-1/ship")
+        r2 = await client.post("/orders/o-2/ship")
+    assert (r.json(), r2.json()) == ("o-1 via postal", "o-2 via postal")
+    assert len(made) == 2 and made[0] != made[1]  # one handler per message, like a request-scoped dependency
