@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +24,9 @@ import catga
 import catga._observe
 import catga.otel
 from catga import Command, Event
-from catga.errors import ConcurrencyError, ConfigurationError, NotFoundError
+from catga.errors import ConcurrencyError, ConfigurationError, LockNotAcquiredError, NotFoundError
 from catga.eventsourcing import Aggregate, Repository, applies
-from catga.memory import MemoryBroker, MemoryDeadLetterQueue, MemoryEventStore, MemoryTransport
+from catga.memory import MemoryBroker, MemoryDeadLetterQueue, MemoryEventStore, MemoryLock, MemoryTransport
 from catga.messages import message_name
 
 
@@ -425,3 +428,50 @@ async def test_trace_tags_rename_and_keep_numbers(telemetry: Telemetry) -> None:
     [span] = telemetry.finished()
     attrs = dict(span.attributes or {})
     assert attrs["catga.message.order_id"] == "o-7" and attrs["order.amount"] == 42
+
+
+def test_the_grafana_dashboard_queries_only_metrics_catga_records() -> None:
+    """docs/grafana/catga-dashboard.json (Prometheus exporter names) against catga.otel's instruments."""
+    root = Path(__file__).resolve().parent.parent
+    source = (root / "src" / "catga" / "otel.py").read_text()
+    instruments = {
+        name: kind for kind, name in re.findall(r'create_(counter|histogram)\(\s*"([^"]+)"', source)
+    }
+    exported = {
+        name.replace(".", "_") + ("_total" if kind == "counter" else "_seconds_bucket")
+        for name, kind in instruments.items()
+    }
+    dashboard = json.loads((root / "docs" / "grafana" / "catga-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b([a-z_]+(?:_total|_seconds_bucket))\b", e)}
+    assert used and used <= exported, used - exported
+    assert len(instruments) == 11 and len(used) == len(exported)  # every metric has a panel
+
+
+async def test_lock_acquisitions_are_spans_and_their_waits_a_histogram(telemetry: Telemetry) -> None:
+    catga.otel.instrument_backends(
+        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider
+    )
+    lock = MemoryLock()
+    lease = await lock.acquire("orders", ttl=5)
+    with pytest.raises(LockNotAcquiredError):
+        await lock.acquire("orders", ttl=5, wait=0.05)
+    await lease.release()
+    acquired, refused = telemetry.finished()
+    assert acquired.name == refused.name == "acquire lock" and acquired.kind == SpanKind.CLIENT
+    assert dict(acquired.attributes or {})["catga.lock.key"] == "orders"
+    assert dict(acquired.attributes or {})["catga.outcome"] == "acquired"
+    assert refused.status.status_code == StatusCode.ERROR
+    assert dict(refused.attributes or {})["catga.lock.wait"] == 0.05
+    data = telemetry.reader.get_metrics_data()
+    points = {
+        frozenset(dict(p.attributes or {}).items()): p
+        for rm in (data.resource_metrics if data else ())
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "catga.lock.wait.duration"
+        for p in m.data.data_points
+    }
+    ok = points[frozenset({("catga.lock.system", "memory"), ("catga.outcome", "acquired")})]
+    gave_up = points[frozenset({("catga.lock.system", "memory"), ("error.type", "LockNotAcquiredError")})]
+    assert ok.count == gave_up.count == 1 and gave_up.sum >= 0.05 > ok.sum

@@ -22,6 +22,7 @@ where                        what
 ``DeliveryPolicy.deliver``   ``process``: a CONSUMER span, child of the context in the delivery's headers,
                              with the verdict as its outcome; ``dead_lettered`` for each dead letter
 ``Repository`` load / save   ``store("read"|"append")``
+a lock's ``acquire``         ``lock``, through :func:`catga._lease.observed_acquire` on each backend's
 ==========================  ==============================================================================
 """
 
@@ -76,6 +77,10 @@ class Probe(Protocol):
 
     def store(self, operation: str, system: str, stream_id: str) -> AbstractContextManager[Scope]:
         """An event-store ``read`` or ``append`` of one stream."""
+        ...
+
+    def lock(self, system: str, key: str, wait: float) -> AbstractContextManager[Scope]:
+        """A lock acquisition that may wait up to ``wait`` seconds."""
         ...
 
     def dead_lettered(self, system: str, destination: str, reason: str) -> None:

@@ -314,7 +314,9 @@ class BackendProbe:
     ``messaging.process.duration`` and ``messaging.client.consumed.messages`` (deliveries),
     ``catga.dead_letters`` (by ``catga.reason``), ``catga.outbox.messages`` (by ``catga.outcome``:
     ``published``, ``failed``, ``dead``), ``catga.event_store.duration`` and ``catga.event_store.events``
-    (by ``db.system.name`` and ``db.operation.name``: ``read``, ``append``).
+    (by ``db.system.name`` and ``db.operation.name``: ``read``, ``append``), ``catga.lock.wait.duration``
+    (by ``catga.lock.system`` and ``catga.outcome=acquired`` or ``error.type``, e.g.
+    ``LockNotAcquiredError``).
 
     Args:
         tracer_provider: the provider to get the tracer from (default: the global one).
@@ -352,6 +354,12 @@ class BackendProbe:
             "catga.event_store.duration",
             unit="s",
             description="Time of an event-store read or append",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._lock_wait = meter.create_histogram(
+            "catga.lock.wait.duration",
+            unit="s",
+            description="Time to acquire a lock, or to give up",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._store_events = meter.create_counter(
@@ -410,6 +418,16 @@ class BackendProbe:
             span.set_attributes(labels)
             span.set_attribute("catga.stream.id", stream_id)
         return _Scope(span, self._store_duration, self._store_events, labels)
+
+    def lock(self, system: str, key: str, wait: float) -> _Scope:
+        """An ``acquire lock`` CLIENT span; the time to get the lock (or give up) is the wait metric."""
+        span = self.tracer.start_span("acquire lock", kind=SpanKind.CLIENT)
+        labels = {"catga.lock.system": system}
+        if span.is_recording():
+            span.set_attributes(labels)
+            span.set_attribute("catga.lock.key", key)
+            span.set_attribute("catga.lock.wait", wait)
+        return _Scope(span, self._lock_wait, None, labels)
 
     def dead_lettered(self, system: str, destination: str, reason: str) -> None:
         """Count a dead letter; an event on the current span."""

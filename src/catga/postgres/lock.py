@@ -44,7 +44,7 @@ from typing import Any
 
 import asyncpg.exceptions as pgexc
 
-from catga._lease import LeaseBase
+from catga._lease import LeaseBase, observed_acquire
 from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.postgres._base import DEFAULT_TIMEOUT, PgStore
 from catga.protocols import validate_identifier
@@ -183,6 +183,7 @@ class PostgresLock(PgStore):
             "fencing bigint NOT NULL, expires_at timestamptz)"
         ]
 
+    @observed_acquire
     async def acquire(
         self, key: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
     ) -> PostgresLease:
