@@ -32,22 +32,25 @@ def observed_acquire(acquire: Callable[P, Awaitable[L]]) -> Callable[P, Awaitabl
     """Report a lock's ``acquire(self, key, *, ttl, wait, auto_renew)`` to the installed probe, if any.
 
     The probe's ``lock`` scope ends ``acquired``, or with the error (``LockNotAcquiredError`` when the key
-    stayed taken for ``wait`` seconds).
+    stayed taken for ``wait`` seconds). Without a probe the wrapper returns ``acquire``'s own coroutine:
+    no extra coroutine per call.
     """
 
-    @functools.wraps(acquire)
-    async def observed(*args: P.args, **kwargs: P.kwargs) -> L:
-        probe = _observe.probe
-        if probe is None:
-            return await acquire(*args, **kwargs)
-        key: Any = args[1] if len(args) > 1 else kwargs.get("key", "")
-        wait: Any = kwargs.get("wait", 0.0)
-        with probe.lock(_observe.system_of(args[0]), str(key), float(wait)) as scope:
+    async def observed(probe: _observe.Probe, args: Any, kwargs: Any) -> L:
+        key = args[1] if len(args) > 1 else kwargs.get("key", "")
+        with probe.lock(_observe.system_of(args[0]), str(key), float(kwargs.get("wait", 0.0))) as scope:
             lease = await acquire(*args, **kwargs)
             scope.outcome("acquired")
             return lease
 
-    return observed
+    @functools.wraps(acquire)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Awaitable[L]:
+        probe = _observe.probe
+        if probe is None:
+            return acquire(*args, **kwargs)
+        return observed(probe, args, kwargs)
+
+    return wrapper
 
 
 logger = logging.getLogger("catga.lock")
