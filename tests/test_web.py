@@ -291,3 +291,16 @@ async def test_the_documented_dependency_bridge_works_from_a_fastapi_endpoint() 
         r2 = await client.post("/orders/o-2/ship")
     assert (r.json(), r2.json()) == ("o-1 via postal", "o-2 via postal")
     assert len(made) == 2 and made[0] != made[1]  # one handler per message, like a request-scoped dependency
+
+
+async def test_add_to_takes_the_routes_declared_before_it() -> None:
+    api = Endpoints(catga.App())
+    api.command("/orders", PlaceOrder)
+    web = make_web("fastapi", api)
+    api.event("/events/late", OrderShipped)  # after add_to: not this app's
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web), base_url="http://catga.test"
+    ) as client:
+        doc = (await client.get("/openapi.json")).json()
+        late = await client.post("/events/late", json={"order_id": "o-1"})
+    assert "/orders" in doc["paths"] and "/events/late" not in doc["paths"] and late.status_code == 404

@@ -132,19 +132,21 @@ class Endpoints:
         """Add the routes to a FastAPI app, and their operations to its ``/openapi.json`` (``/docs``).
 
         FastAPI describes only its own routes; this wraps ``fastapi_app.openapi`` so that the document
-        it builds (once, cached) also has these paths and schemas. Routes added to this object later
-        are served and described too, as long as the document was not built yet.
+        it builds (once, cached) also has these paths and schemas. Declare the routes first: those
+        declared on this object after the call are neither served nor described by that app.
+
+        Raises:
+            ConfigurationError: a message or result type has no JSON Schema (when the document is built).
         """
-        fastapi_app.router.routes.extend(self.routes)
-        added = len(self.routes)
+        routes, operations = list(self.routes), list(self._operations)
+        fastapi_app.router.routes.extend(routes)
         original = fastapi_app.openapi
 
         def openapi() -> dict[str, Any]:
             if fastapi_app.openapi_schema is not None:
                 return cast(dict[str, Any], fastapi_app.openapi_schema)
             document = dict(original())
-            fastapi_app.router.routes.extend(self.routes[added:])
-            ours = self.openapi()
+            ours = _openapi(operations)
             document["paths"] = {**document.get("paths", {}), **ours["paths"]}
             components = dict(document.get("components", {}))
             components["schemas"] = {**components.get("schemas", {}), **ours["components"]["schemas"]}
