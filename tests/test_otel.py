@@ -7,7 +7,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,25 @@ import catga
 import catga._observe
 import catga.otel
 from catga import Command, Event
-from catga.errors import ConcurrencyError, ConfigurationError, LockNotAcquiredError, NotFoundError
+from catga.errors import (
+    BackendUnavailableError,
+    ConcurrencyError,
+    ConfigurationError,
+    LockNotAcquiredError,
+    NotFoundError,
+)
 from catga.eventsourcing import Aggregate, Repository, applies
-from catga.memory import MemoryBroker, MemoryDeadLetterQueue, MemoryEventStore, MemoryLock, MemoryTransport
+from catga.memory import (
+    MemoryBroker,
+    MemoryDeadLetterQueue,
+    MemoryEventStore,
+    MemoryLock,
+    MemoryOutboxStore,
+    MemoryTransport,
+)
 from catga.messages import message_name
+from catga.outbox import OutboxRelay
+from catga.protocols import OutboxMessage
 
 
 @dataclass(frozen=True)
@@ -475,3 +490,48 @@ async def test_lock_acquisitions_are_spans_and_their_waits_a_histogram(telemetry
     ok = points[frozenset({("catga.lock.system", "memory"), ("catga.outcome", "acquired")})]
     gave_up = points[frozenset({("catga.lock.system", "memory"), ("error.type", "LockNotAcquiredError")})]
     assert ok.count == gave_up.count == 1 and gave_up.sum >= 0.05 > ok.sum
+
+
+class DownTransport(MemoryTransport):
+    """A transport whose server is down: every raw publish fails."""
+
+    async def publish_raw(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
+        raise BackendUnavailableError("the broker is down", backend="memory")
+
+
+async def test_a_failing_relay_counts_failed_then_dead_messages_and_the_dead_letter(
+    telemetry: Telemetry,
+) -> None:
+    catga.otel.instrument_backends(
+        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider
+    )
+    store, dlq = MemoryOutboxStore(), MemoryDeadLetterQueue()
+    relay = OutboxRelay(store, DownTransport(), dead_letters=dlq, max_attempts=2, retry_backoff=0.001)
+    headers = {"Catga-Id": "5", "Catga-Type": "test_otel.Shipped"}
+    await store.add(
+        [
+            OutboxMessage(
+                id="5",
+                destination="test_otel.Shipped",
+                type_name="test_otel.Shipped",
+                body=b"{}",
+                headers=headers,
+                created_at=time.time(),
+            )
+        ]
+    )
+    assert await relay.run_once() == 1  # attempt 1: failed, retried later
+    deadline = time.monotonic() + 20
+    while relay.dead == 0:  # attempt 2 once it is due again: dead
+        assert time.monotonic() < deadline, "the relay never retried"
+        await relay.run_once()
+        await asyncio.sleep(0.005)
+    assert telemetry.sums("catga.outbox.messages") == {
+        frozenset({("catga.outcome", "failed")}): 1,
+        frozenset({("catga.outcome", "dead")}): 1,
+    }
+    [(labels, n)] = telemetry.sums("catga.dead_letters").items()
+    assert dict(labels)["catga.reason"] == "outbox" and n == 1
+    sends = [s for s in telemetry.finished() if s.name == "send test_otel.Shipped"]
+    assert len(sends) == 2 and all(s.status.status_code == StatusCode.ERROR for s in sends)
+    assert dict(sends[0].attributes or {})["error.type"] == "BackendUnavailableError"
