@@ -73,11 +73,14 @@ __all__ = (
 
 M = TypeVar("M", bound=type)
 
-#: Bucket bounds (seconds) advised for every duration histogram: the SDK's default bounds (0, 5, 10,
-#: 25... meant for milliseconds) would put every catga operation in the first bucket.
 DURATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+"""Bucket bounds (seconds) advised for every duration histogram catga records.
+
+The SDK's default bounds (0, 5, 10, 25... meant for milliseconds) would put every catga operation in the
+first bucket. A view configured in your meter provider still overrides them.
+"""
 
 #: The class attribute :func:`trace_tags` sets: ``((field, attribute name), ...)``.
 _TAGS = "__catga_trace_tags__"
