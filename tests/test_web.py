@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Annotated, Any
 
+import fastapi
 import httpx
 import msgspec
 import pydantic
@@ -19,6 +21,8 @@ from catga.web import STATUS_BY_CODE, CorrelationIdMiddleware, Endpoints
 
 
 class PlaceOrder(msgspec.Struct, Command[str], frozen=True):
+    """Place an order for a customer."""
+
     customer_id: str
     amount: int
 
@@ -42,8 +46,23 @@ class OrderShipped(Event):
 Client = httpx.AsyncClient
 
 
-@pytest.fixture
-async def web() -> AsyncIterator[tuple[Client, dict[str, list[object]]]]:
+def make_web(framework: str, api: Endpoints) -> Any:
+    """The routes served by a Starlette app, or added to a FastAPI app (with its OpenAPI document)."""
+    if framework == "starlette":
+        return Starlette(routes=api.routes, middleware=[Middleware(CorrelationIdMiddleware)])
+    web = fastapi.FastAPI(title="orders", version="1.0")
+
+    @web.get("/ping")
+    async def ping() -> str:
+        return "pong"
+
+    api.add_to(web)
+    web.add_middleware(CorrelationIdMiddleware)
+    return web
+
+
+@pytest.fixture(params=["starlette", "fastapi"])
+async def web(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Client, dict[str, list[object]]]]:
     app = catga.App()
     seen: dict[str, list[object]] = {"shipped": [], "correlations": []}
 
@@ -73,9 +92,8 @@ async def web() -> AsyncIterator[tuple[Client, dict[str, list[object]]]]:
     api.query("/orders/{order_id}", GetOrder)
     api.command("/orders/{order_id}/cancel", CancelOrder)
     api.event("/events/shipped", OrderShipped)
-    web = Starlette(routes=api.routes, middleware=[Middleware(CorrelationIdMiddleware)])
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=web), base_url="http://catga.test"
+        transport=httpx.ASGITransport(app=make_web(request.param, api)), base_url="http://catga.test"
     ) as client:
         yield client, seen
 
@@ -191,3 +209,133 @@ def test_a_route_of_the_wrong_message_kind_is_refused_when_it_is_added() -> None
 def test_every_error_code_has_a_sensible_status() -> None:
     assert STATUS_BY_CODE["validation"] == 422 and STATUS_BY_CODE["not_found"] == 404
     assert STATUS_BY_CODE.get("internal", 500) == 500 and STATUS_BY_CODE.get("handler_not_found", 500) == 500
+
+
+async def test_fastapi_describes_the_message_routes_in_its_openapi_document() -> None:
+    api = Endpoints(catga.App())
+    api.command("/orders", PlaceOrder)
+    api.query("/orders/{order_id}", GetOrder)
+    api.command("/orders/{order_id}/cancel", CancelOrder)
+    api.event("/events/shipped", OrderShipped)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=make_web("fastapi", api)), base_url="http://catga.test"
+    ) as client:
+        doc = (await client.get("/openapi.json")).json()
+        docs_page = await client.get("/docs")
+    assert docs_page.status_code == 200 and "swagger" in docs_page.text.lower()
+    assert doc["info"] == {"title": "orders", "version": "1.0"}
+    paths, schemas = doc["paths"], doc["components"]["schemas"]
+    assert set(paths) == {
+        "/ping",
+        "/orders",
+        "/orders/{order_id}",
+        "/orders/{order_id}/cancel",
+        "/events/shipped",
+    }
+    place = paths["/orders"]["post"]
+    assert place["summary"] == "PlaceOrder" and place["description"] == "Place an order for a customer."
+    assert place["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PlaceOrder"
+    }
+    assert schemas["PlaceOrder"]["properties"] == {
+        "customer_id": {"type": "string"},
+        "amount": {"type": "integer"},
+    }
+    assert place["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "type": "string"
+    }  # Command[str]
+    problem = place["responses"]["default"]["content"]["application/problem+json"]["schema"]
+    assert problem == {"$ref": "#/components/schemas/Problem"} and "detail" in schemas["Problem"]["required"]
+    get = paths["/orders/{order_id}"]["get"]
+    assert [(p["name"], p["in"], p["required"]) for p in get["parameters"]] == [
+        ("order_id", "path", True),
+        ("detailed", "query", False),
+    ]
+    assert get["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "object"
+    cancel = paths["/orders/{order_id}/cancel"]["post"]  # pydantic; the path gives order_id
+    body = cancel["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["reason"] and set(body["properties"]) == {"reason"}
+    assert set(cancel["responses"]) == {"204", "default"}  # Command[None]
+    assert schemas["CancelOrder"]["required"] == ["order_id", "reason"]
+    assert set(paths["/events/shipped"]["post"]["responses"]) == {"202", "default"}
+    assert {op["post" if "post" in op else "get"]["tags"][0] for p, op in paths.items() if p != "/ping"} == {
+        "commands",
+        "queries",
+        "events",
+    }
+
+
+def test_a_message_type_without_a_json_schema_is_a_clear_error() -> None:
+    class Opaque(Command[None]):
+        def __init__(self, blob: object) -> None:
+            self.blob = blob
+
+    api = Endpoints(catga.App())
+    api.command("/opaque", Opaque)
+    with pytest.raises(ConfigurationError, match=r"no JSON Schema for .*Opaque.*msgspec Struct, a dataclass"):
+        api.openapi()
+
+
+@dataclass(frozen=True)
+class ShipOrder(Command[str]):
+    order_id: str
+
+
+class Carrier:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class ShipOrderHandler:
+    def __init__(self, carrier: Carrier) -> None:
+        self.carrier = carrier
+
+    async def handle(self, cmd: ShipOrder, ctx: Context) -> str:
+        return f"{cmd.order_id} via {self.carrier.name}"
+
+
+def catga_app(request: fastapi.Request) -> catga.App:
+    app: catga.App = request.app.state.catga
+    return app
+
+
+Bus = Annotated[catga.App, fastapi.Depends(catga_app)]
+
+
+async def test_the_documented_dependency_bridge_works_from_a_fastapi_endpoint() -> None:
+    """docs/web.md: a class handler's factory provides its dependencies; an endpoint depends on the app."""
+    app = catga.App()
+    made: list[int] = []
+
+    def provide(ctx: Context) -> ShipOrderHandler:
+        made.append(ctx.message_id)
+        return ShipOrderHandler(Carrier("postal"))
+
+    app.handler(ShipOrderHandler, factory=provide)
+    web = fastapi.FastAPI()
+    web.state.catga = app
+
+    @web.post("/orders/{order_id}/ship")
+    async def ship(order_id: str, bus: Bus) -> str:
+        return (await bus.send(ShipOrder(order_id))).unwrap()
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web), base_url="http://catga.test"
+    ) as client:
+        r = await client.post("/orders/o-1/ship")
+        r2 = await client.post("/orders/o-2/ship")
+    assert (r.json(), r2.json()) == ("o-1 via postal", "o-2 via postal")
+    assert len(made) == 2 and made[0] != made[1]  # one handler per message, like a request-scoped dependency
+
+
+async def test_add_to_takes_the_routes_declared_before_it() -> None:
+    api = Endpoints(catga.App())
+    api.command("/orders", PlaceOrder)
+    web = make_web("fastapi", api)
+    api.event("/events/late", OrderShipped)  # after add_to: not this app's
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web), base_url="http://catga.test"
+    ) as client:
+        doc = (await client.get("/openapi.json")).json()
+        late = await client.post("/events/late", json={"order_id": "o-1"})
+    assert "/orders" in doc["paths"] and "/events/late" not in doc["paths"] and late.status_code == 404

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from catga import _observe
 from catga.context import Context
 from catga.errors import BackendError, PayloadTooLargeError
 from catga.mediator import Mediator
@@ -118,6 +119,18 @@ class Bridge:
         # next export that goes through ends it with one "recovered" line.
         down: set[str] = set()
 
+        if outbox is None:
+            operation = "send"
+
+            async def put(event: Any, out: Metadata) -> None:
+                await transport.publish(event, metadata=out, destination=destination)
+
+        else:
+            operation = "create"  # the relay sends it later (its span is a child of this one)
+
+            async def put(event: Any, out: Metadata) -> None:
+                await outbox.add([outbox_message(event, out, destination)])
+
         async def forward(event: Any, ctx: Context) -> None:
             if _inbound.get() == ctx.message_id:
                 return  # it came from the transport: never send it back
@@ -126,12 +139,20 @@ class Bridge:
             headers[H_ORIGIN] = origin
             for hook in hooks:
                 hook(headers)
-            out = msgspec.structs.replace(md, qos=qos, headers=headers)
+            probe = _observe.probe
             try:
-                if outbox is None:
-                    await transport.publish(event, metadata=out, destination=destination)
-                else:
-                    await outbox.add([outbox_message(event, out, destination)])
+                if probe is None:  # as before the probe existed: no extra call
+                    out = msgspec.structs.replace(md, qos=qos, headers=headers)
+                    if outbox is None:
+                        await transport.publish(event, metadata=out, destination=destination)
+                    else:
+                        await outbox.add([outbox_message(event, out, destination)])
+                else:  # the span's context goes into the headers on entering
+                    dest = self.wire_name(event, destination)
+                    system = _observe.system_of(transport)
+                    mid, cid = md.message_id, md.correlation_id
+                    with probe.produce(operation, system, dest, headers, message_id=mid, correlation_id=cid):
+                        await put(event, msgspec.structs.replace(md, qos=qos, headers=headers))
             except BackendError as exc:
                 if not isinstance(exc, PayloadTooLargeError):  # that one is the message, not the backend
                     down.add(exc.backend)
@@ -148,6 +169,13 @@ class Bridge:
         forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"
         forward.__module__ = "catga.app"
         mediator.register(forward, event_type)
+
+    def wire_name(self, event: Any, destination: str | None) -> str:
+        """Where an exported event goes: ``destination``, else its type's wire name."""
+        if destination is not None:
+            return destination
+        registry = self.registry if self.registry is not None else default_registry()
+        return registry.name_of(type(event))
 
     def outbox_message(self, event: Any, metadata: Metadata, destination: str | None) -> OutboxMessage:
         """The outbox entry for an exported event: what the transport would have published.

@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from catga import _observe
 from catga.errors import CatgaError, ConfigurationError, SerializationError, UnknownMessageTypeError
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.protocols import COMMAND, EVENT, ClaimStatus, DeadLetter, DeadLetterQueue, IdempotencyStore
@@ -253,6 +254,15 @@ async def _complete_retry(
     return False
 
 
+def _reason(error: str) -> str:
+    """The low-cardinality reason of a dead letter, from its error text (a metric label)."""
+    if error.startswith("undecodable"):
+        return "undecodable"
+    if error.startswith("delivered "):
+        return "over_delivered"
+    return "failed"
+
+
 # -- the policy --------------------------------------------------------------------------------------
 
 
@@ -298,7 +308,14 @@ class DeliveryPolicy:
         return retry_delay(self.retry_backoff, self.retry_backoff_max, attempts)
 
     async def deliver(
-        self, headers: dict[str, str], body: bytes, attempts: int, scope: str, *, command: bool = False
+        self,
+        headers: dict[str, str],
+        body: bytes,
+        attempts: int,
+        scope: str,
+        *,
+        command: bool = False,
+        observe: bool = True,
     ) -> Outcome:
         """Run one delivery through the policy (see the module docs); return what to do with it.
 
@@ -309,10 +326,14 @@ class DeliveryPolicy:
             scope: the consumer group's inbox scope (``EXACTLY_ONCE``): equal for competing consumers,
                 distinct between groups.
             command: the message was sent (a command), not published (recorded in a dead letter).
+            observe: report to the installed :mod:`catga._observe` probe, if any (False: the probe's
+                own call, inside its span).
 
         Raises:
             CancelledError: the delivery was cancelled (an inbox claim is released first).
         """
+        if observe and _observe.probe is not None:
+            return await self._observed(_observe.probe, headers, body, attempts, scope, command)
         try:
             message, meta = decode(self.codec, self.destination, headers, body, self.registry)
         except SerializationError as exc:
@@ -354,6 +375,27 @@ class DeliveryPolicy:
         except Exception as exc:  # retried for up to the claim's ttl (see complete_inbox)
             await _complete_retry(inbox, key, self.inbox_ttl, self.log, exc)
         return ACKED
+
+    @property
+    def system(self) -> str:
+        """The backend's name, from its transport logger's (``catga.<backend>.transport``)."""
+        parts = self.log.name.split(".")
+        return parts[1] if len(parts) > 1 else parts[0]
+
+    async def _observed(
+        self,
+        probe: _observe.Probe,
+        headers: dict[str, str],
+        body: bytes,
+        attempts: int,
+        scope: str,
+        command: bool,
+    ) -> Outcome:
+        """:meth:`deliver` inside the probe's ``process`` span, its verdict as the outcome."""
+        with probe.process(self.system, self.destination, headers, attempts, command=command) as span:
+            outcome = await self.deliver(headers, body, attempts, scope, command=command, observe=False)
+            span.outcome(outcome.verdict.value)
+            return outcome
 
     async def _release(self, inbox: IdempotencyStore, key: str) -> None:
         try:
@@ -414,6 +456,9 @@ class DeliveryPolicy:
         Without a queue the message is logged as dropped (``DEAD``).
         """
         lid = letter_id(self.destination, headers, body)
+        probe = _observe.probe
+        if probe is not None:
+            probe.dead_lettered(self.system, self.destination, _reason(error))
         dlq = self.dead_letters
         if dlq is None:
             self.log.error(

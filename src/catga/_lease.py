@@ -5,18 +5,53 @@ A backend's lease (:class:`~catga.memory.MemoryLease`, ``NatsLease``, ``RedisLea
 server; this base runs the renewal task of ``auto_renew=True`` (an extension every ``ttl / 3``, a
 quicker retry after a backend error, ``lost = True`` and a WARNING once the key turned out to be
 someone else's) and releases on leaving an ``async with`` block without hiding the block's own error.
+
+:func:`observed_acquire` decorates each backend's ``acquire``: with :mod:`catga.otel` installed, every
+acquisition is a span and its wait a histogram (one check of the probe slot when not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, ParamSpec, Self, TypeVar
 
+from catga import _observe
 from catga.errors import BackendError, LockNotOwnedError
 
-__all__ = ("LeaseBase",)
+__all__ = ("LeaseBase", "observed_acquire")
+
+P = ParamSpec("P")
+L = TypeVar("L")
+
+
+def observed_acquire(acquire: Callable[P, Awaitable[L]]) -> Callable[P, Awaitable[L]]:
+    """Report a lock's ``acquire(self, key, *, ttl, wait, auto_renew)`` to the installed probe, if any.
+
+    The probe's ``lock`` scope ends ``acquired``, or with the error (``LockNotAcquiredError`` when the key
+    stayed taken for ``wait`` seconds). Without a probe the wrapper returns ``acquire``'s own coroutine:
+    no extra coroutine per call.
+    """
+
+    async def observed(probe: _observe.Probe, args: Any, kwargs: Any) -> L:
+        key = args[1] if len(args) > 1 else kwargs.get("key", "")
+        with probe.lock(_observe.system_of(args[0]), str(key), float(kwargs.get("wait", 0.0))) as scope:
+            lease = await acquire(*args, **kwargs)
+            scope.outcome("acquired")
+            return lease
+
+    @functools.wraps(acquire)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Awaitable[L]:
+        probe = _observe.probe
+        if probe is None:
+            return acquire(*args, **kwargs)
+        return observed(probe, args, kwargs)
+
+    return wrapper
+
 
 logger = logging.getLogger("catga.lock")
 

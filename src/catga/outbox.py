@@ -40,7 +40,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
+from catga import _observe
 from catga._outage import OutageLog
 from catga._transport import check_retry_backoff, retry_delay
 from catga.errors import ConfigurationError, PayloadTooLargeError
@@ -124,9 +126,10 @@ class OutboxRelay:
         batch = await self.store.fetch_pending(self.batch_size, self.lease)
         if not batch:
             return 0
+        probe = _observe.probe
+        publish = self.transport.publish_raw if probe is None else self._publish_observed
         outcomes = await asyncio.gather(
-            *[self.transport.publish_raw(m.destination, m.body, m.headers) for m in batch],
-            return_exceptions=True,
+            *[publish(m.destination, m.body, m.headers) for m in batch], return_exceptions=True
         )
         done: list[str] = []
         for message, outcome in zip(batch, outcomes, strict=True):
@@ -141,10 +144,23 @@ class OutboxRelay:
                 self._publishing.recovered()
             await self.store.mark_published(done)
             self.published += len(done)
+            if probe is not None:
+                probe.outbox("published", len(done))
         return len(batch)
+
+    async def _publish_observed(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """``publish_raw`` in the probe's ``send`` span, a child of the context the export stored."""
+        probe = _observe.probe
+        if probe is None:  # uninstrumented since the pass began
+            await self.transport.publish_raw(destination, body, headers)
+            return
+        system = _observe.system_of(self.transport)
+        with probe.produce("send", system, destination, dict(headers), inject=False):
+            await self.transport.publish_raw(destination, body, headers)
 
     async def _failed(self, message: OutboxMessage, exc: Exception) -> None:
         self.failed += 1
+        probe = _observe.probe
         attempts = message.attempts + 1
         error = f"outbox publish failed: {type(exc).__name__}: {exc}"
         # Too large for the transport: no retry will ever fit it, so it is dead at once.
@@ -156,6 +172,8 @@ class OutboxRelay:
                 f"message {message.id} to {message.destination}, attempt {attempts} of {self.max_attempts}",
             )
             await self.store.mark_failed(message.id, error, retry_at)
+            if probe is not None:
+                probe.outbox("failed", 1)
             return
         logger.error(
             "outbox message %s to %s is dead after %d attempt(s): %s",
@@ -181,6 +199,10 @@ class OutboxRelay:
             )
         await self.store.mark_failed(message.id, error, None)
         self.dead += 1
+        if probe is not None:
+            probe.outbox("dead", 1)
+            if self.dead_letters is not None:
+                probe.dead_lettered(_observe.system_of(self.transport), message.destination, "outbox")
 
     async def purge(self) -> int:
         """Delete PUBLISHED messages older than ``keep_published``; return how many (0 when disabled)."""

@@ -9,6 +9,7 @@
   :class:`~catga.errors.ConcurrencyError` (raised unchanged from the store) instead of overwriting.
 
 It depends only on the :class:`~catga.protocols.EventStore` protocol, so it works on every backend.
+With :mod:`catga.otel` installed, each read and append is a span with duration metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
+from catga import _observe
 from catga.errors import ConfigurationError, NotFoundError, SerializationError
 from catga.eventsourcing.aggregate import Aggregate
 from catga.eventsourcing.snapshots import Snapshot, SnapshotStore
@@ -112,7 +114,13 @@ class Repository(Generic[A]):
             aggregate = await self._from_snapshot(snapshots, aggregate_id, stream_id)
         if aggregate is None:
             aggregate = self._factory(aggregate_id)
-        events = await self.store.read(stream_id, aggregate.version + 1)
+        probe = _observe.probe
+        if probe is None:
+            events = await self.store.read(stream_id, aggregate.version + 1)
+        else:
+            with probe.store("read", _observe.system_of(self.store), stream_id) as span:
+                events = await self.store.read(stream_id, aggregate.version + 1)
+                span.count(len(events))
         aggregate.load_from_history(events)
         if aggregate.version < 0:
             return None
@@ -139,7 +147,14 @@ class Repository(Generic[A]):
             return aggregate.version
         before = aggregate.version
         expected = NO_STREAM if before < 0 else before
-        version = await self.store.append(self.stream_id(aggregate.id), events, expected, metadata=metadata)
+        stream_id = self.stream_id(aggregate.id)
+        probe = _observe.probe
+        if probe is None:
+            version = await self.store.append(stream_id, events, expected, metadata=metadata)
+        else:
+            with probe.store("append", _observe.system_of(self.store), stream_id) as span:
+                span.count(len(events))
+                version = await self.store.append(stream_id, events, expected, metadata=metadata)
         aggregate.mark_committed(version)
         every = self.snapshot_every
         if every is not None and (before + 1) // every < (version + 1) // every:

@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 
-from catga._lease import LeaseBase
+from catga._lease import LeaseBase, observed_acquire
 from catga.errors import ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.memory._wakeup import Waiter, notify
 from catga.protocols import validate_identifier
@@ -101,6 +101,7 @@ class MemoryLock:
         self._mutex = threading.Lock()
         self._renewers: set[asyncio.Task[None]] = set()
 
+    @observed_acquire
     async def acquire(
         self, key: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
     ) -> MemoryLease:

@@ -29,7 +29,7 @@ from typing import Unpack
 import msgspec
 from nats.aio.client import Client
 
-from catga._lease import LeaseBase
+from catga._lease import LeaseBase, observed_acquire
 from catga.errors import ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.nats._kv import KvOptions, KvStore
 from catga.nats.connection import NatsConnection
@@ -153,6 +153,7 @@ class NatsLock(KvStore):
             return None
         return NatsLease(self, key, token, revision, ttl, expires)
 
+    @observed_acquire
     async def acquire(
         self, key: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
     ) -> NatsLease:

@@ -305,9 +305,9 @@ class NatsTransport(TransportBase[NatsSubscription]):
         """Publish events with ``default_qos``; JetStream publishes are pipelined, then all confirmed.
 
         Raises:
-            Same as :meth:`publish`; on a failure some messages may have been published (they carry
-            distinct ids, so publishing the batch again is de-duplicated within ``duplicate_window``),
-            but none when one is too large: all are encoded and checked first.
+            BackendError: as :meth:`publish`; on a failure some messages may have been published (they
+                carry distinct ids, so publishing the batch again is de-duplicated within
+                ``duplicate_window``), but none when one is too large: all are encoded and checked first.
         """
         if not messages:
             return

@@ -43,7 +43,7 @@ import time
 
 import asyncpg.exceptions as pgexc
 
-from catga._lease import LeaseBase
+from catga._lease import LeaseBase, observed_acquire
 from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.postgres._base import PgStore
 from catga.protocols import validate_identifier
@@ -174,6 +174,7 @@ class PostgresLock(PgStore):
             "fencing bigint NOT NULL, expires_at timestamptz)"
         ]
 
+    @observed_acquire
     async def acquire(
         self, key: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
     ) -> PostgresLease:

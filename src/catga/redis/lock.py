@@ -23,7 +23,7 @@ import os
 import random
 import time
 
-from catga._lease import LeaseBase
+from catga._lease import LeaseBase, observed_acquire
 from catga.errors import ConfigurationError, LockNotAcquiredError, LockNotOwnedError
 from catga.protocols import validate_identifier
 from catga.redis._base import RedisStoreBase, positive_ms
@@ -139,6 +139,7 @@ class RedisLock(RedisStoreBase):
         self._counter = itertools.count(1)
         self._renewals: set[asyncio.Task[None]] = set()
 
+    @observed_acquire
     async def acquire(
         self, key: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
     ) -> RedisLease:
