@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from catga import _observe
+import catga._observe as _observe
 from catga.context import Context
 from catga.errors import BackendError, PayloadTooLargeError
 from catga.mediator import Mediator

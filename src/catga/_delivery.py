@@ -52,7 +52,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from catga import _observe
+import catga._observe as _observe
 from catga.errors import CatgaError, ConfigurationError, SerializationError, UnknownMessageTypeError
 from catga.messages import H_ID, H_TYPE, Metadata, QoS
 from catga.protocols import COMMAND, EVENT, ClaimStatus, DeadLetter, DeadLetterQueue, IdempotencyStore

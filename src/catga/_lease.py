@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
-from catga import _observe
+import catga._observe as _observe
 from catga.errors import BackendError, LockNotOwnedError
 
 __all__ = ("LeaseBase", "observed_acquire")

@@ -42,7 +42,7 @@ import logging
 import time
 from collections.abc import Mapping
 
-from catga import _observe
+import catga._observe as _observe
 from catga._outage import OutageLog
 from catga._transport import check_retry_backoff, retry_delay
 from catga.errors import ConfigurationError, PayloadTooLargeError

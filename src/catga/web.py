@@ -43,17 +43,16 @@ message's own id).
 from __future__ import annotations
 
 import contextvars
-import re
-import typing
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from catga._openapi import PROBLEM_JSON, Operation, openapi_document
 from catga.errors import ConfigurationError, ErrorCode
 from catga.ids import new_id
 from catga.messages import Event, Metadata, parse_correlation_id, trace_id_of
@@ -79,7 +78,6 @@ STATUS_BY_CODE: dict[str | None, int] = {
     ErrorCode.BUSINESS: 400,
 }
 HEADER = "X-Correlation-Id"
-PROBLEM_JSON = "application/problem+json"
 
 # The request's correlation: [incoming id or None, id used by the first message sent or None].
 _request: contextvars.ContextVar[list[int | str | None] | None] = contextvars.ContextVar(
@@ -120,7 +118,7 @@ class Endpoints:
     def __init__(self, dispatcher: Any) -> None:
         self.dispatcher = dispatcher
         self.routes: list[Route] = []
-        self._operations: list[_Operation] = []
+        self._operations: list[Operation] = []
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 ``paths`` and ``components`` of these routes (see the module docs).
@@ -131,7 +129,7 @@ class Endpoints:
             ConfigurationError: a message or result type has no JSON Schema (not a msgspec, dataclass
                 or pydantic type).
         """
-        return _openapi(self._operations)
+        return openapi_document(self._operations)
 
     def add_to(self, fastapi_app: Any) -> None:
         """Add the routes to a FastAPI app, and their operations to its ``/openapi.json`` (``/docs``).
@@ -151,7 +149,7 @@ class Endpoints:
             if fastapi_app.openapi_schema is not None:
                 return cast(dict[str, Any], fastapi_app.openapi_schema)
             document = dict(original())
-            ours = _openapi(operations)
+            ours = openapi_document(operations)
             document["paths"] = {**document.get("paths", {}), **ours["paths"]}
             components = dict(document.get("components", {}))
             components["schemas"] = {**components.get("schemas", {}), **ours["components"]["schemas"]}
@@ -198,7 +196,7 @@ class Endpoints:
         build = _builder(message_type)
         dispatcher = self.dispatcher
         kind = "event" if event else "command" if from_body else "query"
-        self._operations.append(_Operation(path, method.lower(), message_type, kind))
+        self._operations.append(Operation(path, method.lower(), message_type, kind))
 
         async def endpoint(request: Request) -> Response:
             data: dict[str, Any] = {}
@@ -356,153 +354,3 @@ class CorrelationIdMiddleware:
             await self.app(scope, receive, send_with_header)
         finally:
             _request.reset(token)
-
-
-# -- OpenAPI -----------------------------------------------------------------------------------------
-
-_REF = "#/components/schemas/{name}"
-_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
-_PROBLEM = {
-    "title": "Problem",
-    "type": "object",
-    "description": "RFC 9457 problem details (application/problem+json)",
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "code": {"type": ["string", "null"]},
-        "correlation_id": {"type": "string"},
-        "field_errors": {
-            "type": "object",
-            "additionalProperties": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "required": ["type", "title", "status", "detail", "code"],
-}
-
-
-_TAGS = {"command": "commands", "query": "queries", "event": "events"}
-
-
-class _Operation(NamedTuple):
-    path: str
-    method: str
-    message_type: type
-    kind: str  # command | query | event
-
-
-def _result_type(message_type: type) -> Any:
-    """``R`` of the ``Command[R]`` / ``Query[R]`` a message class derives from (Any if unknown)."""
-    for cls in message_type.__mro__:
-        for base in getattr(cls, "__orig_bases__", ()):
-            origin = typing.get_origin(base)
-            if isinstance(origin, type) and issubclass(origin, MessageRequest):
-                args = typing.get_args(base)
-                if args and not isinstance(args[0], typing.TypeVar):
-                    return args[0]
-    return Any
-
-
-def _any_schema(tp: Any) -> dict[str, Any]:
-    """``object`` (as in ``dict[str, object]``) takes any JSON value; other unknown types have none."""
-    if tp is object:
-        return {"description": "any JSON value"}
-    raise NotImplementedError
-
-
-def _schemas(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """JSON Schemas (``$ref`` into components where named) for ``types``, and the components."""
-    components: dict[str, Any] = {}
-    out: list[dict[str, Any]] = []
-    for tp in types:
-        if tp is None or tp is type(None):
-            out.append({"type": "null"})
-            continue
-        model_schema = getattr(tp, "model_json_schema", None)
-        if isinstance(tp, type) and model_schema is not None:  # pydantic v2
-            schema = dict(model_schema(ref_template=_REF.replace("{name}", "{model}")))
-            components.update(schema.pop("$defs", {}))
-            components[tp.__name__] = schema
-            out.append({"$ref": _REF.format(name=tp.__name__)})
-            continue
-        try:
-            (schema,), defs = msgspec.json.schema_components([tp], schema_hook=_any_schema, ref_template=_REF)
-        except (TypeError, ValueError) as exc:
-            name = getattr(tp, "__qualname__", repr(tp))
-            reason = str(exc).strip().splitlines()[-1]
-            raise ConfigurationError(
-                f"no JSON Schema for {name} ({reason}); use a msgspec Struct, a dataclass or a pydantic model"
-            ) from exc
-        components.update(defs)
-        out.append(schema)
-    return out, components
-
-
-def _properties(schema: dict[str, Any], components: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
-    """The properties and required names of an object schema (following one ``$ref``)."""
-    ref = schema.get("$ref", "")
-    target = components.get(ref.rsplit("/", 1)[-1], schema) if ref else schema
-    return dict(target.get("properties", {})), set(target.get("required", ()))
-
-
-def _openapi(operations: list[_Operation]) -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    components: dict[str, Any] = {"Problem": _PROBLEM}
-    problem_ref = {"$ref": _REF.format(name="Problem")}
-    for op in operations:
-        result = None if op.kind == "event" else _result_type(op.message_type)
-        (message_schema, result_schema), defs = _schemas([op.message_type, result])
-        components.update(defs)
-        properties, required = _properties(message_schema, components)
-        path_names = _PARAM.findall(op.path)
-        parameters = [
-            {"name": n, "in": "path", "required": True, "schema": properties.get(n, {"type": "string"})}
-            for n in path_names
-        ]
-        operation: dict[str, Any] = {
-            "operationId": f"{op.method}_{op.message_type.__name__}",
-            "summary": op.message_type.__name__,
-            "tags": [_TAGS[op.kind]],
-        }
-        doc = (op.message_type.__doc__ or "").strip()
-        if doc and not doc.startswith(op.message_type.__name__ + "("):  # not a dataclass's generated one
-            operation["description"] = doc
-        if op.kind == "query":
-            parameters += [
-                {"name": n, "in": "query", "required": n in required, "schema": s}
-                for n, s in properties.items()
-                if n not in path_names
-            ]
-        else:
-            body_schema = message_schema
-            if path_names:  # the path gives those fields: the body needs only the others
-                body_schema = {
-                    "title": f"{op.message_type.__name__} body",
-                    "type": "object",
-                    "properties": {n: s for n, s in properties.items() if n not in path_names},
-                    "required": sorted(required - set(path_names)),
-                }
-            operation["requestBody"] = {
-                "required": bool(required - set(path_names)),
-                "content": {"application/json": {"schema": body_schema}},
-            }
-        if parameters:
-            operation["parameters"] = parameters
-        if op.kind == "event":
-            ok: dict[str, Any] = {"202": {"description": "published"}}
-        elif result is None or result is type(None):
-            ok = {"204": {"description": "done"}}
-        else:
-            ok = {
-                "200": {
-                    "description": "the result",
-                    "content": {"application/json": {"schema": result_schema}},
-                }
-            }
-        operation["responses"] = {
-            **ok,
-            "default": {"description": "a failed Result", "content": {PROBLEM_JSON: {"schema": problem_ref}}},
-        }
-        paths.setdefault(op.path, {})[op.method] = operation
-    return {"paths": paths, "components": {"schemas": components}}

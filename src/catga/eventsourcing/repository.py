@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
-from catga import _observe
+import catga._observe as _observe
 from catga.errors import ConfigurationError, NotFoundError, SerializationError
 from catga.eventsourcing.aggregate import Aggregate
 from catga.eventsourcing.snapshots import Snapshot, SnapshotStore
