@@ -7,7 +7,7 @@ URL                                    backend
 ``nats://host:4222``, ``tls://...``    NATS JetStream (:mod:`catga.nats`, ``pip install "catga[nats]"``)
 ``redis://host:6379/0``, ``rediss://`` Redis (:mod:`catga.redis`, ``pip install "catga[redis]"``)
 ``postgresql://user@host/db``          PostgreSQL (:mod:`catga.postgres`, ``pip install "catga[postgres]"``):
-``postgres://``                        ``idempotency_store=`` and ``outbox=`` only
+``postgres://``                        ``store=``, ``idempotency_store=`` and ``outbox=``
 =====================================  =====================================================
 
 Credentials go in the URL as the clients accept them (``nats://user:pass@host:4222``,
@@ -139,8 +139,8 @@ register_backend("nats", "nats")
 register_backend("tls", "nats")
 register_backend("redis", "redis")
 register_backend("rediss", "redis")
-register_backend("postgresql", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
-register_backend("postgres", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
+register_backend("postgresql", "postgres", roles=("store", "idempotency_store", "outbox"), url_options=False)
+register_backend("postgres", "postgres", roles=("store", "idempotency_store", "outbox"), url_options=False)
 
 
 def _fills(backend: str, role: str) -> bool:

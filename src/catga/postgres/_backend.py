@@ -1,7 +1,7 @@
 """What a ``postgresql://`` / ``postgres://`` URL builds (registered in :mod:`catga.backends`).
 
-Only the idempotency store and the outbox; each opens its own pool. The worker id lease lock runs on
-the pool of the store the URL opened.
+The event store, the idempotency store and the outbox; each opens its own pool. The worker id lease
+lock runs on the pool of the store the URL opened.
 """
 
 from __future__ import annotations
@@ -9,13 +9,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from catga.errors import ConfigurationError
-from catga.postgres import PostgresIdempotencyStore, PostgresLock, PostgresOutboxStore
+from catga.postgres import PostgresEventStore, PostgresIdempotencyStore, PostgresLock, PostgresOutboxStore
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
-ROLES = frozenset({"idempotency_store", "outbox"})
+ROLES = frozenset({"store", "idempotency_store", "outbox"})
 LOCK_RANK = 1  # on a store's pool: only when no NATS or Redis URL offers a lock
+
+
+async def store(b: Backends, spec: BackendUrl) -> PostgresEventStore:
+    """The event store (tables ``catga_events``, ``catga_events_streams``, ``catga_events_head``)."""
+    return await PostgresEventStore.connect(
+        spec.address, timeout=b.timeout, registry=b.registry, max_payload=b.max_payload
+    )
 
 
 async def idempotency_store(b: Backends, spec: BackendUrl) -> PostgresIdempotencyStore:
