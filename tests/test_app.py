@@ -367,6 +367,7 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.postgres.idempotency",
         "catga.postgres.lock",
         "catga.postgres.event_store",
+        "catga.postgres.unit_of_work",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

@@ -7,6 +7,7 @@ from catga.postgres.event_store import PostgresEventStore
 from catga.postgres.idempotency import PostgresIdempotencyStore, PostgresInboxStore
 from catga.postgres.lock import PostgresLease, PostgresLock
 from catga.postgres.outbox import PostgresOutboxStore
+from catga.postgres.unit_of_work import PostgresUnitOfWork, UnitOfWorkBehavior, current_connection
 
 __all__ = (
     "DEFAULT_TIMEOUT",
@@ -17,6 +18,9 @@ __all__ = (
     "PostgresLease",
     "PostgresLock",
     "PostgresOutboxStore",
+    "PostgresUnitOfWork",
+    "UnitOfWorkBehavior",
     "check_server_version",
+    "current_connection",
     "format_version",
 )

@@ -43,6 +43,7 @@ import asyncpg.exceptions as pgexc
 from catga._urls import redact_url
 from catga.errors import ConfigurationError
 from catga.postgres._errors import PgErrors
+from catga.postgres._tx import joined_connection
 
 __all__ = (
     "DEFAULT_TIMEOUT",
@@ -279,7 +280,10 @@ class PgStore:
 
     async def _query(self, what: str, connection: Any, kind: _Kind, query: str, *args: Any) -> Any:
         """Run one statement (``kind`` is the asyncpg method) on ``connection`` — and no other — or,
-        when it is None, on a pool connection; set the schema up first if needed."""
+        when it is None, on the running unit of work's connection (same pool), else on a pool
+        connection; set the schema up first if needed."""
+        if connection is None:
+            connection = joined_connection(self.pool)
         if connection is not None:
             if not self._ready:
                 await self._ready_on(connection, what)

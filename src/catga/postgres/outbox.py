@@ -40,6 +40,7 @@ from typing import Any
 
 from catga.errors import ConfigurationError
 from catga.postgres._base import DEFAULT_TIMEOUT, PgStore, deleted
+from catga.postgres._tx import joined_connection
 from catga.protocols import OutboxMessage, OutboxStatus
 
 __all__ = ("PostgresOutboxStore",)
@@ -144,6 +145,8 @@ class PostgresOutboxStore(PgStore):
             )  # fmt: skip
         if not rows:
             return
+        if connection is None:
+            connection = joined_connection(self.pool)
         if connection is not None:
             await self._query("add", connection, "executemany", self._insert, rows)
             return
