@@ -104,8 +104,21 @@ def format_version(version: Any) -> str:
     return f"{version.major}.{version.minor}.{version.micro}"
 
 
+async def _keep_session(conn: Any) -> None:
+    """The ``reset`` of the pools catga creates: nothing beyond asyncpg's own clean-up.
+
+    asyncpg still rolls back an open transaction and drops listener callbacks on release; its default
+    reset also runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` — one more
+    round trip per pooled call, undoing session state catga's stores never leave behind (they take
+    transaction-scoped advisory locks only, no cursors or ``SET``, and ``UNLISTEN`` themselves).
+    """
+
+
 async def create_pool(dsn: str, *, timeout: float | None = DEFAULT_TIMEOUT, **pool_options: Any) -> Any:
     """An ``asyncpg`` pool for ``dsn``; ``timeout`` limits each connection attempt.
+
+    Released connections skip asyncpg's session-reset query unless ``reset=`` is passed (see
+    :func:`_keep_session`): it doubled the round trips of every store call.
 
     Raises:
         BackendUnavailableError: the server cannot be reached.
@@ -114,6 +127,7 @@ async def create_pool(dsn: str, *, timeout: float | None = DEFAULT_TIMEOUT, **po
     """
     if timeout is not None:
         pool_options.setdefault("timeout", timeout)
+    pool_options.setdefault("reset", _keep_session)
     with PgErrors(f"connect to {redact_url(dsn)}", timeout):
         return await asyncpg.create_pool(dsn, **pool_options)
 
