@@ -229,3 +229,28 @@ async def test_app_inbox_needs_a_transport_that_takes_one(pool: Any) -> None:
     app = catga.App(MemoryTransport(), inbox=PostgresInboxStore(pool), worker_id=1)
     with pytest.raises(ConfigurationError, match="inbox"):
         await app.start()
+
+
+async def test_the_relay_is_woken_after_the_commit_never_before_nor_after_a_rollback(
+    pool: Any, unique_name: str
+) -> None:
+    outbox = PostgresOutboxStore(pool, table=f"ob_{unique_name}")
+    await outbox.ensure_schema()
+    uow = PostgresUnitOfWork(pool)
+    woken: list[int] = []
+
+    async def visible_rows() -> int:
+        return int(await pool.fetchval(f"SELECT count(*) FROM ob_{unique_name}"))
+
+    async with uow():
+        await outbox.add([OutboxMessage(id="m-1", destination="d", type_name="t", body=b"x")])
+        outbox.notify_when_visible(lambda: woken.append(1))
+        assert woken == [] and await visible_rows() == 0  # a relay woken now would find nothing
+    assert woken == [1] and await visible_rows() == 1
+    with pytest.raises(RuntimeError):
+        async with uow():
+            outbox.notify_when_visible(lambda: woken.append(2))
+            raise RuntimeError("boom")
+    assert woken == [1]
+    outbox.notify_when_visible(lambda: woken.append(3))  # no unit of work: at once
+    assert woken == [1, 3]

@@ -79,7 +79,9 @@ class PostgresUnitOfWork:
         pool: the ``asyncpg`` pool the stores that should join use (the same object).
         timeout: seconds to wait for a pool connection, for ``BEGIN`` and for ``COMMIT``.
         isolation: the transaction's isolation level (``"read_committed"``, the default, or
-            ``"repeatable_read"`` / ``"serializable"``; see asyncpg's ``transaction()``).
+            ``"repeatable_read"`` / ``"serializable"``; see asyncpg's ``transaction()``). Event store
+            appends want the default: under the others, two units of work that append make one of
+            them fail with a serialization error (both move the store's head row).
 
     Raises:
         ConfigurationError: a bad timeout or isolation level.
@@ -131,7 +133,8 @@ class PostgresUnitOfWork:
             tx = conn.transaction(isolation=self.isolation)
             with self._begin:
                 await tx.start()
-            token = current.set(Tx(self.pool, conn))
+            state = Tx(self.pool, conn)
+            token = current.set(state)
             try:
                 try:
                     yield conn
@@ -144,6 +147,11 @@ class PostgresUnitOfWork:
                 await tx.commit()
         finally:
             await self.pool.release(conn, timeout=self.timeout)
+        for fn in state.after_commit:  # e.g. wake the outbox relay: the rows are visible now
+            try:
+                fn()
+            except Exception:
+                _log.exception("after-commit callback %r failed", fn)
 
     async def _rollback(self, tx: Any) -> None:
         try:
