@@ -238,3 +238,25 @@ async def test_an_app_opens_its_event_store_from_a_postgresql_url(postgres_url: 
         assert await app.store.append(sid, [ContractOrderPlaced(sid, 1)], NO_STREAM) == 0
         assert [e.data for e in await app.store.read(sid)] == [ContractOrderPlaced(sid, 1)]
         assert isinstance(getattr(app.store, "target", None), PostgresEventStore)
+
+
+async def test_a_subscriber_whose_connection_is_killed_resumes_without_a_gap_or_a_repeat(
+    store: PostgresEventStore, pool: Any
+) -> None:
+    await store.append("k", [ContractOrderPlaced("k", i) for i in range(3)])
+    it = store.subscribe_all()
+    seen: list[StoredEvent] = []
+    try:
+        async with asyncio.timeout(WAIT):
+            await _collect(it, 3, seen)
+        (conn,) = store._listeners
+        pid = conn.get_server_pid()
+        assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await store.append("k", [ContractOrderPlaced("k", i) for i in range(3, 6)])
+        async with asyncio.timeout(WAIT * 2):
+            await _collect(it, 6, seen)
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    assert [e.data.total for e in seen] == list(range(6))
+    assert seen == await store.read_all()
+    assert store._listeners == set()  # the killed connection went back to the pool, the new one too

@@ -361,9 +361,9 @@ class PostgresEventStore(PgStore):
         """Yield every event from ``from_position`` on, in position order: stored ones, then live.
 
         Holds one pool connection while iterating (``LISTEN`` on :attr:`channel`, plus a look every
-        ``poll_interval`` seconds). A lost connection is retried with backoff from the last position
-        yielded, so no event is skipped or repeated. Close the iterator (``aclose()``), cancel its
-        task, or close the store to stop.
+        ``poll_interval`` seconds). A lost connection is noticed at once and retried with backoff from
+        the last position yielded, so no event is skipped or repeated. Close the iterator
+        (``aclose()``), cancel its task, or close the store to stop.
         """
         position = max(from_position, 1)
         wake = asyncio.Event()
@@ -394,12 +394,25 @@ class PostgresEventStore(PgStore):
                 retry = min(retry * 2, _RETRY_MAX)
                 continue
             self._listeners.add(conn)
+            lost: list[object] = []
+
+            def on_lost(closed: object, lost: list[object] = lost) -> None:  # dropped by server or network
+                lost.append(closed)
+                wake.set()
+
             try:
+                conn.add_termination_listener(on_lost)  # noticed at once, not at the next poll
                 with self._errors("subscribe_all"):
                     await conn.add_listener(self.channel, notified)
                 retry = 0.05
                 while not self._closed:
                     wake.clear()
+                    if lost:  # asyncpg has handed the connection back to the pool already
+                        raise BackendUnavailableError(
+                            f"PostgreSQL subscribe_all on {self.table}: its connection was lost",
+                            backend="postgres",
+                            operation="subscribe_all",
+                        )
                     with self._errors("subscribe_all"):
                         rows = await conn.fetch(self._read_all, position, _BATCH, timeout=self.timeout)
                     for event in self._decode(rows):
@@ -417,14 +430,15 @@ class PostgresEventStore(PgStore):
                 retry = min(retry * 2, _RETRY_MAX)
             finally:
                 self._listeners.discard(conn)
-                await asyncio.shield(self._release(conn, notified))
+                await asyncio.shield(self._release(conn, on_lost, notified))
 
     async def _backoff(self, exc: Exception, delay: float) -> None:
         logger.warning("subscribe_all on %s: %s; retrying in %.2f s", self.table, exc, delay)
         await asyncio.sleep(delay)
 
-    async def _release(self, conn: Any, listener: Any) -> None:
+    async def _release(self, conn: Any, on_lost: Any, listener: Any) -> None:
         try:
+            conn.remove_termination_listener(on_lost)
             if not conn.is_closed():
                 async with asyncio.timeout(self.timeout or DEFAULT_TIMEOUT):
                     await conn.remove_listener(self.channel, listener)
