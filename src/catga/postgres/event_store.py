@@ -387,8 +387,9 @@ class PostgresEventStore(PgStore):
             try:
                 if not self._ready:
                     await self.ensure_schema()
+                acquired = self.pool.acquire(timeout=self.timeout)  # asyncpg's Pool or a catga PgPool
                 with self._errors("subscribe_all"):
-                    conn = await self.pool.acquire(timeout=self.timeout)
+                    conn = await acquired.__aenter__()
             except (BackendUnavailableError, BackendTimeoutError) as exc:
                 await self._backoff(exc, retry)
                 retry = min(retry * 2, _RETRY_MAX)
@@ -430,13 +431,13 @@ class PostgresEventStore(PgStore):
                 retry = min(retry * 2, _RETRY_MAX)
             finally:
                 self._listeners.discard(conn)
-                await asyncio.shield(self._release(conn, on_lost, notified))
+                await asyncio.shield(self._release(acquired, conn, on_lost, notified))
 
     async def _backoff(self, exc: Exception, delay: float) -> None:
         logger.warning("subscribe_all on %s: %s; retrying in %.2f s", self.table, exc, delay)
         await asyncio.sleep(delay)
 
-    async def _release(self, conn: Any, on_lost: Any, listener: Any) -> None:
+    async def _release(self, acquired: Any, conn: Any, on_lost: Any, listener: Any) -> None:
         try:
             conn.remove_termination_listener(on_lost)
             if not conn.is_closed():
@@ -445,7 +446,7 @@ class PostgresEventStore(PgStore):
         except Exception as exc:  # the connection is gone: the pool replaces it
             logger.debug("subscribe_all: could not UNLISTEN (%r)", exc)
         try:
-            await self.pool.release(conn, timeout=self.timeout)
+            await acquired.__aexit__(None, None, None)
         except Exception as exc:
             logger.debug("subscribe_all: could not release its connection (%r)", exc)
 

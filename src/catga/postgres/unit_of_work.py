@@ -128,7 +128,8 @@ class PostgresUnitOfWork:
             yield outer
             return
         with self._begin:
-            conn = await self.pool.acquire(timeout=self.timeout)
+            acquired = self.pool.acquire(timeout=self.timeout)  # asyncpg's Pool or a catga PgPool
+            conn = await acquired.__aenter__()
         try:
             tx = conn.transaction(isolation=self.isolation)
             with self._begin:
@@ -146,7 +147,7 @@ class PostgresUnitOfWork:
             with self._commit:
                 await tx.commit()
         finally:
-            await self.pool.release(conn, timeout=self.timeout)
+            await acquired.__aexit__(None, None, None)
         for fn in state.after_commit:  # e.g. wake the outbox relay: the rows are visible now
             try:
                 fn()
