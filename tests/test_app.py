@@ -368,6 +368,8 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.postgres.lock",
         "catga.postgres.event_store",
         "catga.postgres.unit_of_work",
+        "catga.sqlite",
+        "catga.sqlite.event_store",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",
