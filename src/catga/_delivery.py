@@ -1,3 +1,5 @@
+# Just over 500 lines: the one delivery policy every transport shares (its decisions are written once
+# on purpose, see STYLE.md); the transactional-inbox path is its fourth step run in one transaction.
 """The consumer delivery policy, written once for every transport (backend-neutral; private).
 
 A transport's consumer receives a message (headers, body, how many times it was delivered) and calls
