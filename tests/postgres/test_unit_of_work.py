@@ -254,3 +254,33 @@ async def test_the_relay_is_woken_after_the_commit_never_before_nor_after_a_roll
     assert woken == [1]
     outbox.notify_when_visible(lambda: woken.append(3))  # no unit of work: at once
     assert woken == [1, 3]
+
+
+async def test_each_retry_of_a_handler_is_a_fresh_transaction(
+    pool: Any, unique_name: str, registry: TypeRegistry
+) -> None:
+    from catga.errors import RetryableError
+
+    store = PostgresEventStore(pool, table=f"ev_{unique_name}", registry=registry)
+    app = catga.App(
+        store=store,
+        idempotency_store=PostgresIdempotencyStore(pool, table=f"idem_{unique_name}"),
+        registry=registry,
+        unit_of_work=PostgresUnitOfWork(pool),
+        worker_id=1,
+    )
+    attempts: list[int] = []
+
+    @app.handler
+    async def pay(cmd: Pay, ctx: catga.Context) -> int:
+        attempts.append(await store.version(cmd.account))
+        version = await store.append(cmd.account, [Paid(cmd.account, cmd.amount)], NO_STREAM)
+        if len(attempts) == 1:
+            raise RetryableError("the first attempt fails after its write")
+        return version
+
+    async with app:
+        result = await app.send(Pay("r", 3))
+    assert result.ok and result.value == 0
+    assert attempts == [-1, -1]  # the second attempt did not see the first one's event: rolled back
+    assert [e.data for e in await store.read("r")] == [Paid("r", 3)]
