@@ -152,8 +152,8 @@ class App:
             the handler's PostgreSQL writes (see :mod:`catga.postgres.unit_of_work`).
         unit_of_work: run every command and query handler in a transaction, e.g. a
             :class:`~catga.postgres.PostgresUnitOfWork`: the default pipeline becomes logging →
-            validation → retry → unit of work → idempotency (ignored with ``mediator=`` or
-            ``behaviors=``: place ``unit_of_work.behavior()`` yourself).
+            validation → retry → unit of work → idempotency (with ``behaviors=``, place
+            ``unit_of_work.behavior()`` yourself; with ``mediator=`` it is refused).
 
     Attributes:
         transport: None (no transport), the transport object, or for a URL a
@@ -208,6 +208,17 @@ class App:
         self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
         self.outbox: OutboxStore | None = self.backends.outbox_for(outbox)
         self.relay: OutboxRelay | None = None  # created at start when there is an outbox and a transport
+        if inbox is not None and self.transport is None:
+            raise ConfigurationError(
+                "App(inbox=...) is for the transport's EXACTLY_ONCE consumers, and this app has no "
+                "transport: pass transport= too, or drop inbox="
+            )
+        if unit_of_work is not None and (mediator is not None or behaviors is not None):
+            raise ConfigurationError(
+                "App(unit_of_work=...) builds the default pipeline around it; with your own behaviors= "
+                "or mediator=, put unit_of_work.behavior() in the pipeline yourself (outside the "
+                "idempotency behavior) and drop unit_of_work="
+            )
         self.inbox = inbox
         for backend in (self.transport, self.store, self.idempotency_store, self.outbox, inbox):
             if backend is not None and not self.backends.manages(backend):

@@ -285,3 +285,15 @@ async def test_each_retry_of_a_handler_is_a_fresh_transaction(
     assert result.ok and result.value == 0
     assert attempts == [-1, -1]  # the second attempt did not see the first one's event: rolled back
     assert [e.data for e in await store.read("r")] == [Paid("r", 3)]
+
+
+def test_an_inbox_without_a_transport_is_refused() -> None:
+    from catga.postgres import PostgresInboxStore
+
+    with pytest.raises(ConfigurationError, match="no transport"):
+        catga.App(inbox=PostgresInboxStore(object()))
+
+
+def test_a_unit_of_work_beside_your_own_behaviors_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"unit_of_work\.behavior\(\)"):
+        catga.App(unit_of_work=PostgresUnitOfWork(object()), behaviors=[])
