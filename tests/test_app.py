@@ -125,7 +125,7 @@ def test_memory_urls_are_accepted(url: str | None) -> None:
     ("kwargs", "match"),
     [
         ({"transport": "kafka://127.0.0.1:9092"}, "transport URL 'kafka://127.0.0.1:9092' has an"),
-        ({"store": "postgres://127.0.0.1/x"}, "store URL 'postgres://"),
+        ({"transport": "postgres://127.0.0.1/x"}, "transport URL 'postgres://"),
         ({"shutdown_timeout": 0}, "shutdown_timeout"),
     ],
 )
@@ -376,6 +376,10 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.testing.postgres",
         "catga.postgres.idempotency",
         "catga.postgres.lock",
+        "catga.postgres.event_store",
+        "catga.postgres.unit_of_work",
+        "catga.sqlite",
+        "catga.sqlite.event_store",
         "catga.pipeline",
         "catga.pipeline.base",
         "catga.pipeline.caching",

@@ -106,11 +106,12 @@ def test_an_unknown_scheme_names_the_supported_ones(url: str, what: str) -> None
         assert scheme in message
 
 
-def test_a_postgres_url_fills_only_the_idempotency_store_and_the_outbox() -> None:
+def test_a_postgres_url_fills_the_stores_and_the_outbox_not_the_transport() -> None:
     url = "postgresql://u:secret@127.0.0.1:1/db?sslmode=disable"
     spec = parse_url(url, "outbox")
     assert (spec.backend, spec.address) == ("postgres", url)  # the client gets the URL as given
-    for role in ("transport", "store", "--store (CATGA_STORE)"):
+    assert parse_url(url, "store").backend == "postgres"
+    for role in ("transport", "--transport (CATGA_TRANSPORT)"):
         with pytest.raises(ConfigurationError, match="unsupported scheme 'postgresql'") as info:
             parse_url(url, role)
         assert "postgresql://" not in str(info.value).split(": use one of ")[1]

@@ -19,7 +19,7 @@ import enum
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -39,6 +39,15 @@ H_ORIGIN = "X-Catga-Origin"
 
 #: The message id of the event being dispatched from the transport in this task (never re-exported).
 _inbound: ContextVar[int | None] = ContextVar("catga_inbound", default=None)
+
+
+@runtime_checkable
+class NotifiesWhenVisible(Protocol):
+    """An outbox whose rows may become visible later than ``add`` returns (inside a transaction)."""
+
+    def notify_when_visible(self, wake: Callable[[], object]) -> None:
+        """Call ``wake()`` once the rows just added can be fetched by a relay."""
+        ...
 
 
 class _AppName(enum.Enum):
@@ -115,6 +124,7 @@ class Bridge:
             return
         origin, outbox, hooks, mediator = self.origin, self.outbox, self.header_hooks, self.mediator
         outbox_message = self.outbox_message
+        notify_when_visible = outbox.notify_when_visible if isinstance(outbox, NotifiesWhenVisible) else None
         # Backends whose failures the mediator is counting as an outage (see Mediator._failed): the
         # next export that goes through ends it with one "recovered" line.
         down: set[str] = set()
@@ -163,7 +173,10 @@ class Bridge:
                 down.clear()
             relay = self.relay
             if outbox is not None and relay is not None:
-                relay.notify()
+                if notify_when_visible is None:
+                    relay.notify()
+                else:  # rows written in a transaction: wake the relay once they are committed
+                    notify_when_visible(relay.notify)
 
         # Named as before the bridge had a module of its own: logs and failures say catga.app.export[...].
         forward.__name__ = forward.__qualname__ = f"export[{event_type.__qualname__}]"

@@ -1,3 +1,5 @@
+# Just over 500 lines: the one delivery policy every transport shares (its decisions are written once
+# on purpose, see STYLE.md); the transactional-inbox path is its fourth step run in one transaction.
 """The consumer delivery policy, written once for every transport (backend-neutral; private).
 
 A transport's consumer receives a message (headers, body, how many times it was delivered) and calls
@@ -30,6 +32,12 @@ The decisions, the same on every backend:
   consumer group, so competing consumers share claims and groups do not): a completed claim is a
   duplicate (``ACK``, handler not run); a claim in progress elsewhere, or an inbox that fails, is
   ``WAIT`` (looked at again after a backoff, not counted as a delivery).
+* A **transactional inbox** (one with ``transaction()``, :class:`TransactionalInbox`: the PostgreSQL
+  inbox) runs claim, handler and complete in one transaction that the handler's writes join (see
+  :class:`~catga.postgres.PostgresUnitOfWork`): the "done" record commits with the handler's effect
+  or not at all, so a consumer killed at any moment leaves either both or neither, and the
+  redelivery of a committed message is a duplicate. A failing handler rolls the claim back with its
+  writes (nothing to release); a claim, complete or commit that fails is ``WAIT``.
 * A failing handler: at-most-once drops the message (logged, ``ACK``); otherwise ``RETRY`` after
   ``retry_backoff * 2 ** (delivery - 1)`` (capped), and the failure of delivery ``max_deliver``
   dead-letters it.
@@ -49,8 +57,9 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import catga._observe as _observe
 from catga.errors import CatgaError, ConfigurationError, SerializationError, UnknownMessageTypeError
@@ -62,6 +71,7 @@ __all__ = (
     "ACKED",
     "DeliveryPolicy",
     "Outcome",
+    "TransactionalInbox",
     "Verdict",
     "check_retry_backoff",
     "complete_inbox",
@@ -204,6 +214,25 @@ def inbox_key(scope: str, message_id: object) -> str:
 
 
 # -- exactly once ----------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class TransactionalInbox(Protocol):
+    """An inbox whose claim and complete can share one transaction with the handler's writes."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        """A transaction that ``claim``/``complete`` (and the stores the handler uses) join; it
+        commits when the block ends without error and rolls back otherwise."""
+        ...
+
+
+class _HandlerFailed(Exception):
+    """Carries a handler's exception out of a transactional delivery (rolling it back)."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
 
 _COMPLETE_RETRY_FIRST = 0.05
 _COMPLETE_RETRY_MAX = 1.0
@@ -352,6 +381,11 @@ class DeliveryPolicy:
                 return await self._failed(headers, body, meta, attempts, command, exc)
             return ACKED
         key = inbox_key(scope, meta.message_id)
+        begin = getattr(inbox, "transaction", None)
+        if begin is not None:
+            return await self._deliver_in_transaction(
+                begin, inbox, key, message, meta, headers, body, attempts, command
+            )
         try:
             claim = await inbox.claim(key, self.inbox_ttl)
         except Exception as exc:
@@ -396,6 +430,41 @@ class DeliveryPolicy:
             outcome = await self.deliver(headers, body, attempts, scope, command=command, observe=False)
             span.outcome(outcome.verdict.value)
             return outcome
+
+    async def _deliver_in_transaction(
+        self,
+        begin: Callable[[], AbstractAsyncContextManager[Any]],
+        inbox: IdempotencyStore,
+        key: str,
+        message: Any,
+        meta: Metadata,
+        headers: dict[str, str],
+        body: bytes,
+        attempts: int,
+        command: bool,
+    ) -> Outcome:
+        """Claim, handle and complete in one transaction of a :class:`TransactionalInbox`."""
+        try:
+            async with begin():
+                claim = await inbox.claim(key, self.inbox_ttl)
+                if claim.status == ClaimStatus.COMPLETED:
+                    self.log.debug(
+                        "duplicate message %s on %r acked unhandled", meta.message_id, self.destination
+                    )
+                    return ACKED
+                if claim.status == ClaimStatus.IN_PROGRESS:
+                    return Outcome(Verdict.WAIT, self.backoff(1))
+                try:
+                    await self.handler(message, meta)
+                except Exception as exc:
+                    raise _HandlerFailed(exc) from exc
+                await inbox.complete(key)
+        except _HandlerFailed as failed:  # rolled back: the claim went with the handler's writes
+            return await self._failed(headers, body, meta, attempts, command, failed.exc)
+        except Exception as exc:  # claim, complete or commit failed: nothing was committed
+            self.log.warning("inbox transaction of %s failed (%r); retrying it later", key, exc)
+            return Outcome(Verdict.WAIT, self.backoff(attempts))
+        return ACKED
 
     async def _release(self, inbox: IdempotencyStore, key: str) -> None:
         try:

@@ -77,6 +77,7 @@ from catga.protocols import (
     DistributedLock,
     EventStore,
     IdempotencyStore,
+    InboxStore,
     OutboxStore,
     Transport,
     validate_identifier,
@@ -145,6 +146,14 @@ class App:
         max_payload: the largest message (encoded body) the URL-built transport, event store and outbox
             accept, in bytes (default 1 MiB, NATS's default; on NATS the server's own limit applies
             too). A larger exported event fails its publish with code ``too_large``, nothing sent.
+        inbox: the inbox the transport's ``EXACTLY_ONCE`` consumers claim message ids in (key
+            ``inbox.<consumer group>.<message id>``), instead of the transport's own. A
+            :class:`~catga.postgres.PostgresInboxStore` runs each such delivery in one transaction with
+            the handler's PostgreSQL writes (see :mod:`catga.postgres.unit_of_work`).
+        unit_of_work: run every command and query handler in a transaction, e.g. a
+            :class:`~catga.postgres.PostgresUnitOfWork`: the default pipeline becomes logging →
+            validation → retry → unit of work → idempotency (with ``behaviors=``, place
+            ``unit_of_work.behavior()`` yourself; with ``mediator=`` it is refused).
 
     Attributes:
         transport: None (no transport) or the transport (for a URL, built on a connection that
@@ -176,6 +185,8 @@ class App:
         connect_timeout: float = 5.0,
         worker_id: int | DistributedLock | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        inbox: InboxStore | None = None,
+        unit_of_work: _UnitOfWork | None = None,
     ) -> None:
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
@@ -198,18 +209,36 @@ class App:
         self.idempotency_store: IdempotencyStore = built("idempotency_store", idempotency_store, "memory://")
         self.outbox: OutboxStore | None = built("outbox", outbox)
         self.relay: OutboxRelay | None = None  # created at start when there is an outbox and a transport
+        if inbox is not None and self.transport is None:
+            raise ConfigurationError(
+                "App(inbox=...) is for the transport's EXACTLY_ONCE consumers, and this app has no "
+                "transport: pass transport= too, or drop inbox="
+            )
+        if unit_of_work is not None and (mediator is not None or behaviors is not None):
+            raise ConfigurationError(
+                "App(unit_of_work=...) builds the default pipeline around it; with your own behaviors= "
+                "or mediator=, put unit_of_work.behavior() in the pipeline yourself (outside the "
+                "idempotency behavior) and drop unit_of_work="
+            )
+        self.inbox = inbox
         for backend in (
             *self.backends.built,
             self.transport,
             self.store,
             self.idempotency_store,
             self.outbox,
+            inbox,
         ):
             if backend is not None:
                 self.add_component(backend)
         if mediator is None:
             mediator = Mediator(
-                behaviors=behaviors if behaviors is not None else default_pipeline(self.idempotency_store),
+                behaviors=behaviors
+                if behaviors is not None
+                else default_pipeline(
+                    self.idempotency_store,
+                    unit_of_work=None if unit_of_work is None else unit_of_work.behavior(),
+                ),
                 concurrent_events=concurrent_events,
                 on_business_error=on_business_error,
                 on_unexpected_error=on_unexpected_error,
@@ -462,6 +491,8 @@ class App:
             return
         try:
             await self.backends.open()
+            if self.inbox is not None and self.transport is not None:
+                _give_inbox(self.transport, self.inbox)
             await self._lease_worker_id()
             if self.relay is None and self.outbox is not None and self.transport is not None:
                 self.relay = OutboxRelay(
@@ -614,6 +645,27 @@ class App:
 
     def __repr__(self) -> str:
         return f"App(name={self.name!r}, components={len(self.components)}, running={self._running})"
+
+
+class _UnitOfWork(Protocol):
+    """What ``App(unit_of_work=...)`` takes: something that gives a pipeline behavior."""
+
+    def behavior(self) -> BehaviorLike: ...
+
+
+def _give_inbox(transport: Transport, inbox: InboxStore) -> None:
+    """Make ``inbox`` the one the transport's ``EXACTLY_ONCE`` subscriptions claim in.
+
+    Raises:
+        ConfigurationError: the transport takes no inbox this way.
+    """
+    target = getattr(transport, "target", transport)
+    if not hasattr(target, "inbox"):
+        raise ConfigurationError(
+            f"App(inbox=...) needs a transport with an `inbox` (NATS or Redis), got {type(target).__name__}; "
+            "pass the inbox to the transport object instead"
+        )
+    target.inbox = inbox
 
 
 def _dead_letters_of(transport: Transport) -> Any:

@@ -3,7 +3,7 @@
 ``memory://`` (or ``memory``): in process (:mod:`catga.memory`); ``nats://host:4222`` / ``tls://``:
 NATS JetStream (``pip install "catga[nats]"``); ``redis://host:6379/0`` / ``rediss://``: Redis
 (``catga[redis]``); ``postgresql://user@host/db`` / ``postgres://``: PostgreSQL (``catga[postgres]``),
-``idempotency_store=`` and ``outbox=`` only.
+``store=``, ``idempotency_store=`` and ``outbox=``.
 
 The options a URL takes (``prefix``, ``max_payload``, NATS ``storage`` and ``replicas``) and where
 credentials go are in ``docs/getting-started.md``; catga's own options never reach the client.
@@ -99,8 +99,8 @@ register_backend("nats", "nats")
 register_backend("tls", "nats")
 register_backend("redis", "redis")
 register_backend("rediss", "redis")
-register_backend("postgresql", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
-register_backend("postgres", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
+register_backend("postgresql", "postgres", roles=("store", "idempotency_store", "outbox"), url_options=False)
+register_backend("postgres", "postgres", roles=("store", "idempotency_store", "outbox"), url_options=False)
 
 
 def _fills(backend: str, role: str) -> bool:

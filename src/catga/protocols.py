@@ -5,7 +5,8 @@
 Each protocol states precisely what is atomic, what a duplicate does and what a conflict raises. The
 conformance suites in :mod:`catga.testing.contracts` check exactly these statements against every backend
 that implements the protocol: ``catga.memory``, ``catga.nats`` and ``catga.redis`` (all of them), and
-``catga.postgres`` (idempotency and inbox stores, outbox, distributed lock).
+``catga.postgres`` (event store, idempotency and inbox stores, outbox, distributed lock), and
+``catga.sqlite`` (event store).
 
 Identifiers (stream ids, keys, destinations) are validated by :func:`validate_identifier`: 1–200
 characters from ``[A-Za-z0-9_\\-:.@=+]`` ... see its docstring. Backends that map them to NATS subjects or

@@ -44,13 +44,31 @@ __all__ = (
 )
 
 
-def default_pipeline(idempotency_store: "IdempotencyStore") -> Pipeline:
+def default_pipeline(
+    idempotency_store: "IdempotencyStore", *, unit_of_work: BehaviorLike | None = None
+) -> Pipeline:
     """The App's default pipeline: logging → validation → idempotency → retry.
+
+    With a ``unit_of_work`` behavior (``App(unit_of_work=...)``): logging → validation → retry → unit
+    of work → idempotency, so the idempotency record commits in the handler's transaction and each
+    retry is a fresh transaction.
 
     Args:
         idempotency_store: where idempotency records go (``catga.App`` passes its
             ``idempotency_store``; for a bare mediator, e.g. ``catga.memory.MemoryIdempotencyStore()``).
+        unit_of_work: the behavior that runs a handler in a transaction (e.g.
+            ``PostgresUnitOfWork.behavior()``), or None.
     """
+    if unit_of_work is not None:
+        return Pipeline(
+            [
+                LoggingBehavior(),
+                ValidationBehavior(),
+                RetryBehavior(),
+                unit_of_work,
+                IdempotencyBehavior(idempotency_store),
+            ]
+        )
     return Pipeline(
         [LoggingBehavior(), ValidationBehavior(), IdempotencyBehavior(idempotency_store), RetryBehavior()]
     )

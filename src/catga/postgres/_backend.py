@@ -1,7 +1,7 @@
 """What a ``postgresql://`` / ``postgres://`` URL builds (registered in :mod:`catga.backends`).
 
-Only the idempotency store and the outbox, on one :class:`~catga.postgres.PgPool` per URL (created at
-``App.start()``, closed at ``App.aclose()``); the worker id lease lock runs on that pool too.
+The event store, the idempotency store and the outbox, on one :class:`~catga.postgres.PgPool` per URL
+(created at ``App.start()``, closed at ``App.aclose()``); the worker id lease lock runs on that pool too.
 """
 
 from __future__ import annotations
@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from catga.errors import ConfigurationError
-from catga.postgres import PgPool, PostgresIdempotencyStore, PostgresLock, PostgresOutboxStore
+from catga.postgres import (
+    PgPool,
+    PostgresEventStore,
+    PostgresIdempotencyStore,
+    PostgresLock,
+    PostgresOutboxStore,
+)
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
@@ -24,6 +30,13 @@ def pool(b: Backends, spec: BackendUrl) -> PgPool:
         f"PostgreSQL pool {spec}",
         lambda: PgPool(spec.address, timeout=b.timeout),
         PgPool.open,
+    )
+
+
+def store(b: Backends, spec: BackendUrl) -> PostgresEventStore:
+    """The event store (tables ``catga_events``, ``catga_events_streams``, ``catga_events_head``)."""
+    return PostgresEventStore(
+        pool(b, spec), timeout=b.timeout, registry=b.registry, max_payload=spec.max_payload or b.max_payload
     )
 
 

@@ -43,6 +43,7 @@ import asyncpg.exceptions as pgexc
 from catga._urls import redact_url
 from catga.errors import ConfigurationError
 from catga.postgres._errors import PgErrors
+from catga.postgres._tx import joined_connection
 
 __all__ = (
     "DEFAULT_TIMEOUT",
@@ -104,8 +105,21 @@ def format_version(version: Any) -> str:
     return f"{version.major}.{version.minor}.{version.micro}"
 
 
+async def _keep_session(conn: Any) -> None:
+    """The ``reset`` of the pools catga creates: nothing beyond asyncpg's own clean-up.
+
+    asyncpg still rolls back an open transaction and drops listener callbacks on release; its default
+    reset also runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` — one more
+    round trip per pooled call, undoing session state catga's stores never leave behind (they take
+    transaction-scoped advisory locks only, no cursors or ``SET``, and ``UNLISTEN`` themselves).
+    """
+
+
 async def create_pool(dsn: str, *, timeout: float | None = DEFAULT_TIMEOUT, **pool_options: Any) -> Any:
     """An ``asyncpg`` pool for ``dsn``; ``timeout`` limits each connection attempt.
+
+    Released connections skip asyncpg's session-reset query unless ``reset=`` is passed (see
+    :func:`_keep_session`): it doubled the round trips of every store call.
 
     Raises:
         BackendUnavailableError: the server cannot be reached.
@@ -114,6 +128,7 @@ async def create_pool(dsn: str, *, timeout: float | None = DEFAULT_TIMEOUT, **po
     """
     if timeout is not None:
         pool_options.setdefault("timeout", timeout)
+    pool_options.setdefault("reset", _keep_session)
     with PgErrors(f"connect to {redact_url(dsn)}", timeout):
         return await asyncpg.create_pool(dsn, **pool_options)
 
@@ -354,7 +369,10 @@ class PgStore:
 
     async def _query(self, what: str, connection: Any, kind: _Kind, query: str, *args: Any) -> Any:
         """Run one statement (``kind`` is the asyncpg method) on ``connection`` — and no other — or,
-        when it is None, on a pool connection; set the schema up first if needed."""
+        when it is None, on the running unit of work's connection (same pool), else on a pool
+        connection; set the schema up first if needed."""
+        if connection is None:
+            connection = joined_connection(self.pool)
         if connection is not None:
             if not self._ready:
                 await self._ready_on(connection, what)

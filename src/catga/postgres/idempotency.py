@@ -23,10 +23,15 @@ Expired rows are not deleted by reads; :meth:`PostgresIdempotencyStore.purge_exp
 from __future__ import annotations
 
 import time
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
 
 from catga.postgres._base import PgStore, deleted
+from catga.postgres._tx import joined_connection
 from catga.protocols import Claim, ClaimStatus, validate_identifier
+
+if TYPE_CHECKING:
+    from catga.postgres.unit_of_work import PostgresUnitOfWork
 
 __all__ = ("PostgresIdempotencyStore", "PostgresInboxStore")
 
@@ -88,6 +93,8 @@ class PostgresIdempotencyStore(PgStore):
             BackendUnavailableError, BackendTimeoutError, BackendError: the server failed.
         """
         validate_identifier(key, "idempotency key")
+        if connection is None:
+            connection = joined_connection(self.pool)
         if connection is not None:
             if not self._ready:
                 await self._ready_on(connection, "claim")
@@ -142,6 +149,24 @@ class PostgresIdempotencyStore(PgStore):
 
 
 class PostgresInboxStore(PostgresIdempotencyStore):
-    """:class:`~catga.protocols.InboxStore` on PostgreSQL: the same records, default table ``catga_inbox``."""
+    """:class:`~catga.protocols.InboxStore` on PostgreSQL: the same records, default table ``catga_inbox``.
+
+    A transport given this inbox (``NatsTransport(..., inbox=...)``, ``App(inbox=...)``) runs each
+    ``EXACTLY_ONCE`` delivery in one transaction (:meth:`transaction`): the claim, everything the
+    handler writes through catga's PostgreSQL stores on the same pool (events, outbox rows, your own
+    SQL on :func:`~catga.postgres.current_connection`), and the "done" record commit together. The
+    record's key is ``inbox.<consumer group>.<message id>``.
+    """
 
     default_table = "catga_inbox"
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        """A :class:`~catga.postgres.PostgresUnitOfWork` transaction on this store's pool."""
+        from catga.postgres.unit_of_work import PostgresUnitOfWork
+
+        uow = self._unit_of_work
+        if uow is None:
+            uow = self._unit_of_work = PostgresUnitOfWork(self.pool, timeout=self.timeout)
+        return uow()
+
+    _unit_of_work: PostgresUnitOfWork | None = None

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from catga.errors import ConfigurationError
 from catga.postgres._base import PgStore, deleted
+from catga.postgres._tx import call_after_commit, joined_connection
 from catga.protocols import OutboxMessage, OutboxStatus
 
 __all__ = ("PostgresOutboxStore",)
@@ -136,6 +137,8 @@ class PostgresOutboxStore(PgStore):
             )  # fmt: skip
         if not rows:
             return
+        if connection is None:
+            connection = joined_connection(self.pool)
         if connection is not None:
             await self._query("add", connection, "executemany", self._insert, rows)
             return
@@ -144,6 +147,15 @@ class PostgresOutboxStore(PgStore):
         with self._errors("add"):
             async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
                 await conn.executemany(self._insert, rows, timeout=self.timeout)
+
+    def notify_when_visible(self, wake: Callable[[], object]) -> None:
+        """Call ``wake()`` once rows just added are visible to a relay: after the commit of the
+        :class:`~catga.postgres.PostgresUnitOfWork` they joined (never if it rolls back), else now.
+
+        The app's export calls it with the relay's ``notify`` after each ``add``: woken before the
+        commit, the relay would find nothing and sleep for its ``poll_interval``.
+        """
+        call_after_commit(self.pool, wake)
 
     async def fetch_pending(self, limit: int = 100, lease: float = 30.0) -> list[OutboxMessage]:
         """Lease up to ``limit`` due PENDING messages, oldest ``created_at`` first."""
