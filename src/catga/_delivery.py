@@ -1,4 +1,4 @@
-# Just over 500 lines: the one delivery policy every transport shares (its decisions are written once
+# Over 500 lines: the one delivery policy every transport shares (its decisions are written once
 # on purpose, see STYLE.md); the transactional-inbox path is its fourth step run in one transaction.
 """The consumer delivery policy, written once for every transport (backend-neutral; private).
 

@@ -659,7 +659,7 @@ def _give_inbox(transport: Transport, inbox: InboxStore) -> None:
     Raises:
         ConfigurationError: the transport takes no inbox this way.
     """
-    target = getattr(transport, "target", transport)
+    target: Any = transport
     if not hasattr(target, "inbox"):
         raise ConfigurationError(
             f"App(inbox=...) needs a transport with an `inbox` (NATS or Redis), got {type(target).__name__}; "

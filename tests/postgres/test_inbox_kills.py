@@ -33,7 +33,7 @@ WAIT = 240.0  # seconds the whole run may take before the test gives up (not a p
 
 def _consumer_info(transport: NatsTransport) -> Any:
     """Reads the consumer group's JetStream consumer: messages not delivered yet, delivered unacked."""
-    from catga.nats.transport import _consumer_name
+    from catga.nats._jetstream import consumer_name as _consumer_name
 
     name = _consumer_name("evt", "kills.Tick", "consumer")
 
