@@ -52,11 +52,14 @@ The bridge itself (export handler, origin header, inbound marker, subscriptions)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from datetime import datetime, timedelta
 from types import ModuleType
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -64,8 +67,8 @@ from catga._bridge import APP_NAME, H_ORIGIN, Bridge, Group
 from catga._payload import DEFAULT_MAX_PAYLOAD
 from catga._worker_ids import env_worker_id_set, process_worker_id
 from catga.backends import Backends
-from catga.context import Context
-from catga.errors import ConfigurationError
+from catga.context import Context, current_context
+from catga.errors import ConfigurationError, PayloadTooLargeError, UnknownMessageTypeError
 from catga.handlers import Compensate, Lifetime
 from catga.health import Health, Probe, consumers_detail, counted, run_checks, server_checks
 from catga.ids import SnowflakeIdGenerator, default_generator
@@ -74,15 +77,27 @@ from catga.messages import Event, Metadata, QoS, Request
 from catga.outbox import OutboxRelay
 from catga.pipeline import BehaviorLike, default_pipeline
 from catga.protocols import (
+    COMMAND,
+    EVENT,
     DistributedLock,
     EventStore,
     IdempotencyStore,
     OutboxStore,
+    Schedule,
+    ScheduleStore,
     Transport,
     validate_identifier,
 )
 from catga.result import Result
-from catga.serialization import TypeRegistry
+from catga.scheduling import (
+    RETRY_CODES,
+    ScheduleDeliveryError,
+    Scheduler,
+    due_time,
+    interval_seconds,
+    occurrence_id,
+)
+from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("APP_NAME", "H_ORIGIN", "App")
 
@@ -145,6 +160,11 @@ class App:
         max_payload: the largest message (encoded body) the URL-built transport, event store and outbox
             accept, in bytes (default 1 MiB, NATS's default; on NATS the server's own limit applies
             too). A larger exported event fails its publish with code ``too_large``, nothing sent.
+        scheduler: where :meth:`schedule` keeps scheduled messages: ``None`` / ``"memory://"``
+            (default: in process, lost at exit), a ``nats://`` (server 2.12+), ``redis://`` or
+            ``postgresql://`` URL, or a :class:`~catga.protocols.ScheduleStore`. With a URL or a
+            store, the app runs a :class:`~catga.scheduling.Scheduler` delivering due schedules
+            while it runs (see :mod:`catga.scheduling`).
 
     Attributes:
         transport: None (no transport), the transport object, or for a URL a
@@ -152,6 +172,8 @@ class App:
         store: the event store (a :class:`~catga.backends.LateEventStore` for a URL).
         idempotency_store: the idempotency store of the default pipeline.
         backends: what opened the URL-named backends (its ``connections`` while running).
+        schedules: the schedule store (a :class:`~catga.backends.LateScheduleStore` for a URL).
+        scheduler: the :class:`~catga.scheduling.Scheduler` delivering from it (None until it runs).
 
     Raises:
         ConfigurationError: a URL with an unsupported scheme or options, a backend whose optional
@@ -176,6 +198,7 @@ class App:
         connect_timeout: float = 5.0,
         worker_id: int | DistributedLock | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        scheduler: str | ScheduleStore | None = None,
     ) -> None:
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
@@ -197,7 +220,11 @@ class App:
         self.idempotency_store: IdempotencyStore = self.backends.idempotency_store_for(idempotency_store)
         self.outbox: OutboxStore | None = self.backends.outbox_for(outbox)
         self.relay: OutboxRelay | None = None  # created at start when there is an outbox and a transport
-        for backend in (self.transport, self.store, self.idempotency_store, self.outbox):
+        self.schedules: ScheduleStore = self.backends.schedule_store_for(scheduler)
+        self.scheduler: Scheduler | None = None
+        self._schedules_used = scheduler is not None  # else the scheduler starts at the first schedule()
+        given_schedules = None if isinstance(scheduler, str) else scheduler
+        for backend in (self.transport, self.store, self.idempotency_store, self.outbox, given_schedules):
             if backend is not None and not self.backends.manages(backend):
                 self.add_component(backend)
         if mediator is None:
@@ -405,6 +432,138 @@ class App:
                 f"{what}({event_type.__qualname__}) must be declared before the app starts"
             )
 
+    # -- scheduled messages -----------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        message: object,
+        *,
+        at: datetime | float | None = None,
+        after: timedelta | float | None = None,
+        every: timedelta | float | None = None,
+        id: str | None = None,
+    ) -> str:
+        """Deliver ``message`` at a time: a command or query is sent, an event published (see
+        :mod:`catga.scheduling`).
+
+        The message is encoded now, with its metadata (a new message id; correlation and causation
+        from the handler running in this task, if any), and kept in the app's schedule store until
+        it is due. Delivery is at least once, never before the due time, once per schedule across
+        replicas; it survives restarts when the store does (not ``memory://``).
+
+        Args:
+            message: a :class:`~catga.messages.Request` or :class:`~catga.messages.Event`.
+            at: when: an aware datetime or unix seconds (in the past: due at once).
+            after: or a delay from now: a timedelta or seconds.
+            every: make it recurring: delivered again every ``every`` (timedelta or seconds) after
+                the first due time, until cancelled.
+            id: the schedule's id (validated like a stream id). Scheduling an id that is already
+                scheduled changes nothing and returns it (idempotent). Default: a new unique id.
+
+        Returns:
+            the schedule id, for :meth:`cancel_schedule`.
+
+        Raises:
+            ConfigurationError: not exactly one of ``at`` / ``after``, a naive datetime, a bad
+                interval, not a message, the app is not running.
+            InvalidIdentifierError: an invalid ``id``.
+            PayloadTooLargeError: the encoded message is over ``max_payload``.
+            BackendError: the store failed (nothing scheduled).
+        """
+        if isinstance(message, Event):
+            kind = EVENT
+        elif isinstance(message, Request):
+            kind = COMMAND
+        else:
+            raise ConfigurationError(f"schedule() takes a command, query or event, got {message!r}")
+        if not self._running:
+            raise ConfigurationError("schedule() needs a running app: call it inside `async with app:`")
+        due = due_time(at, after, time.time())
+        interval = interval_seconds(every)
+        mediator = self.mediator
+        sid = f"s{mediator.new_id()}" if id is None else validate_identifier(id, "schedule id")
+        registry = self._registry()
+        name, body = registry.encode(message)
+        if len(body) > self.backends.max_payload:
+            raise PayloadTooLargeError(len(body), self.backends.max_payload, destination=name)
+        parent = current_context()
+        mid = mediator.new_id()
+        metadata = Metadata(
+            message_id=mid,
+            correlation_id=mid if parent is None else parent.correlation_id,
+            causation_id=None if parent is None else parent.message_id,
+            created_at=time.time(),
+        )
+        schedule = Schedule(
+            id=sid, due_at=due, kind=kind, type_name=name, body=body,
+            headers=metadata.to_headers(name), every=interval,
+        )  # fmt: skip
+        await self.schedules.add(schedule)
+        if self.scheduler is None:
+            self._schedules_used = True
+            await self._start_scheduler()
+        return sid
+
+    async def cancel_schedule(self, id: str) -> bool:
+        """Cancel a schedule (every future occurrence of a recurring one).
+
+        Returns:
+            True if it was scheduled; False if there is no such schedule (unknown, delivered or
+            cancelled already). An occurrence being delivered at this moment may still arrive once.
+
+        Raises:
+            ConfigurationError: the app is not running.
+            BackendError: the store failed.
+        """
+        if not self._running:
+            raise ConfigurationError(
+                "cancel_schedule() needs a running app: call it inside `async with app:`"
+            )
+        return await self.schedules.cancel(id)
+
+    def _registry(self) -> TypeRegistry:
+        registry = self.backends.registry
+        return default_registry() if registry is None else registry
+
+    async def _start_scheduler(self) -> None:
+        registry = self._registry()
+        for message_type in self.mediator.message_types():
+            if message_type not in registry:
+                # another type with that name: decoding the schedule then says which
+                with contextlib.suppress(ConfigurationError):
+                    registry.register(message_type)
+        self.scheduler = Scheduler(
+            self.schedules,
+            self._deliver_scheduled,
+            dead_letters=None if self.transport is None else _dead_letters_of(self.transport),
+        )
+        await self.scheduler.start()
+
+    async def _deliver_scheduled(self, schedule: Schedule) -> None:
+        """Send or publish one due occurrence through the pipeline; raise when a retry can help."""
+        try:
+            message = self._registry().decode(schedule.type_name, schedule.body)
+        except UnknownMessageTypeError as exc:
+            raise ScheduleDeliveryError(
+                f"{exc}; register the type (or a handler for it) in the app that delivers schedules"
+            ) from exc
+        _, metadata = Metadata.from_headers(schedule.headers)
+        if schedule.every > 0:
+            metadata.message_id = occurrence_id(schedule)
+            metadata.created_at = schedule.due_at
+        if schedule.kind == COMMAND:
+            result: Result[Any] = await self.mediator.send(message, None, metadata=metadata)
+        else:
+            result = await self.mediator.publish(message, None, metadata=metadata)
+        if result.ok:
+            return
+        if result.code in RETRY_CODES or result.retryable:
+            raise ScheduleDeliveryError(f"{result.code}: {result.error}")
+        _log.warning(
+            "scheduled %s %s (schedule %s) was delivered and refused: %s: %s",
+            schedule.type_name, metadata.message_id, schedule.id, result.code, result.error,
+        )  # fmt: skip
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def add_component(self, component: Any) -> Any:
@@ -470,6 +629,8 @@ class App:
             for hook in self._startup:
                 await _call(hook)
             await self._bridge.subscribe()
+            if self._schedules_used:
+                await self._start_scheduler()
         except BaseException:
             started_hooks = self._running
             self._running = False
@@ -503,6 +664,9 @@ class App:
             for s in subscriptions  # first: stop taking new work
         ]
         subscriptions.clear()
+        if self.scheduler is not None:
+            steps.insert(0, ("the scheduler", self.scheduler.aclose))
+            self.scheduler = None
         if hooks:
             steps += [(f"shutdown hook {h!r}", h) for h in self._shutdown]
         steps += [(f"component {c!r}", c.aclose) for c in reversed(self._started)]

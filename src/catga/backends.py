@@ -65,10 +65,12 @@ from catga.errors import ConfigurationError
 from catga.memory.event_store import MemoryEventStore
 from catga.memory.idempotency import MemoryIdempotencyStore
 from catga.memory.outbox import MemoryOutboxStore
+from catga.memory.schedules import MemoryScheduleStore
 from catga.protocols import (
     EventStore,
     IdempotencyStore,
     OutboxStore,
+    ScheduleStore,
     Transport,
 )
 
@@ -82,6 +84,7 @@ __all__ = (
     "LateEventStore",
     "LateIdempotencyStore",
     "LateOutboxStore",
+    "LateScheduleStore",
     "LateTransport",
     "NatsLayout",
     "ROLES",
@@ -98,7 +101,7 @@ T = TypeVar("T")
 M = TypeVar("M")
 
 #: The roles a URL can fill, as the ``App(...)`` arguments name them.
-ROLES = ("transport", "store", "idempotency_store", "outbox")
+ROLES = ("transport", "store", "idempotency_store", "outbox", "scheduler")
 
 #: URL scheme → backend name (see :func:`register_backend`).
 SCHEMES: dict[str, str] = {}
@@ -139,8 +142,9 @@ register_backend("nats", "nats")
 register_backend("tls", "nats")
 register_backend("redis", "redis")
 register_backend("rediss", "redis")
-register_backend("postgresql", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
-register_backend("postgres", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
+_PG_ROLES = ("idempotency_store", "outbox", "scheduler")
+register_backend("postgresql", "postgres", roles=_PG_ROLES, url_options=False)
+register_backend("postgres", "postgres", roles=_PG_ROLES, url_options=False)
 
 
 def _fills(backend: str, role: str) -> bool:
@@ -292,6 +296,7 @@ _WHAT = {
     "store": "event store",
     "idempotency_store": "idempotency store",
     "outbox": "outbox",
+    "scheduler": "schedule store",
 }
 
 
@@ -391,6 +396,17 @@ class Backends:
         """
         outbox: OutboxStore | None = self._for("outbox", value, MemoryOutboxStore)
         return outbox
+
+    def schedule_store_for(self, value: object) -> ScheduleStore:
+        """Like :meth:`store_for`, for the schedule store (``App(scheduler=...)``).
+
+        Raises:
+            ConfigurationError: a bad URL or a missing optional dependency.
+        """
+        store: ScheduleStore = self._for(
+            "scheduler", "memory://" if value is None else value, MemoryScheduleStore
+        )
+        return store
 
     def manages(self, obj: object) -> bool:
         """True if ``obj`` is a proxy handed out by this object (opened and closed by it)."""
@@ -585,9 +601,16 @@ class LateTransport(_Late[Transport]):
     _methods = ("publish", "publish_batch", "send", "subscribe", "publish_raw", "replay", "request", "serve")
 
 
+class LateScheduleStore(_Late[ScheduleStore]):
+    """A :class:`~catga.protocols.ScheduleStore` the app opens at start."""
+
+    _methods = ("add", "claim_due", "complete", "retry", "cancel", "get")
+
+
 _LATE: dict[str, type[_Late[Any]]] = {
     "transport": LateTransport,
     "store": LateEventStore,
     "idempotency_store": LateIdempotencyStore,
     "outbox": LateOutboxStore,
+    "scheduler": LateScheduleStore,
 }

@@ -1,4 +1,5 @@
-"""The NATS JetStream backend: event store, outbox, idempotency/inbox, dead letters, lock and cache.
+"""The NATS JetStream backend: event store, outbox, idempotency/inbox, dead letters, lock, cache and
+scheduled messages.
 
 Install with ``pip install "catga[nats]"``. See ``docs/nats.md`` for URLs, authentication, the stream
 layout and what is atomic.
@@ -12,6 +13,7 @@ from catga.nats.idempotency import NatsIdempotencyStore, NatsInboxStore
 from catga.nats.lock import NatsLease, NatsLock
 from catga.nats.outbox import NatsOutboxStore
 from catga.nats.rpc import NatsRpcClient, NatsRpcServer
+from catga.nats.schedules import NatsScheduleStore
 from catga.nats.transport import NatsSubscription, NatsTransport
 
 __all__ = (
@@ -27,6 +29,7 @@ __all__ = (
     "NatsOutboxStore",
     "NatsRpcClient",
     "NatsRpcServer",
+    "NatsScheduleStore",
     "NatsSubscription",
     "NatsTransport",
 )

@@ -18,12 +18,13 @@ from catga.nats.event_store import NatsEventStore
 from catga.nats.idempotency import NatsIdempotencyStore
 from catga.nats.lock import NatsLock
 from catga.nats.outbox import NatsOutboxStore
+from catga.nats.schedules import NatsScheduleStore
 from catga.nats.transport import NatsTransport
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
-ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
+ROLES = frozenset({"transport", "store", "idempotency_store", "outbox", "scheduler"})
 LOCK_RANK = 0  # a lock on the shared connection: preferred over a PostgreSQL pool
 _OPTIONS = ("prefix", "storage", "max_payload", "replicas")
 
@@ -128,6 +129,17 @@ async def outbox(b: Backends, spec: BackendUrl) -> NatsOutboxStore:
     bucket = nats_layout(spec.prefix).outbox_bucket
     return NatsOutboxStore(
         await connection(b, spec), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+    )
+
+
+async def scheduler(b: Backends, spec: BackendUrl) -> NatsScheduleStore:
+    """The schedule store (stream ``<PREFIX>_SCHEDULES`` on subjects ``<prefix>.sched.>``, server 2.12+)."""
+    return NatsScheduleStore(
+        await connection(b, spec),
+        stream=f"{spec.prefix.upper()}_SCHEDULES",
+        prefix=spec.prefix,
+        storage=spec.storage,
+        replicas=spec.replicas,
     )
 
 

@@ -1,7 +1,7 @@
 """What a ``postgresql://`` / ``postgres://`` URL builds (registered in :mod:`catga.backends`).
 
-Only the idempotency store and the outbox; each opens its own pool. The worker id lease lock runs on
-the pool of the store the URL opened.
+The idempotency store, the outbox and the schedule store; each opens its own pool. The worker
+id lease lock runs on the pool of the store the URL opened.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from catga.errors import ConfigurationError
-from catga.postgres import PostgresIdempotencyStore, PostgresLock, PostgresOutboxStore
+from catga.postgres import PostgresIdempotencyStore, PostgresLock, PostgresOutboxStore, PostgresScheduleStore
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
-ROLES = frozenset({"idempotency_store", "outbox"})
+ROLES = frozenset({"idempotency_store", "outbox", "scheduler"})
 LOCK_RANK = 1  # on a store's pool: only when no NATS or Redis URL offers a lock
 
 
@@ -26,6 +26,11 @@ async def idempotency_store(b: Backends, spec: BackendUrl) -> PostgresIdempotenc
 async def outbox(b: Backends, spec: BackendUrl) -> PostgresOutboxStore:
     """The outbox (table ``catga_outbox``)."""
     return await PostgresOutboxStore.connect(spec.address, timeout=b.timeout)
+
+
+async def scheduler(b: Backends, spec: BackendUrl) -> PostgresScheduleStore:
+    """The schedule store (table ``catga_schedules``)."""
+    return await PostgresScheduleStore.connect(spec.address, timeout=b.timeout)
 
 
 async def worker_id_lock(b: Backends, spec: BackendUrl, opened: Any) -> tuple[str, PostgresLock]:

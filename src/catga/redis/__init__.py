@@ -21,6 +21,7 @@ from catga.redis.idempotency import RedisIdempotencyStore, RedisInboxStore
 from catga.redis.lock import RedisLease, RedisLock
 from catga.redis.outbox import RedisOutboxStore
 from catga.redis.rpc import RedisRpcClient, RedisRpcServer
+from catga.redis.schedules import RedisScheduleStore
 from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTransport
 
 __all__ = (
@@ -36,6 +37,7 @@ __all__ = (
     "RedisRpcClient",
     "RedisRpcServer",
     "RedisRpcEndpoint",
+    "RedisScheduleStore",
     "RedisSettings",
     "RedisSubscription",
     "RedisTransport",

@@ -16,6 +16,7 @@ from catga.redis import (
     RedisIdempotencyStore,
     RedisLock,
     RedisOutboxStore,
+    RedisScheduleStore,
     RedisTransport,
 )
 from catga.redis._durability import log_durability
@@ -23,7 +24,7 @@ from catga.redis._durability import log_durability
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
-ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
+ROLES = frozenset({"transport", "store", "idempotency_store", "outbox", "scheduler"})
 LOCK_RANK = 0  # a lock on the shared client: preferred over a PostgreSQL pool
 
 
@@ -71,6 +72,11 @@ async def idempotency_store(b: Backends, spec: BackendUrl) -> RedisIdempotencySt
 async def outbox(b: Backends, spec: BackendUrl) -> RedisOutboxStore:
     """The outbox."""
     return RedisOutboxStore(await connection(b, spec))
+
+
+async def scheduler(b: Backends, spec: BackendUrl) -> RedisScheduleStore:
+    """The schedule store (keys ``P:sc:*``)."""
+    return RedisScheduleStore(await connection(b, spec))
 
 
 async def worker_id_lock(b: Backends, spec: BackendUrl, opened: Any) -> tuple[str, RedisLock]:
