@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from catga.bench._measure import Measurement, measure_async, measure_threads, timer_overhead_ns
 from catga.errors import CatgaError
@@ -233,9 +233,13 @@ class BenchEnv:
         """URL of a Redis server (started on first call unless ``$CATGA_REDIS_URL`` is set)."""
         return await self._url("redis", "CATGA_REDIS_URL")
 
+    async def postgres_url(self) -> str:
+        """URL of a PostgreSQL server (started on first call unless ``$CATGA_POSTGRES_URL`` is set)."""
+        return await self._url("postgres", "CATGA_POSTGRES_URL")
+
     @property
     def started_servers(self) -> tuple[str, ...]:
-        """Kinds of servers this env started itself (``"nats"``, ``"redis"``)."""
+        """Kinds of servers this env started itself (``"nats"``, ``"redis"``, ``"postgres"``)."""
         return tuple(self._servers)
 
     async def _url(self, kind: str, env_var: str) -> str:
@@ -250,9 +254,15 @@ class BenchEnv:
 
             url = url_from_env(env_var)
             if url is None:
-                server: NatsServer | RedisServer = (
-                    NatsServer(cpu=self.server_cpu) if kind == "nats" else RedisServer(cpu=self.server_cpu)
-                )
+                server: Any
+                if kind == "postgres":
+                    from catga.testing.postgres import PostgresServer
+
+                    server = PostgresServer()
+                elif kind == "nats":
+                    server = NatsServer(cpu=self.server_cpu)
+                else:
+                    server = RedisServer(cpu=self.server_cpu)
                 await asyncio.to_thread(server.start)
                 self._servers[kind] = server
                 url = server.url
