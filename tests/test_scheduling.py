@@ -298,3 +298,15 @@ async def test_a_schedule_survives_a_restart_of_the_app(scheduler_url: str, uniq
         await _until_gone(app, unique_name)
     assert got[0][0] >= report["due_at"], "delivered before its due time"
     assert got == [(got[0][0], report["message_id"])]
+
+
+async def test_health_reports_the_scheduler_once_it_runs() -> None:
+    app = catga.App()
+    _recorder(app)
+    async with app:
+        assert "scheduler" not in {c.name for c in (await app.health()).checks}
+        await app.schedule(Ping(1), after=0)
+        await _until(lambda: app.scheduler is not None and app.scheduler.delivered == 1, "the delivery")
+        health = await app.health()
+        (check,) = [c for c in health.checks if c.name == "scheduler"]
+        assert check.ok and check.detail == "delivered 1, failed 0, dead 0"

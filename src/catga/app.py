@@ -348,7 +348,7 @@ class App:
             return counted(len(self.components), "component")
 
         probes: list[tuple[str, Probe]] = [("app", running)]
-        backends = (self.transport, self.store, self.idempotency_store, self.outbox)
+        backends = (self.transport, self.store, self.idempotency_store, self.outbox, self.schedules)
         probes += server_checks([*self.backends.connections, *backends, *self.components])
         if self._worker_member is not None:
 
@@ -369,6 +369,15 @@ class App:
                 return consumers_detail(bridge.subscriptions)
 
             probes.append(("consumers", consumers))
+        scheduler = self.scheduler
+        if scheduler is not None:
+
+            async def scheduler_alive() -> str:
+                if not scheduler.running:
+                    raise RuntimeError("the scheduler is not running")
+                return f"delivered {scheduler.delivered}, failed {scheduler.failed}, dead {scheduler.dead}"
+
+            probes.append(("scheduler", scheduler_alive))
         relay = self.relay
         if relay is not None:
 

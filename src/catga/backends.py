@@ -1,4 +1,5 @@
-"""Backends by URL: what ``catga.App(transport=URL, store=URL, idempotency_store=URL, outbox=URL)`` builds.
+"""Backends by URL: what ``catga.App(transport=URL, store=URL, idempotency_store=URL, outbox=URL,
+scheduler=URL)`` builds.
 
 =====================================  =====================================================
 URL                                    backend
@@ -7,7 +8,7 @@ URL                                    backend
 ``nats://host:4222``, ``tls://...``    NATS JetStream (:mod:`catga.nats`, ``pip install "catga[nats]"``)
 ``redis://host:6379/0``, ``rediss://`` Redis (:mod:`catga.redis`, ``pip install "catga[redis]"``)
 ``postgresql://user@host/db``          PostgreSQL (:mod:`catga.postgres`, ``pip install "catga[postgres]"``):
-``postgres://``                        ``idempotency_store=`` and ``outbox=`` only
+``postgres://``                        ``idempotency_store=``, ``outbox=`` and ``scheduler=`` only
 =====================================  =====================================================
 
 Credentials go in the URL as the clients accept them (``nats://user:pass@host:4222``,
