@@ -310,3 +310,21 @@ async def test_health_reports_the_scheduler_once_it_runs() -> None:
         health = await app.health()
         (check,) = [c for c in health.checks if c.name == "scheduler"]
         assert check.ok and check.detail == "delivered 1, failed 0, dead 0"
+
+
+async def test_a_delivery_slower_than_the_lease_is_cancelled_and_retried() -> None:
+    store = MemoryScheduleStore()
+    calls: list[int] = []
+    never = asyncio.Event()
+
+    async def deliver(schedule: Schedule) -> None:
+        calls.append(schedule.attempts)
+        if len(calls) == 1:
+            await never.wait()  # hangs: past the lease another scheduler could take it
+
+    scheduler = Scheduler(store, deliver, lease=0.2, retry_backoff=0.01)
+    await store.add(Schedule(id="slow", due_at=0.0, kind=EVENT, type_name="T", body=b"x"))
+    async with scheduler:
+        await _until(lambda: scheduler.delivered == 1, "the retried delivery")
+    assert calls == [0, 1] and scheduler.failed == 1
+    assert await store.get("slow") is None

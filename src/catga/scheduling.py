@@ -42,6 +42,7 @@ whose clocks disagree by more than that can deliver late, never early by catga's
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import math
@@ -164,7 +165,8 @@ class Scheduler:
         deliver: delivers one occurrence (the app sends or publishes it); raises to retry it.
         dead_letters: where occurrences that failed ``max_attempts`` times go (None: logged only).
         batch_size: occurrences claimed and delivered concurrently per pass.
-        lease: seconds a claimed occurrence is hidden from other schedulers; longer than a delivery.
+        lease: seconds a claimed occurrence is hidden from other schedulers, and the longest a
+            delivery may take (a slower one is cancelled and retried).
         poll_interval: the longest a pass waits for something to fall due (schedules added by another
             process are seen within this; the store's own adds and due times wake it at once).
         max_attempts: failed deliveries of one occurrence before it is dead-lettered.
@@ -219,8 +221,24 @@ class Scheduler:
         """Claim one batch (waiting up to ``wait`` s for one to fall due), deliver it; return its size."""
         batch = await self.store.claim_due(self.batch_size, self.lease, wait)
         if batch:
-            await asyncio.gather(*[self._one(s) for s in batch])
+            await self._deliver_batch(batch)
         return len(batch)
+
+    async def _deliver_batch(self, batch: list[Schedule]) -> None:
+        """Deliver concurrently; every delivery finishes before this returns (none is left running).
+
+        Raises:
+            Exception: the first store failure (completing or retrying), once all are done.
+        """
+        outcomes = await asyncio.gather(*[self._one(s) for s in batch], return_exceptions=True)
+        failure: BaseException | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancellation and the like
+            if isinstance(outcome, Exception) and failure is None:
+                failure = outcome
+        if failure is not None:
+            raise failure
 
     async def _one(self, schedule: Schedule) -> None:
         store = self.store
@@ -229,8 +247,9 @@ class Scheduler:
             await store.retry(schedule, schedule.due_at, "claimed before its due time by this clock")
             return
         try:
-            await self.deliver(schedule)
-        except Exception as exc:
+            async with asyncio.timeout(self.lease):  # past the lease another scheduler may take it
+                await self.deliver(schedule)
+        except Exception as exc:  # TimeoutError included: retried like a failure
             await self._failed(schedule, exc)
             return
         self.delivered += 1
@@ -281,7 +300,10 @@ class Scheduler:
         """Start the background loop (idempotent)."""
         if self._task is None or self._task.done():
             self._stopping = False
-            self._task = asyncio.create_task(self._loop(), name="catga-scheduler")
+            # a context of its own: not the one of a handler that happened to start it
+            self._task = asyncio.create_task(
+                self._loop(), name="catga-scheduler", context=contextvars.Context()
+            )
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -292,7 +314,7 @@ class Scheduler:
                 finally:
                     self._waiting = False
                 if batch:
-                    await asyncio.gather(*[self._one(s) for s in batch])
+                    await self._deliver_batch(batch)
                 claimed = len(batch)
             except Exception as exc:  # the store is unreachable, say: log once per outage, wait, retry
                 self._passes.failure(exc, f"retrying every {self.poll_interval:g} s")
