@@ -133,7 +133,8 @@ async def outbox(b: Backends, spec: BackendUrl) -> NatsOutboxStore:
 
 
 async def scheduler(b: Backends, spec: BackendUrl) -> NatsScheduleStore:
-    """The schedule store (stream ``<PREFIX>_SCHEDULES`` on subjects ``<prefix>.sched.>``, server 2.12+)."""
+    """The schedule store (stream ``<PREFIX>_SCHEDULES``, subjects ``<prefix>.sched.>``; message
+    schedules on nats-server 2.12+, delayed redelivery before)."""
     return NatsScheduleStore(
         await connection(b, spec),
         stream=f"{spec.prefix.upper()}_SCHEDULES",

@@ -1,35 +1,38 @@
-"""Schedules on NATS JetStream message schedules (nats-server 2.12+): the server keeps the time.
+"""Schedules on NATS JetStream: message schedules (nats-server 2.12+), else delayed redelivery.
 
-One stream (default ``CATGA_SCHEDULES``, subjects ``<prefix>.sched.>``, ``allow_msg_schedules``,
-one message per subject) holds, per schedule id:
+One stream (default ``CATGA_SCHEDULES``, subjects ``<prefix>.sched.>``, one message per subject)
+holds each schedule's **occurrence** on ``<prefix>.sched.due.<id>``, read by one durable pull consumer
+(default ``scheduler``) that every store object on the stream shares: JetStream hands each message to
+one of them and redelivers it when it is not acknowledged within the consumer's ``ack_wait``, which
+is this store's ``lease`` (set when the consumer is created: the ``lease`` argument of
+:meth:`NatsScheduleStore.claim_due` is ignored). A message body is the
+:class:`~catga.protocols.Schedule` plus the time before which it must not be delivered (msgpack).
 
-* ``<prefix>.sched.at.<id>`` — the schedule message: ``Nats-Schedule: @at <due time, RFC 3339 with
-  microseconds>`` and ``Nats-Schedule-Target: <prefix>.sched.due.<id>``; its body is the
-  :class:`~catga.protocols.Schedule` (msgpack). At the due time the server copies the body to the
-  target subject and removes the schedule message.
-* ``<prefix>.sched.due.<id>`` — the occurrence that fell due, read by one durable pull consumer
-  (default ``scheduler``) that every store object on the stream shares: JetStream hands each message
-  to one of them and redelivers it when it is not acknowledged within the consumer's ``ack_wait``,
-  which is this store's ``lease`` (set when the consumer is created: the ``lease`` argument of
-  :meth:`NatsScheduleStore.claim_due` is ignored).
+How an occurrence waits for its due time, by ``mode``:
 
-So: ``claim_due`` is a pull (waiting up to ``wait`` seconds, the server wakes it when something falls
-due); ``complete`` acknowledges the occurrence and deletes it, and for a recurring schedule first
-writes the next schedule message (expecting the ``at`` subject to be empty, so a late or repeated
-completion writes nothing); ``retry`` is a ``NAK`` with a delay (``attempts`` is the delivery count
-of the occurrence minus one: a lease that ran out counts too; ``last_error`` is not kept);
-``cancel`` replaces the schedule message by a tombstone (kept for a day, so a completion that comes
-late cannot bring the schedule back) and purges a pending occurrence. A schedule is never returned
-before its due time: the server fires ``@at`` at or after it, and an occurrence that arrives early
-by this process's clock is ``NAK``-ed until then.
+* ``"schedules"`` (the default on 2.12+): the stream has ``allow_msg_schedules``; a schedule due
+  later is a message on ``<prefix>.sched.at.<id>`` with ``Nats-Schedule: @at <due time, RFC 3339,
+  microseconds>`` and ``Nats-Schedule-Target: <prefix>.sched.due.<id>``. The server keeps the time:
+  at the due time it writes the occurrence and removes the schedule message. nats-server 2.15 fires on
+  a tick: we measured 0-250 ms of lateness. A schedule already due when it is added (or moved on) is
+  written straight to its ``due`` subject.
+* ``"delayed"`` (the default before 2.12, down to 2.10): the occurrence is written at once; the
+  store ``NAK``-s it with a delay until its due time each time JetStream delivers it early. Exact to
+  the server's redelivery timer; each schedule costs one early delivery (more after a server restart,
+  which resets the timers to ``ack_wait``).
 
-``add`` with an id whose schedule message or pending occurrence exists returns False (checked, then
-written with an expected-last-subject-sequence, so two adds of one id cannot both win — unless one is
-due already and the other not: a schedule due when it is added is written straight to its ``due``
-subject, skipping the server's timer, which fires on a tick: 0-250 ms late with nats-server 2.15).
+Either way a schedule is never returned before its due time by this process's clock. ``complete``
+acknowledges the occurrence; for a recurring schedule it first writes the next one (``schedules``: on
+the ``at`` subject, expecting it empty; ``delayed``: on the ``due`` subject, expecting the sequence of
+the occurrence being completed), so a late or repeated completion writes nothing. ``retry`` rewrites
+the occurrence (attempts + 1, the error, not before ``retry_at``) expecting its sequence, then
+acknowledges the old one. ``cancel`` purges the ``due`` subject and, with ``schedules``, replaces the
+schedule message by a tombstone (kept for a day: a completion that comes late cannot bring a recurring
+schedule back).
 
-Servers older than 2.12 have no message schedules: this store refuses them
-(:class:`~catga.errors.UnsupportedServerError`); use the Redis or PostgreSQL store there.
+``add`` with an id whose schedule message or occurrence exists returns False (checked, then written
+with an expected last subject sequence, so two adds of one id cannot both win -- with ``schedules``,
+unless one is due already and the other is not).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import contextlib
 import datetime
 import json
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -48,7 +51,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from catga._versions import Version
+from catga._versions import Version, parse_version
 from catga.errors import ConfigurationError
 from catga.nats._base import NatsStoreBase, check_name
 from catga.nats._errors import (
@@ -58,7 +61,7 @@ from catga.nats._errors import (
     api_error,
     translate_errors,
 )
-from catga.nats.connection import LazyInit, NatsConnection, check_replicas
+from catga.nats.connection import LazyInit, NatsConnection, check_replicas, server_version
 from catga.protocols import Schedule, validate_identifier
 
 __all__ = ("SCHEDULES_SERVER", "NatsScheduleStore")
@@ -66,11 +69,20 @@ __all__ = ("SCHEDULES_SERVER", "NatsScheduleStore")
 #: The oldest nats-server with JetStream message schedules (``allow_msg_schedules``).
 SCHEDULES_SERVER: Version = (2, 12, 0)
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(Schedule).decode
 _TOMBSTONE = "Catga-Schedule-Cancelled"
 _GONE = (ERR_NO_MESSAGE, ERR_MSG_DELETE_NOT_FOUND, 10043)  # 10043: "sequence N not found"
 _TOMBSTONE_TTL = "24h"
+
+
+class _Entry(msgspec.Struct, array_like=True):
+    """A message body: the schedule and the unix time before which it must not be delivered."""
+
+    schedule: Schedule
+    not_before: float
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Entry).decode
 
 
 def _rfc3339(t: float) -> str:
@@ -81,7 +93,7 @@ def _rfc3339(t: float) -> str:
 
 
 class NatsScheduleStore(NatsStoreBase):
-    """:class:`~catga.protocols.ScheduleStore` on JetStream message schedules (see the module docs).
+    """:class:`~catga.protocols.ScheduleStore` on JetStream (see the module docs).
 
     Args:
         source: a :class:`~catga.nats.NatsConnection` or a connected nats-py client.
@@ -89,16 +101,20 @@ class NatsScheduleStore(NatsStoreBase):
         prefix: the first subject token (``<prefix>.sched.>``).
         consumer: the durable consumer every store on the stream shares.
         lease: the consumer's ``ack_wait``: seconds a claimed occurrence is hidden from the others.
+        mode: ``"schedules"`` (server message schedules, 2.12+), ``"delayed"`` (delayed redelivery,
+            2.10+) or ``"auto"`` (default: ``schedules`` when the server has them). Every store on one
+            stream must use the same mode.
         storage: ``"file"`` (default) or ``"memory"``.
         replicas: copies a JetStream cluster keeps (1-5).
         timeout: seconds per network call (default: the connection's).
 
-    Raises:
-        UnsupportedServerError: the server is older than 2.12.
-        ConfigurationError: a bad name, lease, storage or replicas value.
-    """
+    Attributes:
+        mode: the mode in use, ``"schedules"`` or ``"delayed"``.
 
-    _needs: ClassVar[tuple[Version, str]] = (SCHEDULES_SERVER, "JetStream message schedules")
+    Raises:
+        UnsupportedServerError: ``mode="schedules"`` and the server is older than 2.12.
+        ConfigurationError: a bad name, lease, mode, storage or replicas value.
+    """
 
     def __init__(
         self,
@@ -108,11 +124,11 @@ class NatsScheduleStore(NatsStoreBase):
         prefix: str = "catga",
         consumer: str = "scheduler",
         lease: float = 30.0,
+        mode: str = "auto",
         storage: str = "file",
         replicas: int = 1,
         timeout: float | None = None,
     ) -> None:
-        super().__init__(source, timeout=timeout)
         check_name(stream, "stream name")
         check_name(prefix, "subject prefix", dotted=True)
         check_name(consumer, "consumer name")
@@ -121,8 +137,18 @@ class NatsScheduleStore(NatsStoreBase):
             raise ConfigurationError(f"storage must be 'file' or 'memory', got {storage!r}")
         if not lease > 0:
             raise ConfigurationError(f"lease must be > 0 seconds, got {lease!r}")
+        if mode not in ("auto", "schedules", "delayed"):
+            raise ConfigurationError(f"mode must be 'auto', 'schedules' or 'delayed', got {mode!r}")
+        super().__init__(source, timeout=timeout)
+        if mode == "schedules":
+            self._conn.require(SCHEDULES_SERVER, "NatsScheduleStore(mode='schedules') (message schedules)")
+        elif mode == "auto":
+            found = parse_version(server_version(self._conn.client) or "")
+            mode = "schedules" if found is None or found >= SCHEDULES_SERVER else "delayed"
+        self.mode = mode
         self.stream = stream
         self.lease = lease
+        self._timer = mode == "schedules"
         self._at = f"{prefix}.sched.at."
         self._due = f"{prefix}.sched.due."
         self._consumer = consumer
@@ -132,8 +158,8 @@ class NatsScheduleStore(NatsStoreBase):
             storage=StorageType(storage),
             num_replicas=replicas,
             max_msgs_per_subject=1,
-            allow_msg_schedules=True,
-            allow_msg_ttl=True,
+            allow_msg_schedules=True if self._timer else None,
+            allow_msg_ttl=True if self._timer else None,
             allow_direct=True,
         )
         self._init = LazyInit(self._create)
@@ -142,7 +168,8 @@ class NatsScheduleStore(NatsStoreBase):
 
     async def _create(self) -> None:
         conn, t = self._conn, self._timeout
-        await conn.ensure_stream(self._config, ("subjects", "allow_msg_schedules"), timeout=t)
+        check = ("subjects", "allow_msg_schedules") if self._timer else ("subjects",)
+        await conn.ensure_stream(self._config, check, timeout=t)
         with translate_errors(f"create consumer {self._consumer!r} on {self.stream!r}", t):
             js = conn.client.jetstream(prefix=conn.api_prefix, timeout=t)
             config = ConsumerConfig(
@@ -175,29 +202,29 @@ class NatsScheduleStore(NatsStoreBase):
                     return None
                 raise
 
-    async def _arm(self, schedule: Schedule, expected_seq: int, *, due_now: bool = False) -> bool:
-        """Write the schedule message (``due_now``: the occurrence itself, no server timer); False when
-        the last sequence of the subject written is not ``expected_seq``."""
-        if due_now:
-            subject = self._due + schedule.id
-            headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
-        else:
-            subject = self._at + schedule.id
-            headers = {
-                "Nats-Schedule": f"@at {_rfc3339(schedule.due_at)}",
-                "Nats-Schedule-Target": self._due + schedule.id,
-                "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
-            }
-        with translate_errors(f"schedule {schedule.id!r}", self._timeout):
+    async def _write(self, subject: str, body: bytes, expected_seq: int, headers: dict[str, str]) -> bool:
+        """Publish expecting ``subject``'s last sequence; False when it is another."""
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+        with translate_errors(f"write {subject!r}", self._timeout):
             try:
-                await self._conn.js.publish(
-                    subject, _encode(schedule), timeout=self._timeout, headers=headers
-                )
+                await self._conn.js.publish(subject, body, timeout=self._timeout, headers=headers)
             except nats.js.errors.APIError as exc:
                 if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
                     return False
                 raise
         return True
+
+    async def _put(self, schedule: Schedule, not_before: float, expected_seq: int) -> bool:
+        """Write an occurrence: on its ``due`` subject when it is due or the mode is ``delayed``, else a
+        schedule message on its ``at`` subject (``expected_seq`` is then that subject's)."""
+        body = _encode(_Entry(schedule, not_before))
+        if not self._timer or not_before <= time.time():
+            return await self._write(self._due + schedule.id, body, expected_seq, {})
+        headers = {
+            "Nats-Schedule": f"@at {_rfc3339(not_before)}",
+            "Nats-Schedule-Target": self._due + schedule.id,
+        }
+        return await self._write(self._at + schedule.id, body, expected_seq, headers)
 
     async def add(self, schedule: Schedule) -> bool:
         """Store ``schedule``; False (nothing changed) when its id is already scheduled.
@@ -213,15 +240,15 @@ class NatsScheduleStore(NatsStoreBase):
         await self._ready()
         fresh = msgspec.structs.replace(schedule, attempts=0, last_error=None)
         for _ in range(8):
-            last = await self._last(self._at + schedule.id)
-            if last is not None and not (last.headers or {}).get(_TOMBSTONE):
+            at = await self._last(self._at + schedule.id) if self._timer else None
+            if at is not None and not (at.headers or {}).get(_TOMBSTONE):
                 return False
-            if await self._last(self._due + schedule.id) is not None:
+            due = await self._last(self._due + schedule.id)
+            if due is not None:
                 return False
-            if fresh.due_at <= time.time():  # due already: skip the server's timer (up to 250 ms late)
-                if await self._arm(fresh, 0, due_now=True):
-                    return True
-            elif await self._arm(fresh, 0 if last is None else last.seq):
+            later = self._timer and fresh.due_at > time.time()
+            expected = (0 if at is None else at.seq) if later else 0
+            if await self._put(fresh, fresh.due_at, expected):
                 return True
         return False  # lost every race to other adds of this id: one of them won
 
@@ -239,22 +266,23 @@ class NatsScheduleStore(NatsStoreBase):
                 msgs: list[Msg] = await self._sub.fetch(limit, timeout=seconds)
             except TimeoutError:  # nothing fell due within the wait (nats-py raises either kind)
                 return []
-        out: list[Schedule] = []
-        now = time.time()
-        for extra in msgs[limit:]:  # answers to an earlier, expired pull can arrive with this one
-            await extra.nak()
-        for msg in msgs[:limit]:
-            try:
-                schedule = _decode(msg.data)
-            except msgspec.DecodeError:
-                await msg.term()  # not ours: never redelivered
-                continue
-            if schedule.due_at > now:  # fired early by this clock: not before the due time
-                await msg.nak(delay=schedule.due_at - now)
-                continue
-            schedule.attempts = max(0, msg.metadata.num_delivered - 1)
-            self._inflight[(schedule.id, schedule.due_at)] = msg
-            out.append(schedule)
+            out: list[Schedule] = []
+            now = time.time()
+            for extra in msgs[limit:]:  # answers to an earlier, expired pull can arrive with this one
+                await extra.nak()
+            for msg in msgs[:limit]:
+                try:
+                    entry = _decode(msg.data)
+                except msgspec.DecodeError:
+                    await msg.term()  # not ours: never redelivered
+                    continue
+                schedule = entry.schedule
+                early = max(entry.not_before, schedule.due_at) - now
+                if early > 0:  # not before its due (or retry) time
+                    await msg.nak(delay=early)
+                    continue
+                self._inflight[(schedule.id, schedule.due_at)] = msg
+                out.append(schedule)
         return out
 
     async def complete(self, schedule: Schedule, next_due: float | None = None) -> None:
@@ -263,33 +291,38 @@ class NatsScheduleStore(NatsStoreBase):
         if msg is None:
             return  # not claimed here, or settled already
         await self._ready()
+        seq = msg.metadata.sequence.stream
         if next_due is not None:
             nxt = msgspec.structs.replace(schedule, due_at=next_due, attempts=0, last_error=None)
-            await self._arm(nxt, 0)  # fails when the schedule was cancelled or moved on already
+            # fails when the schedule was cancelled or moved on already: nothing written
+            await self._put(nxt, next_due, 0 if self._timer and next_due > time.time() else seq)
         with translate_errors(f"complete schedule {schedule.id!r}", self._timeout):
             await msg.ack()
             try:  # deleted: never redelivered, even if the ack was lost
-                await self._conn.js.delete_msg(self.stream, msg.metadata.sequence.stream)
-            except nats.js.errors.APIError as exc:  # gone already (purged by a cancel): fine
+                await self._conn.js.delete_msg(self.stream, seq)
+            except nats.js.errors.APIError as exc:  # gone already (replaced, purged): fine
                 if exc.code != 404 and exc.err_code not in _GONE:
                     raise
 
     async def retry(self, schedule: Schedule, retry_at: float, error: str) -> None:
-        """``NAK`` the occurrence with a delay until ``retry_at`` (not before its due time)."""
+        """Rewrite the occurrence with one more attempt, not before ``retry_at``; ack the old one."""
         msg = self._inflight.pop((schedule.id, schedule.due_at), None)
         if msg is None:
             return
-        delay = max(retry_at, schedule.due_at) - time.time()
+        again = msgspec.structs.replace(schedule, attempts=schedule.attempts + 1, last_error=error)
+        body = _encode(_Entry(again, max(retry_at, schedule.due_at)))
+        # expecting the occurrence's own sequence: a cancelled (purged) one is not written again
+        await self._write(self._due + schedule.id, body, msg.metadata.sequence.stream, {})
         with translate_errors(f"retry schedule {schedule.id!r}", self._timeout):
-            await msg.nak(delay=delay if delay > 0 else None)
+            await msg.ack()
 
     async def cancel(self, id: str) -> bool:
-        """Replace the schedule message by a tombstone and purge a pending occurrence."""
+        """Purge the occurrence; with ``schedules``, replace the schedule message by a tombstone."""
         validate_identifier(id, "schedule id")
         await self._ready()
-        subject = self._at + id
         cancelled = False
-        for _ in range(8):
+        subject = self._at + id
+        for _ in range(8 if self._timer else 0):
             last = await self._last(subject)
             if last is not None and (last.headers or {}).get(_TOMBSTONE):
                 break  # cancelled already
@@ -297,26 +330,12 @@ class NatsScheduleStore(NatsStoreBase):
                 break  # nothing scheduled, nothing pending
             # the schedule message, or (it fired, the occurrence is pending) an empty subject: a
             # tombstone replaces it and fences the re-arm of a late completion
-            if await self._tombstone(subject, 0 if last is None else last.seq):
+            headers = {_TOMBSTONE: "1", "Nats-TTL": _TOMBSTONE_TTL}
+            if await self._write(subject, b"", 0 if last is None else last.seq, headers):
                 cancelled = last is not None
                 break
         purged = await self._purge(self._due + id)
         return cancelled or purged > 0
-
-    async def _tombstone(self, subject: str, expected_seq: int) -> bool:
-        headers = {
-            _TOMBSTONE: "1",
-            "Nats-TTL": _TOMBSTONE_TTL,
-            "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
-        }
-        with translate_errors(f"cancel {subject!r}", self._timeout):
-            try:
-                await self._conn.js.publish(subject, b"", timeout=self._timeout, headers=headers)
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
-                    return False  # it fired or changed meanwhile: look again
-                raise
-        return True
 
     async def _purge(self, subject: str) -> int:
         api = f"{self._conn.api_prefix}.STREAM.PURGE.{self.stream}"
@@ -330,13 +349,14 @@ class NatsScheduleStore(NatsStoreBase):
         return int(body.get("purged", 0))
 
     async def get(self, id: str) -> Schedule | None:
-        """The schedule (its message, or its occurrence that fell due), or None."""
+        """The schedule (its schedule message, or its occurrence), or None."""
         await self._ready()
-        last = await self._last(self._at + id)
-        if last is not None:
-            return None if (last.headers or {}).get(_TOMBSTONE) else _decode(last.data)
+        if self._timer:
+            at = await self._last(self._at + id)
+            if at is not None:
+                return None if (at.headers or {}).get(_TOMBSTONE) else _decode(at.data).schedule
         due = await self._last(self._due + id)
-        return None if due is None else _decode(due.data)
+        return None if due is None else _decode(due.data).schedule
 
     async def _close(self) -> None:
         sub, self._sub = self._sub, None
