@@ -328,3 +328,25 @@ async def test_a_delivery_slower_than_the_lease_is_cancelled_and_retried() -> No
         await _until(lambda: scheduler.delivered == 1, "the retried delivery")
     assert calls == [0, 1] and scheduler.failed == 1
     assert await store.get("slow") is None
+
+
+async def test_a_cron_schedule_is_due_at_its_next_minute_and_moves_on_by_the_expression() -> None:
+    app = catga.App()
+    _recorder(app)
+    async with app:
+        before = time.time()
+        sid = await app.schedule(Pinged(1), cron="*/5 * * * *")
+        stored = await app.schedules.get(sid)
+        assert stored is not None and stored.cron == "*/5 * * * *" and stored.every == 0
+        assert stored.due_at > before and stored.due_at % 300 == 0 and stored.due_at - before <= 300
+        assert next_due(stored, stored.due_at + 1) == stored.due_at + 300
+        assert occurrence_id(stored) != int(stored.headers["Catga-Id"])  # recurring: per occurrence
+        with pytest.raises(ConfigurationError, match="not both"):
+            await app.schedule(Pinged(1), cron="@hourly", every=60)
+        with pytest.raises(ConfigurationError, match="5 fields"):
+            await app.schedule(Pinged(1), cron="every day")
+        at = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
+        sid = await app.schedule(Pinged(2), cron="0 8 * * *", at=at)
+        stored = await app.schedules.get(sid)
+        assert stored is not None and stored.due_at == at.timestamp()  # a start on the minute counts
+        assert await app.cancel_schedule(sid) is True

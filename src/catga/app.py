@@ -64,6 +64,7 @@ from types import ModuleType
 from typing import Any, Literal, Protocol, TypeVar
 
 from catga._bridge import APP_NAME, H_ORIGIN, Bridge, Group
+from catga._cron import parse as parse_cron
 from catga._payload import DEFAULT_MAX_PAYLOAD
 from catga._worker_ids import env_worker_id_set, process_worker_id
 from catga.backends import Backends
@@ -96,6 +97,7 @@ from catga.scheduling import (
     due_time,
     interval_seconds,
     occurrence_id,
+    recurring,
 )
 from catga.serialization import TypeRegistry, default_registry
 
@@ -450,6 +452,7 @@ class App:
         at: datetime | float | None = None,
         after: timedelta | float | None = None,
         every: timedelta | float | None = None,
+        cron: str | None = None,
         id: str | None = None,
     ) -> str:
         """Deliver ``message`` at a time: a command or query is sent, an event published (see
@@ -466,6 +469,9 @@ class App:
             after: or a delay from now: a timedelta or seconds.
             every: make it recurring: delivered again every ``every`` (timedelta or seconds) after
                 the first due time, until cancelled.
+            cron: or recurring on a cron expression, in UTC (``"*/15 * * * *"``, ``"0 8 * * mon-fri"``,
+                ``"@daily"``; five fields, see :mod:`catga._cron`): first due at its first minute
+                after now (or after ``at`` / ``after`` when given), then at each following one.
             id: the schedule's id (validated like a stream id). Scheduling an id that is already
                 scheduled changes nothing and returns it (idempotent). Default: a new unique id.
 
@@ -487,7 +493,14 @@ class App:
             raise ConfigurationError(f"schedule() takes a command, query or event, got {message!r}")
         if not self._running:
             raise ConfigurationError("schedule() needs a running app: call it inside `async with app:`")
-        due = due_time(at, after, time.time())
+        now = time.time()
+        if cron is not None:
+            if every is not None:
+                raise ConfigurationError("schedule() takes every= or cron=, not both")
+            start = now if at is None and after is None else due_time(at, after, now)
+            due = parse_cron(cron).next_after(max(start - 1e-6, now))  # a start on the minute counts
+        else:
+            due = due_time(at, after, now)
         interval = interval_seconds(every)
         mediator = self.mediator
         sid = f"s{mediator.new_id()}" if id is None else validate_identifier(id, "schedule id")
@@ -505,7 +518,7 @@ class App:
         )
         schedule = Schedule(
             id=sid, due_at=due, kind=kind, type_name=name, body=body,
-            headers=metadata.to_headers(name), every=interval,
+            headers=metadata.to_headers(name), every=interval, cron=cron or "",
         )  # fmt: skip
         await self.schedules.add(schedule)
         if self.scheduler is None:
@@ -557,7 +570,7 @@ class App:
                 f"{exc}; register the type (or a handler for it) in the app that delivers schedules"
             ) from exc
         _, metadata = Metadata.from_headers(schedule.headers)
-        if schedule.every > 0:
+        if recurring(schedule):
             metadata.message_id = occurrence_id(schedule)
             metadata.created_at = schedule.due_at
         if schedule.kind == COMMAND:

@@ -555,6 +555,8 @@ class Schedule(msgspec.Struct, kw_only=True):
         body: encoded message.
         headers: wire headers (the message's metadata, ``Catga-*`` and the user's).
         every: seconds between occurrences of a recurring schedule; 0 for a one-shot schedule.
+        cron: a cron expression (UTC) of a recurring schedule, ``""`` for none (see
+            :mod:`catga.scheduling`).
         attempts: failed deliveries of the current occurrence.
         last_error: the last delivery error of the current occurrence.
     """
@@ -568,6 +570,7 @@ class Schedule(msgspec.Struct, kw_only=True):
     every: float = 0.0
     attempts: int = 0
     last_error: str | None = None
+    cron: str = ""
 
 
 class ScheduleStore(Protocol):

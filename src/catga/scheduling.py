@@ -7,6 +7,7 @@
         sid = await app.schedule(RemindCustomer("c-1"), after=timedelta(days=3))
         await app.schedule(OrderExpired("o-1"), at=datetime(2030, 1, 1, tzinfo=UTC), id="expire-o-1")
         await app.schedule(SendReport(), every=timedelta(hours=1))   # recurring
+        await app.schedule(SendDigest(), cron="0 8 * * mon-fri")      # 08:00 UTC on weekdays
         await app.cancel_schedule(sid)
 
 A schedule is the encoded message with its metadata (message id, correlation, causation, user
@@ -50,6 +51,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+from catga import _cron as cron
 from catga._delivery import check_retry_backoff, retry_delay
 from catga._outage import OutageLog
 from catga.errors import ConfigurationError, ErrorCode
@@ -65,6 +67,7 @@ __all__ = (
     "interval_seconds",
     "next_due",
     "occurrence_id",
+    "recurring",
 )
 
 logger = logging.getLogger("catga.scheduling")
@@ -137,9 +140,17 @@ def interval_seconds(every: timedelta | float | None) -> float:
     return seconds
 
 
+def recurring(schedule: Schedule) -> bool:
+    """True for a schedule with an interval or a cron expression."""
+    return schedule.every > 0 or bool(schedule.cron)
+
+
 def next_due(schedule: Schedule, now: float) -> float | None:
     """The due time after the occurrence ``schedule`` names: None for one-shot schedules, else the
-    first ``due_at + k * every`` after ``now`` (missed occurrences are skipped, not caught up)."""
+    first ``due_at + k * every`` after ``now``, or the cron expression's first minute after ``now``
+    (missed occurrences are skipped, not caught up)."""
+    if schedule.cron:
+        return cron.parse(schedule.cron).next_after(max(now, schedule.due_at))
     every = schedule.every
     if every <= 0:
         return None
@@ -151,7 +162,7 @@ def occurrence_id(schedule: Schedule) -> int:
     """The message id of an occurrence: the scheduled message's own for a one-shot schedule; for a
     recurring one a 63-bit digest of the schedule id and the occurrence's due time (the same on every
     redelivery of that occurrence, distinct between occurrences)."""
-    if schedule.every <= 0:
+    if not recurring(schedule):
         return int(schedule.headers[H_ID])
     digest = hashlib.blake2b(f"{schedule.id}@{schedule.due_at!r}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1 or 1

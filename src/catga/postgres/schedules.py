@@ -4,7 +4,7 @@ Table (default name ``catga_schedules``; created like every catga table, see
 :mod:`catga.postgres._base`)::
 
     id text PRIMARY KEY, due_at float8, kind text, type_name text, body bytea, headers jsonb,
-    every float8, attempts int, last_error text, available_at float8
+    every float8, attempts int, last_error text, cron text, available_at float8
 
 with an index on ``available_at``: when the schedule may be claimed — its due time, or the end of
 its lease or retry delay (never before the due time).
@@ -36,7 +36,7 @@ from catga.protocols import Schedule, validate_identifier
 
 __all__ = ("PostgresScheduleStore",)
 
-_COLUMNS = "id, due_at, kind, type_name, body, headers, every, attempts, last_error"
+_COLUMNS = "id, due_at, kind, type_name, body, headers, every, attempts, last_error, cron"
 
 
 class PostgresScheduleStore(PgStore):
@@ -72,7 +72,7 @@ class PostgresScheduleStore(PgStore):
         t = self.table
         self._insert = (
             f"INSERT INTO {t} ({_COLUMNS}, available_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, 0, NULL, $2) "
+            "VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, 0, NULL, $8, $2) "
             "ON CONFLICT (id) DO NOTHING"
         )
         self._claim = (
@@ -103,7 +103,8 @@ class PostgresScheduleStore(PgStore):
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             "id text PRIMARY KEY, due_at float8 NOT NULL, kind text NOT NULL, type_name text NOT NULL, "
             "body bytea NOT NULL, headers jsonb NOT NULL DEFAULT '{}', every float8 NOT NULL DEFAULT 0, "
-            "attempts integer NOT NULL DEFAULT 0, last_error text, available_at float8 NOT NULL)",
+            "attempts integer NOT NULL DEFAULT 0, last_error text, cron text NOT NULL DEFAULT '', "
+            "available_at float8 NOT NULL)",
             f"CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_available "
             f"ON {self.table} (available_at)",
         ]
@@ -125,7 +126,7 @@ class PostgresScheduleStore(PgStore):
         s = schedule
         status = await self._execute(
             "add", None, self._insert, s.id, float(s.due_at), s.kind, s.type_name, bytes(s.body),
-            json.dumps(s.headers), float(s.every),
+            json.dumps(s.headers), float(s.every), s.cron,
         )  # fmt: skip
         self._changed.set()
         return deleted(status) == 1
@@ -189,4 +190,5 @@ def _schedule(r: Any) -> Schedule:
         every=r["every"],
         attempts=r["attempts"],
         last_error=r["last_error"],
+        cron=r["cron"],
     )

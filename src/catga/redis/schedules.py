@@ -3,7 +3,7 @@
 Keys (``P`` = the client's prefix):
 
 * ``P:sc:<id>`` — hash: ``u`` due_at, ``k`` kind, ``t`` type name, ``b`` body, ``h`` headers (JSON),
-  ``v`` every, ``a`` attempts, ``e`` last error.
+  ``v`` every, ``a`` attempts, ``e`` last error, ``c`` cron expression.
 * ``P:sc-due`` — every schedule's id, scored by when it may be claimed: its due time, or the end of
   its lease or retry delay.
 
@@ -42,7 +42,7 @@ _ADD = Script(
 local key = ARGV[1] .. ARGV[2]
 if redis.call('EXISTS', key) == 1 then return 0 end
 redis.call('HSET', key, 'u', ARGV[3], 'k', ARGV[4], 't', ARGV[5], 'b', ARGV[6], 'h', ARGV[7],
-  'v', ARGV[8], 'a', 0)
+  'v', ARGV[8], 'a', 0, 'c', ARGV[9])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 return 1
 """,
@@ -53,11 +53,11 @@ _CLAIM = Script(
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', ARGV[1] .. id, 'u', 'k', 't', 'b', 'h', 'v', 'a', 'e')
+  local h = redis.call('HMGET', ARGV[1] .. id, 'u', 'k', 't', 'b', 'h', 'v', 'a', 'e', 'c')
   if h[1] then
     redis.call('ZADD', KEYS[1], ARGV[4], id)
     out[#out + 1] = id
-    for j = 1, 8 do out[#out + 1] = h[j] or '' end
+    for j = 1, 9 do out[#out + 1] = h[j] or '' end
   else
     redis.call('ZREM', KEYS[1], id)
   end
@@ -100,7 +100,7 @@ return redis.call('DEL', ARGV[1] .. ARGV[2])
     "schedule-cancel",
 )
 
-_FIELDS = ("u", "k", "t", "b", "h", "v", "a", "e")
+_FIELDS = ("u", "k", "t", "b", "h", "v", "a", "e", "c")
 _encode_headers = msgspec.json.Encoder().encode
 _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
@@ -118,6 +118,7 @@ def _decode(id: str, f: list[Any]) -> Schedule:
         every=float(f[5]),
         attempts=int(f[6]),
         last_error=error[1:].decode() if error else None,
+        cron=f[8].decode() if f[8] else "",
     )
 
 
@@ -158,7 +159,7 @@ class RedisScheduleStore(RedisStoreBase):
             _ADD,
             self._keys,
             (self._prefix, s.id, repr(float(s.due_at)), s.kind, s.type_name, bytes(s.body),
-             _encode_headers(s.headers), repr(float(s.every))),
+             _encode_headers(s.headers), repr(float(s.every)), s.cron),
         )  # fmt: skip
         self._changed.set()
         return bool(added)
@@ -176,7 +177,7 @@ class RedisScheduleStore(RedisStoreBase):
                 _CLAIM, self._keys, (self._prefix, repr(now), limit, repr(now + lease))
             )
             if flat:
-                return [_decode(flat[i].decode(), flat[i + 1 : i + 9]) for i in range(0, len(flat), 9)]
+                return [_decode(flat[i].decode(), flat[i + 1 : i + 10]) for i in range(0, len(flat), 10)]
             left = deadline - loop.time()
             if left <= 0:
                 return []

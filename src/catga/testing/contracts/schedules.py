@@ -57,15 +57,15 @@ class ScheduleStoreContract:
 
     async def test_add_then_get_round_trips_every_field(self, schedule_store: ScheduleStore) -> None:
         due = time.time() + 60
-        s = _schedule(unique("s"), due, body=BINARY, every=2.5)
+        s = _schedule(unique("s"), due, body=BINARY, every=2.5, cron="*/5 8-18 * * mon-fri")
         s.headers["x-user"] = "a b:c"
         s.kind = COMMAND
         assert await schedule_store.add(s) is True
         got = await schedule_store.get(s.id)
         assert got is not None
         assert got.body == BINARY and type(got.body) is bytes
-        assert (got.id, got.kind, got.type_name, got.headers, got.every) == (
-            s.id, COMMAND, s.type_name, s.headers, 2.5,
+        assert (got.id, got.kind, got.type_name, got.headers, got.every, got.cron) == (
+            s.id, COMMAND, s.type_name, s.headers, 2.5, s.cron,
         )  # fmt: skip
         assert abs(got.due_at - due) < 1e-3
         assert (got.attempts, got.last_error) == (0, None)
