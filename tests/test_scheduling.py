@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -65,13 +65,14 @@ async def test_commands_and_events_are_delivered_at_their_due_time_never_before(
     got = _recorder(app)
     async with app:
         t0 = time.time()
-        await app.schedule(Ping(1), after=0.3)
+        await app.schedule(Ping(1), after=0.3)  # due t0 + 0.3 or later
         await app.schedule(Pinged(2), at=datetime.fromtimestamp(t0 + 0.15, UTC))
-        await app.schedule(Ping(3), after=timedelta(seconds=0.05))
+        await app.schedule(Ping(3), at=t0 + 0.05)
         await _until(lambda: len(got) == 3, "three deliveries")
-    assert [(k, n) for k, n, _, _ in got] == [("cmd", 3), ("evt", 2), ("cmd", 1)]
-    for (_, n, at, _), delay in zip(got, (0.05, 0.15, 0.3), strict=True):
-        assert at >= t0 + delay, f"message {n} delivered {t0 + delay - at:.4f} s early"
+    due = {("cmd", 1): t0 + 0.3, ("evt", 2): t0 + 0.15, ("cmd", 3): t0 + 0.05}
+    assert {(k, n) for k, n, _, _ in got} == set(due)
+    for kind, n, at, _ in got:
+        assert at >= due[kind, n], f"message {n} delivered {due[kind, n] - at:.4f} s early"
 
 
 async def test_cancel_stops_a_delivery_and_says_whether_there_was_one() -> None:
@@ -128,7 +129,7 @@ async def test_a_recurring_schedule_runs_until_cancelled_with_an_id_per_occurren
     assert len({mid for _, _, _, mid in got}) == len(got)
     for i, (_, _, at, _) in enumerate(got[:3]):
         assert at >= t0 + 0.05 * (i + 1) - 1e-6
-    assert len(got) == count
+    assert len(got) <= count + 1  # an occurrence claimed before the cancel may still arrive once
 
 
 async def test_a_failing_handler_is_retried_and_a_business_refusal_is_not(
@@ -278,13 +279,15 @@ async def _until_gone(app: catga.App, sid: str) -> None:
 async def test_a_schedule_survives_a_restart_of_the_app(scheduler_url: str, unique_name: str) -> None:
     """A process schedules a command and exits; another app delivers it once, at the due time."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    due_at = time.time() + 3.0  # the child has 3 s to start, schedule and stop
     child = await asyncio.create_subprocess_exec(
-        sys.executable, str(CHILD), scheduler_url, unique_name, "1.0", stdout=subprocess.PIPE, env=env
+        sys.executable, str(CHILD), scheduler_url, unique_name, repr(due_at), stdout=subprocess.PIPE, env=env
     )
     out, _ = await asyncio.wait_for(child.communicate(), 60)
     assert child.returncode == 0
     report = json.loads(out)
-    assert time.time() < report["due_at"], "the child took too long: the test proves nothing"
+    assert report["due_at"] == due_at
+    assert time.time() < due_at, "the child took over 3 s to schedule and stop: the test proves nothing"
     app = catga.App(scheduler=await _scheduler(scheduler_url, unique_name), name="schedule-parent")
     got: list[tuple[float, int]] = []
 
