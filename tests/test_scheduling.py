@@ -79,8 +79,9 @@ async def test_cancel_stops_a_delivery_and_says_whether_there_was_one() -> None:
     app = catga.App()
     got = _recorder(app)
     async with app:
-        sid = await app.schedule(Ping(1), after=0.2)
-        await app.schedule(Ping(2), after=0.3)
+        t0 = time.time()
+        sid = await app.schedule(Ping(1), at=t0 + 1.0)  # due first: delivered first unless cancelled
+        await app.schedule(Ping(2), at=t0 + 1.1)
         assert await app.cancel_schedule(sid) is True
         assert await app.cancel_schedule(sid) is False
         await _until(lambda: len(got) == 1, "the other delivery")
@@ -110,10 +111,13 @@ async def test_a_chosen_id_is_scheduled_once() -> None:
     app = catga.App()
     got = _recorder(app)
     async with app:
-        assert await app.schedule(Ping(1), after=0.1, id="remind-1") == "remind-1"
-        assert await app.schedule(Ping(2), after=0.1, id="remind-1") == "remind-1"
+        t0 = time.time()
+        assert await app.schedule(Ping(1), at=t0 + 0.5, id="remind-1") == "remind-1"
+        assert await app.schedule(Ping(2), at=t0 + 0.5, id="remind-1") == "remind-1"
+        stored = await app.schedules.get("remind-1")
+        assert stored is not None and msgspec.json.decode(stored.body, type=Ping) == Ping(1)
         await _until(lambda: len(got) == 1, "the delivery")
-        assert await app.schedules.get("remind-1") is None
+        await _until_gone(app, "remind-1")
     assert [n for _, n, _, _ in got] == [1]
 
 
