@@ -52,11 +52,9 @@ The bridge itself (export handler, origin header, inbound marker, subscriptions)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
@@ -64,12 +62,11 @@ from types import ModuleType
 from typing import Any, Literal, Protocol, TypeVar
 
 from catga._bridge import APP_NAME, H_ORIGIN, Bridge, Group
-from catga._cron import parse as parse_cron
 from catga._payload import DEFAULT_MAX_PAYLOAD
 from catga._worker_ids import env_worker_id_set, process_worker_id
 from catga.backends import Backends
-from catga.context import Context, current_context
-from catga.errors import ConfigurationError, PayloadTooLargeError, UnknownMessageTypeError
+from catga.context import Context
+from catga.errors import ConfigurationError
 from catga.handlers import Compensate, Lifetime
 from catga.health import Health, Probe, consumers_detail, counted, run_checks, server_checks
 from catga.ids import SnowflakeIdGenerator, default_generator
@@ -78,27 +75,16 @@ from catga.messages import Event, Metadata, QoS, Request
 from catga.outbox import OutboxRelay
 from catga.pipeline import BehaviorLike, default_pipeline
 from catga.protocols import (
-    COMMAND,
-    EVENT,
     DistributedLock,
     EventStore,
     IdempotencyStore,
     OutboxStore,
-    Schedule,
     ScheduleStore,
     Transport,
     validate_identifier,
 )
 from catga.result import Result
-from catga.scheduling import (
-    RETRY_CODES,
-    ScheduleDeliveryError,
-    Scheduler,
-    due_time,
-    interval_seconds,
-    occurrence_id,
-    recurring,
-)
+from catga.scheduling import Scheduler, new_schedule, pipeline_delivery
 from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("APP_NAME", "H_ORIGIN", "App")
@@ -163,7 +149,7 @@ class App:
             accept, in bytes (default 1 MiB, NATS's default; on NATS the server's own limit applies
             too). A larger exported event fails its publish with code ``too_large``, nothing sent.
         scheduler: where :meth:`schedule` keeps scheduled messages: ``None`` / ``"memory://"``
-            (default: in process, lost at exit), a ``nats://`` (server 2.12+), ``redis://`` or
+            (default: in process, lost at exit), a ``nats://``, ``redis://`` or
             ``postgresql://`` URL, or a :class:`~catga.protocols.ScheduleStore`. With a URL or a
             store, the app runs a :class:`~catga.scheduling.Scheduler` delivering due schedules
             while it runs (see :mod:`catga.scheduling`).
@@ -485,46 +471,17 @@ class App:
             PayloadTooLargeError: the encoded message is over ``max_payload``.
             BackendError: the store failed (nothing scheduled).
         """
-        if isinstance(message, Event):
-            kind = EVENT
-        elif isinstance(message, Request):
-            kind = COMMAND
-        else:
-            raise ConfigurationError(f"schedule() takes a command, query or event, got {message!r}")
         if not self._running:
             raise ConfigurationError("schedule() needs a running app: call it inside `async with app:`")
-        now = time.time()
-        if cron is not None:
-            if every is not None:
-                raise ConfigurationError("schedule() takes every= or cron=, not both")
-            start = now if at is None and after is None else due_time(at, after, now)
-            due = parse_cron(cron).next_after(max(start - 1e-6, now))  # a start on the minute counts
-        else:
-            due = due_time(at, after, now)
-        interval = interval_seconds(every)
-        mediator = self.mediator
-        sid = f"s{mediator.new_id()}" if id is None else validate_identifier(id, "schedule id")
-        registry = self._registry()
-        name, body = registry.encode(message)
-        if len(body) > self.backends.max_payload:
-            raise PayloadTooLargeError(len(body), self.backends.max_payload, destination=name)
-        parent = current_context()
-        mid = mediator.new_id()
-        metadata = Metadata(
-            message_id=mid,
-            correlation_id=mid if parent is None else parent.correlation_id,
-            causation_id=None if parent is None else parent.message_id,
-            created_at=time.time(),
-        )
-        schedule = Schedule(
-            id=sid, due_at=due, kind=kind, type_name=name, body=body,
-            headers=metadata.to_headers(name), every=interval, cron=cron or "",
+        schedule = new_schedule(
+            self.mediator, self._registry(), self.backends.max_payload, message,
+            at=at, after=after, every=every, cron=cron, id=id,
         )  # fmt: skip
         await self.schedules.add(schedule)
         if self.scheduler is None:
             self._schedules_used = True
             await self._start_scheduler()
-        return sid
+        return schedule.id
 
     async def cancel_schedule(self, id: str) -> bool:
         """Cancel a schedule (every future occurrence of a recurring one).
@@ -548,43 +505,12 @@ class App:
         return default_registry() if registry is None else registry
 
     async def _start_scheduler(self) -> None:
-        registry = self._registry()
-        for message_type in self.mediator.message_types():
-            if message_type not in registry:
-                # another type with that name: decoding the schedule then says which
-                with contextlib.suppress(ConfigurationError):
-                    registry.register(message_type)
         self.scheduler = Scheduler(
             self.schedules,
-            self._deliver_scheduled,
+            pipeline_delivery(self.mediator, self._registry()),
             dead_letters=None if self.transport is None else _dead_letters_of(self.transport),
         )
         await self.scheduler.start()
-
-    async def _deliver_scheduled(self, schedule: Schedule) -> None:
-        """Send or publish one due occurrence through the pipeline; raise when a retry can help."""
-        try:
-            message = self._registry().decode(schedule.type_name, schedule.body)
-        except UnknownMessageTypeError as exc:
-            raise ScheduleDeliveryError(
-                f"{exc}; register the type (or a handler for it) in the app that delivers schedules"
-            ) from exc
-        _, metadata = Metadata.from_headers(schedule.headers)
-        if recurring(schedule):
-            metadata.message_id = occurrence_id(schedule)
-            metadata.created_at = schedule.due_at
-        if schedule.kind == COMMAND:
-            result: Result[Any] = await self.mediator.send(message, None, metadata=metadata)
-        else:
-            result = await self.mediator.publish(message, None, metadata=metadata)
-        if result.ok:
-            return
-        if result.code in RETRY_CODES or result.retryable:
-            raise ScheduleDeliveryError(f"{result.code}: {result.error}")
-        _log.warning(
-            "scheduled %s %s (schedule %s) was delivered and refused: %s: %s",
-            schedule.type_name, metadata.message_id, schedule.id, result.code, result.error,
-        )  # fmt: skip
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ whose clocks disagree by more than that can deliver late, never early by catga's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import logging
@@ -50,13 +51,28 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from catga import _cron as cron
+from catga import _cron
 from catga._delivery import check_retry_backoff, retry_delay
 from catga._outage import OutageLog
-from catga.errors import ConfigurationError, ErrorCode
-from catga.messages import H_ID
-from catga.protocols import COMMAND, EVENT, DeadLetter, DeadLetterQueue, Schedule, ScheduleStore
+from catga.context import current_context
+from catga.errors import ConfigurationError, ErrorCode, PayloadTooLargeError, UnknownMessageTypeError
+from catga.messages import H_ID, Event, Metadata, Request
+from catga.protocols import (
+    COMMAND,
+    EVENT,
+    DeadLetter,
+    DeadLetterQueue,
+    Schedule,
+    ScheduleStore,
+    validate_identifier,
+)
+
+if TYPE_CHECKING:
+    from catga.mediator import Mediator
+    from catga.result import Result
+    from catga.serialization import TypeRegistry
 
 __all__ = (
     "RETRY_CODES",
@@ -65,8 +81,10 @@ __all__ = (
     "Scheduler",
     "due_time",
     "interval_seconds",
+    "new_schedule",
     "next_due",
     "occurrence_id",
+    "pipeline_delivery",
     "recurring",
 )
 
@@ -150,7 +168,7 @@ def next_due(schedule: Schedule, now: float) -> float | None:
     first ``due_at + k * every`` after ``now``, or the cron expression's first minute after ``now``
     (missed occurrences are skipped, not caught up)."""
     if schedule.cron:
-        return cron.parse(schedule.cron).next_after(max(now, schedule.due_at))
+        return _cron.parse(schedule.cron).next_after(max(now, schedule.due_at))
     every = schedule.every
     if every <= 0:
         return None
@@ -367,3 +385,99 @@ class Scheduler:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"Scheduler({state}, delivered={self.delivered}, failed={self.failed}, dead={self.dead})"
+
+
+# -- what the app builds and delivers ---------------------------------------------------------------
+
+
+def new_schedule(
+    mediator: Mediator,
+    registry: TypeRegistry,
+    max_payload: int,
+    message: object,
+    *,
+    at: datetime | float | None,
+    after: timedelta | float | None,
+    every: timedelta | float | None,
+    cron: str | None,
+    id: str | None,
+) -> Schedule:
+    """The :class:`~catga.protocols.Schedule` ``App.schedule`` stores (see its docs).
+
+    Raises:
+        ConfigurationError: not a message, bad times, interval or cron expression.
+        InvalidIdentifierError: an invalid ``id``.
+        PayloadTooLargeError: the encoded message is over ``max_payload``.
+    """
+    if isinstance(message, Event):
+        kind = EVENT
+    elif isinstance(message, Request):
+        kind = COMMAND
+    else:
+        raise ConfigurationError(f"schedule() takes a command, query or event, got {message!r}")
+    now = time.time()
+    if cron is not None:
+        if every is not None:
+            raise ConfigurationError("schedule() takes every= or cron=, not both")
+        start = now if at is None and after is None else due_time(at, after, now)
+        due = _cron.parse(cron).next_after(max(start - 1e-6, now))  # a start on the minute counts
+    else:
+        due = due_time(at, after, now)
+    interval = interval_seconds(every)
+    sid = f"s{mediator.new_id()}" if id is None else validate_identifier(id, "schedule id")
+    name, body = registry.encode(message)
+    if len(body) > max_payload:
+        raise PayloadTooLargeError(len(body), max_payload, destination=name)
+    parent = current_context()
+    mid = mediator.new_id()
+    metadata = Metadata(
+        message_id=mid,
+        correlation_id=mid if parent is None else parent.correlation_id,
+        causation_id=None if parent is None else parent.message_id,
+        created_at=now,
+    )
+    return Schedule(
+        id=sid, due_at=due, kind=kind, type_name=name, body=body,
+        headers=metadata.to_headers(name), every=interval, cron=cron or "",
+    )  # fmt: skip
+
+
+def pipeline_delivery(mediator: Mediator, registry: TypeRegistry) -> Deliver:
+    """A :data:`Deliver` that sends (requests) or publishes (events) through ``mediator``.
+
+    Every type with a handler is registered in ``registry`` first, so that a process that did not
+    schedule a message can decode it. A failed Result whose code is in :data:`RETRY_CODES` (or that
+    is retryable) raises :class:`ScheduleDeliveryError`; another failure is logged at WARNING and
+    the occurrence is done.
+    """
+    for message_type in mediator.message_types():
+        if message_type not in registry:
+            # another type with that name: decoding the schedule then says which
+            with contextlib.suppress(ConfigurationError):
+                registry.register(message_type)
+
+    async def deliver(schedule: Schedule) -> None:
+        try:
+            message = registry.decode(schedule.type_name, schedule.body)
+        except UnknownMessageTypeError as exc:
+            raise ScheduleDeliveryError(
+                f"{exc}; register the type (or a handler for it) in the app that delivers schedules"
+            ) from exc
+        _, metadata = Metadata.from_headers(schedule.headers)
+        if recurring(schedule):
+            metadata.message_id = occurrence_id(schedule)
+            metadata.created_at = schedule.due_at
+        if schedule.kind == COMMAND:
+            result: Result[Any] = await mediator.send(message, None, metadata=metadata)
+        else:
+            result = await mediator.publish(message, None, metadata=metadata)
+        if result.ok:
+            return
+        if result.code in RETRY_CODES or result.retryable:
+            raise ScheduleDeliveryError(f"{result.code}: {result.error}")
+        logger.warning(
+            "scheduled %s %s (schedule %s) was delivered and refused: %s: %s",
+            schedule.type_name, metadata.message_id, schedule.id, result.code, result.error,
+        )  # fmt: skip
+
+    return deliver
