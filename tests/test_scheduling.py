@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -357,3 +357,14 @@ async def test_a_cron_schedule_is_due_at_its_next_minute_and_moves_on_by_the_exp
         stored = await app.schedules.get(sid)
         assert stored is not None and stored.due_at == at.timestamp()  # a start on the minute counts
         assert await app.cancel_schedule(sid) is True
+
+
+async def test_every_alone_is_first_due_one_interval_from_now() -> None:
+    app = catga.App()
+    _recorder(app)
+    async with app:
+        before = time.time()
+        sid = await app.schedule(Pinged(1), every=timedelta(minutes=5))
+        stored = await app.schedules.get(sid)
+        assert stored is not None and stored.every == 300
+        assert before + 300 <= stored.due_at <= time.time() + 300

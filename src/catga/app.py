@@ -454,7 +454,8 @@ class App:
             at: when: an aware datetime or unix seconds (in the past: due at once).
             after: or a delay from now: a timedelta or seconds.
             every: make it recurring: delivered again every ``every`` (timedelta or seconds) after
-                the first due time, until cancelled.
+                the first due time, until cancelled; alone (no ``at`` / ``after``), first due one
+                interval from now.
             cron: or recurring on a cron expression, in UTC (``"*/15 * * * *"``, ``"0 8 * * mon-fri"``,
                 ``"@daily"``; five fields, see :mod:`catga._cron`): first due at its first minute
                 after now (or after ``at`` / ``after`` when given), then at each following one.
@@ -465,8 +466,9 @@ class App:
             the schedule id, for :meth:`cancel_schedule`.
 
         Raises:
-            ConfigurationError: not exactly one of ``at`` / ``after``, a naive datetime, a bad
-                interval, not a message, the app is not running.
+            ConfigurationError: not exactly one of ``at`` / ``after`` (none is fine with ``every`` or
+                ``cron``), a naive datetime, a bad interval or cron expression, not a message, the
+                app is not running.
             InvalidIdentifierError: an invalid ``id``.
             PayloadTooLargeError: the encoded message is over ``max_payload``.
             BackendError: the store failed (nothing scheduled).

@@ -421,9 +421,11 @@ def new_schedule(
             raise ConfigurationError("schedule() takes every= or cron=, not both")
         start = now if at is None and after is None else due_time(at, after, now)
         due = _cron.parse(cron).next_after(max(start - 1e-6, now))  # a start on the minute counts
+        interval = 0.0
     else:
-        due = due_time(at, after, now)
-    interval = interval_seconds(every)
+        interval = interval_seconds(every)
+        alone = interval and at is None and after is None  # every= alone: due one interval from now
+        due = now + interval if alone else due_time(at, after, now)
     sid = f"s{mediator.new_id()}" if id is None else validate_identifier(id, "schedule id")
     name, body = registry.encode(message)
     if len(body) > max_payload:
