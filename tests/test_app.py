@@ -389,6 +389,8 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.pipeline.timeout",
         "catga.pipeline.validation",
         "catga.memory.idempotency",
+        "catga.memory.schedules",
+        "catga.scheduling",
     ],
 )
 def test_all_lists_only_what_the_module_defines(module: str) -> None:

@@ -498,3 +498,24 @@ def test_the_ids_self_check_refuses_duplicates_and_disorder() -> None:
     counter = iter(range(10**6, 0, -1))
     with pytest.raises(BenchError, match="not strictly increasing"):
         _checked("backwards", lambda: next(counter), ordered=True)
+
+
+def test_the_schedule_suite_measures_memory_schedules_end_to_end(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from catga.cli import app
+
+    out = tmp_path / "schedule.json"
+    args = ["bench", "schedule", "--quick", "--duration", "0.05", "--concurrency", "1,2", "--json", str(out)]
+    args += ["--case", "due_now_memory", "--case", "due_in_50ms_memory"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["case"], r["impl"]) for r in rows} == {
+        ("due_now_memory", "catga"),
+        ("due_now_memory", "direct-send"),
+        ("due_in_50ms_memory", "catga"),
+    }
+    assert all(r["ops_per_s"] > 0 for r in rows)
+    late = [r for r in rows if r["case"] == "due_in_50ms_memory"]
+    assert all(r["p50_us"] >= 50_000 for r in late), "delivered before its due time"

@@ -57,6 +57,7 @@ import logging
 import signal
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from datetime import datetime, timedelta
 from types import ModuleType
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -79,11 +80,13 @@ from catga.protocols import (
     IdempotencyStore,
     InboxStore,
     OutboxStore,
+    ScheduleStore,
     Transport,
     validate_identifier,
 )
 from catga.result import Result
-from catga.serialization import TypeRegistry
+from catga.scheduling import Scheduler, new_schedule, pipeline_delivery
+from catga.serialization import TypeRegistry, default_registry
 
 __all__ = ("APP_NAME", "H_ORIGIN", "App")
 
@@ -154,6 +157,11 @@ class App:
             :class:`~catga.postgres.PostgresUnitOfWork`: the default pipeline becomes logging →
             validation → retry → unit of work → idempotency (with ``behaviors=``, place
             ``unit_of_work.behavior()`` yourself; with ``mediator=`` it is refused).
+        scheduler: where :meth:`schedule` keeps scheduled messages: ``None`` / ``"memory://"``
+            (default: in process, lost at exit), a ``nats://``, ``redis://`` or
+            ``postgresql://`` URL, or a :class:`~catga.protocols.ScheduleStore`. With a URL or a
+            store, the app runs a :class:`~catga.scheduling.Scheduler` delivering due schedules
+            while it runs (see :mod:`catga.scheduling`).
 
     Attributes:
         transport: None (no transport) or the transport (for a URL, built on a connection that
@@ -161,6 +169,8 @@ class App:
         store: the event store.
         idempotency_store: the idempotency store of the default pipeline.
         backends: what built the URL-named backends (its ``connections``, open while running).
+        schedules: the schedule store (``App(scheduler=...)``; in memory by default).
+        scheduler: the :class:`~catga.scheduling.Scheduler` delivering from it (None until it runs).
 
     Raises:
         ConfigurationError: a URL with an unsupported scheme or options, a backend whose optional
@@ -187,6 +197,7 @@ class App:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         inbox: InboxStore | None = None,
         unit_of_work: _UnitOfWork | None = None,
+        scheduler: str | ScheduleStore | None = None,
     ) -> None:
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
@@ -221,6 +232,9 @@ class App:
                 "idempotency behavior) and drop unit_of_work="
             )
         self.inbox = inbox
+        self.schedules: ScheduleStore = built("scheduler", scheduler, "memory://")
+        self.scheduler: Scheduler | None = None
+        self._schedules_used = scheduler is not None  # else the scheduler starts at the first schedule()
         for backend in (
             *self.backends.built,
             self.transport,
@@ -228,6 +242,7 @@ class App:
             self.idempotency_store,
             self.outbox,
             inbox,
+            self.schedules,
         ):
             if backend is not None:
                 self.add_component(backend)
@@ -357,7 +372,7 @@ class App:
             return counted(len(self.components), "component")
 
         probes: list[tuple[str, Probe]] = [("app", running)]
-        backends = (self.transport, self.store, self.idempotency_store, self.outbox)
+        backends = (self.transport, self.store, self.idempotency_store, self.outbox, self.schedules)
         probes += server_checks([*self.backends.connections, *backends, *self.components])
         probes += component_checks(self.components)  # components with their own health_check()
         if self._worker_member is not None:
@@ -379,6 +394,15 @@ class App:
                 return consumers_detail(bridge.subscriptions)
 
             probes.append(("consumers", consumers))
+        scheduler = self.scheduler
+        if scheduler is not None:
+
+            async def scheduler_alive() -> str:
+                if not scheduler.running:
+                    raise RuntimeError("the scheduler is not running")
+                return f"delivered {scheduler.delivered}, failed {scheduler.failed}, dead {scheduler.dead}"
+
+            probes.append(("scheduler", scheduler_alive))
         relay = self.relay
         if relay is not None:
 
@@ -441,6 +465,91 @@ class App:
             raise ConfigurationError(
                 f"{what}({event_type.__qualname__}) must be declared before the app starts"
             )
+
+    # -- scheduled messages -----------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        message: object,
+        *,
+        at: datetime | float | None = None,
+        after: timedelta | float | None = None,
+        every: timedelta | float | None = None,
+        cron: str | None = None,
+        id: str | None = None,
+    ) -> str:
+        """Deliver ``message`` at a time: a command or query is sent, an event published (see
+        :mod:`catga.scheduling`).
+
+        The message is encoded now, with its metadata (a new message id; correlation and causation
+        from the handler running in this task, if any), and kept in the app's schedule store until
+        it is due. Delivery is at least once, never before the due time, once per schedule across
+        replicas; it survives restarts when the store does (not ``memory://``).
+
+        Args:
+            message: a :class:`~catga.messages.Request` or :class:`~catga.messages.Event`.
+            at: when: an aware datetime or unix seconds (in the past: due at once).
+            after: or a delay from now: a timedelta or seconds.
+            every: make it recurring: delivered again every ``every`` (timedelta or seconds) after
+                the first due time, until cancelled; alone (no ``at`` / ``after``), first due one
+                interval from now.
+            cron: or recurring on a cron expression, in UTC (``"*/15 * * * *"``, ``"0 8 * * mon-fri"``,
+                ``"@daily"``; five fields, see :mod:`catga._cron`): first due at its first minute
+                after now (or after ``at`` / ``after`` when given), then at each following one.
+            id: the schedule's id (validated like a stream id). Scheduling an id that is already
+                scheduled changes nothing and returns it (idempotent). Default: a new unique id.
+
+        Returns:
+            the schedule id, for :meth:`cancel_schedule`.
+
+        Raises:
+            ConfigurationError: not exactly one of ``at`` / ``after`` (none is fine with ``every`` or
+                ``cron``), a naive datetime, a bad interval or cron expression, not a message, the
+                app is not running.
+            InvalidIdentifierError: an invalid ``id``.
+            PayloadTooLargeError: the encoded message is over ``max_payload``.
+            BackendError: the store failed (nothing scheduled).
+        """
+        if not self._running:
+            raise ConfigurationError("schedule() needs a running app: call it inside `async with app:`")
+        schedule = new_schedule(
+            self.mediator, self._registry(), self.backends.max_payload, message,
+            at=at, after=after, every=every, cron=cron, id=id,
+        )  # fmt: skip
+        await self.schedules.add(schedule)
+        if self.scheduler is None:
+            self._schedules_used = True
+            await self._start_scheduler()
+        return schedule.id
+
+    async def cancel_schedule(self, id: str) -> bool:
+        """Cancel a schedule (every future occurrence of a recurring one).
+
+        Returns:
+            True if it was scheduled; False if there is no such schedule (unknown, delivered or
+            cancelled already). An occurrence being delivered at this moment may still arrive once.
+
+        Raises:
+            ConfigurationError: the app is not running.
+            BackendError: the store failed.
+        """
+        if not self._running:
+            raise ConfigurationError(
+                "cancel_schedule() needs a running app: call it inside `async with app:`"
+            )
+        return await self.schedules.cancel(id)
+
+    def _registry(self) -> TypeRegistry:
+        registry = self.backends.registry
+        return default_registry() if registry is None else registry
+
+    async def _start_scheduler(self) -> None:
+        self.scheduler = Scheduler(
+            self.schedules,
+            pipeline_delivery(self.mediator, self._registry()),
+            dead_letters=None if self.transport is None else _dead_letters_of(self.transport),
+        )
+        await self.scheduler.start()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -509,6 +618,8 @@ class App:
             for hook in self._startup:
                 await _call(hook)
             await self._bridge.subscribe()
+            if self._schedules_used:
+                await self._start_scheduler()
         except BaseException:
             started_hooks = self._running
             self._running = False
@@ -542,6 +653,9 @@ class App:
             for s in subscriptions  # first: stop taking new work
         ]
         subscriptions.clear()
+        if self.scheduler is not None:
+            steps.insert(0, ("the scheduler", self.scheduler.aclose))
+            self.scheduler = None
         if hooks:
             steps += [(f"shutdown hook {h!r}", h) for h in self._shutdown]
         steps += [(f"component {c!r}", c.aclose) for c in reversed(self._started)]

@@ -1,9 +1,10 @@
-"""Backends by URL: what ``catga.App(transport=URL, store=URL, idempotency_store=URL, outbox=URL)`` builds.
+"""Backends by URL: what ``catga.App(transport=URL, store=URL, idempotency_store=URL, outbox=URL,
+scheduler=URL)`` builds.
 
 ``memory://`` (or ``memory``): in process (:mod:`catga.memory`); ``nats://host:4222`` / ``tls://``:
 NATS JetStream (``pip install "catga[nats]"``); ``redis://host:6379/0`` / ``rediss://``: Redis
 (``catga[redis]``); ``postgresql://user@host/db`` / ``postgres://``: PostgreSQL (``catga[postgres]``),
-``store=``, ``idempotency_store=`` and ``outbox=``.
+``store=``, ``idempotency_store=``, ``outbox=`` and ``scheduler=``.
 
 The options a URL takes (``prefix``, ``max_payload``, NATS ``storage`` and ``replicas``) and where
 credentials go are in ``docs/getting-started.md``; catga's own options never reach the client.
@@ -57,7 +58,7 @@ __all__ = (
 T = TypeVar("T")
 
 #: The roles a URL can fill, as the ``App(...)`` arguments name them.
-ROLES = ("transport", "store", "idempotency_store", "outbox")
+ROLES = ("transport", "store", "idempotency_store", "outbox", "scheduler")
 
 #: URL scheme → backend name (see :func:`register_backend`).
 SCHEMES: dict[str, str] = {}
@@ -99,8 +100,12 @@ register_backend("nats", "nats")
 register_backend("tls", "nats")
 register_backend("redis", "redis")
 register_backend("rediss", "redis")
-register_backend("postgresql", "postgres", roles=("store", "idempotency_store", "outbox"), url_options=False)
-register_backend("postgres", "postgres", roles=("store", "idempotency_store", "outbox"), url_options=False)
+register_backend(
+    "postgresql", "postgres", roles=("store", "idempotency_store", "outbox", "scheduler"), url_options=False
+)
+register_backend(
+    "postgres", "postgres", roles=("store", "idempotency_store", "outbox", "scheduler"), url_options=False
+)
 
 
 def _fills(backend: str, role: str) -> bool:

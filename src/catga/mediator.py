@@ -182,6 +182,10 @@ class Mediator:
         self._event_chains.clear()
         return handler
 
+    def message_types(self) -> tuple[type, ...]:
+        """Every message type with a registered handler (commands, queries and events)."""
+        return (*self._requests, *self._events)
+
     def handler(
         self,
         target: Any = None,

@@ -48,6 +48,8 @@ __all__ = (
     "OutboxMessage",
     "OutboxStatus",
     "OutboxStore",
+    "Schedule",
+    "ScheduleStore",
     "StoredEvent",
     "Subscription",
     "Transport",
@@ -546,4 +548,77 @@ class Transport(Protocol):
         group: str | None = "rpc",
     ) -> Subscription: ...
 
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Scheduled messages
+
+
+class Schedule(msgspec.Struct, kw_only=True):
+    """A message to deliver at a time (see :mod:`catga.scheduling`).
+
+    Attributes:
+        id: the schedule's id (validated by :func:`validate_identifier`); adding a duplicate id is
+            ignored.
+        due_at: unix seconds: the current occurrence is delivered at this time, never before.
+        kind: :data:`COMMAND` (sent: ``app.send``) or :data:`EVENT` (published: ``app.publish``).
+        type_name: wire type name of the body.
+        body: encoded message.
+        headers: wire headers (the message's metadata, ``Catga-*`` and the user's).
+        every: seconds between occurrences of a recurring schedule; 0 for a one-shot schedule.
+        cron: a cron expression (UTC) of a recurring schedule, ``""`` for none (see
+            :mod:`catga.scheduling`).
+        attempts: failed deliveries of the current occurrence.
+        last_error: the last delivery error of the current occurrence.
+    """
+
+    id: str
+    due_at: float
+    kind: str
+    type_name: str
+    body: bytes
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    every: float = 0.0
+    attempts: int = 0
+    last_error: str | None = None
+    cron: str = ""
+
+
+class ScheduleStore(Protocol):
+    """Durable schedules, claimed by due time with a lease: what a :class:`~catga.scheduling.Scheduler`
+    delivers from.
+
+    An *occurrence* is a schedule's ``(id, due_at)``: one-shot schedules have one, recurring ones
+    (``every > 0``) a new one each time :meth:`complete` moves ``due_at`` on.
+
+    Contract:
+        * ``add(schedule)`` stores it and returns True; a schedule whose id is already stored is
+          ignored (the first one wins) and False returned, so scheduling with a chosen id is
+          idempotent.
+        * ``claim_due(limit, lease, wait)`` returns up to ``limit`` schedules whose ``due_at`` has
+          come (by the store's clock; NATS: the server's), earliest first, and leases them for
+          ``lease`` seconds: until the lease ends no other ``claim_due`` — of this object or another
+          on the same backend — returns them; after it ends (a dispatcher that died) they are claimed
+          again with the same ``due_at``. A schedule is **never** returned before its ``due_at``.
+          When nothing is due, the call may wait up to ``wait`` seconds for something to fall due
+          (``wait=0``: it returns at once); it may also return early with nothing.
+        * ``complete(schedule, next_due)``: the occurrence ``schedule`` names was delivered. With
+          ``next_due=None`` the schedule is deleted; else its ``due_at`` becomes ``next_due``, its
+          attempts 0 and its lease ends. If the stored occurrence is another (it was completed already,
+          by a dispatcher whose lease ran out) or the schedule is gone (cancelled), nothing changes.
+        * ``retry(schedule, retry_at, error)``: the occurrence failed; ``attempts`` + 1, ``last_error``
+          recorded, and it is not claimed again before the unix time ``retry_at``. Same no-op rule.
+        * ``cancel(id)`` deletes the schedule and returns True; False when there is none (never
+          scheduled, delivered, or cancelled already). An occurrence claimed before the cancel may
+          still be delivered once.
+        * ``get(id)`` returns the schedule as stored (its current occurrence), or None.
+    """
+
+    async def add(self, schedule: Schedule) -> bool: ...
+    async def claim_due(self, limit: int = 100, lease: float = 30.0, wait: float = 0.0) -> list[Schedule]: ...
+    async def complete(self, schedule: Schedule, next_due: float | None = None) -> None: ...
+    async def retry(self, schedule: Schedule, retry_at: float, error: str) -> None: ...
+    async def cancel(self, id: str) -> bool: ...
+    async def get(self, id: str) -> Schedule | None: ...
     async def aclose(self) -> None: ...

@@ -259,12 +259,10 @@ class BenchEnv:
                     from catga.testing.postgres import PostgresServer
 
                     server = PostgresServer()
+                elif kind == "nats":
+                    server = NatsServer(cpu=self.server_cpu)
                 else:
-                    server = (
-                        NatsServer(cpu=self.server_cpu)
-                        if kind == "nats"
-                        else RedisServer(cpu=self.server_cpu)
-                    )
+                    server = RedisServer(cpu=self.server_cpu)
                 await asyncio.to_thread(server.start)
                 self._servers[kind] = server
                 url = server.url

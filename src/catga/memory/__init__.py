@@ -11,6 +11,7 @@ from catga.memory.event_store import MemoryEventStore
 from catga.memory.idempotency import MemoryIdempotencyStore, MemoryInboxStore
 from catga.memory.lock import MemoryLease, MemoryLock
 from catga.memory.outbox import MemoryOutboxStore
+from catga.memory.schedules import MemoryScheduleStore
 from catga.memory.transport import MemorySubscription, MemoryTransport
 
 __all__ = (
@@ -23,6 +24,7 @@ __all__ = (
     "MemoryLease",
     "MemoryLock",
     "MemoryOutboxStore",
+    "MemoryScheduleStore",
     "MemorySubscription",
     "MemoryTransport",
 )

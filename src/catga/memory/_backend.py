@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from catga.memory.event_store import MemoryEventStore
 from catga.memory.idempotency import MemoryIdempotencyStore
 from catga.memory.outbox import MemoryOutboxStore
+from catga.memory.schedules import MemoryScheduleStore
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
@@ -33,3 +34,8 @@ def idempotency_store(b: Backends, spec: BackendUrl) -> MemoryIdempotencyStore:
 def outbox(b: Backends, spec: BackendUrl) -> MemoryOutboxStore:
     """An in-memory outbox."""
     return MemoryOutboxStore()
+
+
+def scheduler(b: Backends, spec: BackendUrl) -> MemoryScheduleStore:
+    """An in-memory schedule store (a timer heap: schedules are lost at exit)."""
+    return MemoryScheduleStore()

@@ -1,4 +1,5 @@
-"""The NATS JetStream backend: event store, outbox, idempotency/inbox, dead letters, lock and cache.
+"""The NATS JetStream backend: event store, outbox, idempotency/inbox, dead letters, lock, cache and
+scheduled messages.
 
 Install with ``pip install "catga[nats]"``. See ``docs/nats.md`` for URLs, authentication, the stream
 layout and what is atomic.
@@ -14,6 +15,7 @@ from catga.nats.layout import NatsLayout, nats_layout
 from catga.nats.lock import NatsLease, NatsLock
 from catga.nats.outbox import NatsOutboxStore
 from catga.nats.rpc import NatsRpcClient, NatsRpcServer
+from catga.nats.schedules import NatsScheduleStore
 from catga.nats.snapshots import NatsSnapshotStore
 from catga.nats.transport import NatsSubscription, NatsTransport
 
@@ -32,6 +34,7 @@ __all__ = (
     "NatsOutboxStore",
     "NatsRpcClient",
     "NatsRpcServer",
+    "NatsScheduleStore",
     "NatsSnapshotStore",
     "NatsSubscription",
     "NatsTransport",

@@ -20,6 +20,7 @@ from catga.nats.idempotency import NatsIdempotencyStore
 from catga.nats.layout import nats_layout
 from catga.nats.lock import NatsLock
 from catga.nats.outbox import NatsOutboxStore
+from catga.nats.schedules import NatsScheduleStore
 from catga.nats.transport import NatsTransport
 
 if TYPE_CHECKING:
@@ -138,6 +139,18 @@ def outbox(b: Backends, spec: BackendUrl) -> NatsOutboxStore:
     bucket = nats_layout(spec.prefix).outbox_bucket
     conn = connection(b, spec, "outbox")
     return NatsOutboxStore(conn, bucket=bucket, storage=spec.storage, replicas=spec.replicas)
+
+
+def scheduler(b: Backends, spec: BackendUrl) -> NatsScheduleStore:
+    """The schedule store (stream ``<PREFIX>_SCHEDULES``, subjects ``<prefix>.sched.>``; message
+    schedules on nats-server 2.12+, delayed redelivery before)."""
+    return NatsScheduleStore(
+        connection(b, spec),
+        stream=f"{spec.prefix.upper()}_SCHEDULES",
+        prefix=spec.prefix,
+        storage=spec.storage,
+        replicas=spec.replicas,
+    )
 
 
 async def worker_id_lock(b: Backends, spec: BackendUrl) -> tuple[str, NatsLock]:

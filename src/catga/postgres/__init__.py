@@ -1,7 +1,7 @@
 """PostgreSQL backend (``catga[postgres]``): an event store with a commit-ordered global position, an
 outbox and inbox/idempotency records that can be written in the same transaction as your data (one unit
 of work), snapshots and projection checkpoints (also writable in your transaction), and a distributed
-lock (which apps lease worker ids through)."""
+lock (which apps lease worker ids through), and scheduled messages."""
 
 from catga.postgres._base import (
     DEFAULT_TIMEOUT,
@@ -15,6 +15,7 @@ from catga.postgres.event_store import PostgresEventStore
 from catga.postgres.idempotency import PostgresIdempotencyStore, PostgresInboxStore
 from catga.postgres.lock import PostgresLease, PostgresLock
 from catga.postgres.outbox import PostgresOutboxStore
+from catga.postgres.schedules import PostgresScheduleStore
 from catga.postgres.snapshots import PostgresSnapshotStore
 from catga.postgres.unit_of_work import PostgresUnitOfWork, UnitOfWorkBehavior, current_connection
 
@@ -29,6 +30,7 @@ __all__ = (
     "PostgresLease",
     "PostgresLock",
     "PostgresOutboxStore",
+    "PostgresScheduleStore",
     "PostgresSnapshotStore",
     "PostgresUnitOfWork",
     "UnitOfWorkBehavior",

@@ -1,7 +1,8 @@
 """What a ``postgresql://`` / ``postgres://`` URL builds (registered in :mod:`catga.backends`).
 
-The event store, the idempotency store and the outbox, on one :class:`~catga.postgres.PgPool` per URL
-(created at ``App.start()``, closed at ``App.aclose()``); the worker id lease lock runs on that pool too.
+The event store, the idempotency store, the outbox and the schedule store, on one
+:class:`~catga.postgres.PgPool` per URL (created at ``App.start()``, closed at ``App.aclose()``); the
+worker id lease lock runs on that pool too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from catga.postgres import (
     PostgresIdempotencyStore,
     PostgresLock,
     PostgresOutboxStore,
+    PostgresScheduleStore,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +50,11 @@ def idempotency_store(b: Backends, spec: BackendUrl) -> PostgresIdempotencyStore
 def outbox(b: Backends, spec: BackendUrl) -> PostgresOutboxStore:
     """The outbox (table ``catga_outbox``, set up when the app starts)."""
     return PostgresOutboxStore(pool(b, spec), timeout=b.timeout)
+
+
+def scheduler(b: Backends, spec: BackendUrl) -> PostgresScheduleStore:
+    """The schedule store (table ``catga_schedules``, set up when the app starts)."""
+    return PostgresScheduleStore(pool(b, spec), timeout=b.timeout)
 
 
 async def worker_id_lock(b: Backends, spec: BackendUrl) -> tuple[str, PostgresLock]:

@@ -22,6 +22,7 @@ from catga.redis.idempotency import RedisIdempotencyStore, RedisInboxStore
 from catga.redis.lock import RedisLease, RedisLock
 from catga.redis.outbox import RedisOutboxStore
 from catga.redis.rpc import RedisRpcClient, RedisRpcServer
+from catga.redis.schedules import RedisScheduleStore
 from catga.redis.snapshots import RedisSnapshotStore
 from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTransport
 
@@ -39,6 +40,7 @@ __all__ = (
     "RedisRpcClient",
     "RedisRpcServer",
     "RedisRpcEndpoint",
+    "RedisScheduleStore",
     "RedisSettings",
     "RedisSnapshotStore",
     "RedisSubscription",

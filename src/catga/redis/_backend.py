@@ -18,6 +18,7 @@ from catga.redis import (
     RedisIdempotencyStore,
     RedisLock,
     RedisOutboxStore,
+    RedisScheduleStore,
     RedisTransport,
 )
 from catga.redis._durability import log_durability
@@ -92,6 +93,11 @@ def idempotency_store(b: Backends, spec: BackendUrl) -> RedisIdempotencyStore:
 def outbox(b: Backends, spec: BackendUrl) -> RedisOutboxStore:
     """The outbox."""
     return RedisOutboxStore(connection(b, spec))
+
+
+def scheduler(b: Backends, spec: BackendUrl) -> RedisScheduleStore:
+    """The schedule store (keys ``P:sc:*``)."""
+    return RedisScheduleStore(connection(b, spec))
 
 
 async def worker_id_lock(b: Backends, spec: BackendUrl) -> tuple[str, RedisLock]:

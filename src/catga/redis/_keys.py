@@ -15,6 +15,8 @@ Every key is ``{prefix}:{family}`` (a fixed key) or ``{prefix}:{family}:{id}`` (
 ``P:ob-wait``          outbox: PENDING messages leased or scheduled (sorted set by due time)
 ``P:ob-pub``           outbox: PUBLISHED messages (sorted set by created_at)
 ``P:ob-dead``          outbox: DEAD messages (sorted set by created_at)
+``P:sc:<id>``          schedule (hash)
+``P:sc-due``           schedules by when they may be claimed (sorted set)
 ``P:dlq``              dead letters (hash id → record)
 ``P:dlq-idx``          dead letters: order (sorted set by insertion counter)
 ``P:dlq-seq``          dead letters: insertion counter
@@ -41,9 +43,20 @@ __all__ = ("FAMILIES", "FIXED", "validate_prefix")
 _PREFIX = re.compile(r"[A-Za-z0-9_\-@=+.]{1,64}\Z")
 
 #: Families followed by a user id.
-FAMILIES = ("es:s", "lock", "fence", "idem", "cache", "ob", "snap", "ckpt")
+FAMILIES = ("es:s", "lock", "fence", "idem", "cache", "ob", "snap", "ckpt", "sc")
 #: Fixed keys (no user id).
-FIXED = ("es:pos", "es:log", "ob-ready", "ob-wait", "ob-pub", "ob-dead", "dlq", "dlq-idx", "dlq-seq")
+FIXED = (
+    "es:pos",
+    "es:log",
+    "ob-ready",
+    "ob-wait",
+    "ob-pub",
+    "ob-dead",
+    "dlq",
+    "dlq-idx",
+    "dlq-seq",
+    "sc-due",
+)
 
 
 def validate_prefix(prefix: object) -> str:

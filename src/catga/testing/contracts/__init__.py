@@ -19,6 +19,7 @@ Contract                   Fixture(s)
 ========================== ============================================================
 EventStoreContract         ``event_store``
 OutboxStoreContract        ``outbox_store``
+ScheduleStoreContract      ``schedule_stores`` (two objects over the same storage)
 IdempotencyStoreContract   ``idempotency_store`` (bind it again for the inbox)
 DeadLetterQueueContract    ``dead_letter_queue``
 DistributedLockContract    ``distributed_lock``
@@ -48,6 +49,7 @@ from catga.testing.contracts.messages import (
     contract_registry,
 )
 from catga.testing.contracts.outbox import OutboxStoreContract
+from catga.testing.contracts.schedules import ScheduleStoreContract
 from catga.testing.contracts.snapshots import CheckpointStoreContract, SnapshotStoreContract
 from catga.testing.contracts.transport import (
     InboxTransportFactory,
@@ -73,6 +75,7 @@ __all__ = (
     "InboxTransportFactory",
     "OutboxStoreContract",
     "RawPublishTransport",
+    "ScheduleStoreContract",
     "SnapshotStoreContract",
     "TransportContract",
     "TransportFactory",
