@@ -53,7 +53,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from catga import _cron
+import catga._cron as _cron
 from catga._delivery import check_retry_backoff, retry_delay
 from catga._outage import OutageLog
 from catga.context import current_context

@@ -153,15 +153,18 @@ class NatsScheduleStore(NatsStoreBase):
         self._at = f"{prefix}.sched.at."
         self._due = f"{prefix}.sched.due."
         self._consumer = consumer
+        self._choose_mode(final=False)
         self._init = LazyInit(self._create)
         self._sub: Any = None
         self._inflight: dict[tuple[str, float], Msg] = {}
 
-    def _choose_mode(self) -> None:
-        """Settle ``auto`` on the open connection's server version (a connection built lazily by an
-        app knows it only once open)."""
+    def _choose_mode(self, *, final: bool = True) -> None:
+        """Settle ``auto`` on the server's version; with ``final=False`` only if it is known already (a
+        connection an app builds lazily knows it only once open)."""
         if self.mode == "auto":
             found = parse_version(server_version(self._conn.client) or "")
+            if found is None and not final:
+                return
             self.mode = "schedules" if found is None or found >= SCHEDULES_SERVER else "delayed"
             self._timer = self.mode == "schedules"
 
