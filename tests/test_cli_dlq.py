@@ -57,7 +57,7 @@ async def _on_transport(url: str, letters: list[DeadLetter], expect: list[str] |
     backends = Backends(name="test-cli-dlq")
     got: list[str] = []
     try:
-        transport: Transport = await backends.transport(parse_url(url))
+        transport: Transport = await backends.opened("transport", parse_url(url))
 
         async def on_parcel(event: Parcel, metadata: Metadata) -> None:
             got.append(event.parcel_id)
@@ -231,7 +231,7 @@ async def test_replay_within_the_duplicate_window_delivers_exactly_once(
     redeployed: stopped before the replay, started after it); ``catga dlq replay`` seconds later."""
     backends = Backends(name="test-cli-dlq-e2e")
     try:
-        transport = await backends.transport(parse_url(app_url))
+        transport = await backends.opened("transport", parse_url(app_url))
         dlq = transport.dead_letters  # type: ignore[attr-defined]
         consumer = _Consumer()
         mid, letter, sub = await _dead_lettered(transport, kind, consumer)
@@ -276,7 +276,9 @@ def test_nats_replay_acked_as_a_duplicate_fails_and_keeps_the_letter(
     async def setup() -> int:
         backends = Backends(name="test-cli-dlq-dup")
         try:
-            mid, _, _ = await _dead_lettered(await backends.transport(parse_url(url)), "event", _Consumer())
+            mid, _, _ = await _dead_lettered(
+                await backends.opened("transport", parse_url(url)), "event", _Consumer()
+            )
             return mid
         finally:
             for _, close in backends.closers():
@@ -304,7 +306,7 @@ def test_redis_replay_refused_by_the_server_fails_and_keeps_the_letter(
     async def setup() -> int:
         backends = Backends(name="test-cli-dlq-refused")
         try:
-            transport = await backends.transport(parse_url(url))
+            transport = await backends.opened("transport", parse_url(url))
             mid, _, _ = await _dead_lettered(transport, "event", _Consumer())
             # The destination stream's key now holds a string: Redis refuses the XADD (WRONGTYPE).
             key = f"{unique_name}:t:evt:{DEST}"
@@ -331,7 +333,7 @@ async def test_redis_letters_written_by_older_catga_replay_to_their_stream(
     url = f"{redis_url}?prefix={unique_name}"
     backends = Backends(name="test-cli-dlq-old")
     try:
-        transport = await backends.transport(parse_url(url))
+        transport = await backends.opened("transport", parse_url(url))
         dlq = transport.dead_letters  # type: ignore[attr-defined]
         got: list[str] = []
 
@@ -364,7 +366,7 @@ async def test_an_event_nobody_reads_is_not_replayed_and_its_letter_stays(app_ur
     event and drop it at once (interest retention), Redis would store it where no later group looks."""
     backends = Backends(name="test-cli-dlq-nobody")
     try:
-        transport = await backends.transport(parse_url(app_url))
+        transport = await backends.opened("transport", parse_url(app_url))
         dlq = transport.dead_letters  # type: ignore[attr-defined]
         mid, letter, sub = await _dead_lettered(transport, "event", _Consumer(), group=None)
         await sub.aclose()

@@ -42,7 +42,7 @@ async def typed_store(app_url: str, request: pytest.FixtureRequest) -> AsyncIter
     fmt = getattr(request, "param", "json")
     backends = Backends(name="test-cli-tail", registry=TypeRegistry(fmt, types=[Shipped]))
     try:
-        yield await backends.build("store", parse_url(app_url))
+        yield await backends.opened("store", parse_url(app_url))
     finally:
         for _, close in backends.closers():
             await close()

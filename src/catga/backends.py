@@ -1,13 +1,9 @@
 """Backends by URL: what ``catga.App(transport=URL, store=URL, idempotency_store=URL, outbox=URL,
 scheduler=URL)`` builds.
 
-``memory://`` (or ``memory``): in process (:mod:`catga.memory`); ``nats://host:4222`` / ``tls://``:
-NATS JetStream (``pip install "catga[nats]"``); ``redis://host:6379/0`` / ``rediss://``: Redis
-(``catga[redis]``); ``postgresql://user@host/db`` / ``postgres://``: PostgreSQL (``catga[postgres]``),
-``store=``, ``idempotency_store=``, ``outbox=`` and ``scheduler=``.
-
-The options a URL takes (``prefix``, ``max_payload``, NATS ``storage`` and ``replicas``) and where
-credentials go are in ``docs/getting-started.md``; catga's own options never reach the client.
+The schemes and the roles each fills are the :func:`register_backend` lines below; the options a URL
+takes (``prefix``, ``max_payload``, NATS ``storage`` and ``replicas``) and where credentials go are in
+``docs/getting-started.md``; catga's own options never reach the client.
 
 **Registration.** Each scheme is one :func:`register_backend` line here; what a URL builds lives in
 the backend's opener module, ``catga.<backend>._backend``: one function per role (``transport``,
@@ -41,7 +37,6 @@ from catga._urls import redact_url
 from catga.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from catga.protocols import Transport
     from catga.serialization import TypeRegistry
 
 __all__ = (
@@ -310,14 +305,14 @@ class Backends:
                 await open_()
                 self._opened.append((what, conn))
 
-    async def transport(self, spec: BackendUrl) -> Transport:
-        """Build the transport ``spec`` names and open it, outside an app (``catga dlq``): :meth:`closers`
-        closes it, and its dead-letter queue (``transport.dead_letters``), too."""
+    async def opened(self, role: str, spec: BackendUrl) -> Any:
+        """Build the ``role`` ``spec`` names and open it, outside an app (``catga dlq``, ``catga tail``):
+        :meth:`closers` closes it and what was built with it (a transport's dead-letter queue)."""
         before = len(self.built)
-        transport: Transport = self.build("transport", spec)
+        obj = self.build(role, spec)
         await self.open()
-        self._opened += [(f"{type(obj).__name__} {spec}", obj) for obj in self.built[before:]]
-        return transport
+        self._opened += [(f"{type(o).__name__} {spec}", o) for o in self.built[before:]]
+        return obj
 
     async def worker_id_lock(self) -> tuple[str, Any] | None:
         """``(description, lock)`` to lease worker ids through, on the connection of the first URL whose

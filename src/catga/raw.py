@@ -140,7 +140,7 @@ async def open_raw_store(
         )
     backends = Backends(name="catga-raw-reader", registry=RawRegistry(format), timeout=timeout)
     try:
-        store: EventStore = await backends.build("store", spec)
+        store: EventStore = await backends.opened("store", spec)
         yield store
     finally:
         for _, close in backends.closers():

@@ -84,7 +84,7 @@ async def _with_dlq(url: str, work: Callable[[Transport, DeadLetterQueue], Await
         )
     backends = Backends(name="catga-cli-dlq")
     try:
-        transport = await backends.transport(spec)
+        transport = await backends.opened("transport", spec)
         dlq = getattr(transport, "dead_letters", None)
         if dlq is None:  # pragma: no cover - URL-built transports always have one
             raise ConfigurationError(f"the transport for {spec} has no dead-letter queue")
