@@ -10,10 +10,14 @@ client (shared) or from a URL with its ``connect`` classmethod (owned, closed by
     store = RedisEventStore(client, registry=registry)
     lock = RedisLock(client)
 
+A ``redis+cluster://host:port,host:port/`` URL gives a :class:`RedisClusterClient` (slot map,
+redirects, one connection per node; keys hash-tagged so every script stays in one slot).
+
 See ``docs/redis.md`` for URLs, TLS, the key layout and what each Lua script guarantees.
 """
 
 from catga.redis.cache import RedisCache
+from catga.redis.cluster import RedisClusterClient
 from catga.redis.connection import RedisClient, RedisSettings, Script
 from catga.redis.dead_letter import RedisDeadLetterQueue
 from catga.redis.event_store import RedisEventStore
@@ -26,6 +30,7 @@ from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTran
 __all__ = (
     "RedisCache",
     "RedisClient",
+    "RedisClusterClient",
     "RedisDeadLetterQueue",
     "RedisEventStore",
     "RedisIdempotencyStore",

@@ -31,7 +31,7 @@ from catga._lifecycle import AsyncCloseable
 from catga._versions import Version, require_version
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error, translate_error
-from catga.redis._keys import validate_prefix
+from catga.redis._keys import KeyLayout, validate_prefix
 from catga.redis._resp import ReplyError, RespConnection, abandon
 
 __all__ = ("DEFAULT", "DEFAULT_URL", "MIN_SERVER", "RedisClient", "RedisSettings", "Script")
@@ -370,11 +370,16 @@ class RedisClient(AsyncCloseable):
         >>> await r.aclose()  # doctest: +SKIP
     """
 
+    #: Whether this client talks to a Redis Cluster (keys are hash-tagged; see :mod:`catga.redis._keys`).
+    cluster: bool = False
+
     def __init__(
         self, settings: RedisSettings, *, prefix: str = DEFAULT_PREFIX, coalesce: bool = True
     ) -> None:
         self.settings = settings
         self.prefix = validate_prefix(prefix)
+        #: The key layout of this prefix (hash-tagged on a cluster, see :mod:`catga.redis._keys`).
+        self.layout = KeyLayout(self.prefix, cluster=self.cluster)
         self.timeout = settings.timeout
         self._coalesce = coalesce
         self._conn: RespConnection | None = None
@@ -394,9 +399,23 @@ class RedisClient(AsyncCloseable):
     ) -> RedisClient:
         """A client for ``url`` (nothing is opened until the first command).
 
+        A ``redis+cluster://`` / ``rediss+cluster://`` URL gives a
+        :class:`~catga.redis.RedisClusterClient`.
+
         Raises:
             ConfigurationError: the URL or prefix is invalid.
         """
+        if url.partition("://")[0].lower().endswith("+cluster"):
+            from catga.redis.cluster import RedisClusterClient
+
+            return RedisClusterClient.from_url(
+                url,
+                prefix=prefix,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                ssl_context=ssl_context,
+                coalesce=coalesce,
+            )
         settings = RedisSettings.from_url(
             url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
         )

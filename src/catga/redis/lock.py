@@ -133,8 +133,8 @@ class RedisLock(RedisStoreBase):
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
         super().__init__(client, owns_client=owns_client)
-        self._lock_prefix = f"{client.prefix}:lock:"
-        self._fence_prefix = f"{client.prefix}:fence:"
+        self._lock_prefix, self._tail = client.layout.per_id("lock")
+        self._fence_prefix = client.layout.per_id("fence")[0]
         self._token_prefix = os.urandom(8).hex() + "-"
         self._counter = itertools.count(1)
         self._renewals: set[asyncio.Task[None]] = set()
@@ -154,8 +154,8 @@ class RedisLock(RedisStoreBase):
         if wait < 0:
             raise ConfigurationError(f"lock wait must be >= 0 seconds, got {wait!r}")
         token = f"{self._token_prefix}{next(self._counter)}"
-        redis_key = self._lock_prefix + key
-        keys = (redis_key, self._fence_prefix + key)
+        redis_key = self._lock_prefix + key + self._tail
+        keys = (redis_key, self._fence_prefix + key + self._tail)
         args = (token, ms)
         run = self._client.run_script
         reply = await run(_ACQUIRE, keys, args)

@@ -5,6 +5,7 @@ importing :mod:`catga.testing` does not need pytest).
 """
 
 from catga.testing.cluster import NatsCluster
+from catga.testing.redis_cluster import RedisCluster
 from catga.testing.servers import (
     NatsServer,
     RedisServer,
@@ -19,6 +20,7 @@ from catga.testing.servers import (
 __all__ = (
     "NatsCluster",
     "NatsServer",
+    "RedisCluster",
     "RedisServer",
     "ServerStartError",
     "check_loopback_url",

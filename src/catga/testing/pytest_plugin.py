@@ -8,6 +8,10 @@ Enable it with ``pytest_plugins = ["catga.testing.pytest_plugin"]`` in your top-
 * ``postgres_url`` (session): URL of a PostgreSQL server (user ``postgres``, database ``postgres``).
 * ``nats_cluster`` (function): a :class:`~catga.testing.cluster.NatsCluster` of three JetStream nodes
   (started once per session), with every node running and a meta leader elected when the test starts.
+* ``redis_cluster_session`` (session): a :class:`~catga.testing.redis_cluster.RedisCluster` of three
+  primaries with one replica each, started on first use; ``redis_cluster`` (function) is the same
+  cluster healed for the test (killed nodes restarted, every node ``ok``); ``redis_cluster_url``
+  (session) is its ``redis+cluster://`` URL, or ``$CATGA_REDIS_CLUSTER_URL``.
 * ``unique_name`` (function): a short unique name for isolating streams, keys and prefixes.
 
 The servers are started on free ports on first use and stopped at the end of the session (one
@@ -24,13 +28,25 @@ from collections.abc import Iterator
 import pytest
 
 from catga.testing.cluster import NatsCluster
+from catga.testing.redis_cluster import RedisCluster
 from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
-__all__ = ("nats_cluster", "nats_cluster_session", "nats_url", "postgres_url", "redis_url", "unique_name")
+__all__ = (
+    "nats_cluster",
+    "nats_cluster_session",
+    "nats_url",
+    "postgres_url",
+    "redis_cluster",
+    "redis_cluster_session",
+    "redis_cluster_url",
+    "redis_url",
+    "unique_name",
+)
 
 NATS_URL_ENV = "CATGA_NATS_URL"
 REDIS_URL_ENV = "CATGA_REDIS_URL"
 POSTGRES_URL_ENV = "CATGA_POSTGRES_URL"
+REDIS_CLUSTER_URL_ENV = "CATGA_REDIS_CLUSTER_URL"
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +90,35 @@ def redis_url() -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisCluster]:
+    """A Redis Cluster (3 primaries + 3 replicas) on loopback, started on first use, stopped with the
+    session. Prefer :func:`redis_cluster`, which also brings back nodes an earlier test killed."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisCluster) -> RedisCluster:
+    """The session's Redis Cluster, healed for this test: every node up, ``cluster_state:ok``.
+
+    Tests may kill and restart nodes; the next test gets them back (a killed primary returns as a
+    replica of the one promoted in its place). Keys are shared by every test: use ``unique_name``.
+    """
+    redis_cluster_session.heal()
+    return redis_cluster_session
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(request: pytest.FixtureRequest) -> str:
+    """URL of a Redis Cluster: ``$CATGA_REDIS_CLUSTER_URL`` or the session's :func:`redis_cluster`."""
+    url = url_from_env(REDIS_CLUSTER_URL_ENV)
+    if url is not None:
+        return url
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster_session")
+    return cluster.url
 
 
 @pytest.fixture(scope="session")
