@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from catga._outage import OutageLog
@@ -56,6 +57,9 @@ class PubSubHub:
 
     Args:
         settings: where to connect (the transport client's settings: TLS, credentials, db).
+        where: on a cluster, an async callable giving the settings of a node to (re)connect to
+            (a primary of the current slot map, so a failover does not leave the hub dialling a dead
+            node); None: always ``settings``.
         timeout: seconds allowed for a ``SUBSCRIBE`` confirmation and a health-check ``PONG``
             (None: wait for ever).
         health_interval: seconds between health-check ``PING`` s.
@@ -64,11 +68,17 @@ class PubSubHub:
     """
 
     def __init__(
-        self, settings: RedisSettings, timeout: float | None, *, health_interval: float = HEALTH_INTERVAL
+        self,
+        settings: RedisSettings,
+        timeout: float | None,
+        *,
+        health_interval: float = HEALTH_INTERVAL,
+        where: Callable[[], Awaitable[RedisSettings]] | None = None,
     ) -> None:
         self.timeout = timeout
         self.health_interval = health_interval
         self._settings = settings
+        self._where = where
         self._subs: dict[bytes, tuple[RedisSubscription, ...]] = {}
         self._ready: dict[bytes, _Ready] = {}
         self._conn: RespConnection | None = None
@@ -187,6 +197,8 @@ class PubSubHub:
 
     # -- the connection ----------------------------------------------------------------------------
     async def _open(self) -> RespConnection:
+        if self._where is not None:
+            self._settings = await self._where()
         conn = await open_connection(self._settings, coalesce=False)
         if self._closed:
             conn.abort("the pub/sub hub was closed while connecting")

@@ -461,6 +461,15 @@ class RedisClusterClient(RedisClient):
             self._stale = True
             await asyncio.sleep(0.05)
 
+    async def pubsub_node(self) -> RedisSettings:
+        """Settings of a primary to hold a pub/sub connection (the slot map is read if stale).
+
+        ``PUBLISH`` on any node reaches subscribers on every node, so any live primary will do.
+        """
+        if self._stale:
+            await self.refresh()
+        return self._any_node().settings
+
     @property
     def server_version(self) -> str | None:
         """The version a node reported when its connection opened (None: none open yet)."""

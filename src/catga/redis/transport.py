@@ -68,6 +68,7 @@ from catga.redis._pubsub import PubSubHub
 from catga.redis._reader import ConsumerSettings
 from catga.redis._reqrep import RawHandler, RedisRpcEndpoint, _ReplyRouter
 from catga.redis._wire import H_ERROR, entry_args, frame
+from catga.redis.cluster import RedisClusterClient
 from catga.redis.connection import DEFAULT_URL, RedisClient
 from catga.redis.idempotency import RedisInboxStore
 from catga.serialization import TypeRegistry, default_registry
@@ -323,6 +324,10 @@ class RedisTransport(TransportBase[RedisSubscription]):
         exists, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", "NUMSUB", key)])
         if numsub[1]:
             return True
+        if isinstance(self.client, RedisClusterClient):  # NUMSUB counts one node's subscribers
+            for node in self.client.primaries():
+                if (await node.execute("PUBSUB", "NUMSUB", key))[1]:
+                    return True
         if not exists:
             return False
         return bool(await self.client.execute("XINFO", "GROUPS", key))
@@ -369,7 +374,8 @@ class RedisTransport(TransportBase[RedisSubscription]):
         try:
             if noack and group is None:
                 if self._pubsub is None:
-                    self._pubsub = PubSubHub(self.client.settings, self.timeout)
+                    where = self.client.pubsub_node if isinstance(self.client, RedisClusterClient) else None
+                    self._pubsub = PubSubHub(self.client.settings, self.timeout, where=where)
                 await self._pubsub.add(self._evt + dest, sub)
             else:
                 private = group is None
