@@ -28,6 +28,13 @@ Pipelines (:meth:`RedisClusterClient.execute_many`) are split per node and sent 
 come back in the caller's order. A Lua script runs on the node of its first key: catga's scripts
 only touch keys of one slot (the hash tags of :mod:`catga.redis._keys`).
 
+Durability (opt-in): replication is asynchronous, so a primary that dies right after acknowledging a
+write may take it along (the promoted replica never received it). With ``wait_replicas=N`` (URL
+option ``?wait_replicas=N&wait_timeout=S``) every write (a script, ``SET``, ``XADD``, ``XACK``, ...)
+is followed on its connection by ``WAIT N <ms>``, and the call returns only once N replicas
+acknowledged it; fewer within ``wait_timeout`` raises :class:`~catga.errors.BackendError` saying the
+write is on the primary but not confirmed on replicas (it may or may not survive a failover).
+
 Pub/sub on a cluster: ``PUBLISH`` reaches subscribers on every node (the cluster bus forwards it),
 so the transport's pub/sub keeps working; its subscriber connection goes to the first seed.
 """
@@ -41,9 +48,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from catga.errors import BackendTimeoutError, BackendUnavailableError, ConfigurationError
+from catga.errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error
 from catga.redis._resp import ReplyError, RespConnection, abandon
 from catga.redis.connection import DEFAULT, DEFAULT_PREFIX, RedisClient, RedisSettings, Script, Timeout
@@ -53,6 +60,21 @@ __all__ = ("SLOTS", "RedisClusterClient", "command_key", "key_slot", "parse_clus
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
 _MAX_REDIRECTS = 5
+
+#: Commands that change data: followed by ``WAIT`` when ``wait_replicas`` is set.
+_WRITES = frozenset(
+    {
+        b"SET", b"DEL", b"UNLINK", b"INCR", b"INCRBY", b"XADD", b"XACK", b"XDEL", b"XGROUP", b"XCLAIM",
+        b"XAUTOCLAIM", b"XTRIM", b"RPUSH", b"LPUSH", b"PEXPIRE", b"EXPIRE", b"HSET", b"HDEL", b"ZADD",
+        b"ZREM", b"EVALSHA", b"EVAL", b"FCALL",
+    }
+)  # fmt: skip
+
+
+def _is_write(args: Sequence[Any]) -> bool:
+    name = args[0]
+    return (name.encode() if isinstance(name, str) else bytes(name)).upper() in _WRITES
+
 
 # Commands whose first key is not args[1]: the index of the key (or of "STREAMS" for the X*READ*).
 _KEY_AT = {
@@ -71,6 +93,10 @@ _KEYLESS = frozenset(
         b"FLUSHDB", b"SCRIPT", b"TIME", b"WAIT", b"ECHO", b"COMMAND", b"MEMORY", b"LATENCY", b"ROLE",
     }
 )  # fmt: skip
+
+
+def _plus(timeout: float | None, extra: float) -> float | None:
+    return None if timeout is None else timeout + extra
 
 
 def key_slot(key: str | bytes) -> int:
@@ -157,6 +183,9 @@ class RedisClusterClient(RedisClient):
         seeds: settings of the nodes to ask for the slot map (credentials and TLS apply to every node).
         prefix: the key prefix, as on :class:`~catga.redis.RedisClient`.
         coalesce: as on :class:`~catga.redis.RedisClient`.
+        wait_replicas: after every write, wait until this many replicas acknowledged it (``WAIT``);
+            0 (the default) does not wait. See the module docstring.
+        wait_timeout: seconds one ``WAIT`` may take before the write is reported unconfirmed.
 
     Example:
         >>> client = RedisClusterClient.from_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/")
@@ -166,10 +195,23 @@ class RedisClusterClient(RedisClient):
     cluster = True
 
     def __init__(
-        self, seeds: Sequence[RedisSettings], *, prefix: str = DEFAULT_PREFIX, coalesce: bool = True
+        self,
+        seeds: Sequence[RedisSettings],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        coalesce: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         if not seeds:
             raise ConfigurationError("a Redis Cluster client needs at least one seed node")
+        if type(wait_replicas) is not int or wait_replicas < 0:
+            raise ConfigurationError(f"wait_replicas must be an int >= 0, got {wait_replicas!r}")
+        if not wait_timeout > 0:
+            raise ConfigurationError(f"wait_timeout must be > 0 seconds, got {wait_timeout!r}")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self._wait_ms = max(1, round(wait_timeout * 1000))
         super().__init__(seeds[0], prefix=prefix, coalesce=coalesce)
         self.seeds = list(seeds)
         self._nodes: dict[str, RedisClient] = {}
@@ -198,7 +240,15 @@ class RedisClusterClient(RedisClient):
         seeds = parse_cluster_url(
             url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
-        return cls(seeds, prefix=prefix, coalesce=coalesce)
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+        try:
+            replicas = int(query.get("wait_replicas", "0"))
+            wait = float(query.get("wait_timeout", "1.0"))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"invalid wait_replicas / wait_timeout in the Redis Cluster URL: {exc}"
+            ) from None
+        return cls(seeds, prefix=prefix, coalesce=coalesce, wait_replicas=replicas, wait_timeout=wait)
 
     def clone(self, *, prefix: str | None = None, client_name: str | None = None) -> RedisClusterClient:
         """A new client for the same cluster with its own connections (its slot map copied)."""
@@ -212,7 +262,13 @@ class RedisClusterClient(RedisClient):
         return self._copy([replace(s, timeout=timeout) for s in self.seeds], self.prefix)
 
     def _copy(self, seeds: list[RedisSettings], prefix: str) -> RedisClusterClient:
-        other = RedisClusterClient(seeds, prefix=prefix, coalesce=self._coalesce)
+        other = RedisClusterClient(
+            seeds,
+            prefix=prefix,
+            coalesce=self._coalesce,
+            wait_replicas=self.wait_replicas,
+            wait_timeout=self.wait_timeout,
+        )
         given = {s.address for s in seeds}
         known = [replace(seeds[0], host=n.settings.host, port=n.settings.port) for n in self._nodes.values()]
         other.seeds = [*seeds, *(s for s in known if s.address not in given)]
@@ -327,14 +383,17 @@ class RedisClusterClient(RedisClient):
             raise
 
     async def _redirected(
-        self, reply: ReplyError, args: tuple[Any, ...], timeout: float | None, hops: int
-    ) -> Any:
-        """Follow ``MOVED`` / ``ASK`` replies (at most :data:`_MAX_REDIRECTS`); return the final reply."""
+        self, reply: ReplyError, args: tuple[Any, ...], timeout: float | None
+    ) -> tuple[Any, RedisClient | None]:
+        """Follow ``MOVED`` / ``ASK`` replies (at most :data:`_MAX_REDIRECTS`); return the final reply
+        and the node that gave it."""
+        hops = 0
+        node: RedisClient | None = None
         while type(reply) is ReplyError:
             text = str(reply)
             moved = text.startswith("MOVED ")
             if not (moved or text.startswith("ASK ")) or hops >= _MAX_REDIRECTS:
-                return reply
+                return reply, node
             hops += 1
             _, slot, address = text.split(" ", 2)
             host, _, port = address.rpartition(":")
@@ -350,14 +409,48 @@ class RedisClusterClient(RedisClient):
                     reply = [await fut for fut in futures][1]
                 finally:
                     abandon(futures)
-        return reply
+        return reply, node
 
     async def _run(self, args: tuple[Any, ...], timeout: float | None) -> Any:
         node = await self._route(args)
-        reply = await self._send(node, args, timeout)
+        durable = self.wait_replicas > 0 and _is_write(args)
+        if durable:
+            conn = await self._open_node(node)
+            futures = conn.send_many(
+                [args, ("WAIT", self.wait_replicas, self._wait_ms)], _plus(timeout, self.wait_timeout)
+            )
+            try:
+                reply, acked = [await fut for fut in futures]
+            except (BackendUnavailableError, BackendTimeoutError):
+                abandon(futures)
+                self._stale = True
+                raise
+            except BaseException:
+                abandon(futures)
+                raise
+        else:
+            reply = await self._send(node, args, timeout)
         if type(reply) is ReplyError and str(reply).startswith(("MOVED ", "ASK ")):
-            reply = await self._redirected(reply, args, timeout, 0)
+            reply, where = await self._redirected(reply, args, timeout)
+            if durable and where is not None and type(reply) is not ReplyError:
+                acked = await self._send(
+                    where, ("WAIT", self.wait_replicas, self._wait_ms), _plus(timeout, self.wait_timeout)
+                )
+                node = where
+        if durable and type(reply) is not ReplyError:
+            self._check_acked(args, acked, node)
         return reply
+
+    def _check_acked(self, args: Sequence[Any], acked: Any, node: RedisClient) -> None:
+        if type(acked) is int and acked >= self.wait_replicas:
+            return
+        raise BackendError(
+            f"Redis {args[0]} was applied on the primary {node.settings.address} but only {acked} of "
+            f"{self.wait_replicas} replicas acknowledged it within {self.wait_timeout} s (wait_replicas); "
+            "it is lost if that primary fails before replicating it. Check the replicas, or retry if "
+            "the write is idempotent",
+            backend="redis",
+        )
 
     async def execute(self, *args: Any, timeout: Timeout = DEFAULT) -> Any:
         """Run one command on the node owning its key; return its reply.
@@ -392,7 +485,11 @@ class RedisClusterClient(RedisClient):
 
         async def run_group(node: RedisClient, indexes: list[int]) -> None:
             conn = await self._open_node(node)
-            futures = conn.send_many([commands[i] for i in indexes], t)
+            batch = [commands[i] for i in indexes]
+            durable = self.wait_replicas > 0 and any(_is_write(c) for c in batch)
+            if durable:
+                batch.append(("WAIT", self.wait_replicas, self._wait_ms))
+            futures = conn.send_many(batch, _plus(t, self.wait_timeout) if durable else t)
             try:
                 got = [await fut for fut in futures]
             except (BackendUnavailableError, BackendTimeoutError):
@@ -402,9 +499,15 @@ class RedisClusterClient(RedisClient):
             except BaseException:
                 abandon(futures)
                 raise
+            if durable:
+                self._check_acked(batch[0], got.pop(), node)
             for i, reply in zip(indexes, got, strict=True):
                 if type(reply) is ReplyError and str(reply).startswith(("MOVED ", "ASK ")):
-                    reply = await self._redirected(reply, tuple(commands[i]), t, 0)
+                    reply = (
+                        (await self._run(tuple(commands[i]), t))
+                        if durable
+                        else (await self._redirected(reply, tuple(commands[i]), t))[0]
+                    )
                 replies[i] = reply
 
         if len(groups) == 1:

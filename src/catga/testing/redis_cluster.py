@@ -268,7 +268,8 @@ class RedisCluster:
         raise ConfigurationError(f"no primary serves slot {want} now")
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until every live node says ``cluster_state:ok`` and sees every node connected.
+        """Wait until every live node says ``cluster_state:ok`` and sees every node connected, every
+        replica is in sync with its primary and every primary has a replica.
 
         Raises:
             ServerStartError: not so within ``timeout`` (default ``start_timeout``) seconds.
@@ -295,6 +296,11 @@ class RedisCluster:
                 for line in lines
             ):
                 return False
+            replication = self.cli(port, "info", "replication")
+            if "role:slave" in replication and "master_link_status:up" not in replication:
+                return False  # a replica still syncing: WAIT would not count it yet
+            if "role:master" in replication and self.replicas and "connected_slaves:0" in replication:
+                return False
         return True
 
     def wait_for_failover(self, port: int, timeout: float = 30.0) -> float:
@@ -307,13 +313,17 @@ class RedisCluster:
         start = time.monotonic()
         deadline = start + timeout
         while True:
-            live = self._live_ports()
-            states = [self.cli(p, "cluster", "info") for p in live]
-            if port not in self.primary_ports() and all("cluster_state:ok" in s for s in states):
+            # done when the node no longer owns a slot (a replica took them over; a FAIL flag alone is
+            # not enough: restarting an empty primary before that would wipe its replica too)
+            entry = [n for n in self.cluster_nodes() if n["port"] == str(port)]
+            states = [self.cli(p, "cluster", "info") for p in self._live_ports()]
+            if entry and not entry[0]["slots"] and all("cluster_state:ok" in s for s in states):
                 return time.monotonic() - start
             if time.monotonic() >= deadline:
+                logs = [f"--- node {n.port} ---\n{n.log_tail()[-1500:]}" for n in self.nodes if n.running]
                 raise ServerStartError(
-                    f"no replica of the primary on port {port} was promoted within {timeout} s"
+                    f"no replica of the primary on port {port} was promoted within {timeout} s",
+                    log_tail="\n".join([self.cli(self._live_ports()[0], "cluster", "nodes"), *logs]),
                 )
             time.sleep(_POLL)
 
