@@ -1,4 +1,4 @@
-"""What a ``redis://`` / ``rediss://`` URL builds (registered in :mod:`catga.backends`).
+"""What a ``redis://``, ``rediss://`` or ``redis+cluster://`` URL builds (see :mod:`catga.backends`).
 
 Every part of one app shares one :class:`~catga.redis.RedisClient` per URL and ``prefix``.
 """
@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
 from catga._urls import redact_url
+from catga.errors import ConfigurationError
 from catga.redis import (
     RedisClient,
     RedisDeadLetterQueue,
@@ -19,12 +21,35 @@ from catga.redis import (
     RedisTransport,
 )
 from catga.redis._durability import log_durability
+from catga.redis.cluster import parse_cluster_url
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
 
 ROLES = frozenset({"transport", "store", "idempotency_store", "outbox"})
 LOCK_RANK = 0  # a lock on the shared client: preferred over a PostgreSQL pool
+
+
+def url_options(base: str, options: dict[str, str], role: str, shown: str) -> dict[str, Any]:
+    """Check the host(s) of ``base``; the client's options stay in the address.
+
+    A ``redis+cluster://`` URL lists several seeds (``h1:7000,h2:7001``), checked one by one.
+
+    Returns:
+        ``address``: the URL the client is built from (``base`` plus the remaining options).
+
+    Raises:
+        ConfigurationError: a malformed host or port.
+    """
+    address = base + (f"?{urlencode(options)}" if options else "")
+    try:
+        if base.partition("://")[0].lower().endswith("+cluster"):
+            parse_cluster_url(address)
+        else:
+            urlsplit(base).port  # noqa: B018 - raises on a malformed port
+    except (ValueError, ConfigurationError) as exc:
+        raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
+    return {"address": address}
 
 
 async def connection(b: Backends, spec: BackendUrl) -> RedisClient:
