@@ -233,9 +233,14 @@ class BenchEnv:
         """URL of a Redis server (started on first call unless ``$CATGA_REDIS_URL`` is set)."""
         return await self._url("redis", "CATGA_REDIS_URL")
 
+    async def redis_cluster_url(self) -> str:
+        """URL of a Redis Cluster, 3 primaries + 3 replicas (started on first call unless
+        ``$CATGA_REDIS_CLUSTER_URL`` is set)."""
+        return await self._url("redis-cluster", "CATGA_REDIS_CLUSTER_URL")
+
     @property
     def started_servers(self) -> tuple[str, ...]:
-        """Kinds of servers this env started itself (``"nats"``, ``"redis"``)."""
+        """Kinds of servers this env started itself (``"nats"``, ``"redis"``, ``"redis-cluster"``)."""
         return tuple(self._servers)
 
     async def _url(self, kind: str, env_var: str) -> str:
@@ -246,13 +251,18 @@ class BenchEnv:
             url = self._urls.get(kind)
             if url is not None:
                 return url
+            from catga.testing.redis_cluster import RedisCluster
             from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
             url = url_from_env(env_var)
             if url is None:
-                server: NatsServer | RedisServer = (
-                    NatsServer(cpu=self.server_cpu) if kind == "nats" else RedisServer(cpu=self.server_cpu)
-                )
+                server: NatsServer | RedisServer | RedisCluster
+                if kind == "nats":
+                    server = NatsServer(cpu=self.server_cpu)
+                elif kind == "redis":
+                    server = RedisServer(cpu=self.server_cpu)
+                else:
+                    server = RedisCluster(cpu=self.server_cpu)
                 await asyncio.to_thread(server.start)
                 self._servers[kind] = server
                 url = server.url

@@ -55,8 +55,10 @@ class _Node(RedisServer):
 
     kind = "redis-cluster-node"
 
-    def __init__(self, node_dir: Path, node_timeout_ms: int, extra_args: Sequence[str]) -> None:
-        super().__init__(extra_args=extra_args)
+    def __init__(
+        self, node_dir: Path, node_timeout_ms: int, extra_args: Sequence[str], cpu: int | None
+    ) -> None:
+        super().__init__(extra_args=extra_args, cpu=cpu)
         self.node_dir = node_dir
         self.node_timeout_ms = node_timeout_ms
         self.bus_port = 0
@@ -92,6 +94,7 @@ class RedisCluster:
         replicas: replicas per primary (1: a primary can fail over).
         node_timeout_ms: ``--cluster-node-timeout``: how long a silent node takes to be failed over.
         extra_args: more ``redis-server`` arguments for every node.
+        cpu: pin every node to this CPU with ``taskset -c`` (benchmarks).
         start_timeout: seconds :meth:`start` (and :meth:`heal`) wait for the cluster to be ready.
 
     Raises:
@@ -105,6 +108,7 @@ class RedisCluster:
         *,
         node_timeout_ms: int = 1000,
         extra_args: Sequence[str] = (),
+        cpu: int | None = None,
         start_timeout: float = 30.0,
     ) -> None:
         if primaries < 3 or replicas < 0:
@@ -115,6 +119,7 @@ class RedisCluster:
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.extra_args = list(extra_args)
+        self.cpu = cpu
         self.start_timeout = start_timeout
         self.directory: Path | None = None
         self.nodes: list[_Node] = []
@@ -151,7 +156,7 @@ class RedisCluster:
             for i in range(self.primaries * (1 + self.replicas)):
                 node_dir = self.directory / f"node{i}"
                 node_dir.mkdir()
-                node = _Node(node_dir, self.node_timeout_ms, self.extra_args)
+                node = _Node(node_dir, self.node_timeout_ms, self.extra_args, self.cpu)
                 self.nodes.append(node)
                 node.start()
                 node.keep_ports()
