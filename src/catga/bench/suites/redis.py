@@ -15,7 +15,8 @@ Cases:
 The ``cluster_*`` cases run the same operations on a Redis Cluster (3 primaries + 3 replicas on
 loopback, started by the harness) in the same run: catga's :class:`~catga.redis.RedisClusterClient`
 against redis-py's ``redis.asyncio.cluster.RedisCluster`` (its ``Lock``; the append script on the
-hash-tagged keys of :mod:`catga.redis._keys`).
+hash-tagged keys of :mod:`catga.redis._keys`); ``catga-wait1`` is catga with ``wait_replicas=1``
+(every write waits for a replica's acknowledgement), whose ratio is the cost of that durability.
 
 Every case runs on a fresh key prefix; its keys are deleted afterwards.
 """
@@ -47,8 +48,11 @@ class BenchEvent(msgspec.Struct, Event, frozen=True):
     total: int
 
 
-async def _url(env: BenchEnv, cluster: bool) -> str:
-    return await (env.redis_cluster_url() if cluster else env.redis_url())
+async def _url(env: BenchEnv, cluster: bool, wait: bool = False) -> str:
+    if not cluster:
+        return await env.redis_url()
+    url = await env.redis_cluster_url()
+    return url + "?wait_replicas=1&wait_timeout=2" if wait else url
 
 
 async def _drop_prefix(url: str, prefix: str) -> None:
@@ -82,10 +86,10 @@ def _redis_py(url: str) -> Any:
 
 
 @asynccontextmanager
-async def _catga_lock(env: BenchEnv, cluster: bool = False) -> AsyncIterator[Op]:
+async def _catga_lock(env: BenchEnv, cluster: bool = False, wait: bool = False) -> AsyncIterator[Op]:
     from catga.redis import RedisClient, RedisLock
 
-    url = await _url(env, cluster)
+    url = await _url(env, cluster, wait)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     client = RedisClient.from_url(url, prefix=prefix)
     lock = RedisLock(client)
@@ -134,11 +138,11 @@ async def _redis_py_lock(env: BenchEnv, cluster: bool = False) -> AsyncIterator[
 
 
 @asynccontextmanager
-async def _catga_append(env: BenchEnv, cluster: bool = False) -> AsyncIterator[Op]:
+async def _catga_append(env: BenchEnv, cluster: bool = False, wait: bool = False) -> AsyncIterator[Op]:
     from catga.redis import RedisClient, RedisEventStore
     from catga.serialization import TypeRegistry
 
-    url = await _url(env, cluster)
+    url = await _url(env, cluster, wait)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     client = RedisClient.from_url(url, prefix=prefix)
     store = RedisEventStore(client, registry=TypeRegistry("json", [BenchEvent]))
@@ -211,6 +215,12 @@ def cases(env: BenchEnv) -> list[BenchCase]:
         ),
         BenchCase(
             "cluster_lock_acquire_release",
+            "catga-wait1",
+            partial(_catga_lock, cluster=True, wait=True),
+            note=lock_note + "; wait_replicas=1 (WAIT after each write): the cost of durability",
+        ),
+        BenchCase(
+            "cluster_lock_acquire_release",
             "redis-py",
             partial(_redis_py_lock, cluster=True),
             note=lock_note + "; RedisCluster Lock; 3+3 cluster",
@@ -220,6 +230,12 @@ def cases(env: BenchEnv) -> list[BenchCase]:
             "catga",
             partial(_catga_append, cluster=True),
             note=append_note + "; 3+3 cluster (the event store is one slot)",
+        ),
+        BenchCase(
+            "cluster_eventstore_append",
+            "catga-wait1",
+            partial(_catga_append, cluster=True, wait=True),
+            note=append_note + "; wait_replicas=1 (WAIT after each append): the cost of durability",
         ),
         BenchCase(
             "cluster_eventstore_append",
