@@ -141,6 +141,8 @@ register_backend("redis", "redis")
 register_backend("rediss", "redis")
 register_backend("redis+cluster", "redis")
 register_backend("rediss+cluster", "redis")
+register_backend("redis+sentinel", "redis")
+register_backend("rediss+sentinel", "redis")
 register_backend("postgresql", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
 register_backend("postgres", "postgres", roles=("idempotency_store", "outbox"), url_options=False)
 

@@ -11,7 +11,9 @@ client (shared) or from a URL with its ``connect`` classmethod (owned, closed by
     lock = RedisLock(client)
 
 A ``redis+cluster://host:port,host:port/`` URL gives a :class:`RedisClusterClient` (slot map,
-redirects, one connection per node; keys hash-tagged so every script stays in one slot).
+redirects, one connection per node; keys hash-tagged so every script stays in one slot); a
+``redis+sentinel://sentinel:26379/mymaster`` URL a :class:`RedisSentinelClient` (asks the sentinels
+for the primary at each (re)connection, so it follows a failover).
 
 See ``docs/redis.md`` for URLs, TLS, the key layout and what each Lua script guarantees.
 """
@@ -25,6 +27,7 @@ from catga.redis.idempotency import RedisIdempotencyStore, RedisInboxStore
 from catga.redis.lock import RedisLease, RedisLock
 from catga.redis.outbox import RedisOutboxStore
 from catga.redis.rpc import RedisRpcClient, RedisRpcServer
+from catga.redis.sentinel import RedisSentinelClient
 from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTransport
 
 __all__ = (
@@ -41,6 +44,7 @@ __all__ = (
     "RedisRpcClient",
     "RedisRpcServer",
     "RedisRpcEndpoint",
+    "RedisSentinelClient",
     "RedisSettings",
     "RedisSubscription",
     "RedisTransport",

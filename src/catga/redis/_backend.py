@@ -1,4 +1,6 @@
-"""What a ``redis://``, ``rediss://`` or ``redis+cluster://`` URL builds (see :mod:`catga.backends`).
+"""What a ``redis://``, ``rediss://``, ``redis+cluster://`` or ``redis+sentinel://`` URL builds.
+
+Registered in :mod:`catga.backends`.
 
 Every part of one app shares one :class:`~catga.redis.RedisClient` per URL and ``prefix``.
 """
@@ -22,6 +24,7 @@ from catga.redis import (
 )
 from catga.redis._durability import log_durability
 from catga.redis.cluster import parse_cluster_url
+from catga.redis.sentinel import parse_sentinel_url
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
@@ -33,7 +36,8 @@ LOCK_RANK = 0  # a lock on the shared client: preferred over a PostgreSQL pool
 def url_options(base: str, options: dict[str, str], role: str, shown: str) -> dict[str, Any]:
     """Check the host(s) of ``base``; the client's options stay in the address.
 
-    A ``redis+cluster://`` URL lists several seeds (``h1:7000,h2:7001``), checked one by one.
+    A ``redis+cluster://`` URL lists several seeds (``h1:7000,h2:7001``), a ``redis+sentinel://`` URL
+    several sentinels and the service name; each is checked.
 
     Returns:
         ``address``: the URL the client is built from (``base`` plus the remaining options).
@@ -43,8 +47,11 @@ def url_options(base: str, options: dict[str, str], role: str, shown: str) -> di
     """
     address = base + (f"?{urlencode(options)}" if options else "")
     try:
-        if base.partition("://")[0].lower().endswith("+cluster"):
+        scheme = base.partition("://")[0].lower()
+        if scheme.endswith("+cluster"):
             parse_cluster_url(address)
+        elif scheme.endswith("+sentinel"):
+            parse_sentinel_url(address)
         else:
             urlsplit(base).port  # noqa: B018 - raises on a malformed port
     except (ValueError, ConfigurationError) as exc:

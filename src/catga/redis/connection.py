@@ -400,11 +400,23 @@ class RedisClient(AsyncCloseable):
         """A client for ``url`` (nothing is opened until the first command).
 
         A ``redis+cluster://`` / ``rediss+cluster://`` URL gives a
-        :class:`~catga.redis.RedisClusterClient`.
+        :class:`~catga.redis.RedisClusterClient`, a ``redis+sentinel://`` one a
+        :class:`~catga.redis.RedisSentinelClient`.
 
         Raises:
             ConfigurationError: the URL or prefix is invalid.
         """
+        if url.partition("://")[0].lower().endswith("+sentinel"):
+            from catga.redis.sentinel import RedisSentinelClient
+
+            return RedisSentinelClient.from_url(
+                url,
+                prefix=prefix,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                ssl_context=ssl_context,
+                coalesce=coalesce,
+            )
         if url.partition("://")[0].lower().endswith("+cluster"):
             from catga.redis.cluster import RedisClusterClient
 
@@ -449,7 +461,7 @@ class RedisClient(AsyncCloseable):
             conn = self._conn
             if conn is not None and not conn.closed:
                 return conn
-            conn = await open_connection(self.settings, coalesce=self._coalesce)
+            conn = await self._open_connection()
             if self._closed:
                 conn.abort("the client was closed while connecting")
                 raise BackendUnavailableError(
@@ -458,6 +470,10 @@ class RedisClient(AsyncCloseable):
                 )
             self._conn = conn
             return conn
+
+    async def _open_connection(self) -> RespConnection:
+        """Open the connection (a subclass may first ask where: Sentinel)."""
+        return await open_connection(self.settings, coalesce=self._coalesce)
 
     # -- commands ------------------------------------------------------------------------------
     async def execute(self, *args: Any, timeout: Timeout = DEFAULT) -> Any:

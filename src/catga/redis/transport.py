@@ -374,7 +374,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
         try:
             if noack and group is None:
                 if self._pubsub is None:
-                    where = self.client.pubsub_node if isinstance(self.client, RedisClusterClient) else None
+                    where = getattr(self.client, "pubsub_node", None)  # cluster, sentinel: the primary
                     self._pubsub = PubSubHub(self.client.settings, self.timeout, where=where)
                 await self._pubsub.add(self._evt + dest, sub)
             else:

@@ -6,6 +6,7 @@ importing :mod:`catga.testing` does not need pytest).
 
 from catga.testing.cluster import NatsCluster
 from catga.testing.redis_cluster import RedisCluster
+from catga.testing.redis_sentinel import RedisSentinel
 from catga.testing.servers import (
     NatsServer,
     RedisServer,
@@ -21,6 +22,7 @@ __all__ = (
     "NatsCluster",
     "NatsServer",
     "RedisCluster",
+    "RedisSentinel",
     "RedisServer",
     "ServerStartError",
     "check_loopback_url",

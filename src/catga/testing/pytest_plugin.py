@@ -12,6 +12,10 @@ Enable it with ``pytest_plugins = ["catga.testing.pytest_plugin"]`` in your top-
   primaries with one replica each, started on first use; ``redis_cluster`` (function) is the same
   cluster healed for the test (killed nodes restarted, every node ``ok``); ``redis_cluster_url``
   (session) is its ``redis+cluster://`` URL, or ``$CATGA_REDIS_CLUSTER_URL``.
+* ``redis_sentinel_session`` (session): a :class:`~catga.testing.redis_sentinel.RedisSentinel`
+  (a primary, one replica, three sentinels); ``redis_sentinel`` (function) the same set healed for
+  the test; ``redis_sentinel_url`` (session) its ``redis+sentinel://`` URL, or
+  ``$CATGA_REDIS_SENTINEL_URL``.
 * ``unique_name`` (function): a short unique name for isolating streams, keys and prefixes.
 
 The servers are started on free ports on first use and stopped at the end of the session (one
@@ -29,6 +33,7 @@ import pytest
 
 from catga.testing.cluster import NatsCluster
 from catga.testing.redis_cluster import RedisCluster
+from catga.testing.redis_sentinel import RedisSentinel
 from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
 __all__ = (
@@ -39,6 +44,9 @@ __all__ = (
     "redis_cluster",
     "redis_cluster_session",
     "redis_cluster_url",
+    "redis_sentinel",
+    "redis_sentinel_session",
+    "redis_sentinel_url",
     "redis_url",
     "unique_name",
 )
@@ -47,6 +55,7 @@ NATS_URL_ENV = "CATGA_NATS_URL"
 REDIS_URL_ENV = "CATGA_REDIS_URL"
 POSTGRES_URL_ENV = "CATGA_POSTGRES_URL"
 REDIS_CLUSTER_URL_ENV = "CATGA_REDIS_CLUSTER_URL"
+REDIS_SENTINEL_URL_ENV = "CATGA_REDIS_SENTINEL_URL"
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +128,31 @@ def redis_cluster_url(request: pytest.FixtureRequest) -> str:
         return url
     cluster: RedisCluster = request.getfixturevalue("redis_cluster_session")
     return cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_session() -> Iterator[RedisSentinel]:
+    """A primary, one replica and three sentinels on loopback, started on first use, stopped with the
+    session. Prefer :func:`redis_sentinel`, which also brings back data nodes an earlier test killed."""
+    with RedisSentinel() as sentinel:
+        yield sentinel
+
+
+@pytest.fixture
+def redis_sentinel(redis_sentinel_session: RedisSentinel) -> RedisSentinel:
+    """The session's Sentinel set, healed for this test (killed data nodes restarted and in sync)."""
+    redis_sentinel_session.heal()
+    return redis_sentinel_session
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url(request: pytest.FixtureRequest) -> str:
+    """URL of a Sentinel-managed Redis: ``$CATGA_REDIS_SENTINEL_URL`` or the session's set."""
+    url = url_from_env(REDIS_SENTINEL_URL_ENV)
+    if url is not None:
+        return url
+    sentinel: RedisSentinel = request.getfixturevalue("redis_sentinel_session")
+    return sentinel.url
 
 
 @pytest.fixture(scope="session")
