@@ -47,14 +47,41 @@ async def test_an_unknown_service_or_no_sentinel_says_so(redis_sentinel_url: str
             await client.ping()
 
 
+async def test_wait_replicas_confirms_each_write_or_says_it_is_unconfirmed(
+    redis_sentinel_url: str, unique_name: str
+) -> None:
+    url = f"{redis_sentinel_url}?wait_replicas=1&wait_timeout=2"
+    async with RedisClient.from_url(url, prefix=unique_name) as client:
+        store = RedisEventStore(client, registry=contract_registry())
+        assert await store.append("s", [ContractOrderPlaced("o", 1)]) == 0
+        assert await client.execute_many([("SET", f"{unique_name}:a", 1), ("GET", f"{unique_name}:a")]) == [
+            b"OK",
+            b"1",
+        ]
+    url = f"{redis_sentinel_url}?wait_replicas=2&wait_timeout=0.05"
+    async with RedisClient.from_url(url, prefix=unique_name) as client:  # one replica: 2 never answer
+        with pytest.raises(BackendError, match="only 1 of 2 replicas acknowledged"):
+            await client.execute("SET", f"{unique_name}:b", b"1")
+        with pytest.raises(BackendError, match="script event-store-append was applied on the primary"):
+            await RedisEventStore(client, registry=contract_registry()).append(
+                "s", [ContractOrderPlaced("o", 2)]
+            )
+        assert await client.execute("GET", f"{unique_name}:b") == b"1"  # reads do not wait
+
+
 @pytest.mark.chaos
+@pytest.mark.parametrize("durable", [False, True], ids=["async", "wait_replicas=1"])
 async def test_a_killed_primary_is_replaced_and_the_client_follows(
-    redis_sentinel: RedisSentinel, unique_name: str, chaos: Chaos
+    redis_sentinel: RedisSentinel, unique_name: str, chaos: Chaos, durable: bool
 ) -> None:
     """SIGKILL the primary while a task appends; the sentinels promote the replica and the client's
-    next connection goes there. The stream stays contiguous (asynchronous replication may lose the
-    last acknowledged appends: counted, not asserted)."""
-    client = RedisClient.from_url(redis_sentinel.url, prefix=unique_name, timeout=2.0, connect_timeout=1.0)
+    next connection goes there. The stream stays contiguous. Asynchronous replication may lose the
+    last acknowledged appends (counted, not asserted); with ``wait_replicas=1`` none is lost (asserted),
+    and the promoted primary takes writes once the old one rejoined as its replica."""
+    query = "?wait_replicas=1&wait_timeout=2" if durable else ""
+    client = RedisClient.from_url(
+        redis_sentinel.url + query, prefix=unique_name, timeout=2.0, connect_timeout=1.0
+    )
     assert isinstance(client, RedisSentinelClient)
     store = RedisEventStore(client, registry=contract_registry())
     n = chaos.size(short=150, full=2_000)
@@ -89,6 +116,8 @@ async def test_a_killed_primary_is_replaced_and_the_client_follows(
         await asyncio.to_thread(redis_sentinel.kill, victim)
         killed_at.append(time.monotonic())
         failover_s = await asyncio.to_thread(redis_sentinel.wait_for_failover, victim)
+        if durable:  # the promoted primary has no replica: WAIT 1 fails until the old node is back
+            await asyncio.to_thread(redis_sentinel.restart, victim)
         async with asyncio.timeout(60):
             await stop.wait()
     finally:
@@ -98,11 +127,17 @@ async def test_a_killed_primary_is_replaced_and_the_client_follows(
     versions = [e.version for e in await store.read("s")]
     assert versions == list(range(len(versions)))
     lost = len(set(acked) - set(versions))
+    if durable:
+        assert lost == 0
     outage_s = first_ok[0] - killed_at[0]
+    mode = "WAIT 1" if durable else "async"
     chaos.record(
-        "Redis Sentinel primary killed under appends", messages=len(acked), kills=1, lost=lost,
+        f"Redis Sentinel primary killed under appends ({mode})",
+        messages=len(acked),
+        kills=1,
+        lost=lost,
         recovery_s=round(outage_s, 2),
-    )  # fmt: skip
+    )
     print(
         f"failover {failover_s:.2f} s, append outage {outage_s:.2f} s, {failures} failed calls, {lost} lost"
     )

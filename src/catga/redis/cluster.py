@@ -50,8 +50,9 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from catga.errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
+from catga.errors import BackendTimeoutError, BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error
+from catga.redis._replicas import WaitSettings, is_write
 from catga.redis._resp import ReplyError, RespConnection, abandon
 from catga.redis.connection import DEFAULT, DEFAULT_PREFIX, RedisClient, RedisSettings, Script, Timeout
 
@@ -60,21 +61,6 @@ __all__ = ("SLOTS", "RedisClusterClient", "command_key", "key_slot", "parse_clus
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
 _MAX_REDIRECTS = 5
-
-#: Commands that change data: followed by ``WAIT`` when ``wait_replicas`` is set.
-_WRITES = frozenset(
-    {
-        b"SET", b"DEL", b"UNLINK", b"INCR", b"INCRBY", b"XADD", b"XACK", b"XDEL", b"XGROUP", b"XCLAIM",
-        b"XAUTOCLAIM", b"XTRIM", b"RPUSH", b"LPUSH", b"PEXPIRE", b"EXPIRE", b"HSET", b"HDEL", b"ZADD",
-        b"ZREM", b"EVALSHA", b"EVAL", b"FCALL",
-    }
-)  # fmt: skip
-
-
-def _is_write(args: Sequence[Any]) -> bool:
-    name = args[0]
-    return (name.encode() if isinstance(name, str) else bytes(name)).upper() in _WRITES
-
 
 # Commands whose first key is not args[1]: the index of the key (or of "STREAMS" for the X*READ*).
 _KEY_AT = {
@@ -205,13 +191,9 @@ class RedisClusterClient(RedisClient):
     ) -> None:
         if not seeds:
             raise ConfigurationError("a Redis Cluster client needs at least one seed node")
-        if type(wait_replicas) is not int or wait_replicas < 0:
-            raise ConfigurationError(f"wait_replicas must be an int >= 0, got {wait_replicas!r}")
-        if not wait_timeout > 0:
-            raise ConfigurationError(f"wait_timeout must be > 0 seconds, got {wait_timeout!r}")
+        self._wait = WaitSettings(wait_replicas, wait_timeout)
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
-        self._wait_ms = max(1, round(wait_timeout * 1000))
         super().__init__(seeds[0], prefix=prefix, coalesce=coalesce)
         self.seeds = list(seeds)
         self._nodes: dict[str, RedisClient] = {}
@@ -240,15 +222,10 @@ class RedisClusterClient(RedisClient):
         seeds = parse_cluster_url(
             url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
-        query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
-        try:
-            replicas = int(query.get("wait_replicas", "0"))
-            wait = float(query.get("wait_timeout", "1.0"))
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"invalid wait_replicas / wait_timeout in the Redis Cluster URL: {exc}"
-            ) from None
-        return cls(seeds, prefix=prefix, coalesce=coalesce, wait_replicas=replicas, wait_timeout=wait)
+        wait = WaitSettings.from_query({k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()})
+        return cls(
+            seeds, prefix=prefix, coalesce=coalesce, wait_replicas=wait.replicas, wait_timeout=wait.timeout
+        )
 
     def clone(self, *, prefix: str | None = None, client_name: str | None = None) -> RedisClusterClient:
         """A new client for the same cluster with its own connections (its slot map copied)."""
@@ -413,12 +390,10 @@ class RedisClusterClient(RedisClient):
 
     async def _run(self, args: tuple[Any, ...], timeout: float | None) -> Any:
         node = await self._route(args)
-        durable = self.wait_replicas > 0 and _is_write(args)
+        durable = self.wait_replicas > 0 and is_write(args)
         if durable:
             conn = await self._open_node(node)
-            futures = conn.send_many(
-                [args, ("WAIT", self.wait_replicas, self._wait_ms)], _plus(timeout, self.wait_timeout)
-            )
+            futures = conn.send_many([args, self._wait.command()], _plus(timeout, self.wait_timeout))
             try:
                 reply, acked = [await fut for fut in futures]
             except (BackendUnavailableError, BackendTimeoutError):
@@ -433,24 +408,14 @@ class RedisClusterClient(RedisClient):
         if type(reply) is ReplyError and str(reply).startswith(("MOVED ", "ASK ")):
             reply, where = await self._redirected(reply, args, timeout)
             if durable and where is not None and type(reply) is not ReplyError:
-                acked = await self._send(
-                    where, ("WAIT", self.wait_replicas, self._wait_ms), _plus(timeout, self.wait_timeout)
-                )
+                acked = await self._send(where, self._wait.command(), _plus(timeout, self.wait_timeout))
                 node = where
         if durable and type(reply) is not ReplyError:
             self._check_acked(args, acked, node)
         return reply
 
     def _check_acked(self, args: Sequence[Any], acked: Any, node: RedisClient) -> None:
-        if type(acked) is int and acked >= self.wait_replicas:
-            return
-        raise BackendError(
-            f"Redis {args[0]} was applied on the primary {node.settings.address} but only {acked} of "
-            f"{self.wait_replicas} replicas acknowledged it within {self.wait_timeout} s (wait_replicas); "
-            "it is lost if that primary fails before replicating it. Check the replicas, or retry if "
-            "the write is idempotent",
-            backend="redis",
-        )
+        self._wait.check(args[0], acked, node.settings.address)
 
     async def execute(self, *args: Any, timeout: Timeout = DEFAULT) -> Any:
         """Run one command on the node owning its key; return its reply.
@@ -486,9 +451,9 @@ class RedisClusterClient(RedisClient):
         async def run_group(node: RedisClient, indexes: list[int]) -> None:
             conn = await self._open_node(node)
             batch = [commands[i] for i in indexes]
-            durable = self.wait_replicas > 0 and any(_is_write(c) for c in batch)
+            durable = self.wait_replicas > 0 and any(is_write(c) for c in batch)
             if durable:
-                batch.append(("WAIT", self.wait_replicas, self._wait_ms))
+                batch.append(self._wait.command())
             futures = conn.send_many(batch, _plus(t, self.wait_timeout) if durable else t)
             try:
                 got = [await fut for fut in futures]

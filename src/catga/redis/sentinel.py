@@ -19,8 +19,10 @@ stayed open) drops the connection for the same effect. Everything else is
 :class:`~catga.redis.RedisClient`: one auto-pipelined connection, the same keys (no hash tags: one
 primary holds everything), the same scripts.
 
-Replication to the replicas is asynchronous, as on a cluster: what a failover can lose, and the
-``WAIT``-based remedy, are in ``docs/redis.md``.
+Replication to the replicas is asynchronous, as on a cluster: a failover can lose the last
+acknowledged writes. ``wait_replicas=N`` (URL ``?wait_replicas=N&wait_timeout=S``) pipelines
+``WAIT N <ms>`` behind every write, as :class:`~catga.redis.RedisClusterClient` does (see
+``docs/redis.md``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from catga.errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
-from catga.redis._resp import ReplyError, RespConnection
+from catga.redis._errors import reply_error
+from catga.redis._replicas import WaitSettings, is_write
+from catga.redis._resp import ReplyError, RespConnection, abandon
 from catga.redis.connection import (
     DEFAULT,
     DEFAULT_PREFIX,
@@ -104,9 +108,12 @@ class RedisSentinelClient(RedisClient):
         sentinels: where to ask (host and port of each sentinel).
         prefix: the key prefix, as on :class:`~catga.redis.RedisClient`.
         coalesce: as on :class:`~catga.redis.RedisClient`.
+        wait_replicas: after every write, wait until this many replicas acknowledged it (``WAIT``);
+            0 (the default) does not wait.
+        wait_timeout: seconds one ``WAIT`` may take before the write is reported unconfirmed.
 
     Raises:
-        ConfigurationError: no sentinel given.
+        ConfigurationError: no sentinel given, or a bad ``wait_replicas`` / ``wait_timeout``.
 
     Example:
         >>> client = RedisClient.from_url("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster")
@@ -121,7 +128,12 @@ class RedisSentinelClient(RedisClient):
         *,
         prefix: str = DEFAULT_PREFIX,
         coalesce: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
+        self._wait = WaitSettings(wait_replicas, wait_timeout)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         if not sentinels:
             raise ConfigurationError("a Redis Sentinel client needs at least one sentinel address")
         super().__init__(settings, prefix=prefix, coalesce=coalesce)
@@ -149,7 +161,16 @@ class RedisSentinelClient(RedisClient):
         service, settings, sentinels = parse_sentinel_url(
             url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
-        return cls(service, settings, sentinels, prefix=prefix, coalesce=coalesce)
+        wait = WaitSettings.from_query({k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()})
+        return cls(
+            service,
+            settings,
+            sentinels,
+            prefix=prefix,
+            coalesce=coalesce,
+            wait_replicas=wait.replicas,
+            wait_timeout=wait.timeout,
+        )
 
     def clone(self, *, prefix: str | None = None, client_name: str | None = None) -> RedisSentinelClient:
         """A new client for the same service with its own connection."""
@@ -160,6 +181,8 @@ class RedisSentinelClient(RedisClient):
             self.sentinels,
             prefix=self.prefix if prefix is None else prefix,
             coalesce=self._coalesce,
+            wait_replicas=self.wait_replicas,
+            wait_timeout=self.wait_timeout,
         )
 
     def with_timeout(self, timeout: float | None) -> RedisSentinelClient:
@@ -170,6 +193,8 @@ class RedisSentinelClient(RedisClient):
             self.sentinels,
             prefix=self.prefix,
             coalesce=self._coalesce,
+            wait_replicas=self.wait_replicas,
+            wait_timeout=self.wait_timeout,
         )
 
     # -- finding the primary -------------------------------------------------------------------
@@ -231,9 +256,40 @@ class RedisSentinelClient(RedisClient):
         if conn is not None and "READONLY" in str(exc):
             conn.abort(f"{self.primary} became a replica (failover); reconnecting through the sentinels")
 
+    async def _waited(self, commands: list[tuple[Any, ...]], timeout: Timeout) -> list[Any]:
+        """Pipeline ``commands`` then ``WAIT`` on the connection; raw replies (the last is WAIT's)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connect()
+        t = self.timeout if timeout is DEFAULT else timeout
+        futures = conn.send_many(
+            [*commands, self._wait.command()], None if t is None else t + self._wait.timeout
+        )
+        try:
+            return [await fut for fut in futures]
+        except BaseException:
+            abandon(futures)
+            raise
+
+    def _settle(
+        self, commands: Sequence[tuple[Any, ...]], replies: list[Any], what: str | None = None
+    ) -> None:
+        """Raise the first error reply (``what`` names a script), then an unconfirmed write."""
+        for args, reply in zip(commands, replies, strict=False):
+            if type(reply) is ReplyError:
+                error = reply_error(what or str(args[0]), reply)
+                if isinstance(error, BackendError):
+                    self._demoted(error)
+                raise error
+        self._wait.check(what or commands[0][0], replies[-1], self.primary or self.settings.address)
+
     async def execute(self, *args: Any, timeout: Timeout = DEFAULT) -> Any:
         """As :meth:`RedisClient.execute <catga.redis.RedisClient.execute>`; a ``READONLY`` reply drops
         the connection so that the next command finds the new primary."""
+        if self._wait.replicas and is_write(args):
+            replies = await self._waited([args], timeout)
+            self._settle([args], replies)
+            return replies[0]
         try:
             return await super().execute(*args, timeout=timeout)
         except BackendError as exc:
@@ -245,6 +301,10 @@ class RedisSentinelClient(RedisClient):
     ) -> list[Any]:
         """As :meth:`RedisClient.execute_many <catga.redis.RedisClient.execute_many>` (see
         :meth:`execute`)."""
+        if self._wait.replicas and any(is_write(c) for c in commands):
+            replies = await self._waited(list(commands), timeout)
+            self._settle(commands, replies)
+            return replies[:-1]
         try:
             return await super().execute_many(commands, timeout=timeout)
         except BackendError as exc:
@@ -255,6 +315,14 @@ class RedisSentinelClient(RedisClient):
         self, script: Script, keys: Sequence[Any], args: Sequence[Any] = (), *, timeout: Timeout = DEFAULT
     ) -> Any:
         """As :meth:`RedisClient.run_script <catga.redis.RedisClient.run_script>` (see :meth:`execute`)."""
+        if self._wait.replicas:
+            command: tuple[Any, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            replies = await self._waited([command], timeout)
+            if type(replies[0]) is ReplyError and str(replies[0]).startswith("NOSCRIPT"):
+                command = ("EVAL", script.source, len(keys), *keys, *args)
+                replies = await self._waited([command], timeout)
+            self._settle([command], replies, f"script {script.name}")
+            return replies[0]
         try:
             return await super().run_script(script, keys, args, timeout=timeout)
         except BackendError as exc:
