@@ -393,7 +393,7 @@ class RedisClusterClient(RedisClient):
         durable = self.wait_replicas > 0 and is_write(args)
         if durable:
             conn = await self._open_node(node)
-            futures = conn.send_many([args, self._wait.command()], _plus(timeout, self.wait_timeout))
+            futures = self._wait.send(conn, [args], timeout)
             try:
                 reply, acked = [await fut for fut in futures]
             except (BackendUnavailableError, BackendTimeoutError):
@@ -452,9 +452,7 @@ class RedisClusterClient(RedisClient):
             conn = await self._open_node(node)
             batch = [commands[i] for i in indexes]
             durable = self.wait_replicas > 0 and any(is_write(c) for c in batch)
-            if durable:
-                batch.append(self._wait.command())
-            futures = conn.send_many(batch, _plus(t, self.wait_timeout) if durable else t)
+            futures = self._wait.send(conn, batch, t) if durable else conn.send_many(batch, t)
             try:
                 got = [await fut for fut in futures]
             except (BackendUnavailableError, BackendTimeoutError):

@@ -262,9 +262,7 @@ class RedisSentinelClient(RedisClient):
         if conn is None or conn.closed:
             conn = await self._connect()
         t = self.timeout if timeout is DEFAULT else timeout
-        futures = conn.send_many(
-            [*commands, self._wait.command()], None if t is None else t + self._wait.timeout
-        )
+        futures = self._wait.send(conn, commands, t)
         try:
             return [await fut for fut in futures]
         except BaseException:
