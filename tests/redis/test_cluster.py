@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
-from catga.messages import Metadata
+from catga.messages import Metadata, QoS
 from catga.protocols import DeadLetter, OutboxMessage
 from catga.redis import (
     RedisCache,
@@ -341,3 +341,47 @@ async def _at_least(items: list[int], n: int) -> bool:
 
 async def _covers(received: list[str], published: list[str]) -> bool:
     return set(published) <= set(received)
+
+
+@pytest.mark.chaos
+async def test_at_most_once_subscribers_use_sharded_pubsub_and_follow_a_failover(
+    redis_cluster: RedisCluster, unique_name: str
+) -> None:
+    """Pub/sub on a cluster is sharded (``SSUBSCRIBE`` on the channel's primary); when that primary
+    dies the subscriber connection moves to the promoted replica by itself (messages published during
+    the outage are lost: at-most-once)."""
+    client = RedisClient.from_url(redis_cluster.url, prefix=unique_name, timeout=2.0, connect_timeout=1.0)
+    assert isinstance(client, RedisClusterClient)
+    transport = RedisTransport(client, registry=contract_registry())
+    got: list[str] = []
+
+    async def on_event(event: ContractOrderPlaced, meta: Metadata) -> None:
+        got.append(event.order_id)
+
+    channel = transport.evt_key("d")
+    await transport.subscribe(ContractOrderPlaced, on_event, destination="d", qos=QoS.AT_MOST_ONCE)
+    node = await client.node_for(channel)
+    assert (await node.execute("PUBSUB", "SHARDNUMSUB", channel))[1] == 1
+    assert (await node.execute("PUBSUB", "NUMSUB", channel))[1] == 0  # not a broadcast subscription
+    await transport.publish(ContractOrderPlaced("before", 1), destination="d")
+    await eventually(lambda: _has(got, "before"), what="a message before the failover")
+    victim = node.settings.port
+    await asyncio.to_thread(redis_cluster.kill, victim)
+    await asyncio.to_thread(redis_cluster.wait_for_failover, victim)
+
+    async def delivered_after() -> bool:
+        try:
+            await transport.publish(ContractOrderPlaced("after", 2), destination="d")
+        except BackendError:
+            return False  # the client has not re-read the slot map yet
+        return "after" in got
+
+    await eventually(delivered_after, timeout=30, what="a message after the failover")
+    assert (await client.node_for(channel)).settings.port != victim
+    await transport.aclose()
+    await client.aclose()
+    await asyncio.to_thread(redis_cluster.heal)
+
+
+async def _has(items: list[str], item: str) -> bool:
+    return item in items

@@ -35,8 +35,9 @@ is followed on its connection by ``WAIT N <ms>``, and the call returns only once
 acknowledged it; fewer within ``wait_timeout`` raises :class:`~catga.errors.BackendError` saying the
 write is on the primary but not confirmed on replicas (it may or may not survive a failover).
 
-Pub/sub on a cluster: ``PUBLISH`` reaches subscribers on every node (the cluster bus forwards it),
-so the transport's pub/sub keeps working; its subscriber connection goes to the first seed.
+Pub/sub on a cluster: the transport uses sharded pub/sub (``SPUBLISH`` / ``SSUBSCRIBE``): a message
+is published on the primary of its channel's slot and stays within that shard, rather than being
+broadcast over the cluster bus to every node.
 """
 
 from __future__ import annotations
@@ -335,6 +336,14 @@ class RedisClusterClient(RedisClient):
             if node is not None:
                 return node
         return self._node(self.settings.host, self.settings.port)
+
+    async def node_for(self, key: str | bytes) -> RedisClient:
+        """The client of the primary serving ``key``'s slot (the slot map is read if stale).
+
+        Raises:
+            BackendUnavailableError: no node answered, or no primary serves the slot.
+        """
+        return await self._route(("GET", key))
 
     def primaries(self) -> list[RedisClient]:
         """The primaries of the last slot map read (one client each), e.g. to ``SCAN`` every node."""

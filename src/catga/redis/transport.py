@@ -29,7 +29,8 @@ how it reads:
   entries it holds (``XCLAIM ... JUSTID``, so a long handler is not taken away) and takes over entries
   idle for ``claim_min_idle`` seconds -- those of a consumer that died -- with ``XAUTOCLAIM``. An entry
   already delivered more than ``max_deliver`` times goes to the dead-letter queue unhandled.
-* ``AT_MOST_ONCE`` with ``group=None``: Redis pub/sub (``SUBSCRIBE``), one connection per transport.
+* ``AT_MOST_ONCE`` with ``group=None``: Redis pub/sub (``SUBSCRIBE``), one connection per transport
+  (on a cluster: sharded pub/sub, ``SPUBLISH`` / ``SSUBSCRIBE``, one connection per primary).
   Pub/sub has no competing consumers, so ``AT_MOST_ONCE`` with a named group reads the stream with
   ``XREADGROUP ... NOACK`` instead (delivered once to the group, never redelivered).
 * Commands (``send``) go to the command stream only; every subscriber of the destination, whatever its
@@ -64,7 +65,7 @@ from catga.messages import Metadata, QoS
 from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, validate_identifier
 from catga.redis._consumer import RedisSubscription
 from catga.redis._keys import validate_prefix
-from catga.redis._pubsub import PubSubHub
+from catga.redis._pubsub import PubSubHub, ShardedPubSub
 from catga.redis._reader import ConsumerSettings
 from catga.redis._reqrep import RawHandler, RedisRpcEndpoint, _ReplyRouter
 from catga.redis._wire import H_ERROR, entry_args, frame
@@ -189,7 +190,10 @@ class RedisTransport(TransportBase[RedisSubscription]):
         self._subs: set[RedisSubscription] = set()
         self._servers: set[RedisRpcEndpoint] = set()
         self._router: _ReplyRouter | None = None
-        self._pubsub: PubSubHub | None = None
+        self._pubsub: PubSubHub | ShardedPubSub | None = None
+        cluster = client if isinstance(client, RedisClusterClient) else None
+        self._cluster = cluster
+        self._publish = "SPUBLISH" if cluster is not None else "PUBLISH"  # sharded pub/sub on a cluster
         self._closed = False
 
     @classmethod
@@ -235,7 +239,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
 
     def _event_commands(self, dest: str, body: bytes, headers: Mapping[str, str]) -> list[tuple[Any, ...]]:
         key = self._evt + dest
-        return [entry_args(key, body, headers, self.max_len), ("PUBLISH", key, frame(body, headers))]
+        return [entry_args(key, body, headers, self.max_len), (self._publish, key, frame(body, headers))]
 
     async def publish(
         self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
@@ -321,13 +325,10 @@ class RedisTransport(TransportBase[RedisSubscription]):
 
     async def _has_reader(self, key: str) -> bool:
         """Whether a consumer group reads stream ``key`` or a pub/sub client listens on its channel."""
-        exists, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", "NUMSUB", key)])
+        numsub_command = "SHARDNUMSUB" if self._cluster is not None else "NUMSUB"
+        exists, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", numsub_command, key)])
         if numsub[1]:
             return True
-        if isinstance(self.client, RedisClusterClient):  # NUMSUB counts one node's subscribers
-            for node in self.client.primaries():
-                if (await node.execute("PUBSUB", "NUMSUB", key))[1]:
-                    return True
         if not exists:
             return False
         return bool(await self.client.execute("XINFO", "GROUPS", key))
@@ -374,8 +375,11 @@ class RedisTransport(TransportBase[RedisSubscription]):
         try:
             if noack and group is None:
                 if self._pubsub is None:
-                    where = getattr(self.client, "pubsub_node", None)  # cluster, sentinel: the primary
-                    self._pubsub = PubSubHub(self.client.settings, self.timeout, where=where)
+                    if self._cluster is not None:
+                        self._pubsub = ShardedPubSub(self._cluster, self.timeout)
+                    else:
+                        where = getattr(self.client, "pubsub_node", None)  # Sentinel: the primary
+                        self._pubsub = PubSubHub(self.client.settings, self.timeout, where=where)
                 await self._pubsub.add(self._evt + dest, sub)
             else:
                 private = group is None
