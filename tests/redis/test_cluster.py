@@ -385,3 +385,20 @@ async def test_at_most_once_subscribers_use_sharded_pubsub_and_follow_a_failover
 
 async def _has(items: list[str], item: str) -> bool:
     return item in items
+
+
+def test_wait_settings_refuse_bad_values() -> None:
+    from catga.redis._replicas import WaitSettings, is_write
+
+    with pytest.raises(ConfigurationError, match="wait_replicas must be an int >= 0"):
+        WaitSettings(-1)
+    with pytest.raises(ConfigurationError, match="wait_timeout must be > 0"):
+        WaitSettings(1, 0)
+    with pytest.raises(ConfigurationError, match="wait_replicas / wait_timeout"):
+        WaitSettings.from_query({"wait_timeout": "soon"})
+    assert WaitSettings.from_query({"wait_replicas": "2", "wait_timeout": "0.25"}).command() == (
+        "WAIT",
+        2,
+        250,
+    )
+    assert is_write(("EVALSHA", "x", 0)) and is_write((b"xadd", "k")) and not is_write(("GET", "k"))

@@ -11,7 +11,11 @@ task — unlike redis-py's ``Lock``, which keeps its token thread-local.
 
 A TTL lock alone cannot protect a resource from a holder that paused past its TTL (GC, swap, network):
 pass ``lease.fencing_token`` with every write and have the resource reject tokens lower than the highest
-it has seen. See ``docs/redis.md``.
+it has seen. The same holds across a failover (Sentinel, Redis Cluster): replication is asynchronous,
+so the promoted replica may have lost the lock key -- a second holder can then acquire it while the
+first still works -- and the last fencing increments. The fencing token is what keeps the two out of
+the same critical section, and it only does if the counter survived: use ``wait_replicas`` on the
+client for locks that guard anything important. See ``docs/redis.md``.
 """
 
 from __future__ import annotations
