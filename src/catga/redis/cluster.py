@@ -43,7 +43,6 @@ broadcast over the cluster bus to every node.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import ssl
 import time
 from collections.abc import Sequence
@@ -55,66 +54,16 @@ from catga.errors import BackendTimeoutError, BackendUnavailableError, Configura
 from catga.redis._errors import reply_error
 from catga.redis._replicas import WaitSettings, is_write
 from catga.redis._resp import ReplyError, RespConnection, abandon
+from catga.redis._slots import SLOTS, command_key, key_slot
 from catga.redis.connection import DEFAULT, DEFAULT_PREFIX, RedisClient, RedisSettings, Script, Timeout
 
 __all__ = ("SLOTS", "RedisClusterClient", "command_key", "key_slot", "parse_cluster_url")
 
-#: Hash slots of a Redis Cluster.
-SLOTS = 16384
 _MAX_REDIRECTS = 5
-
-# Commands whose first key is not args[1]: the index of the key (or of "STREAMS" for the X*READ*).
-_KEY_AT = {
-    b"XGROUP": 2,
-    b"XINFO": 2,
-    b"PUBSUB": 2,
-    b"BLMPOP": 3,
-    b"LMPOP": 2,
-    b"EVALSHA": 3,
-    b"EVAL": 3,
-    b"FCALL": 3,
-}
-_KEYLESS = frozenset(
-    {
-        b"PING", b"INFO", b"CONFIG", b"CLIENT", b"HELLO", b"CLUSTER", b"SCAN", b"DBSIZE", b"FLUSHALL",
-        b"FLUSHDB", b"SCRIPT", b"TIME", b"WAIT", b"ECHO", b"COMMAND", b"MEMORY", b"LATENCY", b"ROLE",
-    }
-)  # fmt: skip
 
 
 def _plus(timeout: float | None, extra: float) -> float | None:
     return None if timeout is None else timeout + extra
-
-
-def key_slot(key: str | bytes) -> int:
-    """The hash slot of ``key``: CRC16 (XMODEM) of its hash tag (``{...}``) or of the whole key."""
-    raw = key.encode() if isinstance(key, str) else key
-    start = raw.find(b"{")
-    if start >= 0:
-        end = raw.find(b"}", start + 1)
-        if end > start + 1:
-            raw = raw[start + 1 : end]
-    return binascii.crc_hqx(raw, 0) % SLOTS
-
-
-def command_key(args: Sequence[Any]) -> Any:
-    """The key a command is routed by (``None``: any node will do), for the commands catga sends."""
-    name = args[0]
-    upper = (name.encode() if isinstance(name, str) else bytes(name)).upper()
-    if upper in _KEYLESS or len(args) < 2:
-        return None
-    if upper in (b"XREAD", b"XREADGROUP"):
-        for i in range(1, len(args) - 1):
-            arg = args[i]
-            if isinstance(arg, str | bytes) and arg.upper() in ("STREAMS", b"STREAMS"):
-                return args[i + 1]
-        return None
-    at = _KEY_AT.get(upper, 1)
-    if upper in (b"EVALSHA", b"EVAL", b"FCALL", b"BLMPOP", b"LMPOP"):
-        numkeys = args[at - 1] if upper != b"BLMPOP" else args[2]
-        if int(numkeys) == 0:
-            return None
-    return args[at] if at < len(args) else None
 
 
 def parse_cluster_url(

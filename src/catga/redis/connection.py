@@ -406,21 +406,13 @@ class RedisClient(AsyncCloseable):
         Raises:
             ConfigurationError: the URL or prefix is invalid.
         """
-        if url.partition("://")[0].lower().endswith("+sentinel"):
+        scheme = url.partition("://")[0].lower()
+        if scheme.endswith(("+cluster", "+sentinel")):  # their modules import this one
+            from catga.redis.cluster import RedisClusterClient
             from catga.redis.sentinel import RedisSentinelClient
 
-            return RedisSentinelClient.from_url(
-                url,
-                prefix=prefix,
-                timeout=timeout,
-                connect_timeout=connect_timeout,
-                ssl_context=ssl_context,
-                coalesce=coalesce,
-            )
-        if url.partition("://")[0].lower().endswith("+cluster"):
-            from catga.redis.cluster import RedisClusterClient
-
-            return RedisClusterClient.from_url(
+            kind = RedisClusterClient if scheme.endswith("+cluster") else RedisSentinelClient
+            return kind.from_url(
                 url,
                 prefix=prefix,
                 timeout=timeout,
