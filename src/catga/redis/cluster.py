@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -461,38 +460,6 @@ class RedisClusterClient(RedisClient):
         if type(reply) is ReplyError:
             raise reply_error(f"script {script.name}", reply)
         return reply
-
-    async def wait_for_slots(self, timeout: float = 10.0) -> None:
-        """Re-read the slot map until every slot has a primary that answers ``PING`` (after a failover).
-
-        Raises:
-            BackendUnavailableError: the cluster did not cover every slot within ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                await self.refresh()
-                if all(node is not None for node in self._slots):
-                    for node in self.primaries():
-                        await node.execute("PING")
-                    return
-            except (BackendUnavailableError, BackendTimeoutError):
-                pass
-            if time.monotonic() >= deadline:
-                raise BackendUnavailableError(
-                    f"the Redis Cluster did not serve every slot within {timeout} s", backend="redis"
-                )
-            self._stale = True
-            await asyncio.sleep(0.05)
-
-    async def pubsub_node(self) -> RedisSettings:
-        """Settings of a primary to hold a pub/sub connection (the slot map is read if stale).
-
-        ``PUBLISH`` on any node reaches subscribers on every node, so any live primary will do.
-        """
-        if self._stale:
-            await self.refresh()
-        return self._any_node().settings
 
     @property
     def server_version(self) -> str | None:
