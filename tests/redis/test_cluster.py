@@ -203,8 +203,9 @@ async def test_every_script_touches_one_slot_and_the_braces_give_the_single_serv
 
 # -- WAIT ------------------------------------------------------------------------------------------
 async def test_wait_replicas_returns_after_the_replica_acknowledged(
-    redis_cluster_url: str, unique_name: str
+    redis_cluster: RedisCluster, unique_name: str
 ) -> None:
+    redis_cluster_url = redis_cluster.url  # healed: every primary has its replica
     client = RedisClient.from_url(f"{redis_cluster_url}?wait_replicas=1&wait_timeout=2", prefix=unique_name)
     async with client:
         assert isinstance(client, RedisClusterClient)

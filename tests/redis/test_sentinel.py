@@ -48,8 +48,9 @@ async def test_an_unknown_service_or_no_sentinel_says_so(redis_sentinel_url: str
 
 
 async def test_wait_replicas_confirms_each_write_or_says_it_is_unconfirmed(
-    redis_sentinel_url: str, unique_name: str
+    redis_sentinel: RedisSentinel, unique_name: str
 ) -> None:
+    redis_sentinel_url = redis_sentinel.url  # healed: the primary has its replica
     url = f"{redis_sentinel_url}?wait_replicas=1&wait_timeout=2"
     async with RedisClient.from_url(url, prefix=unique_name) as client:
         store = RedisEventStore(client, registry=contract_registry())
