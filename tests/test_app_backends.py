@@ -69,12 +69,19 @@ def url_in(base: str, prefix: str, **options: str) -> str:
 
 
 @pytest.fixture(
-    params=[pytest.param("nats", marks=pytest.mark.nats), pytest.param("redis", marks=pytest.mark.redis)]
+    params=[
+        pytest.param("nats", marks=pytest.mark.nats),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+        pytest.param("redis-sentinel", marks=pytest.mark.redis),
+    ]
 )
 def server_url(request: pytest.FixtureRequest, unique_name: str) -> str:
-    """A URL on the NATS or the Redis test server, in a namespace of its own."""
+    """A URL on the NATS or the Redis test server (or Redis Cluster / Sentinel), in a namespace of its own."""
     if request.param == "nats":
         return url_in(request.getfixturevalue("nats_url"), unique_name, storage="memory")
+    if request.param in ("redis-cluster", "redis-sentinel"):
+        return url_in(request.getfixturevalue(f"{request.param.replace('-', '_')}_url"), unique_name)
     return url_in(request.getfixturevalue("redis_url"), unique_name)
 
 

@@ -95,6 +95,10 @@ register_backend("nats", "nats")
 register_backend("tls", "nats")
 register_backend("redis", "redis")
 register_backend("rediss", "redis")
+register_backend("redis+cluster", "redis")
+register_backend("rediss+cluster", "redis")
+register_backend("redis+sentinel", "redis")
+register_backend("rediss+sentinel", "redis")
 register_backend(
     "postgresql", "postgres", roles=("store", "idempotency_store", "outbox", "scheduler"), url_options=False
 )

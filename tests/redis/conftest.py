@@ -37,3 +37,20 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
             "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]  # fmt: skip
     with RedisServer(extra_args=args) as server:
         yield tls_port, ca, server
+
+
+@pytest.fixture(params=["single", "cluster", "sentinel"])
+def contract_redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The URL a contract suite runs on: a single server, the session's Redis Cluster, its Sentinel set."""
+    if request.param == "single":
+        return redis_url
+    url: str = request.getfixturevalue(f"redis_{request.param}_url")
+    return url
+
+
+@pytest.fixture
+async def contract_redis_client(contract_redis_url: str, unique_name: str) -> AsyncIterator[RedisClient]:
+    """A client (a :class:`RedisClusterClient` on the cluster, a :class:`RedisSentinelClient` with
+    Sentinel) with a prefix unique to the test."""
+    async with RedisClient.from_url(contract_redis_url, prefix=unique_name) as client:
+        yield client

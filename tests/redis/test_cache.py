@@ -14,8 +14,8 @@ pytestmark = pytest.mark.redis
 
 class TestRedisCache(CacheContract):
     @pytest.fixture
-    async def cache(self, redis_client: RedisClient) -> AsyncIterator[RedisCache]:
-        async with RedisCache(redis_client) as cache:
+    async def cache(self, contract_redis_client: RedisClient) -> AsyncIterator[RedisCache]:
+        async with RedisCache(contract_redis_client) as cache:
             yield cache
 
 

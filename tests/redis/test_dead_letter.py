@@ -15,8 +15,10 @@ pytestmark = pytest.mark.redis
 
 class TestRedisDeadLetterQueue(DeadLetterQueueContract):
     @pytest.fixture
-    async def dead_letter_queue(self, redis_client: RedisClient) -> AsyncIterator[RedisDeadLetterQueue]:
-        async with RedisDeadLetterQueue(redis_client) as queue:
+    async def dead_letter_queue(
+        self, contract_redis_client: RedisClient
+    ) -> AsyncIterator[RedisDeadLetterQueue]:
+        async with RedisDeadLetterQueue(contract_redis_client) as queue:
             yield queue
 
 

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.redis
 
 class TestRedisEventStore(EventStoreContract):
     @pytest.fixture
-    async def event_store(self, redis_url: str, unique_name: str) -> AsyncIterator[RedisEventStore]:
-        store = RedisEventStore.connect(redis_url, prefix=unique_name, registry=contract_registry())
+    async def event_store(self, contract_redis_url: str, unique_name: str) -> AsyncIterator[RedisEventStore]:
+        store = RedisEventStore.connect(contract_redis_url, prefix=unique_name, registry=contract_registry())
         async with store:
             yield store
 

@@ -14,8 +14,10 @@ pytestmark = pytest.mark.redis
 
 class TestRedisIdempotencyStore(IdempotencyStoreContract):
     @pytest.fixture
-    async def idempotency_store(self, redis_client: RedisClient) -> AsyncIterator[RedisIdempotencyStore]:
-        async with RedisIdempotencyStore(redis_client) as store:
+    async def idempotency_store(
+        self, contract_redis_client: RedisClient
+    ) -> AsyncIterator[RedisIdempotencyStore]:
+        async with RedisIdempotencyStore(contract_redis_client) as store:
             yield store
 
 

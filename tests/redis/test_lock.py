@@ -17,8 +17,8 @@ pytestmark = pytest.mark.redis
 
 class TestRedisLock(DistributedLockContract, WorkerIdLeaseContract):
     @pytest.fixture
-    async def distributed_lock(self, redis_client: RedisClient) -> AsyncIterator[RedisLock]:
-        async with RedisLock(redis_client) as lock:
+    async def distributed_lock(self, contract_redis_client: RedisClient) -> AsyncIterator[RedisLock]:
+        async with RedisLock(contract_redis_client) as lock:
             yield lock
 
 

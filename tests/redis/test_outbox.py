@@ -14,6 +14,6 @@ pytestmark = pytest.mark.redis
 
 class TestRedisOutboxStore(OutboxStoreContract):
     @pytest.fixture
-    async def outbox_store(self, redis_client: RedisClient) -> AsyncIterator[RedisOutboxStore]:
-        async with RedisOutboxStore(redis_client) as store:
+    async def outbox_store(self, contract_redis_client: RedisClient) -> AsyncIterator[RedisOutboxStore]:
+        async with RedisOutboxStore(contract_redis_client) as store:
             yield store

@@ -31,27 +31,23 @@ pytestmark = pytest.mark.redis
 Factory = Callable[..., Awaitable[RedisTransport]]
 
 
-@pytest.fixture
-async def transport_dead_letters(redis_url: str, unique_name: str) -> AsyncIterator[RedisDeadLetterQueue]:
-    async with RedisDeadLetterQueue.connect(redis_url, prefix=unique_name) as dlq:
+async def _dead_letters(url: str, prefix: str) -> AsyncIterator[RedisDeadLetterQueue]:
+    async with RedisDeadLetterQueue.connect(url, prefix=prefix) as dlq:
         yield dlq
 
 
-@pytest.fixture
-async def transport_factory(
-    redis_url: str, unique_name: str, transport_dead_letters: RedisDeadLetterQueue
-) -> AsyncIterator[Factory]:
+async def _factory(url: str, prefix: str, dead_letters: RedisDeadLetterQueue) -> AsyncIterator[Factory]:
     made: list[RedisTransport] = []
 
     async def make(**options: Any) -> RedisTransport:
         settings: dict[str, Any] = {
             "registry": contract_registry(),
-            "dead_letters": transport_dead_letters,
+            "dead_letters": dead_letters,
             "retry_backoff": 0.01,
             "retry_backoff_max": 0.05,
         }
         settings.update(options)
-        transport = RedisTransport.connect(redis_url, prefix=unique_name, **settings)
+        transport = RedisTransport.connect(url, prefix=prefix, **settings)
         made.append(transport)
         return transport
 
@@ -60,7 +56,37 @@ async def transport_factory(
         await transport.aclose()
 
 
+@pytest.fixture
+async def transport_dead_letters(redis_url: str, unique_name: str) -> AsyncIterator[RedisDeadLetterQueue]:
+    async for dlq in _dead_letters(redis_url, unique_name):
+        yield dlq
+
+
+@pytest.fixture
+async def transport_factory(
+    redis_url: str, unique_name: str, transport_dead_letters: RedisDeadLetterQueue
+) -> AsyncIterator[Factory]:
+    async for make in _factory(redis_url, unique_name, transport_dead_letters):
+        yield make
+
+
 class TestRedisTransport(TransportContract):
+    """The contract on a single server and on the session's Redis Cluster."""
+
+    @pytest.fixture
+    async def transport_dead_letters(
+        self, contract_redis_url: str, unique_name: str
+    ) -> AsyncIterator[RedisDeadLetterQueue]:
+        async for dlq in _dead_letters(contract_redis_url, unique_name):
+            yield dlq
+
+    @pytest.fixture
+    async def transport_factory(
+        self, contract_redis_url: str, unique_name: str, transport_dead_letters: RedisDeadLetterQueue
+    ) -> AsyncIterator[Factory]:
+        async for make in _factory(contract_redis_url, unique_name, transport_dead_letters):
+            yield make
+
     @pytest.fixture
     def transport_inbox_factory(
         self, transport_factory: Factory

@@ -237,9 +237,15 @@ class BenchEnv:
         """URL of a PostgreSQL server (started on first call unless ``$CATGA_POSTGRES_URL`` is set)."""
         return await self._url("postgres", "CATGA_POSTGRES_URL")
 
+    async def redis_cluster_url(self) -> str:
+        """URL of a Redis Cluster, 3 primaries + 3 replicas (started on first call unless
+        ``$CATGA_REDIS_CLUSTER_URL`` is set)."""
+        return await self._url("redis-cluster", "CATGA_REDIS_CLUSTER_URL")
+
     @property
     def started_servers(self) -> tuple[str, ...]:
-        """Kinds of servers this env started itself (``"nats"``, ``"redis"``, ``"postgres"``)."""
+        """Kinds of servers this env started itself (``"nats"``, ``"redis"``, ``"redis-cluster"``,
+        ``"postgres"``)."""
         return tuple(self._servers)
 
     async def _url(self, kind: str, env_var: str) -> str:
@@ -250,6 +256,7 @@ class BenchEnv:
             url = self._urls.get(kind)
             if url is not None:
                 return url
+            from catga.testing.redis_cluster import RedisCluster
             from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
             url = url_from_env(env_var)
@@ -261,8 +268,10 @@ class BenchEnv:
                     server = PostgresServer()
                 elif kind == "nats":
                     server = NatsServer(cpu=self.server_cpu)
-                else:
+                elif kind == "redis":
                     server = RedisServer(cpu=self.server_cpu)
+                else:
+                    server = RedisCluster(cpu=self.server_cpu)
                 await asyncio.to_thread(server.start)
                 self._servers[kind] = server
                 url = server.url

@@ -10,11 +10,17 @@ client (shared) or from a URL with its ``connect`` classmethod (owned, closed by
     store = RedisEventStore(client, registry=registry)
     lock = RedisLock(client)
 
+A ``redis+cluster://host:port,host:port/`` URL gives a :class:`RedisClusterClient` (slot map,
+redirects, one connection per node; keys hash-tagged so every script stays in one slot); a
+``redis+sentinel://sentinel:26379/mymaster`` URL a :class:`RedisSentinelClient` (asks the sentinels
+for the primary at each (re)connection, so it follows a failover).
+
 See ``docs/redis.md`` for URLs, TLS, the key layout and what each Lua script guarantees.
 """
 
 from catga.redis.cache import RedisCache
 from catga.redis.checkpoints import RedisCheckpointStore
+from catga.redis.cluster import RedisClusterClient
 from catga.redis.connection import RedisClient, RedisSettings, Script
 from catga.redis.dead_letter import RedisDeadLetterQueue
 from catga.redis.event_store import RedisEventStore
@@ -23,6 +29,7 @@ from catga.redis.lock import RedisLease, RedisLock
 from catga.redis.outbox import RedisOutboxStore
 from catga.redis.rpc import RedisRpcClient, RedisRpcServer
 from catga.redis.schedules import RedisScheduleStore
+from catga.redis.sentinel import RedisSentinelClient
 from catga.redis.snapshots import RedisSnapshotStore
 from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTransport
 
@@ -30,6 +37,7 @@ __all__ = (
     "RedisCache",
     "RedisCheckpointStore",
     "RedisClient",
+    "RedisClusterClient",
     "RedisDeadLetterQueue",
     "RedisEventStore",
     "RedisIdempotencyStore",
@@ -41,6 +49,7 @@ __all__ = (
     "RedisRpcServer",
     "RedisRpcEndpoint",
     "RedisScheduleStore",
+    "RedisSentinelClient",
     "RedisSettings",
     "RedisSnapshotStore",
     "RedisSubscription",

@@ -1,4 +1,6 @@
-"""What a ``redis://`` / ``rediss://`` URL builds (registered in :mod:`catga.backends`).
+"""What a ``redis://``, ``rediss://``, ``redis+cluster://`` or ``redis+sentinel://`` URL builds.
+
+Registered in :mod:`catga.backends`.
 
 Every part of one app shares one :class:`~catga.redis.RedisClient` per URL and ``prefix``, built
 with ``opened=False`` and opened at ``App.start()`` (connected and checked at once).
@@ -8,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from catga._urls import redact_url
+from catga.errors import ConfigurationError
 from catga.redis import (
     RedisClient,
     RedisDeadLetterQueue,
@@ -22,6 +25,8 @@ from catga.redis import (
     RedisTransport,
 )
 from catga.redis._durability import log_durability
+from catga.redis.cluster import parse_cluster_url
+from catga.redis.sentinel import parse_sentinel_url
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
@@ -39,22 +44,34 @@ async def _open(client: RedisClient) -> None:
 
 
 def url_options(base: str, options: dict[str, str], role: str, shown: str) -> dict[str, Any]:
-    """Refuse a URL without a host in the constructor (``redis://`` never means localhost by itself).
+    """Check the host(s) of ``base``; the client's options stay in the address.
+
+    ``redis://`` without a host is refused (it never means localhost by itself); a ``redis+cluster://``
+    URL lists several seeds (``h1:7000,h2:7001``), a ``redis+sentinel://`` URL several sentinels and the
+    service name; each is checked.
 
     Returns:
-        nothing to add: the client reads its own options from the URL at connect.
+        ``address``: the URL the client is built from (``base`` plus the remaining options).
 
     Raises:
-        ConfigurationError: the URL names no host.
+        ConfigurationError: no host, or a malformed host or port.
     """
-    if not urlsplit(base).hostname:
-        from catga.errors import ConfigurationError
-
-        scheme = base.split("://", 1)[0].lower()
-        raise ConfigurationError(
-            f"{role} URL {shown!r} has no host; write the server's address, e.g. {scheme}://127.0.0.1:6379/0"
-        )
-    return {}
+    address = base + (f"?{urlencode(options)}" if options else "")
+    scheme = base.partition("://")[0].lower()
+    try:
+        if scheme.endswith("+cluster"):
+            parse_cluster_url(address)
+        elif scheme.endswith("+sentinel"):
+            parse_sentinel_url(address)
+        elif not urlsplit(base).hostname:
+            raise ConfigurationError(
+                f"has no host; write the server's address, e.g. {scheme}://127.0.0.1:6379/0"
+            )
+        else:
+            urlsplit(base).port  # noqa: B018 - raises on a malformed port
+    except (ValueError, ConfigurationError) as exc:
+        raise ConfigurationError(f"{role} URL {shown!r}: {exc}") from exc
+    return {"address": address}
 
 
 def connection(b: Backends, spec: BackendUrl) -> RedisClient:

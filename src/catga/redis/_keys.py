@@ -30,6 +30,28 @@ fixed key start with a family followed by ``:``. So ``(prefix, family, id)`` is 
 key: stream ``a`` and stream ``a:b`` are ``P:es:s:a`` and ``P:es:s:a:b``; lock key ``x:fence`` is
 ``P:lock:x:fence``, never ``x``'s fencing counter ``P:fence:x``. Ids are also checked by
 :func:`~catga.protocols.validate_identifier` (no braces, so no cluster hash-tag games).
+
+**On a Redis Cluster** (:class:`~catga.redis.RedisClusterClient`) a Lua script or a multi-key
+command must touch keys of one hash slot, so the families used together get a *hash tag* (the part
+of a key between the first ``{`` and the next ``}`` is what Redis hashes):
+
+=============================  =====================================  ==============================
+single server                  cluster                                one slot per
+=============================  =====================================  ==============================
+``P:es:s:<id>``, ``P:es:pos``,  ``{P:es}:s:<id>``, ``{P:es}:pos``,      prefix (the whole event store)
+``P:es:log``                   ``{P:es}:log``
+``P:lock:<key>``,              ``P:lock:{<key>}``,                    lock key
+``P:fence:<key>``              ``P:fence:{<key>}``
+``P:ob:<id>``, ``P:ob-*``      ``{P:ob}:<id>``, ``{P:ob}-*``           prefix (the whole outbox)
+``P:dlq``, ``P:dlq-*``         ``{P:dlq}``, ``{P:dlq}-*``              prefix (the whole DLQ)
+=============================  =====================================  ==============================
+
+Single-key families (``idem``, ``cache``) and the transport's streams, lists and channels
+(``P:t:...``) are the same on both: each command touches one key. The cluster key is the single-server
+key with braces inserted at fixed places, and neither prefixes nor ids contain braces, so removing
+the braces gives the single-server key back: the no-collision argument above carries over unchanged.
+A single server keeps the old layout (nothing to migrate); moving data from a single server to a
+cluster renames the keys of the tagged families as in the table.
 """
 
 from __future__ import annotations
@@ -38,7 +60,7 @@ import re
 
 from catga.errors import InvalidIdentifierError
 
-__all__ = ("FAMILIES", "FIXED", "validate_prefix")
+__all__ = ("FAMILIES", "FIXED", "KeyLayout", "validate_prefix")
 
 _PREFIX = re.compile(r"[A-Za-z0-9_\-@=+.]{1,64}\Z")
 
@@ -72,3 +94,56 @@ def validate_prefix(prefix: object) -> str:
             "use 1-64 ASCII letters, digits and _ - . @ = + (no ':', it separates key components)",
         )
     return prefix
+
+
+#: Families whose keys share one slot per prefix on a cluster, by their slot group.
+_GROUPS = {
+    "es:s": "es",
+    "es:pos": "es",
+    "es:log": "es",
+    "ob": "ob",
+    "ob-ready": "ob",
+    "ob-wait": "ob",
+    "ob-pub": "ob",
+    "ob-dead": "ob",
+    "dlq": "dlq",
+    "dlq-idx": "dlq",
+    "dlq-seq": "dlq",
+}
+#: Families whose keys share one slot per user id on a cluster (the id is the hash tag).
+_ID_TAGGED = frozenset({"lock", "fence"})
+
+
+class KeyLayout:
+    """Builds the keys of one prefix, hash-tagged when the client talks to a cluster.
+
+    Args:
+        prefix: the key prefix (checked by :func:`validate_prefix`).
+        cluster: insert the hash tags of the module docstring's cluster table.
+    """
+
+    __slots__ = ("cluster", "prefix")
+
+    def __init__(self, prefix: str, *, cluster: bool = False) -> None:
+        self.prefix = validate_prefix(prefix)
+        self.cluster = cluster
+
+    def fixed(self, family: str) -> str:
+        """The fixed key ``family`` (one of :data:`FIXED`)."""
+        group = _GROUPS.get(family) if self.cluster else None
+        if group is None:
+            return f"{self.prefix}:{family}"
+        return f"{{{self.prefix}:{group}}}{family[len(group) :]}"
+
+    def per_id(self, family: str) -> tuple[str, str]:
+        """``(head, tail)`` of the keys of ``family`` (one of :data:`FAMILIES`): key = head + id + tail."""
+        if self.cluster:
+            if family in _ID_TAGGED:
+                return f"{self.prefix}:{family}:{{", "}"
+            group = _GROUPS.get(family)
+            if group is not None:
+                return f"{{{self.prefix}:{group}}}{family[len(group) :]}:", ""
+        return f"{self.prefix}:{family}:", ""
+
+    def __repr__(self) -> str:
+        return f"KeyLayout({self.prefix!r}, cluster={self.cluster})"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from catga._outage import OutageLog
@@ -37,8 +38,9 @@ from catga.redis.connection import RedisSettings, open_connection
 
 if TYPE_CHECKING:
     from catga.redis._consumer import RedisSubscription
+    from catga.redis.cluster import RedisClusterClient
 
-__all__ = ("HEALTH_INTERVAL", "PubSubHub")
+__all__ = ("HEALTH_INTERVAL", "PubSubHub", "ShardedPubSub")
 
 logger = logging.getLogger("catga.redis.transport")
 
@@ -56,6 +58,11 @@ class PubSubHub:
 
     Args:
         settings: where to connect (the transport client's settings: TLS, credentials, db).
+        where: an async callable giving the settings of the node to (re)connect to (a cluster's
+            or Sentinel's current primary, so a failover does not leave the hub dialling a dead
+            node); None: always ``settings``.
+        sharded: use sharded pub/sub (``SSUBSCRIBE``, Redis 7 cluster): every channel must live on
+            the node ``where`` names.
         timeout: seconds allowed for a ``SUBSCRIBE`` confirmation and a health-check ``PONG``
             (None: wait for ever).
         health_interval: seconds between health-check ``PING`` s.
@@ -64,11 +71,24 @@ class PubSubHub:
     """
 
     def __init__(
-        self, settings: RedisSettings, timeout: float | None, *, health_interval: float = HEALTH_INTERVAL
+        self,
+        settings: RedisSettings,
+        timeout: float | None,
+        *,
+        health_interval: float = HEALTH_INTERVAL,
+        where: Callable[[], Awaitable[RedisSettings]] | None = None,
+        sharded: bool = False,
     ) -> None:
         self.timeout = timeout
         self.health_interval = health_interval
         self._settings = settings
+        self._where = where
+        self.sharded = sharded
+        prefix = "S" if sharded else ""
+        self._subscribe, self._unsubscribe = f"{prefix}SUBSCRIBE", f"{prefix}UNSUBSCRIBE"
+        self._message_kind, self._confirm_kind = (
+            (b"smessage", b"ssubscribe") if sharded else (b"message", b"subscribe")
+        )
         self._subs: dict[bytes, tuple[RedisSubscription, ...]] = {}
         self._ready: dict[bytes, _Ready] = {}
         self._conn: RespConnection | None = None
@@ -110,7 +130,7 @@ class PubSubHub:
                         raise
                     self._task = asyncio.ensure_future(self._supervise(conn))
                 if conn is not None and not conn.closed:
-                    conn.write(("SUBSCRIBE", key))
+                    conn.write((self._subscribe, key))
                 # else: the supervisor is reconnecting and subscribes every channel when it is back
         await asyncio.wait([ready], timeout=self.timeout)
         if ready.done() and not ready.cancelled():
@@ -120,7 +140,7 @@ class PubSubHub:
             raise error
         reason = "the pub/sub connection was closed" if self._closed else f"no reply within {self.timeout} s"
         raise BackendUnavailableError(
-            f"Redis at {self._settings.address} did not confirm SUBSCRIBE {channel} ({reason}); "
+            f"Redis at {self._settings.address} did not confirm {self._subscribe} {channel} ({reason}); "
             "check that the server is reachable, then subscribe again",
             backend="redis",
         )
@@ -139,20 +159,20 @@ class PubSubHub:
                 ready.cancel()
             conn = self._conn
             if conn is not None and not conn.closed:
-                conn.write(("UNSUBSCRIBE", key))  # best effort: a lost connection forgets it anyway
+                conn.write((self._unsubscribe, key))  # best effort: a lost connection forgets it anyway
 
     # -- pushes from the server (called by the connection as replies are parsed) -------------------
     def _on_push(self, reply: Any) -> None:
         try:
             if type(reply) is list:
                 kind = reply[0]
-                if kind == b"message":
+                if kind == self._message_kind:
                     subs = self._subs.get(reply[1])
                     if subs is not None:
                         data = reply[2]
                         for sub in subs:
                             sub._on_frame(data)
-                elif kind == b"subscribe":
+                elif kind == self._confirm_kind:
                     self._confirmed(reply[1])
                 elif kind == b"pong":
                     self._got_pong()
@@ -179,7 +199,7 @@ class PubSubHub:
     def _refused(self, reply: ReplyError) -> None:
         """An error reply in subscriber mode (an ACL refusing a channel, say): the unconfirmed
         channels fail with it (replies carry no channel name, so which one is not known)."""
-        error = reply_error("SUBSCRIBE", reply)
+        error = reply_error(self._subscribe, reply)
         logger.warning("Redis pub/sub at %s answered an error: %s", self._settings.address, error)
         for ready in self._ready.values():
             if not ready.done():
@@ -187,6 +207,8 @@ class PubSubHub:
 
     # -- the connection ----------------------------------------------------------------------------
     async def _open(self) -> RespConnection:
+        if self._where is not None:
+            self._settings = await self._where()
         conn = await open_connection(self._settings, coalesce=False)
         if self._closed:
             conn.abort("the pub/sub hub was closed while connecting")
@@ -229,7 +251,11 @@ class PubSubHub:
         self._resubscribing = keys
         self._resubscribed = done = asyncio.get_running_loop().create_future()
         try:
-            conn.write(("SUBSCRIBE", *keys))
+            if self.sharded:  # one SSUBSCRIBE per channel: several must share a slot
+                for key in keys:
+                    conn.write((self._subscribe, key))
+            else:
+                conn.write((self._subscribe, *keys))
             await asyncio.wait([done], timeout=self.timeout)
             if not done.done():
                 raise BackendUnavailableError(
@@ -289,3 +315,50 @@ def _lost_future(conn: RespConnection) -> asyncio.Future[str]:
 
     conn.on_lost = on_lost
     return lost
+
+
+class ShardedPubSub:
+    """Pub/sub on a Redis Cluster: each channel ``SSUBSCRIBE``-d on the primary of its slot.
+
+    One :class:`PubSubHub` (one connection) per primary holding subscribed channels; a hub
+    reconnects to wherever its channels' slot lives now (a failover moves a primary's slots to one
+    replica together). Same interface as :class:`PubSubHub`.
+
+    Args:
+        client: the cluster client (its slot map says where a channel lives).
+        timeout: as :class:`PubSubHub`.
+    """
+
+    def __init__(self, client: RedisClusterClient, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._client = client
+        self._hubs: dict[str, PubSubHub] = {}
+        self._by_channel: dict[str, PubSubHub] = {}
+
+    async def add(self, channel: str, sub: RedisSubscription) -> None:
+        """As :meth:`PubSubHub.add`, on the primary of ``channel``'s slot."""
+        hub = self._by_channel.get(channel)
+        if hub is None:
+            node = await self._client.node_for(channel)
+            hub = self._hubs.get(node.settings.address)
+            if hub is None:
+
+                async def where() -> RedisSettings:
+                    return (await self._client.node_for(channel)).settings
+
+                hub = self._hubs[node.settings.address] = PubSubHub(
+                    node.settings, self.timeout, where=where, sharded=True
+                )
+            self._by_channel[channel] = hub
+        await hub.add(channel, sub)
+
+    async def remove(self, channel: str, sub: RedisSubscription) -> None:
+        """As :meth:`PubSubHub.remove`."""
+        hub = self._by_channel.get(channel)
+        if hub is not None:
+            await hub.remove(channel, sub)
+
+    async def aclose(self) -> None:
+        """Close every hub. Idempotent."""
+        for hub in list(self._hubs.values()):
+            await hub.aclose()

@@ -31,7 +31,7 @@ from catga._lifecycle import AsyncCloseable
 from catga._versions import Version, require_version
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error, translate_error
-from catga.redis._keys import validate_prefix
+from catga.redis._keys import KeyLayout, validate_prefix
 from catga.redis._resp import ReplyError, RespConnection, abandon
 from catga.redis._settings import DEFAULT_URL, RedisSettings
 
@@ -248,6 +248,9 @@ class RedisClient(AsyncCloseable):
         >>> await r.aclose()  # doctest: +SKIP
     """
 
+    #: Whether this client talks to a Redis Cluster (keys are hash-tagged; see :mod:`catga.redis._keys`).
+    cluster: bool = False
+
     def __init__(
         self,
         settings: RedisSettings,
@@ -258,6 +261,8 @@ class RedisClient(AsyncCloseable):
     ) -> None:
         self.settings = settings
         self.prefix = validate_prefix(prefix)
+        #: The key layout of this prefix (hash-tagged on a cluster, see :mod:`catga.redis._keys`).
+        self.layout = KeyLayout(self.prefix, cluster=self.cluster)
         self.timeout = settings.timeout
         self._coalesce = coalesce
         self._conn: RespConnection | None = None
@@ -279,9 +284,28 @@ class RedisClient(AsyncCloseable):
     ) -> RedisClient:
         """A client for ``url`` (nothing is opened until the first command, or :meth:`open`).
 
+        A ``redis+cluster://`` / ``rediss+cluster://`` URL gives a
+        :class:`~catga.redis.RedisClusterClient`, a ``redis+sentinel://`` one a
+        :class:`~catga.redis.RedisSentinelClient`.
+
         Raises:
             ConfigurationError: the URL or prefix is invalid.
         """
+        scheme = url.partition("://")[0].lower()
+        if scheme.endswith(("+cluster", "+sentinel")):  # their modules import this one
+            from catga.redis.cluster import RedisClusterClient
+            from catga.redis.sentinel import RedisSentinelClient
+
+            kind = RedisClusterClient if scheme.endswith("+cluster") else RedisSentinelClient
+            return kind.from_url(
+                url,
+                prefix=prefix,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                ssl_context=ssl_context,
+                coalesce=coalesce,
+                opened=opened,
+            )
         settings = RedisSettings.from_url(
             url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
@@ -306,22 +330,27 @@ class RedisClient(AsyncCloseable):
         )
 
     # -- connection ----------------------------------------------------------------------------
+    def _closed_error(self) -> Exception:
+        """What a call on a closed client raises (not open yet, for a client an app opens)."""
+        if self._managed:
+            return ConfigurationError(
+                f"the Redis client for {self.settings.address} is not open: App.start() opens it and "
+                "App.aclose() closes it; use the app's transport and stores inside `async with app:` "
+                "(or after `await app.start()`)"
+            )
+        return BackendUnavailableError(
+            f"this {type(self).__name__} for {self.settings.address} was closed; create a new one",
+            backend="redis",
+        )
+
     async def _connect(self) -> RespConnection:
         if self._closed:
-            if self._managed:
-                raise ConfigurationError(
-                    f"the Redis client for {self.settings.address} is not open: App.start() opens it and "
-                    "App.aclose() closes it; use the app's transport and stores inside `async with app:` "
-                    "(or after `await app.start()`)"
-                )
-            raise BackendUnavailableError(
-                f"this RedisClient for {self.settings.address} was closed; create a new one", backend="redis"
-            )
+            raise self._closed_error()
         async with self._lock:
             conn = self._conn
             if conn is not None and not conn.closed:
                 return conn
-            conn = await open_connection(self.settings, coalesce=self._coalesce)
+            conn = await self._open_connection()
             if self._closed:
                 conn.abort("the client was closed while connecting")
                 raise BackendUnavailableError(
@@ -330,6 +359,10 @@ class RedisClient(AsyncCloseable):
                 )
             self._conn = conn
             return conn
+
+    async def _open_connection(self) -> RespConnection:
+        """Open the connection (a subclass may first ask where: Sentinel)."""
+        return await open_connection(self.settings, coalesce=self._coalesce)
 
     # -- commands ------------------------------------------------------------------------------
     async def execute(self, *args: Any, timeout: Timeout = DEFAULT) -> Any:

@@ -74,7 +74,7 @@ class RedisDeadLetterQueue(RedisStoreBase):
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
         super().__init__(client, owns_client=owns_client)
         p = client.prefix
-        self._keys = (f"{p}:dlq", f"{p}:dlq-idx", f"{p}:dlq-seq")
+        self._keys = tuple(client.layout.fixed(f) for f in ("dlq", "dlq-idx", "dlq-seq"))
         self._old_sources = ((f"{p}:t:evt:", EVENT), (f"{p}:t:cmd:", COMMAND))
 
     def _decode(self, blob: bytes) -> DeadLetter:

@@ -106,9 +106,10 @@ class RedisEventStore(RedisStoreBase):
         super().__init__(client, owns_client=owns_client)
         self._registry = registry if registry is not None else default_registry()
         self.max_payload = check_max_payload(max_payload)
-        self._stream_prefix = f"{client.prefix}:es:s:"
-        self._pos_key = f"{client.prefix}:es:pos"
-        self._log_key = f"{client.prefix}:es:log"
+        layout = client.layout
+        self._stream_prefix = layout.per_id("es:s")[0]
+        self._pos_key = layout.fixed("es:pos")
+        self._log_key = layout.fixed("es:log")
         self._blockers: set[RedisClient] = set()
         self._closed = False
 

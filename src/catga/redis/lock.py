@@ -11,7 +11,11 @@ task — unlike redis-py's ``Lock``, which keeps its token thread-local.
 
 A TTL lock alone cannot protect a resource from a holder that paused past its TTL (GC, swap, network):
 pass ``lease.fencing_token`` with every write and have the resource reject tokens lower than the highest
-it has seen. See ``docs/redis.md``.
+it has seen. The same holds across a failover (Sentinel, Redis Cluster): replication is asynchronous,
+so the promoted replica may have lost the lock key -- a second holder can then acquire it while the
+first still works -- and the last fencing increments. The fencing token is what keeps the two out of
+the same critical section, and it only does if the counter survived: use ``wait_replicas`` on the
+client for locks that guard anything important. See ``docs/redis.md``.
 """
 
 from __future__ import annotations
@@ -133,8 +137,8 @@ class RedisLock(RedisStoreBase):
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
         super().__init__(client, owns_client=owns_client)
-        self._lock_prefix = f"{client.prefix}:lock:"
-        self._fence_prefix = f"{client.prefix}:fence:"
+        self._lock_prefix, self._tail = client.layout.per_id("lock")
+        self._fence_prefix = client.layout.per_id("fence")[0]
         self._token_prefix = os.urandom(8).hex() + "-"
         self._counter = itertools.count(1)
         self._renewals: set[asyncio.Task[None]] = set()
@@ -155,8 +159,8 @@ class RedisLock(RedisStoreBase):
         if wait < 0:
             raise ConfigurationError(f"lock wait must be >= 0 seconds, got {wait!r}")
         token = f"{self._token_prefix}{next(self._counter)}"
-        redis_key = self._lock_prefix + key
-        keys = (redis_key, self._fence_prefix + key)
+        redis_key = self._lock_prefix + key + self._tail
+        keys = (redis_key, self._fence_prefix + key + self._tail)
         args = (token, ms)
         run = self._client.run_script
         reply = await run(_ACQUIRE, keys, args)

@@ -164,9 +164,9 @@ class RedisOutboxStore(RedisStoreBase):
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
         super().__init__(client, owns_client=owns_client)
-        p = client.prefix
-        self._msg_prefix = f"{p}:ob:"
-        self._keys = (f"{p}:ob-ready", f"{p}:ob-wait", f"{p}:ob-pub", f"{p}:ob-dead")
+        layout = client.layout
+        self._msg_prefix = layout.per_id("ob")[0]
+        self._keys = tuple(layout.fixed(f) for f in ("ob-ready", "ob-wait", "ob-pub", "ob-dead"))
 
     async def add(self, messages: Sequence[OutboxMessage]) -> None:
         """Store ``messages`` atomically; an id that is already stored is ignored (the first wins).

@@ -29,7 +29,8 @@ how it reads:
   entries it holds (``XCLAIM ... JUSTID``, so a long handler is not taken away) and takes over entries
   idle for ``claim_min_idle`` seconds -- those of a consumer that died -- with ``XAUTOCLAIM``. An entry
   already delivered more than ``max_deliver`` times goes to the dead-letter queue unhandled.
-* ``AT_MOST_ONCE`` with ``group=None``: Redis pub/sub (``SUBSCRIBE``), one connection per transport.
+* ``AT_MOST_ONCE`` with ``group=None``: Redis pub/sub (``SUBSCRIBE``), one connection per transport
+  (on a cluster: sharded pub/sub, ``SPUBLISH`` / ``SSUBSCRIBE``, one connection per primary).
   Pub/sub has no competing consumers, so ``AT_MOST_ONCE`` with a named group reads the stream with
   ``XREADGROUP ... NOACK`` instead (delivered once to the group, never redelivered).
 * Commands (``send``) go to the command stream only; every subscriber of the destination, whatever its
@@ -64,10 +65,11 @@ from catga.messages import H_ERROR, Metadata, QoS
 from catga.protocols import DeadLetter, DeadLetterQueue, InboxStore, RawHandler, validate_identifier
 from catga.redis._consumer import RedisSubscription
 from catga.redis._keys import validate_prefix
-from catga.redis._pubsub import PubSubHub
+from catga.redis._pubsub import PubSubHub, ShardedPubSub
 from catga.redis._reader import ConsumerSettings
 from catga.redis._reqrep import RedisRpcEndpoint, _ReplyRouter
 from catga.redis._wire import entry_args, frame
+from catga.redis.cluster import RedisClusterClient
 from catga.redis.connection import DEFAULT_URL, RedisClient
 from catga.redis.idempotency import RedisInboxStore
 from catga.serialization import TypeRegistry, default_registry
@@ -190,7 +192,10 @@ class RedisTransport(TransportBase[RedisSubscription]):
         self._subs: set[RedisSubscription] = set()
         self._servers: set[RedisRpcEndpoint] = set()
         self._router: _ReplyRouter | None = None
-        self._pubsub: PubSubHub | None = None
+        self._pubsub: PubSubHub | ShardedPubSub | None = None
+        cluster = client if isinstance(client, RedisClusterClient) else None
+        self._cluster = cluster
+        self._publish = "SPUBLISH" if cluster is not None else "PUBLISH"  # sharded pub/sub on a cluster
         self._closed = False
 
     @classmethod
@@ -240,7 +245,7 @@ class RedisTransport(TransportBase[RedisSubscription]):
 
     def _event_commands(self, dest: str, body: bytes, headers: Mapping[str, str]) -> list[tuple[Any, ...]]:
         key = self._evt + dest
-        return [entry_args(key, body, headers, self.max_len), ("PUBLISH", key, frame(body, headers))]
+        return [entry_args(key, body, headers, self.max_len), (self._publish, key, frame(body, headers))]
 
     async def publish(
         self, message: object, *, metadata: Metadata | None = None, destination: str | None = None
@@ -326,7 +331,8 @@ class RedisTransport(TransportBase[RedisSubscription]):
 
     async def _has_reader(self, key: str) -> bool:
         """Whether a consumer group reads stream ``key`` or a pub/sub client listens on its channel."""
-        exists, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", "NUMSUB", key)])
+        numsub_command = "SHARDNUMSUB" if self._cluster is not None else "NUMSUB"
+        exists, numsub = await self.client.execute_many([("EXISTS", key), ("PUBSUB", numsub_command, key)])
         if numsub[1]:
             return True
         if not exists:
@@ -363,7 +369,11 @@ class RedisTransport(TransportBase[RedisSubscription]):
         try:
             if noack and group is None:
                 if self._pubsub is None:
-                    self._pubsub = PubSubHub(self.client.settings, self.timeout)
+                    if self._cluster is not None:
+                        self._pubsub = ShardedPubSub(self._cluster, self.timeout)
+                    else:
+                        where = getattr(self.client, "pubsub_node", None)  # Sentinel: the primary
+                        self._pubsub = PubSubHub(self.client.settings, self.timeout, where=where)
                 await self._pubsub.add(self._evt + dest, sub)
             else:
                 private = group is None

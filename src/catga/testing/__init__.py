@@ -15,6 +15,8 @@ from catga.testing.bus import MemoryBus
 from catga.testing.capture import Captured, MessageLog, capture
 from catga.testing.clock import FakeClock
 from catga.testing.cluster import NatsCluster
+from catga.testing.redis_cluster import RedisCluster
+from catga.testing.redis_sentinel import RedisSentinel
 from catga.testing.servers import (
     NatsServer,
     RedisServer,
@@ -35,6 +37,8 @@ __all__ = (
     "MessageLog",
     "NatsCluster",
     "NatsServer",
+    "RedisCluster",
+    "RedisSentinel",
     "RedisServer",
     "ServerStartError",
     "capture",

@@ -10,6 +10,14 @@ turns it off. Fixtures:
 * ``postgres_url`` (session): URL of a PostgreSQL server (user ``postgres``, database ``postgres``).
 * ``nats_cluster`` (function): a :class:`~catga.testing.cluster.NatsCluster` of three JetStream nodes
   (started once per session), with every node running and a meta leader elected when the test starts.
+* ``redis_cluster_session`` (session): a :class:`~catga.testing.redis_cluster.RedisCluster` of three
+  primaries with one replica each, started on first use; ``redis_cluster`` (function) is the same
+  cluster healed for the test (killed nodes restarted, every node ``ok``); ``redis_cluster_url``
+  (session) is its ``redis+cluster://`` URL, or ``$CATGA_REDIS_CLUSTER_URL``.
+* ``redis_sentinel_session`` (session): a :class:`~catga.testing.redis_sentinel.RedisSentinel`
+  (a primary, one replica, three sentinels); ``redis_sentinel`` (function) the same set healed for
+  the test; ``redis_sentinel_url`` (session) its ``redis+sentinel://`` URL, or
+  ``$CATGA_REDIS_SENTINEL_URL``.
 * ``unique_name`` (function): a short unique name for isolating streams, keys and prefixes.
 * ``fake_clock`` (function): a :class:`~catga.testing.FakeClock` that catga reads for the test
   (:func:`catga.clock.use_clock`); ``with fake_clock.drive_loop():`` in an async test makes asyncio's
@@ -42,11 +50,13 @@ from catga.clock import use_clock
 from catga.testing.bus import MemoryBus
 from catga.testing.clock import FakeClock
 from catga.testing.cluster import NatsCluster
+from catga.testing.redis_cluster import RedisCluster
+from catga.testing.redis_sentinel import RedisSentinel
 from catga.testing.servers import NatsServer, RedisServer, url_from_env
 
 __all__ = (
-    "MARKERS",
     "fake_clock",
+    "MARKERS",
     "memory_bus",
     "nats_cluster",
     "nats_cluster_session",
@@ -55,6 +65,12 @@ __all__ = (
     "pytest_collection_modifyitems",
     "pytest_configure",
     "pytest_pyfunc_call",
+    "redis_cluster",
+    "redis_cluster_session",
+    "redis_cluster_url",
+    "redis_sentinel",
+    "redis_sentinel_session",
+    "redis_sentinel_url",
     "redis_url",
     "unique_name",
 )
@@ -62,6 +78,8 @@ __all__ = (
 NATS_URL_ENV = "CATGA_NATS_URL"
 REDIS_URL_ENV = "CATGA_REDIS_URL"
 POSTGRES_URL_ENV = "CATGA_POSTGRES_URL"
+REDIS_CLUSTER_URL_ENV = "CATGA_REDIS_CLUSTER_URL"
+REDIS_SENTINEL_URL_ENV = "CATGA_REDIS_SENTINEL_URL"
 
 #: The markers this plugin registers, and the fixtures that apply each of them to a test.
 MARKERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -146,6 +164,60 @@ def redis_url() -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisCluster]:
+    """A Redis Cluster (3 primaries + 3 replicas) on loopback, started on first use, stopped with the
+    session. Prefer :func:`redis_cluster`, which also brings back nodes an earlier test killed."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisCluster) -> RedisCluster:
+    """The session's Redis Cluster, healed for this test: every node up, ``cluster_state:ok``.
+
+    Tests may kill and restart nodes; the next test gets them back (a killed primary returns as a
+    replica of the one promoted in its place). Keys are shared by every test: use ``unique_name``.
+    """
+    redis_cluster_session.heal()
+    return redis_cluster_session
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(request: pytest.FixtureRequest) -> str:
+    """URL of a Redis Cluster: ``$CATGA_REDIS_CLUSTER_URL`` or the session's :func:`redis_cluster`."""
+    url = url_from_env(REDIS_CLUSTER_URL_ENV)
+    if url is not None:
+        return url
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster_session")
+    return cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_session() -> Iterator[RedisSentinel]:
+    """A primary, one replica and three sentinels on loopback, started on first use, stopped with the
+    session. Prefer :func:`redis_sentinel`, which also brings back data nodes an earlier test killed."""
+    with RedisSentinel() as sentinel:
+        yield sentinel
+
+
+@pytest.fixture
+def redis_sentinel(redis_sentinel_session: RedisSentinel) -> RedisSentinel:
+    """The session's Sentinel set, healed for this test (killed data nodes restarted and in sync)."""
+    redis_sentinel_session.heal()
+    return redis_sentinel_session
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url(request: pytest.FixtureRequest) -> str:
+    """URL of a Sentinel-managed Redis: ``$CATGA_REDIS_SENTINEL_URL`` or the session's set."""
+    url = url_from_env(REDIS_SENTINEL_URL_ENV)
+    if url is not None:
+        return url
+    sentinel: RedisSentinel = request.getfixturevalue("redis_sentinel_session")
+    return sentinel.url
 
 
 @pytest.fixture(scope="session")
