@@ -1,0 +1,174 @@
+"""The eventsourcing infrastructure factory that puts an application on a catga event store."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    NotSupportedError,
+    OperationalError,
+    PersistenceError,
+    ProcessRecorder,
+    TrackingRecorder,
+)
+from eventsourcing.utils import Environment, EnvType
+
+from catga.errors import BackendError, CatgaError
+from catga.es_persistence._loop import LoopThread
+from catga.es_persistence.recorders import CatgaAggregateRecorder, CatgaApplicationRecorder, record_registry
+from catga.protocols import EventStore
+
+__all__ = ("Factory", "open_store")
+
+Closer = Callable[[], Awaitable[None]]
+
+
+async def open_store(
+    url: str, *, table: str | None = None, timeout: float = 5.0
+) -> tuple[EventStore, Closer]:
+    """Open the catga event store ``url`` names for the recorders; return it and its closer.
+
+    Args:
+        url: ``memory://``, ``nats://…``, ``redis://…`` (namespace with ``?prefix=``),
+            ``postgresql://…`` or ``sqlite:///path/to/file.db``.
+        table: the table of a PostgreSQL or SQLite store (default ``catga_events``).
+        timeout: seconds for connecting and for each store call.
+
+    Raises:
+        ConfigurationError: a bad URL or a missing client library (the message says which).
+        BackendUnavailableError: the server cannot be reached.
+    """
+    registry = record_registry()
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "sqlite":
+        from catga.sqlite import SqliteEventStore
+
+        sqlite = SqliteEventStore(url[len("sqlite://") :], table=table or "catga_events", registry=registry)
+        return sqlite, sqlite.aclose
+    if scheme in ("postgresql", "postgres"):
+        from catga.postgres import PostgresEventStore
+
+        pg = await PostgresEventStore.connect(url, table=table, timeout=timeout, registry=registry)
+        return pg, pg.aclose
+    from catga.backends import Backends, parse_url
+
+    backends = Backends(name="catga-eventsourcing", registry=registry, timeout=timeout)
+    store: EventStore = await backends.opened("store", parse_url(url, "CATGA_STORE_URL"))
+    closers = backends.closers()
+
+    async def close() -> None:
+        for _, step in closers:
+            await step()
+
+    return store, close
+
+
+async def _awaited(step: Closer) -> None:
+    await step()
+
+
+class Factory(InfrastructureFactory[TrackingRecorder]):
+    """eventsourcing's infrastructure factory on a catga event store.
+
+    Select it with ``PERSISTENCE_MODULE=catga.es_persistence`` in the application's environment.
+    Settings (each may be prefixed with the application's name, as eventsourcing's own are):
+
+    * ``CATGA_STORE_URL``: the store (default ``memory://``); see :func:`open_store`.
+    * ``CATGA_STORE_TABLE``: the table of a PostgreSQL or SQLite store (default ``catga_events``).
+    * ``CATGA_TIMEOUT``: seconds for connecting and each store call (default 5).
+    * ``CATGA_CALL_TIMEOUT``: seconds one recorder call may take in all (default 30).
+
+    The store is opened when the factory is constructed, on an event-loop thread of its own, and closed
+    by :meth:`close` (``Application.close()``). Process and tracking recorders are not provided.
+
+    Raises:
+        OperationalError: the store cannot be reached.
+        PersistenceError: the settings are wrong (the message names the setting).
+    """
+
+    CATGA_STORE_URL = "CATGA_STORE_URL"
+    CATGA_STORE_TABLE = "CATGA_STORE_TABLE"
+    CATGA_TIMEOUT = "CATGA_TIMEOUT"
+    CATGA_CALL_TIMEOUT = "CATGA_CALL_TIMEOUT"
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        url = self.env.get(self.CATGA_STORE_URL) or "memory://"
+        self._timeout = self._seconds(self.CATGA_TIMEOUT, 5.0)
+        self._call_timeout = self._seconds(self.CATGA_CALL_TIMEOUT, 30.0)
+        self._loop = LoopThread(f"catga-eventsourcing-{self.env.name or 'app'}")
+        try:
+            self._store, self._close = self._loop.run(
+                open_store(url, table=self.env.get(self.CATGA_STORE_TABLE) or None, timeout=self._timeout),
+                self._call_timeout,
+                "opening the catga store",
+            )
+        except BaseException as exc:
+            self._loop.close()
+            if isinstance(exc, BackendError):
+                raise OperationalError(f"{self.CATGA_STORE_URL}: {type(exc).__name__}: {exc}") from exc
+            if isinstance(exc, CatgaError):
+                raise PersistenceError(f"{self.CATGA_STORE_URL}: {type(exc).__name__}: {exc}") from exc
+            raise
+        self._closed = False
+
+    def _seconds(self, key: str, default: float) -> float:
+        value = self.env.get(key)
+        if not value:
+            return default
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0:
+            raise PersistenceError(f"{key} must be a number of seconds above 0, got {value!r}")
+        return seconds
+
+    @property
+    def store(self) -> EventStore:
+        """The catga event store the recorders use (it lives on the factory's loop thread)."""
+        return self._store
+
+    def aggregate_recorder(self, purpose: str = "events") -> CatgaAggregateRecorder:
+        """A recorder of the aggregates' streams named ``<purpose>.<id>`` (snapshots: ``snapshots``)."""
+        return CatgaAggregateRecorder(self._store, self._loop, purpose=purpose, timeout=self._call_timeout)
+
+    def application_recorder(self) -> CatgaApplicationRecorder:
+        """The application's recorder: the ``events`` streams, and notifications."""
+        return CatgaApplicationRecorder(self._store, self._loop, purpose="events", timeout=self._call_timeout)
+
+    def tracking_recorder(
+        self, tracking_recorder_class: type[TrackingRecorder] | None = None
+    ) -> TrackingRecorder:
+        """Not provided.
+
+        Raises:
+            NotSupportedError: always (a tracking record cannot be stored atomically with events on
+                every catga store).
+        """
+        raise NotSupportedError(
+            "catga.es_persistence has no tracking recorder: run eventsourcing's process applications "
+            "(systems, projections) on eventsourcing.postgres or eventsourcing.sqlite"
+        )
+
+    def process_recorder(self) -> ProcessRecorder:
+        """Not provided.
+
+        Raises:
+            NotSupportedError: always (see :meth:`tracking_recorder`).
+        """
+        raise NotSupportedError(
+            "catga.es_persistence has no process recorder: run eventsourcing's process applications "
+            "(systems) on eventsourcing.postgres or eventsourcing.sqlite"
+        )
+
+    def close(self) -> None:
+        """Close the store, then stop the loop thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._loop.run(_awaited(self._close), self._call_timeout, "closing the catga store")
+        finally:
+            self._loop.close()
