@@ -1,0 +1,204 @@
+"""What catga.es_persistence promises beyond eventsourcing's own test cases: the loop-thread bridge,
+errors, namespacing inside one store, atomicity across aggregates, and stopping a subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import (
+    DataError,
+    IntegrityError,
+    Notification,
+    NotSupportedError,
+    OperationalError,
+    PersistenceError,
+    ProgrammingError,
+    StoredEvent,
+)
+
+from catga.es_persistence import Factory
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def factory() -> Iterator[Factory]:
+    factory = Factory({"CATGA_STORE_URL": "memory://"})
+    yield factory
+    factory.close()
+
+
+def _event(oid: uuid.UUID | str, version: int, topic: str = "t") -> StoredEvent:
+    return StoredEvent(originator_id=oid, originator_version=version, topic=topic, state=b"s%d" % version)
+
+
+class Dog(Aggregate):
+    @event("Registered")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tricks: list[str] = []
+
+    @event("TrickAdded")
+    def add_trick(self, trick: str) -> None:
+        self.tricks.append(trick)
+
+
+def test_an_application_selects_it_by_persistence_module() -> None:
+    app: Application[uuid.UUID] = Application(
+        env={"PERSISTENCE_MODULE": "catga.es_persistence", "CATGA_STORE_URL": "memory://"}
+    )
+    try:
+        assert isinstance(app.factory, Factory)
+        dog = Dog("Fido")
+        dog.add_trick("roll")
+        app.save(dog)
+        assert app.repository.get(dog.id).tricks == ["roll"]
+        assert [n.originator_version for n in app.notification_log.select(start=1, limit=10)] == [1, 2]
+    finally:
+        app.close()
+
+
+def test_snapshots_and_other_catga_events_stay_out_of_the_notifications(factory: Factory) -> None:
+    events = factory.application_recorder()
+    snapshots = factory.aggregate_recorder("snapshots")
+    oid = uuid.uuid4()
+    events.insert_events([_event(oid, 1)])
+    snapshots.insert_events([_event(oid, 1, "snapshot")])
+
+    @dataclasses.dataclass
+    class Foreign:
+        n: int
+
+    factory._loop.run(factory.store.append("other-stream", [Foreign(1)]), WAIT, "append")
+    events.insert_events([_event(oid, 2)])
+    notes = events.select_notifications(None, 10)
+    assert [(n.originator_version, n.topic) for n in notes] == [(1, "t"), (2, "t")]
+    assert [n.id for n in notes] == [1, 4]  # the snapshot and the foreign event took positions 2 and 3
+    assert events.max_notification_id() == 4
+    assert [e.topic for e in snapshots.select_events(oid)] == ["snapshot"]
+
+
+def test_str_ids_read_back_as_str_and_bad_ids_are_data_errors(factory: Factory) -> None:
+    recorder = factory.application_recorder()
+    recorder.insert_events([_event("dog-1", 0)])
+    assert recorder.select_events("dog-1")[0].originator_id == "dog-1"
+    assert recorder.select_notifications(None, 1)[0].originator_id == "dog-1"
+    with pytest.raises(DataError, match="stream id"):
+        recorder.insert_events([_event("has space", 0)])
+
+
+def test_a_conflict_on_one_aggregate_stores_nothing_of_the_insert(factory: Factory) -> None:
+    recorder = factory.application_recorder()
+    a, b = uuid.uuid4(), uuid.uuid4()
+    recorder.insert_events([_event(b, 1)])
+    with pytest.raises(IntegrityError, match="already has version 1"):
+        recorder.insert_events([_event(a, 1), _event(b, 1)])
+    assert recorder.select_events(a) == []
+    assert recorder.max_notification_id() == 1
+
+
+def test_racing_writers_of_one_version_one_wins(factory: Factory) -> None:
+    recorder = factory.application_recorder()
+    oid = uuid.uuid4()
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def write(i: int) -> None:
+        barrier.wait()
+        try:
+            recorder.insert_events([_event(oid, 1, f"writer{i}")])
+            outcomes.append("ok")
+        except IntegrityError:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
+    assert len(recorder.select_events(oid)) == 1
+
+
+def test_called_from_inside_a_running_event_loop(factory: Factory) -> None:
+    recorder = factory.application_recorder()
+
+    async def main() -> list[int]:
+        ids = recorder.insert_events([_event(uuid.uuid4(), 1)])  # blocks this loop for the call, works
+        assert ids == [1]
+        return list(await asyncio.to_thread(recorder.insert_events, [_event(uuid.uuid4(), 1)]) or [])
+
+    assert asyncio.run(main()) == [2]
+
+
+def test_called_from_its_own_loop_thread_is_refused_not_a_deadlock(factory: Factory) -> None:
+    recorder = factory.application_recorder()
+
+    async def inside() -> None:
+        recorder.select_notifications(None, 1)
+
+    with pytest.raises(ProgrammingError, match="own event loop thread"):
+        factory._loop.run(inside(), WAIT, "inside")
+
+
+def test_stop_unblocks_a_waiting_subscription(factory: Factory) -> None:
+    recorder = factory.application_recorder()
+    oid = uuid.uuid4()
+    recorder.insert_events([_event(oid, 1)])
+    got: list[Notification] = []
+    arrived = [threading.Event(), threading.Event()]
+    with recorder.subscribe(gt=None) as subscription:
+
+        def consume() -> None:
+            for note in subscription:
+                got.append(note)
+                arrived[len(got) - 1].set()
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        assert arrived[0].wait(WAIT)
+        recorder.insert_events([_event(oid, 2)])  # a live one, while the consumer waits
+        assert arrived[1].wait(WAIT)
+        subscription.stop()  # the consumer is blocked in next() again: stop() must wake it
+        thread.join(WAIT)
+    assert not thread.is_alive()
+    assert [n.originator_version for n in got] == [1, 2]
+
+
+def test_tracking_and_process_recorders_are_not_provided(factory: Factory) -> None:
+    with pytest.raises(NotSupportedError, match="no tracking recorder"):
+        factory.tracking_recorder()
+    with pytest.raises(NotSupportedError, match="no process recorder"):
+        factory.process_recorder()
+
+
+def test_bad_settings_name_the_setting() -> None:
+    with pytest.raises(PersistenceError, match=r"CATGA_STORE_URL.*unsupported scheme 'ftp'"):
+        Factory({"CATGA_STORE_URL": "ftp://127.0.0.1"})
+    with pytest.raises(PersistenceError, match="CATGA_CALL_TIMEOUT must be a number of seconds"):
+        Factory({"CATGA_CALL_TIMEOUT": "soon"})
+
+
+def test_an_unreachable_server_is_an_operational_error() -> None:
+    with socket.socket() as s:  # a free loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(OperationalError, match="CATGA_STORE_URL"):
+        Factory({"CATGA_STORE_URL": f"redis://127.0.0.1:{port}/0", "CATGA_TIMEOUT": "2"})
+
+
+def test_close_is_idempotent_and_later_calls_say_so() -> None:
+    factory = Factory({"CATGA_STORE_URL": "memory://"})
+    recorder = factory.application_recorder()
+    factory.close()
+    factory.close()
+    with pytest.raises(ProgrammingError, match="factory is closed"):
+        recorder.max_notification_id()
