@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import socket
+import sys
 import threading
+import types
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from eventsourcing.application import Application
@@ -202,3 +206,15 @@ def test_close_is_idempotent_and_later_calls_say_so() -> None:
     factory.close()
     with pytest.raises(ProgrammingError, match="factory is closed"):
         recorder.max_notification_id()
+
+
+def test_the_docs_example_runs_as_written(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "event-sourcing.md").read_text()
+    section = text.split("## Running an eventsourcing application on catga's stores\n", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)[0]
+    module = types.ModuleType("es_docs_example")  # eventsourcing resolves the aggregate's topic
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, "docs/event-sourcing.md", "exec"), module.__dict__)
+    assert capsys.readouterr().out.splitlines() == ["['roll over']", "[1, 2]"]
