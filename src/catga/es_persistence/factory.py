@@ -54,7 +54,7 @@ async def open_store(
     from catga.backends import Backends, parse_url
 
     backends = Backends(name="catga-eventsourcing", registry=registry, timeout=timeout)
-    store: EventStore = await backends.opened("store", parse_url(url, "CATGA_STORE_URL"))
+    store: EventStore = await backends.opened("store", parse_url(url, "store"))
     closers = backends.closers()
 
     async def close() -> None:
