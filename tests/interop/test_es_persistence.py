@@ -26,6 +26,8 @@ from eventsourcing.persistence import (
     PersistenceError,
     ProgrammingError,
     StoredEvent,
+    Tracking,
+    TrackingRecorder,
 )
 
 from catga.es_persistence import Factory
@@ -177,9 +179,15 @@ def test_stop_unblocks_a_waiting_subscription(factory: Factory) -> None:
     assert [n.originator_version for n in got] == [1, 2]
 
 
-def test_tracking_and_process_recorders_are_not_provided(factory: Factory) -> None:
-    with pytest.raises(NotSupportedError, match="no tracking recorder"):
-        factory.tracking_recorder()
+def test_tracking_ids_grow_per_application_and_process_recorders_are_not_provided(factory: Factory) -> None:
+    tracking = factory.tracking_recorder()
+    tracking.insert_tracking(Tracking("upstream", 5))
+    with pytest.raises(IntegrityError, match="already has version 5"):
+        tracking.insert_tracking(Tracking("upstream", 5))
+    assert tracking.max_tracking_id("upstream") == 5
+    assert factory.application_recorder().max_notification_id() is None  # tracking is not a notification
+    with pytest.raises(PersistenceError, match="not a CatgaTrackingRecorder subclass"):
+        factory.tracking_recorder(TrackingRecorder)  # type: ignore[arg-type]
     with pytest.raises(NotSupportedError, match="no process recorder"):
         factory.process_recorder()
 

@@ -16,13 +16,32 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from eventsourcing.persistence import AggregateRecorder, ApplicationRecorder
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    ProcessRecorder,
+    TrackingRecorder,
+)
 from eventsourcing.tests import application as es_application
-from eventsourcing.tests.persistence import AggregateRecorderTestCase, ApplicationRecorderTestCase
+from eventsourcing.tests.persistence import (
+    AggregateRecorderTestCase,
+    ApplicationRecorderTestCase,
+    InfrastructureFactoryTestCase,
+    TrackingRecorderTestCase,
+)
 from eventsourcing.utils import Environment, EnvType, get_topic
 
-from catga.es_persistence import Factory
+from catga.es_persistence import (
+    CatgaAggregateRecorder,
+    CatgaApplicationRecorder,
+    CatgaTrackingRecorder,
+    Factory,
+)
 
+NO_PROCESS_RECORDER = (
+    "a process recorder writes the tracking record and the events in one atomic write, which catga's stores "
+    "cannot do across streams"
+)
 NOT_CONTIGUOUS = (
     "NATS positions are seq << 10 | index (catga.nats.event_store), so notification ids are not 1, 2, 3"
 )
@@ -72,6 +91,11 @@ class _Application(_Binding):
 
     def test_insert_subscribe(self) -> None:
         self.optional_test_insert_subscribe()  # type: ignore[attr-defined]
+
+
+class _Tracking(_Binding):
+    def create_recorder(self) -> TrackingRecorder:
+        return self.factory().tracking_recorder()
 
 
 class _Example(_Binding):
@@ -139,6 +163,10 @@ class TestMemoryApplication(_Memory, _Example, es_application.ExampleApplication
     pass
 
 
+class TestMemoryTrackingRecorder(_Memory, _Tracking, TrackingRecorderTestCase):
+    pass
+
+
 class TestSqliteAggregateRecorder(_Sqlite, _Aggregate, AggregateRecorderTestCase):
     pass
 
@@ -148,6 +176,10 @@ class TestSqliteApplicationRecorder(_Sqlite, _Application, ApplicationRecorderTe
 
 
 class TestSqliteApplication(_Sqlite, _Example, es_application.ExampleApplicationTestCase):
+    pass
+
+
+class TestSqliteTrackingRecorder(_Sqlite, _Tracking, TrackingRecorderTestCase):
     pass
 
 
@@ -163,6 +195,11 @@ class TestRedisApplicationRecorder(_Redis, _Application, ApplicationRecorderTest
 
 @pytest.mark.redis
 class TestRedisApplication(_Redis, _Example, es_application.ExampleApplicationTestCase):
+    pass
+
+
+@pytest.mark.redis
+class TestRedisTrackingRecorder(_Redis, _Tracking, TrackingRecorderTestCase):
     pass
 
 
@@ -183,6 +220,11 @@ class TestNatsApplication(_Nats, _Example, es_application.ExampleApplicationTest
     pass
 
 
+@pytest.mark.nats
+class TestNatsTrackingRecorder(_Nats, _Tracking, TrackingRecorderTestCase):
+    pass
+
+
 @pytest.mark.postgres
 class TestPostgresAggregateRecorder(_Postgres, _Aggregate, AggregateRecorderTestCase):
     pass
@@ -196,3 +238,44 @@ class TestPostgresApplicationRecorder(_Postgres, _Application, ApplicationRecord
 @pytest.mark.postgres
 class TestPostgresApplication(_Postgres, _Example, es_application.ExampleApplicationTestCase):
     pass
+
+
+@pytest.mark.postgres
+class TestPostgresTrackingRecorder(_Postgres, _Tracking, TrackingRecorderTestCase):
+    pass
+
+
+class MyView(CatgaTrackingRecorder):
+    """A tracking recorder subclass, as an eventsourcing projection's view would be."""
+
+
+class TestFactory(InfrastructureFactoryTestCase[Factory]):
+    """eventsourcing's factory test case (the factory does not depend on the store: memory only)."""
+
+    def setUp(self) -> None:
+        self.env = Environment(
+            env={"PERSISTENCE_MODULE": "catga.es_persistence", "CATGA_STORE_URL": "memory://"}
+        )
+        super().setUp()
+
+    def expected_factory_class(self) -> type[Factory]:
+        return Factory
+
+    def expected_aggregate_recorder_class(self) -> type[AggregateRecorder]:
+        return CatgaAggregateRecorder
+
+    def expected_application_recorder_class(self) -> type[ApplicationRecorder]:
+        return CatgaApplicationRecorder
+
+    def expected_tracking_recorder_class(self) -> type[TrackingRecorder]:
+        return CatgaTrackingRecorder
+
+    def tracking_recorder_subclass(self) -> type[TrackingRecorder]:
+        return MyView
+
+    def expected_process_recorder_class(self) -> type[ProcessRecorder]:
+        return ProcessRecorder
+
+    @pytest.mark.xfail(strict=True, reason=NO_PROCESS_RECORDER)
+    def test_create_process_recorder(self) -> None:
+        super().test_create_process_recorder()

@@ -21,6 +21,7 @@ from catga.es_persistence.recorders import (
     CatgaAggregateRecorder,
     CatgaApplicationRecorder,
     CatgaSubscription,
+    CatgaTrackingRecorder,
     Record,
     record_registry,
 )
@@ -30,6 +31,7 @@ __all__ = (
     "CatgaAggregateRecorder",
     "CatgaApplicationRecorder",
     "CatgaSubscription",
+    "CatgaTrackingRecorder",
     "Factory",
     "Record",
     "open_store",

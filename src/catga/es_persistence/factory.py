@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from eventsourcing.persistence import (
     InfrastructureFactory,
@@ -10,13 +11,17 @@ from eventsourcing.persistence import (
     OperationalError,
     PersistenceError,
     ProcessRecorder,
-    TrackingRecorder,
 )
-from eventsourcing.utils import Environment, EnvType
+from eventsourcing.utils import Environment, EnvType, resolve_topic
 
 from catga.errors import BackendError, CatgaError
 from catga.es_persistence._loop import LoopThread
-from catga.es_persistence.recorders import CatgaAggregateRecorder, CatgaApplicationRecorder, record_registry
+from catga.es_persistence.recorders import (
+    CatgaAggregateRecorder,
+    CatgaApplicationRecorder,
+    CatgaTrackingRecorder,
+    record_registry,
+)
 from catga.protocols import EventStore
 
 __all__ = ("Factory", "open_store")
@@ -68,7 +73,7 @@ async def _awaited(step: Closer) -> None:
     await step()
 
 
-class Factory(InfrastructureFactory[TrackingRecorder]):
+class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
     """eventsourcing's infrastructure factory on a catga event store.
 
     Select it with ``PERSISTENCE_MODULE=catga.es_persistence`` in the application's environment.
@@ -80,7 +85,7 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
     * ``CATGA_CALL_TIMEOUT``: seconds one recorder call may take in all (default 30).
 
     The store is opened when the factory is constructed, on an event-loop thread of its own, and closed
-    by :meth:`close` (``Application.close()``). Process and tracking recorders are not provided.
+    by :meth:`close` (``Application.close()``). Process recorders are not provided.
 
     Raises:
         OperationalError: the store cannot be reached.
@@ -139,28 +144,37 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
         return CatgaApplicationRecorder(self._store, self._loop, purpose="events", timeout=self._call_timeout)
 
     def tracking_recorder(
-        self, tracking_recorder_class: type[TrackingRecorder] | None = None
-    ) -> TrackingRecorder:
-        """Not provided.
+        self, tracking_recorder_class: type[CatgaTrackingRecorder] | None = None
+    ) -> CatgaTrackingRecorder:
+        """A tracking recorder: ``tracking_recorder_class``, else the class the
+        ``TRACKING_RECORDER_TOPIC`` setting names, else :class:`CatgaTrackingRecorder`.
 
         Raises:
-            NotSupportedError: always (a tracking record cannot be stored atomically with events on
-                every catga store).
+            PersistenceError: the class is not a :class:`CatgaTrackingRecorder` subclass.
         """
-        raise NotSupportedError(
-            "catga.es_persistence has no tracking recorder: run eventsourcing's process applications "
-            "(systems, projections) on eventsourcing.postgres or eventsourcing.sqlite"
-        )
+        cls: Any = tracking_recorder_class
+        if cls is None:
+            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
+            cls = resolve_topic(topic) if topic else CatgaTrackingRecorder
+        if not (isinstance(cls, type) and issubclass(cls, CatgaTrackingRecorder)):
+            raise PersistenceError(
+                f"{cls!r} is not a CatgaTrackingRecorder subclass: a tracking recorder (or view) on catga's "
+                "stores subclasses catga.es_persistence.CatgaTrackingRecorder"
+            )
+        recorder: CatgaTrackingRecorder = cls(self._store, self._loop, timeout=self._call_timeout)
+        return recorder
 
     def process_recorder(self) -> ProcessRecorder:
         """Not provided.
 
         Raises:
-            NotSupportedError: always (see :meth:`tracking_recorder`).
+            NotSupportedError: always: a process recorder writes a tracking record atomically with the
+                events it caused, which catga's stores cannot do across streams.
         """
         raise NotSupportedError(
-            "catga.es_persistence has no process recorder: run eventsourcing's process applications "
-            "(systems) on eventsourcing.postgres or eventsourcing.sqlite"
+            "catga.es_persistence has no process recorder (it would need the tracking record and the events "
+            "in one atomic write): run eventsourcing's process applications (systems) on "
+            "eventsourcing.postgres or eventsourcing.sqlite"
         )
 
     def close(self) -> None:

@@ -40,6 +40,8 @@ from eventsourcing.persistence import (
     PersistenceError,
     StoredEvent,
     Subscription,
+    Tracking,
+    TrackingRecorder,
 )
 
 from catga.errors import (
@@ -59,6 +61,7 @@ __all__ = (
     "CatgaAggregateRecorder",
     "CatgaApplicationRecorder",
     "CatgaSubscription",
+    "CatgaTrackingRecorder",
     "Record",
     "record_registry",
 )
@@ -348,6 +351,36 @@ class CatgaApplicationRecorder(CatgaAggregateRecorder, ApplicationRecorder):
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
+
+
+class CatgaTrackingRecorder(TrackingRecorder):
+    """eventsourcing's ``TrackingRecorder``: how far a follower has processed each upstream application.
+
+    A tracking record is an event of the stream ``tracking.<application name>`` whose version is the
+    notification id, so ids must grow per application (a lower or equal one raises ``IntegrityError``)
+    and two trackers racing on one application cannot both record the same id. Subclass it for a view
+    (eventsourcing's projections construct ``cls(store, loop, timeout=...)``); note that a view's own
+    state is not written atomically with the tracking record. Arguments as
+    :class:`CatgaAggregateRecorder`, without ``purpose``.
+    """
+
+    def __init__(self, store: EventStore, loop: LoopThread, *, timeout: float = 30.0):
+        self._tracking = CatgaAggregateRecorder(store, loop, purpose="tracking", timeout=timeout)
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Record that ``tracking.notification_id`` of ``tracking.application_name`` is processed.
+
+        Raises:
+            IntegrityError: an id at least as high is already recorded for that application.
+            DataError: the application name is not a valid catga stream id.
+        """
+        record = StoredEvent(tracking.application_name, tracking.notification_id, "tracking", b"")
+        self._tracking.insert_events([record])
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The highest notification id recorded for ``application_name``, None if none is."""
+        last = self._tracking.select_events(application_name, desc=True, limit=1)
+        return last[0].originator_version if last else None
 
 
 class CatgaSubscription(Subscription[CatgaApplicationRecorder]):
