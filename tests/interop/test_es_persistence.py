@@ -179,7 +179,7 @@ def test_stop_unblocks_a_waiting_subscription(factory: Factory) -> None:
     assert [n.originator_version for n in got] == [1, 2]
 
 
-def test_tracking_ids_grow_per_application_and_process_recorders_are_not_provided(factory: Factory) -> None:
+def test_tracking_ids_grow_per_application_and_process_recorders_need_postgres(factory: Factory) -> None:
     tracking = factory.tracking_recorder()
     tracking.insert_tracking(Tracking("upstream", 5))
     with pytest.raises(IntegrityError, match="already has version 5"):
@@ -188,7 +188,7 @@ def test_tracking_ids_grow_per_application_and_process_recorders_are_not_provide
     assert factory.application_recorder().max_notification_id() is None  # tracking is not a notification
     with pytest.raises(PersistenceError, match="not a CatgaTrackingRecorder subclass"):
         factory.tracking_recorder(TrackingRecorder)  # type: ignore[arg-type]
-    with pytest.raises(NotSupportedError, match="no process recorder"):
+    with pytest.raises(NotSupportedError, match="MemoryEventStore cannot do across streams"):
         factory.process_recorder()
 
 
@@ -226,3 +226,33 @@ def test_the_docs_example_runs_as_written(
     monkeypatch.setitem(sys.modules, module.__name__, module)
     exec(compile(code, "docs/event-sourcing.md", "exec"), module.__dict__)
     assert capsys.readouterr().out.splitlines() == ["['roll over']", "[1, 2]"]
+
+
+@pytest.mark.postgres
+def test_on_postgres_an_insert_of_several_aggregates_is_one_transaction(postgres_url: str) -> None:
+    """An event over the payload limit on the second aggregate (not a conflict, so not found up front)."""
+    table = f"es_{uuid.uuid4().hex[:12]}"
+    factory = Factory({"CATGA_STORE_URL": postgres_url, "CATGA_STORE_TABLE": table})
+    try:
+        recorder = factory.application_recorder()
+        a, b = uuid.uuid4(), uuid.uuid4()
+        huge = StoredEvent(originator_id=b, originator_version=1, topic="t", state=b"x" * (2 << 20))
+        with pytest.raises(DataError, match="PayloadTooLargeError"):
+            recorder.insert_events([_event(a, 1), huge])
+        assert recorder.select_events(a) == []  # rolled back with the second aggregate
+        assert recorder.max_notification_id() is None
+        assert recorder.insert_events([_event(a, 1), _event(b, 1)]) == [1, 2]
+    finally:
+        factory.close()
+
+
+def test_elsewhere_the_aggregates_before_a_failure_stay_stored(factory: Factory) -> None:
+    """What the docs say about memory, Redis, NATS and SQLite: atomic per aggregate only."""
+    recorder = factory.application_recorder()
+    a, b = uuid.uuid4(), uuid.uuid4()
+
+    huge = StoredEvent(originator_id=b, originator_version=1, topic="t", state=b"x" * (2 << 20))
+    with pytest.raises(DataError, match="PayloadTooLargeError"):
+        recorder.insert_events([_event(a, 1), huge])
+    assert [e.originator_version for e in recorder.select_events(a)] == [1]
+    assert recorder.select_events(b) == []

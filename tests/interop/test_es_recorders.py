@@ -27,6 +27,7 @@ from eventsourcing.tests.persistence import (
     AggregateRecorderTestCase,
     ApplicationRecorderTestCase,
     InfrastructureFactoryTestCase,
+    ProcessRecorderTestCase,
     TrackingRecorderTestCase,
 )
 from eventsourcing.utils import Environment, EnvType, get_topic
@@ -34,13 +35,14 @@ from eventsourcing.utils import Environment, EnvType, get_topic
 from catga.es_persistence import (
     CatgaAggregateRecorder,
     CatgaApplicationRecorder,
+    CatgaProcessRecorder,
     CatgaTrackingRecorder,
     Factory,
 )
 
 NO_PROCESS_RECORDER = (
-    "a process recorder writes the tracking record and the events in one atomic write, which catga's stores "
-    "cannot do across streams"
+    "a process recorder writes the tracking record and the events in one atomic write, which only the "
+    "PostgreSQL store can do across streams"
 )
 NOT_CONTIGUOUS = (
     "NATS positions are seq << 10 | index (catga.nats.event_store), so notification ids are not 1, 2, 3"
@@ -96,6 +98,11 @@ class _Application(_Binding):
 class _Tracking(_Binding):
     def create_recorder(self) -> TrackingRecorder:
         return self.factory().tracking_recorder()
+
+
+class _Process(_Binding):
+    def create_recorder(self) -> ProcessRecorder:
+        return self.factory().process_recorder()
 
 
 class _Example(_Binding):
@@ -245,18 +252,24 @@ class TestPostgresTrackingRecorder(_Postgres, _Tracking, TrackingRecorderTestCas
     pass
 
 
+@pytest.mark.postgres
+class TestPostgresProcessRecorder(_Postgres, _Process, ProcessRecorderTestCase):
+    """Only PostgreSQL can write the events and the tracking record in one transaction."""
+
+
 class MyView(CatgaTrackingRecorder):
     """A tracking recorder subclass, as an eventsourcing projection's view would be."""
 
 
-class TestFactory(InfrastructureFactoryTestCase[Factory]):
-    """eventsourcing's factory test case (the factory does not depend on the store: memory only)."""
+class _FactoryCase:
+    """What eventsourcing's factory test case asks of a binding; ``env`` is set by the backend's
+    autouse fixture."""
+
+    env: Any
 
     def setUp(self) -> None:
-        self.env = Environment(
-            env={"PERSISTENCE_MODULE": "catga.es_persistence", "CATGA_STORE_URL": "memory://"}
-        )
-        super().setUp()
+        self.env = Environment(env={**self.env, "PERSISTENCE_MODULE": "catga.es_persistence"})
+        super().setUp()  # type: ignore[misc]
 
     def expected_factory_class(self) -> type[Factory]:
         return Factory
@@ -274,8 +287,15 @@ class TestFactory(InfrastructureFactoryTestCase[Factory]):
         return MyView
 
     def expected_process_recorder_class(self) -> type[ProcessRecorder]:
-        return ProcessRecorder
+        return CatgaProcessRecorder
 
+
+class TestMemoryFactory(_Memory, _FactoryCase, InfrastructureFactoryTestCase[Factory]):
     @pytest.mark.xfail(strict=True, reason=NO_PROCESS_RECORDER)
     def test_create_process_recorder(self) -> None:
         super().test_create_process_recorder()
+
+
+@pytest.mark.postgres
+class TestPostgresFactory(_Postgres, _FactoryCase, InfrastructureFactoryTestCase[Factory]):
+    pass

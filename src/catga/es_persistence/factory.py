@@ -7,10 +7,8 @@ from typing import Any
 
 from eventsourcing.persistence import (
     InfrastructureFactory,
-    NotSupportedError,
     OperationalError,
     PersistenceError,
-    ProcessRecorder,
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
@@ -19,6 +17,7 @@ from catga.es_persistence._loop import LoopThread
 from catga.es_persistence.recorders import (
     CatgaAggregateRecorder,
     CatgaApplicationRecorder,
+    CatgaProcessRecorder,
     CatgaTrackingRecorder,
     record_registry,
 )
@@ -85,7 +84,7 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
     * ``CATGA_CALL_TIMEOUT``: seconds one recorder call may take in all (default 30).
 
     The store is opened when the factory is constructed, on an event-loop thread of its own, and closed
-    by :meth:`close` (``Application.close()``). Process recorders are not provided.
+    by :meth:`close` (``Application.close()``). Process recorders need a PostgreSQL store.
 
     Raises:
         OperationalError: the store cannot be reached.
@@ -164,18 +163,13 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
         recorder: CatgaTrackingRecorder = cls(self._store, self._loop, timeout=self._call_timeout)
         return recorder
 
-    def process_recorder(self) -> ProcessRecorder:
-        """Not provided.
+    def process_recorder(self) -> CatgaProcessRecorder:
+        """A process recorder: events and the tracking record in one transaction (PostgreSQL only).
 
         Raises:
-            NotSupportedError: always: a process recorder writes a tracking record atomically with the
-                events it caused, which catga's stores cannot do across streams.
+            NotSupportedError: the store is not PostgreSQL (it cannot write several streams atomically).
         """
-        raise NotSupportedError(
-            "catga.es_persistence has no process recorder (it would need the tracking record and the events "
-            "in one atomic write): run eventsourcing's process applications (systems) on "
-            "eventsourcing.postgres or eventsourcing.sqlite"
-        )
+        return CatgaProcessRecorder(self._store, self._loop, purpose="events", timeout=self._call_timeout)
 
     def close(self) -> None:
         """Close the store, then stop the loop thread (idempotent)."""

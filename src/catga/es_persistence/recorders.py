@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import CancelledError, Future
+from contextlib import AbstractAsyncContextManager
 from itertools import pairwise
 from typing import Any, TypeVar
 from uuid import UUID
@@ -36,8 +37,10 @@ from eventsourcing.persistence import (
     DataError,
     IntegrityError,
     Notification,
+    NotSupportedError,
     OperationalError,
     PersistenceError,
+    ProcessRecorder,
     StoredEvent,
     Subscription,
     Tracking,
@@ -60,6 +63,7 @@ __all__ = (
     "RECORD_TYPE",
     "CatgaAggregateRecorder",
     "CatgaApplicationRecorder",
+    "CatgaProcessRecorder",
     "CatgaSubscription",
     "CatgaTrackingRecorder",
     "Record",
@@ -71,6 +75,7 @@ T = TypeVar("T")
 #: The catga type name of an eventsourcing stored event.
 RECORD_TYPE = "eventsourcing.StoredEvent"
 _PAGE = 500
+_TRACKING = "tracking."  # the stream-id prefix of tracking records
 _MAX_RACES = 100  # appends lost to other writers of the same aggregate before giving up
 
 
@@ -109,6 +114,17 @@ def record_registry() -> TypeRegistry:
     return registry
 
 
+def _transaction(store: EventStore) -> Callable[[], AbstractAsyncContextManager[Any]] | None:
+    """A transaction that the store's appends to several streams join, when it has one (PostgreSQL)."""
+    try:
+        from catga.postgres import PostgresEventStore, PostgresUnitOfWork
+    except ImportError:  # asyncpg is not installed: not a PostgreSQL store either
+        return None
+    if not isinstance(store, PostgresEventStore):
+        return None
+    return PostgresUnitOfWork(store.pool, timeout=store.timeout)
+
+
 def _translated(exc: CatgaError) -> PersistenceError:
     """eventsourcing's error for a catga one (the catga error stays as ``__cause__``)."""
     if isinstance(exc, ConcurrencyError):
@@ -137,6 +153,7 @@ class CatgaAggregateRecorder(AggregateRecorder):
         self._loop = loop
         self._prefix = validate_identifier(purpose, "purpose") + "."
         self._timeout = timeout
+        self._transaction = _transaction(store)
 
     # -- bridge ------------------------------------------------------------------------------------
 
@@ -165,10 +182,23 @@ class CatgaAggregateRecorder(AggregateRecorder):
         self._call(self._insert(stored_events, positions=False), "insert_events")
         return None
 
-    async def _insert(self, stored_events: Sequence[StoredEvent], *, positions: bool) -> list[int]:
+    async def _insert(
+        self, stored_events: Sequence[StoredEvent], *, positions: bool, tracking: Tracking | None = None
+    ) -> list[int]:
+        if self._transaction is None:
+            return await self._write(stored_events, positions, tracking)
+        async with self._transaction():  # PostgreSQL: every aggregate (and the tracking) or none
+            return await self._write(stored_events, positions, tracking)
+
+    async def _write(
+        self, stored_events: Sequence[StoredEvent], positions: bool, tracking: Tracking | None
+    ) -> list[int]:
         groups: dict[str, list[StoredEvent]] = {}
         for event in stored_events:
             groups.setdefault(self._stream(event.originator_id), []).append(event)
+        if tracking is not None:
+            record = StoredEvent(tracking.application_name, tracking.notification_id, "tracking", b"")
+            groups.setdefault(_TRACKING + tracking.application_name, []).append(record)
         for stream_id, events in groups.items():
             validate_identifier(stream_id)
             versions = [e.originator_version for e in events]
@@ -365,7 +395,7 @@ class CatgaTrackingRecorder(TrackingRecorder):
     """
 
     def __init__(self, store: EventStore, loop: LoopThread, *, timeout: float = 30.0):
-        self._tracking = CatgaAggregateRecorder(store, loop, purpose="tracking", timeout=timeout)
+        self._tracking = CatgaAggregateRecorder(store, loop, purpose=_TRACKING[:-1], timeout=timeout)
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record that ``tracking.notification_id`` of ``tracking.application_name`` is processed.
@@ -381,6 +411,47 @@ class CatgaTrackingRecorder(TrackingRecorder):
         """The highest notification id recorded for ``application_name``, None if none is."""
         last = self._tracking.select_events(application_name, desc=True, limit=1)
         return last[0].originator_version if last else None
+
+
+class CatgaProcessRecorder(CatgaApplicationRecorder, ProcessRecorder):
+    """eventsourcing's ``ProcessRecorder``: the events a follower caused and its tracking record in one
+    transaction. Only on stores that can write several streams in one transaction (PostgreSQL).
+
+    Arguments as :class:`CatgaApplicationRecorder`.
+
+    Raises:
+        NotSupportedError: the store cannot write several streams atomically.
+    """
+
+    def __init__(
+        self, store: EventStore, loop: LoopThread, *, purpose: str = "events", timeout: float = 30.0
+    ):
+        super().__init__(store, loop, purpose=purpose, timeout=timeout)
+        if self._transaction is None:
+            raise NotSupportedError(
+                f"a process recorder needs the tracking record and the events in one atomic write, which "
+                f"{type(store).__name__} cannot do across streams: use a postgresql:// CATGA_STORE_URL"
+            )
+        self._tracking = CatgaTrackingRecorder(store, loop, timeout=timeout)
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """Store ``stored_events`` and the ``tracking=`` record (if given) in one transaction; return
+        the events' notification ids.
+
+        Raises:
+            IntegrityError: an aggregate version, or a tracking id at least as high, is already
+                recorded (nothing is stored).
+        """
+        tracking: Tracking | None = kwargs.get("tracking")
+        return self._call(self._insert(stored_events, positions=True, tracking=tracking), "insert_events")
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Record ``tracking`` alone (see :meth:`CatgaTrackingRecorder.insert_tracking`)."""
+        self._tracking.insert_tracking(tracking)
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The highest notification id recorded for ``application_name``, None if none is."""
+        return self._tracking.max_tracking_id(application_name)
 
 
 class CatgaSubscription(Subscription[CatgaApplicationRecorder]):
