@@ -20,12 +20,11 @@ from catga.es_persistence.recorders import (
     RECORD_TYPE,
     CatgaAggregateRecorder,
     CatgaApplicationRecorder,
-    CatgaProcessRecorder,
     CatgaSubscription,
-    CatgaTrackingRecorder,
     Record,
     record_registry,
 )
+from catga.es_persistence.tracking import CatgaProcessRecorder, CatgaTrackingRecorder
 
 __all__ = (
     "RECORD_TYPE",

@@ -14,13 +14,8 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic
 
 from catga.errors import BackendError, CatgaError
 from catga.es_persistence._loop import LoopThread
-from catga.es_persistence.recorders import (
-    CatgaAggregateRecorder,
-    CatgaApplicationRecorder,
-    CatgaProcessRecorder,
-    CatgaTrackingRecorder,
-    record_registry,
-)
+from catga.es_persistence.recorders import CatgaAggregateRecorder, CatgaApplicationRecorder, record_registry
+from catga.es_persistence.tracking import CatgaProcessRecorder, CatgaTrackingRecorder
 from catga.protocols import EventStore
 
 __all__ = ("Factory", "open_store")
