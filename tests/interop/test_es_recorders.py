@@ -27,6 +27,7 @@ from eventsourcing.tests.persistence import (
     AggregateRecorderTestCase,
     ApplicationRecorderTestCase,
     InfrastructureFactoryTestCase,
+    NonInterleavingNotificationIDsBaseCase,
     ProcessRecorderTestCase,
     TrackingRecorderTestCase,
 )
@@ -174,6 +175,10 @@ class TestMemoryTrackingRecorder(_Memory, _Tracking, TrackingRecorderTestCase):
     pass
 
 
+class TestMemoryNonInterleaving(_Memory, _Binding, NonInterleavingNotificationIDsBaseCase):
+    pass
+
+
 class TestSqliteAggregateRecorder(_Sqlite, _Aggregate, AggregateRecorderTestCase):
     pass
 
@@ -187,6 +192,10 @@ class TestSqliteApplication(_Sqlite, _Example, es_application.ExampleApplication
 
 
 class TestSqliteTrackingRecorder(_Sqlite, _Tracking, TrackingRecorderTestCase):
+    pass
+
+
+class TestSqliteNonInterleaving(_Sqlite, _Binding, NonInterleavingNotificationIDsBaseCase):
     pass
 
 
@@ -207,6 +216,11 @@ class TestRedisApplication(_Redis, _Example, es_application.ExampleApplicationTe
 
 @pytest.mark.redis
 class TestRedisTrackingRecorder(_Redis, _Tracking, TrackingRecorderTestCase):
+    pass
+
+
+@pytest.mark.redis
+class TestRedisNonInterleaving(_Redis, _Binding, NonInterleavingNotificationIDsBaseCase):
     pass
 
 
@@ -232,6 +246,11 @@ class TestNatsTrackingRecorder(_Nats, _Tracking, TrackingRecorderTestCase):
     pass
 
 
+@pytest.mark.nats
+class TestNatsNonInterleaving(_Nats, _Binding, NonInterleavingNotificationIDsBaseCase):
+    pass
+
+
 @pytest.mark.postgres
 class TestPostgresAggregateRecorder(_Postgres, _Aggregate, AggregateRecorderTestCase):
     pass
@@ -249,6 +268,11 @@ class TestPostgresApplication(_Postgres, _Example, es_application.ExampleApplica
 
 @pytest.mark.postgres
 class TestPostgresTrackingRecorder(_Postgres, _Tracking, TrackingRecorderTestCase):
+    pass
+
+
+@pytest.mark.postgres
+class TestPostgresNonInterleaving(_Postgres, _Binding, NonInterleavingNotificationIDsBaseCase):
     pass
 
 
