@@ -10,9 +10,11 @@ catga global position.
 above the aggregate's last recorded one (a duplicate, or an older version) raises eventsourcing's
 ``IntegrityError`` and stores nothing. The check and the append are one optimistic step (the append
 expects the catga version just read), so two writers racing on one aggregate cannot both succeed.
-Events of *one* aggregate in one call are stored atomically; an insert spanning several aggregates is
-checked for conflicts up front but then stored aggregate by aggregate, so a failure of the store part
-way (a lost server, or a writer racing on a later aggregate) can leave the earlier aggregates stored.
+Events of *one* aggregate in one call are stored atomically. An insert spanning several aggregates is
+checked for conflicts up front; on PostgreSQL it is then one transaction (a
+:class:`~catga.postgres.PostgresUnitOfWork` on the store's pool), elsewhere it is stored aggregate by
+aggregate, so a failure part way (a lost server, an event over the payload limit, a writer racing on a
+later aggregate) can leave the earlier aggregates stored.
 
 **Threads.** The recorders are synchronous and thread-safe: every call runs on the factory's event-loop
 thread (see :mod:`catga.es_persistence._loop` for the one caller that is refused).
