@@ -256,3 +256,26 @@ def test_elsewhere_the_aggregates_before_a_failure_stay_stored(factory: Factory)
         recorder.insert_events([_event(a, 1), huge])
     assert [e.originator_version for e in recorder.select_events(a)] == [1]
     assert recorder.select_events(b) == []
+
+
+def test_closing_the_factory_ends_a_waiting_subscription_with_an_error() -> None:
+    factory = Factory({"CATGA_STORE_URL": "memory://"})
+    recorder = factory.application_recorder()
+    outcome: list[BaseException] = []
+    subscription = recorder.subscribe(gt=None)
+    started = threading.Event()
+
+    def consume() -> None:
+        started.set()
+        try:
+            next(subscription)  # nothing recorded: blocks on the loop thread
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    assert started.wait(WAIT)
+    factory.close()  # whether the consumer is already blocked or not: it must not wait forever
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ProgrammingError), outcome

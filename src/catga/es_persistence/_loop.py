@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -85,11 +86,29 @@ class LoopThread:
                 f"{what} did not finish within {timeout} s (CATGA_CALL_TIMEOUT); it was cancelled"
             ) from None
 
-    def close(self) -> None:
-        """Stop the loop and join its thread (idempotent). Close the stores on it first."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel what still runs on the loop (a subscription waiting for events: its caller gets the
+        cancellation), stop the loop and join its thread (idempotent). Close the stores on it first.
+
+        Args:
+            timeout: seconds the cancelled tasks get to finish.
+        """
         if self._closed:
             return
+        if self._thread.ident == threading.get_ident():
+            raise ProgrammingError(
+                "the catga loop thread cannot close itself: close the factory from another thread"
+            )
         self._closed = True
-        if self._thread.ident != threading.get_ident():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(_cancel_all(timeout), self._loop).result(timeout + 1.0)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+
+async def _cancel_all(timeout: float) -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)

@@ -373,7 +373,8 @@ class CatgaApplicationRecorder(CatgaAggregateRecorder, ApplicationRecorder):
         """Return once the store has an event after ``position`` (any stream)."""
         events: AsyncIterator[Any] = self._store.subscribe_all(position + 1).__aiter__()
         try:
-            await anext(events)
+            with contextlib.suppress(StopAsyncIteration):  # the store closed: the next scan says so
+                await anext(events)
         finally:
             close = getattr(events, "aclose", None)
             if close is not None:
