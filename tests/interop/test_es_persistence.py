@@ -279,3 +279,17 @@ def test_closing_the_factory_ends_a_waiting_subscription_with_an_error() -> None
     thread.join(WAIT)
     assert not thread.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], ProgrammingError), outcome
+
+
+@pytest.mark.parametrize(
+    "versions", [list(range(1, 41)), list(range(0, 40)), [*range(1, 21), *range(100, 120)]]
+)
+def test_events_after_a_snapshot_version_with_and_without_gaps(factory: Factory, versions: list[int]) -> None:
+    recorder = factory.aggregate_recorder()
+    oid = uuid.uuid4()
+    recorder.insert_events([_event(oid, v) for v in versions])
+    for gt in (0, 15, 16, 20, 30, 39, 40, 99, 110, 119, 500):
+        expected = [v for v in versions if v > gt]
+        assert [e.originator_version for e in recorder.select_events(oid, gt=gt)] == expected, gt
+        got = recorder.select_events(oid, gt=gt, lte=gt + 5, desc=True, limit=2)
+        assert [e.originator_version for e in got] == [v for v in reversed(versions) if gt < v <= gt + 5][:2]

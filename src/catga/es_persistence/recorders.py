@@ -72,6 +72,7 @@ T = TypeVar("T")
 #: The catga type name of an eventsourcing stored event.
 RECORD_TYPE = "eventsourcing.StoredEvent"
 _PAGE = 500
+_PROBE_FROM = 16  # select_events(gt=...) from this version on looks for where to start reading
 _TRACKING = "tracking."  # the stream-id prefix of tracking records
 _MAX_RACES = 100  # appends lost to other writers of the same aggregate before giving up
 
@@ -265,6 +266,8 @@ class CatgaAggregateRecorder(AggregateRecorder):
         start = 0
         if desc and limit is not None and lte is None:  # the newest few (the last snapshot): read the tail
             start = max(0, await self._store.version(stream_id) - limit + 1)
+        elif gt is not None and gt >= _PROBE_FROM:  # after a snapshot: skip what it covers
+            start = await self._after(stream_id, gt)
         out: list[StoredEvent] = []
         for stored in await self._store.read(stream_id, start):
             record = stored.data
@@ -278,6 +281,19 @@ class CatgaAggregateRecorder(AggregateRecorder):
         if desc:
             out.reverse()
         return out if limit is None else out[:limit]
+
+    async def _after(self, stream_id: str, gt: int) -> int:
+        """The catga version to read from for originator versions above ``gt``: found with one point
+        read when the versions run on from 1 (eventsourcing's aggregates) or 0 up to ``gt``, else 0.
+
+        Correct either way: versions grow with the catga version, so if the event at catga version
+        ``k`` has originator version ``gt``, every later one is above ``gt`` and no earlier one is.
+        """
+        for k in (gt - 1, gt):
+            probe = await self._store.read(stream_id, k, 1)
+            if probe and isinstance(probe[0].data, Record) and probe[0].data.originator_version == gt:
+                return k + 1
+        return 0
 
 
 class CatgaApplicationRecorder(CatgaAggregateRecorder, ApplicationRecorder):
