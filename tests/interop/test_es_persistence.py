@@ -13,9 +13,11 @@ import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from eventsourcing.application import Application
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import (
     DataError,
@@ -29,6 +31,7 @@ from eventsourcing.persistence import (
     Tracking,
     TrackingRecorder,
 )
+from eventsourcing.system import ProcessApplication, SingleThreadedRunner, System
 
 from catga.es_persistence import Factory
 
@@ -55,6 +58,32 @@ class Dog(Aggregate):
     @event("TrickAdded")
     def add_trick(self, trick: str) -> None:
         self.tricks.append(trick)
+
+
+class Trick(Aggregate):
+    @event("Counted")
+    def __init__(self, dog_id: uuid.UUID, trick: str) -> None:
+        self.dog_id = dog_id
+        self.trick = trick
+
+
+class DogSchool(Application[uuid.UUID]):
+    def register(self, name: str, *tricks: str) -> uuid.UUID:
+        dog = Dog(name)
+        for trick in tricks:
+            dog.add_trick(trick)
+        self.save(dog)
+        return dog.id
+
+
+class TrickCounter(ProcessApplication[uuid.UUID]):
+    @singledispatchmethod
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[uuid.UUID]) -> None:
+        """Other events: nothing to do."""
+
+    @policy.register
+    def _(self, domain_event: Dog.TrickAdded, processing_event: ProcessingEvent[uuid.UUID]) -> None:
+        processing_event.collect_events(Trick(domain_event.originator_id, domain_event.trick))
 
 
 def test_an_application_selects_it_by_persistence_module() -> None:
@@ -293,3 +322,33 @@ def test_events_after_a_snapshot_version_with_and_without_gaps(factory: Factory,
         assert [e.originator_version for e in recorder.select_events(oid, gt=gt)] == expected, gt
         got = recorder.select_events(oid, gt=gt, lte=gt + 5, desc=True, limit=2)
         assert [e.originator_version for e in got] == [v for v in reversed(versions) if gt < v <= gt + 5][:2]
+
+
+@pytest.mark.postgres
+def test_an_eventsourcing_system_runs_on_one_postgres_store(postgres_url: str) -> None:
+    """A leader and a process application (eventsourcing's systems) sharing one table: each application
+    is its own namespace, and the follower's events and tracking records commit together."""
+    system = System(pipes=[[DogSchool, TrickCounter]])
+    env = {
+        "PERSISTENCE_MODULE": "catga.es_persistence",
+        "CATGA_STORE_URL": postgres_url,
+        "CATGA_STORE_TABLE": f"es_{uuid.uuid4().hex[:12]}",
+    }
+    runner: SingleThreadedRunner[uuid.UUID] = SingleThreadedRunner(system, env=env)
+    runner.start()
+    try:
+        school = runner.get(DogSchool)
+        counter = runner.get(TrickCounter)
+        school.register("Fido", "roll over", "play dead")
+        school.register("Rex", "sit")
+        leader_log = school.notification_log.select(start=1, limit=10)
+        kinds = [n.topic.rsplit(".", 1)[-1] for n in leader_log]
+        # only the school's events: the counter's share the table, in their own namespace
+        assert kinds == ["Registered", "TrickAdded", "TrickAdded", "Registered", "TrickAdded"]
+        counted = counter.notification_log.select(start=1, limit=10)
+        assert len(counted) == 3
+        tricks = sorted(counter.repository.get(n.originator_id).trick for n in counted)
+        assert tricks == ["play dead", "roll over", "sit"]
+        assert counter.recorder.max_tracking_id("DogSchool") == leader_log[-1].id
+    finally:
+        runner.stop()

@@ -16,7 +16,7 @@ from catga.errors import BackendError, CatgaError
 from catga.es_persistence._loop import LoopThread
 from catga.es_persistence.recorders import CatgaAggregateRecorder, CatgaApplicationRecorder, record_registry
 from catga.es_persistence.tracking import CatgaProcessRecorder, CatgaTrackingRecorder
-from catga.protocols import EventStore
+from catga.protocols import EventStore, validate_identifier
 
 __all__ = ("Factory", "open_store")
 
@@ -129,13 +129,33 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
         """The catga event store the recorders use (it lives on the factory's loop thread)."""
         return self._store
 
+    @property
+    def namespace(self) -> str:
+        """Prefixed to every stream id of this factory's recorders: ``<application name>.``, or
+        nothing for a factory without a name, so applications sharing one store keep apart.
+
+        Raises:
+            PersistenceError: the application name is not a valid catga identifier.
+        """
+        name = self.env.name
+        if not name:
+            return ""
+        try:
+            return validate_identifier(name, "application name") + "."
+        except CatgaError as exc:
+            raise PersistenceError(f"{exc}: name the application with ASCII letters and digits") from exc
+
     def aggregate_recorder(self, purpose: str = "events") -> CatgaAggregateRecorder:
-        """A recorder of the aggregates' streams named ``<purpose>.<id>`` (snapshots: ``snapshots``)."""
-        return CatgaAggregateRecorder(self._store, self._loop, purpose=purpose, timeout=self._call_timeout)
+        """A recorder of the streams ``<namespace><purpose>.<id>`` (snapshots: ``snapshots``)."""
+        return CatgaAggregateRecorder(
+            self._store, self._loop, purpose=purpose, namespace=self.namespace, timeout=self._call_timeout
+        )
 
     def application_recorder(self) -> CatgaApplicationRecorder:
         """The application's recorder: the ``events`` streams, and notifications."""
-        return CatgaApplicationRecorder(self._store, self._loop, purpose="events", timeout=self._call_timeout)
+        return CatgaApplicationRecorder(
+            self._store, self._loop, purpose="events", namespace=self.namespace, timeout=self._call_timeout
+        )
 
     def tracking_recorder(
         self, tracking_recorder_class: type[CatgaTrackingRecorder] | None = None
@@ -155,7 +175,9 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
                 f"{cls!r} is not a CatgaTrackingRecorder subclass: a tracking recorder (or view) on catga's "
                 "stores subclasses catga.es_persistence.CatgaTrackingRecorder"
             )
-        recorder: CatgaTrackingRecorder = cls(self._store, self._loop, timeout=self._call_timeout)
+        recorder: CatgaTrackingRecorder = cls(
+            self._store, self._loop, namespace=self.namespace, timeout=self._call_timeout
+        )
         return recorder
 
     def process_recorder(self) -> CatgaProcessRecorder:
@@ -164,7 +186,9 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
         Raises:
             NotSupportedError: the store is not PostgreSQL (it cannot write several streams atomically).
         """
-        return CatgaProcessRecorder(self._store, self._loop, purpose="events", timeout=self._call_timeout)
+        return CatgaProcessRecorder(
+            self._store, self._loop, purpose="events", namespace=self.namespace, timeout=self._call_timeout
+        )
 
     def close(self) -> None:
         """Close the store, then stop the loop thread (idempotent)."""

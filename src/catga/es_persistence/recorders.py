@@ -2,8 +2,9 @@
 
 **Mapping.** An eventsourcing ``StoredEvent`` (``originator_id``, ``originator_version``, ``topic``,
 ``state``) is stored as one catga event of type ``eventsourcing.StoredEvent`` (:class:`Record`: the
-version, topic, state bytes and whether the id is a UUID) in the stream ``<purpose>.<originator_id>``
-(``events.…`` for the application, ``snapshots.…`` for snapshots). A notification id is the event's
+version, topic, state bytes and whether the id is a UUID) in the stream
+``<namespace><purpose>.<originator_id>`` (the factory's namespace is ``<application name>.``; purpose
+``events`` for the application, ``snapshots`` for snapshots). A notification id is the event's
 catga global position.
 
 **Conflicts.** Within one aggregate, originator versions must grow: an insert whose first version is not
@@ -140,16 +141,25 @@ class CatgaAggregateRecorder(AggregateRecorder):
     Args:
         store: an open catga event store, opened with :func:`record_registry` on ``loop``.
         loop: the event-loop thread the store lives on.
-        purpose: the stream-id prefix (``events``, ``snapshots``...), an identifier.
+        purpose: what the streams hold (``events``, ``snapshots``...), an identifier.
+        namespace: prefixed to every stream id (the factory gives ``<application name>.``), so
+            applications sharing one store keep apart.
         timeout: seconds one recorder call may take in all (``CATGA_CALL_TIMEOUT``).
     """
 
     def __init__(
-        self, store: EventStore, loop: LoopThread, *, purpose: str = "events", timeout: float = 30.0
+        self,
+        store: EventStore,
+        loop: LoopThread,
+        *,
+        purpose: str = "events",
+        namespace: str = "",
+        timeout: float = 30.0,
     ):
         self._store = store
         self._loop = loop
-        self._prefix = validate_identifier(purpose, "purpose") + "."
+        self._prefix = validate_identifier(namespace + purpose, "purpose") + "."
+        self._tracking_prefix = namespace + _TRACKING
         self._timeout = timeout
         self._transaction = _transaction(store)
 
@@ -196,7 +206,7 @@ class CatgaAggregateRecorder(AggregateRecorder):
             groups.setdefault(self._stream(event.originator_id), []).append(event)
         if tracking is not None:
             record = StoredEvent(tracking.application_name, tracking.notification_id, "tracking", b"")
-            groups.setdefault(_TRACKING + tracking.application_name, []).append(record)
+            groups.setdefault(self._tracking_prefix + tracking.application_name, []).append(record)
         for stream_id, events in groups.items():
             validate_identifier(stream_id)
             versions = [e.originator_version for e in events]
@@ -304,9 +314,15 @@ class CatgaApplicationRecorder(CatgaAggregateRecorder, ApplicationRecorder):
     """
 
     def __init__(
-        self, store: EventStore, loop: LoopThread, *, purpose: str = "events", timeout: float = 30.0
+        self,
+        store: EventStore,
+        loop: LoopThread,
+        *,
+        purpose: str = "events",
+        namespace: str = "",
+        timeout: float = 30.0,
     ):
-        super().__init__(store, loop, purpose=purpose, timeout=timeout)
+        super().__init__(store, loop, purpose=purpose, namespace=namespace, timeout=timeout)
         self._max_id: int | None = None  # the newest notification id found so far ...
         self._scanned = 0  # ... scanning the global log up to this position
 

@@ -1,9 +1,9 @@
 """eventsourcing's tracking and process recorders on a catga event store.
 
-A tracking record is an event of the stream ``tracking.<application name>`` whose version is the
-notification id (see :mod:`catga.es_persistence.recorders` for the mapping). A process recorder writes a
-follower's new events and its tracking record in one transaction, which only the PostgreSQL store can
-do across streams.
+A tracking record is an event of the stream ``<namespace>tracking.<upstream application name>`` whose
+version is the notification id (see :mod:`catga.es_persistence.recorders` for the mapping). A process
+recorder writes a follower's new events and its tracking record in one transaction, which only the
+PostgreSQL store can do across streams.
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ __all__ = ("CatgaProcessRecorder", "CatgaTrackingRecorder")
 class CatgaTrackingRecorder(TrackingRecorder):
     """eventsourcing's ``TrackingRecorder``: how far a follower has processed each upstream application.
 
-    A tracking record is an event of the stream ``tracking.<application name>`` whose version is the
-    notification id, so ids must grow per application (a lower or equal one raises ``IntegrityError``)
-    and two trackers racing on one application cannot both record the same id. Subclass it for a view
-    (eventsourcing's projections construct ``cls(store, loop, timeout=...)``); note that a view's own
-    state is not written atomically with the tracking record. Arguments as
+    A tracking record is an event of the stream ``<namespace>tracking.<upstream application name>``
+    whose version is the notification id, so ids must grow per application (a lower or equal one raises
+    ``IntegrityError``) and two trackers racing on one application cannot both record the same id.
+    Subclass it for a view (the factory constructs ``cls(store, loop, namespace=..., timeout=...)``);
+    note that a view's own state is not written atomically with the tracking record. Arguments as
     :class:`CatgaAggregateRecorder`, without ``purpose``.
     """
 
-    def __init__(self, store: EventStore, loop: LoopThread, *, timeout: float = 30.0):
-        self._tracking = CatgaAggregateRecorder(store, loop, purpose=_TRACKING[:-1], timeout=timeout)
+    def __init__(self, store: EventStore, loop: LoopThread, *, namespace: str = "", timeout: float = 30.0):
+        self._tracking = CatgaAggregateRecorder(
+            store, loop, purpose=_TRACKING[:-1], namespace=namespace, timeout=timeout
+        )
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record that ``tracking.notification_id`` of ``tracking.application_name`` is processed.
@@ -67,15 +69,21 @@ class CatgaProcessRecorder(CatgaApplicationRecorder, ProcessRecorder):
     """
 
     def __init__(
-        self, store: EventStore, loop: LoopThread, *, purpose: str = "events", timeout: float = 30.0
+        self,
+        store: EventStore,
+        loop: LoopThread,
+        *,
+        purpose: str = "events",
+        namespace: str = "",
+        timeout: float = 30.0,
     ):
-        super().__init__(store, loop, purpose=purpose, timeout=timeout)
+        super().__init__(store, loop, purpose=purpose, namespace=namespace, timeout=timeout)
         if self._transaction is None:
             raise NotSupportedError(
                 f"a process recorder needs the tracking record and the events in one atomic write, which "
                 f"{type(store).__name__} cannot do across streams: use a postgresql:// CATGA_STORE_URL"
             )
-        self._tracking = CatgaTrackingRecorder(store, loop, timeout=timeout)
+        self._tracking = CatgaTrackingRecorder(store, loop, namespace=namespace, timeout=timeout)
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         """Store ``stored_events`` and the ``tracking=`` record (if given) in one transaction; return
