@@ -232,8 +232,11 @@ def test_an_unreachable_server_is_an_operational_error() -> None:
     with socket.socket() as s:  # a free loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    factory = Factory({"CATGA_STORE_URL": f"redis://127.0.0.1:{port}/0", "CATGA_TIMEOUT": "2"})
+    factory.mapper()  # a factory that only makes a mapper never connects (eventsourcing's followers)
     with pytest.raises(OperationalError, match="CATGA_STORE_URL"):
-        Factory({"CATGA_STORE_URL": f"redis://127.0.0.1:{port}/0", "CATGA_TIMEOUT": "2"})
+        factory.application_recorder()
+    factory.close()
 
 
 def test_close_is_idempotent_and_later_calls_say_so() -> None:

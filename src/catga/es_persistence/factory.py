@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ from eventsourcing.persistence import (
     InfrastructureFactory,
     OperationalError,
     PersistenceError,
+    ProgrammingError,
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
@@ -63,6 +65,18 @@ async def open_store(
     return store, close
 
 
+def _check_url(url: str) -> None:
+    """Refuse a bad ``CATGA_STORE_URL`` at construction, without connecting."""
+    if url.split("://", 1)[0].lower() in ("sqlite", "postgresql", "postgres"):
+        return
+    from catga.backends import parse_url
+
+    try:
+        parse_url(url, "store")
+    except CatgaError as exc:
+        raise PersistenceError(f"CATGA_STORE_URL: {type(exc).__name__}: {exc}") from exc
+
+
 async def _awaited(step: Closer) -> None:
     await step()
 
@@ -78,12 +92,13 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
     * ``CATGA_TIMEOUT``: seconds for connecting and each store call (default 5).
     * ``CATGA_CALL_TIMEOUT``: seconds one recorder call may take in all (default 30).
 
-    The store is opened when the factory is constructed, on an event-loop thread of its own, and closed
-    by :meth:`close` (``Application.close()``). Process recorders need a PostgreSQL store.
+    The store is opened by the first recorder, on an event-loop thread of its own, and closed by
+    :meth:`close` (``Application.close()``); a bad URL is refused at construction. Process recorders
+    need a PostgreSQL store.
 
     Raises:
-        OperationalError: the store cannot be reached.
-        PersistenceError: the settings are wrong (the message names the setting).
+        PersistenceError: the settings are wrong (the message names the setting); from the first
+            recorder, ``OperationalError`` when the store cannot be reached.
     """
 
     CATGA_STORE_URL = "CATGA_STORE_URL"
@@ -93,24 +108,48 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
 
     def __init__(self, env: Environment | EnvType | None):
         super().__init__(env)
-        url = self.env.get(self.CATGA_STORE_URL) or "memory://"
+        self._url = self.env.get(self.CATGA_STORE_URL) or "memory://"
+        _check_url(self._url)
         self._timeout = self._seconds(self.CATGA_TIMEOUT, 5.0)
         self._call_timeout = self._seconds(self.CATGA_CALL_TIMEOUT, 30.0)
-        self._loop = LoopThread(f"catga-eventsourcing-{self.env.name or 'app'}")
-        try:
-            self._store, self._close = self._loop.run(
-                open_store(url, table=self.env.get(self.CATGA_STORE_TABLE) or None, timeout=self._timeout),
-                self._call_timeout,
-                "opening the catga store",
-            )
-        except BaseException as exc:
-            self._loop.close()
-            if isinstance(exc, BackendError):
-                raise OperationalError(f"{self.CATGA_STORE_URL}: {type(exc).__name__}: {exc}") from exc
-            if isinstance(exc, CatgaError):
-                raise PersistenceError(f"{self.CATGA_STORE_URL}: {type(exc).__name__}: {exc}") from exc
-            raise
+        self._lock = threading.Lock()
+        self._opened: tuple[LoopThread, EventStore, Closer] | None = None
         self._closed = False
+
+    def _open(self) -> tuple[LoopThread, EventStore]:
+        """The loop thread and the store, opened by the first recorder (a factory that only makes a
+        mapper, as eventsourcing's followers do, never connects)."""
+        with self._lock:
+            if self._closed:
+                raise ProgrammingError(
+                    "the catga infrastructure factory is closed: construct a new application"
+                )
+            if self._opened is None:
+                loop = LoopThread(f"catga-eventsourcing-{self.env.name or 'app'}")
+                table = self.env.get(self.CATGA_STORE_TABLE) or None
+                try:
+                    store, close = loop.run(
+                        open_store(self._url, table=table, timeout=self._timeout),
+                        self._call_timeout,
+                        "opening the catga store",
+                    )
+                except BaseException as exc:
+                    loop.close()
+                    if isinstance(exc, BackendError):
+                        raise OperationalError(
+                            f"{self.CATGA_STORE_URL}: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    if isinstance(exc, CatgaError):
+                        raise PersistenceError(
+                            f"{self.CATGA_STORE_URL}: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    raise
+                self._opened = (loop, store, close)
+            return self._opened[0], self._opened[1]
+
+    @property
+    def _loop(self) -> LoopThread:
+        return self._open()[0]
 
     def _seconds(self, key: str, default: float) -> float:
         value = self.env.get(key)
@@ -126,8 +165,9 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
 
     @property
     def store(self) -> EventStore:
-        """The catga event store the recorders use (it lives on the factory's loop thread)."""
-        return self._store
+        """The catga event store the recorders use (it lives on the factory's loop thread; opened now
+        if no recorder has opened it yet)."""
+        return self._open()[1]
 
     @property
     def namespace(self) -> str:
@@ -148,13 +188,13 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
     def aggregate_recorder(self, purpose: str = "events") -> CatgaAggregateRecorder:
         """A recorder of the streams ``<namespace><purpose>.<id>`` (snapshots: ``snapshots``)."""
         return CatgaAggregateRecorder(
-            self._store, self._loop, purpose=purpose, namespace=self.namespace, timeout=self._call_timeout
+            self.store, self._loop, purpose=purpose, namespace=self.namespace, timeout=self._call_timeout
         )
 
     def application_recorder(self) -> CatgaApplicationRecorder:
         """The application's recorder: the ``events`` streams, and notifications."""
         return CatgaApplicationRecorder(
-            self._store, self._loop, purpose="events", namespace=self.namespace, timeout=self._call_timeout
+            self.store, self._loop, purpose="events", namespace=self.namespace, timeout=self._call_timeout
         )
 
     def tracking_recorder(
@@ -176,7 +216,7 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
                 "stores subclasses catga.es_persistence.CatgaTrackingRecorder"
             )
         recorder: CatgaTrackingRecorder = cls(
-            self._store, self._loop, namespace=self.namespace, timeout=self._call_timeout
+            self.store, self._loop, namespace=self.namespace, timeout=self._call_timeout
         )
         return recorder
 
@@ -187,15 +227,18 @@ class Factory(InfrastructureFactory[CatgaTrackingRecorder]):
             NotSupportedError: the store is not PostgreSQL (it cannot write several streams atomically).
         """
         return CatgaProcessRecorder(
-            self._store, self._loop, purpose="events", namespace=self.namespace, timeout=self._call_timeout
+            self.store, self._loop, purpose="events", namespace=self.namespace, timeout=self._call_timeout
         )
 
     def close(self) -> None:
         """Close the store, then stop the loop thread (idempotent)."""
-        if self._closed:
+        with self._lock:
+            self._closed = True
+            opened, self._opened = self._opened, None
+        if opened is None:
             return
-        self._closed = True
+        loop, _, close = opened
         try:
-            self._loop.run(_awaited(self._close), self._call_timeout, "closing the catga store")
+            loop.run(_awaited(close), self._call_timeout, "closing the catga store")
         finally:
-            self._loop.close()
+            loop.close()
