@@ -117,7 +117,10 @@ def test_snapshots_and_other_catga_events_stay_out_of_the_notifications(factory:
     notes = events.select_notifications(None, 10)
     assert [(n.originator_version, n.topic) for n in notes] == [(1, "t"), (2, "t")]
     assert [n.id for n in notes] == [1, 4]  # the snapshot and the foreign event took positions 2 and 3
-    assert events.max_notification_id() == 4
+    assert events.max_notification_id() == 4  # the store's newest event is ours: one read
+    factory._loop.run(factory.store.append("other-stream", [Foreign(2)]), WAIT, "append")
+    assert events.max_notification_id() == 4  # the newest is foreign: scanned
+    assert factory.application_recorder().max_notification_id() == 4  # a fresh recorder scans it all
     assert [e.topic for e in snapshots.select_events(oid)] == ["snapshot"]
 
 

@@ -57,6 +57,7 @@ from catga.errors import (
 )
 from catga.es_persistence._loop import LoopThread
 from catga.protocols import EventStore, validate_identifier
+from catga.raw import last_position
 from catga.serialization import TypeRegistry
 
 __all__ = (
@@ -381,14 +382,25 @@ class CatgaApplicationRecorder(CatgaAggregateRecorder, ApplicationRecorder):
                 break
         return out, scanned
 
+    def _ours(self, stored: Any) -> bool:
+        return isinstance(stored.data, Record) and bool(stored.stream_id.startswith(self._prefix))
+
     def max_notification_id(self) -> int | None:
         """The newest notification id, None when there is none.
 
-        Scans the global log from where the previous call stopped (the first call reads it all).
+        One read when the store's newest event is this application's (the store tells its last
+        position); else a scan of the global log from where the previous call stopped.
         """
         return self._call(self._max_notification_id(), "max_notification_id")
 
     async def _max_notification_id(self) -> int | None:
+        head = await last_position(self._store)
+        if head and head > self._scanned:  # the newest event of the store is often this application's
+            newest = await self._store.read_all(head, 1)
+            if newest and self._ours(newest[0]):
+                self._max_id = max(self._max_id or 0, newest[0].position)
+                self._scanned = max(self._scanned, newest[0].position)
+                return self._max_id
         while True:
             notes, scanned = await self._scan(self._scanned + 1, _PAGE, None, ())
             if notes:
