@@ -391,6 +391,10 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.memory.idempotency",
         "catga.memory.schedules",
         "catga.scheduling",
+        "catga.es_persistence",
+        "catga.es_persistence.factory",
+        "catga.es_persistence.recorders",
+        "catga.es_persistence.tracking",
     ],
 )
 def test_all_lists_only_what_the_module_defines(module: str) -> None:

@@ -1,4 +1,5 @@
-"""Raw reads (catga.raw) and ``catga tail`` against real NATS and Redis stores: no registered types."""
+"""Raw reads (catga.raw) and ``catga tail`` against real NATS, Redis and PostgreSQL stores: no registered
+types."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from catga.backends import Backends, parse_url
 from catga.cli import app
 from catga.errors import ConfigurationError
 from catga.messages import Event, message_name
-from catga.protocols import EventStore
-from catga.raw import RawEvent, RawRegistry, open_raw_store
+from catga.protocols import EventStore, StoredEvent
+from catga.raw import RawEvent, RawRegistry, last_position, open_raw_store
 from catga.serialization import TypeRegistry
 
 
@@ -36,13 +37,40 @@ def invoke(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("nats", marks=pytest.mark.nats),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+async def app_url(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[str]:
+    """The app's store URL in a namespace of its own: a NATS or Redis prefix, a PostgreSQL database."""
+    if request.param == "nats":
+        yield f"{request.getfixturevalue('nats_url')}?prefix={unique_name}&storage=memory"
+    elif request.param == "redis":
+        yield f"{request.getfixturevalue('redis_url')}?prefix={unique_name}"
+    else:
+        import asyncpg
+
+        server: str = request.getfixturevalue("postgres_url")
+        admin = await asyncpg.connect(server, timeout=30)
+        try:
+            await admin.execute(f"CREATE DATABASE {unique_name}")
+            base, _, query = server.partition("?")
+            yield f"{base.rsplit('/', 1)[0]}/{unique_name}" + (f"?{query}" if query else "")
+        finally:
+            await admin.execute(f"DROP DATABASE IF EXISTS {unique_name} WITH (FORCE)")
+            await admin.close()
+
+
 @pytest.fixture
 async def typed_store(app_url: str, request: pytest.FixtureRequest) -> AsyncIterator[EventStore]:
     """The app's store on ``app_url``, with the app's types (the format is the test's ``fmt`` param)."""
     fmt = getattr(request, "param", "json")
     backends = Backends(name="test-cli-tail", registry=TypeRegistry(fmt, types=[Shipped]))
     try:
-        yield await backends.opened("store", parse_url(app_url))
+        yield await backends.opened("store", parse_url(app_url, "store"))
     finally:
         for _, close in backends.closers():
             await close()
@@ -141,6 +169,42 @@ async def test_tail_follow_prints_new_events_as_they_come(app_url: str, typed_st
     assert proc.returncode == 0, err.decode()
     lines += [json.loads(line) for line in out.decode().splitlines()]
     assert [(r["version"], r["body"]["weight"]) for r in lines] == [(0, 3), (1, 4), (2, 8), (3, 9)]
+
+
+async def test_follow_of_an_empty_stream_starts_at_the_head_of_the_log(
+    app_url: str, typed_store: EventStore
+) -> None:
+    from catga.cli.tail import _events
+
+    await fill(typed_store)
+    async with open_raw_store(app_url) as raw:
+        head = await last_position(raw)
+        assert head == (await raw.read_all())[-1].position  # every store tells its head now (NATS too)
+        starts: list[int] = []
+        began = asyncio.Event()
+        subscribe_all = raw.subscribe_all
+
+        def spy(from_position: int = 1) -> AsyncIterator[StoredEvent]:
+            starts.append(from_position)
+            began.set()
+            return subscribe_all(from_position)
+
+        raw.subscribe_all = spy  # type: ignore[method-assign]
+        events = _events(raw, "parcel-9", 0, True)
+        try:
+            async with asyncio.timeout(60):
+                following = asyncio.ensure_future(anext(events))
+                await began.wait()  # the follow has begun: add the stream's first event
+                await typed_store.append("parcel-9", [Shipped("p9", 1)])
+                first = await following
+        finally:
+            await events.aclose()
+    assert starts == [head + 1]  # not 1: the global log is not scanned from its start
+    assert (first.stream_id, first.version, first.data.decoded()) == (
+        "parcel-9",
+        0,
+        {"parcel": "p9", "weight": 1},
+    )
 
 
 def test_tail_refuses_a_memory_url_and_a_missing_url() -> None:

@@ -106,7 +106,7 @@ class RawRegistry(TypeRegistry):
 
 async def last_position(store: EventStore) -> int | None:
     """The newest global position of ``store`` when it tells it (a ``last_position`` method or
-    property, as the memory, Redis and NATS stores have), else None."""
+    property, as the memory, Redis, NATS and PostgreSQL stores have), else None."""
     value: Any = getattr(store, "last_position", None)
     if callable(value):
         value = value()
@@ -122,7 +122,8 @@ async def open_raw_store(
     """The event store an application's store URL names, reading raw (see the module docs).
 
     Args:
-        url: the app's store URL (``nats://...``, ``redis://...`` with its ``?prefix=``).
+        url: the app's store URL (``nats://...``, ``redis://...`` with its ``?prefix=``,
+            ``postgresql://...``).
         format: the app registry's format (``json`` or ``msgpack``).
         timeout: seconds for connecting and for each call.
 
@@ -132,7 +133,7 @@ async def open_raw_store(
     """
     from catga.backends import Backends, parse_url
 
-    spec = parse_url(url, "--url")
+    spec = parse_url(url, "store")
     if spec.backend == "memory":
         raise ConfigurationError(
             "an in-memory event store lives in its process: give the app's nats://, redis:// or "

@@ -144,6 +144,22 @@ async def test_projection_catch_up_live_and_resume(open_store: OpenStore) -> Non
     assert second.totals == {"Account-a1": 1000}
 
 
+async def test_lag_counts_events_not_yet_read(open_store: OpenStore) -> None:
+    """The store tells its head (``last_position``: on NATS too), so the lag is real before a read."""
+    store = await open_store(account_registry())
+    repo = Repository(store, Account)
+    for n in range(3):
+        account = Account.open(f"l{n}", "ada")
+        account.deposit(n + 1)
+        await repo.save(account)
+    head = (await store.read_all())[-1].position
+    runner = ProjectionRunner(store, Totals(), MemoryCheckpointStore(), "lag")
+    assert await runner.measure_lag() == head  # nothing read yet: the whole log is to go
+    async with runner:
+        await runner.wait_for_position(head, timeout=30)
+        assert await runner.measure_lag() == 0
+
+
 @message_name("PriceSet")
 class PriceSetV1(msgspec.Struct, frozen=True):
     sku: str

@@ -486,3 +486,18 @@ async def test_requests_in_flight_when_the_connection_drops_fail_as_unavailable(
         assert "unknown" in str(exc)
         version = await event_store.version("d")
     assert version in (0, 1)  # the outcome was unknown: the version says which
+
+
+# --- the head of the global log --------------------------------------------------------------------
+
+
+async def test_last_position_is_the_newest_event_without_reading_the_log(event_store: NatsEventStore) -> None:
+    assert await event_store.last_position() == 0
+    await event_store.append("a", [ContractOrderPlaced("a", 1)])
+    assert await event_store.last_position() == (await event_store.read_all())[-1].position
+    await event_store.append("b", [ContractOrderPlaced("b", i) for i in range(3)])  # one message, 3 events
+    await event_store.append("c", [ContractOrderPlaced("c", 1)], NO_STREAM)
+    await event_store.append("b", [ContractOrderPlaced("b", 4), ContractOrderPlaced("b", 5)])
+    events = await event_store.read_all()
+    assert await event_store.last_position() == events[-1].position
+    assert events[-1].position & ((1 << POSITION_SHIFT) - 1) == 1  # the second event of its message

@@ -612,6 +612,29 @@ class NatsEventStore(NatsStoreBase):
             raise
         return state.version
 
+    async def last_position(self) -> int:
+        """Position of the newest event, 0 when the store is empty, without reading the log: the
+        stream's last message as the stream leader has it (one request), its sequence and event count.
+
+        What a projection runner's lag and ``catga tail --follow`` start from.
+        """
+        if not self._init.ready:
+            await self._init()
+        try:
+            last = await leader_last(
+                self._wire,
+                self._msg_get,
+                f"{self.prefix}.>".encode(),
+                timeout=self._timeout,
+                operation=f"read the last position of stream {self.stream!r}",
+            )
+        except BackendUnavailableError:
+            self._init.reset()  # the stream may have been deleted: check it again on the next call
+            raise
+        if last is None:
+            return 0
+        return last.seq << POSITION_SHIFT | (int(last.headers.get("Catga-Count", "1")) - 1)
+
     async def read_all(self, from_position: int = 1, max_count: int | None = None) -> list[StoredEvent]:
         """Events of all streams with ``position >= from_position``, in position order."""
         if not self._init.ready:
