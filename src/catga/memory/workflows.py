@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable
 
+from catga.clock import get_clock
 from catga.errors import ConcurrencyError, ConfigurationError, StaleFencingTokenError
 from catga.protocols import validate_identifier
 from catga.workflows.store import (
@@ -35,11 +35,12 @@ class MemoryWorkflowStore:
     """Workflow instances and histories in process memory (see the module docs).
 
     Args:
-        clock: the unix-time clock leases and wake times are read with (a test can pass its own).
+        clock: the unix-time clock leases and wake times are read with (default catga's clock,
+            :func:`catga.clock.get_clock`, so a :class:`~catga.testing.FakeClock` drives it).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        self.clock: Callable[[], float] = clock or (lambda: get_clock().time())
         self._instances: dict[str, WorkflowInstance] = {}
         self._history: dict[str, dict[int, HistoryEntry]] = {}
         self._lock = threading.Lock()

@@ -404,8 +404,24 @@ class Workflow:
         else:
             wake_at = float(decode_value(entry.value, float))
         left = wake_at - get_clock().time()
+        after = self._history.get(self._next)
+        if after is not None and after.kind == "cancel":  # cancelled out of this sleep before
+            self._visited.add(self._take())
+            raise WorkflowCancelledError(self.id)
         if left <= 0:
             return
+        if not _racing.get() and await self._cancelled():
+            seq = self._take()
+            marker = HistoryEntry(
+                seq=seq,
+                kind="cancel",
+                name="cancel",
+                ok=False,
+                value=b"cancelled",
+                error_type="WorkflowCancelledError",
+            )
+            await self._record(marker)
+            raise WorkflowCancelledError(self.id)
         if _racing.get():
             await get_clock().sleep(left)
             return

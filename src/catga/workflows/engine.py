@@ -102,7 +102,9 @@ class WorkflowEngine:
         lease: seconds a run's lease lasts (renewed every third of it while the run goes on); a
             runner that dies is taken over this long after its last renewal.
         poll_interval: seconds between sweeps for workflows with work and no runner.
-        step_retries: default tries after the first of a raising ``wf.step``.
+        step_retries: default tries after the first of a raising ``wf.step`` (compensations are
+            tried at least 4 times).
+        retry_backoff: seconds before the first retry of a step, doubled per retry (30 s at most).
 
     Raises:
         ConfigurationError: a duration or count out of range.
@@ -118,6 +120,7 @@ class WorkflowEngine:
         lease: float = 30.0,
         poll_interval: float = 1.0,
         step_retries: int = 0,
+        retry_backoff: float = 0.2,
     ) -> None:
         if not (lease > 0 and poll_interval > 0) or step_retries < 0:
             raise ConfigurationError("lease and poll_interval must be > 0 s, step_retries >= 0")
@@ -128,6 +131,7 @@ class WorkflowEngine:
         self.lease = lease
         self.poll_interval = poll_interval
         self.step_retries = step_retries
+        self.retry_backoff = retry_backoff
         self._workflows: dict[tuple[str, int], _Registered] = {}
         self._latest: dict[str, int] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
@@ -344,6 +348,7 @@ class WorkflowEngine:
             mediator=self.mediator,
             cancelled=cancelled,
             step_retries=self.step_retries,
+            retry_backoff=self.retry_backoff,
         )
         try:
             value = await reg.fn(wf, decode_value(instance.input, reg.input_type))
