@@ -1,0 +1,103 @@
+"""Workflows on PostgreSQL whose runner is SIGKILLed again and again: another runner finishes every
+one, each step's (idempotency-keyed) effect is applied once, and compensations run once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos import Chaos
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+HERE = Path(__file__).parent
+WAIT = 240.0  # seconds the whole run may take before the test gives up (not a performance bound)
+
+
+async def _start(postgres_url: str, name: str, n: int) -> asyncio.subprocess.Process:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "workflow_child.py"), postgres_url, name, str(n),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        line = await proc.stdout.readline()
+    if line.strip() != b"ready":
+        proc.kill()
+        _, err = await proc.communicate()
+        raise AssertionError(f"runner did not start: {line!r} {err.decode()[-3000:]}")
+    return proc
+
+
+def _expected(name: str, k: int) -> dict[str, str]:
+    """Effect key -> kind of workflow k: reserve (seq 0), sleep (1), charge (2), notify (3); those with
+    k % 4 == 0 fail at seq 4 and undo charge (5), then reserve (6)."""
+    wid = f"{name}-{k}"
+    keys = {f"{wid}:0": "reserve", f"{wid}:2": "charge", f"{wid}:3": "notify"}
+    if k % 4 == 0:
+        keys |= {f"{wid}:5": "undo", f"{wid}:6": "undo"}
+    return keys
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(400)
+async def test_killed_runners_hand_every_workflow_over(
+    postgres_url: str, pool: Any, unique_name: str, chaos: Chaos
+) -> None:
+    n = chaos.size(short=24, full=300)
+    name = unique_name
+    await pool.execute(f"CREATE TABLE effects_{name} (key text PRIMARY KEY, kind text NOT NULL)")
+    await pool.execute(f"CREATE TABLE runs_{name} (key text PRIMARY KEY, n int NOT NULL)")
+    rng = random.Random(13)
+    kills = 0
+    started = time.monotonic()
+    finished = "status IN ('completed', 'compensated', 'cancelled', 'failed')"
+    async with asyncio.timeout(WAIT):
+        proc = await _start(postgres_url, name, n)
+        while True:
+            await asyncio.sleep(rng.uniform(0.3, 1.5) if chaos.full else rng.uniform(0.05, 0.4))
+            done = await pool.fetchval(f"SELECT count(*) FROM wf_{name} WHERE {finished}")
+            proc.kill()  # SIGKILL, whatever it is doing: between steps, inside one, compensating
+            await proc.wait()
+            kills += done < n
+            proc = await _start(postgres_url, name, n)
+            if done == n:
+                break
+        proc.kill()
+        await proc.wait()
+    rows = await pool.fetch(f"SELECT id, status, result, error FROM wf_{name} ORDER BY id")
+    effects = {r["key"]: r["kind"] for r in await pool.fetch(f"SELECT key, kind FROM effects_{name}")}
+    reruns = await pool.fetchval(f"SELECT coalesce(sum(n - 1), 0) FROM runs_{name}")
+    expected: dict[str, str] = {}
+    for k in range(n):
+        expected |= _expected(name, k)
+    chaos.record(
+        "workflows on PostgreSQL, runner SIGKILLed repeatedly",
+        messages=n,
+        kills=kills,
+        lost=len(set(expected) - set(effects)),
+        twice=len(set(effects) - set(expected)),
+        recovery_s=round(time.monotonic() - started, 1),
+    )
+    by_id = {r["id"]: r for r in rows}
+    assert len(by_id) == n
+    for k in range(n):
+        row = by_id[f"{name}-{k}"]
+        if k % 4 == 0:
+            assert row["status"] == "compensated", (k, row["status"], row["error"])
+            assert f"order {k} cannot be shipped" in row["error"]
+        else:
+            assert (row["status"], bytes(row["result"])) == ("completed", str(3 * k).encode()), row["error"]
+    assert effects == expected  # every effect and compensation once, none at another sequence number
+    assert kills >= 1, "no runner was killed mid-run: the run proves nothing (make n larger)"
+    print(f"{kills} kills, {reruns} step executions repeated after a kill")

@@ -1,0 +1,67 @@
+"""A runner process of ``test_workflow_kills.py``: workflows on PostgreSQL, SIGKILLed by the test.
+
+Usage: ``python workflow_child.py POSTGRES_URL NAME N``. It starts workflows ``NAME-0`` ...
+``NAME-<N-1>`` (idempotent: a restarted runner starts none twice), prints ``ready``, and runs
+workflows (its own and those whose runner died) until killed. Each step's effect is a row keyed by
+the step's idempotency key (:func:`~catga.workflows.current_step_key`) in ``effects_NAME``; every
+execution of a step also counts in ``runs_NAME`` (a step cut short by a kill runs again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import asyncpg
+
+import catga
+from catga.postgres import PostgresWorkflowStore
+from catga.workflows import Workflow, current_step_key
+
+
+async def main(postgres_url: str, name: str, n: int) -> None:
+    pool = await asyncpg.create_pool(postgres_url, min_size=2, max_size=8)
+    store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    app = catga.App(workflows=store)
+    app.workflows.lease = 1.0  # a killed runner's workflows are taken over after about a second
+    app.workflows.poll_interval = 0.1
+
+    runs = f"runs_{name}"
+    count = f"INSERT INTO {runs} (key, n) VALUES ($1, 1) ON CONFLICT (key) DO UPDATE SET n = {runs}.n + 1"
+
+    async def effect(kind: str, k: int) -> int:
+        key = current_step_key()
+        await pool.execute(count, key)
+        await asyncio.sleep(0.02)  # kills land mid-step too
+        await pool.execute(
+            f"INSERT INTO effects_{name} (key, kind) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, kind
+        )
+        return k
+
+    async def undo(value: int) -> None:
+        await effect("undo", value)
+
+    async def fail(k: int) -> None:
+        raise RuntimeError(f"order {k} cannot be shipped")
+
+    @app.workflow
+    async def order(wf: Workflow, k: int) -> int:
+        a = await wf.step(effect, "reserve", k, compensate=undo)
+        await wf.sleep(0.1 * (k % 30))  # workflows end over three seconds: kills find work
+        b, c = await wf.all(
+            wf.step(effect, "charge", k, compensate=undo),
+            wf.step(effect, "notify", k),
+        )
+        if k % 4 == 0:
+            await wf.step(fail, k)
+        return a + b + c
+
+    async with app:
+        for k in range(n):
+            await app.start_workflow(order, k, id=f"{name}-{k}")
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
