@@ -25,6 +25,7 @@ from catga.redis.rpc import RedisRpcClient, RedisRpcServer
 from catga.redis.schedules import RedisScheduleStore
 from catga.redis.snapshots import RedisSnapshotStore
 from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTransport
+from catga.redis.workflows import RedisWorkflowStore
 
 __all__ = (
     "RedisCache",
@@ -41,6 +42,7 @@ __all__ = (
     "RedisRpcServer",
     "RedisRpcEndpoint",
     "RedisScheduleStore",
+    "RedisWorkflowStore",
     "RedisSettings",
     "RedisSnapshotStore",
     "RedisSubscription",
