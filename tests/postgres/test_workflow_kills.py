@@ -1,4 +1,4 @@
-"""Workflows on PostgreSQL whose runner is SIGKILLed again and again: another runner finishes every
+"""Workflows on PostgreSQL or Redis whose runner is SIGKILLed again and again: another runner finishes every
 one, each step's (idempotency-keyed) effect is applied once, and compensations run once."""
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from catga.postgres import PostgresWorkflowStore
+from catga.redis import RedisWorkflowStore
+from catga.workflows import COMPENSATED, COMPLETED, FINISHED, WorkflowStore
 from chaos import Chaos
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -22,11 +25,12 @@ HERE = Path(__file__).parent
 WAIT = 240.0  # seconds the whole run may take before the test gives up (not a performance bound)
 
 
-async def _start(postgres_url: str, name: str, n: int) -> asyncio.subprocess.Process:
+async def _start(postgres_url: str, name: str, n: int, redis_url: str | None) -> asyncio.subprocess.Process:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(HERE / "workflow_child.py"), postgres_url, name, str(n),
+        *([redis_url] if redis_url else []),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -49,55 +53,73 @@ def _expected(name: str, k: int) -> dict[str, str]:
     return keys
 
 
+@pytest.fixture(params=["postgres", pytest.param("redis", marks=pytest.mark.redis)])
+def workflow_backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """Where the workflows are: ("postgres", None) or ("redis", its URL)."""
+    if request.param == "redis":
+        return "redis", request.getfixturevalue("redis_url")
+    return "postgres", None
+
+
 @pytest.mark.chaos
 @pytest.mark.timeout(400)
 async def test_killed_runners_hand_every_workflow_over(
-    postgres_url: str, pool: Any, unique_name: str, chaos: Chaos
+    postgres_url: str, pool: Any, unique_name: str, chaos: Chaos, workflow_backend: tuple[str, str | None]
 ) -> None:
     n = chaos.size(short=24, full=300)
     name = unique_name
+    backend, redis_url = workflow_backend
     await pool.execute(f"CREATE TABLE effects_{name} (key text PRIMARY KEY, kind text NOT NULL)")
     await pool.execute(f"CREATE TABLE runs_{name} (key text PRIMARY KEY, n int NOT NULL)")
     rng = random.Random(13)
     kills = 0
     started = time.monotonic()
-    finished = "status IN ('completed', 'compensated', 'cancelled', 'failed')"
+    store: WorkflowStore
+    if redis_url is None:
+        store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    else:
+        store = RedisWorkflowStore.connect(redis_url, prefix=name)
+
+    async def finished() -> int:
+        return sum(i.status in FINISHED for i in await store.list_instances(limit=n))
+
     async with asyncio.timeout(WAIT):
-        proc = await _start(postgres_url, name, n)
+        proc = await _start(postgres_url, name, n, redis_url)
         while True:
             await asyncio.sleep(rng.uniform(0.3, 1.5) if chaos.full else rng.uniform(0.05, 0.4))
-            done = await pool.fetchval(f"SELECT count(*) FROM wf_{name} WHERE {finished}")
+            done = await finished()
             proc.kill()  # SIGKILL, whatever it is doing: between steps, inside one, compensating
             await proc.wait()
             kills += done < n
-            proc = await _start(postgres_url, name, n)
+            proc = await _start(postgres_url, name, n, redis_url)
             if done == n:
                 break
         proc.kill()
         await proc.wait()
-    rows = await pool.fetch(f"SELECT id, status, result, error FROM wf_{name} ORDER BY id")
+    instances = await store.list_instances(limit=n)
+    await store.aclose()
     effects = {r["key"]: r["kind"] for r in await pool.fetch(f"SELECT key, kind FROM effects_{name}")}
     reruns = await pool.fetchval(f"SELECT coalesce(sum(n - 1), 0) FROM runs_{name}")
     expected: dict[str, str] = {}
     for k in range(n):
         expected |= _expected(name, k)
     chaos.record(
-        "workflows on PostgreSQL, runner SIGKILLed repeatedly",
+        f"workflows on {backend}, runner SIGKILLed repeatedly",
         messages=n,
         kills=kills,
         lost=len(set(expected) - set(effects)),
         twice=len(set(effects) - set(expected)),
         recovery_s=round(time.monotonic() - started, 1),
     )
-    by_id = {r["id"]: r for r in rows}
+    by_id = {i.id: i for i in instances}
     assert len(by_id) == n
     for k in range(n):
-        row = by_id[f"{name}-{k}"]
+        state = by_id[f"{name}-{k}"]
         if k % 4 == 0:
-            assert row["status"] == "compensated", (k, row["status"], row["error"])
-            assert f"order {k} cannot be shipped" in row["error"]
+            assert state.status == COMPENSATED, (k, state.status, state.error)
+            assert f"order {k} cannot be shipped" in state.error
         else:
-            assert (row["status"], bytes(row["result"])) == ("completed", str(3 * k).encode()), row["error"]
+            assert (state.status, state.result) == (COMPLETED, str(3 * k).encode()), state.error
     assert effects == expected  # every effect and compensation once, none at another sequence number
     assert kills >= 1, "no runner was killed mid-run: the run proves nothing (make n larger)"
     print(f"{kills} kills, {reruns} step executions repeated after a kill")

@@ -1,10 +1,12 @@
-"""A runner process of ``test_workflow_kills.py``: workflows on PostgreSQL, SIGKILLed by the test.
+"""A runner process of ``test_workflow_kills.py``: workflows SIGKILLed by the test.
 
-Usage: ``python workflow_child.py POSTGRES_URL NAME N``. It starts workflows ``NAME-0`` ...
-``NAME-<N-1>`` (idempotent: a restarted runner starts none twice), prints ``ready``, and runs
-workflows (its own and those whose runner died) until killed. Each step's effect is a row keyed by
-the step's idempotency key (:func:`~catga.workflows.current_step_key`) in ``effects_NAME``; every
-execution of a step also counts in ``runs_NAME`` (a step cut short by a kill runs again).
+Usage: ``python workflow_child.py POSTGRES_URL NAME N [REDIS_URL]``: the workflows on PostgreSQL,
+or on Redis when ``REDIS_URL`` is given (the effects are PostgreSQL rows either way). It starts
+workflows ``NAME-0`` ... ``NAME-<N-1>`` (idempotent: a restarted runner starts none twice), prints
+``ready``, and runs workflows (its own and those whose runner died) until killed. Each step's
+effect is a row keyed by the step's idempotency key (:func:`~catga.workflows.current_step_key`) in
+``effects_NAME``; every execution of a step also counts in ``runs_NAME`` (a step cut short by a
+kill runs again).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ import asyncpg
 
 import catga
 from catga.postgres import PostgresWorkflowStore
-from catga.workflows import Workflow, current_step_key
+from catga.redis import RedisWorkflowStore
+from catga.workflows import Workflow, WorkflowStore, current_step_key
 
 
-async def main(postgres_url: str, name: str, n: int) -> None:
+async def main(postgres_url: str, name: str, n: int, redis_url: str | None) -> None:
     pool = await asyncpg.create_pool(postgres_url, min_size=2, max_size=8)
-    store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    store: WorkflowStore
+    if redis_url is None:
+        store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    else:
+        store = RedisWorkflowStore.connect(redis_url, prefix=name)
     app = catga.App(workflows=store)
     app.workflows.lease = 1.0  # a killed runner's workflows are taken over after about a second
     app.workflows.poll_interval = 0.1
@@ -64,4 +71,4 @@ async def main(postgres_url: str, name: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))
