@@ -1,9 +1,11 @@
-"""Workflows on PostgreSQL or Redis whose runner is SIGKILLed again and again: another runner finishes every
-one, each step's (idempotency-keyed) effect is applied once, and compensations run once."""
+"""Workflows on PostgreSQL, Redis or NATS whose runner is SIGKILLed again and again: another runner
+finishes every one, each step's (idempotency-keyed) effect is applied once, and compensations run
+once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import subprocess
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from catga.nats import NatsConnection, NatsWorkflowStore
 from catga.postgres import PostgresWorkflowStore
 from catga.redis import RedisWorkflowStore
 from catga.workflows import COMPENSATED, COMPLETED, FINISHED, WorkflowStore
@@ -25,12 +28,14 @@ HERE = Path(__file__).parent
 WAIT = 240.0  # seconds the whole run may take before the test gives up (not a performance bound)
 
 
-async def _start(postgres_url: str, name: str, n: int, redis_url: str | None) -> asyncio.subprocess.Process:
+async def _start(
+    postgres_url: str, name: str, n: int, backend: tuple[str, str]
+) -> asyncio.subprocess.Process:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(HERE / "workflow_child.py"), postgres_url, name, str(n),
-        *([redis_url] if redis_url else []),
+        *backend,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -53,51 +58,65 @@ def _expected(name: str, k: int) -> dict[str, str]:
     return keys
 
 
-@pytest.fixture(params=["postgres", pytest.param("redis", marks=pytest.mark.redis)])
-def workflow_backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
-    """Where the workflows are: ("postgres", None) or ("redis", its URL)."""
-    if request.param == "redis":
-        return "redis", request.getfixturevalue("redis_url")
-    return "postgres", None
+@pytest.fixture(
+    params=[
+        "postgres",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("nats", marks=pytest.mark.nats),
+    ]
+)
+def workflow_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Where the workflows are: (backend, its URL; "" for the PostgreSQL of the effects)."""
+    if request.param == "postgres":
+        return "postgres", ""
+    return request.param, request.getfixturevalue(f"{request.param}_url")
 
 
 @pytest.mark.chaos
 @pytest.mark.timeout(400)
 async def test_killed_runners_hand_every_workflow_over(
-    postgres_url: str, pool: Any, unique_name: str, chaos: Chaos, workflow_backend: tuple[str, str | None]
+    postgres_url: str, pool: Any, unique_name: str, chaos: Chaos, workflow_backend: tuple[str, str]
 ) -> None:
     n = chaos.size(short=24, full=300)
     name = unique_name
-    backend, redis_url = workflow_backend
+    backend, url = workflow_backend
     await pool.execute(f"CREATE TABLE effects_{name} (key text PRIMARY KEY, kind text NOT NULL)")
     await pool.execute(f"CREATE TABLE runs_{name} (key text PRIMARY KEY, n int NOT NULL)")
     rng = random.Random(13)
     kills = 0
     started = time.monotonic()
     store: WorkflowStore
-    if redis_url is None:
-        store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    nats: NatsConnection | None = None
+    if backend == "redis":
+        store = RedisWorkflowStore.connect(url, prefix=name)
+    elif backend == "nats":
+        nats = await NatsConnection.connect(url)
+        store = NatsWorkflowStore(nats, bucket=name, storage="memory")
     else:
-        store = RedisWorkflowStore.connect(redis_url, prefix=name)
+        store = PostgresWorkflowStore(pool, table=f"wf_{name}")
 
     async def finished() -> int:
         return sum(i.status in FINISHED for i in await store.list_instances(limit=n))
 
     async with asyncio.timeout(WAIT):
-        proc = await _start(postgres_url, name, n, redis_url)
+        proc = await _start(postgres_url, name, n, workflow_backend)
         while True:
             await asyncio.sleep(rng.uniform(0.3, 1.5) if chaos.full else rng.uniform(0.05, 0.4))
             done = await finished()
             proc.kill()  # SIGKILL, whatever it is doing: between steps, inside one, compensating
             await proc.wait()
             kills += done < n
-            proc = await _start(postgres_url, name, n, redis_url)
+            proc = await _start(postgres_url, name, n, workflow_backend)
             if done == n:
                 break
         proc.kill()
         await proc.wait()
     instances = await store.list_instances(limit=n)
     await store.aclose()
+    if nats is not None:
+        with contextlib.suppress(Exception):
+            await nats.js.delete_stream(f"KV_{name}")
+        await nats.aclose()
     effects = {r["key"]: r["kind"] for r in await pool.fetch(f"SELECT key, kind FROM effects_{name}")}
     reruns = await pool.fetchval(f"SELECT coalesce(sum(n - 1), 0) FROM runs_{name}")
     expected: dict[str, str] = {}

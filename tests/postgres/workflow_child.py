@@ -1,7 +1,7 @@
 """A runner process of ``test_workflow_kills.py``: workflows SIGKILLed by the test.
 
-Usage: ``python workflow_child.py POSTGRES_URL NAME N [REDIS_URL]``: the workflows on PostgreSQL,
-or on Redis when ``REDIS_URL`` is given (the effects are PostgreSQL rows either way). It starts
+Usage: ``python workflow_child.py POSTGRES_URL NAME N [redis|nats URL]``: the workflows on
+PostgreSQL, or on Redis / NATS at ``URL`` (the effects are PostgreSQL rows either way). It starts
 workflows ``NAME-0`` ... ``NAME-<N-1>`` (idempotent: a restarted runner starts none twice), prints
 ``ready``, and runs workflows (its own and those whose runner died) until killed. Each step's
 effect is a row keyed by the step's idempotency key (:func:`~catga.workflows.current_step_key`) in
@@ -17,18 +17,21 @@ import sys
 import asyncpg
 
 import catga
+from catga.nats import NatsConnection, NatsWorkflowStore
 from catga.postgres import PostgresWorkflowStore
 from catga.redis import RedisWorkflowStore
 from catga.workflows import Workflow, WorkflowStore, current_step_key
 
 
-async def main(postgres_url: str, name: str, n: int, redis_url: str | None) -> None:
+async def main(postgres_url: str, name: str, n: int, backend: str, url: str) -> None:
     pool = await asyncpg.create_pool(postgres_url, min_size=2, max_size=8)
     store: WorkflowStore
-    if redis_url is None:
-        store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    if backend == "redis":
+        store = RedisWorkflowStore.connect(url, prefix=name)
+    elif backend == "nats":
+        store = NatsWorkflowStore(await NatsConnection.connect(url), bucket=name, storage="memory")
     else:
-        store = RedisWorkflowStore.connect(redis_url, prefix=name)
+        store = PostgresWorkflowStore(pool, table=f"wf_{name}")
     app = catga.App(workflows=store)
     app.workflows.lease = 1.0  # a killed runner's workflows are taken over after about a second
     app.workflows.poll_interval = 0.1
@@ -71,4 +74,5 @@ async def main(postgres_url: str, name: str, n: int, redis_url: str | None) -> N
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))
+    backend, url = (sys.argv[4], sys.argv[5]) if len(sys.argv) > 5 else ("postgres", "")
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), backend, url))
