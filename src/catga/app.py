@@ -164,9 +164,10 @@ class App:
             ``postgresql://`` URL, or a :class:`~catga.protocols.ScheduleStore`. With a URL or a
             store, the app runs a :class:`~catga.scheduling.Scheduler` delivering due schedules
             while it runs (see :mod:`catga.scheduling`).
-        workflows: where durable workflows (:meth:`workflow`, :meth:`start_workflow`) are kept: a
-            :class:`~catga.workflows.WorkflowStore`, or None for in process (lost at exit). Their
-            sleeps wake through the scheduler (see :mod:`catga.workflows`).
+        workflows: where durable workflows (:meth:`workflow`, :meth:`start_workflow`) are kept:
+            ``None`` / ``"memory://"`` (default: in process, lost at exit), a ``nats://``,
+            ``redis://`` or ``postgresql://`` URL, or a :class:`~catga.workflows.WorkflowStore`.
+            Their sleeps wake through the scheduler (see :mod:`catga.workflows`).
 
     Attributes:
         transport: None (no transport) or the transport (for a URL, built on a connection that
@@ -204,7 +205,7 @@ class App:
         inbox: InboxStore | None = None,
         unit_of_work: _UnitOfWork | None = None,
         scheduler: str | ScheduleStore | None = None,
-        workflows: WorkflowStore | None = None,
+        workflows: str | WorkflowStore | None = None,
     ) -> None:
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
@@ -241,6 +242,7 @@ class App:
         self.inbox = inbox
         self.schedules: ScheduleStore = built("scheduler", scheduler, "memory://")
         self.scheduler: Scheduler | None = None
+        workflow_store: WorkflowStore = built("workflows", workflows, "memory://")
         self._schedules_used = scheduler is not None  # else the scheduler starts at the first schedule()
         for backend in (
             *self.backends.built,
@@ -250,6 +252,7 @@ class App:
             self.outbox,
             inbox,
             self.schedules,
+            workflow_store,
         ):
             if backend is not None:
                 self.add_component(backend)
@@ -266,9 +269,7 @@ class App:
                 on_unexpected_error=on_unexpected_error,
             )
         self.mediator = mediator
-        self.workflows: WorkflowEngine = app_engine(self, workflows)
-        if workflows is not None:
-            self.add_component(workflows)
+        self.workflows: WorkflowEngine = app_engine(self, workflow_store)
         self._bridge = Bridge(
             mediator,
             self.transport,

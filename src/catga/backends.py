@@ -53,7 +53,7 @@ __all__ = (
 T = TypeVar("T")
 
 #: The roles a URL can fill, as the ``App(...)`` arguments name them.
-ROLES = ("transport", "store", "idempotency_store", "outbox", "scheduler")
+ROLES = ("transport", "store", "idempotency_store", "outbox", "scheduler", "workflows")
 
 #: URL scheme → backend name (see :func:`register_backend`).
 SCHEMES: dict[str, str] = {}
@@ -95,12 +95,9 @@ register_backend("nats", "nats")
 register_backend("tls", "nats")
 register_backend("redis", "redis")
 register_backend("rediss", "redis")
-register_backend(
-    "postgresql", "postgres", roles=("store", "idempotency_store", "outbox", "scheduler"), url_options=False
-)
-register_backend(
-    "postgres", "postgres", roles=("store", "idempotency_store", "outbox", "scheduler"), url_options=False
-)
+_PG_ROLES = ("store", "idempotency_store", "outbox", "scheduler", "workflows")
+register_backend("postgresql", "postgres", roles=_PG_ROLES, url_options=False)
+register_backend("postgres", "postgres", roles=_PG_ROLES, url_options=False)
 
 
 def _fills(backend: str, role: str) -> bool:

@@ -48,3 +48,20 @@ async def test_an_app_runs_a_sleeping_workflow_on_nats(
         state = await app.wait_workflow(await app.start_workflow(flow, 20, id="nats.1"))
     assert state.status == COMPLETED and app.workflows.result(state) == 82
     assert [e.kind for e in await store.history("nats.1")] == ["step", "step", "sleep"]
+
+
+async def test_a_nats_url_builds_the_workflow_store(
+    nats_url: str, unique_name: str, doomed_streams: list[str]
+) -> None:
+    doomed_streams.append(f"KV_{unique_name}_workflows")
+    app = catga.App(workflows=f"{nats_url}?prefix={unique_name}&storage=memory")
+    assert isinstance(app.workflows.store, NatsWorkflowStore)
+    assert app.workflows.store.bucket == f"{unique_name}_workflows"
+
+    @app.workflow
+    async def hello(wf: Workflow, name: str) -> str:
+        return f"hello {name}"
+
+    async with app:
+        state = await app.wait_workflow(await app.start_workflow(hello, "nats"))
+    assert app.workflows.result(state) == "hello nats"

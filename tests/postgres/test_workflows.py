@@ -51,3 +51,17 @@ async def test_an_app_runs_a_sleeping_workflow_on_postgres(pool: Any, unique_nam
 def test_a_long_table_name_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="at most 55"):
         PostgresWorkflowStore(object(), table="t" * 60)
+
+
+async def test_a_postgres_url_builds_the_workflow_store(postgres_url: str) -> None:
+    app = catga.App(workflows=postgres_url)
+    assert isinstance(app.workflows.store, PostgresWorkflowStore)
+    assert app.workflows.store.table == "catga_workflows"
+
+    @app.workflow
+    async def hello(wf: Workflow, name: str) -> str:
+        return f"hello {name}"
+
+    async with app:
+        state = await app.wait_workflow(await app.start_workflow(hello, "postgres"))
+    assert app.workflows.result(state) == "hello postgres"

@@ -56,3 +56,16 @@ async def test_an_app_runs_a_sleeping_workflow_on_redis(redis_client: RedisClien
     assert [e.kind for e in await store.history("redis-1")] == ["step", "sleep"]
     assert await store.list_instances("pending") == []
     assert [i.id for i in await store.list_instances(COMPLETED)] == ["redis-1"]
+
+
+async def test_a_redis_url_builds_the_workflow_store(redis_url: str, unique_name: str) -> None:
+    app = catga.App(workflows=f"{redis_url}?prefix={unique_name}")
+    assert isinstance(app.workflows.store, RedisWorkflowStore)
+
+    @app.workflow
+    async def hello(wf: Workflow, name: str) -> str:
+        return f"hello {name}"
+
+    async with app:
+        state = await app.wait_workflow(await app.start_workflow(hello, "redis"))
+    assert app.workflows.result(state) == "hello redis"

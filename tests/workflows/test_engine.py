@@ -409,3 +409,10 @@ async def test_a_step_result_that_is_not_data_fails_the_step() -> None:
     async with app:
         state = await app.wait_workflow(await app.start_workflow(flow))
     assert state.status == FAILED and "cannot be recorded as JSON" in state.error
+
+
+def test_workflows_default_to_memory_and_take_a_memory_url() -> None:
+    assert isinstance(catga.App().workflows.store, MemoryWorkflowStore)
+    assert isinstance(catga.App(workflows="memory://").workflows.store, MemoryWorkflowStore)
+    with pytest.raises(ConfigurationError):
+        catga.App(workflows="ftp://example")

@@ -23,13 +23,9 @@ class WakeWorkflow(msgspec.Struct, Command[None], frozen=True):
     workflow_id: str
 
 
-def app_engine(app: App, store: WorkflowStore | None) -> WorkflowEngine:
-    """The engine of ``app``: runs on ``store`` (in memory if None), sends through the app's
-    mediator, and wakes sleepers with a :class:`WakeWorkflow` on the app's scheduler."""
-    if store is None:
-        from catga.memory.workflows import MemoryWorkflowStore
-
-        store = MemoryWorkflowStore()
+def app_engine(app: App, store: WorkflowStore) -> WorkflowEngine:
+    """The engine of ``app``: runs on ``store``, sends through the app's mediator, and wakes
+    sleepers with a :class:`WakeWorkflow` on the app's scheduler."""
 
     async def timer(workflow_id: str, wake_at: float, timer_id: str) -> None:
         await app.schedule(WakeWorkflow(workflow_id), at=wake_at, id=timer_id)
