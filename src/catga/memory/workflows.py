@@ -138,6 +138,8 @@ class MemoryWorkflowStore:
         result: bytes = b"",
         error: str = "",
         wake_at: float = 0.0,
+        wait_for: str = "",
+        wait_spec: bytes = b"",
     ) -> None:
         """See :meth:`WorkflowStore.update <catga.workflows.WorkflowStore.update>`."""
         if status not in STATUSES:
@@ -146,12 +148,16 @@ class MemoryWorkflowStore:
             found = self._check(id, token)
             if status == SLEEPING and found.cancel_requested:
                 status, wake_at = PENDING, 0.0  # a cancel came in meanwhile: due at once
+            if status != SLEEPING:
+                wait_for, wait_spec = "", b""
             self._instances[id] = dataclasses.replace(
                 found,
                 status=status,
                 result=result,
                 error=error,
                 wake_at=wake_at,
+                wait_for=wait_for,
+                wait_spec=wait_spec,
                 updated_at=self.clock(),
             )
 
@@ -163,9 +169,18 @@ class MemoryWorkflowStore:
                 return False
             status = PENDING if found.status == SLEEPING else found.status
             self._instances[id] = dataclasses.replace(
-                found, cancel_requested=True, status=status, wake_at=0.0, updated_at=self.clock()
-            )
+                found, cancel_requested=True, status=status, wake_at=0.0, updated_at=self.clock(),
+                wait_for="" if status != SLEEPING else found.wait_for,
+                wait_spec=b"" if status != SLEEPING else found.wait_spec,
+            )  # fmt: skip
             return True
+
+    async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
+        """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>`."""
+        with self._lock:
+            found = [i for i in self._instances.values() if i.status == SLEEPING and i.wait_for == event_type]
+        found.sort(key=lambda i: (i.created_at, i.id))
+        return found[:limit]
 
     async def due(self, limit: int = 100) -> list[str]:
         """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""

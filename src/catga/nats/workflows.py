@@ -58,6 +58,8 @@ class _Instance(msgspec.Struct, array_like=True):
     token: int
     owner: str
     lease_until: float
+    wait_for: str = ""
+    wait_spec: bytes = b""
 
 
 class _Entry(msgspec.Struct, array_like=True):
@@ -79,6 +81,7 @@ def _public(id: str, i: _Instance) -> WorkflowInstance:
         id=id, name=i.name, version=i.version, input=i.input, status=i.status, result=i.result,
         error=i.error, created_at=i.created_at, updated_at=i.updated_at, wake_at=i.wake_at,
         cancel_requested=i.cancel_requested, token=i.token, owner=i.owner, lease_until=i.lease_until,
+        wait_for=i.wait_for, wait_spec=i.wait_spec,
     )  # fmt: skip
 
 
@@ -237,6 +240,8 @@ class NatsWorkflowStore(KvStore):
         result: bytes = b"",
         error: str = "",
         wake_at: float = 0.0,
+        wait_for: str = "",
+        wait_spec: bytes = b"",
     ) -> None:
         """See :meth:`WorkflowStore.update <catga.workflows.WorkflowStore.update>`."""
         _check_status(status)
@@ -247,9 +252,11 @@ class NatsWorkflowStore(KvStore):
                 seen.append(i.token)
                 return None
             st, wake = (PENDING, 0.0) if status == SLEEPING and i.cancel_requested else (status, wake_at)
+            waits = (wait_for, bytes(wait_spec)) if st == SLEEPING else ("", b"")
             return msgspec.structs.replace(
-                i, status=st, result=bytes(result), error=error, wake_at=wake, updated_at=self.clock()
-            )
+                i, status=st, result=bytes(result), error=error, wake_at=wake, updated_at=self.clock(),
+                wait_for=waits[0], wait_spec=waits[1],
+            )  # fmt: skip
 
         if await self._change(id, set_status, "update") is None:
             raise StaleFencingTokenError(f"workflow {id}", token, seen[-1] if seen else 0)
@@ -262,10 +269,17 @@ class NatsWorkflowStore(KvStore):
                 return None
             status = PENDING if i.status == SLEEPING else i.status
             return msgspec.structs.replace(
-                i, cancel_requested=True, status=status, wake_at=0.0, updated_at=self.clock()
-            )
+                i, cancel_requested=True, status=status, wake_at=0.0, updated_at=self.clock(), wait_for="",
+                wait_spec=b"",
+            )  # fmt: skip
 
         return await self._change(id, cancel, "cancel") is not None
+
+    async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
+        """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>` (a scan of the
+        instances)."""
+        found = [i for i in await self._instances() if i.status == SLEEPING and i.wait_for == event_type]
+        return found[: max(limit, 0)]
 
     async def due(self, limit: int = 100) -> list[str]:
         """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""

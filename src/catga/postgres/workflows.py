@@ -36,7 +36,7 @@ __all__ = ("PostgresWorkflowStore",)
 _NOW = "extract(epoch from clock_timestamp())::float8"
 _COLUMNS = (
     "id, name, version, input, status, result, error, created_at, updated_at, wake_at, "
-    "cancel_requested, token, owner, lease_until"
+    "cancel_requested, token, owner, lease_until, wait_for, wait_spec"
 )
 _ENTRY = "seq, kind, name, ok, value, at, error_type"
 _DONE = ", ".join(f"'{s}'" for s in sorted(FINISHED))
@@ -93,13 +93,21 @@ class PostgresWorkflowStore(PgStore):
             f"UPDATE {t} SET "
             "status = CASE WHEN $3 = 'sleeping' AND cancel_requested THEN 'pending' ELSE $3 END, "
             "wake_at = CASE WHEN $3 = 'sleeping' AND cancel_requested THEN 0::float8 ELSE $6::float8 END, "
+            "wait_for = CASE WHEN $3 = 'sleeping' AND NOT cancel_requested THEN $7 ELSE '' END, "
+            "wait_spec = CASE WHEN $3 = 'sleeping' AND NOT cancel_requested "
+            "THEN $8::bytea ELSE ''::bytea END, "
             f"result = $4, error = $5, updated_at = {_NOW} "
             "WHERE id = $1 AND token = $2 AND owner <> ''"
         )
         self._cancel = (
-            f"UPDATE {t} SET cancel_requested = true, wake_at = 0, updated_at = {_NOW}, "
+            f"UPDATE {t} SET cancel_requested = true, wake_at = 0, updated_at = {_NOW}, wait_for = '', "
+            "wait_spec = ''::bytea, "
             "status = CASE WHEN status = 'sleeping' THEN 'pending' ELSE status END "
             f"WHERE id = $1 AND status NOT IN ({_DONE})"
+        )
+        self._waiting = (
+            f"SELECT {_COLUMNS} FROM {t} WHERE wait_for = $1 AND status = 'sleeping' "
+            "ORDER BY created_at, id LIMIT $2"
         )
         self._due = (
             f"SELECT id FROM {t} WHERE status NOT IN ({_DONE}) "
@@ -119,7 +127,10 @@ class PostgresWorkflowStore(PgStore):
             "status text NOT NULL, result bytea NOT NULL DEFAULT '', error text NOT NULL DEFAULT '', "
             "created_at float8 NOT NULL, updated_at float8 NOT NULL, wake_at float8 NOT NULL DEFAULT 0, "
             "cancel_requested boolean NOT NULL DEFAULT false, token bigint NOT NULL DEFAULT 0, "
-            "owner text NOT NULL DEFAULT '', lease_until float8 NOT NULL DEFAULT 0)",
+            "owner text NOT NULL DEFAULT '', lease_until float8 NOT NULL DEFAULT 0, "
+            "wait_for text NOT NULL DEFAULT '', wait_spec bytea NOT NULL DEFAULT '')",
+            f"CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_waiting "
+            f"ON {self.table} (wait_for, created_at, id) WHERE status = 'sleeping'",
             f"CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_active "
             f"ON {self.table} (created_at, id) WHERE status NOT IN ({_DONE})",
             f"CREATE TABLE IF NOT EXISTS {self.history_table} ("
@@ -129,7 +140,8 @@ class PostgresWorkflowStore(PgStore):
         ]
 
     def _schema_objects(self) -> tuple[str, ...]:
-        return (self.table, self._active_index(), self.history_table)
+        waiting = self._active_index().removesuffix("_active") + "_waiting"
+        return (self.table, self._active_index(), waiting, self.history_table)
 
     async def create(self, instance: WorkflowInstance) -> bool:
         """See :meth:`WorkflowStore.create <catga.workflows.WorkflowStore.create>`."""
@@ -209,18 +221,26 @@ class PostgresWorkflowStore(PgStore):
         result: bytes = b"",
         error: str = "",
         wake_at: float = 0.0,
+        wait_for: str = "",
+        wait_spec: bytes = b"",
     ) -> None:
         """See :meth:`WorkflowStore.update <catga.workflows.WorkflowStore.update>`."""
         _check_status(status)
         done = await self._execute(
-            "update", None, self._update, id, token, status, bytes(result), error, float(wake_at)
-        )
+            "update", None, self._update, id, token, status, bytes(result), error, float(wake_at),
+            wait_for, bytes(wait_spec),
+        )  # fmt: skip
         if deleted(done) != 1:
             raise (await self._stale(id, token)) or StaleFencingTokenError(f"workflow {id}", token, 0)
 
     async def request_cancel(self, id: str) -> bool:
         """See :meth:`WorkflowStore.request_cancel <catga.workflows.WorkflowStore.request_cancel>`."""
         return deleted(await self._execute("request_cancel", None, self._cancel, id)) == 1
+
+    async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
+        """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>`."""
+        records = await self._query("waiting", None, "fetch", self._waiting, event_type, limit)
+        return [_instance(r) for r in records]
 
     async def due(self, limit: int = 100) -> list[str]:
         """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""
@@ -238,5 +258,6 @@ def _instance(r: Any) -> WorkflowInstance:
         id=r["id"], name=r["name"], version=r["version"], input=bytes(r["input"]), status=r["status"],
         result=bytes(r["result"]), error=r["error"], created_at=r["created_at"],
         updated_at=r["updated_at"], wake_at=r["wake_at"], cancel_requested=r["cancel_requested"],
-        token=int(r["token"]), owner=r["owner"], lease_until=r["lease_until"],
+        token=int(r["token"]), owner=r["owner"], lease_until=r["lease_until"], wait_for=r["wait_for"],
+        wait_spec=bytes(r["wait_spec"]),
     )  # fmt: skip

@@ -27,6 +27,7 @@ Every key is ``{prefix}:{family}`` (a fixed key) or ``{prefix}:{family}:{id}`` (
 ``P:wf-st:<status>``   workflows with that status (sorted set by creation time)
 ``P:wf-all``           every workflow (sorted set by creation time)
 ``P:wf-active``        unfinished workflows (sorted set by creation time)
+``P:wf-wait:<type>``   sleeping workflows waiting for that event type (sorted set by creation time)
 =====================  ==========================================================================
 
 Why no id can reach another's data: the prefix has no ``:``, so it ends at the first ``:``; user ids
@@ -48,7 +49,21 @@ __all__ = ("FAMILIES", "FIXED", "validate_prefix")
 _PREFIX = re.compile(r"[A-Za-z0-9_\-@=+.]{1,64}\Z")
 
 #: Families followed by a user id.
-FAMILIES = ("es:s", "lock", "fence", "idem", "cache", "ob", "snap", "ckpt", "sc", "wf", "wf-h", "wf-st")
+FAMILIES = (
+    "es:s",
+    "lock",
+    "fence",
+    "idem",
+    "cache",
+    "ob",
+    "snap",
+    "ckpt",
+    "sc",
+    "wf",
+    "wf-h",
+    "wf-st",
+    "wf-wait",
+)
 #: Fixed keys (no user id).
 FIXED = (
     "es:pos",

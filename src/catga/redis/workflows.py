@@ -4,12 +4,14 @@ Keys (``P`` = the client's prefix):
 
 * ``P:wf:<id>`` — hash: ``n`` name, ``v`` version, ``i`` input, ``s`` status, ``r`` result,
   ``e`` error, ``c`` created at, ``u`` updated at, ``w`` wake at, ``x`` cancel requested (``0``/``1``),
-  ``t`` fencing token, ``o`` owner (``""`` when not leased), ``l`` lease end.
+  ``t`` fencing token, ``o`` owner (``""`` when not leased), ``l`` lease end, ``f`` the event type
+  a sleeper waits for, ``g`` the engine's wait spec.
 * ``P:wf-h:<id>`` — hash: sequence number → the entry (msgpack of kind, name, ok, value, at,
   error type).
 * ``P:wf-all`` — every instance id, scored by creation time (``list_instances()``).
 * ``P:wf-st:<status>`` — the ids with that status, scored by creation time.
 * ``P:wf-active`` — the unfinished ids, scored by creation time (``due()`` scans it in order).
+* ``P:wf-wait:<event type>`` — the sleepers waiting for that event type, scored by creation time.
 
 Every write is one Lua script, atomic on the server: ``acquire`` increments the token (``HINCRBY``)
 when the lease is free, ours or ended; ``record`` checks the token and owner, then ``HSETNX`` on the
@@ -63,7 +65,7 @@ local t = now()
 local created = tonumber(ARGV[7])
 if created <= 0 then created = t end
 redis.call('HSET', key, 'n', ARGV[4], 'v', ARGV[5], 'i', ARGV[6], 's', 'pending', 'r', '', 'e', '',
-  'c', fmt(created), 'u', fmt(t), 'w', '0', 'x', '0', 't', 0, 'o', '', 'l', '0')
+  'c', fmt(created), 'u', fmt(t), 'w', '0', 'x', '0', 't', 0, 'o', '', 'l', '0', 'f', '', 'g', '')
 redis.call('ZADD', KEYS[1], created, ARGV[3])
 redis.call('ZADD', KEYS[2], created, ARGV[3])
 redis.call('ZADD', ARGV[2] .. 'pending', created, ARGV[3])
@@ -117,32 +119,38 @@ return redis.call('HSETNX', ARGV[2] .. ARGV[3], ARGV[5], ARGV[6])
 """,
     "workflow-record",
 )
-# KEYS: active. ARGV: hash prefix, status-set prefix, id, token, status, result, error, wake at.
+# KEYS: active. ARGV: hash prefix, status-set prefix, id, token, status, result, error, wake at,
+# wait for, wait spec, wait-set prefix.
 _UPDATE = Script(
     _LIB
     + """
 local key = ARGV[1] .. ARGV[3]
-local h = redis.call('HMGET', key, 't', 'o', 's', 'x', 'c')
+local h = redis.call('HMGET', key, 't', 'o', 's', 'x', 'c', 'f')
 if not h[1] then return -1 end
 if h[1] ~= ARGV[4] or h[2] == '' then return -(tonumber(h[1]) + 1) end
-local status, wake = ARGV[5], ARGV[8]
+local status, wake, waitfor, spec = ARGV[5], ARGV[8], ARGV[9], ARGV[10]
 if status == 'sleeping' and h[4] == '1' then status, wake = 'pending', '0' end
-redis.call('HSET', key, 's', status, 'r', ARGV[6], 'e', ARGV[7], 'w', wake, 'u', fmt(now()))
+if status ~= 'sleeping' then waitfor, spec = '', '' end
+redis.call('HSET', key, 's', status, 'r', ARGV[6], 'e', ARGV[7], 'w', wake, 'u', fmt(now()),
+  'f', waitfor, 'g', spec)
 move(ARGV[2], KEYS[1], ARGV[3], h[3], status, tonumber(h[5]))
+if h[6] and h[6] ~= '' and h[6] ~= waitfor then redis.call('ZREM', ARGV[11] .. h[6], ARGV[3]) end
+if waitfor ~= '' then redis.call('ZADD', ARGV[11] .. waitfor, tonumber(h[5]), ARGV[3]) end
 return 1
 """,
     "workflow-update",
 )
-# ARGV: hash prefix, status-set prefix, id
+# ARGV: hash prefix, status-set prefix, id, wait-set prefix
 _CANCEL = Script(
     _LIB
     + """
 local key = ARGV[1] .. ARGV[3]
-local h = redis.call('HMGET', key, 's', 'c')
+local h = redis.call('HMGET', key, 's', 'c', 'f')
 if not h[1] or finished[h[1]] then return 0 end
 local status = h[1]
 if status == 'sleeping' then status = 'pending' end
-redis.call('HSET', key, 'x', '1', 'w', '0', 's', status, 'u', fmt(now()))
+if h[3] and h[3] ~= '' then redis.call('ZREM', ARGV[4] .. h[3], ARGV[3]) end
+redis.call('HSET', key, 'x', '1', 'w', '0', 's', status, 'u', fmt(now()), 'f', '', 'g', '')
 move(ARGV[2], '', ARGV[3], h[1], status, tonumber(h[2]))
 return 1
 """,
@@ -180,10 +188,10 @@ local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 local out = {}
 for _, id in ipairs(ids) do
   local h = redis.call('HMGET', ARGV[1] .. id,
-    'n', 'v', 'i', 's', 'r', 'e', 'c', 'u', 'w', 'x', 't', 'o', 'l')
+    'n', 'v', 'i', 's', 'r', 'e', 'c', 'u', 'w', 'x', 't', 'o', 'l', 'f', 'g')
   if h[1] then
     out[#out + 1] = id
-    for j = 1, 13 do out[#out + 1] = h[j] end
+    for j = 1, 15 do out[#out + 1] = h[j] end
   end
 end
 return out
@@ -191,7 +199,7 @@ return out
     "workflow-list",
 )
 
-_FIELDS = ("n", "v", "i", "s", "r", "e", "c", "u", "w", "x", "t", "o", "l")
+_FIELDS = ("n", "v", "i", "s", "r", "e", "c", "u", "w", "x", "t", "o", "l", "f", "g")
 _Entry = tuple[str, str, bool, bytes, float, str]
 _encode_entry = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(_Entry).decode
@@ -202,8 +210,13 @@ def _instance(id: str, f: list[Any]) -> WorkflowInstance:
         id=id, name=f[0].decode(), version=int(f[1]), input=bytes(f[2]), status=f[3].decode(),
         result=bytes(f[4]), error=f[5].decode(), created_at=float(f[6]), updated_at=float(f[7]),
         wake_at=float(f[8]), cancel_requested=f[9] == b"1", token=int(f[10]), owner=f[11].decode(),
-        lease_until=float(f[12]),
+        lease_until=float(f[12]), wait_for=(f[13] or b"").decode(), wait_spec=bytes(f[14] or b""),
     )  # fmt: skip
+
+
+def _instances(flat: list[Any]) -> list[WorkflowInstance]:
+    n = len(_FIELDS) + 1
+    return [_instance(flat[i].decode(), flat[i + 1 : i + n]) for i in range(0, len(flat), n)]
 
 
 def _check_status(status: str | None) -> None:
@@ -230,6 +243,7 @@ class RedisWorkflowStore(RedisStoreBase):
         self._status = f"{p}:wf-st:"
         self._all = f"{p}:wf-all"
         self._active = f"{p}:wf-active"
+        self._wait = f"{p}:wf-wait:"
 
     def _stale(self, id: str, token: int, code: int) -> StaleFencingTokenError:
         return StaleFencingTokenError(f"workflow {id}", token, -code - 1)
@@ -262,7 +276,7 @@ class RedisWorkflowStore(RedisStoreBase):
             return []
         key = self._all if status is None else self._status + status
         flat = await self._client.run_script(_LIST, (key,), (self._hash, limit))
-        return [_instance(flat[i].decode(), flat[i + 1 : i + 14]) for i in range(0, len(flat), 14)]
+        return _instances(flat)
 
     async def history(self, id: str) -> list[HistoryEntry]:
         """See :meth:`WorkflowStore.history <catga.workflows.WorkflowStore.history>`."""
@@ -309,17 +323,27 @@ class RedisWorkflowStore(RedisStoreBase):
         result: bytes = b"",
         error: str = "",
         wake_at: float = 0.0,
+        wait_for: str = "",
+        wait_spec: bytes = b"",
     ) -> None:
         """See :meth:`WorkflowStore.update <catga.workflows.WorkflowStore.update>`."""
         _check_status(status)
-        args = (self._hash, self._status, id, token, status, bytes(result), error, repr(float(wake_at)))
+        args = (self._hash, self._status, id, token, status, bytes(result), error, repr(float(wake_at)),
+                wait_for, bytes(wait_spec), self._wait)  # fmt: skip
         code = int(await self._client.run_script(_UPDATE, (self._active,), args))
         if code < 0:
             raise self._stale(id, token, code)
 
     async def request_cancel(self, id: str) -> bool:
         """See :meth:`WorkflowStore.request_cancel <catga.workflows.WorkflowStore.request_cancel>`."""
-        return bool(await self._client.run_script(_CANCEL, (), (self._hash, self._status, id)))
+        return bool(await self._client.run_script(_CANCEL, (), (self._hash, self._status, id, self._wait)))
+
+    async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
+        """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>`."""
+        if limit <= 0:
+            return []
+        flat = await self._client.run_script(_LIST, (self._wait + event_type,), (self._hash, limit))
+        return [i for i in _instances(flat) if i.status == "sleeping" and i.wait_for == event_type]
 
     async def due(self, limit: int = 100) -> list[str]:
         """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""

@@ -74,6 +74,8 @@ class WorkflowInstance:
         token: the fencing token of its latest lease (0: never leased).
         owner: who holds (or last held) the lease, ``""`` if nobody.
         lease_until: unix time the lease ends (0.0: not leased).
+        wait_for: the event type name a sleeping workflow waits for (``""``: none).
+        wait_spec: what the engine needs to deliver that event (opaque to the store).
     """
 
     id: str
@@ -90,6 +92,8 @@ class WorkflowInstance:
     token: int = 0
     owner: str = ""
     lease_until: float = 0.0
+    wait_for: str = ""
+    wait_spec: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +179,11 @@ class WorkflowStore(Protocol):
         result: bytes = b"",
         error: str = "",
         wake_at: float = 0.0,
+        wait_for: str = "",
+        wait_spec: bytes = b"",
     ) -> None:
-        """Set the status (and result, error, wake time) under the lease ``token`` names.
+        """Set the status (and result, error, wake time, awaited event) under the lease ``token``
+        names. Every call sets every one of them (what is not given is cleared).
 
         Raises:
             StaleFencingTokenError: ``token`` is not the instance's current lease (nothing changed).
@@ -190,6 +197,10 @@ class WorkflowStore(Protocol):
             True if it is unfinished (the runner compensates and ends it), False if it is finished
             or unknown.
         """
+        ...
+
+    async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
+        """Up to ``limit`` sleeping instances whose ``wait_for`` is ``event_type``, oldest first."""
         ...
 
     async def due(self, limit: int = 100) -> list[str]:

@@ -264,6 +264,52 @@ class WorkflowStoreContract:
         assert await b.request_cancel(wid) is False
         assert wid not in await b.due()
 
+    # -- waiting for events --------------------------------------------------------------------------
+
+    async def test_sleepers_are_found_by_the_event_they_wait_for(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        first, second, other = unique("wf1"), unique("wf2"), unique("wf3")
+        for wid in (first, second, other):
+            await a.create(_instance(wid))
+            await asyncio.sleep(0.002)  # distinct creation times
+        spec = b'{"seq":3,"match":{"order_id":"o-1"}}'
+        for wid, event in ((first, "shop.Paid"), (second, "shop.Paid"), (other, "shop.Shipped")):
+            token = await a.acquire(wid, "r1", LONG)
+            assert token is not None
+            await a.update(wid, token, SLEEPING, wake_at=time.time() + 3600, wait_for=event, wait_spec=spec)
+            await a.release(wid, token)
+        found = await b.waiting("shop.Paid")
+        assert [i.id for i in found] == [first, second]
+        assert all((i.wait_for, i.wait_spec) == ("shop.Paid", spec) for i in found)
+        assert [i.id for i in await b.waiting("shop.Paid", limit=1)] == [first]
+        assert [i.id for i in await b.waiting("shop.Shipped")] == [other]
+        assert await b.waiting("shop.Refunded") == []
+        got = await b.get(first)
+        assert got is not None and (got.wait_for, got.wait_spec) == ("shop.Paid", spec)
+
+    async def test_a_wait_ends_with_the_sleep(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        woken, cancelled = unique("wf1"), unique("wf2")
+        for wid in (woken, cancelled):
+            await a.create(_instance(wid))
+            token = await a.acquire(wid, "r1", LONG)
+            assert token is not None
+            await a.update(
+                wid, token, SLEEPING, wake_at=time.time() + 3600, wait_for="shop.Paid", wait_spec=b"1"
+            )
+            if wid == woken:
+                await a.update(wid, token, PENDING)  # the event came: wait_for is not given, so cleared
+            await a.release(wid, token)
+        assert await b.request_cancel(cancelled) is True
+        assert await b.waiting("shop.Paid") == []
+        for wid in (woken, cancelled):
+            found = await b.get(wid)
+            assert found is not None and (found.status, found.wait_for, found.wait_spec) == (PENDING, "", b"")
+
     # -- cancel and due ------------------------------------------------------------------------------
 
     async def test_cancel_wakes_a_sleeper(self, workflow_stores: tuple[WorkflowStore, WorkflowStore]) -> None:
