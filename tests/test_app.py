@@ -391,6 +391,13 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.memory.idempotency",
         "catga.memory.schedules",
         "catga.scheduling",
+        "catga.workflows",
+        "catga.workflows.store",
+        "catga.workflows.context",
+        "catga.workflows.engine",
+        "catga.workflows.events",
+        "catga.workflows._values",
+        "catga.memory.workflows",
     ],
 )
 def test_all_lists_only_what_the_module_defines(module: str) -> None:

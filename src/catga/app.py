@@ -552,13 +552,15 @@ class App:
 
     # -- durable workflows (see catga.workflows) ---------------------------------------------------
 
-    def workflow(self, fn: Any = None, *, name: str | None = None, version: int = 1) -> Any:
+    def workflow(
+        self, fn: Any = None, *, name: str | None = None, version: int = 1, events: Iterable[type] = ()
+    ) -> Any:
         """Decorator: register ``async def fn(wf, input)`` as a durable workflow (``@app.workflow``
-        or ``@app.workflow(name=..., version=2)``); see :meth:`WorkflowEngine.register
-        <catga.workflows.WorkflowEngine.register>`."""
+        or ``@app.workflow(name=..., version=2, events=[PaymentReceived])``); see
+        :meth:`WorkflowEngine.register <catga.workflows.WorkflowEngine.register>`."""
         if fn is None:
-            return lambda f: self.workflows.register(f, name=name, version=version)
-        return self.workflows.register(fn, name=name, version=version)
+            return lambda f: self.workflows.register(f, name=name, version=version, events=events)
+        return self.workflows.register(fn, name=name, version=version, events=events)
 
     async def start_workflow(self, workflow: Any, input: object = None, *, id: str | None = None) -> str:
         """Start a workflow (by name or function) with ``input``; return its id.

@@ -13,7 +13,7 @@ import pytest
 import catga
 from catga.errors import ConfigurationError
 from catga.memory import MemoryWorkflowStore
-from catga.messages import Command
+from catga.messages import Command, type_name
 from catga.testing.contracts._util import eventually
 from catga.workflows import (
     CANCELLED,
@@ -416,3 +416,100 @@ def test_workflows_default_to_memory_and_take_a_memory_url() -> None:
     assert isinstance(catga.App(workflows="memory://").workflows.store, MemoryWorkflowStore)
     with pytest.raises(ConfigurationError):
         catga.App(workflows="ftp://example")
+
+
+class Paid(msgspec.Struct, catga.Event, frozen=True):
+    order_id: str
+    amount: int
+
+
+async def test_wait_for_gets_the_matching_event() -> None:
+    app = fast(catga.App())
+
+    @app.workflow(events=[Paid])
+    async def checkout(wf: Workflow, order_id: str) -> int:
+        paid = await wf.wait_for(Paid, match={"order_id": order_id}, timeout=timedelta(hours=1))
+        assert paid is not None
+        return paid.amount
+
+    async with app:
+        wid = await app.start_workflow(checkout, "o-1")
+        await until_status(app, wid, SLEEPING)
+        state = await app.workflow_status(wid)
+        assert state is not None and state.wait_for == type_name(Paid)
+        (await app.publish(Paid("o-2", 5))).unwrap()  # another order: not for this workflow
+        (await app.publish(Paid("o-1", 30))).unwrap()
+        state = await app.wait_workflow(wid)
+        assert state.status == COMPLETED and app.workflows.result(state) == 30
+        (await app.publish(Paid("o-1", 99))).unwrap()  # after the wait: nobody waits any more
+        history = await app.workflows.history(wid)
+        assert [(e.kind, e.name) for e in history] == [("wait", type_name(Paid)), ("event", type_name(Paid))]
+
+
+async def test_wait_for_times_out_through_the_scheduler() -> None:
+    app = fast(catga.App())
+    app.workflows.poll_interval = 60.0  # only the scheduler's timer can wake it in time
+
+    @app.workflow(events=[Paid])
+    async def checkout(wf: Workflow, order_id: str) -> str:
+        paid = await wf.wait_for(Paid, match={"order_id": order_id}, timeout=0.2)
+        return "paid" if paid else "expired"
+
+    async with app:
+        state = await app.wait_workflow(await app.start_workflow(checkout, "o-1"))
+    assert state.status == COMPLETED and app.workflows.result(state) == "expired"
+
+
+async def test_an_event_published_by_another_replica_resumes_the_workflow() -> None:
+    store = MemoryWorkflowStore()
+
+    def build() -> catga.App:
+        app = fast(catga.App(workflows=store))
+
+        @app.workflow(events=[Paid])
+        async def checkout(wf: Workflow, order_id: str) -> int:
+            paid = await wf.wait_for(Paid, match={"order_id": order_id})
+            return 0 if paid is None else paid.amount
+
+        return app
+
+    runner, other = build(), build()
+    async with runner, other:
+        wid = await runner.start_workflow("checkout", "o-7")
+        await until_status(runner, wid, SLEEPING)
+        (await other.publish(Paid("o-7", 12))).unwrap()
+        state = await runner.wait_workflow(wid)
+    assert state.status == COMPLETED and runner.workflows.result(state) == 12
+
+
+async def test_cancel_a_workflow_waiting_for_an_event() -> None:
+    app = fast(catga.App())
+
+    @app.workflow(events=[Paid])
+    async def checkout(wf: Workflow, order_id: str) -> None:
+        await wf.wait_for(Paid, match={"order_id": order_id})
+
+    async with app:
+        wid = await app.start_workflow(checkout, "o-1")
+        await until_status(app, wid, SLEEPING)
+        assert await app.cancel_workflow(wid)
+        state = await app.wait_workflow(wid)
+        assert state.status == CANCELLED
+        assert await app.workflows.store.waiting(type_name(Paid)) == []
+
+
+async def test_wait_for_refuses_what_it_cannot_do() -> None:
+    app = fast(catga.App())
+
+    @app.workflow
+    async def bad(wf: Workflow, what: str) -> None:
+        if what == "type":
+            await wf.wait_for(Order)  # type: ignore[type-var]
+        else:
+            await wf.all(wf.wait_for(Paid))
+
+    async with app:
+        for what in ("type", "race"):
+            state = await app.wait_workflow(await app.start_workflow(bad, what))
+            assert state.status == FAILED
+            assert ("Event subclass" if what == "type" else "not supported") in state.error

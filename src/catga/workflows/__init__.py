@@ -20,7 +20,8 @@ See ``docs/workflows.md``: the engine (:class:`WorkflowEngine`), the ``wf`` obje
 (:class:`Workflow`), the store protocol (:class:`WorkflowStore`) and the statuses.
 """
 
-from catga.workflows.context import Workflow, current_step_key, step_message_id
+from catga.workflows._values import current_step_key, step_message_id
+from catga.workflows.context import Workflow
 from catga.workflows.engine import WorkflowEngine
 from catga.workflows.store import (
     ACTIVE,

@@ -30,7 +30,7 @@ def app_engine(app: App, store: WorkflowStore) -> WorkflowEngine:
     async def timer(workflow_id: str, wake_at: float, timer_id: str) -> None:
         await app.schedule(WakeWorkflow(workflow_id), at=wake_at, id=timer_id)
 
-    engine = WorkflowEngine(store, app.mediator, timer=timer)
+    engine = WorkflowEngine(store, app.mediator, timer=timer, registry=app._registry())
 
     async def wake(command: WakeWorkflow) -> None:
         engine.resume(command.workflow_id)

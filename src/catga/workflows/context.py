@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hashlib
 import inspect
-import typing
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,86 +28,32 @@ from catga.errors import (
     WorkflowCancelledError,
     WorkflowStepError,
 )
-from catga.messages import Metadata, Request, type_name
+from catga.messages import Event, Metadata, Request, type_name
+from catga.workflows._values import (
+    NEVER,
+    CommandFailed,
+    Suspend,
+    cancelled_entry,
+    decode_value,
+    encode_value,
+    error_type,
+    result_type,
+    return_type,
+    step_key,
+    step_message_id,
+)
 from catga.workflows.store import HistoryEntry, WorkflowStore
 
 if TYPE_CHECKING:
     from catga.mediator import Mediator
+    from catga.serialization import TypeRegistry
 
-__all__ = ("Suspend", "Workflow", "current_step_key", "decode_value", "encode_value", "step_message_id")
+__all__ = ("Workflow",)
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Event)
 
-_step_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("catga_wf_step", default=None)
 _racing: contextvars.ContextVar[bool] = contextvars.ContextVar("catga_wf_racing", default=False)
-
-
-def current_step_key() -> str:
-    """The idempotency key of the workflow step running in this task: ``"<workflow id>:<seq>"``.
-
-    The same on every execution of that step (a step cut short by a crash runs again with the same
-    key), so an external effect keyed by it is applied once.
-
-    Raises:
-        ConfigurationError: called outside a workflow step.
-    """
-    key = _step_key.get()
-    if key is None:
-        raise ConfigurationError("current_step_key() is only known inside a workflow step (wf.step)")
-    return key
-
-
-def step_message_id(workflow_id: str, seq: int) -> int:
-    """The message id of the command ``wf.send`` sends at step ``seq``: a 63-bit digest of both, the
-    same on every execution, so the idempotency behavior runs the handler once."""
-    digest = hashlib.blake2b(f"{workflow_id}#{seq}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1 or 1
-
-
-def encode_value(value: object) -> bytes:
-    """JSON of a step's value (msgspec: dataclasses, Structs, dicts, lists, scalars...).
-
-    Raises:
-        ConfigurationError: the value cannot be encoded (a step must return data).
-    """
-    try:
-        return msgspec.json.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise ConfigurationError(
-            f"a workflow step returned {type(value).__name__}, which cannot be recorded as JSON: "
-            "return data (dataclasses, msgspec Structs, dicts, lists, str, numbers): {exc}"
-        ) from exc
-
-
-def decode_value(data: bytes, typ: Any = Any) -> Any:
-    """Decode a recorded value into ``typ`` (plain JSON types for ``Any``)."""
-    return msgspec.json.decode(data, type=typ)
-
-
-def _return_type(fn: Callable[..., Any]) -> Any:
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations, builtins, partials: plain JSON
-        return Any
-    return hints.get("return", Any)
-
-
-def _result_type(request_type: type) -> Any:
-    for base in getattr(request_type, "__orig_bases__", ()):
-        origin = typing.get_origin(base)
-        if isinstance(origin, type) and issubclass(origin, Request):
-            args = typing.get_args(base)
-            if args and not isinstance(args[0], TypeVar):
-                return Any if args[0] is None else args[0]
-    return Any
-
-
-class Suspend(Exception):
-    """Raised through the workflow function when it sleeps: the run ends until ``wake_at``."""
-
-    def __init__(self, wake_at: float) -> None:
-        self.wake_at = wake_at
-        super().__init__(f"sleeping until {wake_at}")
 
 
 class _Compensation:
@@ -143,8 +87,12 @@ class Workflow:
         cancelled: Callable[[], Awaitable[bool]],
         step_retries: int = 0,
         retry_backoff: float = 0.2,
+        registry: TypeRegistry | None = None,
+        listen: Callable[[type[Event]], None] | None = None,
     ) -> None:
         self.id = id
+        self._registry = registry
+        self._listen = listen
         self.name = name
         self.version = version
         self._store = store
@@ -189,7 +137,7 @@ class Workflow:
         """
         step_name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
         seq = self._take()
-        rtype = _return_type(fn)
+        rtype = return_type(fn)
         undo = None if compensate is None else (lambda value, _seq: compensate(value))
         return self._run_step(seq, "step", step_name, lambda: fn(*args, **kwargs), rtype, undo, retries)
 
@@ -219,7 +167,7 @@ class Workflow:
                 return await self._dispatch(undo_command, undo_seq)
 
         return self._run_step(
-            seq, "send", name, lambda: self._dispatch(command, seq), _result_type(type(command)), undo, 0
+            seq, "send", name, lambda: self._dispatch(command, seq), result_type(type(command)), undo, 0
         )
 
     def sleep(self, delay: timedelta | float) -> Coroutine[Any, Any, None]:
@@ -235,6 +183,44 @@ class Workflow:
             raise ConfigurationError(f"wf.sleep({delay!r}): the delay must be a finite time >= 0")
         seq = self._take()
         return self._sleep(seq, seconds)
+
+    def wait_for(
+        self,
+        event_type: type[E],
+        /,
+        *,
+        match: Mapping[str, object] | None = None,
+        timeout: timedelta | float | None = None,
+    ) -> Coroutine[Any, Any, E | None]:
+        """Wait durably for an event of ``event_type`` whose attributes equal ``match``; return it,
+        or None when ``timeout`` passed first. The run ends while it waits, like :meth:`sleep`.
+
+        Only events published **after** the workflow started waiting count, in a process whose
+        engine listens for the type: declare it with ``@app.workflow(events=[EventType])`` so every
+        replica does (a ``wait_for`` also starts listening in the process that runs it).
+
+        Args:
+            event_type: a :class:`~catga.messages.Event` subclass.
+            match: attribute name → value (compared after converting the event's attribute to
+                JSON types): ``match={"order_id": order.id}``.
+            timeout: the longest wait; None waits until the event comes (or a cancel).
+
+        Raises:
+            ConfigurationError: not an event type, a bad timeout, or called inside ``all()`` /
+                ``any()``.
+        """
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise ConfigurationError(f"wf.wait_for() takes an Event subclass, got {event_type!r}")
+        seconds = None
+        if timeout is not None:
+            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+            if not (seconds >= 0 and seconds != float("inf")):
+                raise ConfigurationError(f"wf.wait_for(timeout={timeout!r}): a finite time >= 0, or None")
+        if self._listen is not None:
+            self._listen(event_type)
+        wanted = msgspec.to_builtins(dict(match or {}))
+        opened, outcome = self._take(), self._take()
+        return self._wait(opened, outcome, type_name(event_type), wanted, seconds)
 
     async def all(self, *steps: Awaitable[Any]) -> list[Any]:
         """Run steps concurrently and return their results in order; the first failure cancels the
@@ -357,7 +343,7 @@ class Workflow:
         self, seq: int, kind: str, name: str, call: Callable[[], Awaitable[Any]], retries: int | None
     ) -> HistoryEntry:
         tries = 1 + (self._step_retries if retries is None else retries)
-        key = _step_key.set(f"{self.id}:{seq}")
+        key = step_key.set(f"{self.id}:{seq}")
         try:
             for attempt in range(1, tries + 1):
                 try:
@@ -374,13 +360,13 @@ class Workflow:
                         name=name,
                         ok=False,
                         value=str(exc).encode(),
-                        error_type=_error_type(exc),
+                        error_type=error_type(exc),
                     )
                     break
                 entry = HistoryEntry(seq=seq, kind=kind, name=name, value=encode_value(value))
                 break
         finally:
-            _step_key.reset(key)
+            step_key.reset(key)
         await self._record(entry)
         return entry
 
@@ -393,7 +379,7 @@ class Workflow:
         )
         result = await self._mediator.send(command, None, metadata=metadata)
         if not result.ok:
-            raise _CommandFailed(str(result.code), result.error or "")
+            raise CommandFailed(str(result.code), result.error or "")
         return result.value
 
     async def _sleep(self, seq: int, seconds: float) -> None:
@@ -427,6 +413,40 @@ class Workflow:
             return
         raise Suspend(wake_at)
 
+    async def _wait(self, opened: int, outcome: int, name: str, match: Any, seconds: float | None) -> Any:
+        if _racing.get():
+            raise ConfigurationError(
+                "wf.wait_for() inside wf.all()/wf.any() is not supported: give it timeout= instead"
+            )
+        entry = self._replayed(opened, "wait", name)
+        if entry is None:
+            if await self._cancelled():
+                await self._record(cancelled_entry(opened, "wait", name))
+                raise WorkflowCancelledError(self.id)
+            deadline = 0.0 if seconds is None else get_clock().time() + seconds
+            await self._record(HistoryEntry(seq=opened, kind="wait", name=name, value=encode_value(deadline)))
+        elif entry.error_type == "WorkflowCancelledError":
+            raise WorkflowCancelledError(self.id)
+        else:
+            deadline = float(decode_value(entry.value, float))
+        got = self._replayed(outcome, "event", name)
+        if got is None:
+            if deadline and get_clock().time() >= deadline:
+                await self._record(HistoryEntry(seq=outcome, kind="event", name=name, value=b"null"))
+                return None
+            if await self._cancelled():
+                await self._record(cancelled_entry(outcome, "event", name))
+                raise WorkflowCancelledError(self.id)
+            spec = encode_value({"seq": outcome, "match": match})
+            raise Suspend(deadline or NEVER, wait_for=name, wait_spec=spec)
+        if got.error_type == "WorkflowCancelledError":
+            raise WorkflowCancelledError(self.id)
+        if got.value == b"null":
+            return None
+        if self._registry is None:
+            raise ConfigurationError("wf.wait_for() needs the engine's type registry")
+        return self._registry.decode(name, got.value)
+
     async def run_compensations(self) -> None:
         """Run the compensations of the completed steps in reverse order, each once, durably (as
         ``compensate`` steps after the workflow's own steps).
@@ -446,13 +466,3 @@ class Workflow:
                 raise WorkflowStepError(
                     self.id, seq, name, entry.error_type, entry.value.decode(errors="replace")
                 )
-
-
-def _error_type(exc: Exception) -> str:
-    return exc.code if isinstance(exc, _CommandFailed) else type(exc).__name__
-
-
-class _CommandFailed(Exception):
-    def __init__(self, code: str, error: str) -> None:
-        super().__init__(f"{error} (code {code})")
-        self.code = code

@@ -29,7 +29,7 @@ import hashlib
 import logging
 import typing
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from catga._outage import OutageLog
@@ -41,8 +41,12 @@ from catga.errors import (
     WorkflowCancelledError,
     WorkflowError,
 )
+from catga.messages import Event
 from catga.protocols import validate_identifier
-from catga.workflows.context import Suspend, Workflow, decode_value, encode_value
+from catga.serialization import TypeRegistry, default_registry
+from catga.workflows._values import NEVER, Suspend, decode_value, encode_value
+from catga.workflows.context import Workflow
+from catga.workflows.events import EventWaits
 from catga.workflows.store import (
     CANCELLED,
     COMPENSATED,
@@ -90,7 +94,7 @@ def _input_type(fn: WorkflowFunction) -> Any:
     return hints[params[1]] if len(params) > 1 else Any
 
 
-class WorkflowEngine:
+class WorkflowEngine(EventWaits):
     """Runs durable workflows on a :class:`~catga.workflows.WorkflowStore` (one per app).
 
     Args:
@@ -104,6 +108,7 @@ class WorkflowEngine:
         poll_interval: seconds between sweeps for workflows with work and no runner.
         step_retries: default tries after the first of a raising ``wf.step`` (compensations are
             tried at least 4 times).
+        registry: encodes and decodes the events ``wf.wait_for`` receives (default: catga's).
         retry_backoff: seconds before the first retry of a step, doubled per retry (30 s at most).
 
     Raises:
@@ -121,6 +126,7 @@ class WorkflowEngine:
         poll_interval: float = 1.0,
         step_retries: int = 0,
         retry_backoff: float = 0.2,
+        registry: TypeRegistry | None = None,
     ) -> None:
         if not (lease > 0 and poll_interval > 0) or step_retries < 0:
             raise ConfigurationError("lease and poll_interval must be > 0 s, step_retries >= 0")
@@ -132,6 +138,8 @@ class WorkflowEngine:
         self.poll_interval = poll_interval
         self.step_retries = step_retries
         self.retry_backoff = retry_backoff
+        self.registry = default_registry() if registry is None else registry
+        self._listening: set[type[Event]] = set()
         self._workflows: dict[tuple[str, int], _Registered] = {}
         self._latest: dict[str, int] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
@@ -142,12 +150,18 @@ class WorkflowEngine:
     # -- registration ------------------------------------------------------------------------------
 
     def register(
-        self, fn: WorkflowFunction, *, name: str | None = None, version: int = 1
+        self,
+        fn: WorkflowFunction,
+        *,
+        name: str | None = None,
+        version: int = 1,
+        events: Iterable[type[Event]] = (),
     ) -> WorkflowFunction:
         """Register ``async def fn(wf, input)`` as workflow ``name`` (default ``fn.__name__``).
 
         Several versions of one name may be registered: new instances start on the highest, running
-        ones resume on the version that started them.
+        ones resume on the version that started them. ``events``: the event types the workflow
+        ``wf.wait_for``-s, listened for from now on (see :meth:`listen`).
 
         Raises:
             ConfigurationError: not an async function, a bad version, or that name and version taken.
@@ -163,6 +177,8 @@ class WorkflowEngine:
             raise ConfigurationError(f"workflow {wf_name!r} version {version} is already registered")
         self._workflows[key] = _Registered(wf_name, version, fn)
         self._latest[wf_name] = max(version, self._latest.get(wf_name, 0))
+        for event_type in events:
+            self.listen(event_type)
         return fn
 
     def names(self) -> dict[str, tuple[int, ...]]:
@@ -349,6 +365,8 @@ class WorkflowEngine:
             cancelled=cancelled,
             step_retries=self.step_retries,
             retry_backoff=self.retry_backoff,
+            registry=self.registry,
+            listen=self.listen,
         )
         try:
             value = await reg.fn(wf, decode_value(instance.input, reg.input_type))
@@ -359,11 +377,13 @@ class WorkflowEngine:
             await self.store.update(id, token, COMPLETED, result=encode_value(value))
             return False
         except Suspend as sleep:
-            await self.store.update(id, token, SLEEPING, wake_at=sleep.wake_at)
+            await self.store.update(
+                id, token, SLEEPING, wake_at=sleep.wake_at, wait_for=sleep.wait_for, wait_spec=sleep.wait_spec
+            )
             found = await self.store.get(id)
             if found is not None and found.status == PENDING:
                 return True  # cancelled while going to sleep
-            if self.timer is not None:
+            if self.timer is not None and sleep.wake_at < NEVER:
                 try:
                     await self.timer(id, sleep.wake_at, _timer_id(id, sleep.wake_at))
                 except Exception as exc:  # the sweep wakes it all the same, within poll_interval
