@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 import catga
-from catga.errors import ConfigurationError
+from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.memory import MemoryWorkflowStore
 from catga.messages import Command, type_name
 from catga.testing.contracts._util import eventually
@@ -21,6 +21,7 @@ from catga.workflows import (
     COMPLETED,
     FAILED,
     SLEEPING,
+    HistoryEntry,
     Workflow,
     current_step_key,
 )
@@ -513,3 +514,43 @@ async def test_wait_for_refuses_what_it_cannot_do() -> None:
             state = await app.wait_workflow(await app.start_workflow(bad, what))
             assert state.status == FAILED
             assert ("Event subclass" if what == "type" else "not supported") in state.error
+
+
+class FlakyStore(MemoryWorkflowStore):
+    """Its next ``failures`` records fail as if the server were down."""
+
+    failures = 0
+
+    async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise BackendUnavailableError("the store is down (test)")
+        await super().record(id, token, entry)
+
+
+async def test_a_store_failure_is_not_the_workflows_failure() -> None:
+    store = FlakyStore()
+    app = fast(catga.App(workflows=store))
+    undone: list[int] = []
+
+    async def one() -> int:
+        return 1
+
+    async def undo(n: int) -> None:
+        undone.append(n)
+
+    @app.workflow
+    async def flow(wf: Workflow, _: None) -> int:
+        try:
+            a = await wf.step(one, compensate=undo)
+            b = await wf.step(one)
+        except Exception:  # a workflow catching everything does not catch the store's failure
+            return -1
+        return a + b
+
+    async with app:
+        store.failures = 1  # step 0's record fails: the run stops, the sweep runs it again
+        state = await app.wait_workflow(await app.start_workflow(flow))
+    assert state.status == COMPLETED and app.workflows.result(state) == 2
+    assert undone == []
+    assert [e.seq for e in await store.history(state.id)] == [0, 1]

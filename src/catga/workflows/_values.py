@@ -18,6 +18,7 @@ from catga.workflows.store import HistoryEntry
 __all__ = (
     "NEVER",
     "CommandFailed",
+    "RunAborted",
     "Suspend",
     "cancelled_entry",
     "current_step_key",
@@ -95,6 +96,18 @@ def result_type(request_type: type) -> Any:
             if args and not isinstance(args[0], TypeVar):
                 return Any if args[0] is None else args[0]
     return Any
+
+
+class RunAborted(BaseException):
+    """Raised through the workflow function when the store failed (or the lease was lost) while
+    recording: the run stops without touching the workflow's state; the sweep runs it again.
+
+    A BaseException, so that a workflow's ``except Exception`` does not take it for a step's failure.
+    """
+
+    def __init__(self, cause: Exception) -> None:
+        self.cause = cause
+        super().__init__(f"{type(cause).__name__}: {cause}")
 
 
 class Suspend(Exception):

@@ -32,6 +32,7 @@ from catga.messages import Event, Metadata, Request, type_name
 from catga.workflows._values import (
     NEVER,
     CommandFailed,
+    RunAborted,
     Suspend,
     cancelled_entry,
     decode_value,
@@ -101,7 +102,7 @@ class Workflow:
         self._visited: set[int] = set()
         self._next = 0
         self._mediator = mediator
-        self._cancelled = cancelled
+        self._cancelled = _aborting(cancelled)
         self._step_retries = step_retries
         self._retry_backoff = retry_backoff
         self.compensations: list[_Compensation] = []
@@ -299,7 +300,10 @@ class Workflow:
         return [e for s, e in sorted(self._history.items()) if s not in self._visited]
 
     async def _record(self, entry: HistoryEntry) -> None:
-        await self._store.record(self.id, self._token, entry)
+        try:
+            await self._store.record(self.id, self._token, entry)
+        except Exception as exc:  # the store failed or the lease is lost: not the workflow's failure
+            raise RunAborted(exc) from exc
         self._history[entry.seq] = entry
         self._visited.add(entry.seq)
 
@@ -466,3 +470,15 @@ class Workflow:
                 raise WorkflowStepError(
                     self.id, seq, name, entry.error_type, entry.value.decode(errors="replace")
                 )
+
+
+def _aborting(check: Callable[[], Awaitable[bool]]) -> Callable[[], Awaitable[bool]]:
+    """``check`` with a store failure turned into :class:`RunAborted`."""
+
+    async def checked() -> bool:
+        try:
+            return await check()
+        except Exception as exc:
+            raise RunAborted(exc) from exc
+
+    return checked

@@ -44,7 +44,7 @@ from catga.errors import (
 from catga.messages import Event
 from catga.protocols import validate_identifier
 from catga.serialization import TypeRegistry, default_registry
-from catga.workflows._values import NEVER, Suspend, decode_value, encode_value
+from catga.workflows._values import NEVER, RunAborted, Suspend, decode_value, encode_value
 from catga.workflows.context import Workflow
 from catga.workflows.events import EventWaits
 from catga.workflows.store import (
@@ -391,8 +391,8 @@ class WorkflowEngine(EventWaits):
                         "workflow %s: wake-up timer not scheduled (%s); the sweep wakes it", id, exc
                     )
             return False
-        except StaleFencingTokenError:
-            logger.warning("workflow %s: another runner took it over; stopping here", id)
+        except RunAborted as aborted:
+            _log_aborted(id, aborted)
             return False
         except NonDeterminismError as exc:
             logger.error("%s", exc)
@@ -411,8 +411,8 @@ class WorkflowEngine(EventWaits):
         await self.store.update(id, token, COMPENSATING, error=reason)
         try:
             await wf.run_compensations()
-        except StaleFencingTokenError:
-            logger.warning("workflow %s: another runner took it over while compensating", id)
+        except RunAborted as aborted:
+            _log_aborted(id, aborted)
             return False
         except NonDeterminismError as exc:
             await self.store.update(id, token, FAILED, error=str(exc))
@@ -474,22 +474,13 @@ class WorkflowEngine(EventWaits):
         return f"WorkflowEngine({len(self._workflows)} workflow(s), {len(self._runs)} running here)"
 
 
+def _log_aborted(id: str, aborted: RunAborted) -> None:
+    if isinstance(aborted.cause, StaleFencingTokenError):
+        logger.warning("workflow %s: another runner took it over; stopping here", id)
+    else:
+        logger.warning("workflow %s: the store failed (%s); the run stops, the sweep retries it", id, aborted)
+
+
 def _timer_id(workflow_id: str, wake_at: float) -> str:
     digest = hashlib.blake2b(f"{workflow_id}@{wake_at!r}".encode(), digest_size=12).hexdigest()
     return f"wf-wake-{digest}"
-
-
-def history_of(entries: list[HistoryEntry]) -> list[dict[str, Any]]:
-    """Entries as plain dicts (for ``--json`` output and logs)."""
-    return [
-        {
-            "seq": e.seq,
-            "kind": e.kind,
-            "name": e.name,
-            "ok": e.ok,
-            "at": e.at,
-            "error_type": e.error_type,
-            "value": e.value.decode(errors="replace"),
-        }
-        for e in entries
-    ]
