@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -142,3 +143,68 @@ async def test_killed_runners_hand_every_workflow_over(
     assert effects == expected  # every effect and compensation once, none at another sequence number
     assert kills >= 1, "no runner was killed mid-run: the run proves nothing (make n larger)"
     print(f"{kills} kills, {reruns} step executions repeated after a kill")
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(400)
+async def test_a_runner_killed_at_every_step_boundary_and_inside_every_step(
+    postgres_url: str, pool: Any, unique_name: str, chaos: Chaos
+) -> None:
+    """Deterministic kill points: the runner SIGKILLs itself before and after the effect of every
+    step and compensation of the first workflows; each time a new runner takes over."""
+    n, doomed = chaos.size(short=3, full=12), chaos.size(short=1, full=4)
+    name = unique_name
+    await pool.execute(f"CREATE TABLE effects_{name} (key text PRIMARY KEY, kind text NOT NULL)")
+    await pool.execute(f"CREATE TABLE runs_{name} (key text PRIMARY KEY, n int NOT NULL)")
+    await pool.execute(f"CREATE TABLE kills_{name} (point text PRIMARY KEY)")
+    store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env["WF_SELF_KILL_BELOW"] = str(doomed)
+    started = time.monotonic()
+    deaths = 0
+
+    async def finished() -> int:
+        return sum(i.status in FINISHED for i in await store.list_instances(limit=n))
+
+    async with asyncio.timeout(WAIT):
+        while True:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(HERE / "workflow_child.py"), postgres_url, name, str(n),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+            )  # fmt: skip
+            while proc.returncode is None and await finished() < n:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 0.1)
+            if proc.returncode is None:  # every workflow is finished
+                proc.kill()
+                await proc.wait()
+                break
+            assert proc.stderr is not None
+            err = (await proc.stderr.read()).decode()
+            assert proc.returncode == -signal.SIGKILL, (
+                f"the runner exited with {proc.returncode}: {err[-3000:]}"
+            )
+            deaths += 1
+    points = {r["point"] for r in await pool.fetch(f"SELECT point FROM kills_{name}")}
+    effects = {r["key"]: r["kind"] for r in await pool.fetch(f"SELECT key, kind FROM effects_{name}")}
+    expected: dict[str, str] = {}
+    for k in range(n):
+        expected |= _expected(name, k)
+    doomed_keys = {key for key in expected if int(key.split(":")[0].rsplit("-", 1)[1]) < doomed}
+    chaos.record(
+        "workflows on PostgreSQL, runner SIGKILLed before and after every step's effect",
+        messages=n,
+        kills=deaths,
+        lost=len(set(expected) - set(effects)),
+        twice=len(set(effects) - set(expected)),
+        recovery_s=round(time.monotonic() - started, 1),
+    )
+    assert points == {f"{key} {when}" for key in doomed_keys for when in ("before", "after")}
+    # steps running together (wf.all, other workflows) may each reach a kill point before it dies
+    assert 1 <= deaths <= len(points)
+    assert effects == expected
+    by_id = {i.id: i for i in await store.list_instances(limit=n)}
+    for k in range(n):
+        state = by_id[f"{name}-{k}"]
+        assert state.status == (COMPENSATED if k % 4 == 0 else COMPLETED), (k, state.status, state.error)
