@@ -554,3 +554,26 @@ async def test_a_store_failure_is_not_the_workflows_failure() -> None:
     assert state.status == COMPLETED and app.workflows.result(state) == 2
     assert undone == []
     assert [e.seq for e in await store.history(state.id)] == [0, 1]
+
+
+async def test_an_event_starts_a_workflow_once_per_id() -> None:
+    app = fast(catga.App())
+    runs: list[str] = []
+
+    async def note(order_id: str) -> None:
+        runs.append(order_id)
+
+    @app.workflow
+    async def fulfil(wf: Workflow, paid: Paid) -> int:
+        await wf.step(note, paid.order_id)
+        return paid.amount
+
+    app.workflows.start_on(Paid, fulfil, id=lambda e: f"fulfil-{e.order_id}")
+    async with app:
+        (await app.publish(Paid("o-1", 30))).unwrap()
+        (await app.publish(Paid("o-1", 30))).unwrap()  # the same order again: no second workflow
+        state = await app.wait_workflow("fulfil-o-1")
+    assert state.status == COMPLETED and app.workflows.result(state) == 30
+    assert runs == ["o-1"]
+    with pytest.raises(ConfigurationError, match="Event subclass"):
+        app.workflows.start_on(Charge, fulfil, id=str)  # type: ignore[type-var]

@@ -11,7 +11,8 @@ sequence number is recorded once), makes it ``pending`` and resumes it.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ("EventWaits",)
 
 _MISSING = object()
+E = TypeVar("E", bound=Event)
 
 
 class EventWaits:
@@ -42,6 +44,39 @@ class EventWaits:
     def resume(self, id: str) -> None:
         """Start a run of ``id`` (the engine's)."""
         raise NotImplementedError
+
+    async def start_workflow(self, workflow: Any, input: object = None, *, id: str | None = None) -> str:
+        """Start a workflow (the engine's)."""
+        raise NotImplementedError
+
+    def start_on(
+        self,
+        event_type: type[E],
+        workflow: Any,
+        *,
+        id: Callable[[E], str],
+        input: Callable[[E], object] | None = None,
+    ) -> None:
+        """Start ``workflow`` for every ``event_type`` event published in this app.
+
+        Args:
+            event_type: the event type (a handler is registered on the app's mediator).
+            workflow: the workflow's name or function.
+            id: the workflow id of an event (``lambda e: f"order-{e.order_id}"``): a redelivered or
+                repeated event starts nothing new.
+            input: the workflow's input from the event (default: the event itself).
+
+        Raises:
+            ConfigurationError: not an Event subclass.
+        """
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise ConfigurationError(f"start_on() takes an Event subclass, got {event_type!r}")
+
+        async def start(event: Any) -> None:
+            await self.start_workflow(workflow, event if input is None else input(event), id=id(event))
+
+        start.__qualname__ = f"start workflow {workflow if isinstance(workflow, str) else workflow.__name__}"
+        self.mediator.register(start, event_type)
 
     def listen(self, event_type: type[Event]) -> None:
         """Deliver the events of ``event_type`` published in this app to the workflows waiting for
