@@ -577,3 +577,33 @@ async def test_an_event_starts_a_workflow_once_per_id() -> None:
     assert runs == ["o-1"]
     with pytest.raises(ConfigurationError, match="Event subclass"):
         app.workflows.start_on(Charge, fulfil, id=str)  # type: ignore[type-var]
+
+
+async def test_compensations_follow_the_step_order_not_completion_order() -> None:
+    app = fast(catga.App())
+    undone: list[str] = []
+    b_done = asyncio.Event()
+
+    async def slow_a() -> str:
+        await b_done.wait()  # finishes after b
+        return "a"
+
+    async def fast_b() -> str:
+        b_done.set()
+        return "b"
+
+    async def undo(name: str) -> None:
+        undone.append(name)
+
+    async def fail() -> None:
+        raise RuntimeError("no")
+
+    @app.workflow
+    async def flow(wf: Workflow, _: None) -> None:
+        await wf.all(wf.step(slow_a, compensate=undo), wf.step(fast_b, compensate=undo))
+        await wf.step(fail)
+
+    async with app:
+        state = await app.wait_workflow(await app.start_workflow(flow))
+    assert state.status == COMPENSATED
+    assert undone == ["b", "a"]  # reverse step order (b is step 1, a step 0)

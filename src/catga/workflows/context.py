@@ -458,7 +458,8 @@ class Workflow:
         Raises:
             WorkflowStepError: a compensation failed after its retries.
         """
-        for comp in reversed(self.compensations):
+        # by step sequence number, not completion order: steps of wf.all() finish in any order
+        for comp in sorted(self.compensations, key=lambda c: c.seq, reverse=True):
             seq = self._take()
             name = f"undo {comp.name}"
             entry = self._replayed(seq, "compensate", name)

@@ -321,12 +321,13 @@ class WorkflowEngine(EventWaits):
                 async with asyncio.timeout(self.lease / 3):
                     await asyncio.shield(self.store.release(id, token))
             raise
-        again = work.result()
         try:
-            await self.store.release(id, token)
-        except Exception as exc:
-            logger.warning("workflow %s: lease release failed (it expires): %s", id, exc)
-        return again
+            return work.result()
+        finally:  # also when the run failed (the store, say): the sweep takes it up again at once
+            try:
+                await self.store.release(id, token)
+            except Exception as exc:
+                logger.warning("workflow %s: lease release failed (it expires): %s", id, exc)
 
     async def _execute(self, id: str, token: int) -> bool:
         instance = await self.store.get(id)
