@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from catga.clock import get_clock
 from catga.errors import BackendError, ConcurrencyError, ConfigurationError, StaleFencingTokenError
 from catga.nats._kv import KvEntry, KvOptions, KvStore
-from catga.nats.connection import NatsConnection
+from catga.nats.connection import OUTBOX_SERVER, NatsConnection
 from catga.workflows.store import (
     FINISHED,
     PENDING,
@@ -103,6 +103,7 @@ class NatsWorkflowStore(KvStore):
     default_bucket = "catga_workflows"
     _kind = "workflow id"
     _atomic = True
+    _needs = (OUTBOX_SERVER, "atomic batch publish")
 
     def __init__(
         self,
