@@ -395,6 +395,13 @@ async def test_failed_results_surface_through_the_app() -> None:
         "catga.es_persistence.factory",
         "catga.es_persistence.recorders",
         "catga.es_persistence.tracking",
+        "catga.workflows",
+        "catga.workflows.store",
+        "catga.workflows.context",
+        "catga.workflows.engine",
+        "catga.workflows.events",
+        "catga.workflows._values",
+        "catga.memory.workflows",
     ],
 )
 def test_all_lists_only_what_the_module_defines(module: str) -> None:

@@ -87,6 +87,8 @@ from catga.protocols import (
 from catga.result import Result
 from catga.scheduling import Scheduler, new_schedule, pipeline_delivery
 from catga.serialization import TypeRegistry, default_registry
+from catga.workflows import WorkflowEngine, WorkflowInstance, WorkflowStore
+from catga.workflows._app import app_engine
 
 __all__ = ("APP_NAME", "H_ORIGIN", "App")
 
@@ -162,6 +164,10 @@ class App:
             ``postgresql://`` URL, or a :class:`~catga.protocols.ScheduleStore`. With a URL or a
             store, the app runs a :class:`~catga.scheduling.Scheduler` delivering due schedules
             while it runs (see :mod:`catga.scheduling`).
+        workflows: where durable workflows (:meth:`workflow`, :meth:`start_workflow`) are kept:
+            ``None`` / ``"memory://"`` (default: in process, lost at exit), a ``nats://``,
+            ``redis://`` or ``postgresql://`` URL, or a :class:`~catga.workflows.WorkflowStore`.
+            Their sleeps wake through the scheduler (see :mod:`catga.workflows`).
 
     Attributes:
         transport: None (no transport) or the transport (for a URL, built on a connection that
@@ -171,6 +177,7 @@ class App:
         backends: what built the URL-named backends (its ``connections``, open while running).
         schedules: the schedule store (``App(scheduler=...)``; in memory by default).
         scheduler: the :class:`~catga.scheduling.Scheduler` delivering from it (None until it runs).
+        workflows: the :class:`~catga.workflows.WorkflowEngine` running the app's workflows.
 
     Raises:
         ConfigurationError: a URL with an unsupported scheme or options, a backend whose optional
@@ -198,6 +205,7 @@ class App:
         inbox: InboxStore | None = None,
         unit_of_work: _UnitOfWork | None = None,
         scheduler: str | ScheduleStore | None = None,
+        workflows: str | WorkflowStore | None = None,
     ) -> None:
         if shutdown_timeout <= 0:
             raise ConfigurationError(f"shutdown_timeout must be > 0 seconds, got {shutdown_timeout}")
@@ -234,6 +242,7 @@ class App:
         self.inbox = inbox
         self.schedules: ScheduleStore = built("scheduler", scheduler, "memory://")
         self.scheduler: Scheduler | None = None
+        workflow_store: WorkflowStore = built("workflows", workflows, "memory://")
         self._schedules_used = scheduler is not None  # else the scheduler starts at the first schedule()
         for backend in (
             *self.backends.built,
@@ -243,6 +252,7 @@ class App:
             self.outbox,
             inbox,
             self.schedules,
+            workflow_store,
         ):
             if backend is not None:
                 self.add_component(backend)
@@ -259,6 +269,7 @@ class App:
                 on_unexpected_error=on_unexpected_error,
             )
         self.mediator = mediator
+        self.workflows: WorkflowEngine = app_engine(self, workflow_store)
         self._bridge = Bridge(
             mediator,
             self.transport,
@@ -539,6 +550,49 @@ class App:
             )
         return await self.schedules.cancel(id)
 
+    # -- durable workflows (see catga.workflows) ---------------------------------------------------
+
+    def workflow(
+        self, fn: Any = None, *, name: str | None = None, version: int = 1, events: Iterable[type] = ()
+    ) -> Any:
+        """Decorator: register ``async def fn(wf, input)`` as a durable workflow (``@app.workflow``
+        or ``@app.workflow(name=..., version=2, events=[PaymentReceived])``); see
+        :meth:`WorkflowEngine.register <catga.workflows.WorkflowEngine.register>`."""
+        if fn is None:
+            return lambda f: self.workflows.register(f, name=name, version=version, events=events)
+        return self.workflows.register(fn, name=name, version=version, events=events)
+
+    async def start_workflow(self, workflow: Any, input: object = None, *, id: str | None = None) -> str:
+        """Start a workflow (by name or function) with ``input``; return its id.
+
+        Idempotent by ``id``: starting an id that exists changes nothing and returns it. The input is
+        stored as JSON and decoded into the type of the function's second parameter.
+
+        Raises:
+            ConfigurationError: the app is not running, or no such workflow is registered.
+            InvalidIdentifierError: an invalid ``id``.
+        """
+        if not self._running:
+            raise ConfigurationError("start_workflow() needs a running app: call it inside `async with app:`")
+        return await self.workflows.start_workflow(workflow, input, id=id)
+
+    async def workflow_status(self, id: str) -> WorkflowInstance | None:
+        """The state of workflow ``id`` (status, result, error...), or None if unknown."""
+        return await self.workflows.store.get(id)
+
+    async def cancel_workflow(self, id: str) -> bool:
+        """Cancel workflow ``id`` (compensations run, it ends ``cancelled``); False if finished/unknown."""
+        return await self.workflows.cancel(id)
+
+    async def wait_workflow(self, id: str, timeout: float | None = 30.0) -> WorkflowInstance:
+        """Wait until workflow ``id`` is finished (on any replica) and return its state.
+
+        Raises:
+            LookupError: no such workflow.
+            TimeoutError: not finished within ``timeout`` seconds.
+        """
+        return await self.workflows.wait(id, timeout)
+
     def _registry(self) -> TypeRegistry:
         registry = self.backends.registry
         return default_registry() if registry is None else registry
@@ -620,6 +674,7 @@ class App:
             await self._bridge.subscribe()
             if self._schedules_used:
                 await self._start_scheduler()
+            await self.workflows.start()
         except BaseException:
             started_hooks = self._running
             self._running = False
@@ -656,6 +711,7 @@ class App:
         if self.scheduler is not None:
             steps.insert(0, ("the scheduler", self.scheduler.aclose))
             self.scheduler = None
+        steps.insert(0, ("the workflow runs", self.workflows.aclose))
         if hooks:
             steps += [(f"shutdown hook {h!r}", h) for h in self._shutdown]
         steps += [(f"component {c!r}", c.aclose) for c in reversed(self._started)]

@@ -53,7 +53,7 @@ __all__ = (
 T = TypeVar("T")
 
 #: The roles a URL can fill, as the ``App(...)`` arguments name them.
-ROLES = ("transport", "store", "idempotency_store", "outbox", "scheduler")
+ROLES = ("transport", "store", "idempotency_store", "outbox", "scheduler", "workflows")
 
 #: URL scheme → backend name (see :func:`register_backend`).
 SCHEMES: dict[str, str] = {}
@@ -99,12 +99,9 @@ register_backend("redis+cluster", "redis")
 register_backend("rediss+cluster", "redis")
 register_backend("redis+sentinel", "redis")
 register_backend("rediss+sentinel", "redis")
-register_backend(
-    "postgresql", "postgres", roles=("store", "idempotency_store", "outbox", "scheduler"), url_options=False
-)
-register_backend(
-    "postgres", "postgres", roles=("store", "idempotency_store", "outbox", "scheduler"), url_options=False
-)
+_PG_ROLES = ("store", "idempotency_store", "outbox", "scheduler", "workflows")
+register_backend("postgresql", "postgres", roles=_PG_ROLES, url_options=False)
+register_backend("postgres", "postgres", roles=_PG_ROLES, url_options=False)
 
 
 def _fills(backend: str, role: str) -> bool:

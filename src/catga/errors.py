@@ -22,6 +22,10 @@ involved and say what to do; the same facts are available as attributes.
     │   ├── ForbiddenError
     │   └── RetryableError                transient; the retry behavior retries these
     │       └── OperationTimeoutError (TimeoutError)
+    ├── WorkflowError                     a durable workflow could not go on
+    │   ├── WorkflowStepError             a step raised (or its command failed); compensations run
+    │   ├── WorkflowCancelledError        raised inside a workflow cancelled by cancel_workflow()
+    │   └── NonDeterminismError           replay met other steps than the history recorded
     ├── LockError
     │   ├── LockNotAcquiredError (TimeoutError)
     │   └── LockNotOwnedError
@@ -55,6 +59,7 @@ __all__ = (
     "LockError",
     "LockNotAcquiredError",
     "LockNotOwnedError",
+    "NonDeterminismError",
     "NotFoundError",
     "OperationTimeoutError",
     "PayloadTooLargeError",
@@ -65,6 +70,9 @@ __all__ = (
     "UnknownMessageTypeError",
     "UnsupportedServerError",
     "ValidationError",
+    "WorkflowCancelledError",
+    "WorkflowError",
+    "WorkflowStepError",
 )
 
 
@@ -335,6 +343,76 @@ class StaleFencingTokenError(LockNotOwnedError):
             self,
             f"write to {key!r} refused: fencing token {fencing_token} is older than {current_token} "
             "(another owner took it over); stop working on it, the new owner continues",
+        )
+
+
+class WorkflowError(CatgaError):
+    """Base of the errors of durable workflows (:mod:`catga.workflows`).
+
+    Attributes:
+        workflow_id: the workflow instance.
+    """
+
+    def __init__(self, message: str, *, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(message)
+
+
+class WorkflowStepError(WorkflowError):
+    """Raised by ``await wf.step(...)`` / ``wf.send(...)`` when the step raised (after its retries) or
+    the command's Result failed. The failure is recorded, so a replay raises it again at the same
+    place; left uncaught, the workflow's compensations run.
+
+    Attributes:
+        workflow_id: the workflow instance.
+        seq: the step's sequence number.
+        step: the step's name.
+        error_type: the class name of what the step raised (or the Result's error code).
+        reason: the error's text.
+    """
+
+    def __init__(self, workflow_id: str, seq: int, step: str, error_type: str, reason: str) -> None:
+        self.seq = seq
+        self.step = step
+        self.error_type = error_type
+        self.reason = reason
+        super().__init__(
+            f"workflow {workflow_id!r}: step {seq} ({step}) failed: {error_type}: {reason}",
+            workflow_id=workflow_id,
+        )
+
+
+class WorkflowCancelledError(WorkflowError):
+    """Raised inside a workflow at its next step after ``cancel_workflow()``; left uncaught, the
+    compensations of its completed steps run and it ends ``cancelled``."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} was cancelled", workflow_id=workflow_id)
+
+
+class NonDeterminismError(WorkflowError):
+    """Raised when replaying a workflow asks for another step than its history recorded at that
+    sequence number: the code changed under a running workflow. The workflow ends ``failed`` with this
+    message (nothing is mis-replayed); keep the old code registered under its version and give the new
+    code a new ``version=`` so running workflows finish on the code that started them.
+
+    Attributes:
+        workflow_id: the workflow instance.
+        seq: the sequence number where they differ.
+        recorded: ``kind name`` the history has there ("" for nothing).
+        requested: ``kind name`` the code asks for there ("" for nothing: the code ended sooner).
+    """
+
+    def __init__(self, workflow_id: str, seq: int, recorded: str, requested: str) -> None:
+        self.seq = seq
+        self.recorded = recorded
+        self.requested = requested
+        super().__init__(
+            f"workflow {workflow_id!r} is not deterministic at step {seq}: the history recorded "
+            f"{recorded or 'nothing'}, the code asks for {requested or 'nothing'}; the code changed "
+            "under a running workflow: register the changed code with a new version= and keep the old "
+            "version until its workflows finish",
+            workflow_id=workflow_id,
         )
 
 

@@ -14,6 +14,7 @@ from catga.cli.demo import demo
 from catga.cli.dlq import dlq_app
 from catga.cli.doctor import doctor
 from catga.cli.tail import tail
+from catga.cli.workflows import workflows_app
 
 __all__ = ("app", "main", "version_line")
 
@@ -66,6 +67,7 @@ app.command()(demo)
 app.command()(bench)
 app.command()(doctor)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(workflows_app, name="workflows")
 app.command()(tail)
 
 

@@ -13,6 +13,7 @@ from catga.memory.lock import MemoryLease, MemoryLock
 from catga.memory.outbox import MemoryOutboxStore
 from catga.memory.schedules import MemoryScheduleStore
 from catga.memory.transport import MemorySubscription, MemoryTransport
+from catga.memory.workflows import MemoryWorkflowStore
 
 __all__ = (
     "MemoryBroker",
@@ -27,4 +28,5 @@ __all__ = (
     "MemoryScheduleStore",
     "MemorySubscription",
     "MemoryTransport",
+    "MemoryWorkflowStore",
 )

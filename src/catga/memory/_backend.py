@@ -11,6 +11,7 @@ from catga.memory.event_store import MemoryEventStore
 from catga.memory.idempotency import MemoryIdempotencyStore
 from catga.memory.outbox import MemoryOutboxStore
 from catga.memory.schedules import MemoryScheduleStore
+from catga.memory.workflows import MemoryWorkflowStore
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
@@ -39,3 +40,8 @@ def outbox(b: Backends, spec: BackendUrl) -> MemoryOutboxStore:
 def scheduler(b: Backends, spec: BackendUrl) -> MemoryScheduleStore:
     """An in-memory schedule store (a timer heap: schedules are lost at exit)."""
     return MemoryScheduleStore()
+
+
+def workflows(b: Backends, spec: BackendUrl) -> MemoryWorkflowStore:
+    """An in-memory workflow store (workflows are lost at exit)."""
+    return MemoryWorkflowStore()

@@ -18,6 +18,7 @@ from catga.nats.rpc import NatsRpcClient, NatsRpcServer
 from catga.nats.schedules import NatsScheduleStore
 from catga.nats.snapshots import NatsSnapshotStore
 from catga.nats.transport import NatsSubscription, NatsTransport
+from catga.nats.workflows import NatsWorkflowStore
 
 __all__ = (
     "LazyInit",
@@ -38,5 +39,6 @@ __all__ = (
     "NatsSnapshotStore",
     "NatsSubscription",
     "NatsTransport",
+    "NatsWorkflowStore",
     "nats_layout",
 )

@@ -22,6 +22,7 @@ from catga.nats.lock import NatsLock
 from catga.nats.outbox import NatsOutboxStore
 from catga.nats.schedules import NatsScheduleStore
 from catga.nats.transport import NatsTransport
+from catga.nats.workflows import NatsWorkflowStore
 
 if TYPE_CHECKING:
     from catga.backends import Backends, BackendUrl
@@ -131,6 +132,14 @@ def idempotency_store(b: Backends, spec: BackendUrl) -> NatsIdempotencyStore:
     bucket = nats_layout(spec.prefix).idempotency_bucket
     return NatsIdempotencyStore(
         connection(b, spec, "idempotency store"), bucket=bucket, storage=spec.storage, replicas=spec.replicas
+    )
+
+
+def workflows(b: Backends, spec: BackendUrl) -> NatsWorkflowStore:
+    """The workflow store (bucket ``<prefix>_workflows``)."""
+    conn = connection(b, spec, "workflow store")
+    return NatsWorkflowStore(
+        conn, bucket=f"{spec.prefix}_workflows", storage=spec.storage, replicas=spec.replicas
     )
 
 

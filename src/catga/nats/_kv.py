@@ -148,7 +148,11 @@ class KvBucket:
 
     async def get(self, key: str) -> KvEntry | None:
         """The entry of ``key``, or None."""
-        subject = self.subject(key)
+        return await self.get_subject(self.subject(key), key)
+
+    async def get_subject(self, subject: bytes, key: str) -> KvEntry | None:
+        """The entry on ``subject`` (a key's :meth:`subject`, possibly with more tokens after it), or
+        None; ``key`` names it in errors and in the entry."""
         await self.ready()
         try:
             message = await direct_last(
@@ -158,6 +162,28 @@ class KvBucket:
             self.init.reset()  # the bucket may have been deleted: check it again on the next call
             raise
         return None if message is None else KvEntry(key, message.data, message.seq, message.headers)
+
+    async def write_batch(self, items: list[tuple[bytes, bytes, int]], what: str) -> bool:
+        """Write ``(subject, value, expected revision)`` items in one atomic batch (the bucket must be
+        ``atomic``): all land, or none when any subject's revision is not the expected one (0: absent).
+
+        Returns:
+            False when a revision did not match (nothing stored).
+        """
+        await self.ready()
+        batch_id = secrets.token_hex(11).encode()
+        last = len(items)
+        for index, (subject, value, revision) in enumerate(items, start=1):
+            block = b"NATS/1.0\r\nNats-Batch-Id: %b\r\nNats-Batch-Sequence: %d\r\n" % (batch_id, index)
+            block += b"Nats-Expected-Last-Subject-Sequence: %d\r\n" % revision
+            if index < last:
+                self._wire.publish(subject, value, block + b"\r\n")
+                continue
+            reply = await self._wire.send(
+                subject, value, block + b"Nats-Batch-Commit: 1\r\n\r\n", self._timeout
+            )
+            return decode_ack(reply, what).error is None
+        return True
 
     async def write(
         self,
@@ -227,15 +253,16 @@ class KvBucket:
             self._wire, self._conn.api_prefix, self.stream, revision, timeout=self._timeout
         )
 
-    async def scan(self) -> AsyncGenerator[KvEntry, None]:
-        """Every entry, in revision order (oldest write first)."""
+    async def scan(self, tail: str = ">") -> AsyncGenerator[KvEntry, None]:
+        """Every entry, in revision order (oldest write first); ``tail`` filters the subjects after
+        the bucket's prefix (``"*"``: one-token keys only; ``"<token>.*"``...)."""
         await self.ready()
         start = len(self._prefix)
         messages = iter_direct(
             self._wire,
             self._direct,
             start=1,
-            subject=self._prefix + ">",
+            subject=self._prefix + tail,
             timeout=self._timeout,
             operation=f"list bucket {self.bucket!r}",
         )

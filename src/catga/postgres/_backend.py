@@ -17,6 +17,7 @@ from catga.postgres import (
     PostgresLock,
     PostgresOutboxStore,
     PostgresScheduleStore,
+    PostgresWorkflowStore,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +56,12 @@ def outbox(b: Backends, spec: BackendUrl) -> PostgresOutboxStore:
 def scheduler(b: Backends, spec: BackendUrl) -> PostgresScheduleStore:
     """The schedule store (table ``catga_schedules``, set up when the app starts)."""
     return PostgresScheduleStore(pool(b, spec), timeout=b.timeout)
+
+
+def workflows(b: Backends, spec: BackendUrl) -> PostgresWorkflowStore:
+    """The workflow store (tables ``catga_workflows`` and ``catga_workflows_history``, set up when
+    the app starts)."""
+    return PostgresWorkflowStore(pool(b, spec), timeout=b.timeout)
 
 
 async def worker_id_lock(b: Backends, spec: BackendUrl) -> tuple[str, PostgresLock]:

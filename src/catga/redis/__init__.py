@@ -32,6 +32,7 @@ from catga.redis.schedules import RedisScheduleStore
 from catga.redis.sentinel import RedisSentinelClient
 from catga.redis.snapshots import RedisSnapshotStore
 from catga.redis.transport import RedisRpcEndpoint, RedisSubscription, RedisTransport
+from catga.redis.workflows import RedisWorkflowStore
 
 __all__ = (
     "RedisCache",
@@ -50,6 +51,7 @@ __all__ = (
     "RedisRpcEndpoint",
     "RedisScheduleStore",
     "RedisSentinelClient",
+    "RedisWorkflowStore",
     "RedisSettings",
     "RedisSnapshotStore",
     "RedisSubscription",

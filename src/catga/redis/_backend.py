@@ -23,6 +23,7 @@ from catga.redis import (
     RedisOutboxStore,
     RedisScheduleStore,
     RedisTransport,
+    RedisWorkflowStore,
 )
 from catga.redis._durability import log_durability
 from catga.redis.cluster import parse_cluster_url
@@ -115,6 +116,11 @@ def outbox(b: Backends, spec: BackendUrl) -> RedisOutboxStore:
 def scheduler(b: Backends, spec: BackendUrl) -> RedisScheduleStore:
     """The schedule store (keys ``P:sc:*``)."""
     return RedisScheduleStore(connection(b, spec))
+
+
+def workflows(b: Backends, spec: BackendUrl) -> RedisWorkflowStore:
+    """The workflow store (keys ``P:wf:*``, ``P:wf-*``)."""
+    return RedisWorkflowStore(connection(b, spec))
 
 
 async def worker_id_lock(b: Backends, spec: BackendUrl) -> tuple[str, RedisLock]:

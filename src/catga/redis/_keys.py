@@ -22,6 +22,12 @@ Every key is ``{prefix}:{family}`` (a fixed key) or ``{prefix}:{family}:{id}`` (
 ``P:dlq-seq``          dead letters: insertion counter
 ``P:snap:<stream>``    aggregate snapshot (hash: version, record)
 ``P:ckpt:<name>``      projection checkpoint (hash: position, fencing)
+``P:wf:<id>``          workflow instance (hash)
+``P:wf-h:<id>``        workflow history (hash: sequence number → entry)
+``P:wf-st:<status>``   workflows with that status (sorted set by creation time)
+``P:wf-all``           every workflow (sorted set by creation time)
+``P:wf-active``        unfinished workflows (sorted set by creation time)
+``P:wf-wait:<type>``   sleeping workflows waiting for that event type (sorted set by creation time)
 =====================  ==========================================================================
 
 Why no id can reach another's data: the prefix has no ``:``, so it ends at the first ``:``; user ids
@@ -65,7 +71,21 @@ __all__ = ("FAMILIES", "FIXED", "KeyLayout", "validate_prefix")
 _PREFIX = re.compile(r"[A-Za-z0-9_\-@=+.]{1,64}\Z")
 
 #: Families followed by a user id.
-FAMILIES = ("es:s", "lock", "fence", "idem", "cache", "ob", "snap", "ckpt", "sc")
+FAMILIES = (
+    "es:s",
+    "lock",
+    "fence",
+    "idem",
+    "cache",
+    "ob",
+    "snap",
+    "ckpt",
+    "sc",
+    "wf",
+    "wf-h",
+    "wf-st",
+    "wf-wait",
+)
 #: Fixed keys (no user id).
 FIXED = (
     "es:pos",
@@ -78,6 +98,8 @@ FIXED = (
     "dlq-idx",
     "dlq-seq",
     "sc-due",
+    "wf-all",
+    "wf-active",
 )
 
 

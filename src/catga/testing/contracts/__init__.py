@@ -20,6 +20,7 @@ Contract                   Fixture(s)
 EventStoreContract         ``event_store``
 OutboxStoreContract        ``outbox_store``
 ScheduleStoreContract      ``schedule_stores`` (two objects over the same storage)
+WorkflowStoreContract      ``workflow_stores`` (two objects over the same storage)
 IdempotencyStoreContract   ``idempotency_store`` (bind it again for the inbox)
 DeadLetterQueueContract    ``dead_letter_queue``
 DistributedLockContract    ``distributed_lock``
@@ -58,6 +59,7 @@ from catga.testing.contracts.transport import (
     TransportFactory,
 )
 from catga.testing.contracts.worker_lease import WorkerIdLeaseContract
+from catga.testing.contracts.workflows import WorkflowStoreContract
 
 __all__ = (
     "CONTRACT_TYPES",
@@ -80,5 +82,6 @@ __all__ = (
     "TransportContract",
     "TransportFactory",
     "WorkerIdLeaseContract",
+    "WorkflowStoreContract",
     "contract_registry",
 )
