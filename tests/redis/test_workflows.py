@@ -1,4 +1,5 @@
-"""The WorkflowStore contract on Redis, its key layout, and an app running workflows on it."""
+"""The WorkflowStore contract on Redis (a single server, a cluster, Sentinel), its key layout, and an app
+running workflows on it."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ pytestmark = pytest.mark.redis
 class TestRedisWorkflowStore(WorkflowStoreContract):
     @pytest.fixture
     async def workflow_stores(
-        self, redis_url: str, unique_name: str
+        self, contract_redis_url: str, unique_name: str
     ) -> AsyncIterator[tuple[RedisWorkflowStore, RedisWorkflowStore]]:
         async with (
-            RedisWorkflowStore.connect(redis_url, prefix=unique_name) as a,
-            RedisWorkflowStore.connect(redis_url, prefix=unique_name) as b,
+            RedisWorkflowStore.connect(contract_redis_url, prefix=unique_name) as a,
+            RedisWorkflowStore.connect(contract_redis_url, prefix=unique_name) as b,
         ):
             yield a, b
 
