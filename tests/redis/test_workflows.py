@@ -59,8 +59,8 @@ async def test_an_app_runs_a_sleeping_workflow_on_redis(redis_client: RedisClien
     assert [i.id for i in await store.list_instances(COMPLETED)] == ["redis-1"]
 
 
-async def test_a_redis_url_builds_the_workflow_store(redis_url: str, unique_name: str) -> None:
-    app = catga.App(workflows=f"{redis_url}?prefix={unique_name}")
+async def test_a_redis_url_builds_the_workflow_store(contract_redis_url: str, unique_name: str) -> None:
+    app = catga.App(workflows=f"{contract_redis_url}?prefix={unique_name}")
     assert isinstance(app.workflows.store, RedisWorkflowStore)
 
     @app.workflow
