@@ -237,15 +237,19 @@ async def test_the_scheduler_never_delivers_before_its_own_clock_says_so() -> No
     params=[
         pytest.param("nats", marks=pytest.mark.nats),
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def scheduler_url(request: pytest.FixtureRequest, unique_name: str) -> str:
-    """A scheduler URL on the NATS, Redis or PostgreSQL test server, isolated per test."""
+    """A scheduler URL on the NATS, Redis (one server or the 3+3 cluster) or PostgreSQL test server,
+    isolated per test."""
     if request.param == "nats":
         return f"{request.getfixturevalue('nats_url')}?prefix={unique_name}&storage=memory"
     if request.param == "redis":
         return f"{request.getfixturevalue('redis_url')}?prefix={unique_name}"
+    if request.param == "redis-cluster":
+        return f"{request.getfixturevalue('redis_cluster_url')}?prefix={unique_name}"
     url: str = request.getfixturevalue("postgres_url")
     return url
 

@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from catga.errors import BackendError, ConfigurationError, LockNotAcquiredError, LockNotOwnedError
+from catga.eventsourcing import Snapshot
 from catga.messages import Metadata, QoS
-from catga.protocols import DeadLetter, OutboxMessage
+from catga.protocols import EVENT, DeadLetter, OutboxMessage, Schedule
 from catga.redis import (
     RedisCache,
+    RedisCheckpointStore,
     RedisClient,
     RedisClusterClient,
     RedisDeadLetterQueue,
@@ -24,6 +26,9 @@ from catga.redis import (
     RedisIdempotencyStore,
     RedisLock,
     RedisOutboxStore,
+    RedisScheduleStore,
+    RedisSnapshotStore,
+    RedisWorkflowStore,
 )
 from catga.redis._keys import FAMILIES, FIXED
 from catga.redis.cluster import command_key, key_slot, parse_cluster_url
@@ -31,6 +36,7 @@ from catga.redis.transport import RedisTransport
 from catga.testing.contracts import ContractOrderPlaced, contract_registry
 from catga.testing.contracts._util import eventually
 from catga.testing.redis_cluster import RedisCluster
+from catga.workflows import HistoryEntry, WorkflowInstance
 from chaos import Chaos
 
 pytestmark = pytest.mark.redis
@@ -168,6 +174,25 @@ async def test_every_script_touches_one_slot_and_the_braces_give_the_single_serv
     await outbox.fetch_pending(1, lease=30)
     await outbox.mark_published(["ob-1"])
     await RedisDeadLetterQueue(client).add(DeadLetter(id="d-1", source="s", type_name="t", body=b""))
+    schedules = RedisScheduleStore(client)
+    for i in range(3):
+        await schedules.add(Schedule(id=f"sc-{i}", due_at=0.0, kind=EVENT, type_name="T", body=b""))
+    assert [s.id for s in await schedules.claim_due(2, lease=30)] == ["sc-0", "sc-1"]
+    await schedules.retry((await schedules.get("sc-0")) or pytest.fail("sc-0"), 0.0, "boom")
+    workflows = RedisWorkflowStore(client)
+    for i in range(3):
+        await workflows.create(WorkflowInstance(id=f"wf-{i}", name="n", version=1, input=b"null"))
+    token = await workflows.acquire("wf-0", "r1", 30.0)
+    assert token is not None and await workflows.renew("wf-0", token, 30.0)
+    await workflows.record("wf-0", token, HistoryEntry(seq=0, kind="step", name="x"))
+    await workflows.update("wf-0", token, "sleeping", wake_at=time.time() + 60, wait_for="Paid")
+    await workflows.release("wf-0", token)
+    assert [i.id for i in await workflows.waiting("Paid")] == ["wf-0"]
+    assert await workflows.request_cancel("wf-1")
+    assert set(await workflows.due()) == {"wf-1", "wf-2"}
+    assert len(await workflows.list_instances()) == len(await workflows.list_instances("pending")) + 1
+    await RedisSnapshotStore(client).save(Snapshot.of("s-1", 1, "T", {}))
+    await RedisCheckpointStore(client).claim("proj", 1)
 
     p = client.prefix
     keys: list[str] = []
@@ -186,7 +211,8 @@ async def test_every_script_touches_one_slot_and_the_braces_give_the_single_serv
             rest in FIXED or any(rest.startswith(f + ":") for f in FAMILIES)
         )
         family = next(
-            (f for f in ("es", "ob", "dlq") if rest.startswith((f + ":", f + "-")) or rest == f), None
+            (f for f in ("es", "ob", "dlq", "sc", "wf") if rest.startswith((f + ":", f + "-")) or rest == f),
+            None,
         )
         if family is not None:
             assert key.startswith(f"{{{p}:{family}}}"), key
@@ -197,7 +223,10 @@ async def test_every_script_touches_one_slot_and_the_braces_give_the_single_serv
             slots.setdefault(f"lock {lock_key}", set()).add(key_slot(key))
         else:
             assert key == single  # single-key families keep the single-server key
-    assert {"es", "ob", "dlq"} <= set(slots)
+    assert {"es", "ob", "dlq", "sc", "wf"} <= set(slots)
+    assert {f"{p}:snap:s-1", f"{p}:ckpt:proj", f"{p}:wf-wait:Paid", f"{p}:sc-due"} <= {
+        k.replace("{", "").replace("}", "") for k in keys
+    }
     assert all(len(s) == 1 for s in slots.values()), slots
 
 

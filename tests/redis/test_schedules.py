@@ -1,4 +1,4 @@
-"""The ScheduleStore contract on Redis."""
+"""The ScheduleStore contract on Redis (a single server, a cluster, Sentinel) and its key layout."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ pytestmark = pytest.mark.redis
 class TestRedisScheduleStore(ScheduleStoreContract):
     @pytest.fixture
     async def schedule_stores(
-        self, redis_url: str, unique_name: str
+        self, contract_redis_url: str, unique_name: str
     ) -> AsyncIterator[tuple[RedisScheduleStore, RedisScheduleStore]]:
         async with (
-            RedisScheduleStore.connect(redis_url, prefix=unique_name) as a,
-            RedisScheduleStore.connect(redis_url, prefix=unique_name) as b,
+            RedisScheduleStore.connect(contract_redis_url, prefix=unique_name) as a,
+            RedisScheduleStore.connect(contract_redis_url, prefix=unique_name) as b,
         ):
             yield a, b
 

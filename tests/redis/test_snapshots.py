@@ -1,4 +1,5 @@
-"""The snapshot and checkpoint contracts on Redis, plus Redis-only checks."""
+"""The snapshot and checkpoint contracts on Redis (a single server, a cluster, Sentinel), plus Redis-only
+checks."""
 
 from __future__ import annotations
 
@@ -27,11 +28,19 @@ async def checkpoint_store(redis_client: RedisClient) -> AsyncIterator[RedisChec
 
 
 class TestRedisSnapshotStore(SnapshotStoreContract):
-    pass
+    @pytest.fixture
+    async def snapshot_store(self, contract_redis_client: RedisClient) -> AsyncIterator[RedisSnapshotStore]:
+        async with RedisSnapshotStore(contract_redis_client) as store:
+            yield store
 
 
 class TestRedisCheckpointStore(CheckpointStoreContract):
-    pass
+    @pytest.fixture
+    async def checkpoint_store(
+        self, contract_redis_client: RedisClient
+    ) -> AsyncIterator[RedisCheckpointStore]:
+        async with RedisCheckpointStore(contract_redis_client) as store:
+            yield store
 
 
 async def test_the_key_layout(

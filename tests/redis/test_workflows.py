@@ -1,4 +1,5 @@
-"""The WorkflowStore contract on Redis, its key layout, and an app running workflows on it."""
+"""The WorkflowStore contract on Redis (a single server, a cluster, Sentinel), its key layout, and an app
+running workflows on it."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ pytestmark = pytest.mark.redis
 class TestRedisWorkflowStore(WorkflowStoreContract):
     @pytest.fixture
     async def workflow_stores(
-        self, redis_url: str, unique_name: str
+        self, contract_redis_url: str, unique_name: str
     ) -> AsyncIterator[tuple[RedisWorkflowStore, RedisWorkflowStore]]:
         async with (
-            RedisWorkflowStore.connect(redis_url, prefix=unique_name) as a,
-            RedisWorkflowStore.connect(redis_url, prefix=unique_name) as b,
+            RedisWorkflowStore.connect(contract_redis_url, prefix=unique_name) as a,
+            RedisWorkflowStore.connect(contract_redis_url, prefix=unique_name) as b,
         ):
             yield a, b
 
@@ -58,8 +59,8 @@ async def test_an_app_runs_a_sleeping_workflow_on_redis(redis_client: RedisClien
     assert [i.id for i in await store.list_instances(COMPLETED)] == ["redis-1"]
 
 
-async def test_a_redis_url_builds_the_workflow_store(redis_url: str, unique_name: str) -> None:
-    app = catga.App(workflows=f"{redis_url}?prefix={unique_name}")
+async def test_a_redis_url_builds_the_workflow_store(contract_redis_url: str, unique_name: str) -> None:
+    app = catga.App(workflows=f"{contract_redis_url}?prefix={unique_name}")
     assert isinstance(app.workflows.store, RedisWorkflowStore)
 
     @app.workflow

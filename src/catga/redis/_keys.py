@@ -50,12 +50,22 @@ single server                  cluster                                one slot p
 ``P:fence:<key>``              ``P:fence:{<key>}``
 ``P:ob:<id>``, ``P:ob-*``      ``{P:ob}:<id>``, ``{P:ob}-*``           prefix (the whole outbox)
 ``P:dlq``, ``P:dlq-*``         ``{P:dlq}``, ``{P:dlq}-*``              prefix (the whole DLQ)
+``P:sc:<id>``, ``P:sc-due``    ``{P:sc}:<id>``, ``{P:sc}-due``         prefix (every schedule)
+``P:wf:<id>``, ``P:wf-*``      ``{P:wf}:<id>``, ``{P:wf}-*``           prefix (every workflow)
 =============================  =====================================  ==============================
 
-Single-key families (``idem``, ``cache``) and the transport's streams, lists and channels
-(``P:t:...``) are the same on both: each command touches one key. The cluster key is the single-server
-key with braces inserted at fixed places, and neither prefixes nor ids contain braces, so removing
-the braces gives the single-server key back: the no-collision argument above carries over unchanged.
+The tag is the start of the key, so an id (or a workflow's event type) that held braces could not
+move a key to another slot: only the first ``{...}`` counts. Grouping a whole family on one slot
+puts it on one primary (as for the outbox and the DLQ): a workflow's scripts move its id between
+the status and wait sets atomically, and ``claim_due`` leases schedules across the sorted set and
+their hashes in one script, which needs one slot. Use a prefix per application or tenant to spread
+several over the cluster.
+
+Single-key families (``idem``, ``cache``, ``snap``, ``ckpt``) and the transport's streams, lists and
+channels (``P:t:...``) are the same on both: each command or script touches one key. The cluster
+key is the single-server key with braces inserted at fixed places, and neither prefixes nor ids
+contain braces, so removing the braces gives the single-server key back: the no-collision argument
+above carries over unchanged.
 A single server keeps the old layout (nothing to migrate); moving data from a single server to a
 cluster renames the keys of the tagged families as in the table.
 """
@@ -131,6 +141,14 @@ _GROUPS = {
     "dlq": "dlq",
     "dlq-idx": "dlq",
     "dlq-seq": "dlq",
+    "sc": "sc",
+    "sc-due": "sc",
+    "wf": "wf",
+    "wf-h": "wf",
+    "wf-st": "wf",
+    "wf-wait": "wf",
+    "wf-all": "wf",
+    "wf-active": "wf",
 }
 #: Families whose keys share one slot per user id on a cluster (the id is the hash tag).
 _ID_TAGGED = frozenset({"lock", "fence"})

@@ -57,7 +57,7 @@ class RedisCheckpointStore(RedisStoreBase):
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
         super().__init__(client, owns_client=owns_client)
-        self._prefix = f"{client.prefix}:ckpt:"
+        self._prefix = client.layout.per_id("ckpt")[0]
 
     async def get(self, name: str) -> int:
         """The last saved position of ``name``, 0 when none.

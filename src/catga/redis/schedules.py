@@ -1,6 +1,7 @@
 """Schedules on Redis: a hash per schedule and one sorted set by due time, claimed by a Lua script.
 
-Keys (``P`` = the client's prefix):
+Keys (``P`` = the client's prefix; on a Redis Cluster they share the hash tag ``{P:sc}``, see
+:mod:`catga.redis._keys`):
 
 * ``P:sc:<id>`` — hash: ``u`` due_at, ``k`` kind, ``t`` type name, ``b`` body, ``h`` headers (JSON),
   ``v`` every, ``a`` attempts, ``e`` last error, ``c`` cron expression.
@@ -138,10 +139,9 @@ class RedisScheduleStore(RedisStoreBase):
         self, client: RedisClient, *, owns_client: bool = False, clock: Callable[[], float] = time.time
     ) -> None:
         super().__init__(client, owns_client=owns_client)
-        p = client.prefix
         self.clock = clock
-        self._prefix = f"{p}:sc:"
-        self._keys = (f"{p}:sc-due",)
+        self._prefix = client.layout.per_id("sc")[0]
+        self._keys = (client.layout.fixed("sc-due"),)
         self._changed = asyncio.Event()
 
     async def add(self, schedule: Schedule) -> bool:

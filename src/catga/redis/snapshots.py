@@ -34,7 +34,7 @@ class RedisSnapshotStore(RedisStoreBase):
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
         super().__init__(client, owns_client=owns_client)
-        self._prefix = f"{client.prefix}:snap:"
+        self._prefix = client.layout.per_id("snap")[0]
 
     async def get(self, stream_id: str) -> Snapshot | None:
         """The latest snapshot of ``stream_id``, or None (also for an unreadable record, logged).

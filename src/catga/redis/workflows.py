@@ -1,6 +1,7 @@
 """Workflow instances and histories on Redis: a hash per instance and per history, Lua-fenced.
 
-Keys (``P`` = the client's prefix):
+Keys (``P`` = the client's prefix; on a Redis Cluster they share the hash tag ``{P:wf}``, see
+:mod:`catga.redis._keys`):
 
 * ``P:wf:<id>`` — hash: ``n`` name, ``v`` version, ``i`` input, ``s`` status, ``r`` result,
   ``e`` error, ``c`` created at, ``u`` updated at, ``w`` wake at, ``x`` cancel requested (``0``/``1``),
@@ -16,7 +17,9 @@ Keys (``P`` = the client's prefix):
 Every write is one Lua script, atomic on the server: ``acquire`` increments the token (``HINCRBY``)
 when the lease is free, ours or ended; ``record`` checks the token and owner, then ``HSETNX`` on the
 history (a sequence number recorded once); ``update`` checks the token and moves the id between the
-status sets. Leases, wake times and ``due`` read the **server's** clock (``TIME``), so replicas whose
+status sets. A script that names no sorted set gets the instance's hash as its one declared key
+(``KEYS[1]``, unused by the script): that routes it to the node of the ``{P:wf}`` slot on a cluster.
+Leases, wake times and ``due`` read the **server's** clock (``TIME``), so replicas whose
 clocks disagree still agree on when a lease ends.
 """
 
@@ -73,7 +76,7 @@ return 1
 """,
     "workflow-create",
 )
-# ARGV: hash prefix, id, owner, ttl
+# KEYS: the instance hash (routing). ARGV: hash prefix, id, owner, ttl
 _ACQUIRE = Script(
     _LIB
     + """
@@ -88,7 +91,7 @@ return token
 """,
     "workflow-acquire",
 )
-# ARGV: hash prefix, id, token, ttl
+# KEYS: the instance hash (routing). ARGV: hash prefix, id, token, ttl
 _RENEW = Script(
     _LIB
     + """
@@ -100,7 +103,7 @@ return 1
 """,
     "workflow-renew",
 )
-# ARGV: hash prefix, id, token
+# KEYS: the instance hash (routing). ARGV: hash prefix, id, token
 _RELEASE = Script(
     """
 local key = ARGV[1] .. ARGV[2]
@@ -109,7 +112,8 @@ return 1
 """,
     "workflow-release",
 )
-# ARGV: hash prefix, history prefix, id, token, seq, entry. Returns 1, 0 (seq taken), -(token + 1).
+# KEYS: the instance hash (routing). ARGV: hash prefix, history prefix, id, token, seq, entry.
+# Returns 1, 0 (seq taken), -(token + 1).
 _RECORD = Script(
     """
 local h = redis.call('HMGET', ARGV[1] .. ARGV[3], 't', 'o')
@@ -140,7 +144,7 @@ return 1
 """,
     "workflow-update",
 )
-# ARGV: hash prefix, status-set prefix, id, wait-set prefix
+# KEYS: the instance hash (routing). ARGV: hash prefix, status-set prefix, id, wait-set prefix
 _CANCEL = Script(
     _LIB
     + """
@@ -237,13 +241,13 @@ class RedisWorkflowStore(RedisStoreBase):
 
     def __init__(self, client: RedisClient, *, owns_client: bool = False) -> None:
         super().__init__(client, owns_client=owns_client)
-        p = client.prefix
-        self._hash = f"{p}:wf:"
-        self._history = f"{p}:wf-h:"
-        self._status = f"{p}:wf-st:"
-        self._all = f"{p}:wf-all"
-        self._active = f"{p}:wf-active"
-        self._wait = f"{p}:wf-wait:"
+        layout = client.layout
+        self._hash = layout.per_id("wf")[0]
+        self._history = layout.per_id("wf-h")[0]
+        self._status = layout.per_id("wf-st")[0]
+        self._all = layout.fixed("wf-all")
+        self._active = layout.fixed("wf-active")
+        self._wait = layout.per_id("wf-wait")[0]
 
     def _stale(self, id: str, token: int, code: int) -> StaleFencingTokenError:
         return StaleFencingTokenError(f"workflow {id}", token, -code - 1)
@@ -291,23 +295,31 @@ class RedisWorkflowStore(RedisStoreBase):
 
     async def acquire(self, id: str, owner: str, ttl: float) -> int | None:
         """See :meth:`WorkflowStore.acquire <catga.workflows.WorkflowStore.acquire>`."""
-        token = await self._client.run_script(_ACQUIRE, (), (self._hash, id, owner, repr(float(ttl))))
+        token = await self._client.run_script(
+            _ACQUIRE, (self._hash + id,), (self._hash, id, owner, repr(float(ttl)))
+        )
         return None if token is None else int(token)
 
     async def renew(self, id: str, token: int, ttl: float) -> bool:
         """See :meth:`WorkflowStore.renew <catga.workflows.WorkflowStore.renew>`."""
-        return bool(await self._client.run_script(_RENEW, (), (self._hash, id, token, repr(float(ttl)))))
+        return bool(
+            await self._client.run_script(
+                _RENEW, (self._hash + id,), (self._hash, id, token, repr(float(ttl)))
+            )
+        )
 
     async def release(self, id: str, token: int) -> None:
         """See :meth:`WorkflowStore.release <catga.workflows.WorkflowStore.release>`."""
-        await self._client.run_script(_RELEASE, (), (self._hash, id, token))
+        await self._client.run_script(_RELEASE, (self._hash + id,), (self._hash, id, token))
 
     async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
         """See :meth:`WorkflowStore.record <catga.workflows.WorkflowStore.record>`."""
         e = entry
         body = _encode_entry((e.kind, e.name, e.ok, bytes(e.value), e.at or time.time(), e.error_type))
         code = int(
-            await self._client.run_script(_RECORD, (), (self._hash, self._history, id, token, e.seq, body))
+            await self._client.run_script(
+                _RECORD, (self._hash + id,), (self._hash, self._history, id, token, e.seq, body)
+            )
         )
         if code < 0:
             raise self._stale(id, token, code)
@@ -336,7 +348,11 @@ class RedisWorkflowStore(RedisStoreBase):
 
     async def request_cancel(self, id: str) -> bool:
         """See :meth:`WorkflowStore.request_cancel <catga.workflows.WorkflowStore.request_cancel>`."""
-        return bool(await self._client.run_script(_CANCEL, (), (self._hash, self._status, id, self._wait)))
+        return bool(
+            await self._client.run_script(
+                _CANCEL, (self._hash + id,), (self._hash, self._status, id, self._wait)
+            )
+        )
 
     async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
         """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>`."""
