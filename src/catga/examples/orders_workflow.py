@@ -4,7 +4,7 @@
 
 1. ``reserve_stock`` (compensated by ``release_stock``),
 2. ``charge_card`` (compensated by ``refund_card``; the card ``tok_declined`` is declined),
-3. ``wf.wait_for(ShipmentSent, match={"order_id": ...}, timeout=ship_timeout)``: the warehouse
+3. ``wf.wait_for(ShipmentSent, match={"order_id": ...}, timeout=order.ship_within)``: the warehouse
    publishes :class:`ShipmentSent`; when it does not arrive in time the workflow raises
    :class:`ShipmentTimeoutError`, so the refund and the release run (in reverse order).
 
@@ -31,6 +31,7 @@ from catga.workflows import CANCELLED, COMPENSATED, COMPLETED, FAILED, SLEEPING,
 
 __all__ = (
     "OrderRequest",
+    "PaymentDeclinedError",
     "ShipmentSent",
     "ShipmentTimeoutError",
     "WorkflowShop",
@@ -40,7 +41,7 @@ __all__ = (
 
 _log = logging.getLogger("catga.examples.orders_workflow")
 MEMORY = "memory://"
-#: Seconds ``place_order`` waits for :class:`ShipmentSent` in the demo.
+#: Seconds the demo's W-3 waits for :class:`ShipmentSent` (which never comes).
 SHIP_TIMEOUT = 1.0
 
 
@@ -54,6 +55,8 @@ class OrderRequest:
     quantity: int
     total: int
     card: str = "tok_visa"
+    ship_within: float = 86_400.0
+    """Seconds to wait for :class:`ShipmentSent` before refunding and releasing."""
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,12 @@ class WorkflowShop:
     log: list[tuple[str, str]] = field(default_factory=list)
 
 
-def register_workflow(app: App, shop: WorkflowShop, *, ship_timeout: float = SHIP_TIMEOUT) -> None:
+def register_workflow(app: App, shop: WorkflowShop) -> None:
     """Register the ``place_order`` workflow and its steps on ``app``.
 
     Args:
         app: the app whose workflow engine runs it.
         shop: the stock and charges the steps change.
-        ship_timeout: seconds to wait for :class:`ShipmentSent` before compensating.
     """
 
     async def reserve_stock(order: OrderRequest) -> str:
@@ -130,10 +132,10 @@ def register_workflow(app: App, shop: WorkflowShop, *, ship_timeout: float = SHI
         await wf.step(reserve_stock, order, name="reserve_stock", compensate=release_stock)
         await wf.step(charge_card, order, name="charge_card", compensate=refund_card)
         shipped = await wf.wait_for(
-            ShipmentSent, match={"order_id": order.order_id}, timeout=timedelta(seconds=ship_timeout)
+            ShipmentSent, match={"order_id": order.order_id}, timeout=timedelta(seconds=order.ship_within)
         )
         if shipped is None:
-            raise ShipmentTimeoutError(f"no shipment for {order.order_id} within {ship_timeout:g} s")
+            raise ShipmentTimeoutError(f"no shipment for {order.order_id} within {order.ship_within:g} s")
         return shipped.tracking
 
     app.workflows.register(place_order, name="place_order", events=[ShipmentSent])
@@ -158,7 +160,7 @@ async def run_workflow_demo(
             and deletes it at the end; on PostgreSQL its rows stay in ``catga_workflows`` (ids carry a
             random suffix, so runs do not collide).
         on_step: called with each finished step.
-        ship_timeout: seconds a workflow waits for its shipment.
+        ship_timeout: seconds W-3 waits for its shipment (the others wait a day).
         timeout: seconds to wait for each workflow to reach the state a step expects.
 
     Returns:
@@ -174,12 +176,12 @@ async def run_workflow_demo(
     shop = WorkflowShop({"widget": 10, "gadget": 1})
     app = App(workflows=workflows, name="orders-workflow")
     app.workflows.poll_interval = 0.2
-    register_workflow(app, shop, ship_timeout=ship_timeout)
+    register_workflow(app, shop)
     started = False
     try:
         async with app:
             started = True
-            await _script(app, shop, report, run, on_step, timeout)
+            await _script(app, shop, report, run, on_step, timeout, ship_timeout)
     finally:
         if namespace is not None and started:
             try:
@@ -222,6 +224,7 @@ async def _script(
     run: str,
     on_step: Callable[[DemoStep], None] | None,
     timeout: float,
+    ship_timeout: float,
 ) -> None:
     ids = {name: f"order-{name}-{run}" for name in ("W-1", "W-2", "W-3")}
 
@@ -271,7 +274,11 @@ async def _script(
     # 4. carol's shipment never comes: refunded and released after the timeout.
     step = DemoStep(4, "start place_order W-3: carol buys 3 × widget; no shipment comes", COMPENSATED)
     mark = len(shop.log)
-    await app.start_workflow("place_order", OrderRequest("W-3", "carol", "widget", 3, 3000), id=ids["W-3"])
+    await app.start_workflow(
+        "place_order",
+        OrderRequest("W-3", "carol", "widget", 3, 3000, ship_within=ship_timeout),
+        id=ids["W-3"],
+    )
     waiting = await _until(app, ids["W-3"], (SLEEPING, COMPLETED, COMPENSATED, FAILED), timeout)
     if waiting is not None and waiting.status == SLEEPING:
         shop.log.append(("wait", "waiting for ShipmentSent(order_id=W-3)"))
