@@ -10,6 +10,7 @@ import threading
 import uuid
 from array import array
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -519,3 +520,56 @@ def test_the_schedule_suite_measures_memory_schedules_end_to_end(tmp_path: Path)
     assert all(r["ops_per_s"] > 0 for r in rows)
     late = [r for r in rows if r["case"] == "due_in_50ms_memory"]
     assert all(r["p50_us"] >= 50_000 for r in late), "delivered before its due time"
+
+
+def _bench_rows(tmp_path: Path, *args: str) -> list[dict[str, Any]]:
+    from typer.testing import CliRunner
+
+    from catga.cli import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", *args, "--json", str(out)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows: list[dict[str, Any]] = json.loads(out.read_text())["results"]
+    return rows
+
+
+def test_the_workflow_suite_runs_three_step_workflows_in_memory(tmp_path: Path) -> None:
+    args = (
+        "workflow",
+        "--quick",
+        "--duration",
+        "0.05",
+        "--concurrency",
+        "1,4",
+        "--case",
+        "three_steps_memory",
+    )
+    rows = _bench_rows(tmp_path, *args)
+    assert [(r["case"], r["impl"], r["concurrency"]) for r in rows] == [
+        ("three_steps_memory", "catga", 1),
+        ("three_steps_memory", "catga", 4),
+    ]
+    assert all(r["ops_per_s"] > 0 and r["p99_us"] >= r["p50_us"] > 0 for r in rows)
+
+
+@pytest.mark.postgres
+def test_the_workflow_suite_compares_catga_and_dbos_on_one_postgres(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CATGA_POSTGRES_URL", postgres_url)  # the fixture's server, not a second one
+    args = (
+        "workflow",
+        "--quick",
+        "--duration",
+        "0.05",
+        "--concurrency",
+        "1,2",
+        "--case",
+        "three_steps_postgres",
+    )
+    rows = _bench_rows(tmp_path, *args)
+    assert {(r["impl"], r["concurrency"]) for r in rows} == {
+        (impl, c) for impl in ("catga", "dbos", "dbos-direct", "dbos-threads") for c in (1, 2)
+    }
+    assert all(r["ops_per_s"] > 0 for r in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import subprocess
@@ -265,6 +266,92 @@ def test_demo_through_the_console_entry_point() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all 8 steps behaved as expected" in proc.stdout
+
+
+WORKFLOW_OUTCOMES = ["sleeping", "completed", "compensated", "compensated"]
+
+
+def test_demo_workflow_narrates_steps_compensation_and_the_shipment_timeout() -> None:
+    code, out, err = invoke("demo", "--workflow")
+    assert code == 0, out + err
+    for text in (
+        "place_order on workflows memory://",
+        "reserve_stock: 2 × widget reserved",
+        "charge_card: 25.00 charged (ch-W-1)",
+        "waiting for ShipmentSent(order_id=W-1)",
+        "completed: TRK-1",
+        "charge_card: card of bob declined",
+        "release_stock: 1 × gadget back in stock",
+        "PaymentDeclinedError: card of bob declined",
+        "refund_card: 30.00 refunded (ch-W-3)",
+        "release_stock: 3 × widget back in stock",
+        "ShipmentTimeoutError: no shipment for W-3",
+        "stock at end: widget 8, gadget 1",
+        "all 4 steps behaved as expected",
+    ):
+        assert text in out, text
+    # The compensations of W-3 run in reverse order: the refund before the release.
+    assert out.index("refund_card: 30.00") < out.index("release_stock: 3 × widget")
+
+
+def test_demo_workflow_json() -> None:
+    code, out, _ = invoke("demo", "--workflow", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["ok"] is True and data["workflows"] == "memory://" and data["namespace"] is None
+    assert [s["outcome"] for s in data["steps"]] == WORKFLOW_OUTCOMES
+    assert data["stock"] == {"widget": 8, "gadget": 1}
+
+
+def test_demo_workflow_refuses_the_orders_demo_options() -> None:
+    code, out, err = invoke("demo", "--workflow", "--store", "redis://127.0.0.1:1")
+    assert code == 1 and out == ""
+    assert err.startswith("ConfigurationError: --store is for the orders demo; with --workflow give")
+    code, out, err = invoke("demo", "--workflow", "--workflows", "amqp://x")
+    assert code == 1 and out == ""
+    assert err.startswith("ConfigurationError: --workflows (CATGA_WORKFLOWS): workflows URL 'amqp://x'")
+
+
+@pytest.mark.redis
+def test_demo_workflow_on_redis_cleans_up(redis_url: str) -> None:
+    code, out, _ = invoke("demo", "--workflow", "--json", "--workflows", redis_url)
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["ok"] is True and data["namespace"].startswith("demo_")
+    assert [s["outcome"] for s in data["steps"]] == WORKFLOW_OUTCOMES
+
+    async def leftovers() -> list[bytes]:
+        from catga.redis import RedisClient
+
+        async with RedisClient.from_url(redis_url) as client:
+            _, keys = await client.execute("SCAN", 0, "MATCH", f"{data['namespace']}:*", "COUNT", 1000)
+            return list(keys)
+
+    assert asyncio.run(leftovers()) == []
+
+
+@pytest.mark.nats
+def test_demo_workflow_on_nats_cleans_up(nats_url: str) -> None:
+    code, out, _ = invoke("demo", "--workflow", "--json", "--workflows", nats_url)
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["ok"] is True and [s["outcome"] for s in data["steps"]] == WORKFLOW_OUTCOMES
+
+    async def streams() -> list[str]:
+        from catga.nats import NatsConnection
+
+        async with await NatsConnection.connect(nats_url, name="test-demo") as conn:
+            return [info.config.name or "" for info in await conn.js.streams_info()]
+
+    assert [name for name in asyncio.run(streams()) if data["namespace"] in name] == []
+
+
+@pytest.mark.postgres
+def test_demo_workflow_on_postgres(postgres_url: str) -> None:
+    code, out, err = invoke("demo", "--workflow", "--json", "--workflows", postgres_url)
+    assert code == 0, out + err
+    data = json.loads(out)
+    assert data["ok"] is True and [s["outcome"] for s in data["steps"]] == WORKFLOW_OUTCOMES
 
 
 @pytest.mark.postgres
