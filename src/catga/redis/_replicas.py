@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from catga.errors import BackendError, BackendUnavailableError, ConfigurationError
 from catga.redis._resp import RespConnection
@@ -75,6 +76,15 @@ class WaitSettings:
                 f"invalid wait_replicas / wait_timeout in the Redis URL: {exc}"
             ) from None
         return cls(replicas, timeout)
+
+    @classmethod
+    def from_url(cls, url: str) -> WaitSettings:
+        """From the query of a ``redis+cluster://`` / ``redis+sentinel://`` URL (see :meth:`from_query`).
+
+        Raises:
+            ConfigurationError: a value is not a number.
+        """
+        return cls.from_query({k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()})
 
     def command(self) -> tuple[Any, ...]:
         """The ``WAIT`` command to pipeline behind a write."""

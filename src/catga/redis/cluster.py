@@ -47,7 +47,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from catga.errors import BackendTimeoutError, BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error
@@ -173,7 +173,7 @@ class RedisClusterClient(RedisClient):
         seeds = parse_cluster_url(
             url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
-        wait = WaitSettings.from_query({k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()})
+        wait = WaitSettings.from_url(url)
         return cls(
             seeds,
             prefix=prefix,

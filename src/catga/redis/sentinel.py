@@ -31,7 +31,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from catga.errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
 from catga.redis._errors import reply_error
@@ -163,7 +163,7 @@ class RedisSentinelClient(RedisClient):
         service, settings, sentinels = parse_sentinel_url(
             url, timeout=timeout, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
-        wait = WaitSettings.from_query({k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()})
+        wait = WaitSettings.from_url(url)
         return cls(
             service,
             settings,
