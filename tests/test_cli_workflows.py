@@ -22,9 +22,9 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 async def test_list_show_and_cancel(redis_url: str, unique_name: str) -> None:
-    url = f"{redis_url}?prefix={unique_name}"
+    url = f"{redis_url}?prefix={unique_name}&poll_interval=0.05"  # the CLI takes the app's URL as is
     app = catga.App(workflows=url)
-    app.workflows.poll_interval = 0.05
+    assert app.workflows.poll_interval == 0.05
 
     @app.workflow
     async def nap(wf: Workflow, seconds: float) -> str:

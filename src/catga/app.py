@@ -88,7 +88,7 @@ from catga.result import Result
 from catga.scheduling import Scheduler, new_schedule, pipeline_delivery
 from catga.serialization import TypeRegistry, default_registry
 from catga.workflows import WorkflowEngine, WorkflowInstance, WorkflowStore
-from catga.workflows._app import app_engine
+from catga.workflows._app import app_engine, engine_options
 
 __all__ = ("APP_NAME", "H_ORIGIN", "App")
 
@@ -167,7 +167,9 @@ class App:
         workflows: where durable workflows (:meth:`workflow`, :meth:`start_workflow`) are kept:
             ``None`` / ``"memory://"`` (default: in process, lost at exit), a ``nats://``,
             ``redis://`` or ``postgresql://`` URL, or a :class:`~catga.workflows.WorkflowStore`.
-            Their sleeps wake through the scheduler (see :mod:`catga.workflows`).
+            Their sleeps wake through the scheduler (see :mod:`catga.workflows`). A URL may also
+            carry the engine's settings, ``?lease=10&poll_interval=0.5&step_retries=2&retry_backoff=0.5``
+            (see :class:`~catga.workflows.WorkflowEngine`).
 
     Attributes:
         transport: None (no transport) or the transport (for a URL, built on a connection that
@@ -242,6 +244,9 @@ class App:
         self.inbox = inbox
         self.schedules: ScheduleStore = built("scheduler", scheduler, "memory://")
         self.scheduler: Scheduler | None = None
+        workflow_settings: dict[str, Any] = {}
+        if isinstance(workflows, str):
+            workflows, workflow_settings = engine_options(workflows)
         workflow_store: WorkflowStore = built("workflows", workflows, "memory://")
         self._schedules_used = scheduler is not None  # else the scheduler starts at the first schedule()
         for backend in (
@@ -269,7 +274,7 @@ class App:
                 on_unexpected_error=on_unexpected_error,
             )
         self.mediator = mediator
-        self.workflows: WorkflowEngine = app_engine(self, workflow_store)
+        self.workflows: WorkflowEngine = app_engine(self, workflow_store, workflow_settings)
         self._bridge = Bridge(
             mediator,
             self.transport,

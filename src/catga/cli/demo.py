@@ -150,7 +150,9 @@ def _workflow_demo(workflows: str, as_json: bool, timeout: float, transport: str
                     "--workflows URL (CATGA_WORKFLOWS)"
                 )
         try:
-            parse_url(workflows, role="workflows")
+            from catga.workflows._app import engine_options
+
+            parse_url(engine_options(workflows)[0], role="workflows")
         except ConfigurationError as exc:
             raise ConfigurationError(f"--workflows (CATGA_WORKFLOWS): {exc}") from None
         console = out_console()

@@ -18,6 +18,7 @@ from catga.backends import Backends, parse_url
 from catga.cli._common import out_console, print_json, reported_errors, run_async
 from catga.errors import ConfigurationError, NotFoundError
 from catga.workflows import STATUSES, HistoryEntry, WorkflowInstance, WorkflowStore
+from catga.workflows._app import engine_options
 
 __all__ = ("instance_dict", "workflows_app")
 
@@ -80,7 +81,7 @@ def _entry_dict(e: HistoryEntry) -> dict[str, Any]:
 
 
 async def _with_store(url: str, work: Callable[[WorkflowStore], Awaitable[T]]) -> T:
-    spec = parse_url(url, "--url")
+    spec = parse_url(engine_options(url)[0], "--url")  # the engine's ?lease=... is not the store's
     if spec.backend == "memory":
         raise ConfigurationError(
             "in-memory workflows live in their process: give a nats://, redis:// or postgresql:// URL"
