@@ -105,6 +105,7 @@ def _catga(backend: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Pha
         app.workflows.register(three_steps, name="three_steps")
         counter = itertools.count()
         phases = Phases(STARTED_PHASES)
+        record = phases.marks_recorder(STARTED_PHASES)
 
         async def op(worker: int) -> None:
             n = next(counter)
@@ -118,7 +119,7 @@ def _catga(backend: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Pha
                 del marks[n]
             if state.status != COMPLETED or app.workflows.result(state) != n + 3:
                 raise BenchError(f"workflow {wid} on {backend} ended {state.status}: {state.error}")
-            phases.record_marks(STARTED_PHASES, times)
+            record(times)
 
         async with app:
             try:
@@ -265,11 +266,12 @@ def _dbos(how: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Phased]]
             wf, sync_wf = workflows["async_"], workflows["sync"]
             names = STARTED_PHASES if how == "start" else CALLED_PHASES
             phases = Phases(names)
+            record = phases.marks_recorder(names)
 
             def check(n: int, result: object, times: list[int]) -> None:
                 if result != n + 3:
                     raise BenchError(f"the DBOS workflow returned {result!r} for {n}, not {n + 3}")
-                phases.record_marks(names, times)
+                record(times)
 
             async def started(worker: int) -> None:
                 n = next(_DBOS_COUNTER)
