@@ -15,6 +15,42 @@ Implementations:
 * ``dbos-direct`` (same case): ``await wf(n)``, DBOS's other way to run a workflow, in the caller's
   task (durable all the same): its faster path, measured too so the comparison is not against
   DBOS's slower one only.
+* ``dbos-threads`` (same case): the plain-``def`` workflow and steps called from OS threads
+  (``mode="threads"``), DBOS's usual synchronous style.
+
+Phases (P50/P95/P99 and mean per phase, see :mod:`catga.bench.phases`), timed the same way for
+catga and DBOS: ``perf_counter_ns()`` read by the caller and, inside the workflow function, right
+before and after each awaited step call, handed from the workflow body to the caller through a dict
+keyed by the workflow's input (about 2.5 µs of bookkeeping per workflow on the reference VM). The
+phases tile the operation: their means add up to its mean (their percentiles do not add up).
+
+* ``create`` (``catga`` and ``dbos``): the operation begins → the start call returns. catga:
+  ``store.create`` (the instance record, one write) and a run task scheduled, not yet running.
+  DBOS: ``_init_workflow`` in a worker thread (the status row, one write, naming this process
+  as the workflow's executor) and a task created.
+* ``start``: the start call returned → the workflow function begins its first step call. catga:
+  the run task gets the loop, takes the lease (``store.acquire``, a fencing token), reads the
+  instance and its history and marks it running (four round trips on a server store), while the
+  caller's ``wait_workflow`` makes its first status read. DBOS: the task gets the loop and enters
+  the function (no round trip: DBOS needs no lease, ``create`` named the executor).
+  ``dbos-direct`` and ``dbos-threads`` have no start call: their ``start`` runs from the call of
+  the workflow function, so it also holds what ``create`` is for the others. Compare ``create`` +
+  ``start`` across implementations, not ``start`` alone.
+* ``step 1``, ``step 2``, ``step 3``: one awaited step call each, the step's run plus its durable
+  record. catga's ``wf.step``: a read of the instance for a cancel request (until one is seen),
+  the step, a fenced write of its result to the history. DBOS's ``@DBOS.step``: a read for an
+  already recorded result (replay check), the step, a write of its output, both database calls in
+  a worker thread (``asyncio.to_thread``) for async steps, in the calling thread for plain ones.
+* ``finish``: the last step's record returned → the caller has the result. catga: the function
+  returns, the engine writes ``completed`` with the result, releases the lease, the run task ends,
+  the caller's ``wait_workflow`` wakes and reads the status. ``dbos``: DBOS writes ``SUCCESS`` with
+  the output, the task ends, ``get_result`` returns (after a no-op ``record_get_result`` in a
+  worker thread). ``dbos-direct`` / ``dbos-threads``: DBOS writes ``SUCCESS``, the call returns.
+
+At concurrency above 1 every phase also holds the time spent waiting for the event loop (or the
+GIL) while other workflows run; the phases that hand over between tasks (``start`` and ``finish``
+for ``catga`` and ``dbos``) take most of that queueing, since the loop runs every other ready task
+in between.
 
 DBOS is process-global: each run launches it (``DBOS(config=...)``, ``DBOS.launch()``) and
 destroys it at the end (``DBOS.destroy(destroy_registry=False)``). Both get a connection pool of
