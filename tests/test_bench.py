@@ -457,11 +457,15 @@ def test_cli_bench_reports_phases_in_json_text_and_markdown(suites_pkg: str, tmp
         "fixed", fixed["count"], 1.0, 1.0, 1.0, 1.0
     )
     assert again.to_json()["results"] == data["results"]
-    # Text: the main table as before, then one phase table with a row per phased case and level.
-    assert "tiny — phases, P50 / P99 µs" in result.stdout
+    # Text: the main table as before, then one phase table, a row per phased case and level, each
+    # cell P50 over P99.
+    assert "tiny — phases, µs: P50 over P99" in result.stdout
     phase_text = result.stdout.split("tiny — phases", 1)[1].split("timer overhead", 1)[0]
-    assert "fixed" in phase_text and "per worker" in phase_text and "work" in phase_text
-    assert "1.0 / 1.0" in phase_text and "3.0 / 3.0" in phase_text and "echo" not in phase_text
+    lines = [line.split() for line in phase_text.splitlines()]
+    assert ["case", "impl", "conc", "fixed", "per", "worker", "work"] in lines
+    assert ["phased", "catga", "1", "1.0", "2.0"] in lines and ["1.0", "2.0"] in lines  # P50, then P99
+    assert ["phased", "peer", "1", "3.0"] in lines and ["3.0"] in lines
+    assert "echo" not in phase_text
     text = md.read_text()
     assert "| tiny | phased | **catga** | 1 |" in text  # the main table is unchanged
     assert "tiny phases, P50 / P99 µs:" in text
