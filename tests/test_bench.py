@@ -457,6 +457,8 @@ def test_cli_bench_reports_phases_in_json_text_and_markdown(suites_pkg: str, tmp
         "fixed", fixed["count"], 1.0, 1.0, 1.0, 1.0
     )
     assert again.to_json()["results"] == data["results"]
+    fixed["later_key"] = 1  # a newer report's extra keys are ignored, as for results
+    assert BenchReport.from_json(data).results == again.results
     # Text: the main table as before, then one phase table, a row per phased case and level, each
     # cell P50 over P99.
     assert "tiny — phases, µs: P50 over P99" in result.stdout

@@ -124,10 +124,16 @@ class BenchReport:
                 f"not a catga bench report version {SCHEMA_VERSION}: version={data.get('version')!r}"
             )
         result_fields = BenchResult.__dataclass_fields__
+        phase_fields = PhaseResult.__dataclass_fields__
         results = [
             BenchResult(
                 **{k: v for k, v in r.items() if k in result_fields and k != "phases"},
-                phases=tuple(PhaseResult(name=name, **stats) for name, stats in r.get("phases", {}).items()),
+                phases=tuple(
+                    PhaseResult(
+                        name=name, **{k: v for k, v in stats.items() if k in phase_fields and k != "name"}
+                    )
+                    for name, stats in r.get("phases", {}).items()
+                ),
             )
             for r in data["results"]
         ]
