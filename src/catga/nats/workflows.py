@@ -11,8 +11,9 @@ a writer that lost the race reads again and re-checks. ``record`` is one **atomi
 publishes: the instance rewritten at the revision whose token was checked (so a new owner's
 ``acquire`` in between fails the batch) and the entry created at revision 0 (so a sequence number is
 recorded once). ``offer`` is the same batch with the instance checked for not being finished
-instead of for the token (so an offer never lands after the workflow ended). ``list_instances`` and ``due`` scan the instances (``$KV.B.*``), one direct-get batch
-per 256; histories are read by subject (``$KV.B.<id>.*``).
+instead of for the token (so an offer never lands after the workflow ended). ``list_instances``,
+``waiting`` and ``due`` scan the instances (``$KV.B.*``), one direct-get batch per 256; histories
+are read by subject (``$KV.B.<id>.*``).
 
 Leases and wake times are compared with this process's clock (:func:`catga.clock.get_clock`), as
 for :class:`~catga.nats.NatsLock`: replicas need clocks in sync to well under the lease.

@@ -345,7 +345,12 @@ class WorkflowEngine(EventWaits):
             return False
         history = await self.store.history(id)
         compensating = instance.status == COMPENSATING
-        await self.store.update(id, token, COMPENSATING if compensating else RUNNING)
+        if compensating:
+            await self.store.update(id, token, COMPENSATING)
+        else:  # a wait the run opened stays armed (see catga.workflows.waits)
+            await self.store.update(
+                id, token, RUNNING, wait_for=instance.wait_for, wait_spec=instance.wait_spec
+            )
         cancel_seen = instance.cancel_requested
 
         async def cancelled() -> bool:
@@ -384,6 +389,8 @@ class WorkflowEngine(EventWaits):
             found = await self.store.get(id)
             if found is not None and found.status == PENDING:
                 return True  # cancelled while going to sleep
+            if sleep.outcome >= 0 and any(e.seq == sleep.outcome for e in await self.store.history(id)):
+                return True  # the awaited event was offered while going to sleep
             if self.timer is not None and sleep.wake_at < NEVER:
                 try:
                     await self.timer(id, sleep.wake_at, _timer_id(id, sleep.wake_at))
