@@ -112,8 +112,7 @@ class PostgresWorkflowStore(PgStore):
             f"WHERE id = $1 AND status NOT IN ({_DONE})"
         )
         self._waiting = (
-            f"SELECT {_COLUMNS} FROM {t} WHERE wait_for = $1 AND {_WAITING} "
-            "ORDER BY created_at, id LIMIT $2"
+            f"SELECT {_COLUMNS} FROM {t} WHERE wait_for = $1 AND {_WAITING} ORDER BY created_at, id LIMIT $2"
         )
         self._offer = (
             f"INSERT INTO {h} (id, {_ENTRY}) "
