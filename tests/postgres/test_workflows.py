@@ -12,6 +12,7 @@ from catga.errors import ConfigurationError
 from catga.postgres import PostgresWorkflowStore
 from catga.testing.contracts import WorkflowStoreContract
 from catga.workflows import COMPLETED, Workflow
+from wf_waits_shared import check_send_then_wait
 
 pytestmark = pytest.mark.postgres
 
@@ -65,3 +66,10 @@ async def test_a_postgres_url_builds_the_workflow_store(postgres_url: str) -> No
     async with app:
         state = await app.wait_workflow(await app.start_workflow(hello, "postgres"))
     assert app.workflows.result(state) == "hello postgres"
+
+
+async def test_a_wait_opened_before_the_send_gets_the_event_its_handler_publishes(
+    pool: Any,
+    unique_name: str,
+) -> None:
+    await check_send_then_wait(PostgresWorkflowStore(pool, table=f"wf_{unique_name}"))
