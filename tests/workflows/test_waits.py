@@ -17,6 +17,7 @@ from catga.errors import ConfigurationError
 from catga.memory import MemoryWorkflowStore
 from catga.messages import Command, type_name
 from catga.testing import FakeClock
+from catga.testing.contracts._util import eventually
 from catga.workflows import COMPLETED, FAILED, RUNNING, SLEEPING, HistoryEntry, Workflow
 
 from .test_engine import fast, until_status
@@ -310,3 +311,38 @@ async def test_expect_refuses_a_bad_type_or_timeout() -> None:
         wf.expect(ShipOrder)  # type: ignore[type-var]
     with pytest.raises(ConfigurationError, match="finite time"):
         wf.expect(Shipped, timeout=-1)
+
+
+async def test_a_wake_up_during_a_run_here_makes_it_look_again() -> None:
+    """``resume`` while a run of the workflow is under way in this engine (an engine's delivery can
+    wake a sleeper just as its runner here is about to end) makes that run try once more when it
+    ends, instead of being dropped until the next sweep."""
+    acquired: list[str] = []
+
+    class Counting(MemoryWorkflowStore):
+        async def acquire(self, id: str, owner: str, ttl: float) -> int | None:
+            acquired.append(owner)
+            return await super().acquire(id, owner, ttl)
+
+    app = shipping_app(Counting(), publish=False)
+    app.workflows.poll_interval = 60.0  # no sweep during the test
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def wait_at_the_gate() -> None:
+        entered.set()
+        await gate.wait()
+
+    @app.workflow
+    async def gated(wf: Workflow, _: None) -> str:
+        await wf.step(wait_at_the_gate)
+        return "done"
+
+    async with app:
+        wid = await app.start_workflow(gated)
+        await entered.wait()
+        app.workflows.resume(wid)  # a run is under way: it looks again when it ends
+        gate.set()
+        state = await app.wait_workflow(wid)
+        await eventually(lambda: asyncio.sleep(0, not app.workflows._runs), what="the run ends")
+    assert state.status == COMPLETED
+    assert acquired == [app.workflows.owner, app.workflows.owner]  # the second found it finished

@@ -143,6 +143,7 @@ class WorkflowEngine(EventWaits):
         self._workflows: dict[tuple[str, int], _Registered] = {}
         self._latest: dict[str, int] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()  # resumed while a run of it was under way here
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._sweeps = OutageLog(logger, "workflow sweep", level=logging.ERROR)
@@ -269,11 +270,13 @@ class WorkflowEngine(EventWaits):
     # -- running ------------------------------------------------------------------------------------
 
     def resume(self, id: str) -> None:
-        """Start a run of ``id`` in this engine's task set unless one is under way here."""
+        """Start a run of ``id`` in this engine's task set; if one is under way here, it makes one
+        more attempt when it ends (the wake-up may have come after its last look at the store)."""
         if self._closing:
             return
         run = self._runs.get(id)
         if run is not None and not run.done():
+            self._again.add(id)
             return
         task = asyncio.get_running_loop().create_task(
             self._run(id), name=f"catga-workflow-{id}", context=contextvars.Context()
@@ -284,13 +287,16 @@ class WorkflowEngine(EventWaits):
     async def _run(self, id: str) -> None:
         try:
             while not self._closing:
+                self._again.discard(id)
                 again = await self._attempt(id)
-                if not again:
+                if not again and id not in self._again:
                     return
         except asyncio.CancelledError:
             raise
         except Exception:  # the store failed: the sweep tries again later
             logger.exception("workflow %s: run failed; it is retried by the sweep", id)
+        finally:
+            self._again.discard(id)
 
     async def _attempt(self, id: str) -> bool:
         """One run; True when the instance should run again at once (a cancel came in)."""
