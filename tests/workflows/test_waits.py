@@ -13,7 +13,7 @@ import pytest
 
 import catga
 from catga.clock import use_clock
-from catga.errors import ConfigurationError
+from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.memory import MemoryWorkflowStore
 from catga.messages import Command, type_name
 from catga.testing import FakeClock
@@ -346,3 +346,32 @@ async def test_a_wake_up_during_a_run_here_makes_it_look_again() -> None:
         await eventually(lambda: asyncio.sleep(0, not app.workflows._runs), what="the run ends")
     assert state.status == COMPLETED
     assert acquired == [app.workflows.owner, app.workflows.owner]  # the second found it finished
+
+
+async def test_a_run_that_stopped_before_arming_its_wait_arms_it_on_replay() -> None:
+    """The store failed between recording the wait and arming it: the next run replays the wait
+    and arms it before the send, so the event the send's handler publishes still counts."""
+
+    class FailsToArm(MemoryWorkflowStore):
+        failures = 1
+
+        async def update(self, id: str, token: int, status: str, **kwargs: Any) -> None:
+            if status == RUNNING and kwargs.get("wait_for") and self.failures:
+                self.failures -= 1
+                raise BackendUnavailableError("the store is down", backend="memory")
+            await super().update(id, token, status, **kwargs)
+
+    store = FailsToArm()
+    app = shipping_app(store)
+
+    @app.workflow(events=[Shipped])
+    async def deliver(wf: Workflow, order_id: str) -> str:
+        shipped = await wf.expect(Shipped, match={"order_id": order_id}, timeout=timedelta(hours=1))
+        await wf.send(ShipOrder(order_id))
+        event = await shipped
+        return "none" if event is None else event.tracking
+
+    async with app:
+        state = await app.wait_workflow(await app.start_workflow(deliver, "o-9"))
+    assert store.failures == 0
+    assert state.status == COMPLETED and app.workflows.result(state) == "t-o-9"

@@ -84,10 +84,12 @@ class Workflow(WaitSteps):
         retry_backoff: float = 0.2,
         registry: TypeRegistry | None = None,
         listen: Callable[[type[Event]], None] | None = None,
+        armed: bytes | None = None,
     ) -> None:
         self.id = id
         self._registry = registry
         self._listen = listen
+        self._armed = armed
         self.name = name
         self.version = version
         self._store = store

@@ -379,6 +379,7 @@ class WorkflowEngine(EventWaits):
             retry_backoff=self.retry_backoff,
             registry=self.registry,
             listen=self.listen,
+            armed=None if compensating else instance.wait_spec,
         )
         try:
             value = await reg.fn(wf, decode_value(instance.input, reg.input_type))

@@ -117,6 +117,9 @@ class WaitSteps:
     _open: Expectation[Any] | None
     #: outcome sequence numbers of the waits of this run (an offer may fill one never awaited)
     _reserved: set[int]
+    #: the instance's wait_spec when the run started, or None: a replayed wait is never re-armed
+    #: (a compensating run; a Workflow built outside the engine)
+    _armed: bytes | None
 
     def _take(self) -> int:
         raise NotImplementedError
@@ -246,23 +249,30 @@ class WaitSteps:
                 await self._record(
                     HistoryEntry(seq=x.opened, kind="wait", name=x.name, value=encode_value(x.deadline))
                 )
-                # arm it: from here on an event is offered at x.outcome (a replay needs no arming:
-                # the instance keeps wait_for while it runs and sleeps, until the outcome is in)
-                try:
-                    await self._store.update(
-                        self.id, self._token, RUNNING, wait_for=x.name, wait_spec=x.spec()
-                    )
-                except Exception as exc:
-                    raise RunAborted(exc) from exc
+                await self._arm(x)
             elif entry.error_type == "WorkflowCancelledError":
                 raise WorkflowCancelledError(self.id)
             else:
                 x.deadline = float(decode_value(entry.value, float))
+                # The instance keeps wait_for while it runs and sleeps, until the outcome is in;
+                # arm again only if the last run stopped between recording and arming the wait.
+                if self._armed is not None and x.outcome not in self._history:
+                    armed = decode_value(self._armed) if self._armed else None
+                    if not (isinstance(armed, dict) and armed.get("seq") == x.outcome):
+                        await self._arm(x)
         except BaseException:
             if self._open is x:
                 self._open = None
             raise
         return x
+
+    async def _arm(self, x: Expectation[Any]) -> None:
+        """From here on an event is offered at ``x.outcome`` (see the module docs)."""
+        try:
+            await self._store.update(self.id, self._token, RUNNING, wait_for=x.name, wait_spec=x.spec())
+        except Exception as exc:
+            raise RunAborted(exc) from exc
+        self._armed = x.spec()
 
     def _sleeping_wait(self) -> tuple[str, bytes]:
         """``wait_for`` and ``wait_spec`` for a run that sleeps with a wait open (else empty)."""
