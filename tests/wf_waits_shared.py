@@ -4,6 +4,7 @@ tests/{redis,nats,postgres}/test_workflows.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import msgspec
@@ -61,3 +62,30 @@ async def check_send_then_wait(store: WorkflowStore, *, count: int = 8) -> None:
         history = await store.history(state.id)
         assert [(e.seq, e.kind) for e in history] == [(0, "wait"), (1, "event"), (2, "send")]
     assert await store.waiting(type_name(ParcelShipped)) == []
+
+
+async def publish_from_another_process(url: str, table: str, workflow_id: str) -> None:
+    """The child of the multi-process test: once ``workflow_id`` has armed its wait (its runner, in
+    the parent, is then blocked in the send), publish its ParcelShipped in this process's app."""
+    from catga.postgres import PostgresWorkflowStore
+    from catga.workflows import RUNNING
+
+    async with await PostgresWorkflowStore.connect(url, table=table) as store:
+
+        async def armed() -> bool:
+            found = await store.get(workflow_id)
+            return found is not None and found.status == RUNNING and bool(found.wait_for)
+
+        await eventually(armed, timeout=60, what=f"workflow {workflow_id} armed")
+        app = catga.App(workflows=store)
+        app.workflows.poll_interval = 3600.0
+        app.workflows.listen(ParcelShipped)
+        async with app:
+            (await app.publish(ParcelShipped(workflow_id, f"t-{workflow_id}"))).unwrap()
+    print("published", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(publish_from_another_process(*sys.argv[1:4]))
