@@ -52,8 +52,19 @@ def kinds(history: list[HistoryEntry]) -> list[tuple[int, str]]:
     return [(e.seq, e.kind) for e in history]
 
 
+class SleepCounting(MemoryWorkflowStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps = 0
+
+    async def update(self, id: str, token: int, status: str, **kwargs: Any) -> None:
+        self.sleeps += status == SLEEPING
+        await super().update(id, token, status, **kwargs)
+
+
 async def test_an_event_published_by_the_send_reaches_the_expectation() -> None:
-    app = shipping_app()
+    store = SleepCounting()
+    app = shipping_app(store)
 
     @app.workflow(events=[Shipped])
     async def deliver(wf: Workflow, order_id: str) -> str:
@@ -69,6 +80,7 @@ async def test_an_event_published_by_the_send_reaches_the_expectation() -> None:
         assert (state.wait_for, state.wait_spec) == ("", b"")
         assert kinds(await app.workflows.history(state.id)) == [(0, "wait"), (1, "event"), (2, "send")]
         assert await app.workflows.store.waiting(SHIPPED) == []
+    assert store.sleeps == 0  # the runner found the event before going to sleep
 
 
 async def test_a_wait_sees_events_from_another_replica_while_the_run_goes_on() -> None:
