@@ -10,16 +10,18 @@ from datetime import timedelta
 import msgspec
 
 import catga
-from catga.messages import Command, type_name
+from catga.messages import Command, message_name, type_name
 from catga.testing.contracts._util import eventually
 from catga.workflows import COMPLETED, SLEEPING, Workflow, WorkflowStore
 
 
+@message_name("wf_waits_shared.ShipParcel")
 class ShipParcel(msgspec.Struct, Command[str], frozen=True):
     order_id: str
     publish: bool = True
 
 
+@message_name("wf_waits_shared.ParcelShipped")
 class ParcelShipped(msgspec.Struct, catga.Event, frozen=True):
     order_id: str
     tracking: str

@@ -15,7 +15,7 @@ import catga
 from catga.clock import use_clock
 from catga.errors import BackendUnavailableError, ConfigurationError
 from catga.memory import MemoryWorkflowStore
-from catga.messages import Command, type_name
+from catga.messages import Command, message_name, type_name
 from catga.testing import FakeClock
 from catga.testing.contracts._util import eventually
 from catga.workflows import COMPLETED, FAILED, RUNNING, SLEEPING, HistoryEntry, Workflow
@@ -23,10 +23,12 @@ from catga.workflows import COMPLETED, FAILED, RUNNING, SLEEPING, HistoryEntry, 
 from .test_engine import fast, until_status
 
 
+@message_name("test_waits.ShipOrder")
 class ShipOrder(msgspec.Struct, Command[str], frozen=True):
     order_id: str
 
 
+@message_name("test_waits.Shipped")
 class Shipped(msgspec.Struct, catga.Event, frozen=True):
     order_id: str
     tracking: str

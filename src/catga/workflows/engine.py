@@ -351,12 +351,8 @@ class WorkflowEngine(EventWaits):
             return False
         history = await self.store.history(id)
         compensating = instance.status == COMPENSATING
-        if compensating:
-            await self.store.update(id, token, COMPENSATING)
-        else:  # a wait the run opened stays armed (see catga.workflows.waits)
-            await self.store.update(
-                id, token, RUNNING, wait_for=instance.wait_for, wait_spec=instance.wait_spec
-            )
+        status = COMPENSATING if compensating else RUNNING  # a running one's open wait stays armed
+        await self.store.update(id, token, status, wait_for=instance.wait_for, wait_spec=instance.wait_spec)
         cancel_seen = instance.cancel_requested
 
         async def cancelled() -> bool:
