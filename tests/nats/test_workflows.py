@@ -10,6 +10,7 @@ import catga
 from catga.nats import NatsConnection, NatsWorkflowStore
 from catga.testing.contracts import WorkflowStoreContract
 from catga.workflows import COMPLETED, Workflow
+from wf_waits_shared import check_send_then_wait
 
 pytestmark = pytest.mark.nats
 
@@ -65,3 +66,10 @@ async def test_a_nats_url_builds_the_workflow_store(
     async with app:
         state = await app.wait_workflow(await app.start_workflow(hello, "nats"))
     assert app.workflows.result(state) == "hello nats"
+
+
+async def test_a_wait_opened_before_the_send_gets_the_event_its_handler_publishes(
+    nats_connection: NatsConnection, unique_name: str, doomed_streams: list[str]
+) -> None:
+    doomed_streams.append(f"KV_{unique_name}")
+    await check_send_then_wait(NatsWorkflowStore(nats_connection, bucket=unique_name, storage="memory"))

@@ -10,8 +10,10 @@ Every change of an instance is a compare-and-set on its revision (``Nats-Expecte
 a writer that lost the race reads again and re-checks. ``record`` is one **atomic batch** of two
 publishes: the instance rewritten at the revision whose token was checked (so a new owner's
 ``acquire`` in between fails the batch) and the entry created at revision 0 (so a sequence number is
-recorded once). ``list_instances`` and ``due`` scan the instances (``$KV.B.*``), one direct-get batch
-per 256; histories are read by subject (``$KV.B.<id>.*``).
+recorded once). ``offer`` is the same batch with the instance checked for not being finished
+instead of for the token (so an offer never lands after the workflow ended). ``list_instances``,
+``waiting`` and ``due`` scan the instances (``$KV.B.*``), one direct-get batch per 256; histories
+are read by subject (``$KV.B.<id>.*``).
 
 Leases and wake times are compared with this process's clock (:func:`catga.clock.get_clock`), as
 for :class:`~catga.nats.NatsLock`: replicas need clocks in sync to well under the lease.
@@ -33,6 +35,7 @@ from catga.nats.connection import OUTBOX_SERVER, NatsConnection
 from catga.workflows.store import (
     FINISHED,
     PENDING,
+    RUNNING,
     SLEEPING,
     STATUSES,
     HistoryEntry,
@@ -253,7 +256,7 @@ class NatsWorkflowStore(KvStore):
                 seen.append(i.token)
                 return None
             st, wake = (PENDING, 0.0) if status == SLEEPING and i.cancel_requested else (status, wake_at)
-            waits = (wait_for, bytes(wait_spec)) if st == SLEEPING else ("", b"")
+            waits = (wait_for, bytes(wait_spec)) if st in (RUNNING, SLEEPING) else ("", b"")
             return msgspec.structs.replace(
                 i, status=st, result=bytes(result), error=error, wake_at=wake, updated_at=self.clock(),
                 wait_for=waits[0], wait_spec=waits[1],
@@ -279,8 +282,29 @@ class NatsWorkflowStore(KvStore):
     async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
         """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>` (a scan of the
         instances)."""
-        found = [i for i in await self._instances() if i.status == SLEEPING and i.wait_for == event_type]
+        found = [
+            i for i in await self._instances() if i.status in (RUNNING, SLEEPING) and i.wait_for == event_type
+        ]
         return found[: max(limit, 0)]
+
+    async def offer(self, id: str, entry: HistoryEntry) -> bool:
+        """See :meth:`WorkflowStore.offer <catga.workflows.WorkflowStore.offer>` (the batch of
+        ``record``, with the instance checked for not being finished instead of for the token)."""
+        e = entry
+        body = _encode(_Entry(e.kind, e.name, e.ok, bytes(e.value), e.at or self.clock(), e.error_type))
+        instance_subject = self._bucket.subject(id)
+        entry_subject = instance_subject + b".%d" % e.seq
+        for _ in range(_RETRIES):
+            found = await self._read(id)
+            if found is None or found[0].status in FINISHED:
+                return False
+            instance, revision = found
+            items = [(instance_subject, _encode(instance), revision), (entry_subject, body, 0)]
+            if await self._bucket.write_batch(items, f"offer step {e.seq} of workflow {id!r}"):
+                return True
+            if await self._bucket.get_subject(entry_subject, id) is not None:
+                return False
+        raise BackendError(f"offer to workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
 
     async def due(self, limit: int = 100) -> list[str]:
         """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""
