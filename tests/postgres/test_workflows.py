@@ -17,6 +17,8 @@ pytestmark = pytest.mark.postgres
 
 
 class TestPostgresWorkflowStore(WorkflowStoreContract):
+    record_reports_cancel = True
+
     @pytest.fixture
     async def workflow_stores(
         self, pool: Any, postgres_url: str, unique_name: str
