@@ -782,3 +782,34 @@ async def test_a_store_without_claim_and_finish_runs_workflows_the_long_way() ->
     assert (done.owner, done.lease_until) == ("", 0.0)
     assert compensated.status == COMPENSATED and "no 5" in compensated.error
     assert undone == [6]
+
+
+def test_a_step_functions_return_type_is_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+    import typing
+
+    from catga.workflows import _values
+
+    resolved: list[object] = []
+    real = typing.get_type_hints
+
+    def counting(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        resolved.append(obj)
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(_values.typing, "get_type_hints", counting)
+
+    async def reserve(order: Order) -> list[int]:
+        return [1]
+
+    class Shop:
+        async def charge(self, amount: int) -> Order:
+            return Order("o", amount)
+
+    shop = Shop()
+    for _ in range(3):
+        assert _values.return_type(reserve) == list[int]
+        assert _values.return_type(shop.charge) is Order  # a new bound method each time
+        assert _values.return_type(functools.partial(reserve)) is Any
+    assert resolved.count(reserve) == 1
+    assert sum(1 for r in resolved if getattr(r, "__func__", None) is Shop.charge) == 1
