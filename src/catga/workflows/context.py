@@ -1,3 +1,5 @@
+# Over 500 lines: one class, the wf object: each primitive with its replay, its record and the
+# cancel check before it.
 """The ``wf`` object a workflow function receives, and deterministic replay of its steps.
 
 Every step the code asks for (``wf.step``, ``wf.send``, ``wf.sleep``, the choice of ``wf.any``) takes

@@ -1,3 +1,5 @@
+# Over 500 lines: one class, the engine: its public API and a run (claim, execute, finish,
+# compensate, lease renewal) act on the same state; the event delivery is in events.py.
 """The workflow engine: registers workflow functions, starts instances and runs them to the end.
 
 A run claims the instance (takes its lease, a fencing token, and loads the instance and its history:

@@ -1,3 +1,5 @@
+# Over 500 lines: one contract, a test per statement of the WorkflowStore protocol (and of its
+# optional claim and finish).
 """Conformance suite for :class:`~catga.workflows.WorkflowStore`."""
 
 from __future__ import annotations
