@@ -13,6 +13,8 @@ from catga.workflows import SLEEPING, WorkflowInstance
 
 
 class TestMemoryWorkflowStore(WorkflowStoreContract):
+    record_reports_cancel = True
+
     @pytest.fixture
     async def workflow_stores(self) -> AsyncIterator[tuple[MemoryWorkflowStore, MemoryWorkflowStore]]:
         async with MemoryWorkflowStore() as store:

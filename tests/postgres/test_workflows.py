@@ -18,13 +18,15 @@ from catga.errors import ConfigurationError
 from catga.postgres import PostgresWorkflowStore
 from catga.testing.contracts import WorkflowStoreContract
 from catga.testing.contracts._util import eventually
-from catga.workflows import COMPLETED, Workflow
+from catga.workflows import COMPLETED, Workflow, WorkflowInstance
 from wf_waits_shared import ParcelShipped, ShipParcel, check_send_then_wait
 
 pytestmark = pytest.mark.postgres
 
 
 class TestPostgresWorkflowStore(WorkflowStoreContract):
+    record_reports_cancel = True
+
     @pytest.fixture
     async def workflow_stores(
         self, pool: Any, postgres_url: str, unique_name: str
@@ -120,3 +122,35 @@ async def test_an_event_from_another_process_reaches_a_run_blocked_in_its_send(
         state = await app.wait_workflow(wid)
     assert state.status == COMPLETED and app.workflows.result(state) == f"t-{wid}"
     assert [(e.seq, e.kind) for e in await store.history(wid)] == [(0, "wait"), (1, "event"), (2, "send")]
+
+
+async def test_a_claim_waiting_for_a_stale_record_returns_that_record(pool: Any, unique_name: str) -> None:
+    """A claim that waits for a stale runner's record (its FOR SHARE lock) to commit returns that
+    entry: the history is read after the lease is taken, not from the claim's starting snapshot."""
+    store = PostgresWorkflowStore(pool, table=f"wf_{unique_name}")
+    await store.ensure_schema()
+    await store.create(WorkflowInstance(id="w", name="n", version=1, input=b"null"))
+    old = await store.acquire("w", "r1", 60.0)
+    assert old == 1
+    async with pool.acquire() as stale:
+        tx = stale.transaction()
+        await tx.start()
+        # the old runner's record of step 0, uncommitted: it holds FOR SHARE on the instance row
+        await stale.fetchrow(store._record, "w", old, 0, "step", "one", True, b"1", "")
+        claim = asyncio.ensure_future(store.claim("w", "r1", 60.0))  # the owner itself: allowed
+
+        async def blocked() -> bool:
+            waiting = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+                f"%UPDATE {store.table} SET token%",
+            )
+            return bool(waiting)
+
+        try:
+            await eventually(blocked, what="the claim waits for the record's lock")
+            assert not claim.done()
+        finally:
+            await tx.commit()
+    got = await claim
+    assert got is not None and got.token == 2
+    assert [(e.seq, e.name) for e in got.history] == [(0, "one")]

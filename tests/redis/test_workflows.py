@@ -17,6 +17,8 @@ pytestmark = pytest.mark.redis
 
 
 class TestRedisWorkflowStore(WorkflowStoreContract):
+    record_reports_cancel = True
+
     @pytest.fixture
     async def workflow_stores(
         self, contract_redis_url: str, unique_name: str

@@ -23,8 +23,10 @@ from catga.workflows import (
     SLEEPING,
     HistoryEntry,
     Workflow,
+    WorkflowInstance,
     current_step_key,
 )
+from catga.workflows.store import Claim
 
 
 @dataclass
@@ -611,3 +613,207 @@ async def test_compensations_follow_the_step_order_not_completion_order() -> Non
         state = await app.wait_workflow(await app.start_workflow(flow))
     assert state.status == COMPENSATED
     assert undone == ["b", "a"]  # reverse step order (b is step 1, a step 0)
+
+
+class CountingStore(MemoryWorkflowStore):
+    """The memory store, noting each call the engine makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def create(self, instance: WorkflowInstance) -> bool:
+        self.calls.append("create")
+        return await super().create(instance)
+
+    async def get(self, id: str) -> WorkflowInstance | None:
+        self.calls.append("get")
+        return await super().get(id)
+
+    async def history(self, id: str) -> list[HistoryEntry]:
+        self.calls.append("history")
+        return await super().history(id)
+
+    async def acquire(self, id: str, owner: str, ttl: float) -> int | None:
+        self.calls.append("acquire")
+        return await super().acquire(id, owner, ttl)
+
+    async def release(self, id: str, token: int) -> None:
+        self.calls.append("release")
+        await super().release(id, token)
+
+    async def update(self, id: str, token: int, status: str, **kwargs: Any) -> None:
+        self.calls.append(f"update {status}")
+        await super().update(id, token, status, **kwargs)
+
+    async def record(self, id: str, token: int, entry: HistoryEntry) -> bool:
+        self.calls.append("record")
+        return await super().record(id, token, entry)
+
+    async def claim(self, id: str, owner: str, ttl: float) -> Claim | None:
+        self.calls.append("claim")
+        return await super().claim(id, owner, ttl)
+
+    async def finish(self, id: str, token: int, status: str, **kwargs: Any) -> WorkflowInstance:
+        self.calls.append(f"finish {status}")
+        return await super().finish(id, token, status, **kwargs)
+
+
+class BasicStore:
+    """Only the basic WorkflowStore calls (no claim/finish; record does not report a cancel), over
+    a memory store: the engine composes the rest."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryWorkflowStore()
+        self.create = self.inner.create
+        self.get = self.inner.get
+        self.list_instances = self.inner.list_instances
+        self.history = self.inner.history
+        self.acquire = self.inner.acquire
+        self.renew = self.inner.renew
+        self.release = self.inner.release
+        self.update = self.inner.update
+        self.request_cancel = self.inner.request_cancel
+        self.waiting = self.inner.waiting
+        self.due = self.inner.due
+        self.aclose = self.inner.aclose
+
+    async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
+        await self.inner.record(id, token, entry)
+
+
+async def test_a_run_costs_a_claim_a_record_per_step_and_a_finish() -> None:
+    store = CountingStore()
+    app = fast(catga.App(workflows=store))
+
+    async def add(n: int) -> int:
+        return n + 1
+
+    @app.workflow
+    async def three(wf: Workflow, n: int) -> int:
+        return await wf.step(add, await wf.step(add, await wf.step(add, n)))
+
+    async with app:
+        await app.start_workflow(three, 1, id="three-1")
+        state = await app.wait_workflow("three-1")  # the run's final state: no read
+        calls = list(store.calls)
+    assert state.status == COMPLETED and app.workflows.result(state) == 4
+    assert state == await MemoryWorkflowStore.get(store, "three-1")
+    assert calls == ["create", "claim", "record", "record", "record", f"finish {COMPLETED}"]
+
+
+@pytest.mark.parametrize("kind", ["native", "basic"])
+async def test_a_cancel_while_the_workflow_awaits_between_steps_stops_the_next_step(kind: str) -> None:
+    store: Any = MemoryWorkflowStore() if kind == "native" else BasicStore()
+    app = fast(catga.App(workflows=store))
+    ran: list[str] = []
+    between = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def note(name: str) -> str:
+        ran.append(name)
+        return name
+
+    @app.workflow
+    async def flow(wf: Workflow, _: None) -> None:
+        await wf.step(note, "one", name="one")
+        between.set()
+        await go_on.wait()  # the cancel lands here, after step one's record read the flag
+        await wf.step(note, "two", name="two")
+
+    async with app:
+        wid = await app.start_workflow(flow)
+        await between.wait()
+        assert await app.cancel_workflow(wid) is True
+        go_on.set()
+        state = await app.wait_workflow(wid)
+    assert state.status == CANCELLED
+    assert ran == ["one"]
+    assert [(e.name, e.ok) for e in await store.history(wid)] == [("one", True), ("two", False)]
+
+
+async def test_a_cancel_before_the_run_is_seen_at_the_first_step() -> None:
+    store = MemoryWorkflowStore()
+    app = fast(catga.App(workflows=store))
+    ran: list[str] = []
+
+    async def note(name: str) -> str:
+        ran.append(name)
+        return name
+
+    @app.workflow
+    async def flow(wf: Workflow, _: None) -> None:
+        await wf.step(note, "one")
+
+    async with app:
+        await app.workflows.aclose()  # no runs, no sweep: the instance stays pending
+        await store.create(WorkflowInstance(id="early", name="flow", version=1, input=b"null"))
+        assert await store.request_cancel("early") is True
+        await app.workflows.start()
+        app.workflows.resume("early")
+        state = await app.wait_workflow("early")
+    assert state.status == CANCELLED and ran == []
+
+
+async def test_a_store_without_claim_and_finish_runs_workflows_the_long_way() -> None:
+    store = BasicStore()
+    app = fast(catga.App(workflows=store))
+    undone: list[int] = []
+
+    async def add(n: int) -> int:
+        return n + 1
+
+    async def undo(n: int) -> None:
+        undone.append(n)
+
+    async def fail(n: int) -> None:
+        raise RuntimeError(f"no {n}")
+
+    @app.workflow
+    async def fine(wf: Workflow, n: int) -> int:
+        return await wf.step(add, await wf.step(add, n))
+
+    @app.workflow
+    async def failing(wf: Workflow, n: int) -> None:
+        await wf.step(add, n, compensate=undo)
+        await wf.step(fail, n)
+
+    async with app:
+        done = await app.wait_workflow(await app.start_workflow(fine, 1))
+        compensated = await app.wait_workflow(await app.start_workflow(failing, 5))
+    assert done.status == COMPLETED and app.workflows.result(done) == 3
+    assert done == await store.get(done.id)
+    assert (done.owner, done.lease_until) == ("", 0.0)
+    assert compensated.status == COMPENSATED and "no 5" in compensated.error
+    assert undone == [6]
+
+
+def test_a_step_functions_return_type_is_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+    import typing
+
+    from catga.workflows import _values
+
+    resolved: list[object] = []
+    real = typing.get_type_hints
+
+    def counting(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        resolved.append(obj)
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(_values.typing, "get_type_hints", counting)
+
+    async def reserve(order: Order) -> list[int]:
+        return [1]
+
+    class Shop:
+        async def charge(self, amount: int) -> Order:
+            return Order("o", amount)
+
+    shop = Shop()
+    for _ in range(3):
+        assert _values.return_type(reserve) == list[int]
+        assert _values.return_type(shop.charge) is Order  # a new bound method each time
+        assert _values.return_type(functools.partial(reserve)) is Any
+    assert resolved.count(reserve) == 1
+    assert sum(1 for r in resolved if getattr(r, "__func__", None) is Shop.charge) == 1

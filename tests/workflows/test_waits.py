@@ -330,13 +330,13 @@ async def test_expect_refuses_a_bad_type_or_timeout() -> None:
 async def test_a_wake_up_during_a_run_here_makes_it_look_again() -> None:
     """``resume`` while a run of the workflow is under way in this engine (an engine's delivery can
     wake a sleeper just as its runner here is about to end) makes that run try once more when it
-    ends, instead of being dropped until the next sweep."""
-    acquired: list[str] = []
+    ends unfinished, instead of being dropped until the next sweep."""
+    claimed: list[str] = []
 
     class Counting(MemoryWorkflowStore):
-        async def acquire(self, id: str, owner: str, ttl: float) -> int | None:
-            acquired.append(owner)
-            return await super().acquire(id, owner, ttl)
+        async def claim(self, id: str, owner: str, ttl: float) -> Any:
+            claimed.append(owner)
+            return await super().claim(id, owner, ttl)
 
     app = shipping_app(Counting(), publish=False)
     app.workflows.poll_interval = 60.0  # no sweep during the test
@@ -349,18 +349,20 @@ async def test_a_wake_up_during_a_run_here_makes_it_look_again() -> None:
     @app.workflow
     async def gated(wf: Workflow, _: None) -> str:
         await wf.step(wait_at_the_gate)
+        await wf.sleep(timedelta(hours=1))  # the run ends unfinished
         return "done"
 
     async with app:
         wid = await app.start_workflow(gated)
         await entered.wait()  # the run holds the lease now: no sweep resumes it
-        acquired.clear()
+        claimed.clear()
         app.workflows.resume(wid)  # a run is under way: it looks again when it ends
         gate.set()
-        state = await app.wait_workflow(wid)
-        await eventually(lambda: asyncio.sleep(0, not app.workflows._runs), what="the run ends")
-    assert state.status == COMPLETED
-    assert acquired == [app.workflows.owner]  # one more look (which found it finished)
+        await until_status(app, wid, SLEEPING)
+        await eventually(lambda: asyncio.sleep(0, not app.workflows._runs), what="the runs end")
+        state = await app.workflow_status(wid)
+    assert state is not None and state.status == SLEEPING
+    assert claimed == [app.workflows.owner]  # one more look (which found it still asleep)
 
 
 async def test_a_run_that_stopped_before_arming_its_wait_arms_it_on_replay() -> None:

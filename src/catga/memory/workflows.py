@@ -24,8 +24,10 @@ from catga.workflows.store import (
     RUNNING,
     SLEEPING,
     STATUSES,
+    Claim,
     HistoryEntry,
     WorkflowInstance,
+    check_final,
 )
 
 __all__ = ("MemoryWorkflowStore",)
@@ -87,15 +89,35 @@ class MemoryWorkflowStore:
     async def acquire(self, id: str, owner: str, ttl: float) -> int | None:
         """See :meth:`WorkflowStore.acquire <catga.workflows.WorkflowStore.acquire>`."""
         with self._lock:
-            found = self._instances.get(id)
-            now = self.clock()
-            if found is None or found.status in FINISHED:
+            taken = self._acquire(id, owner, ttl)
+            return None if taken is None else taken.token
+
+    def _acquire(self, id: str, owner: str, ttl: float) -> WorkflowInstance | None:
+        found = self._instances.get(id)
+        now = self.clock()
+        if found is None or found.status in FINISHED:
+            return None
+        if found.owner and found.owner != owner and found.lease_until > now:
+            return None
+        taken = dataclasses.replace(found, token=found.token + 1, owner=owner, lease_until=now + ttl)
+        self._instances[id] = taken
+        return taken
+
+    async def claim(self, id: str, owner: str, ttl: float) -> Claim | None:
+        """See :meth:`ClaimingWorkflowStore.claim <catga.workflows.store.ClaimingWorkflowStore.claim>`."""
+        with self._lock:
+            taken = self._acquire(id, owner, ttl)
+            if taken is None:
                 return None
-            if found.owner and found.owner != owner and found.lease_until > now:
-                return None
-            token = found.token + 1
-            self._instances[id] = dataclasses.replace(found, token=token, owner=owner, lease_until=now + ttl)
-            return token
+            compensating = taken.status == COMPENSATING  # a running one's open wait stays armed
+            claimed = dataclasses.replace(
+                taken, status=COMPENSATING if compensating else RUNNING, result=b"", error="", wake_at=0.0,
+                wait_for="" if compensating else taken.wait_for,
+                wait_spec=b"" if compensating else taken.wait_spec, updated_at=self.clock(),
+            )  # fmt: skip
+            self._instances[id] = claimed
+            entries = self._history[id]
+            return Claim(claimed.token, claimed, [entries[seq] for seq in sorted(entries)])
 
     async def renew(self, id: str, token: int, ttl: float) -> bool:
         """See :meth:`WorkflowStore.renew <catga.workflows.WorkflowStore.renew>`."""
@@ -120,14 +142,29 @@ class MemoryWorkflowStore:
             raise StaleFencingTokenError(f"workflow {id}", token, current)
         return found
 
-    async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
+    async def record(self, id: str, token: int, entry: HistoryEntry) -> bool:
         """See :meth:`WorkflowStore.record <catga.workflows.WorkflowStore.record>`."""
         with self._lock:
-            self._check(id, token)
+            found = self._check(id, token)
             entries = self._history[id]
             if entry.seq in entries:
                 raise ConcurrencyError(f"workflow {id}", entry.seq, max(entries) + 1)
             entries[entry.seq] = dataclasses.replace(entry, at=entry.at or self.clock())
+            return found.cancel_requested
+
+    async def finish(
+        self, id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+    ) -> WorkflowInstance:
+        """See :meth:`ClaimingWorkflowStore.finish <catga.workflows.store.ClaimingWorkflowStore.finish>`."""
+        check_final(status)
+        with self._lock:
+            found = self._check(id, token)
+            done = dataclasses.replace(
+                found, status=status, result=result, error=error, wake_at=0.0, wait_for="", wait_spec=b"",
+                owner="", lease_until=0.0, updated_at=self.clock(),
+            )  # fmt: skip
+            self._instances[id] = done
+            return done
 
     async def update(
         self,

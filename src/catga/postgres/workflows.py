@@ -19,6 +19,15 @@ table, see :mod:`catga.postgres._base`)::
 * ``offer``: the insert of ``record`` with the instance row selected by ``status`` (not finished)
   instead of by token, ``FOR SHARE`` too (a runner's ``update`` to a final status waits for it).
 * ``waiting``: a partial index on ``(wait_for, created_at, id) WHERE status IN ('running', 'sleeping')``.
+* ``claim``: the ``acquire`` statement also setting ``running`` (keeping its open wait armed) and
+  ``RETURNING`` the row; then the
+  history in a second statement, **unless the new token is 1** (no lease before it, so nothing can
+  have been recorded). One statement cannot do both: its history read would use the snapshot taken
+  when the statement began, before it waited for a stale owner's ``record`` (holding ``FOR SHARE``)
+  to commit, and miss that entry.
+* ``record`` returns the ``cancel_requested`` it read under its ``FOR SHARE`` lock (a cancel's
+  ``UPDATE`` waits for that lock, or the lock for the cancel's, so the flag is the current one).
+* ``finish``: ``update`` and ``release`` in one ``UPDATE ... RETURNING`` the row.
 
 Times (leases, wake times, ``due``) are the **server's** clock (``clock_timestamp()``), so replicas
 whose clocks disagree still agree on when a lease ends. The engine computes wake times with its own
@@ -32,7 +41,7 @@ from typing import Any
 from catga.errors import ConcurrencyError, ConfigurationError, StaleFencingTokenError
 from catga.postgres._base import PgStore, deleted
 from catga.protocols import validate_identifier
-from catga.workflows.store import FINISHED, STATUSES, HistoryEntry, WorkflowInstance
+from catga.workflows.store import FINISHED, STATUSES, Claim, HistoryEntry, WorkflowInstance, check_final
 
 __all__ = ("PostgresWorkflowStore",)
 
@@ -90,10 +99,25 @@ class PostgresWorkflowStore(PgStore):
         self._renew = f"UPDATE {t} SET lease_until = {_NOW} + $3 WHERE id = $1 AND token = $2 AND owner <> ''"
         self._release = f"UPDATE {t} SET owner = '', lease_until = 0 WHERE id = $1 AND token = $2"
         self._record = (
-            f"INSERT INTO {h} (id, {_ENTRY}) "
-            f"SELECT w.id, $3, $4, $5, $6, $7, {_NOW}, $8 FROM "
-            f"(SELECT id FROM {t} WHERE id = $1 AND token = $2 AND owner <> '' FOR SHARE) w "
-            "ON CONFLICT (id, seq) DO NOTHING RETURNING seq"
+            f"WITH w AS (SELECT id, cancel_requested FROM {t} "
+            "WHERE id = $1 AND token = $2 AND owner <> '' FOR SHARE), "
+            f"i AS (INSERT INTO {h} (id, {_ENTRY}) SELECT w.id, $3, $4, $5, $6, $7, {_NOW}, $8 FROM w "
+            "ON CONFLICT (id, seq) DO NOTHING RETURNING seq) "
+            "SELECT (SELECT seq FROM i) AS seq, (SELECT cancel_requested FROM w) AS cancel"
+        )
+        self._claim = (
+            f"UPDATE {t} SET token = token + 1, owner = $2, lease_until = {_NOW} + $3, "
+            "status = CASE WHEN status = 'compensating' THEN 'compensating' ELSE 'running' END, "
+            "result = ''::bytea, error = '', wake_at = 0, "
+            "wait_for = CASE WHEN status = 'compensating' THEN '' ELSE wait_for END, "
+            "wait_spec = CASE WHEN status = 'compensating' THEN ''::bytea ELSE wait_spec END, "
+            f"updated_at = {_NOW} WHERE id = $1 AND status NOT IN ({_DONE}) "
+            f"AND (owner = '' OR owner = $2 OR lease_until <= {_NOW}) RETURNING {_COLUMNS}"
+        )
+        self._finish = (
+            f"UPDATE {t} SET status = $3, result = $4, error = $5, wake_at = 0, wait_for = '', "
+            f"wait_spec = ''::bytea, owner = '', lease_until = 0, updated_at = {_NOW} "
+            f"WHERE id = $1 AND token = $2 AND owner <> '' RETURNING {_COLUMNS}"
         )
         self._token = f"SELECT token, owner FROM {t} WHERE id = $1"
         self._update = (
@@ -176,7 +200,10 @@ class PostgresWorkflowStore(PgStore):
 
     async def history(self, id: str) -> list[HistoryEntry]:
         """See :meth:`WorkflowStore.history <catga.workflows.WorkflowStore.history>`."""
-        records = await self._query("history", None, "fetch", self._history, id)
+        return await self._entries("history", id)
+
+    async def _entries(self, what: str, id: str) -> list[HistoryEntry]:
+        records = await self._query(what, None, "fetch", self._history, id)
         return [
             HistoryEntry(
                 seq=r["seq"],
@@ -195,6 +222,28 @@ class PostgresWorkflowStore(PgStore):
         token = await self._query("acquire", None, "fetchval", self._acquire, id, owner, float(ttl))
         return None if token is None else int(token)
 
+    async def claim(self, id: str, owner: str, ttl: float) -> Claim | None:
+        """See :meth:`ClaimingWorkflowStore.claim <catga.workflows.store.ClaimingWorkflowStore.claim>`
+        (one round trip for a workflow's first run, two later: see the module docs)."""
+        record = await self._query("claim", None, "fetchrow", self._claim, id, owner, float(ttl))
+        if record is None:
+            return None
+        instance = _instance(record)
+        history = [] if instance.token == 1 else await self._entries("claim", id)
+        return Claim(instance.token, instance, history)
+
+    async def finish(
+        self, id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+    ) -> WorkflowInstance:
+        """See :meth:`ClaimingWorkflowStore.finish <catga.workflows.store.ClaimingWorkflowStore.finish>`."""
+        check_final(status)
+        record = await self._query(
+            "finish", None, "fetchrow", self._finish, id, token, status, bytes(result), error
+        )
+        if record is None:
+            raise (await self._stale(id, token)) or StaleFencingTokenError(f"workflow {id}", token, 0)
+        return _instance(record)
+
     async def renew(self, id: str, token: int, ttl: float) -> bool:
         """See :meth:`WorkflowStore.renew <catga.workflows.WorkflowStore.renew>`."""
         return deleted(await self._execute("renew", None, self._renew, id, token, float(ttl))) == 1
@@ -209,18 +258,17 @@ class PostgresWorkflowStore(PgStore):
             return StaleFencingTokenError(f"workflow {id}", token, 0 if row is None else int(row["token"]))
         return None
 
-    async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
+    async def record(self, id: str, token: int, entry: HistoryEntry) -> bool:
         """See :meth:`WorkflowStore.record <catga.workflows.WorkflowStore.record>`."""
         e = entry
-        seq = await self._query(
-            "record", None, "fetchval", self._record, id, token, e.seq, e.kind, e.name, e.ok,
+        seq, cancel = await self._query(
+            "record", None, "fetchrow", self._record, id, token, e.seq, e.kind, e.name, e.ok,
             bytes(e.value), e.error_type,
         )  # fmt: skip
         if seq is not None:
-            return
-        stale = await self._stale(id, token)
-        if stale is not None:
-            raise stale
+            return bool(cancel)
+        if cancel is None:  # no row under that token
+            raise (await self._stale(id, token)) or StaleFencingTokenError(f"workflow {id}", token, 0)
         raise ConcurrencyError(f"workflow {id}", e.seq, None)
 
     async def update(

@@ -17,9 +17,12 @@ Keys (``P`` = the client's prefix; on a Redis Cluster they share the hash tag ``
 
 Every write is one Lua script, atomic on the server: ``acquire`` increments the token (``HINCRBY``)
 when the lease is free, ours or ended; ``record`` checks the token and owner, then ``HSETNX`` on the
-history (a sequence number recorded once); ``offer`` is that ``HSETNX`` with no token, only
-refused for a finished instance; ``update`` checks the token and moves the id between the
-status sets. A script that names no sorted set gets the instance's hash as its one declared key
+history (a sequence number recorded once), and returns the cancel flag; ``offer`` is that
+``HSETNX`` with no token, only refused for a finished instance; ``update`` checks the token and
+moves the id between the status sets; ``claim`` is ``acquire`` + ``update`` to ``running`` (its
+open wait kept) + reading the instance and its history, ``finish`` is ``update`` to a final status
++ ``release`` + reading the instance. A script that names no sorted set gets the instance's hash
+as its one declared key
 (``KEYS[1]``, unused by the script): that routes it to the node of the ``{P:wf}`` slot on a cluster.
 Leases, wake times and ``due`` read the **server's** clock (``TIME``), so replicas whose
 clocks disagree still agree on when a lease ends.
@@ -41,8 +44,10 @@ from catga.workflows.store import (
     RUNNING,
     SLEEPING,
     STATUSES,
+    Claim,
     HistoryEntry,
     WorkflowInstance,
+    check_final,
 )
 
 __all__ = ("RedisWorkflowStore",)
@@ -100,6 +105,56 @@ return token
 """,
     "workflow-acquire",
 )
+_FIELDS = ("n", "v", "i", "s", "r", "e", "c", "u", "w", "x", "t", "o", "l", "f", "g")
+_FIELD_LIST = ", ".join(f"'{f}'" for f in _FIELDS)
+# KEYS: the instance hash (routing). ARGV: hash prefix, status-set prefix, history prefix, wait-set
+# prefix, id, owner, ttl. Returns false, or {the instance's fields, the history hash flattened}.
+_CLAIM = Script(
+    _LIB
+    + """
+local id = ARGV[5]
+local key = ARGV[1] .. id
+local h = redis.call('HMGET', key, 's', 'o', 'l', 'c', 'f')
+if not h[1] or finished[h[1]] then return false end
+local t = now()
+if h[2] ~= '' and h[2] ~= ARGV[6] and tonumber(h[3]) > t then return false end
+redis.call('HINCRBY', key, 't', 1)
+local status = 'running'
+if h[1] == 'compensating' then status = 'compensating' end
+redis.call('HSET', key, 'o', ARGV[6], 'l', fmt(t + tonumber(ARGV[7])), 's', status, 'r', '', 'e', '',
+  'w', '0', 'u', fmt(t))
+move(ARGV[2], '', id, h[1], status, tonumber(h[4]))
+-- a running instance's open wait stays armed (kept in its wait set); a compensating one has none
+if status == 'compensating' and h[5] and h[5] ~= '' then
+  redis.call('HSET', key, 'f', '', 'g', '')
+  redis.call('ZREM', ARGV[4] .. h[5], id)
+end
+return {redis.call('HMGET', key, """
+    + _FIELD_LIST
+    + """), redis.call('HGETALL', ARGV[3] .. id)}
+""",
+    "workflow-claim",
+)
+# KEYS: active. ARGV: hash prefix, status-set prefix, wait-set prefix, id, token, status, result,
+# error. Returns the instance's fields, or -(token + 1) when the token is not current.
+_FINISH = Script(
+    _LIB
+    + """
+local id = ARGV[4]
+local key = ARGV[1] .. id
+local h = redis.call('HMGET', key, 't', 'o', 's', 'c', 'f')
+if not h[1] then return -1 end
+if h[1] ~= ARGV[5] or h[2] == '' then return -(tonumber(h[1]) + 1) end
+redis.call('HSET', key, 's', ARGV[6], 'r', ARGV[7], 'e', ARGV[8], 'w', '0', 'u', fmt(now()), 'f', '',
+  'g', '', 'o', '', 'l', '0')
+move(ARGV[2], KEYS[1], id, h[3], ARGV[6], tonumber(h[4]))
+if h[5] and h[5] ~= '' then redis.call('ZREM', ARGV[3] .. h[5], id) end
+return redis.call('HMGET', key, """
+    + _FIELD_LIST
+    + """)
+""",
+    "workflow-finish",
+)
 # KEYS: the instance hash (routing). ARGV: hash prefix, id, token, ttl
 _RENEW = Script(
     _LIB
@@ -122,13 +177,15 @@ return 1
     "workflow-release",
 )
 # KEYS: the instance hash (routing). ARGV: hash prefix, history prefix, id, token, seq, entry.
-# Returns 1, 0 (seq taken), -(token + 1).
+# Returns 1 (recorded), 2 (recorded; a cancel was requested), 0 (seq taken), -(token + 1).
 _RECORD = Script(
     """
-local h = redis.call('HMGET', ARGV[1] .. ARGV[3], 't', 'o')
+local h = redis.call('HMGET', ARGV[1] .. ARGV[3], 't', 'o', 'x')
 if not h[1] then return -1 end
 if h[1] ~= ARGV[4] or h[2] == '' then return -(tonumber(h[1]) + 1) end
-return redis.call('HSETNX', ARGV[2] .. ARGV[3], ARGV[5], ARGV[6])
+if redis.call('HSETNX', ARGV[2] .. ARGV[3], ARGV[5], ARGV[6]) == 0 then return 0 end
+if h[3] == '1' then return 2 end
+return 1
 """,
     "workflow-record",
 )
@@ -224,7 +281,6 @@ return out
 )
 
 _WAITING = frozenset({RUNNING, SLEEPING})
-_FIELDS = ("n", "v", "i", "s", "r", "e", "c", "u", "w", "x", "t", "o", "l", "f", "g")
 _Entry = tuple[str, str, bool, bytes, float, str]
 _encode_entry = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(_Entry).decode
@@ -242,6 +298,16 @@ def _instance(id: str, f: list[Any]) -> WorkflowInstance:
 def _instances(flat: list[Any]) -> list[WorkflowInstance]:
     n = len(_FIELDS) + 1
     return [_instance(flat[i].decode(), flat[i + 1 : i + n]) for i in range(0, len(flat), n)]
+
+
+def _entries(flat: list[Any]) -> list[HistoryEntry]:
+    entries = []
+    for i in range(0, len(flat), 2):
+        kind, name, ok, value, at, error_type = _decode_entry(flat[i + 1])
+        entries.append(HistoryEntry(seq=int(flat[i]), kind=kind, name=name, ok=ok, value=value,
+                                    at=at, error_type=error_type))  # fmt: skip
+    entries.sort(key=lambda e: e.seq)
+    return entries
 
 
 def _check_status(status: str | None) -> None:
@@ -305,14 +371,7 @@ class RedisWorkflowStore(RedisStoreBase):
 
     async def history(self, id: str) -> list[HistoryEntry]:
         """See :meth:`WorkflowStore.history <catga.workflows.WorkflowStore.history>`."""
-        flat = await self._client.execute("HGETALL", self._history + id)
-        entries = []
-        for i in range(0, len(flat), 2):
-            kind, name, ok, value, at, error_type = _decode_entry(flat[i + 1])
-            entries.append(HistoryEntry(seq=int(flat[i]), kind=kind, name=name, ok=ok, value=value,
-                                        at=at, error_type=error_type))  # fmt: skip
-        entries.sort(key=lambda e: e.seq)
-        return entries
+        return _entries(await self._client.execute("HGETALL", self._history + id))
 
     async def acquire(self, id: str, owner: str, ttl: float) -> int | None:
         """See :meth:`WorkflowStore.acquire <catga.workflows.WorkflowStore.acquire>`."""
@@ -320,6 +379,28 @@ class RedisWorkflowStore(RedisStoreBase):
             _ACQUIRE, (self._hash + id,), (self._hash, id, owner, repr(float(ttl)))
         )
         return None if token is None else int(token)
+
+    async def claim(self, id: str, owner: str, ttl: float) -> Claim | None:
+        """See :meth:`ClaimingWorkflowStore.claim <catga.workflows.store.ClaimingWorkflowStore.claim>`
+        (one script)."""
+        args = (self._hash, self._status, self._history, self._wait, id, owner, repr(float(ttl)))
+        found = await self._client.run_script(_CLAIM, (self._hash + id,), args)
+        if not found:
+            return None
+        instance = _instance(id, found[0])
+        return Claim(instance.token, instance, _entries(found[1]))
+
+    async def finish(
+        self, id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+    ) -> WorkflowInstance:
+        """See :meth:`ClaimingWorkflowStore.finish <catga.workflows.store.ClaimingWorkflowStore.finish>`
+        (one script)."""
+        check_final(status)
+        args = (self._hash, self._status, self._wait, id, token, status, bytes(result), error)
+        found = await self._client.run_script(_FINISH, (self._active,), args)
+        if isinstance(found, int):
+            raise self._stale(id, token, found)
+        return _instance(id, found)
 
     async def renew(self, id: str, token: int, ttl: float) -> bool:
         """See :meth:`WorkflowStore.renew <catga.workflows.WorkflowStore.renew>`."""
@@ -333,7 +414,7 @@ class RedisWorkflowStore(RedisStoreBase):
         """See :meth:`WorkflowStore.release <catga.workflows.WorkflowStore.release>`."""
         await self._client.run_script(_RELEASE, (self._hash + id,), (self._hash, id, token))
 
-    async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
+    async def record(self, id: str, token: int, entry: HistoryEntry) -> bool:
         """See :meth:`WorkflowStore.record <catga.workflows.WorkflowStore.record>`."""
         e = entry
         body = _encode_entry((e.kind, e.name, e.ok, bytes(e.value), e.at or time.time(), e.error_type))
@@ -346,6 +427,7 @@ class RedisWorkflowStore(RedisStoreBase):
             raise self._stale(id, token, code)
         if code == 0:
             raise ConcurrencyError(f"workflow {id}", e.seq, None)
+        return code == 2
 
     async def update(
         self,

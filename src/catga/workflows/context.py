@@ -6,6 +6,14 @@ and is the same on every run. A step whose number is in the history returns (or 
 recorded, after checking that the recorded kind and name are the ones asked for
 (:class:`~catga.errors.NonDeterminismError` otherwise); a new step runs, its outcome is recorded
 under the runner's fencing token, and only then is it returned.
+
+**The cancel check before a new step** needs the instance's ``cancel_requested`` as it is when the
+step is asked for. The store call that just returned may have read it already (a ``record`` that
+returns it, the run's ``claim``): that value counts as long as the task has not yielded to the event
+loop since. Nothing could have told this task of a later cancel meanwhile (any signal from another
+task, or any reply from the store, needs the loop), so the step runs in an order of events the read
+itself allows. Once the task yields (or in another task, a branch of ``wf.all``), the next check reads
+the store. A loop callback scheduled with the value drops it at the loop's next turn.
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ class Workflow(WaitSteps):
         history: list[HistoryEntry],
         mediator: Mediator,
         cancelled: Callable[[], Awaitable[bool]],
+        cancel_requested: bool | None = None,
         step_retries: int = 0,
         retry_backoff: float = 0.2,
         registry: TypeRegistry | None = None,
@@ -98,7 +107,12 @@ class Workflow(WaitSteps):
         self._visited: set[int] = set()
         self._next = 0
         self._mediator = mediator
-        self._cancelled = _aborting(cancelled)
+        self._read_cancel = _aborting(cancelled)
+        self._cancel_seen = False
+        self._cancel_fresh_in: asyncio.Task[Any] | None = None
+        self._cancel_expiry = False
+        if cancel_requested is not None:
+            self._note_cancel(cancel_requested)
         self._step_retries = step_retries
         self._retry_backoff = retry_backoff
         self.compensations: list[_Compensation] = []
@@ -266,11 +280,42 @@ class Workflow(WaitSteps):
 
     async def _record(self, entry: HistoryEntry) -> None:
         try:
-            await self._store.record(self.id, self._token, entry)
+            cancel = await self._store.record(self.id, self._token, entry)
         except Exception as exc:  # the store failed or the lease is lost: not the workflow's failure
             raise RunAborted(exc) from exc
         self._history[entry.seq] = entry
         self._visited.add(entry.seq)
+        if cancel is not None:
+            self._note_cancel(cancel)
+
+    # -- the cancel check (see the module docs) ------------------------------------------------------
+
+    def _note_cancel(self, requested: bool) -> None:
+        """Keep the cancel flag a store call just read: True for good, False until the task yields."""
+        if requested:
+            self._cancel_seen = True
+            return
+        self._cancel_fresh_in = asyncio.current_task()
+        if not self._cancel_expiry:  # one pending expiry drops it before this task runs again
+            self._cancel_expiry = True
+            asyncio.get_running_loop().call_soon(self._expire_cancel)
+
+    def _expire_cancel(self) -> None:
+        self._cancel_fresh_in = None
+        self._cancel_expiry = False
+
+    async def _cancelled(self) -> bool:
+        """Whether a cancel was requested, as of now (a store read unless one just happened).
+
+        Raises:
+            RunAborted: the store failed.
+        """
+        if self._cancel_seen:
+            return True
+        if self._cancel_fresh_in is not None and self._cancel_fresh_in is asyncio.current_task():
+            return False
+        self._cancel_seen = await self._read_cancel()
+        return self._cancel_seen
 
     async def _run_step(
         self,

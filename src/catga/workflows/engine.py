@@ -1,8 +1,11 @@
+# Over 500 lines: one class, the engine: its public API and a run (claim, execute, finish,
+# compensate, lease renewal) act on the same state; the event delivery is in events.py.
 """The workflow engine: registers workflow functions, starts instances and runs them to the end.
 
-A run takes the instance's lease (a fencing token), loads its history, calls the workflow function
-with a fresh :class:`~catga.workflows.Workflow` (recorded steps replay, new ones run and are
-recorded), and renews the lease while it runs. It ends when the function
+A run claims the instance (takes its lease, a fencing token, and loads the instance and its history:
+one round trip on a store with :meth:`~catga.workflows.store.ClaimingWorkflowStore.claim`), calls the
+workflow function with a fresh :class:`~catga.workflows.Workflow` (recorded steps replay, new ones
+run and are recorded), and renews the lease while it runs. It ends when the function
 
 * returns: ``completed`` with the result;
 * sleeps: ``sleeping`` until the wake time; a durable timer on the app's scheduler (and, as a
@@ -13,6 +16,12 @@ recorded), and renews the lease while it runs. It ends when the function
   retries;
 * meets other steps than the history recorded: ``failed`` with a
   :class:`~catga.errors.NonDeterminismError` (nothing mis-replayed).
+
+A final status and the end of the lease are one store call
+(:meth:`~catga.workflows.store.ClaimingWorkflowStore.finish`), whose result ``wait`` returns when
+the run was in this engine (no read). So a workflow of ``n`` new steps costs ``n + 3`` round trips
+from start to its waiter (start, claim, ``n`` records, finish) on the memory, PostgreSQL and Redis
+stores.
 
 A runner that dies leaves its lease to expire; every engine sweeps the store every
 ``poll_interval`` for instances with work to do and no live lease, and takes them over: a new run
@@ -55,11 +64,12 @@ from catga.workflows.store import (
     FAILED,
     FINISHED,
     PENDING,
-    RUNNING,
     SLEEPING,
     HistoryEntry,
     WorkflowInstance,
     WorkflowStore,
+    claimer,
+    finisher,
 )
 
 if TYPE_CHECKING:
@@ -92,6 +102,21 @@ def _input_type(fn: WorkflowFunction) -> Any:
         return Any
     params = [p for p in hints if p != "return"]
     return hints[params[1]] if len(params) > 1 else Any
+
+
+class _Lease:
+    """The lease a run holds: its token once claimed; ``ended`` once ``finish`` released it."""
+
+    __slots__ = ("ended", "token")
+
+    def __init__(self) -> None:
+        self.token: int | None = None
+        self.ended = False
+
+    @property
+    def held(self) -> int | None:
+        """The token to release, or None (not claimed, or already ended)."""
+        return None if self.ended else self.token
 
 
 class WorkflowEngine(EventWaits):
@@ -142,7 +167,7 @@ class WorkflowEngine(EventWaits):
         self._listening: set[type[Event]] = set()
         self._workflows: dict[tuple[str, int], _Registered] = {}
         self._latest: dict[str, int] = {}
-        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._runs: dict[str, asyncio.Task[WorkflowInstance | None]] = {}
         self._again: set[str] = set()  # resumed while a run of it was under way here
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -234,21 +259,28 @@ class WorkflowEngine(EventWaits):
     async def wait(self, id: str, timeout: float | None = 30.0) -> WorkflowInstance:
         """Wait until the workflow is finished (it may run on another replica); return its state.
 
+        A run in this engine that finishes the workflow hands its final state over (the store
+        returned it as it finished it: a finished instance never changes), so no read is needed.
+
         Raises:
             LookupError: no such workflow.
             TimeoutError: not finished within ``timeout`` seconds.
         """
         async with asyncio.timeout(timeout):
             while True:
+                run = self._runs.get(id)
+                if run is not None:
+                    await asyncio.wait({run}, timeout=self.poll_interval)
+                    if run.done() and not run.cancelled() and run.exception() is None:
+                        final = run.result()
+                        if final is not None:
+                            return final
                 found = await self.store.get(id)
                 if found is None:
                     raise LookupError(f"no workflow {id!r}")
                 if found.status in FINISHED:
                     return found
-                run = self._runs.get(id)
-                if run is not None:
-                    await asyncio.wait({run}, timeout=self.poll_interval)
-                else:
+                if id not in self._runs:
                     await asyncio.sleep(min(0.05, self.poll_interval))
 
     async def get(self, id: str) -> WorkflowInstance | None:
@@ -284,31 +316,39 @@ class WorkflowEngine(EventWaits):
         self._runs[id] = task
         task.add_done_callback(lambda t: self._runs.pop(id, None) if self._runs.get(id) is t else None)
 
-    async def _run(self, id: str) -> None:
+    async def _run(self, id: str) -> WorkflowInstance | None:
+        """Runs until the instance needs no run now; its final state if a run here finished it."""
         try:
             while not self._closing:
                 self._again.discard(id)
-                again = await self._attempt(id)
-                if not again and id not in self._again:
-                    return
+                outcome = await self._attempt(id)
+                if isinstance(outcome, WorkflowInstance):
+                    return outcome
+                if outcome is not True and id not in self._again:
+                    return None
         except asyncio.CancelledError:
             raise
         except Exception:  # the store failed: the sweep tries again later
             logger.exception("workflow %s: run failed; it is retried by the sweep", id)
         finally:
             self._again.discard(id)
+        return None
 
-    async def _attempt(self, id: str) -> bool:
-        """One run; True when the instance should run again at once (a cancel came in)."""
-        token = await self.store.acquire(id, self.owner, self.lease)
-        if token is None:
-            return False
-        work = asyncio.ensure_future(self._execute(id, token))
+    async def _attempt(self, id: str) -> WorkflowInstance | bool:
+        """One run: the final state when it finished the instance, True when the instance should
+        run again at once (a cancel came in), else False."""
+        lease = _Lease()
+        # the claim happens in the task running the workflow, so the cancel flag it read still
+        # counts for the first step (see Workflow's cancel check)
+        work = asyncio.ensure_future(self._execute(id, lease))
         try:
             while True:
                 done, _ = await asyncio.wait({work}, timeout=self.lease / 3)
                 if done:
                     break
+                token = lease.held
+                if token is None:  # still claiming
+                    continue
                 try:
                     kept = await self.store.renew(id, token, self.lease)
                 except Exception as exc:  # keep going: a taken-over lease refuses our writes
@@ -323,54 +363,68 @@ class WorkflowEngine(EventWaits):
             if not work.done():
                 work.cancel()
                 await asyncio.wait({work})
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.lease / 3):
-                    await asyncio.shield(self.store.release(id, token))
+            token = lease.held
+            if token is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.lease / 3):
+                        await asyncio.shield(self.store.release(id, token))
             raise
         try:
             return work.result()
         finally:  # also when the run failed (the store, say): the sweep takes it up again at once
-            try:
-                await self.store.release(id, token)
-            except Exception as exc:
-                logger.warning("workflow %s: lease release failed (it expires): %s", id, exc)
+            token = lease.held
+            if token is not None:
+                try:
+                    await self.store.release(id, token)
+                except Exception as exc:
+                    logger.warning("workflow %s: lease release failed (it expires): %s", id, exc)
 
-    async def _execute(self, id: str, token: int) -> bool:
-        instance = await self.store.get(id)
-        if instance is None or instance.status in FINISHED:
+    async def _end(
+        self, lease: _Lease, id: str, status: str, *, result: bytes = b"", error: str = ""
+    ) -> WorkflowInstance:
+        """Set a final status and end the lease (one store call); the instance as stored."""
+        token = lease.token
+        if token is None:  # pragma: no cover - only called after a claim
+            raise RuntimeError(f"workflow {id}: no lease to finish under")
+        final = await finisher(self.store)(id, token, status, result=result, error=error)
+        lease.ended = True
+        return final
+
+    async def _execute(self, id: str, lease: _Lease) -> WorkflowInstance | bool:
+        claim = await claimer(self.store)(id, self.owner, self.lease)
+        if claim is None:
             return False
+        token = lease.token = claim.token
+        instance = claim.instance
         reg = self._workflows.get((instance.name, instance.version))
         if reg is None:
-            await self.store.update(
+            return await self._end(
+                lease,
                 id,
-                token,
                 FAILED,
                 error=f"workflow {instance.name!r} version {instance.version} is not registered in this "
                 "app; register that version (keep old versions until their workflows finish)",
             )
-            return False
-        history = await self.store.history(id)
+        store = self.store
+        # the claim kept a running instance's open wait armed (a compensating one has none)
         compensating = instance.status == COMPENSATING
-        status = COMPENSATING if compensating else RUNNING  # a running one's open wait stays armed
-        await self.store.update(id, token, status, wait_for=instance.wait_for, wait_spec=instance.wait_spec)
-        cancel_seen = instance.cancel_requested
 
         async def cancelled() -> bool:
-            nonlocal cancel_seen
-            if not cancel_seen:
-                found = await self.store.get(id)
-                cancel_seen = found is not None and found.cancel_requested
-            return cancel_seen
+            found = await store.get(id)
+            return found is not None and found.cancel_requested
 
+        # the flag the claim read counts for the first step (a True always counts: it never reverts)
+        known = True if instance.cancel_requested else (False if claim.current else None)
         wf = Workflow(
             id=id,
             name=instance.name,
             version=instance.version,
-            store=self.store,
+            store=store,
             token=token,
-            history=history,
+            history=claim.history,
             mediator=self.mediator,
             cancelled=cancelled,
+            cancel_requested=known,
             step_retries=self.step_retries,
             retry_backoff=self.retry_backoff,
             registry=self.registry,
@@ -383,8 +437,7 @@ class WorkflowEngine(EventWaits):
             if left:
                 first = left[0]
                 raise NonDeterminismError(id, first.seq, f"{first.kind} {first.name}", "")
-            await self.store.update(id, token, COMPLETED, result=encode_value(value))
-            return False
+            result = encode_value(value)
         except Suspend as sleep:
             await self.store.update(
                 id, token, SLEEPING, wake_at=sleep.wake_at, wait_for=sleep.wait_for, wait_spec=sleep.wait_spec
@@ -407,18 +460,21 @@ class WorkflowEngine(EventWaits):
             return False
         except NonDeterminismError as exc:
             logger.error("%s", exc)
-            await self.store.update(id, token, FAILED, error=str(exc))
-            return False
+            return await self._end(lease, id, FAILED, error=str(exc))
         except Exception as exc:
-            return await self._compensate(wf, token, exc)
+            return await self._compensate(wf, lease, token, exc)
+        # outside the try: a store failure here is not the workflow's (its steps all succeeded);
+        # the run fails and the sweep runs it again (it replays and finishes)
+        return await self._end(lease, id, COMPLETED, result=result)
 
-    async def _compensate(self, wf: Workflow, token: int, cause: Exception) -> bool:
+    async def _compensate(
+        self, wf: Workflow, lease: _Lease, token: int, cause: Exception
+    ) -> WorkflowInstance | bool:
         id = wf.id
         cancelled = isinstance(cause, WorkflowCancelledError)
         reason = str(cause) if isinstance(cause, WorkflowError) else f"{type(cause).__name__}: {cause}"
         if not wf.compensations:
-            await self.store.update(id, token, CANCELLED if cancelled else FAILED, error=reason)
-            return False
+            return await self._end(lease, id, CANCELLED if cancelled else FAILED, error=reason)
         await self.store.update(id, token, COMPENSATING, error=reason)
         try:
             await wf.run_compensations()
@@ -426,14 +482,11 @@ class WorkflowEngine(EventWaits):
             _log_aborted(id, aborted)
             return False
         except NonDeterminismError as exc:
-            await self.store.update(id, token, FAILED, error=str(exc))
-            return False
+            return await self._end(lease, id, FAILED, error=str(exc))
         except Exception as exc:
             logger.error("workflow %s: compensation failed: %s (after: %s)", id, exc, reason)
-            await self.store.update(id, token, FAILED, error=f"{exc} (compensating after: {reason})")
-            return False
-        await self.store.update(id, token, CANCELLED if cancelled else COMPENSATED, error=reason)
-        return False
+            return await self._end(lease, id, FAILED, error=f"{exc} (compensating after: {reason})")
+        return await self._end(lease, id, CANCELLED if cancelled else COMPENSATED, error=reason)
 
     # -- the sweep and the lifecycle -----------------------------------------------------------------
 

@@ -13,14 +13,27 @@ A :class:`WorkflowStore` holds, per workflow instance:
   :class:`~catga.errors.StaleFencingTokenError` once a newer runner has taken over. One write
   needs no lease: :meth:`~WorkflowStore.offer`, the insert-if-absent of an awaited event.
 
+**Fewer round trips per run** (optional): a run needs, besides one :meth:`~WorkflowStore.record`
+per step, the lease, the instance, its history and the status ``running`` at its start, and the
+final status and the lease's end at its end. A store may do each of these in one round trip:
+:meth:`ClaimingWorkflowStore.claim` and :meth:`ClaimingWorkflowStore.finish`; and
+:meth:`~WorkflowStore.record` may return whether a cancel was requested, which saves the engine a
+:meth:`~WorkflowStore.get` before each step. A store without them still works: the engine composes
+them from the basic calls (:func:`claim_in_steps`, :func:`finish_in_steps`; the mixin
+:class:`ClaimInSteps` gives a store class both as methods). The memory, PostgreSQL and Redis stores
+have them natively.
+
 The in-memory reference is :class:`catga.memory.MemoryWorkflowStore`; the conformance suite is
 :class:`catga.testing.contracts.WorkflowStoreContract`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
+
+from catga.errors import ConfigurationError
 
 __all__ = (
     "ACTIVE",
@@ -34,9 +47,17 @@ __all__ = (
     "RUNNING",
     "SLEEPING",
     "STATUSES",
+    "Claim",
+    "ClaimInSteps",
+    "ClaimingWorkflowStore",
     "HistoryEntry",
     "WorkflowInstance",
     "WorkflowStore",
+    "claim_in_steps",
+    "check_final",
+    "claimer",
+    "finish_in_steps",
+    "finisher",
 )
 
 PENDING = "pending"  #: started, no runner has taken it yet (or it is due again: woken, cancelled)
@@ -163,8 +184,13 @@ class WorkflowStore(Protocol):
         """End the lease ``token`` names now (no-op if it is not current)."""
         ...
 
-    async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
+    async def record(self, id: str, token: int, entry: HistoryEntry) -> bool | None:
         """Add ``entry`` to the history, only if its sequence number is free.
+
+        Returns:
+            whether a cancel of the instance has been requested (:meth:`request_cancel`), read
+            atomically with the write; or None when the store does not tell (the engine then reads
+            it with :meth:`get` before the next step).
 
         Raises:
             StaleFencingTokenError: ``token`` is not the instance's current lease (nothing stored).
@@ -231,3 +257,166 @@ class WorkflowStore(Protocol):
     async def aclose(self) -> None:
         """Release connections (the data stays)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :meth:`ClaimingWorkflowStore.claim` returns: a run's lease and what it starts from.
+
+    Attributes:
+        token: the new lease's fencing token.
+        instance: the instance as the claim left it (status ``running``, or still ``compensating``).
+        history: its recorded steps in sequence order.
+        current: ``instance.cancel_requested`` was read by the very call that took the lease (as
+            every write reads it); False when it may be older (:func:`claim_in_steps` reads it
+            before further calls), so the engine reads it again before the first step.
+    """
+
+    token: int
+    instance: WorkflowInstance
+    history: list[HistoryEntry]
+    current: bool = True
+
+
+@runtime_checkable
+class ClaimingWorkflowStore(WorkflowStore, Protocol):
+    """A :class:`WorkflowStore` that starts and ends a run in one round trip each (optional).
+
+    The engine uses these methods when a store has them, else :func:`claim_in_steps` and
+    :func:`finish_in_steps`, which do the same in several calls.
+    """
+
+    async def claim(self, id: str, owner: str, ttl: float) -> Claim | None:
+        """:meth:`~WorkflowStore.acquire` the lease and, under it, set the status ``running``
+        (``compensating`` stays ``compensating``; result, error and wake time are cleared, as
+        :meth:`~WorkflowStore.update` does; the awaited event — ``wait_for``/``wait_spec`` — is kept
+        for a ``running`` one, whose open wait stays armed, and cleared for a ``compensating`` one),
+        then return the lease with the instance and its history. The history holds every entry
+        recorded under an older token: nothing can be recorded under those once the new token exists.
+
+        Returns:
+            the claim; None when :meth:`~WorkflowStore.acquire` would return None (another owner's
+            lease has not ended, the instance is finished or unknown). Nothing changed then.
+        """
+        ...
+
+    async def finish(
+        self, id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+    ) -> WorkflowInstance:
+        """Set a final status (one of :data:`FINISHED`), the result and the error under the lease
+        ``token`` names, clear the wake time and the awaited event, and end the lease, at once.
+
+        Returns:
+            the instance as it is stored now (finished: it never changes again).
+
+        Raises:
+            ConfigurationError: ``status`` is not a final status (nothing changed).
+            StaleFencingTokenError: ``token`` is not the instance's current lease (nothing changed).
+        """
+        ...
+
+
+def check_final(status: str) -> None:
+    """Refuse a status :meth:`ClaimingWorkflowStore.finish` cannot set.
+
+    Raises:
+        ConfigurationError: ``status`` is not one of :data:`FINISHED`.
+    """
+    if status not in FINISHED:
+        raise ConfigurationError(
+            f"finish() sets a final status ({', '.join(sorted(FINISHED))}), not {status!r}; "
+            "use update() for the others"
+        )
+
+
+async def claim_in_steps(store: WorkflowStore, id: str, owner: str, ttl: float) -> Claim | None:
+    """:meth:`ClaimingWorkflowStore.claim` from the basic calls: ``acquire``, ``get``, ``history``
+    and ``update`` (four round trips). The instance returned is the one read, with the status,
+    token and owner the claim set (``updated_at`` and ``lease_until`` as read before), and
+    :attr:`Claim.current` False."""
+    token = await store.acquire(id, owner, ttl)
+    if token is None:
+        return None
+    found = await store.get(id)
+    if found is None or found.status in FINISHED:  # not while we hold the lease; kept for safety
+        await store.release(id, token)
+        return None
+    history = await store.history(id)
+    status = COMPENSATING if found.status == COMPENSATING else RUNNING
+    # a running instance's open wait stays armed (an event may be offered to it); a compensating one has none
+    wait_for, wait_spec = ("", b"") if status == COMPENSATING else (found.wait_for, found.wait_spec)
+    await store.update(id, token, status, wait_for=wait_for, wait_spec=wait_spec)
+    instance = replace(
+        found, status=status, result=b"", error="", wake_at=0.0, wait_for=wait_for, wait_spec=wait_spec,
+        token=token, owner=owner,
+    )  # fmt: skip
+    return Claim(token, instance, history, current=False)
+
+
+async def finish_in_steps(
+    store: WorkflowStore, id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+) -> WorkflowInstance:
+    """:meth:`ClaimingWorkflowStore.finish` from the basic calls: ``update``, ``release`` and
+    ``get`` (three round trips)."""
+    check_final(status)
+    await store.update(id, token, status, result=result, error=error)
+    await store.release(id, token)
+    found = await store.get(id)
+    if found is None:  # finished instances are never removed
+        raise LookupError(f"workflow {id!r} vanished after it was finished")
+    return found
+
+
+ClaimFunction = Callable[[str, str, float], Awaitable[Claim | None]]
+
+
+class FinishFunction(Protocol):
+    """The signature of :meth:`ClaimingWorkflowStore.finish` as a plain callable."""
+
+    def __call__(
+        self, id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+    ) -> Awaitable[WorkflowInstance]: ...
+
+
+def claimer(store: WorkflowStore) -> ClaimFunction:
+    """``store.claim`` when the store has it, else :func:`claim_in_steps` on it."""
+    native = getattr(store, "claim", None)
+    if native is not None:
+        return native  # type: ignore[no-any-return]
+
+    def claim(id: str, owner: str, ttl: float) -> Awaitable[Claim | None]:
+        return claim_in_steps(store, id, owner, ttl)
+
+    return claim
+
+
+def finisher(store: WorkflowStore) -> FinishFunction:
+    """``store.finish`` when the store has it, else :func:`finish_in_steps` on it."""
+    native = getattr(store, "finish", None)
+    if native is not None:
+        return native  # type: ignore[no-any-return]
+
+    def finish(
+        id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+    ) -> Awaitable[WorkflowInstance]:
+        return finish_in_steps(store, id, token, status, result=result, error=error)
+
+    return finish
+
+
+class ClaimInSteps:
+    """Mixin: :meth:`ClaimingWorkflowStore.claim` and :meth:`~ClaimingWorkflowStore.finish` for a
+    store class that has only the basic :class:`WorkflowStore` calls (see :func:`claim_in_steps`).
+
+    A store that can do better (one round trip, atomically) overrides them.
+    """
+
+    async def claim(self: WorkflowStore, id: str, owner: str, ttl: float) -> Claim | None:
+        """See :meth:`ClaimingWorkflowStore.claim`."""
+        return await claim_in_steps(self, id, owner, ttl)
+
+    async def finish(
+        self: WorkflowStore, id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+    ) -> WorkflowInstance:
+        """See :meth:`ClaimingWorkflowStore.finish`."""
+        return await finish_in_steps(self, id, token, status, result=result, error=error)

@@ -1,3 +1,5 @@
+# Over 500 lines: one contract, a test per statement of the WorkflowStore protocol (and of its
+# optional claim and finish).
 """Conformance suite for :class:`~catga.workflows.WorkflowStore`."""
 
 from __future__ import annotations
@@ -7,10 +9,16 @@ import time
 
 import pytest
 
-from catga.errors import ConcurrencyError, InvalidIdentifierError, StaleFencingTokenError
+from catga.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    InvalidIdentifierError,
+    StaleFencingTokenError,
+)
 from catga.testing.contracts._util import eventually, unique
 from catga.workflows.store import (
     CANCELLED,
+    COMPENSATED,
     COMPENSATING,
     COMPLETED,
     FAILED,
@@ -20,6 +28,8 @@ from catga.workflows.store import (
     HistoryEntry,
     WorkflowInstance,
     WorkflowStore,
+    claimer,
+    finisher,
 )
 
 __all__ = ("LEASE", "WorkflowStoreContract")
@@ -42,7 +52,15 @@ class WorkflowStoreContract:
     object twice), closed after the test. Tests that wait for a lease to end use a :data:`LEASE` of
     0.3 s. The storage must hold only this test's instances (``list_instances`` and ``due`` are
     checked exactly).
+
+    ``claim`` and ``finish`` are tested on the store's own methods when it has them, else on the
+    engine's fallback (:func:`~catga.workflows.store.claim_in_steps`...). Set
+    :attr:`record_reports_cancel` when the store's ``record`` returns the cancel flag (it may return
+    None otherwise).
     """
+
+    #: ``record`` returns the cancel flag (True/False), never None.
+    record_reports_cancel = False
 
     # -- instances ----------------------------------------------------------------------------------
 
@@ -441,3 +459,205 @@ class WorkflowStoreContract:
         await eventually(dead_is_due, what="a running workflow whose lease ended is due")
         assert set(await b.due()) == {pending, awake, dead}
         assert len(await b.due(limit=2)) == 2
+
+    # -- one round trip per run start and end (claim, finish, the cancel flag of record) --------------
+
+    async def test_claim_takes_the_lease_and_loads_the_run(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        first = await claimer(a)(wid, "r1", LONG)  # a new instance: nothing recorded yet
+        assert first is not None and first.history == []
+        assert (first.instance.id, first.instance.name, first.instance.status) == (wid, "order", RUNNING)
+        assert first.instance.input == b'{"order_id":"o-1","total":5}'
+        assert (first.token, first.instance.token, first.instance.owner) == (first.token, first.token, "r1")
+        entries = [
+            HistoryEntry(seq=1, kind="step", name="charge", value=b'"p-1"'),
+            HistoryEntry(seq=0, kind="step", name="reserve", value=b"[1,2]"),
+            HistoryEntry(seq=2, kind="wait", name="shop.Paid", value=b"0"),
+        ]
+        for entry in entries:  # out of order, as parallel steps finish
+            await a.record(wid, first.token, entry)
+        spec = b'{"seq":3,"match":{}}'
+        await a.update(
+            wid, first.token, SLEEPING, wake_at=time.time() + 3600, wait_for="shop.Paid", wait_spec=spec
+        )
+        await a.release(wid, first.token)
+        assert [i.id for i in await b.waiting("shop.Paid")] == [wid]
+
+        claim = await claimer(b)(wid, "r2", LONG)
+        assert claim is not None and claim.token > first.token
+        assert [(e.seq, e.name, e.value) for e in claim.history] == [
+            (0, "reserve", b"[1,2]"), (1, "charge", b'"p-1"'), (2, "shop.Paid", b"0"),
+        ]  # fmt: skip
+        assert all(e.at > 0 for e in claim.history)
+        i = claim.instance
+        # the open wait stays armed while it runs (an event may still be offered to it)
+        assert (i.status, i.token, i.owner, i.wake_at, i.wait_for, i.wait_spec, i.cancel_requested) == (
+            RUNNING, claim.token, "r2", 0.0, "shop.Paid", spec, False,
+        )  # fmt: skip
+        found = await a.get(wid)
+        assert found is not None
+        assert (found.status, found.token, found.owner, found.wait_for, found.wait_spec) == (
+            RUNNING, claim.token, "r2", "shop.Paid", spec,
+        )  # fmt: skip
+        assert [x.id for x in await a.waiting("shop.Paid")] == [wid]
+        assert [x.id for x in await a.list_instances(RUNNING)] == [wid]
+        assert await a.list_instances(SLEEPING) == []
+        assert wid not in await a.due()  # leased
+        assert await claimer(a)(wid, "r1", LONG) is None  # another owner's lease lives
+        assert await a.acquire(wid, "r1", LONG) is None
+        with pytest.raises(StaleFencingTokenError):  # the old token is fenced off
+            await a.record(wid, first.token, HistoryEntry(seq=3, kind="step", name="stale"))
+        await b.record(wid, claim.token, HistoryEntry(seq=3, kind="step", name="mine"))
+        again = await claimer(b)(wid, "r2", LONG)  # the owner itself: a new, higher token
+        assert again is not None and again.token > claim.token and len(again.history) == 4
+
+    async def test_claim_keeps_compensating_and_reports_a_cancel(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        token = await a.acquire(wid, "r1", LONG)
+        assert token is not None
+        await a.update(wid, token, COMPENSATING, error="charge failed")
+        await a.release(wid, token)
+        assert await b.request_cancel(wid) is True
+        claim = await claimer(b)(wid, "r2", LONG)
+        assert claim is not None
+        assert (claim.instance.status, claim.instance.cancel_requested) == (COMPENSATING, True)
+        found = await a.get(wid)
+        assert found is not None and (found.status, found.owner) == (COMPENSATING, "r2")
+        assert [x.id for x in await a.list_instances(COMPENSATING)] == [wid]
+
+    async def test_claim_refuses_finished_and_unknown_instances(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        assert await claimer(a)(unique("wf"), "r1", LONG) is None
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        claim = await claimer(a)(wid, "r1", LONG)
+        assert claim is not None
+        done = await finisher(a)(wid, claim.token, COMPLETED, result=b"7")
+        assert await claimer(b)(wid, "r2", LONG) is None
+        assert await b.get(wid) == done
+
+    async def test_an_ended_lease_is_claimed_and_fences_the_old_owner(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        old = await claimer(a)(wid, "r1", LEASE)
+        assert old is not None
+        await a.record(wid, old.token, HistoryEntry(seq=0, kind="step", name="one"))
+        claims = []
+
+        async def claimed() -> bool:
+            claim = await claimer(b)(wid, "r2", LONG)
+            if claim is not None:
+                claims.append(claim)
+            return bool(claims)
+
+        await eventually(claimed, what="the ended lease is claimed")
+        new = claims[0]
+        assert new.token > old.token and [e.name for e in new.history] == ["one"]
+        with pytest.raises(StaleFencingTokenError):
+            await a.record(wid, old.token, HistoryEntry(seq=1, kind="step", name="stale"))
+        with pytest.raises(StaleFencingTokenError):
+            await finisher(a)(wid, old.token, COMPLETED, result=b"1")
+        found = await b.get(wid)
+        assert found is not None and (found.status, found.owner, found.token) == (RUNNING, "r2", new.token)
+
+    async def test_finish_sets_the_final_state_and_ends_the_lease(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        claim = await claimer(a)(wid, "r1", LONG)
+        assert claim is not None
+        await a.record(wid, claim.token, HistoryEntry(seq=0, kind="step", name="one", value=b"1"))
+        done = await finisher(a)(wid, claim.token, COMPLETED, result=b'{"total":10}')
+        assert (done.id, done.status, done.result, done.error) == (wid, COMPLETED, b'{"total":10}', "")
+        assert (done.owner, done.lease_until, done.wake_at, done.wait_for, done.token) == (
+            "", 0.0, 0.0, "", claim.token,
+        )  # fmt: skip
+        assert await b.get(wid) == done  # what it returned is what is stored
+        assert [x.id for x in await b.list_instances(COMPLETED)] == [wid]
+        assert await b.list_instances(RUNNING) == []
+        assert wid not in await b.due()
+        assert await b.acquire(wid, "r2", LONG) is None
+        assert await b.request_cancel(wid) is False
+        with pytest.raises(StaleFencingTokenError):  # its lease ended with it
+            await finisher(a)(wid, claim.token, FAILED, error="again")
+        with pytest.raises(StaleFencingTokenError):
+            await a.record(wid, claim.token, HistoryEntry(seq=1, kind="step", name="late"))
+        assert await b.get(wid) == done
+        assert [e.name for e in await b.history(wid)] == ["one"]
+
+    @pytest.mark.parametrize("status", [FAILED, CANCELLED, COMPENSATED])
+    async def test_finish_ends_a_sleeper_or_a_compensation(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore], status: str
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        token = await a.acquire(wid, "r1", LONG)
+        assert token is not None
+        if status == COMPENSATED:
+            await a.update(wid, token, COMPENSATING, error="boom")
+        else:
+            await a.update(
+                wid, token, SLEEPING, wake_at=time.time() + 3600, wait_for="shop.Paid", wait_spec=b"1"
+            )
+        done = await finisher(a)(wid, token, status, error="déjà vu")
+        assert (done.status, done.error, done.result, done.wait_for, done.wait_spec, done.wake_at) == (
+            status, "déjà vu", b"", "", b"", 0.0,
+        )  # fmt: skip
+        assert await b.waiting("shop.Paid") == []
+        assert [x.id for x in await b.list_instances(status)] == [wid]
+        assert await b.list_instances(SLEEPING) == await b.list_instances(COMPENSATING) == []
+        assert await b.due() == []
+
+    async def test_finish_refuses_a_stale_token_or_a_status_that_is_not_final(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        claim = await claimer(a)(wid, "r1", LONG)
+        assert claim is not None
+        for status in (RUNNING, SLEEPING, PENDING, COMPENSATING, "done"):
+            with pytest.raises(ConfigurationError, match="final status"):
+                await finisher(a)(wid, claim.token, status)
+        with pytest.raises(StaleFencingTokenError):
+            await finisher(b)(wid, claim.token + 1, COMPLETED)
+        await a.release(wid, claim.token)
+        with pytest.raises(StaleFencingTokenError):  # released: no longer the owner
+            await finisher(b)(wid, claim.token, COMPLETED)
+        found = await b.get(wid)
+        assert found is not None and found.status == RUNNING and found.owner == ""
+
+    async def test_record_reports_a_cancel(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        claim = await claimer(a)(wid, "r1", LONG)
+        assert claim is not None and claim.instance.cancel_requested is False
+        before = await a.record(wid, claim.token, HistoryEntry(seq=0, kind="step", name="one"))
+        assert await b.request_cancel(wid) is True
+        after = await a.record(wid, claim.token, HistoryEntry(seq=1, kind="step", name="two"))
+        if self.record_reports_cancel:
+            assert (before, after) == (False, True)
+        else:
+            assert before in (False, None) and after in (True, None)
+        with pytest.raises(ConcurrencyError):  # a cancel does not change what a record refuses
+            await a.record(wid, claim.token, HistoryEntry(seq=1, kind="step", name="again"))
+        assert [e.name for e in await b.history(wid)] == ["one", "two"]
