@@ -2,33 +2,61 @@
 
 Subjects (``B`` = the bucket, ``<id>`` = the workflow id as one subject token):
 
-* ``$KV.B.<id>`` — the instance (msgpack): name, version, input, status, result, error, times,
+* ``$KV.B.<id>.i`` — the instance (msgpack): name, version, input, status, result, error, times,
   cancel flag, fencing token, owner and lease end;
-* ``$KV.B.<id>.<seq>`` — one history entry per sequence number (msgpack).
+* ``$KV.B.<id>.h.<seq>`` — one history entry per sequence number (msgpack).
 
-Every change of an instance is a compare-and-set on its revision (``Nats-Expected-Last-Subject-Sequence``);
-a writer that lost the race reads again and re-checks. ``record`` is one **atomic batch** of two
-publishes: the instance rewritten at the revision whose token was checked (so a new owner's
-``acquire`` in between fails the batch) and the entry created at revision 0 (so a sequence number is
-recorded once). ``list_instances`` and ``due`` scan the instances (``$KV.B.*``), one direct-get batch
-per 256; histories are read by subject (``$KV.B.<id>.*``).
+**One fence per workflow.** Every write -- the create, each change of the instance, each history
+entry -- is one publish that the server stores only if the last revision of *all* the workflow's
+subjects (``$KV.B.<id>.>``, named by ``Nats-Expected-Last-Subject-Sequence-Subject``) is the one the
+writer decided on; else it is refused and the writer reads again. A writer's view of the whole
+workflow, instance and history, is therefore exact as of that revision or its write does not land:
+
+* fencing: a ``record`` under a lease a newer ``acquire`` took over is refused (the acquire moved the
+  workflow's last revision);
+* insert-if-absent by sequence number: step ``n`` is written only if ``n`` is not in the writer's view
+  of the history, and that view is current or the write is refused;
+* one publish per write, no atomic batch: on a file-storage stream with one replica the server stages
+  each atomic batch in a file store of its own, about 5 ms a batch here -- most of a three-step
+  workflow's cost before (see ``docs/nats.md``);
+* on a cluster, every conditional write of a workflow names the same subject filter, so the stream
+  leader also refuses a second proposal while the first is in flight.
+
+**Views.** A store object keeps what it last wrote or read of a workflow (up to :data:`KEPT_VIEWS`
+workflows; dropped when the workflow is finished and released), so a runner's writes need no read
+first: ``create``, ``acquire``, ``update``, ``record``, ``release`` are one publish each. A view may be
+stale (another replica wrote): the write is refused, the store reads the workflow again -- the last
+message of ``$KV.B.<id>.>`` when that is the instance, else every message of the workflow in one
+batch direct get -- and decides again. A decision *not* to write (a lease held, a stale token) taken
+on a kept view is checked again on a fresh read before it is returned. ``get``, ``history``,
+``list_instances``, ``due`` and ``waiting`` always read the server. A view is exact whichever replica
+of a replicated stream answered: each read is one direct get (or one batch) of one replica, which
+holds a prefix of the stream.
+
+**Sweeps.** ``due`` and ``waiting`` scan the instances (``$KV.B.*.i``, batch direct get) from a
+watermark kept by the store object: the lowest revision of an unfinished instance in the last scan, or
+the end of the scan when all were finished. A finished instance changes only by a new write, whose
+revision is above the watermark, so nothing due is missed, and finished instances below the oldest
+unfinished one are not read again: a sweep reads the unfinished workflows and those written since the
+oldest of them. ``list_instances`` scans every instance.
 
 Leases and wake times are compared with this process's clock (:func:`catga.clock.get_clock`), as
 for :class:`~catga.nats.NatsLock`: replicas need clocks in sync to well under the lease.
-Needs a server with atomic batch publish (NATS 2.12 or later).
+Needs NATS 2.12 or later (the version tested with expected-sequence checks on a subject filter).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Unpack
+from collections.abc import AsyncIterator, Callable
+from typing import Unpack
 
 import msgspec
 from nats.aio.client import Client
 
 from catga.clock import get_clock
 from catga.errors import BackendError, ConcurrencyError, ConfigurationError, StaleFencingTokenError
-from catga.nats._kv import KvEntry, KvOptions, KvStore
+from catga.nats._kv import KvOptions, KvStore
+from catga.nats._subjects import token_to_identifier
 from catga.nats.connection import OUTBOX_SERVER, NatsConnection
 from catga.workflows.store import (
     FINISHED,
@@ -39,9 +67,11 @@ from catga.workflows.store import (
     WorkflowInstance,
 )
 
-__all__ = ("NatsWorkflowStore",)
+__all__ = ("KEPT_VIEWS", "NatsWorkflowStore")
 
 _RETRIES = 64
+#: How many workflows' views a store object keeps (the oldest kept is dropped first).
+KEPT_VIEWS = 4096
 
 
 class _Instance(msgspec.Struct, array_like=True):
@@ -76,6 +106,29 @@ _decode_instance = msgspec.msgpack.Decoder(_Instance).decode
 _decode_entry = msgspec.msgpack.Decoder(_Entry).decode
 
 
+class _View:
+    """A workflow as of its last revision ``last``: the instance and, when read or written here since
+    the workflow was created or fully read, the set of recorded step numbers (else None)."""
+
+    __slots__ = ("instance", "last", "seqs")
+
+    def __init__(self, instance: _Instance, last: int, seqs: set[int] | None) -> None:
+        self.instance = instance
+        self.last = last
+        # Shared, not copied, from one view to the next of the same workflow: it only grows, and a
+        # step number in it is recorded (entries are never removed), whichever view holds it.
+        self.seqs = seqs
+
+
+class _Subjects:
+    __slots__ = ("base", "instance", "workflow")
+
+    def __init__(self, base: bytes) -> None:
+        self.base = base  # $KV.B.<id>
+        self.instance = base + b".i"
+        self.workflow = base + b".>"
+
+
 def _public(id: str, i: _Instance) -> WorkflowInstance:
     return WorkflowInstance(
         id=id, name=i.name, version=i.version, input=i.input, status=i.status, result=i.result,
@@ -96,14 +149,15 @@ class NatsWorkflowStore(KvStore):
     Options (``source``, ``bucket``, ``storage``, ``replicas``, ``timeout``): see
     :class:`~catga.nats._kv.KvStore`; use ``replicas=3`` on a cluster.
 
+    Not thread-safe: use a store object from one event loop.
+
     Args:
         clock: the unix-time clock leases and wake times are compared with (default catga's clock).
     """
 
     default_bucket = "catga_workflows"
     _kind = "workflow id"
-    _atomic = True
-    _needs = (OUTBOX_SERVER, "atomic batch publish")
+    _needs = (OUTBOX_SERVER, "expected-sequence checks on a subject filter")
 
     def __init__(
         self,
@@ -114,39 +168,132 @@ class NatsWorkflowStore(KvStore):
     ) -> None:
         super().__init__(source, **options)
         self.clock: Callable[[], float] = clock or (lambda: get_clock().time())
+        self._views: dict[str, _View] = {}
+        self._sweep_from = 1  # every instance below this revision is finished (see the module docs)
 
-    def _decode(self, entry: KvEntry) -> _Instance:
+    # -- subjects, decoding, views -------------------------------------------------------------------
+
+    def _subjects(self, id: str) -> _Subjects:
+        return _Subjects(self._bucket.subject(id))  # validates the id
+
+    def _decode(self, id: str, value: bytes) -> _Instance:
         try:
-            return _decode_instance(entry.value)
+            return _decode_instance(value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BackendError(
-                f"workflow {entry.key!r} in bucket {self.bucket!r} is unreadable ({exc})", backend="nats"
+                f"workflow {id!r} in bucket {self.bucket!r} is unreadable ({exc})", backend="nats"
             ) from exc
 
-    async def _read(self, id: str) -> tuple[_Instance, int] | None:
-        entry = await self._bucket.get(id)
-        return None if entry is None else (self._decode(entry), entry.revision)
+    def _keep(self, id: str, view: _View) -> None:
+        """Keep ``view`` unless a later one is kept; drop it once finished and released."""
+        old = self._views.pop(id, None)
+        if old is not None and (old.last > view.last or (old.last == view.last and view.seqs is None)):
+            view = old
+        if view.instance.status in FINISHED and not view.instance.owner:
+            return
+        self._views[id] = view
+        if len(self._views) > KEPT_VIEWS:
+            del self._views[next(iter(self._views))]
+
+    async def _read_last(self, id: str, s: _Subjects) -> _View | None:
+        """A fresh view: the workflow's last message when that is the instance, else a full read."""
+        entry = await self._bucket.get_subject(s.workflow, id)
+        if entry is None:
+            return None
+        if entry.headers.get("Nats-Subject", "").encode() == s.instance:
+            view = _View(self._decode(id, entry.value), entry.revision, None)
+            self._keep(id, view)
+            return view
+        return (await self._read_all(id, s))[0]
+
+    async def _read_all(self, id: str, s: _Subjects) -> tuple[_View | None, list[HistoryEntry]]:
+        """A fresh view with the step numbers, and the history: every message of the workflow."""
+        instance: _Instance | None = None
+        last = 0
+        entries: list[HistoryEntry] = []
+        history_at = len(s.base) + 3  # after "$KV.B.<id>.h."
+        async for m in self._bucket.messages(s.workflow.decode()):
+            last = m.seq
+            if m.subject.endswith(".i"):
+                instance = self._decode(id, m.data)
+                continue
+            x = _decode_entry(m.data)
+            seq = int(m.subject[history_at:])
+            entries.append(HistoryEntry(seq=seq, kind=x.kind, name=x.name, ok=x.ok, value=x.value, at=x.at,
+                                        error_type=x.error_type))  # fmt: skip
+        if instance is None:
+            return None, entries
+        view = _View(instance, last, {e.seq for e in entries})
+        self._keep(id, view)
+        return view, entries
+
+    async def _write(
+        self, id: str, s: _Subjects, subject: bytes, value: bytes, last: int, what: str
+    ) -> int | None:
+        revision = await self._bucket.write_subject(
+            subject, value, last=last, last_subject=s.workflow, what=f"{what} of workflow {id!r}"
+        )
+        if revision is None:
+            self._views.pop(id, None)  # stale: read it again
+        return revision
 
     async def _change(
         self, id: str, change: Callable[[_Instance], _Instance | None], what: str
     ) -> _Instance | None:
-        """Read, ``change`` (None: leave it), compare-and-set; again when another writer came first.
-        Returns the stored instance, or None when there is none or ``change`` declined."""
+        """``change`` the instance (None: leave it) and write it at the view's revision; read again and
+        retry when the view was stale. Returns the stored instance, or None when there is none or
+        ``change`` declined on a fresh read."""
+        s = self._subjects(id)
+        view = self._views.get(id)
+        fresh = False
         for _ in range(_RETRIES):
-            found = await self._read(id)
-            if found is None:
-                return None
-            current, revision = found
-            changed = change(current)
+            if view is None:
+                view, fresh = await self._read_last(id, s), True
+                if view is None:
+                    return None
+            changed = change(view.instance)
             if changed is None:
-                return None
-            if await self._bucket.write(id, _encode(changed), last=revision) is not None:
+                if fresh:
+                    return None
+                view = None  # decided on a kept view: decide again on a fresh one
+                continue
+            revision = await self._write(id, s, s.instance, _encode(changed), view.last, what)
+            if revision is not None:
+                self._keep(id, _View(changed, revision, view.seqs))
                 return changed
+            view = None
         raise BackendError(f"{what} of workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
+
+    async def _scan(self, start: int = 1) -> AsyncIterator[tuple[str, _Instance, int]]:
+        """``(id, instance, revision)`` of every instance from revision ``start`` on, in revision order."""
+        prefix = self._bucket.prefix
+        at = len(prefix)
+        async for m in self._bucket.messages(prefix + "*.i", start):
+            id = token_to_identifier(m.subject[at:-2])
+            yield id, self._decode(id, m.data), m.seq
+
+    async def _unfinished(self) -> list[tuple[str, _Instance]]:
+        """The unfinished instances, oldest first (a scan from the watermark, which it moves)."""
+        start = self._sweep_from
+        found: list[tuple[float, str, _Instance]] = []
+        lowest = 0
+        end = start - 1
+        async for id, i, revision in self._scan(start):
+            end = revision
+            if i.status in FINISHED:
+                continue
+            lowest = lowest or revision  # revision order: the first unfinished one is the lowest
+            found.append((i.created_at, id, i))
+        # Either value is right whichever scan finishes last (see the module docs).
+        self._sweep_from = lowest or end + 1
+        found.sort(key=lambda f: (f[0], f[1]))
+        return [(id, i) for _, id, i in found]
+
+    # -- the protocol ---------------------------------------------------------------------------------
 
     async def create(self, instance: WorkflowInstance) -> bool:
         """See :meth:`WorkflowStore.create <catga.workflows.WorkflowStore.create>`."""
-        self._bucket.subject(instance.id)  # validates the id
+        s = self._subjects(instance.id)
         now = self.clock()
         i = instance
         value = _Instance(
@@ -154,32 +301,28 @@ class NatsWorkflowStore(KvStore):
             created_at=i.created_at or now, updated_at=now, wake_at=0.0, cancel_requested=False,
             token=0, owner="", lease_until=0.0,
         )  # fmt: skip
-        return await self._bucket.write(i.id, _encode(value), last=0) is not None
+        revision = await self._write(i.id, s, s.instance, _encode(value), 0, "create")
+        if revision is None:
+            return False
+        self._keep(i.id, _View(value, revision, set()))
+        return True
 
     async def get(self, id: str) -> WorkflowInstance | None:
         """See :meth:`WorkflowStore.get <catga.workflows.WorkflowStore.get>`."""
-        found = await self._read(id)
-        return None if found is None else _public(id, found[0])
-
-    async def _instances(self) -> list[WorkflowInstance]:
-        found = [_public(e.key, self._decode(e)) async for e in self._bucket.scan("*")]
-        found.sort(key=lambda i: (i.created_at, i.id))
-        return found
+        entry = await self._bucket.get_subject(self._subjects(id).instance, id)
+        return None if entry is None else _public(id, self._decode(id, entry.value))
 
     async def list_instances(self, status: str | None = None, limit: int = 100) -> list[WorkflowInstance]:
-        """See :meth:`WorkflowStore.list_instances <catga.workflows.WorkflowStore.list_instances>`."""
+        """See :meth:`WorkflowStore.list_instances <catga.workflows.WorkflowStore.list_instances>`
+        (a scan of every instance)."""
         _check_status(status)
-        return [i for i in await self._instances() if status is None or i.status == status][: max(limit, 0)]
+        found = [_public(id, i) async for id, i, _ in self._scan() if status is None or i.status == status]
+        found.sort(key=lambda i: (i.created_at, i.id))
+        return found[: max(limit, 0)]
 
     async def history(self, id: str) -> list[HistoryEntry]:
         """See :meth:`WorkflowStore.history <catga.workflows.WorkflowStore.history>`."""
-        token = self._bucket.subject(id).decode().rpartition(".")[2]
-        entries = []
-        async for e in self._bucket.scan(f"{token}.*"):
-            x = _decode_entry(e.value)
-            seq = int(e.key.rpartition(".")[2])
-            entries.append(HistoryEntry(seq=seq, kind=x.kind, name=x.name, ok=x.ok, value=x.value, at=x.at,
-                                        error_type=x.error_type))  # fmt: skip
+        entries = (await self._read_all(id, self._subjects(id)))[1]
         entries.sort(key=lambda e: e.seq)
         return entries
 
@@ -217,19 +360,31 @@ class NatsWorkflowStore(KvStore):
         """See :meth:`WorkflowStore.record <catga.workflows.WorkflowStore.record>`."""
         e = entry
         body = _encode(_Entry(e.kind, e.name, e.ok, bytes(e.value), e.at or self.clock(), e.error_type))
-        instance_subject = self._bucket.subject(id)
-        entry_subject = instance_subject + b".%d" % e.seq
+        s = self._subjects(id)
+        subject = s.base + b".h.%d" % e.seq
+        view = self._views.get(id)
+        fresh = False
         for _ in range(_RETRIES):
-            found = await self._read(id)
-            current = 0 if found is None else found[0].token
-            if found is None or current != token or not found[0].owner:
-                raise StaleFencingTokenError(f"workflow {id}", token, current)
-            instance, revision = found
-            items = [(instance_subject, _encode(instance), revision), (entry_subject, body, 0)]
-            if await self._bucket.write_batch(items, f"record step {e.seq} of workflow {id!r}"):
-                return
-            if await self._bucket.get_subject(entry_subject, id) is not None:
+            seqs = None if view is None else view.seqs
+            if view is None or seqs is None:  # the step numbers are needed: read them all
+                view, fresh = (await self._read_all(id, s))[0], True
+                if view is None or view.seqs is None:
+                    raise StaleFencingTokenError(f"workflow {id}", token, 0)
+                seqs = view.seqs
+            current = view.instance
+            if current.token != token or not current.owner:
+                if fresh:
+                    raise StaleFencingTokenError(f"workflow {id}", token, current.token)
+                view = None
+                continue
+            if e.seq in seqs:  # recorded: true on any view, entries are never removed
                 raise ConcurrencyError(f"workflow {id}", e.seq, None)
+            revision = await self._write(id, s, subject, body, view.last, f"record step {e.seq}")
+            if revision is not None:
+                seqs.add(e.seq)
+                self._keep(id, _View(current, revision, seqs))
+                return
+            view = None
         raise BackendError(f"record of workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
 
     async def update(
@@ -278,18 +433,21 @@ class NatsWorkflowStore(KvStore):
 
     async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
         """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>` (a scan of the
-        instances)."""
-        found = [i for i in await self._instances() if i.status == SLEEPING and i.wait_for == event_type]
+        unfinished instances, see the module docs)."""
+        found = [
+            _public(id, i)
+            for id, i in await self._unfinished()
+            if i.status == SLEEPING and i.wait_for == event_type
+        ]
         return found[: max(limit, 0)]
 
     async def due(self, limit: int = 100) -> list[str]:
-        """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""
+        """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>` (a scan of the unfinished
+        instances, see the module docs)."""
         now = self.clock()
-        found: list[Any] = [
-            i.id
-            for i in await self._instances()
-            if i.status not in FINISHED
-            and not (i.owner and i.lease_until > now)
-            and (i.status != SLEEPING or i.wake_at <= now)
+        found = [
+            id
+            for id, i in await self._unfinished()
+            if not (i.owner and i.lease_until > now) and (i.status != SLEEPING or i.wake_at <= now)
         ]
         return found[: max(limit, 0)]
