@@ -1,28 +1,40 @@
-"""The WorkflowStore contract on a NATS KV-layout bucket, and an app running workflows on it."""
+"""The WorkflowStore contract on a NATS KV-layout bucket (memory and file storage), the store's own
+layout (one fence per workflow, kept views, the sweep's watermark), and an app running workflows on it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 import catga
+from catga.errors import ConcurrencyError, StaleFencingTokenError
 from catga.nats import NatsConnection, NatsWorkflowStore
+from catga.nats._jsapi import StreamMessage
+from catga.testing import FakeClock, NatsCluster
 from catga.testing.contracts import WorkflowStoreContract
-from catga.workflows import COMPLETED, Workflow
+from catga.workflows import COMPLETED, RUNNING, SLEEPING, HistoryEntry, Workflow, WorkflowInstance
 
 pytestmark = pytest.mark.nats
 
 
 class TestNatsWorkflowStore(WorkflowStoreContract):
-    @pytest.fixture
+    @pytest.fixture(params=["memory", "file"])
     async def workflow_stores(
-        self, nats_connection: NatsConnection, nats_url: str, unique_name: str, doomed_streams: list[str]
+        self,
+        request: pytest.FixtureRequest,
+        nats_connection: NatsConnection,
+        nats_url: str,
+        unique_name: str,
+        doomed_streams: list[str],
     ) -> AsyncIterator[tuple[NatsWorkflowStore, NatsWorkflowStore]]:
         doomed_streams.append(f"KV_{unique_name}")
         async with await NatsConnection.connect(nats_url, name="catga-tests-b") as other:
-            a = NatsWorkflowStore(nats_connection, bucket=unique_name, storage="memory")
-            b = NatsWorkflowStore(other, bucket=unique_name, storage="memory")
+            a = NatsWorkflowStore(nats_connection, bucket=unique_name, storage=request.param)
+            b = NatsWorkflowStore(other, bucket=unique_name, storage=request.param)
             yield a, b
             await a.aclose()
             await b.aclose()
@@ -65,3 +77,222 @@ async def test_a_nats_url_builds_the_workflow_store(
     async with app:
         state = await app.wait_workflow(await app.start_workflow(hello, "nats"))
     assert app.workflows.result(state) == "hello nats"
+
+
+# -- the store's own layout: one fence per workflow, kept views, the sweep's watermark --------------
+
+
+@pytest.fixture
+async def two_stores(
+    nats_connection: NatsConnection, nats_url: str, unique_name: str, doomed_streams: list[str]
+) -> AsyncIterator[tuple[NatsWorkflowStore, NatsWorkflowStore]]:
+    """Two store objects (two connections, as two replicas) on one fresh file-storage bucket."""
+    doomed_streams.append(f"KV_{unique_name}")
+    async with await NatsConnection.connect(nats_url, name="catga-tests-b") as other:
+        a = NatsWorkflowStore(nats_connection, bucket=unique_name)
+        yield a, NatsWorkflowStore(other, bucket=unique_name)
+
+
+def _new(id: str) -> WorkflowInstance:
+    return WorkflowInstance(id=id, name="order", version=1, input=b"{}")
+
+
+async def test_a_kept_view_never_overwrites_another_replicas_write(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore],
+) -> None:
+    a, b = two_stores
+    await a.create(_new("wf-1"))
+    token = await a.acquire("wf-1", "r1", 60.0)  # a keeps its view of wf-1: its next writes read nothing
+    assert token is not None
+    assert await b.request_cancel("wf-1") is True  # a's view is stale now
+    await a.record("wf-1", token, HistoryEntry(seq=0, kind="step", name="one"))
+    await a.update("wf-1", token, RUNNING)
+    found = await b.get("wf-1")
+    assert found is not None and (found.status, found.cancel_requested) == (RUNNING, True)
+    assert [e.name for e in await b.history("wf-1")] == ["one"]
+
+
+async def test_concurrent_records_of_one_step_number_store_one(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore],
+) -> None:
+    a, b = two_stores
+    await a.create(_new("wf-1"))
+    token = await a.acquire("wf-1", "r1", 60.0)
+    assert token is not None
+    await b.history("wf-1")  # b keeps a view too
+    attempts = [
+        store.record("wf-1", token, HistoryEntry(seq=0, kind="step", name=f"{name}{n}"))
+        for n in range(8)
+        for name, store in (("a", a), ("b", b))
+    ]
+    outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+    assert sum(o is None for o in outcomes) == 1
+    assert all(isinstance(o, ConcurrencyError) for o in outcomes if o is not None)
+    assert len(await a.history("wf-1")) == 1
+
+
+async def test_a_record_under_a_taken_over_lease_is_refused_even_from_a_kept_view(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], fake_clock: FakeClock
+) -> None:
+    a, b = two_stores
+    await a.create(_new("wf-1"))
+    old = await a.acquire("wf-1", "r1", 1.0)
+    assert old is not None
+    fake_clock.advance(2.0)  # the lease ends
+    new = await b.acquire("wf-1", "r2", 60.0)
+    assert new is not None and new > old
+    with pytest.raises(StaleFencingTokenError):
+        await a.record("wf-1", old, HistoryEntry(seq=0, kind="step", name="stale"))
+    with pytest.raises(StaleFencingTokenError):
+        await a.update("wf-1", old, COMPLETED)
+    assert await a.history("wf-1") == []
+
+
+async def test_a_lease_taken_through_another_store_object_is_honoured_here(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], fake_clock: FakeClock
+) -> None:
+    a, b = two_stores
+    await a.create(_new("wf-1"))
+    old = await a.acquire("wf-1", "r1", 1.0)  # a's kept view: token `old`
+    assert old is not None
+    fake_clock.advance(2.0)
+    new = await b.acquire("wf-1", "r2", 60.0)
+    assert new is not None
+    await a.record("wf-1", new, HistoryEntry(seq=0, kind="step", name="one"))  # not refused on a's view
+    assert await a.renew("wf-1", new, 60.0) is True
+    await a.update("wf-1", new, COMPLETED)
+    assert [e.name for e in await b.history("wf-1")] == ["one"]
+
+
+class _CountingReads:
+    """Counts the instances a store's scans read (wraps its bucket's ``messages``)."""
+
+    def __init__(self, store: NatsWorkflowStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.read = 0
+        bucket = store._bucket
+        messages = bucket.messages
+
+        async def counting(subject: str, start: int = 1) -> AsyncIterator[StreamMessage]:
+            async for m in messages(subject, start):
+                self.read += 1
+                yield m
+
+        monkeypatch.setattr(bucket, "messages", counting)
+
+    def take(self) -> int:
+        read, self.read = self.read, 0
+        return read
+
+
+async def _finish(store: NatsWorkflowStore, id: str) -> None:
+    token = await store.acquire(id, "r1", 60.0)
+    assert token is not None
+    await store.update(id, token, COMPLETED, result=b"1")
+    await store.release(id, token)
+
+
+async def test_a_sweep_reads_finished_workflows_once(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, sweeper = two_stores
+    ids = [f"wf-{n}" for n in range(30)]
+    for id in ids:
+        await a.create(_new(id))
+        await _finish(a, id)
+    reads = _CountingReads(sweeper, monkeypatch)
+    assert await sweeper.due() == []
+    assert reads.take() == 30  # the first sweep reads them all
+    assert await sweeper.due() == [] and await sweeper.waiting("shop.Paid") == []
+    assert reads.take() == 0  # then never again
+    await a.create(_new("wf-new"))
+    assert await sweeper.due() == ["wf-new"]
+    assert reads.take() == 1
+    await _finish(a, "wf-new")
+    assert await sweeper.due() == []
+    assert await sweeper.due() == []
+    assert reads.take() == 1  # wf-new held the watermark: its finished revision is read once, then none
+
+
+async def test_a_sweep_finds_work_above_and_below_its_watermark(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, sweeper = two_stores
+    await a.create(_new("sleeper"))
+    token = await a.acquire("sleeper", "r1", 60.0)
+    assert token is not None
+    await a.update("sleeper", token, SLEEPING, wake_at=time.time() + 3600, wait_for="shop.Paid")
+    await a.release("sleeper", token)
+    for n in range(10):
+        await a.create(_new(f"wf-{n}"))
+        await _finish(a, f"wf-{n}")
+    reads = _CountingReads(sweeper, monkeypatch)
+    assert await sweeper.due() == []
+    assert [i.id for i in await sweeper.waiting("shop.Paid")] == ["sleeper"]  # below: still found
+    assert reads.take() == 22  # the unfinished sleeper holds the watermark: read from it on
+    await a.create(_new("later"))
+    assert await sweeper.due() == ["later"]  # above: found
+    await _wake(a, "sleeper")
+    assert set(await sweeper.due()) == {"later", "sleeper"}  # its new revision is above the watermark
+
+
+async def _wake(store: NatsWorkflowStore, id: str) -> None:
+    token = await store.acquire(id, "r1", 60.0)
+    assert token is not None
+    await store.update(id, token, SLEEPING, wake_at=time.time() - 1)
+    await store.release(id, token)
+
+
+async def test_the_layout_is_one_instance_subject_and_one_subject_per_step(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], unique_name: str
+) -> None:
+    a, _ = two_stores
+    await a.create(_new("order.1"))
+    token = await a.acquire("order.1", "r1", 60.0)
+    assert token is not None
+    await a.record("order.1", token, HistoryEntry(seq=0, kind="step", name="one"))
+    info = await a.connection.js.stream_info(f"KV_{unique_name}", subjects_filter=">")
+    assert sorted(info.state.subjects or {}) == [
+        f"$KV.{unique_name}.order=2E1.h.0",
+        f"$KV.{unique_name}.order=2E1.i",
+    ]
+    assert info.config.allow_atomic is not True  # no atomic batches any more
+
+
+@pytest.mark.slow
+class TestNatsWorkflowStoreOnACluster(WorkflowStoreContract):
+    """The contract on a bucket with 3 replicas, the two store objects on different nodes (their
+    reads may be answered by a follower)."""
+
+    @pytest.fixture
+    async def workflow_stores(
+        self, nats_cluster: NatsCluster, unique_name: str
+    ) -> AsyncIterator[tuple[NatsWorkflowStore, NatsWorkflowStore]]:
+        async with (
+            await NatsConnection.connect(nats_cluster.node(0).url, name="catga-tests-a") as one,
+            await NatsConnection.connect(nats_cluster.node(1).url, name="catga-tests-b") as other,
+        ):
+            a = NatsWorkflowStore(one, bucket=unique_name, replicas=3)
+            b = NatsWorkflowStore(other, bucket=unique_name, replicas=3)
+            yield a, b
+            with contextlib.suppress(Exception):
+                await one.js.delete_stream(f"KV_{unique_name}")
+
+    async def test_racing_writers_on_two_nodes(
+        self, workflow_stores: tuple[NatsWorkflowStore, NatsWorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        for n in range(5):
+            wid = f"wf-{n}"
+            assert await a.create(_new(wid))
+            tokens = await asyncio.gather(*(s.acquire(wid, f"r{i}", 60.0) for i, s in enumerate((a, b) * 4)))
+            taken = [t for t in tokens if t is not None]
+            assert len(taken) == 1  # one owner, though the proposals were in flight together
+            token = taken[0]
+            attempts = [
+                s.record(wid, token, HistoryEntry(seq=0, kind="step", name=f"w{i}"))
+                for i, s in enumerate((a, b) * 4)
+            ]
+            outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+            assert sum(o is None for o in outcomes) == 1
+            assert all(isinstance(o, ConcurrencyError) for o in outcomes if o is not None)
+            assert len(await a.history(wid)) == 1
