@@ -13,7 +13,9 @@ import pytest
 import catga
 from catga.errors import ConcurrencyError, StaleFencingTokenError
 from catga.nats import NatsConnection, NatsWorkflowStore
+from catga.nats import workflows as workflows_module
 from catga.nats._jsapi import StreamMessage
+from catga.nats._kv import KvEntry
 from catga.testing import FakeClock, NatsCluster
 from catga.testing.contracts import WorkflowStoreContract
 from catga.workflows import COMPLETED, RUNNING, SLEEPING, HistoryEntry, Workflow, WorkflowInstance
@@ -165,29 +167,43 @@ async def test_a_lease_taken_through_another_store_object_is_honoured_here(
 
 
 class _CountingReads:
-    """Counts the instances a store's scans read (wraps its bucket's ``messages``)."""
+    """Counts the instances a store's sweeps read: scanned, and got by id."""
 
     def __init__(self, store: NatsWorkflowStore, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.read = 0
+        self.scanned = self.got = 0
         bucket = store._bucket
-        messages = bucket.messages
+        messages, get_subject = bucket.messages, bucket.get_subject
 
-        async def counting(subject: str, start: int = 1) -> AsyncIterator[StreamMessage]:
+        async def counting_messages(subject: str, start: int = 1) -> AsyncIterator[StreamMessage]:
             async for m in messages(subject, start):
-                self.read += 1
+                self.scanned += 1
                 yield m
 
-        monkeypatch.setattr(bucket, "messages", counting)
+        async def counting_get(subject: bytes, key: str) -> KvEntry | None:
+            self.got += 1
+            return await get_subject(subject, key)
 
-    def take(self) -> int:
-        read, self.read = self.read, 0
-        return read
+        monkeypatch.setattr(bucket, "messages", counting_messages)
+        monkeypatch.setattr(bucket, "get_subject", counting_get)
+
+    def take(self) -> tuple[int, int]:
+        """(scanned, got) since the last call."""
+        counts = (self.scanned, self.got)
+        self.scanned = self.got = 0
+        return counts
 
 
 async def _finish(store: NatsWorkflowStore, id: str) -> None:
     token = await store.acquire(id, "r1", 60.0)
     assert token is not None
     await store.update(id, token, COMPLETED, result=b"1")
+    await store.release(id, token)
+
+
+async def _sleep(store: NatsWorkflowStore, id: str, wake_at: float, wait_for: str = "") -> None:
+    token = await store.acquire(id, "r1", 60.0)
+    assert token is not None
+    await store.update(id, token, SLEEPING, wake_at=wake_at, wait_for=wait_for)
     await store.release(id, token)
 
 
@@ -201,45 +217,83 @@ async def test_a_sweep_reads_finished_workflows_once(
         await _finish(a, id)
     reads = _CountingReads(sweeper, monkeypatch)
     assert await sweeper.due() == []
-    assert reads.take() == 30  # the first sweep reads them all
+    assert reads.take() == (30, 0)  # the first sweep reads them all
     assert await sweeper.due() == [] and await sweeper.waiting("shop.Paid") == []
-    assert reads.take() == 0  # then never again
+    assert reads.take() == (0, 0)  # then never again
     await a.create(_new("wf-new"))
     assert await sweeper.due() == ["wf-new"]
-    assert reads.take() == 1
+    assert reads.take() == (1, 0)
     await _finish(a, "wf-new")
     assert await sweeper.due() == []
     assert await sweeper.due() == []
-    assert reads.take() == 1  # wf-new held the watermark: its finished revision is read once, then none
+    assert reads.take() == (1, 0)  # its finished revision once, then nothing
 
 
-async def test_a_sweep_finds_work_above_and_below_its_watermark(
+async def test_a_long_sleeper_does_not_make_sweeps_read_finished_workflows_again(
     two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, sweeper = two_stores
     await a.create(_new("sleeper"))
-    token = await a.acquire("sleeper", "r1", 60.0)
-    assert token is not None
-    await a.update("sleeper", token, SLEEPING, wake_at=time.time() + 3600, wait_for="shop.Paid")
-    await a.release("sleeper", token)
+    await _sleep(a, "sleeper", time.time() + 3600, wait_for="shop.Paid")
     for n in range(10):
         await a.create(_new(f"wf-{n}"))
         await _finish(a, f"wf-{n}")
     reads = _CountingReads(sweeper, monkeypatch)
     assert await sweeper.due() == []
-    assert [i.id for i in await sweeper.waiting("shop.Paid")] == ["sleeper"]  # below: still found
-    assert reads.take() == 22  # the unfinished sleeper holds the watermark: read from it on
+    assert reads.take() == (11, 0)
+    assert [i.id for i in await sweeper.waiting("shop.Paid")] == ["sleeper"]  # found below the watermark
+    assert reads.take() == (0, 1)  # by id, not by reading the finished ones again
     await a.create(_new("later"))
-    assert await sweeper.due() == ["later"]  # above: found
-    await _wake(a, "sleeper")
-    assert set(await sweeper.due()) == {"later", "sleeper"}  # its new revision is above the watermark
+    assert await sweeper.due() == ["later"]
+    await _sleep(a, "sleeper", time.time() - 1)  # due now: a new revision, above the watermark
+    assert set(await sweeper.due()) == {"later", "sleeper"}
 
 
-async def _wake(store: NatsWorkflowStore, id: str) -> None:
-    token = await store.acquire(id, "r1", 60.0)
-    assert token is not None
-    await store.update(id, token, SLEEPING, wake_at=time.time() - 1)
-    await store.release(id, token)
+async def test_past_its_limit_a_sweep_scans_from_the_oldest_unfinished_instance_it_does_not_keep(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workflows_module, "KEPT_BELOW", 2)
+    a, sweeper = two_stores
+    for n in range(4):  # pending wf-0..3, each followed by two finished ones
+        await a.create(_new(f"wf-{n}"))
+        for m in range(2):
+            await a.create(_new(f"done-{n}-{m}"))
+            await _finish(a, f"done-{n}-{m}")
+    reads = _CountingReads(sweeper, monkeypatch)
+    want = [f"wf-{n}" for n in range(4)]
+    assert await sweeper.due() == want
+    assert reads.take() == (12, 0)
+    for _ in range(2):
+        assert await sweeper.due() == want  # wf-0 and wf-1 by id, the rest from wf-2 on
+        assert reads.take() == (6, 2)
+    await _finish(a, "wf-2")
+    await _finish(a, "wf-0")
+    assert await sweeper.due() == ["wf-1", "wf-3"]
+    assert reads.take() == (7, 1)  # from wf-2's old revision on (with the two new ones), wf-1 by id
+    assert await sweeper.due() == ["wf-1", "wf-3"]
+    assert reads.take() == (0, 2)  # two unfinished left: both by id, nothing scanned
+
+
+async def test_writes_racing_a_sweep_are_found_by_the_next_one(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workflows_module, "KEPT_BELOW", 1)
+    a, sweeper = two_stores
+    await a.create(_new("x"))
+    assert await sweeper.due() == ["x"]  # x is read by id from now on
+    await a.create(_new("z"))
+    bucket = sweeper._bucket
+    get_subject = bucket.get_subject
+
+    async def racing_get(subject: bytes, key: str) -> KvEntry | None:
+        monkeypatch.setattr(bucket, "get_subject", get_subject)
+        await a.create(_new("y"))  # after the scan: above where it ended
+        await a.request_cancel("x")  # a newer revision of x, which this sweep then reads
+        return await get_subject(subject, key)
+
+    monkeypatch.setattr(bucket, "get_subject", racing_get)
+    assert set(await sweeper.due()) == {"x", "z"}
+    assert set(await sweeper.due()) == {"x", "y", "z"}
 
 
 async def test_the_layout_is_one_instance_subject_and_one_subject_per_step(

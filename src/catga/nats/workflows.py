@@ -33,12 +33,15 @@ on a kept view is checked again on a fresh read before it is returned. ``get``, 
 of a replicated stream answered: each read is one direct get (or one batch) of one replica, which
 holds a prefix of the stream.
 
-**Sweeps.** ``due`` and ``waiting`` scan the instances (``$KV.B.*.i``, batch direct get) from a
-watermark kept by the store object: the lowest revision of an unfinished instance in the last scan, or
-the end of the scan when all were finished. A finished instance changes only by a new write, whose
-revision is above the watermark, so nothing due is missed, and finished instances below the oldest
-unfinished one are not read again: a sweep reads the unfinished workflows and those written since the
-oldest of them. ``list_instances`` scans every instance.
+**Sweeps.** ``due`` and ``waiting`` read the unfinished instances without reading the finished ones
+again. A store object keeps a watermark revision and up to :data:`KEPT_BELOW` ids: every unfinished
+instance is at or above the watermark, or one of those ids. A sweep scans the instances
+(``$KV.B.*.i``, batch direct get) from the watermark and gets the kept ids directly (concurrently), then
+moves the watermark past the scan, or, with more unfinished instances than it keeps, to the oldest
+unfinished one it does not keep. A change of an instance is a new revision, above any watermark
+already set, so nothing is missed; a finished instance below the watermark is never read again. A
+sweep costs the instances written since the last one plus the unfinished ones (the first sweep of a
+store object reads them all). ``list_instances`` scans every instance.
 
 Leases and wake times are compared with this process's clock (:func:`catga.clock.get_clock`), as
 for :class:`~catga.nats.NatsLock`: replicas need clocks in sync to well under the lease.
@@ -47,6 +50,7 @@ Needs NATS 2.12 or later (the version tested with expected-sequence checks on a 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Unpack
 
@@ -67,11 +71,13 @@ from catga.workflows.store import (
     WorkflowInstance,
 )
 
-__all__ = ("KEPT_VIEWS", "NatsWorkflowStore")
+__all__ = ("KEPT_BELOW", "KEPT_VIEWS", "NatsWorkflowStore")
 
 _RETRIES = 64
 #: How many workflows' views a store object keeps (the oldest kept is dropped first).
 KEPT_VIEWS = 4096
+#: How many unfinished instances a sweep reads by id rather than hold its watermark back for them.
+KEPT_BELOW = 128
 
 
 class _Instance(msgspec.Struct, array_like=True):
@@ -169,7 +175,9 @@ class NatsWorkflowStore(KvStore):
         super().__init__(source, **options)
         self.clock: Callable[[], float] = clock or (lambda: get_clock().time())
         self._views: dict[str, _View] = {}
-        self._sweep_from = 1  # every instance below this revision is finished (see the module docs)
+        # Every unfinished instance is at or above this revision, or in _kept (see the module docs).
+        self._sweep_from = 1
+        self._kept: dict[str, int] = {}
 
     # -- subjects, decoding, views -------------------------------------------------------------------
 
@@ -273,21 +281,29 @@ class NatsWorkflowStore(KvStore):
             yield id, self._decode(id, m.data), m.seq
 
     async def _unfinished(self) -> list[tuple[str, _Instance]]:
-        """The unfinished instances, oldest first (a scan from the watermark, which it moves)."""
-        start = self._sweep_from
-        found: list[tuple[float, str, _Instance]] = []
-        lowest = 0
+        """The unfinished instances, oldest first: a scan from the watermark, and a direct get of each
+        instance kept below it (see the module docs). Moves the watermark."""
+        start, kept = self._sweep_from, self._kept
+        seen: dict[str, tuple[int, _Instance]] = {}
         end = start - 1
         async for id, i, revision in self._scan(start):
+            seen[id] = (revision, i)  # revision order: a later revision of one instance replaces it
             end = revision
-            if i.status in FINISHED:
-                continue
-            lowest = lowest or revision  # revision order: the first unfinished one is the lowest
-            found.append((i.created_at, id, i))
-        # Either value is right whichever scan finishes last (see the module docs).
-        self._sweep_from = lowest or end + 1
-        found.sort(key=lambda f: (f[0], f[1]))
-        return [(id, i) for _, id, i in found]
+        below = [id for id in kept if id not in seen]
+        if below:
+            gets = [self._bucket.get_subject(self._subjects(id).instance, id) for id in below]
+            for id, entry in zip(below, await asyncio.gather(*gets), strict=True):
+                if entry is not None:
+                    seen[id] = (entry.revision, self._decode(id, entry.value))
+        active = sorted((r, id, i) for id, (r, i) in seen.items() if i.status not in FINISHED)
+        # The next scan starts after this one, or at the oldest unfinished instance but the
+        # KEPT_BELOW oldest, which are read by id: every unfinished instance is at or above the
+        # watermark, or kept. Later writes land above it. Right whichever sweep finishes last.
+        watermark = end + 1 if len(active) <= KEPT_BELOW else min(end + 1, active[KEPT_BELOW][0])
+        self._kept = {id: r for r, id, _ in active if r < watermark}
+        self._sweep_from = watermark
+        active.sort(key=lambda a: (a[2].created_at, a[1]))
+        return [(id, i) for _, id, i in active]
 
     # -- the protocol ---------------------------------------------------------------------------------
 
