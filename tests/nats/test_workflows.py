@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import catga
-from catga.errors import ConcurrencyError, StaleFencingTokenError
+from catga.errors import BackendError, ConcurrencyError, StaleFencingTokenError
 from catga.nats import NatsConnection, NatsWorkflowStore
 from catga.nats import workflows as workflows_module
 from catga.nats._jsapi import StreamMessage
@@ -350,3 +350,13 @@ class TestNatsWorkflowStoreOnACluster(WorkflowStoreContract):
             assert sum(o is None for o in outcomes) == 1
             assert all(isinstance(o, ConcurrencyError) for o in outcomes if o is not None)
             assert len(await a.history(wid)) == 1
+
+
+async def test_a_bucket_of_another_layout_is_reported(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], unique_name: str
+) -> None:
+    a, _ = two_stores
+    await a.create(_new("wf-1"))
+    await a.connection.js.publish(f"$KV.{unique_name}.wf-1.3", b"\x96")  # the earlier layout's step 3
+    with pytest.raises(BackendError, match=r"not of the workflow store's layout .* use another bucket"):
+        await a.history("wf-1")

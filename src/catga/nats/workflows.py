@@ -192,6 +192,17 @@ class NatsWorkflowStore(KvStore):
                 f"workflow {id!r} in bucket {self.bucket!r} is unreadable ({exc})", backend="nats"
             ) from exc
 
+    def _entry(self, id: str, seq: int, value: bytes) -> HistoryEntry:
+        try:
+            x = _decode_entry(value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BackendError(
+                f"step {seq} of workflow {id!r} in bucket {self.bucket!r} is unreadable ({exc})",
+                backend="nats",
+            ) from exc
+        return HistoryEntry(seq=seq, kind=x.kind, name=x.name, ok=x.ok, value=x.value, at=x.at,
+                            error_type=x.error_type)  # fmt: skip
+
     def _keep(self, id: str, view: _View) -> None:
         """Keep ``view`` unless a later one is kept; drop it once finished and released."""
         old = self._views.pop(id, None)
@@ -219,16 +230,20 @@ class NatsWorkflowStore(KvStore):
         instance: _Instance | None = None
         last = 0
         entries: list[HistoryEntry] = []
-        history_at = len(s.base) + 3  # after "$KV.B.<id>.h."
+        instance_subject, steps = s.instance.decode(), s.base.decode() + ".h."
         async for m in self._bucket.messages(s.workflow.decode()):
             last = m.seq
-            if m.subject.endswith(".i"):
+            if m.subject == instance_subject:
                 instance = self._decode(id, m.data)
-                continue
-            x = _decode_entry(m.data)
-            seq = int(m.subject[history_at:])
-            entries.append(HistoryEntry(seq=seq, kind=x.kind, name=x.name, ok=x.ok, value=x.value, at=x.at,
-                                        error_type=x.error_type))  # fmt: skip
+            elif m.subject.startswith(steps) and m.subject[len(steps) :].isdigit():
+                entries.append(self._entry(id, int(m.subject[len(steps) :]), m.data))
+            else:
+                raise BackendError(
+                    f"bucket {self.bucket!r} holds {m.subject!r}, which is not of the workflow store's "
+                    "layout (<id>.i, <id>.h.<seq>): it was written by an earlier development version of "
+                    "catga or by something else; use another bucket",
+                    backend="nats",
+                )
         if instance is None:
             return None, entries
         view = _View(instance, last, {e.seq for e in entries})
