@@ -389,6 +389,23 @@ class NatsWorkflowStore(KvStore):
 
     async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
         """See :meth:`WorkflowStore.record <catga.workflows.WorkflowStore.record>`."""
+        stored, view = await self._insert(id, entry, lambda i: i.token == token and bool(i.owner), "record")
+        if not stored:
+            raise StaleFencingTokenError(f"workflow {id}", token, 0 if view is None else view.instance.token)
+
+    async def _insert(
+        self, id: str, entry: HistoryEntry, accept: Callable[[_Instance], bool], what: str
+    ) -> tuple[bool, _View | None]:
+        """Write ``entry`` if its step number is free and ``accept(instance)``, as of one revision of
+        the workflow (the fence makes both checks hold at the write).
+
+        Returns:
+            (True, the view written on), or (False, the fresh view ``accept`` refused, None when
+            there is no such workflow).
+
+        Raises:
+            ConcurrencyError: the step number is taken.
+        """
         e = entry
         body = _encode(_Entry(e.kind, e.name, e.ok, bytes(e.value), e.at or self.clock(), e.error_type))
         s = self._subjects(id)
@@ -400,23 +417,22 @@ class NatsWorkflowStore(KvStore):
             if view is None or seqs is None:  # the step numbers are needed: read them all
                 view, fresh = (await self._read_all(id, s))[0], True
                 if view is None or view.seqs is None:
-                    raise StaleFencingTokenError(f"workflow {id}", token, 0)
+                    return False, None
                 seqs = view.seqs
-            current = view.instance
-            if current.token != token or not current.owner:
+            if not accept(view.instance):
                 if fresh:
-                    raise StaleFencingTokenError(f"workflow {id}", token, current.token)
-                view = None
+                    return False, view
+                view = None  # decided on a kept view: decide again on a fresh one
                 continue
             if e.seq in seqs:  # recorded: true on any view, entries are never removed
                 raise ConcurrencyError(f"workflow {id}", e.seq, None)
-            revision = await self._write(id, s, subject, body, view.last, f"record step {e.seq}")
+            revision = await self._write(id, s, subject, body, view.last, f"{what} step {e.seq}")
             if revision is not None:
                 seqs.add(e.seq)
-                self._keep(id, _View(current, revision, seqs))
-                return
+                self._keep(id, _View(view.instance, revision, seqs))
+                return True, view
             view = None
-        raise BackendError(f"record of workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
+        raise BackendError(f"{what} of workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
 
     async def update(
         self,
