@@ -360,3 +360,20 @@ async def test_a_bucket_of_another_layout_is_reported(
     await a.connection.js.publish(f"$KV.{unique_name}.wf-1.3", b"\x96")  # the earlier layout's step 3
     with pytest.raises(BackendError, match=r"not of the workflow store's layout .* use another bucket"):
         await a.history("wf-1")
+
+
+async def test_views_are_kept_for_the_runs_under_way_only(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore],
+) -> None:
+    a, b = two_stores
+    for n in range(5):
+        await a.create(_new(f"wf-{n}"))
+    token = await a.acquire("wf-0", "r1", 60.0)
+    assert token is not None
+    for n in range(1, 5):
+        await _finish(a, f"wf-{n}")
+        await b.history(f"wf-{n}")  # a reader keeps nothing
+    assert set(a._views) == {"wf-0"} and not b._views
+    await a.update("wf-0", token, SLEEPING, wake_at=time.time() + 3600)
+    await a.release("wf-0", token)
+    assert not a._views

@@ -22,16 +22,16 @@ workflow, instance and history, is therefore exact as of that revision or its wr
 * on a cluster, every conditional write of a workflow names the same subject filter, so the stream
   leader also refuses a second proposal while the first is in flight.
 
-**Views.** A store object keeps what it last wrote or read of a workflow (up to :data:`KEPT_VIEWS`
-workflows; dropped when the workflow is finished and released), so a runner's writes need no read
-first: ``create``, ``acquire``, ``update``, ``record``, ``release`` are one publish each. A view may be
-stale (another replica wrote): the write is refused, the store reads the workflow again -- the last
-message of ``$KV.B.<id>.>`` when that is the instance, else every message of the workflow in one
-batch direct get -- and decides again. A decision *not* to write (a lease held, a stale token) taken
-on a kept view is checked again on a fresh read before it is returned. ``get``, ``history``,
-``list_instances``, ``due`` and ``waiting`` always read the server. A view is exact whichever replica
-of a replicated stream answered: each read is one direct get (or one batch) of one replica, which
-holds a prefix of the stream.
+**Views.** A store object keeps what it last wrote or read of a workflow while the workflow is
+leased, and from its create to its first lease (up to :data:`KEPT_VIEWS` workflows), so a runner's
+writes need no read first: ``create``, ``acquire``, ``update``, ``record``, ``release`` are one
+publish each. A view may be stale (another replica wrote): the write is refused, the store reads the
+workflow again -- the last message of ``$KV.B.<id>.>`` when that is the instance, else every message
+of the workflow in one batch direct get -- and decides again. A decision *not* to write (a lease
+held, a stale token) taken on a kept view is checked again on a fresh read before it is returned.
+``get``, ``history``, ``list_instances``, ``due`` and ``waiting`` always read the server. A view is
+exact whichever replica of a replicated stream answered: each read is one direct get (or one batch)
+of one replica, which holds a prefix of the stream.
 
 **Sweeps.** ``due`` and ``waiting`` read the unfinished instances without reading the finished ones
 again. A store object keeps a watermark revision and up to :data:`KEPT_BELOW` ids: every unfinished
@@ -203,12 +203,14 @@ class NatsWorkflowStore(KvStore):
         return HistoryEntry(seq=seq, kind=x.kind, name=x.name, ok=x.ok, value=x.value, at=x.at,
                             error_type=x.error_type)  # fmt: skip
 
-    def _keep(self, id: str, view: _View) -> None:
-        """Keep ``view`` unless a later one is kept; drop it once finished and released."""
+    def _keep(self, id: str, view: _View, *, unleased: bool = False) -> None:
+        """Keep ``view`` unless a later one is kept. Only views of leased workflows are kept (and, with
+        ``unleased``, of one just created, which its creator usually leases next): the views held
+        follow the runs under way, not every workflow read."""
         old = self._views.pop(id, None)
         if old is not None and (old.last > view.last or (old.last == view.last and view.seqs is None)):
             view = old
-        if view.instance.status in FINISHED and not view.instance.owner:
+        if not (view.instance.owner or unleased):
             return
         self._views[id] = view
         if len(self._views) > KEPT_VIEWS:
@@ -335,7 +337,7 @@ class NatsWorkflowStore(KvStore):
         revision = await self._write(i.id, s, s.instance, _encode(value), 0, "create")
         if revision is None:
             return False
-        self._keep(i.id, _View(value, revision, set()))
+        self._keep(i.id, _View(value, revision, set()), unleased=True)
         return True
 
     async def get(self, id: str) -> WorkflowInstance | None:
