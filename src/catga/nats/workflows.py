@@ -1,10 +1,7 @@
 """Workflow instances and histories in one JetStream KV-layout bucket (default ``catga_workflows``).
 
-Subjects (``B`` = the bucket, ``<id>`` = the workflow id as one subject token):
-
-* ``$KV.B.<id>.i`` — the instance (msgpack): name, version, input, status, result, error, times,
-  cancel flag, fencing token, owner and lease end;
-* ``$KV.B.<id>.h.<seq>`` — one history entry per sequence number (msgpack).
+Each workflow is an instance subject ``$KV.B.<id>.i`` and one subject per recorded step,
+``$KV.B.<id>.h.<seq>`` (msgpack; see :mod:`catga.nats._workflow_layout`).
 
 **One fence per workflow.** Every write -- the create, each change of the instance, each history
 entry -- is one publish that the server stores only if the last revision of *all* the workflow's
@@ -61,6 +58,16 @@ from catga.clock import get_clock
 from catga.errors import BackendError, ConcurrencyError, ConfigurationError, StaleFencingTokenError
 from catga.nats._kv import KvOptions, KvStore
 from catga.nats._subjects import token_to_identifier
+from catga.nats._workflow_layout import (
+    Entry,
+    Instance,
+    Subjects,
+    View,
+    decode_entry,
+    decode_instance,
+    encode,
+    public,
+)
 from catga.nats.connection import OUTBOX_SERVER, NatsConnection
 from catga.workflows.store import (
     FINISHED,
@@ -78,70 +85,6 @@ _RETRIES = 64
 KEPT_VIEWS = 4096
 #: How many unfinished instances a sweep reads by id rather than hold its watermark back for them.
 KEPT_BELOW = 128
-
-
-class _Instance(msgspec.Struct, array_like=True):
-    name: str
-    version: int
-    input: bytes
-    status: str
-    result: bytes
-    error: str
-    created_at: float
-    updated_at: float
-    wake_at: float
-    cancel_requested: bool
-    token: int
-    owner: str
-    lease_until: float
-    wait_for: str = ""
-    wait_spec: bytes = b""
-
-
-class _Entry(msgspec.Struct, array_like=True):
-    kind: str
-    name: str
-    ok: bool
-    value: bytes
-    at: float
-    error_type: str
-
-
-_encode = msgspec.msgpack.Encoder().encode
-_decode_instance = msgspec.msgpack.Decoder(_Instance).decode
-_decode_entry = msgspec.msgpack.Decoder(_Entry).decode
-
-
-class _View:
-    """A workflow as of its last revision ``last``: the instance and, when read or written here since
-    the workflow was created or fully read, the set of recorded step numbers (else None)."""
-
-    __slots__ = ("instance", "last", "seqs")
-
-    def __init__(self, instance: _Instance, last: int, seqs: set[int] | None) -> None:
-        self.instance = instance
-        self.last = last
-        # Shared, not copied, from one view to the next of the same workflow: it only grows, and a
-        # step number in it is recorded (entries are never removed), whichever view holds it.
-        self.seqs = seqs
-
-
-class _Subjects:
-    __slots__ = ("base", "instance", "workflow")
-
-    def __init__(self, base: bytes) -> None:
-        self.base = base  # $KV.B.<id>
-        self.instance = base + b".i"
-        self.workflow = base + b".>"
-
-
-def _public(id: str, i: _Instance) -> WorkflowInstance:
-    return WorkflowInstance(
-        id=id, name=i.name, version=i.version, input=i.input, status=i.status, result=i.result,
-        error=i.error, created_at=i.created_at, updated_at=i.updated_at, wake_at=i.wake_at,
-        cancel_requested=i.cancel_requested, token=i.token, owner=i.owner, lease_until=i.lease_until,
-        wait_for=i.wait_for, wait_spec=i.wait_spec,
-    )  # fmt: skip
 
 
 def _check_status(status: str | None) -> None:
@@ -174,19 +117,19 @@ class NatsWorkflowStore(KvStore):
     ) -> None:
         super().__init__(source, **options)
         self.clock: Callable[[], float] = clock or (lambda: get_clock().time())
-        self._views: dict[str, _View] = {}
+        self._views: dict[str, View] = {}
         # Every unfinished instance is at or above this revision, or in _kept (see the module docs).
         self._sweep_from = 1
         self._kept: dict[str, int] = {}
 
     # -- subjects, decoding, views -------------------------------------------------------------------
 
-    def _subjects(self, id: str) -> _Subjects:
-        return _Subjects(self._bucket.subject(id))  # validates the id
+    def _subjects(self, id: str) -> Subjects:
+        return Subjects(self._bucket.subject(id))  # validates the id
 
-    def _decode(self, id: str, value: bytes) -> _Instance:
+    def _decode(self, id: str, value: bytes) -> Instance:
         try:
-            return _decode_instance(value)
+            return decode_instance(value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BackendError(
                 f"workflow {id!r} in bucket {self.bucket!r} is unreadable ({exc})", backend="nats"
@@ -194,7 +137,7 @@ class NatsWorkflowStore(KvStore):
 
     def _entry(self, id: str, seq: int, value: bytes) -> HistoryEntry:
         try:
-            x = _decode_entry(value)
+            x = decode_entry(value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BackendError(
                 f"step {seq} of workflow {id!r} in bucket {self.bucket!r} is unreadable ({exc})",
@@ -203,7 +146,7 @@ class NatsWorkflowStore(KvStore):
         return HistoryEntry(seq=seq, kind=x.kind, name=x.name, ok=x.ok, value=x.value, at=x.at,
                             error_type=x.error_type)  # fmt: skip
 
-    def _keep(self, id: str, view: _View, *, unleased: bool = False) -> None:
+    def _keep(self, id: str, view: View, *, unleased: bool = False) -> None:
         """Keep ``view`` unless a later one is kept. Only views of leased workflows are kept (and, with
         ``unleased``, of one just created, which its creator usually leases next): the views held
         follow the runs under way, not every workflow read."""
@@ -216,20 +159,20 @@ class NatsWorkflowStore(KvStore):
         if len(self._views) > KEPT_VIEWS:
             del self._views[next(iter(self._views))]
 
-    async def _read_last(self, id: str, s: _Subjects) -> _View | None:
+    async def _read_last(self, id: str, s: Subjects) -> View | None:
         """A fresh view: the workflow's last message when that is the instance, else a full read."""
         entry = await self._bucket.get_subject(s.workflow, id)
         if entry is None:
             return None
         if entry.headers.get("Nats-Subject", "").encode() == s.instance:
-            view = _View(self._decode(id, entry.value), entry.revision, None)
+            view = View(self._decode(id, entry.value), entry.revision, None)
             self._keep(id, view)
             return view
         return (await self._read_all(id, s))[0]
 
-    async def _read_all(self, id: str, s: _Subjects) -> tuple[_View | None, list[HistoryEntry]]:
+    async def _read_all(self, id: str, s: Subjects) -> tuple[View | None, list[HistoryEntry]]:
         """A fresh view with the step numbers, and the history: every message of the workflow."""
-        instance: _Instance | None = None
+        instance: Instance | None = None
         last = 0
         entries: list[HistoryEntry] = []
         instance_subject, steps = s.instance.decode(), s.base.decode() + ".h."
@@ -248,12 +191,12 @@ class NatsWorkflowStore(KvStore):
                 )
         if instance is None:
             return None, entries
-        view = _View(instance, last, {e.seq for e in entries})
+        view = View(instance, last, {e.seq for e in entries})
         self._keep(id, view)
         return view, entries
 
     async def _write(
-        self, id: str, s: _Subjects, subject: bytes, value: bytes, last: int, what: str
+        self, id: str, s: Subjects, subject: bytes, value: bytes, last: int, what: str
     ) -> int | None:
         revision = await self._bucket.write_subject(
             subject, value, last=last, last_subject=s.workflow, what=f"{what} of workflow {id!r}"
@@ -263,8 +206,8 @@ class NatsWorkflowStore(KvStore):
         return revision
 
     async def _change(
-        self, id: str, change: Callable[[_Instance], _Instance | None], what: str
-    ) -> _Instance | None:
+        self, id: str, change: Callable[[Instance], Instance | None], what: str
+    ) -> Instance | None:
         """``change`` the instance (None: leave it) and write it at the view's revision; read again and
         retry when the view was stale. Returns the stored instance, or None when there is none or
         ``change`` declined on a fresh read."""
@@ -282,14 +225,14 @@ class NatsWorkflowStore(KvStore):
                     return None
                 view = None  # decided on a kept view: decide again on a fresh one
                 continue
-            revision = await self._write(id, s, s.instance, _encode(changed), view.last, what)
+            revision = await self._write(id, s, s.instance, encode(changed), view.last, what)
             if revision is not None:
-                self._keep(id, _View(changed, revision, view.seqs))
+                self._keep(id, View(changed, revision, view.seqs))
                 return changed
             view = None
         raise BackendError(f"{what} of workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
 
-    async def _scan(self, start: int = 1) -> AsyncIterator[tuple[str, _Instance, int]]:
+    async def _scan(self, start: int = 1) -> AsyncIterator[tuple[str, Instance, int]]:
         """``(id, instance, revision)`` of every instance from revision ``start`` on, in revision order."""
         prefix = self._bucket.prefix
         at = len(prefix)
@@ -297,11 +240,11 @@ class NatsWorkflowStore(KvStore):
             id = token_to_identifier(m.subject[at:-2])
             yield id, self._decode(id, m.data), m.seq
 
-    async def _unfinished(self) -> list[tuple[str, _Instance]]:
+    async def _unfinished(self) -> list[tuple[str, Instance]]:
         """The unfinished instances, oldest first: a scan from the watermark, and a direct get of each
         instance kept below it (see the module docs). Moves the watermark."""
         start, kept = self._sweep_from, self._kept
-        seen: dict[str, tuple[int, _Instance]] = {}
+        seen: dict[str, tuple[int, Instance]] = {}
         end = start - 1
         async for id, i, revision in self._scan(start):
             seen[id] = (revision, i)  # revision order: a later revision of one instance replaces it
@@ -329,27 +272,27 @@ class NatsWorkflowStore(KvStore):
         s = self._subjects(instance.id)
         now = self.clock()
         i = instance
-        value = _Instance(
+        value = Instance(
             name=i.name, version=i.version, input=bytes(i.input), status=PENDING, result=b"", error="",
             created_at=i.created_at or now, updated_at=now, wake_at=0.0, cancel_requested=False,
             token=0, owner="", lease_until=0.0,
         )  # fmt: skip
-        revision = await self._write(i.id, s, s.instance, _encode(value), 0, "create")
+        revision = await self._write(i.id, s, s.instance, encode(value), 0, "create")
         if revision is None:
             return False
-        self._keep(i.id, _View(value, revision, set()), unleased=True)
+        self._keep(i.id, View(value, revision, set()), unleased=True)
         return True
 
     async def get(self, id: str) -> WorkflowInstance | None:
         """See :meth:`WorkflowStore.get <catga.workflows.WorkflowStore.get>`."""
         entry = await self._bucket.get_subject(self._subjects(id).instance, id)
-        return None if entry is None else _public(id, self._decode(id, entry.value))
+        return None if entry is None else public(id, self._decode(id, entry.value))
 
     async def list_instances(self, status: str | None = None, limit: int = 100) -> list[WorkflowInstance]:
         """See :meth:`WorkflowStore.list_instances <catga.workflows.WorkflowStore.list_instances>`
         (a scan of every instance)."""
         _check_status(status)
-        found = [_public(id, i) async for id, i, _ in self._scan() if status is None or i.status == status]
+        found = [public(id, i) async for id, i, _ in self._scan() if status is None or i.status == status]
         found.sort(key=lambda i: (i.created_at, i.id))
         return found[: max(limit, 0)]
 
@@ -362,7 +305,7 @@ class NatsWorkflowStore(KvStore):
     async def acquire(self, id: str, owner: str, ttl: float) -> int | None:
         """See :meth:`WorkflowStore.acquire <catga.workflows.WorkflowStore.acquire>`."""
 
-        def take(i: _Instance) -> _Instance | None:
+        def take(i: Instance) -> Instance | None:
             now = self.clock()
             if i.status in FINISHED or (i.owner and i.owner != owner and i.lease_until > now):
                 return None
@@ -374,7 +317,7 @@ class NatsWorkflowStore(KvStore):
     async def renew(self, id: str, token: int, ttl: float) -> bool:
         """See :meth:`WorkflowStore.renew <catga.workflows.WorkflowStore.renew>`."""
 
-        def extend(i: _Instance) -> _Instance | None:
+        def extend(i: Instance) -> Instance | None:
             if i.token != token or not i.owner:
                 return None
             return msgspec.structs.replace(i, lease_until=self.clock() + ttl)
@@ -384,7 +327,7 @@ class NatsWorkflowStore(KvStore):
     async def release(self, id: str, token: int) -> None:
         """See :meth:`WorkflowStore.release <catga.workflows.WorkflowStore.release>`."""
 
-        def free(i: _Instance) -> _Instance | None:
+        def free(i: Instance) -> Instance | None:
             return msgspec.structs.replace(i, owner="", lease_until=0.0) if i.token == token else None
 
         await self._change(id, free, "release")
@@ -396,8 +339,8 @@ class NatsWorkflowStore(KvStore):
             raise StaleFencingTokenError(f"workflow {id}", token, 0 if view is None else view.instance.token)
 
     async def _insert(
-        self, id: str, entry: HistoryEntry, accept: Callable[[_Instance], bool], what: str
-    ) -> tuple[bool, _View | None]:
+        self, id: str, entry: HistoryEntry, accept: Callable[[Instance], bool], what: str
+    ) -> tuple[bool, View | None]:
         """Write ``entry`` if its step number is free and ``accept(instance)``, as of one revision of
         the workflow (the fence makes both checks hold at the write).
 
@@ -409,7 +352,7 @@ class NatsWorkflowStore(KvStore):
             ConcurrencyError: the step number is taken.
         """
         e = entry
-        body = _encode(_Entry(e.kind, e.name, e.ok, bytes(e.value), e.at or self.clock(), e.error_type))
+        body = encode(Entry(e.kind, e.name, e.ok, bytes(e.value), e.at or self.clock(), e.error_type))
         s = self._subjects(id)
         subject = s.base + b".h.%d" % e.seq
         view = self._views.get(id)
@@ -431,7 +374,7 @@ class NatsWorkflowStore(KvStore):
             revision = await self._write(id, s, subject, body, view.last, f"{what} step {e.seq}")
             if revision is not None:
                 seqs.add(e.seq)
-                self._keep(id, _View(view.instance, revision, seqs))
+                self._keep(id, View(view.instance, revision, seqs))
                 return True, view
             view = None
         raise BackendError(f"{what} of workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
@@ -452,7 +395,7 @@ class NatsWorkflowStore(KvStore):
         _check_status(status)
         seen: list[int] = []
 
-        def set_status(i: _Instance) -> _Instance | None:
+        def set_status(i: Instance) -> Instance | None:
             if i.token != token or not i.owner:
                 seen.append(i.token)
                 return None
@@ -469,7 +412,7 @@ class NatsWorkflowStore(KvStore):
     async def request_cancel(self, id: str) -> bool:
         """See :meth:`WorkflowStore.request_cancel <catga.workflows.WorkflowStore.request_cancel>`."""
 
-        def cancel(i: _Instance) -> _Instance | None:
+        def cancel(i: Instance) -> Instance | None:
             if i.status in FINISHED:
                 return None
             status = PENDING if i.status == SLEEPING else i.status
@@ -484,7 +427,7 @@ class NatsWorkflowStore(KvStore):
         """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>` (a scan of the
         unfinished instances, see the module docs)."""
         found = [
-            _public(id, i)
+            public(id, i)
             for id, i in await self._unfinished()
             if i.status == SLEEPING and i.wait_for == event_type
         ]
