@@ -12,8 +12,7 @@ import pytest
 
 import catga
 from catga.errors import BackendError, ConcurrencyError, StaleFencingTokenError
-from catga.nats import NatsConnection, NatsWorkflowStore
-from catga.nats import workflows as workflows_module
+from catga.nats import NatsConnection, NatsWorkflowStore, _workflow_sweep
 from catga.nats._jsapi import StreamMessage
 from catga.nats._kv import KvEntry
 from catga.testing import FakeClock, NatsCluster
@@ -252,7 +251,7 @@ async def test_a_long_sleeper_does_not_make_sweeps_read_finished_workflows_again
 async def test_past_its_limit_a_sweep_scans_from_the_oldest_unfinished_instance_it_does_not_keep(
     two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(workflows_module, "KEPT_BELOW", 2)
+    monkeypatch.setattr(_workflow_sweep, "KEPT_BELOW", 2)
     a, sweeper = two_stores
     for n in range(4):  # pending wf-0..3, each followed by two finished ones
         await a.create(_new(f"wf-{n}"))
@@ -277,7 +276,7 @@ async def test_past_its_limit_a_sweep_scans_from_the_oldest_unfinished_instance_
 async def test_writes_racing_a_sweep_are_found_by_the_next_one(
     two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(workflows_module, "KEPT_BELOW", 1)
+    monkeypatch.setattr(_workflow_sweep, "KEPT_BELOW", 1)
     a, sweeper = two_stores
     await a.create(_new("x"))
     assert await sweeper.due() == ["x"]  # x is read by id from now on

@@ -30,15 +30,9 @@ held, a stale token) taken on a kept view is checked again on a fresh read befor
 exact whichever replica of a replicated stream answered: each read is one direct get (or one batch)
 of one replica, which holds a prefix of the stream.
 
-**Sweeps.** ``due`` and ``waiting`` read the unfinished instances without reading the finished ones
-again. A store object keeps a watermark revision and up to :data:`KEPT_BELOW` ids: every unfinished
-instance is at or above the watermark, or one of those ids. A sweep scans the instances
-(``$KV.B.*.i``, batch direct get) from the watermark and gets the kept ids directly (concurrently), then
-moves the watermark past the scan, or, with more unfinished instances than it keeps, to the oldest
-unfinished one it does not keep. A change of an instance is a new revision, above any watermark
-already set, so nothing is missed; a finished instance below the watermark is never read again. A
-sweep costs the instances written since the last one plus the unfinished ones (the first sweep of a
-store object reads them all). ``list_instances`` scans every instance.
+**Sweeps.** ``due`` and ``waiting`` read the unfinished instances from a watermark, so a finished
+workflow is read by the first sweep of a store object and never again; ``list_instances`` scans every
+instance (see :mod:`catga.nats._workflow_sweep`).
 
 Leases and wake times are compared with this process's clock (:func:`catga.clock.get_clock`), as
 for :class:`~catga.nats.NatsLock`: replicas need clocks in sync to well under the lease.
@@ -47,8 +41,7 @@ Needs NATS 2.12 or later (the version tested with expected-sequence checks on a 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Unpack
 
 import msgspec
@@ -57,7 +50,6 @@ from nats.aio.client import Client
 from catga.clock import get_clock
 from catga.errors import BackendError, ConcurrencyError, ConfigurationError, StaleFencingTokenError
 from catga.nats._kv import KvOptions, KvStore
-from catga.nats._subjects import token_to_identifier
 from catga.nats._workflow_layout import (
     Entry,
     Instance,
@@ -68,6 +60,7 @@ from catga.nats._workflow_layout import (
     encode,
     public,
 )
+from catga.nats._workflow_sweep import Sweep
 from catga.nats.connection import OUTBOX_SERVER, NatsConnection
 from catga.workflows.store import (
     FINISHED,
@@ -78,13 +71,11 @@ from catga.workflows.store import (
     WorkflowInstance,
 )
 
-__all__ = ("KEPT_BELOW", "KEPT_VIEWS", "NatsWorkflowStore")
+__all__ = ("KEPT_VIEWS", "NatsWorkflowStore")
 
 _RETRIES = 64
 #: How many workflows' views a store object keeps (the oldest kept is dropped first).
 KEPT_VIEWS = 4096
-#: How many unfinished instances a sweep reads by id rather than hold its watermark back for them.
-KEPT_BELOW = 128
 
 
 def _check_status(status: str | None) -> None:
@@ -118,9 +109,7 @@ class NatsWorkflowStore(KvStore):
         super().__init__(source, **options)
         self.clock: Callable[[], float] = clock or (lambda: get_clock().time())
         self._views: dict[str, View] = {}
-        # Every unfinished instance is at or above this revision, or in _kept (see the module docs).
-        self._sweep_from = 1
-        self._kept: dict[str, int] = {}
+        self._sweep = Sweep(self._bucket, self._decode)
 
     # -- subjects, decoding, views -------------------------------------------------------------------
 
@@ -232,39 +221,6 @@ class NatsWorkflowStore(KvStore):
             view = None
         raise BackendError(f"{what} of workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
 
-    async def _scan(self, start: int = 1) -> AsyncIterator[tuple[str, Instance, int]]:
-        """``(id, instance, revision)`` of every instance from revision ``start`` on, in revision order."""
-        prefix = self._bucket.prefix
-        at = len(prefix)
-        async for m in self._bucket.messages(prefix + "*.i", start):
-            id = token_to_identifier(m.subject[at:-2])
-            yield id, self._decode(id, m.data), m.seq
-
-    async def _unfinished(self) -> list[tuple[str, Instance]]:
-        """The unfinished instances, oldest first: a scan from the watermark, and a direct get of each
-        instance kept below it (see the module docs). Moves the watermark."""
-        start, kept = self._sweep_from, self._kept
-        seen: dict[str, tuple[int, Instance]] = {}
-        end = start - 1
-        async for id, i, revision in self._scan(start):
-            seen[id] = (revision, i)  # revision order: a later revision of one instance replaces it
-            end = revision
-        below = [id for id in kept if id not in seen]
-        if below:
-            gets = [self._bucket.get_subject(self._subjects(id).instance, id) for id in below]
-            for id, entry in zip(below, await asyncio.gather(*gets), strict=True):
-                if entry is not None:
-                    seen[id] = (entry.revision, self._decode(id, entry.value))
-        active = sorted((r, id, i) for id, (r, i) in seen.items() if i.status not in FINISHED)
-        # The next scan starts after this one, or at the oldest unfinished instance but the
-        # KEPT_BELOW oldest, which are read by id: every unfinished instance is at or above the
-        # watermark, or kept. Later writes land above it. Right whichever sweep finishes last.
-        watermark = end + 1 if len(active) <= KEPT_BELOW else min(end + 1, active[KEPT_BELOW][0])
-        self._kept = {id: r for r, id, _ in active if r < watermark}
-        self._sweep_from = watermark
-        active.sort(key=lambda a: (a[2].created_at, a[1]))
-        return [(id, i) for _, id, i in active]
-
     # -- the protocol ---------------------------------------------------------------------------------
 
     async def create(self, instance: WorkflowInstance) -> bool:
@@ -292,7 +248,11 @@ class NatsWorkflowStore(KvStore):
         """See :meth:`WorkflowStore.list_instances <catga.workflows.WorkflowStore.list_instances>`
         (a scan of every instance)."""
         _check_status(status)
-        found = [public(id, i) async for id, i, _ in self._scan() if status is None or i.status == status]
+        found = [
+            public(id, i)
+            async for id, i, _ in self._sweep.instances()
+            if status is None or i.status == status
+        ]
         found.sort(key=lambda i: (i.created_at, i.id))
         return found[: max(limit, 0)]
 
@@ -428,7 +388,7 @@ class NatsWorkflowStore(KvStore):
         unfinished instances, see the module docs)."""
         found = [
             public(id, i)
-            for id, i in await self._unfinished()
+            for id, i in await self._sweep.unfinished()
             if i.status == SLEEPING and i.wait_for == event_type
         ]
         return found[: max(limit, 0)]
@@ -439,7 +399,7 @@ class NatsWorkflowStore(KvStore):
         now = self.clock()
         found = [
             id
-            for id, i in await self._unfinished()
+            for id, i in await self._sweep.unfinished()
             if not (i.owner and i.lease_until > now) and (i.status != SLEEPING or i.wake_at <= now)
         ]
         return found[: max(limit, 0)]
