@@ -31,6 +31,7 @@ from catga.bench import (
 )
 from catga.bench._measure import _interpolate, measure_async, measure_threads, percentiles
 from catga.bench.charts import chart_filename, write_charts
+from catga.bench.phases import PhaseResult, Phases
 from catga.bench.report import render_markdown, sorted_results
 from catga.cli import app
 from catga.cli.bench import parse_concurrency
@@ -44,6 +45,7 @@ import time
 from contextlib import asynccontextmanager
 
 from catga.bench.harness import BenchCase
+from catga.bench.phases import Phased, Phases
 
 SUITE = "tiny"
 EVENTS = []
@@ -91,9 +93,31 @@ async def fails_at_two(env):
         EVENTS.append("teardown-fails")
 
 
+@asynccontextmanager
+async def phased(env):
+    phases = Phases(("fixed", "never"))
+    fixed = phases.series("fixed")
+    fixed(10**9)  # the set-up's self-check: must not reach the report
+    async def op(worker):
+        fixed(1_000)
+        await asyncio.sleep(0)
+        phases.record("per worker", 2_000 * (worker + 1))
+    yield Phased(op, phases)
+
+
+@asynccontextmanager
+async def phased_threads(env):
+    phases = Phases()
+    def op(worker):
+        phases.record("work", 3_000)
+    yield Phased(op, phases)
+
+
 def cases(env):
     return [
         BenchCase("echo", "catga", fast, note="fast one"),
+        BenchCase("phased", "catga", phased),
+        BenchCase("phased", "peer", phased_threads, mode="threads"),
         BenchCase("echo", "peer", slow),
         BenchCase("sleep0", "catga", threaded, mode="threads"),
         BenchCase("setup", "catga", broken_setup),
@@ -332,6 +356,10 @@ async def test_run_suites_measures_each_level_and_records_failures(suites_pkg: s
         ("sleep0", "catga", 1),
         ("sleep0", "catga", 2),
         ("partial", "catga", 1),  # measured before the failure at concurrency 2
+        ("phased", "catga", 1),
+        ("phased", "catga", 2),
+        ("phased", "peer", 1),
+        ("phased", "peer", 2),
     }
     assert all(r.ops > 0 and r.ops_per_s > 0 for r in report.results)
     # Implementations of one case run side by side, level by level, alternating their order.
@@ -342,7 +370,7 @@ async def test_run_suites_measures_each_level_and_records_failures(suites_pkg: s
     assert failures[("tiny", "setup", "catga")] == "RuntimeError: cannot set up"
     assert failures[("tiny", "partial", "catga")] == "ValueError: worker 1 exploded"
     assert failures[("needs-dep", "*", "*")].startswith("SuiteUnavailableError: benchmark suite 'needs-dep'")
-    assert progress.total == progress.done == 5 * 2
+    assert progress.total == progress.done == 7 * 2
     events = sys.modules[f"{suites_pkg}.tiny"].EVENTS
     assert events.count("setup-fast") == 1 and "teardown-fast" in events and "teardown-fails" in events
     assert report.timer_overhead_ns > 0
@@ -354,6 +382,98 @@ async def test_run_suites_filters_cases_and_impls(suites_pkg: str) -> None:
     )
     assert {(r.case, r.impl) for r in report.results} == {("echo", "peer")}
     assert report.failures == []
+
+
+# -- latency phases ----------------------------------------------------------------------------
+
+
+def test_phases_marks_and_series_survive_a_reset() -> None:
+    phases = Phases(("a", "b", "never"))
+    add_a = phases.series("a")
+    record = phases.marks_recorder(("a", "b"))
+    record([100, 1_100, 4_100])
+    add_a(3_000)
+    with pytest.raises(ValueError, match="2 phases need 3 timestamps, got 2"):
+        record([1, 2])
+    a, b = phases.results()  # "never" has no durations: not reported
+    assert (a.name, a.count, a.p50_us, a.mean_us) == ("a", 2, 2.0, 2.0)
+    assert (b.name, b.count, b.p99_us) == ("b", 1, 3.0)
+    phases.reset()
+    assert phases.results() == () and phases.names == ("a", "b", "never")
+    add_a(500)  # what was fetched before the reset still feeds the recorder
+    record([0, 0, 7_000])
+    assert [(p.name, p.count, p.p50_us) for p in phases.results()] == [("a", 2, 0.25), ("b", 1, 7.0)]
+
+
+@pytest.mark.parametrize("warmup", [0.0, 0.01])
+async def test_phases_come_from_the_measured_run_of_each_level_only(suites_pkg: str, warmup: float) -> None:
+    config = BenchConfig.create(quick=True, concurrency=(1, 2), duration=0.03, warmup=warmup)
+    report = await run_suites(["tiny"], config, package=suites_pkg, cases_filter=["phased", "echo"])
+    assert report.failures == []
+    rows = {(r.case, r.impl, r.concurrency): r for r in report.results}
+    assert len(rows) == 8
+    for conc in (1, 2):
+        fixed, per_worker = rows[("phased", "catga", conc)].phases  # "never" was never recorded
+        ops = rows[("phased", "catga", conc)].ops
+        # One duration per timed call: the set-up's, the warm-up's and the previous level's are gone.
+        assert (fixed.name, fixed.count, per_worker.name, per_worker.count) == (
+            "fixed",
+            ops,
+            "per worker",
+            ops,
+        )
+        assert fixed.p50_us == fixed.p99_us == fixed.mean_us == 1.0
+        if conc == 1:
+            assert per_worker.p50_us == per_worker.p99_us == 2.0
+        else:  # worker 0 records 2 µs, worker 1 4 µs
+            assert 2.0 < per_worker.mean_us < 4.0 and per_worker.p99_us == 4.0
+        [work] = rows[("phased", "peer", conc)].phases  # a SyncOp in threads, unwrapped the same way
+        assert (work.name, work.count, work.p50_us) == ("work", rows[("phased", "peer", conc)].ops, 3.0)
+        assert rows[("echo", "catga", conc)].phases == () == rows[("echo", "peer", conc)].phases
+
+
+def test_cli_bench_reports_phases_in_json_text_and_markdown(suites_pkg: str, tmp_path: Path) -> None:
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("bench", "tiny", "--quick", "--duration", "0.02", "--concurrency", "1"),
+            *("--case", "echo", "--case", "phased", "--json", str(out), "--markdown", str(md)),
+        ],
+        env={"CATGA_BENCH_PACKAGE": suites_pkg},
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    rows = {(r["case"], r["impl"]): r for r in data["results"]}
+    assert "phases" not in rows[("echo", "catga")] and "phases" not in rows[("echo", "peer")]
+    catga_phases = rows[("phased", "catga")]["phases"]
+    assert list(catga_phases) == ["fixed", "per worker"]
+    assert list(rows[("phased", "peer")]["phases"]) == ["work"]
+    fixed = catga_phases["fixed"]
+    assert set(fixed) == {"count", "p50_us", "p95_us", "p99_us", "mean_us"}
+    assert fixed["count"] == rows[("phased", "catga")]["ops"] and fixed["p99_us"] == 1.0
+    again = BenchReport.from_json(data)
+    assert {r.case: r.phases for r in again.results if r.impl == "catga"}["phased"][0] == PhaseResult(
+        "fixed", fixed["count"], 1.0, 1.0, 1.0, 1.0
+    )
+    assert again.to_json()["results"] == data["results"]
+    fixed["later_key"] = 1  # a newer report's extra keys are ignored, as for results
+    assert BenchReport.from_json(data).results == again.results
+    # Text: the main table as before, then one phase table, a row per phased case and level, each
+    # cell P50 over P99.
+    assert "tiny — phases, µs: P50 over P99" in result.stdout
+    phase_text = result.stdout.split("tiny — phases", 1)[1].split("timer overhead", 1)[0]
+    lines = [line.split() for line in phase_text.splitlines()]
+    assert ["case", "impl", "conc", "fixed", "per", "worker", "work"] in lines
+    assert ["phased", "catga", "1", "1.0", "2.0"] in lines and ["1.0", "2.0"] in lines  # P50, then P99
+    assert ["phased", "peer", "1", "3.0"] in lines and ["3.0"] in lines
+    assert "echo" not in phase_text
+    text = md.read_text()
+    assert "| tiny | phased | **catga** | 1 |" in text  # the main table is unchanged
+    assert "tiny phases, P50 / P99 µs:" in text
+    assert "| case | impl | conc | fixed | per worker | work |" in text
+    assert "| phased | **catga** | 1 | 1.0 / 1.0 | 2.0 / 2.0 |  |" in text
+    assert "| phased | peer | 1 |  |  | 3.0 / 3.0 |" in text
 
 
 async def test_bench_env_prefers_the_environment_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -409,7 +529,10 @@ def test_cli_bench_writes_the_exact_json_schema_and_pngs(suites_pkg: str, tmp_pa
             assert isinstance(row[key], float) and row[key] > 0
     assert (png / "tiny__echo.png").read_bytes()[:4] == b"\x89PNG"
     assert "catga/x" in result.stdout and "peer" in result.stdout
+    assert all("phases" not in row for row in data["results"])  # no phases: no key, no phase table
+    assert "phases" not in result.stdout
     assert "| tiny | echo | peer | 1 |" in (tmp_path / "r.md").read_text()
+    assert "phases" not in (tmp_path / "r.md").read_text()
 
 
 def test_cli_bench_json_to_stdout_keeps_stdout_machine_readable(suites_pkg: str) -> None:
@@ -551,6 +674,9 @@ def test_the_workflow_suite_runs_three_step_workflows_in_memory(tmp_path: Path) 
         ("three_steps_memory", "catga", 4),
     ]
     assert all(r["ops_per_s"] > 0 and r["p99_us"] >= r["p50_us"] > 0 for r in rows)
+    for r in rows:  # each phase once per workflow, in order, none negative or empty
+        assert list(r["phases"]) == ["create", "start", "step 1", "step 2", "step 3", "finish"]
+        assert all(p["count"] == r["ops"] and p["p99_us"] >= p["p50_us"] > 0 for p in r["phases"].values())
 
 
 @pytest.mark.postgres
@@ -573,3 +699,7 @@ def test_the_workflow_suite_compares_catga_and_dbos_on_one_postgres(
         (impl, c) for impl in ("catga", "dbos", "dbos-direct", "dbos-threads") for c in (1, 2)
     }
     assert all(r["ops_per_s"] > 0 for r in rows)
+    steps = ["start", "step 1", "step 2", "step 3", "finish"]
+    for r in rows:  # the same phases for both, plus the start call's "create" where there is one
+        assert list(r["phases"]) == (["create", *steps] if r["impl"] in ("catga", "dbos") else steps), r
+        assert all(p["count"] == r["ops"] and p["p50_us"] > 0 for p in r["phases"].values()), r

@@ -18,6 +18,7 @@ from catga.nats._kv import KvEntry
 from catga.testing import FakeClock, NatsCluster
 from catga.testing.contracts import WorkflowStoreContract
 from catga.workflows import COMPLETED, RUNNING, SLEEPING, HistoryEntry, Workflow, WorkflowInstance
+from wf_waits_shared import check_send_then_wait
 
 pytestmark = pytest.mark.nats
 
@@ -376,3 +377,10 @@ async def test_views_are_kept_for_the_runs_under_way_only(
     await a.update("wf-0", token, SLEEPING, wake_at=time.time() + 3600)
     await a.release("wf-0", token)
     assert not a._views
+
+
+async def test_a_wait_opened_before_the_send_gets_the_event_its_handler_publishes(
+    nats_connection: NatsConnection, unique_name: str, doomed_streams: list[str]
+) -> None:
+    doomed_streams.append(f"KV_{unique_name}")
+    await check_send_then_wait(NatsWorkflowStore(nats_connection, bucket=unique_name, storage="memory"))

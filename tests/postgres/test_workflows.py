@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +17,9 @@ import catga
 from catga.errors import ConfigurationError
 from catga.postgres import PostgresWorkflowStore
 from catga.testing.contracts import WorkflowStoreContract
+from catga.testing.contracts._util import eventually
 from catga.workflows import COMPLETED, Workflow
+from wf_waits_shared import ParcelShipped, ShipParcel, check_send_then_wait
 
 pytestmark = pytest.mark.postgres
 
@@ -65,3 +73,50 @@ async def test_a_postgres_url_builds_the_workflow_store(postgres_url: str) -> No
     async with app:
         state = await app.wait_workflow(await app.start_workflow(hello, "postgres"))
     assert app.workflows.result(state) == "hello postgres"
+
+
+async def test_a_wait_opened_before_the_send_gets_the_event_its_handler_publishes(
+    pool: Any,
+    unique_name: str,
+) -> None:
+    await check_send_then_wait(PostgresWorkflowStore(pool, table=f"wf_{unique_name}"))
+
+
+async def test_an_event_from_another_process_reaches_a_run_blocked_in_its_send(
+    pool: Any, postgres_url: str, unique_name: str
+) -> None:
+    """The runner (here) opened the wait and is in its send; another process publishes the event
+    then: its engine offers it to the running workflow, and the send's handler sees it recorded."""
+    table = f"wf_{unique_name}"
+    store = PostgresWorkflowStore(pool, table=table)
+    app = catga.App(workflows=store)
+    wid = f"mp-{unique_name}"
+
+    @app.handler
+    async def ship(cmd: ShipParcel) -> str:
+        async def offered() -> bool:
+            return any(e.seq == 1 for e in await store.history(wid))
+
+        await eventually(offered, timeout=60, what="the other process's event offered")
+        return "sent"
+
+    @app.workflow(events=[ParcelShipped])
+    async def deliver(wf: Workflow, order_id: str) -> str:
+        shipped = await wf.expect(ParcelShipped, match={"order_id": order_id}, timeout=timedelta(hours=1))
+        await wf.send(ShipParcel(order_id, publish=False))
+        event = await shipped
+        return "none" if event is None else event.tracking
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    async with app:
+        await app.start_workflow(deliver, wid, id=wid)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).parents[1] / "wf_waits_shared.py"), postgres_url, table, wid,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        out, err = await child.communicate()
+        assert child.returncode == 0 and out == b"published\n", err.decode()[-3000:]
+        state = await app.wait_workflow(wid)
+    assert state.status == COMPLETED and app.workflows.result(state) == f"t-{wid}"
+    assert [(e.seq, e.kind) for e in await store.history(wid)] == [(0, "wait"), (1, "event"), (2, "send")]

@@ -11,6 +11,7 @@ import catga
 from catga.redis import RedisClient, RedisWorkflowStore
 from catga.testing.contracts import WorkflowStoreContract
 from catga.workflows import COMPLETED, HistoryEntry, Workflow, WorkflowInstance
+from wf_waits_shared import check_send_then_wait
 
 pytestmark = pytest.mark.redis
 
@@ -70,3 +71,9 @@ async def test_a_redis_url_builds_the_workflow_store(contract_redis_url: str, un
     async with app:
         state = await app.wait_workflow(await app.start_workflow(hello, "redis"))
     assert app.workflows.result(state) == "hello redis"
+
+
+async def test_a_wait_opened_before_the_send_gets_the_event_its_handler_publishes(
+    redis_client: RedisClient,
+) -> None:
+    await check_send_then_wait(RedisWorkflowStore(redis_client))

@@ -194,7 +194,11 @@ async def test_sleep_ends_the_run_and_the_scheduler_wakes_it() -> None:
         wid = await app.start_workflow(nap, 0.3)
 
         await until_status(app, wid, SLEEPING)
-        assert not app.workflows._runs  # no task runs for a sleeping workflow
+        # no task runs for a sleeping workflow (the run stores "sleeping", then releases its lease
+        # and ends: wait for that, without a time bound of its own)
+        await eventually(lambda: asyncio.sleep(0, not app.workflows._runs), what="the run ends")
+        state = await app.workflow_status(wid)
+        assert state is not None and state.status == SLEEPING
         state = await app.wait_workflow(wid)
     assert state.status == COMPLETED and app.workflows.result(state) == "rested"
 

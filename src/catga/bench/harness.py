@@ -23,6 +23,12 @@ For every case and concurrency level the runner does a warm-up, then a fixed-dur
 worker index, one call after another, timing each call with two :func:`time.perf_counter_ns` reads and
 an ``array.append``. Throughput is total operations divided by wall time; latency percentiles are
 computed over every timed call.
+
+A case may also report latency *phases* (parts of its operation timed apart, such as the steps of a
+workflow): its factory yields :class:`~catga.bench.phases.Phased` ``(op, phases)`` and records into
+the :class:`~catga.bench.phases.Phases`; the runner clears them after the warm-up and stores one
+:class:`~catga.bench.phases.PhaseResult` per phase in :attr:`BenchResult.phases`. See
+:mod:`catga.bench.phases`.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from catga.bench._measure import Measurement, measure_async, measure_threads, timer_overhead_ns
+from catga.bench.phases import Phased, PhaseResult, Phases
 from catga.errors import CatgaError
 
 __all__ = (
@@ -64,7 +71,8 @@ Op = Callable[[int], Awaitable[object]]
 SyncOp = Callable[[int], None]
 """A blocking operation for ``mode="threads"``, called with the worker index from an OS thread."""
 
-AnyOp = Op | SyncOp
+AnyOp = Op | SyncOp | Phased
+"""What a case's factory yields: an :data:`Op`, a :data:`SyncOp`, or either with phases (:class:`Phased`)."""
 Mode = Literal["async", "threads"]
 
 DEFAULT_CONCURRENCY: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -84,7 +92,8 @@ class BenchCase:
             with the same suite, case and concurrency.
         impl: Implementation name: ``"catga"`` for ours, else the peer or raw client (``"python-cqrs"``).
         factory: ``factory(env)`` returns an async context manager that sets up, yields the operation
-            (an :data:`Op`, or a :data:`SyncOp` when ``mode="threads"``) and tears down.
+            (an :data:`Op`, or a :data:`SyncOp` when ``mode="threads"``; either wrapped in
+            :class:`~catga.bench.phases.Phased` to report latency phases too) and tears down.
         mode: ``"async"`` (asyncio tasks) or ``"threads"`` (OS threads).
         note: Free text shown in reports (what exactly is measured).
     """
@@ -113,6 +122,8 @@ class BenchResult:
         wall_s: Wall time of the measured run, in seconds.
         mode: ``"async"`` or ``"threads"``.
         note: The case's note.
+        phases: Latency phases of the operation over the measured run, in the case's order (empty
+            unless the case yields :class:`~catga.bench.phases.Phased`).
     """
 
     suite: str
@@ -127,6 +138,7 @@ class BenchResult:
     wall_s: float = 0.0
     mode: Mode = "async"
     note: str = ""
+    phases: tuple[PhaseResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -340,10 +352,21 @@ async def measure_level(
 ) -> BenchResult:
     """Warm up, then measure ``op`` (already set up by ``case.factory``) at one concurrency level.
 
+    A :class:`~catga.bench.phases.Phased` operation is unwrapped (timed like a bare one); its phases
+    are cleared after the warm-up and summarised after the measured run.
+
     Raises:
         Exception: Whatever the operation raised.
     """
-    m = await _measure(case, op, level, config.warmup, config.duration)
+    phases: Phases | None = None
+    if isinstance(op, Phased):
+        phases = op.phases
+        op = op.op  # type: ignore[assignment]
+    if config.warmup > 0:
+        await _measure(case, op, level, config.warmup)
+    if phases is not None:
+        phases.reset()
+    m = await _measure(case, op, level, config.duration)
     return BenchResult(
         suite=suite,
         case=case.case,
@@ -357,20 +380,17 @@ async def measure_level(
         wall_s=m.wall_s,
         mode=case.mode,
         note=case.note,
+        phases=() if phases is None else phases.results(),
     )
 
 
-async def _measure(case: BenchCase, op: AnyOp, level: int, warmup: float, duration: float) -> Measurement:
+async def _measure(case: BenchCase, op: AnyOp, level: int, duration: float) -> Measurement:
     if case.mode == "threads":
         sync_op: SyncOp = op  # type: ignore[assignment]
-        if warmup > 0:
-            await asyncio.to_thread(measure_threads, sync_op, level, warmup)
         return await asyncio.to_thread(measure_threads, sync_op, level, duration)
     if case.mode != "async":
         raise BenchError(f"case {case.case!r} of {case.impl!r} has unknown mode {case.mode!r}")
     async_op: Op = op  # type: ignore[assignment]
-    if warmup > 0:
-        await measure_async(async_op, level, warmup)
     return await measure_async(async_op, level, duration)
 
 

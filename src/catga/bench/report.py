@@ -9,6 +9,12 @@ JSON (``version`` 1)::
      "catga": "0.1.0", "loop": "asyncio", "quick": false, "duration_s": 2.0,
      "started_at": "...", "timer_overhead_ns": 95.0, "failures": []}
 
+A result of a case that reports latency phases (:mod:`catga.bench.phases`) has one more key, in
+the case's order (results without phases have no ``phases`` key)::
+
+    "phases": {"start": {"count": 2003, "p50_us": 61.2, "p95_us": 80.4, "p99_us": 140.9,
+                         "mean_us": 66.0}, "step 1": {...}}
+
 The first four keys and the first eight keys of each result are the stable schema; the others are
 informational. A ratio is ``catga ops/s ÷ other ops/s`` for the same suite, case and concurrency, so
 ``2.0`` means catga did twice the work per second.
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catga.bench.harness import BenchFailure, BenchResult
+from catga.bench.phases import PhaseResult
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -34,6 +41,7 @@ __all__ = (
     "RatioKey",
     "ratios",
     "render_markdown",
+    "render_phase_table",
     "render_table",
     "render_tables",
     "sorted_results",
@@ -87,7 +95,7 @@ class BenchReport:
             "version": SCHEMA_VERSION,
             "python": self.python,
             "machine": self.machine,
-            "results": [asdict(r) for r in self.results],
+            "results": [_result_json(r) for r in self.results],
             "catga": self.catga,
             "loop": self.loop,
             "quick": self.quick,
@@ -116,7 +124,19 @@ class BenchReport:
                 f"not a catga bench report version {SCHEMA_VERSION}: version={data.get('version')!r}"
             )
         result_fields = BenchResult.__dataclass_fields__
-        results = [BenchResult(**{k: v for k, v in r.items() if k in result_fields}) for r in data["results"]]
+        phase_fields = PhaseResult.__dataclass_fields__
+        results = [
+            BenchResult(
+                **{k: v for k, v in r.items() if k in result_fields and k != "phases"},
+                phases=tuple(
+                    PhaseResult(
+                        name=name, **{k: v for k, v in stats.items() if k in phase_fields and k != "name"}
+                    )
+                    for name, stats in r.get("phases", {}).items()
+                ),
+            )
+            for r in data["results"]
+        ]
         failures = [BenchFailure(**f) for f in data.get("failures", [])]
         return cls(
             python=str(data["python"]),
@@ -130,6 +150,24 @@ class BenchReport:
             timer_overhead_ns=float(data.get("timer_overhead_ns", 0.0)),
             catga=str(data.get("catga", "")),
         )
+
+
+def _result_json(result: BenchResult) -> dict[str, Any]:
+    """One result as JSON: phases keyed by name, and no ``phases`` key when there are none."""
+    row = asdict(result)
+    del row["phases"]
+    if result.phases:
+        row["phases"] = {
+            p.name: {
+                "count": p.count,
+                "p50_us": p.p50_us,
+                "p95_us": p.p95_us,
+                "p99_us": p.p99_us,
+                "mean_us": p.mean_us,
+            }
+            for p in result.phases
+        }
+    return row
 
 
 def ratios(results: Iterable[BenchResult], reference: str = REFERENCE_IMPL) -> dict[RatioKey, float]:
@@ -184,9 +222,72 @@ def _fmt_ratio(v: float | None) -> str:
 
 
 def render_tables(report: BenchReport, reference: str = REFERENCE_IMPL) -> list[Table]:
-    """One rich table per suite (see :func:`render_table`), in report order."""
+    """One rich table per suite (see :func:`render_table`), in report order, each followed by its
+    phase table when its cases report phases (see :func:`render_phase_table`)."""
     suites = list(dict.fromkeys(r.suite for r in report.results))
-    return [render_table(report, reference, suite=s) for s in suites]
+    tables: list[Table] = []
+    for s in suites:
+        tables.append(render_table(report, reference, suite=s))
+        phases = render_phase_table(report, reference, suite=s)
+        if phases is not None:
+            tables.append(phases)
+    return tables
+
+
+def _phase_rows(
+    report: BenchReport, reference: str, suite: str | None
+) -> tuple[list[BenchResult], list[str]]:
+    """The results with phases (of ``suite``, or all) in table order, and the phase names in the order
+    first seen."""
+    rows = [r for r in report.results if r.phases and (suite is None or r.suite == suite)]
+    names = list(dict.fromkeys(p.name for r in rows for p in r.phases))
+    return sorted_results(rows, reference), names
+
+
+def _phase_cells(result: BenchResult, names: list[str], sep: str = " / ") -> list[str]:
+    by_name = {p.name: p for p in result.phases}
+    return [
+        f"{_fmt_us(by_name[n].p50_us)}{sep}{_fmt_us(by_name[n].p99_us)}" if n in by_name else ""
+        for n in names
+    ]
+
+
+def render_phase_table(
+    report: BenchReport, reference: str = REFERENCE_IMPL, *, suite: str | None = None
+) -> Table | None:
+    """A rich table of the latency phases (each cell: P50 over P99, µs), one row per case,
+    implementation and concurrency that reports phases (of one ``suite``, or all); None when none
+    does."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows, names = _phase_rows(report, reference, suite)
+    if not rows:
+        return None
+    table = Table(
+        title=escape(f"{suite if suite is not None else 'catga bench'} — phases, µs: P50 over P99"),
+        caption="each phase is a part of one operation, timed apart (the suite's docs say which)",
+        box=box.SIMPLE_HEAD,
+    )
+    if suite is None:
+        table.add_column("suite", overflow="fold")
+    table.add_column("case", overflow="fold")
+    table.add_column("impl", overflow="fold")
+    table.add_column("conc", justify="right", no_wrap=True)
+    for name in names:
+        table.add_column(escape(name), justify="right")
+    previous: tuple[str, str] | None = None
+    for r in rows:
+        group = (r.suite, r.case)
+        if previous is not None and group != previous:
+            table.add_section()
+        previous = group
+        cells = [] if suite is not None else [escape(r.suite)]
+        # P50 over P99 in each cell: six phases fit 80 columns, two numbers side by side would not.
+        cells += [escape(r.case), escape(r.impl), str(r.concurrency), *_phase_cells(r, names, "\n")]
+        table.add_row(*cells, style="bold" if r.impl == reference else "")
+    return table
 
 
 def render_table(report: BenchReport, reference: str = REFERENCE_IMPL, *, suite: str | None = None) -> Table:
@@ -235,7 +336,8 @@ def render_table(report: BenchReport, reference: str = REFERENCE_IMPL, *, suite:
 
 
 def render_markdown(report: BenchReport, reference: str = REFERENCE_IMPL) -> str:
-    """The results as a GitHub Markdown table (what ``docs/benchmarks.md`` shows)."""
+    """The results as a GitHub Markdown table (what ``docs/benchmarks.md`` shows), followed, per suite
+    whose cases report latency phases, by a table of their P50 / P99 per phase."""
     rs = ratios(report.results, reference)
     lines = [
         f"| suite | case | impl | conc | ops/s | p50 µs | p95 µs | p99 µs | {reference}/x |",
@@ -250,4 +352,18 @@ def render_markdown(report: BenchReport, reference: str = REFERENCE_IMPL) -> str
         )
     for f in report.failures:
         lines.append(f"| {f.suite} | {f.case} | {f.impl} | | failed: {f.error} | | | | |")
+    for suite in dict.fromkeys(r.suite for r in report.results if r.phases):
+        rows, names = _phase_rows(report, reference, suite)
+        lines += [
+            "",
+            f"{suite} phases, P50 / P99 µs:",
+            "",
+            "| case | impl | conc | " + " | ".join(names) + " |",
+            "|---|---|---:|" + "---:|" * len(names),
+        ]
+        for r in rows:
+            impl = f"**{r.impl}**" if r.impl == reference else r.impl
+            lines.append(
+                f"| {r.case} | {impl} | {r.concurrency} | " + " | ".join(_phase_cells(r, names)) + " |"
+            )
     return "\n".join(lines) + "\n"

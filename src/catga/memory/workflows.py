@@ -148,7 +148,7 @@ class MemoryWorkflowStore:
             found = self._check(id, token)
             if status == SLEEPING and found.cancel_requested:
                 status, wake_at = PENDING, 0.0  # a cancel came in meanwhile: due at once
-            if status != SLEEPING:
+            if status not in (RUNNING, SLEEPING):
                 wait_for, wait_spec = "", b""
             self._instances[id] = dataclasses.replace(
                 found,
@@ -178,9 +178,25 @@ class MemoryWorkflowStore:
     async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
         """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>`."""
         with self._lock:
-            found = [i for i in self._instances.values() if i.status == SLEEPING and i.wait_for == event_type]
+            found = [
+                i
+                for i in self._instances.values()
+                if i.status in (RUNNING, SLEEPING) and i.wait_for == event_type
+            ]
         found.sort(key=lambda i: (i.created_at, i.id))
         return found[:limit]
+
+    async def offer(self, id: str, entry: HistoryEntry) -> bool:
+        """See :meth:`WorkflowStore.offer <catga.workflows.WorkflowStore.offer>`."""
+        with self._lock:
+            found = self._instances.get(id)
+            if found is None or found.status in FINISHED:
+                return False
+            entries = self._history[id]
+            if entry.seq in entries:
+                return False
+            entries[entry.seq] = dataclasses.replace(entry, at=entry.at or self.clock())
+            return True
 
     async def due(self, limit: int = 100) -> list[str]:
         """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""

@@ -12,7 +12,8 @@ workflow, instance and history, is therefore exact as of that revision or its wr
 * fencing: a ``record`` under a lease a newer ``acquire`` took over is refused (the acquire moved the
   workflow's last revision);
 * insert-if-absent by sequence number: step ``n`` is written only if ``n`` is not in the writer's view
-  of the history, and that view is current or the write is refused;
+  of the history, and that view is current or the write is refused (``offer`` is the same write on
+  the condition that the workflow is not finished, instead of the lease's);
 * one publish per write, no atomic batch: on a file-storage stream with one replica the server stages
   each atomic batch in a file store of its own, about 5 ms a batch here -- most of a three-step
   workflow's cost before (see ``docs/nats.md``);
@@ -65,6 +66,7 @@ from catga.nats.connection import OUTBOX_SERVER, NatsConnection
 from catga.workflows.store import (
     FINISHED,
     PENDING,
+    RUNNING,
     SLEEPING,
     STATUSES,
     HistoryEntry,
@@ -298,6 +300,14 @@ class NatsWorkflowStore(KvStore):
         if not stored:
             raise StaleFencingTokenError(f"workflow {id}", token, 0 if view is None else view.instance.token)
 
+    async def offer(self, id: str, entry: HistoryEntry) -> bool:
+        """See :meth:`WorkflowStore.offer <catga.workflows.WorkflowStore.offer>` (``record``'s fenced
+        publish, on the condition that the workflow is not finished instead of the lease's)."""
+        try:
+            return (await self._insert(id, entry, lambda i: i.status not in FINISHED, "offer"))[0]
+        except ConcurrencyError:  # that step is taken: the offer is refused
+            return False
+
     async def _insert(
         self, id: str, entry: HistoryEntry, accept: Callable[[Instance], bool], what: str
     ) -> tuple[bool, View | None]:
@@ -360,7 +370,7 @@ class NatsWorkflowStore(KvStore):
                 seen.append(i.token)
                 return None
             st, wake = (PENDING, 0.0) if status == SLEEPING and i.cancel_requested else (status, wake_at)
-            waits = (wait_for, bytes(wait_spec)) if st == SLEEPING else ("", b"")
+            waits = (wait_for, bytes(wait_spec)) if st in (RUNNING, SLEEPING) else ("", b"")
             return msgspec.structs.replace(
                 i, status=st, result=bytes(result), error=error, wake_at=wake, updated_at=self.clock(),
                 wait_for=waits[0], wait_spec=waits[1],
@@ -389,7 +399,7 @@ class NatsWorkflowStore(KvStore):
         found = [
             public(id, i)
             for id, i in await self._sweep.unfinished()
-            if i.status == SLEEPING and i.wait_for == event_type
+            if i.status in (RUNNING, SLEEPING) and i.wait_for == event_type
         ]
         return found[: max(limit, 0)]
 

@@ -16,6 +16,9 @@ table, see :mod:`catga.postgres._base`)::
   insert commits, so a write under a stale token never lands; the primary key is the optimistic
   concurrency by sequence number.
 * ``update``: ``UPDATE ... WHERE id = $1 AND token = $2 AND owner <> ''``.
+* ``offer``: the insert of ``record`` with the instance row selected by ``status`` (not finished)
+  instead of by token, ``FOR SHARE`` too (a runner's ``update`` to a final status waits for it).
+* ``waiting``: a partial index on ``(wait_for, created_at, id) WHERE status IN ('running', 'sleeping')``.
 
 Times (leases, wake times, ``due``) are the **server's** clock (``clock_timestamp()``), so replicas
 whose clocks disagree still agree on when a lease ends. The engine computes wake times with its own
@@ -40,6 +43,10 @@ _COLUMNS = (
 )
 _ENTRY = "seq, kind, name, ok, value, at, error_type"
 _DONE = ", ".join(f"'{s}'" for s in sorted(FINISHED))
+#: The instances ``waiting`` lists (and its partial index covers).
+_WAITING = "status IN ('running', 'sleeping')"
+#: When ``update`` keeps the given ``wait_for``/``wait_spec`` ($3 is the new status).
+_KEEPS_WAIT = "($3 = 'running' OR ($3 = 'sleeping' AND NOT cancel_requested))"
 
 
 class PostgresWorkflowStore(PgStore):
@@ -93,9 +100,8 @@ class PostgresWorkflowStore(PgStore):
             f"UPDATE {t} SET "
             "status = CASE WHEN $3 = 'sleeping' AND cancel_requested THEN 'pending' ELSE $3 END, "
             "wake_at = CASE WHEN $3 = 'sleeping' AND cancel_requested THEN 0::float8 ELSE $6::float8 END, "
-            "wait_for = CASE WHEN $3 = 'sleeping' AND NOT cancel_requested THEN $7 ELSE '' END, "
-            "wait_spec = CASE WHEN $3 = 'sleeping' AND NOT cancel_requested "
-            "THEN $8::bytea ELSE ''::bytea END, "
+            f"wait_for = CASE WHEN {_KEEPS_WAIT} THEN $7 ELSE '' END, "
+            f"wait_spec = CASE WHEN {_KEEPS_WAIT} THEN $8::bytea ELSE ''::bytea END, "
             f"result = $4, error = $5, updated_at = {_NOW} "
             "WHERE id = $1 AND token = $2 AND owner <> ''"
         )
@@ -106,8 +112,13 @@ class PostgresWorkflowStore(PgStore):
             f"WHERE id = $1 AND status NOT IN ({_DONE})"
         )
         self._waiting = (
-            f"SELECT {_COLUMNS} FROM {t} WHERE wait_for = $1 AND status = 'sleeping' "
-            "ORDER BY created_at, id LIMIT $2"
+            f"SELECT {_COLUMNS} FROM {t} WHERE wait_for = $1 AND {_WAITING} ORDER BY created_at, id LIMIT $2"
+        )
+        self._offer = (
+            f"INSERT INTO {h} (id, {_ENTRY}) "
+            f"SELECT w.id, $2, $3, $4, $5, $6, {_NOW}, $7 FROM "
+            f"(SELECT id FROM {t} WHERE id = $1 AND status NOT IN ({_DONE}) FOR SHARE) w "
+            "ON CONFLICT (id, seq) DO NOTHING RETURNING seq"
         )
         self._due = (
             f"SELECT id FROM {t} WHERE status NOT IN ({_DONE}) "
@@ -129,8 +140,8 @@ class PostgresWorkflowStore(PgStore):
             "cancel_requested boolean NOT NULL DEFAULT false, token bigint NOT NULL DEFAULT 0, "
             "owner text NOT NULL DEFAULT '', lease_until float8 NOT NULL DEFAULT 0, "
             "wait_for text NOT NULL DEFAULT '', wait_spec bytea NOT NULL DEFAULT '')",
-            f"CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_waiting "
-            f"ON {self.table} (wait_for, created_at, id) WHERE status = 'sleeping'",
+            f"CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_waits "
+            f"ON {self.table} (wait_for, created_at, id) WHERE {_WAITING}",
             f"CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_active "
             f"ON {self.table} (created_at, id) WHERE status NOT IN ({_DONE})",
             f"CREATE TABLE IF NOT EXISTS {self.history_table} ("
@@ -140,7 +151,7 @@ class PostgresWorkflowStore(PgStore):
         ]
 
     def _schema_objects(self) -> tuple[str, ...]:
-        waiting = self._active_index().removesuffix("_active") + "_waiting"
+        waiting = self._active_index().removesuffix("_active") + "_waits"
         return (self.table, self._active_index(), waiting, self.history_table)
 
     async def create(self, instance: WorkflowInstance) -> bool:
@@ -241,6 +252,15 @@ class PostgresWorkflowStore(PgStore):
         """See :meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>`."""
         records = await self._query("waiting", None, "fetch", self._waiting, event_type, limit)
         return [_instance(r) for r in records]
+
+    async def offer(self, id: str, entry: HistoryEntry) -> bool:
+        """See :meth:`WorkflowStore.offer <catga.workflows.WorkflowStore.offer>`."""
+        e = entry
+        seq = await self._query(
+            "offer", None, "fetchval", self._offer, id, e.seq, e.kind, e.name, e.ok, bytes(e.value),
+            e.error_type,
+        )  # fmt: skip
+        return seq is not None
 
     async def due(self, limit: int = 100) -> list[str]:
         """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""

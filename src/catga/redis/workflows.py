@@ -12,11 +12,13 @@ Keys (``P`` = the client's prefix; on a Redis Cluster they share the hash tag ``
 * ``P:wf-all`` — every instance id, scored by creation time (``list_instances()``).
 * ``P:wf-st:<status>`` — the ids with that status, scored by creation time.
 * ``P:wf-active`` — the unfinished ids, scored by creation time (``due()`` scans it in order).
-* ``P:wf-wait:<event type>`` — the sleepers waiting for that event type, scored by creation time.
+* ``P:wf-wait:<event type>`` — the instances waiting for that event type (sleeping, or running
+  with a wait open), scored by creation time.
 
 Every write is one Lua script, atomic on the server: ``acquire`` increments the token (``HINCRBY``)
 when the lease is free, ours or ended; ``record`` checks the token and owner, then ``HSETNX`` on the
-history (a sequence number recorded once); ``update`` checks the token and moves the id between the
+history (a sequence number recorded once); ``offer`` is that ``HSETNX`` with no token, only
+refused for a finished instance; ``update`` checks the token and moves the id between the
 status sets. A script that names no sorted set gets the instance's hash as its one declared key
 (``KEYS[1]``, unused by the script): that routes it to the node of the ``{P:wf}`` slot on a cluster.
 Leases, wake times and ``due`` read the **server's** clock (``TIME``), so replicas whose
@@ -34,7 +36,14 @@ from catga.errors import ConcurrencyError, ConfigurationError, StaleFencingToken
 from catga.protocols import validate_identifier
 from catga.redis._base import RedisStoreBase
 from catga.redis.connection import RedisClient, Script
-from catga.workflows.store import FINISHED, STATUSES, HistoryEntry, WorkflowInstance
+from catga.workflows.store import (
+    FINISHED,
+    RUNNING,
+    SLEEPING,
+    STATUSES,
+    HistoryEntry,
+    WorkflowInstance,
+)
 
 __all__ = ("RedisWorkflowStore",)
 
@@ -134,7 +143,7 @@ if not h[1] then return -1 end
 if h[1] ~= ARGV[4] or h[2] == '' then return -(tonumber(h[1]) + 1) end
 local status, wake, waitfor, spec = ARGV[5], ARGV[8], ARGV[9], ARGV[10]
 if status == 'sleeping' and h[4] == '1' then status, wake = 'pending', '0' end
-if status ~= 'sleeping' then waitfor, spec = '', '' end
+if status ~= 'sleeping' and status ~= 'running' then waitfor, spec = '', '' end
 redis.call('HSET', key, 's', status, 'r', ARGV[6], 'e', ARGV[7], 'w', wake, 'u', fmt(now()),
   'f', waitfor, 'g', spec)
 move(ARGV[2], KEYS[1], ARGV[3], h[3], status, tonumber(h[5]))
@@ -143,6 +152,17 @@ if waitfor ~= '' then redis.call('ZADD', ARGV[11] .. waitfor, tonumber(h[5]), AR
 return 1
 """,
     "workflow-update",
+)
+# KEYS: the instance hash (routing). ARGV: hash prefix, history prefix, id, seq, entry.
+# Returns 1 (stored), 0 (seq taken), -1 (finished or unknown).
+_OFFER = Script(
+    _LIB
+    + """
+local s = redis.call('HGET', ARGV[1] .. ARGV[3], 's')
+if not s or finished[s] then return -1 end
+return redis.call('HSETNX', ARGV[2] .. ARGV[3], ARGV[4], ARGV[5])
+""",
+    "workflow-offer",
 )
 # KEYS: the instance hash (routing). ARGV: hash prefix, status-set prefix, id, wait-set prefix
 _CANCEL = Script(
@@ -203,6 +223,7 @@ return out
     "workflow-list",
 )
 
+_WAITING = frozenset({RUNNING, SLEEPING})
 _FIELDS = ("n", "v", "i", "s", "r", "e", "c", "u", "w", "x", "t", "o", "l", "f", "g")
 _Entry = tuple[str, str, bool, bytes, float, str]
 _encode_entry = msgspec.msgpack.Encoder().encode
@@ -359,7 +380,16 @@ class RedisWorkflowStore(RedisStoreBase):
         if limit <= 0:
             return []
         flat = await self._client.run_script(_LIST, (self._wait + event_type,), (self._hash, limit))
-        return [i for i in _instances(flat) if i.status == "sleeping" and i.wait_for == event_type]
+        return [i for i in _instances(flat) if i.status in _WAITING and i.wait_for == event_type]
+
+    async def offer(self, id: str, entry: HistoryEntry) -> bool:
+        """See :meth:`WorkflowStore.offer <catga.workflows.WorkflowStore.offer>`."""
+        e = entry
+        body = _encode_entry((e.kind, e.name, e.ok, bytes(e.value), e.at or time.time(), e.error_type))
+        code = await self._client.run_script(
+            _OFFER, (self._hash + id,), (self._hash, self._history, id, e.seq, body)
+        )
+        return int(code) == 1
 
     async def due(self, limit: int = 100) -> list[str]:
         """See :meth:`WorkflowStore.due <catga.workflows.WorkflowStore.due>`."""

@@ -39,6 +39,7 @@ from catga.workflows.store import (
     WorkflowInstance,
     WorkflowStore,
 )
+from catga.workflows.waits import Expectation
 
 __all__ = (
     "ACTIVE",
@@ -46,6 +47,7 @@ __all__ = (
     "COMPENSATED",
     "COMPENSATING",
     "COMPLETED",
+    "Expectation",
     "FAILED",
     "FINISHED",
     "PENDING",

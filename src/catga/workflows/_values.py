@@ -112,12 +112,15 @@ class RunAborted(BaseException):
 
 class Suspend(Exception):
     """Raised through the workflow function when it sleeps: the run ends until ``wake_at`` (or
-    until an event of type ``wait_for`` matching ``wait_spec`` comes)."""
+    until an event of type ``wait_for`` matching ``wait_spec`` comes). ``outcome``: the sequence
+    number of the awaited event (-1: none), which the engine checks once more after storing the
+    sleep."""
 
-    def __init__(self, wake_at: float, wait_for: str = "", wait_spec: bytes = b"") -> None:
+    def __init__(self, wake_at: float, wait_for: str = "", wait_spec: bytes = b"", outcome: int = -1) -> None:
         self.wake_at = wake_at
         self.wait_for = wait_for
         self.wait_spec = wait_spec
+        self.outcome = outcome
         super().__init__(f"sleeping until {wake_at}")
 
 

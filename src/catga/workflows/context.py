@@ -11,14 +11,11 @@ under the runner's fencing token, and only then is it returned.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import msgspec
 
 from catga._delivery import retry_delay
 from catga.clock import get_clock
@@ -30,11 +27,9 @@ from catga.errors import (
 )
 from catga.messages import Event, Metadata, Request, type_name
 from catga.workflows._values import (
-    NEVER,
     CommandFailed,
     RunAborted,
     Suspend,
-    cancelled_entry,
     decode_value,
     encode_value,
     error_type,
@@ -44,6 +39,7 @@ from catga.workflows._values import (
     step_message_id,
 )
 from catga.workflows.store import HistoryEntry, WorkflowStore
+from catga.workflows.waits import Expectation, WaitSteps, racing
 
 if TYPE_CHECKING:
     from catga.mediator import Mediator
@@ -53,8 +49,6 @@ __all__ = ("Workflow",)
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
-
-_racing: contextvars.ContextVar[bool] = contextvars.ContextVar("catga_wf_racing", default=False)
 
 
 class _Compensation:
@@ -66,7 +60,7 @@ class _Compensation:
         self.call = call
 
 
-class Workflow:
+class Workflow(WaitSteps):
     """What a workflow function gets as ``wf``: its id and input, and the step primitives.
 
     Attributes:
@@ -90,10 +84,12 @@ class Workflow:
         retry_backoff: float = 0.2,
         registry: TypeRegistry | None = None,
         listen: Callable[[type[Event]], None] | None = None,
+        armed: bytes | None = None,
     ) -> None:
         self.id = id
         self._registry = registry
         self._listen = listen
+        self._armed = armed
         self.name = name
         self.version = version
         self._store = store
@@ -106,6 +102,8 @@ class Workflow:
         self._step_retries = step_retries
         self._retry_backoff = retry_backoff
         self.compensations: list[_Compensation] = []
+        self._open: Expectation[Any] | None = None
+        self._reserved: set[int] = set()
 
     # -- the primitives ---------------------------------------------------------------------------
 
@@ -185,52 +183,14 @@ class Workflow:
         seq = self._take()
         return self._sleep(seq, seconds)
 
-    def wait_for(
-        self,
-        event_type: type[E],
-        /,
-        *,
-        match: Mapping[str, object] | None = None,
-        timeout: timedelta | float | None = None,
-    ) -> Coroutine[Any, Any, E | None]:
-        """Wait durably for an event of ``event_type`` whose attributes equal ``match``; return it,
-        or None when ``timeout`` passed first. The run ends while it waits, like :meth:`sleep`.
-
-        Only events published **after** the workflow started waiting count, in a process whose
-        engine listens for the type: declare it with ``@app.workflow(events=[EventType])`` so every
-        replica does (a ``wait_for`` also starts listening in the process that runs it).
-
-        Args:
-            event_type: a :class:`~catga.messages.Event` subclass.
-            match: attribute name → value (compared after converting the event's attribute to
-                JSON types): ``match={"order_id": order.id}``.
-            timeout: the longest wait; None waits until the event comes (or a cancel).
-
-        Raises:
-            ConfigurationError: not an event type, a bad timeout, or called inside ``all()`` /
-                ``any()``.
-        """
-        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
-            raise ConfigurationError(f"wf.wait_for() takes an Event subclass, got {event_type!r}")
-        seconds = None
-        if timeout is not None:
-            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-            if not (seconds >= 0 and seconds != float("inf")):
-                raise ConfigurationError(f"wf.wait_for(timeout={timeout!r}): a finite time >= 0, or None")
-        if self._listen is not None:
-            self._listen(event_type)
-        wanted = msgspec.to_builtins(dict(match or {}))
-        opened, outcome = self._take(), self._take()
-        return self._wait(opened, outcome, type_name(event_type), wanted, seconds)
-
     async def all(self, *steps: Awaitable[Any]) -> list[Any]:
         """Run steps concurrently and return their results in order; the first failure cancels the
         others (they run again on the next run unless recorded) and is raised."""
-        token = _racing.set(True)
+        token = racing.set(True)
         try:
             tasks = [asyncio.ensure_future(s) for s in steps]
         finally:
-            _racing.reset(token)
+            racing.reset(token)
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -259,11 +219,11 @@ class Workflow:
                 if i != index and inspect.iscoroutine(step):
                     step.close()
             return index, await steps[index]
-        token = _racing.set(True)
+        token = racing.set(True)
         try:
             tasks = [asyncio.ensure_future(s) for s in steps]
         finally:
-            _racing.reset(token)
+            racing.reset(token)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
@@ -296,8 +256,13 @@ class Workflow:
         return entry
 
     def unvisited(self) -> list[HistoryEntry]:
-        """Recorded entries this run did not reach (the code asks for fewer steps than it did)."""
-        return [e for s, e in sorted(self._history.items()) if s not in self._visited]
+        """Recorded entries this run did not reach (the code asks for fewer steps than it did); an
+        event offered to a wait this run opened but did not await is not one."""
+        return [
+            e
+            for s, e in sorted(self._history.items())
+            if s not in self._visited and not (s in self._reserved and e.kind == "event")
+        ]
 
     async def _record(self, entry: HistoryEntry) -> None:
         try:
@@ -400,7 +365,7 @@ class Workflow:
             raise WorkflowCancelledError(self.id)
         if left <= 0:
             return
-        if not _racing.get() and await self._cancelled():
+        if not racing.get() and await self._cancelled():
             seq = self._take()
             marker = HistoryEntry(
                 seq=seq,
@@ -412,44 +377,10 @@ class Workflow:
             )
             await self._record(marker)
             raise WorkflowCancelledError(self.id)
-        if _racing.get():
+        if racing.get():
             await get_clock().sleep(left)
             return
-        raise Suspend(wake_at)
-
-    async def _wait(self, opened: int, outcome: int, name: str, match: Any, seconds: float | None) -> Any:
-        if _racing.get():
-            raise ConfigurationError(
-                "wf.wait_for() inside wf.all()/wf.any() is not supported: give it timeout= instead"
-            )
-        entry = self._replayed(opened, "wait", name)
-        if entry is None:
-            if await self._cancelled():
-                await self._record(cancelled_entry(opened, "wait", name))
-                raise WorkflowCancelledError(self.id)
-            deadline = 0.0 if seconds is None else get_clock().time() + seconds
-            await self._record(HistoryEntry(seq=opened, kind="wait", name=name, value=encode_value(deadline)))
-        elif entry.error_type == "WorkflowCancelledError":
-            raise WorkflowCancelledError(self.id)
-        else:
-            deadline = float(decode_value(entry.value, float))
-        got = self._replayed(outcome, "event", name)
-        if got is None:
-            if deadline and get_clock().time() >= deadline:
-                await self._record(HistoryEntry(seq=outcome, kind="event", name=name, value=b"null"))
-                return None
-            if await self._cancelled():
-                await self._record(cancelled_entry(outcome, "event", name))
-                raise WorkflowCancelledError(self.id)
-            spec = encode_value({"seq": outcome, "match": match})
-            raise Suspend(deadline or NEVER, wait_for=name, wait_spec=spec)
-        if got.error_type == "WorkflowCancelledError":
-            raise WorkflowCancelledError(self.id)
-        if got.value == b"null":
-            return None
-        if self._registry is None:
-            raise ConfigurationError("wf.wait_for() needs the engine's type registry")
-        return self._registry.decode(name, got.value)
+        raise Suspend(wake_at, *self._sleeping_wait())
 
     async def run_compensations(self) -> None:
         """Run the compensations of the completed steps in reverse order, each once, durably (as

@@ -143,6 +143,7 @@ class WorkflowEngine(EventWaits):
         self._workflows: dict[tuple[str, int], _Registered] = {}
         self._latest: dict[str, int] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()  # resumed while a run of it was under way here
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._sweeps = OutageLog(logger, "workflow sweep", level=logging.ERROR)
@@ -269,11 +270,13 @@ class WorkflowEngine(EventWaits):
     # -- running ------------------------------------------------------------------------------------
 
     def resume(self, id: str) -> None:
-        """Start a run of ``id`` in this engine's task set unless one is under way here."""
+        """Start a run of ``id`` in this engine's task set; if one is under way here, it makes one
+        more attempt when it ends (the wake-up may have come after its last look at the store)."""
         if self._closing:
             return
         run = self._runs.get(id)
         if run is not None and not run.done():
+            self._again.add(id)
             return
         task = asyncio.get_running_loop().create_task(
             self._run(id), name=f"catga-workflow-{id}", context=contextvars.Context()
@@ -284,13 +287,16 @@ class WorkflowEngine(EventWaits):
     async def _run(self, id: str) -> None:
         try:
             while not self._closing:
+                self._again.discard(id)
                 again = await self._attempt(id)
-                if not again:
+                if not again and id not in self._again:
                     return
         except asyncio.CancelledError:
             raise
         except Exception:  # the store failed: the sweep tries again later
             logger.exception("workflow %s: run failed; it is retried by the sweep", id)
+        finally:
+            self._again.discard(id)
 
     async def _attempt(self, id: str) -> bool:
         """One run; True when the instance should run again at once (a cancel came in)."""
@@ -345,7 +351,8 @@ class WorkflowEngine(EventWaits):
             return False
         history = await self.store.history(id)
         compensating = instance.status == COMPENSATING
-        await self.store.update(id, token, COMPENSATING if compensating else RUNNING)
+        status = COMPENSATING if compensating else RUNNING  # a running one's open wait stays armed
+        await self.store.update(id, token, status, wait_for=instance.wait_for, wait_spec=instance.wait_spec)
         cancel_seen = instance.cancel_requested
 
         async def cancelled() -> bool:
@@ -368,6 +375,7 @@ class WorkflowEngine(EventWaits):
             retry_backoff=self.retry_backoff,
             registry=self.registry,
             listen=self.listen,
+            armed=None if compensating else instance.wait_spec,
         )
         try:
             value = await reg.fn(wf, decode_value(instance.input, reg.input_type))
@@ -384,6 +392,8 @@ class WorkflowEngine(EventWaits):
             found = await self.store.get(id)
             if found is not None and found.status == PENDING:
                 return True  # cancelled while going to sleep
+            if sleep.outcome >= 0 and any(e.seq == sleep.outcome for e in await self.store.history(id)):
+                return True  # the awaited event was offered while going to sleep
             if self.timer is not None and sleep.wake_at < NEVER:
                 try:
                     await self.timer(id, sleep.wake_at, _timer_id(id, sleep.wake_at))

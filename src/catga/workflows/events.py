@@ -1,11 +1,13 @@
 """Workflows waiting for events: the engine's half that delivers an event to its waiters.
 
-``wf.wait_for(EventType, match=...)`` ends the run with the workflow ``sleeping`` and its store
-record naming the event type (``wait_for``) and the sequence number and match (``wait_spec``). The
-engine listens for that type on the app's mediator; a published event is matched against every
-waiter of its type (:meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>`), and for
-each match the engine takes the workflow's lease, records the event as the wait's outcome (once: a
-sequence number is recorded once), makes it ``pending`` and resumes it.
+A wait (``wf.expect`` / ``wf.wait_for``, see :mod:`catga.workflows.waits`) leaves the workflow's
+store record naming the event type (``wait_for``) and the outcome's sequence number and match
+(``wait_spec``), while the run goes on (``running``) and while it sleeps. The engine listens for that
+type on the app's mediator; a published event is matched against every waiter of its type
+(:meth:`WorkflowStore.waiting <catga.workflows.WorkflowStore.waiting>`), and for each match the
+engine offers it as the wait's outcome (:meth:`WorkflowStore.offer
+<catga.workflows.WorkflowStore.offer>`: once per sequence number, no lease), then reads the
+instance: if it sleeps on that wait, the engine takes its lease, makes it ``pending`` and resumes it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from catga.errors import ConfigurationError, WorkflowError
 from catga.messages import Event, type_name
 from catga.serialization import TypeRegistry
 from catga.workflows._values import decode_value
-from catga.workflows.store import PENDING, SLEEPING, HistoryEntry, WorkflowStore
+from catga.workflows.store import PENDING, SLEEPING, HistoryEntry, WorkflowInstance, WorkflowStore
 
 if TYPE_CHECKING:
     from catga.mediator import Mediator
@@ -101,15 +103,21 @@ class EventWaits:
         self._listening.add(event_type)
 
     async def deliver_event(self, event: Event) -> int:
-        """Hand ``event`` to every sleeping workflow waiting for its type whose ``match`` it meets:
-        record it as the wait's outcome (under the workflow's lease) and resume the workflow.
+        """Hand ``event`` to every workflow waiting for its type whose ``match`` it meets: offer it
+        as the wait's outcome, and wake the workflow if it sleeps on that wait.
+
+        A running workflow (it opened the wait with ``wf.expect`` and still holds its lease; its
+        runner may be blocked in the very step that published this event) gets the offer only: its
+        runner reads the outcome before going to sleep, and again after (see
+        :mod:`catga.workflows.waits`). A sleeping one is made ``pending`` under its lease and
+        resumed here.
 
         Returns:
-            how many workflows it was delivered to.
+            how many workflows it was delivered to (whose wait it ended).
 
         Raises:
-            WorkflowError: a matching workflow stayed leased by a runner for longer than the lease
-                (the event's delivery fails, so a transport redelivers it).
+            WorkflowError: a matching sleeping workflow stayed leased by a runner for longer than the
+                lease (the event's delivery fails, so a transport redelivers it).
         """
         name = type_name(type(event))
         delivered = 0
@@ -126,10 +134,18 @@ class EventWaits:
         return delivered
 
     async def _deliver_to(self, id: str, seq: int, name: str, body: bytes) -> bool:
+        offered = await self.store.offer(id, HistoryEntry(seq=seq, kind="event", name=name, value=body))
+        # Read the instance only now: a runner that missed the offer stored "sleeping" before it
+        # (and then it must be woken here, even when the entry was offered by someone else first).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.lease
         delay = 0.01
-        while (token := await self.store.acquire(id, self.owner, self.lease)) is None:
+        while True:
+            if not _sleeps_on(await self.store.get(id), name, seq):
+                return offered
+            token = await self.store.acquire(id, self.owner, self.lease)
+            if token is not None:
+                break
             if loop.time() >= deadline:
                 raise WorkflowError(
                     f"workflow {id!r} waits for {name} but stayed leased by another runner for "
@@ -139,14 +155,18 @@ class EventWaits:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
         try:
-            found = await self.store.get(id)
-            if found is None or found.status != SLEEPING or found.wait_for != name:
-                return False  # woken meanwhile (timeout, cancel, another event)
-            if any(e.seq == seq for e in await self.store.history(id)):
-                return False
-            await self.store.record(id, token, HistoryEntry(seq=seq, kind="event", name=name, value=body))
+            if not _sleeps_on(await self.store.get(id), name, seq):
+                return offered  # woken meanwhile (timeout, cancel, another delivery)
             await self.store.update(id, token, PENDING)
         finally:
             await self.store.release(id, token)
         self.resume(id)
         return True
+
+
+def _sleeps_on(instance: WorkflowInstance | None, name: str, seq: int) -> bool:
+    """``instance`` sleeps until the outcome ``seq`` of its wait for ``name`` comes."""
+    if instance is None or instance.status != SLEEPING or instance.wait_for != name:
+        return False
+    spec = decode_value(instance.wait_spec or b"{}")
+    return spec.get("seq") == seq and spec.get("wake", True) is not False

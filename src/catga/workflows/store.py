@@ -10,7 +10,8 @@ A :class:`WorkflowStore` holds, per workflow instance:
 * a lease with a fencing token: one runner at a time. :meth:`WorkflowStore.acquire` returns a token
   higher than any before it; every write (:meth:`~WorkflowStore.record`,
   :meth:`~WorkflowStore.update`) carries it and is refused with
-  :class:`~catga.errors.StaleFencingTokenError` once a newer runner has taken over.
+  :class:`~catga.errors.StaleFencingTokenError` once a newer runner has taken over. One write
+  needs no lease: :meth:`~WorkflowStore.offer`, the insert-if-absent of an awaited event.
 
 The in-memory reference is :class:`catga.memory.MemoryWorkflowStore`; the conformance suite is
 :class:`catga.testing.contracts.WorkflowStoreContract`.
@@ -74,7 +75,8 @@ class WorkflowInstance:
         token: the fencing token of its latest lease (0: never leased).
         owner: who holds (or last held) the lease, ``""`` if nobody.
         lease_until: unix time the lease ends (0.0: not leased).
-        wait_for: the event type name a sleeping workflow waits for (``""``: none).
+        wait_for: the event type name a sleeping workflow, or a running one with a wait open,
+            waits for (``""``: none).
         wait_spec: what the engine needs to deliver that event (opaque to the store).
     """
 
@@ -183,7 +185,10 @@ class WorkflowStore(Protocol):
         wait_spec: bytes = b"",
     ) -> None:
         """Set the status (and result, error, wake time, awaited event) under the lease ``token``
-        names. Every call sets every one of them (what is not given is cleared).
+        names. Every call sets every one of them (what is not given is cleared). ``wait_for`` and
+        ``wait_spec`` are kept only with status ``running`` (a run that has opened a wait with
+        ``wf.expect``) or ``sleeping``; any other status clears them, and so does ``sleeping``
+        turned into ``pending`` by an earlier cancel request.
 
         Raises:
             StaleFencingTokenError: ``token`` is not the instance's current lease (nothing changed).
@@ -200,7 +205,22 @@ class WorkflowStore(Protocol):
         ...
 
     async def waiting(self, event_type: str, limit: int = 1000) -> list[WorkflowInstance]:
-        """Up to ``limit`` sleeping instances whose ``wait_for`` is ``event_type``, oldest first."""
+        """Up to ``limit`` running or sleeping instances whose ``wait_for`` is ``event_type``,
+        oldest first (a running one is a run that has opened a wait and not yet gone to sleep)."""
+        ...
+
+    async def offer(self, id: str, entry: HistoryEntry) -> bool:
+        """Add ``entry`` to the history if its sequence number is free, **without** a lease: how an
+        event reaches a workflow whose lease its runner holds (the runner may be blocked in the very
+        step that published the event). The engine offers only at the sequence number a wait
+        reserved for its outcome, so a runner's own record there (a timeout) and an offer race for
+        one slot: the first wins, the other sees :class:`~catga.errors.ConcurrencyError` (record) or
+        False (offer).
+
+        Returns:
+            True if stored; False if that sequence number is taken, or the instance is finished or
+            unknown (nothing stored).
+        """
         ...
 
     async def due(self, limit: int = 100) -> list[str]:

@@ -15,6 +15,42 @@ Implementations:
 * ``dbos-direct`` (same case): ``await wf(n)``, DBOS's other way to run a workflow, in the caller's
   task (durable all the same): its faster path, measured too so the comparison is not against
   DBOS's slower one only.
+* ``dbos-threads`` (same case): the plain-``def`` workflow and steps called from OS threads
+  (``mode="threads"``), DBOS's usual synchronous style.
+
+Phases (P50/P95/P99 and mean per phase, see :mod:`catga.bench.phases`), timed the same way for
+catga and DBOS: ``perf_counter_ns()`` read by the caller and, inside the workflow function, right
+before and after each awaited step call, handed from the workflow body to the caller through a dict
+keyed by the workflow's input (about 2.5 µs of bookkeeping per workflow on the reference VM). The
+phases tile the operation: their means add up to its mean (their percentiles do not add up).
+
+* ``create`` (``catga`` and ``dbos``): the operation begins → the start call returns. catga:
+  ``store.create`` (the instance record, one write) and a run task scheduled, not yet running.
+  DBOS: ``_init_workflow`` in a worker thread (the status row, one write, naming this process
+  as the workflow's executor) and a task created.
+* ``start``: the start call returned → the workflow function begins its first step call. catga:
+  the run task gets the loop, takes the lease (``store.acquire``, a fencing token), reads the
+  instance and its history and marks it running (four round trips on a server store), while the
+  caller's ``wait_workflow`` makes its first status read. DBOS: the task gets the loop and enters
+  the function (no round trip: DBOS needs no lease, ``create`` named the executor).
+  ``dbos-direct`` and ``dbos-threads`` have no start call: their ``start`` runs from the call of
+  the workflow function, so it also holds what ``create`` is for the others. Compare ``create`` +
+  ``start`` across implementations, not ``start`` alone.
+* ``step 1``, ``step 2``, ``step 3``: one awaited step call each, the step's run plus its durable
+  record. catga's ``wf.step``: a read of the instance for a cancel request (until one is seen),
+  the step, a fenced write of its result to the history. DBOS's ``@DBOS.step``: a read for an
+  already recorded result (replay check), the step, a write of its output, both database calls in
+  a worker thread (``asyncio.to_thread``) for async steps, in the calling thread for plain ones.
+* ``finish``: the last step's record returned → the caller has the result. catga: the function
+  returns, the engine writes ``completed`` with the result, releases the lease, the run task ends,
+  the caller's ``wait_workflow`` wakes and reads the status. ``dbos``: DBOS writes ``SUCCESS`` with
+  the output, the task ends, ``get_result`` returns (after a no-op ``record_get_result`` in a
+  worker thread). ``dbos-direct`` / ``dbos-threads``: DBOS writes ``SUCCESS``, the call returns.
+
+At concurrency above 1 every phase also holds the time spent waiting for the event loop (or the
+GIL) while other workflows run; the phases that hand over between tasks (``start`` and ``finish``
+for ``catga`` and ``dbos``) take most of that queueing, since the loop runs every other ready task
+in between.
 
 DBOS is process-global: each run launches it (``DBOS(config=...)``, ``DBOS.launch()``) and
 destroys it at the end (``DBOS.destroy(destroy_registry=False)``). Both get a connection pool of
@@ -35,24 +71,31 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from time import perf_counter_ns
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from catga.bench.harness import BenchCase, BenchEnv, BenchError, Op
+from catga.bench.harness import BenchCase, BenchEnv, BenchError
+from catga.bench.phases import Phased, Phases
 
 __all__ = ("SUITE", "cases")
 
 SUITE = "workflow"
 BACKENDS = ("memory", "postgres", "redis", "nats")
 
+#: Phases of an operation that starts the workflow with a start call and waits for its result.
+STARTED_PHASES = ("create", "start", "step 1", "step 2", "step 3", "finish")
+#: Phases of an operation that runs the workflow function in the caller (no start call to return).
+CALLED_PHASES = STARTED_PHASES[1:]
+
 
 async def _step(n: int) -> int:
     return n + 1
 
 
-def _catga(backend: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Op]]:
+def _catga(backend: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Phased]]:
     @asynccontextmanager
-    async def make(env: BenchEnv) -> AsyncIterator[Op]:
+    async def make(env: BenchEnv) -> AsyncIterator[Phased]:
         import catga
         from catga.workflows import COMPLETED, Workflow
 
@@ -80,25 +123,44 @@ def _catga(backend: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Op]
         async def step_three(n: int) -> int:
             return await _step(n)
 
+        # Timestamps of the workflows under way, by input: the operation opens the list, the
+        # workflow body (in the engine's task) adds to it, the operation turns it into phases.
+        marks: dict[int, list[int]] = {}
+
         async def three_steps(wf: Workflow, n: int) -> int:
+            mark = marks[n].append
+            mark(perf_counter_ns())
             a = await wf.step(step_one, n, name="one")
+            mark(perf_counter_ns())
             b = await wf.step(step_two, a, name="two")
-            return await wf.step(step_three, b, name="three")
+            mark(perf_counter_ns())
+            c = await wf.step(step_three, b, name="three")
+            mark(perf_counter_ns())
+            return c
 
         app.workflows.register(three_steps, name="three_steps")
         counter = itertools.count()
+        phases = Phases(STARTED_PHASES)
+        record = phases.marks_recorder(STARTED_PHASES)
 
         async def op(worker: int) -> None:
             n = next(counter)
-            wid = await app.start_workflow("three_steps", n, id=f"{name}-{n}")
-            state = await app.wait_workflow(wid)
+            marks[n] = times = [perf_counter_ns()]
+            try:
+                wid = await app.start_workflow("three_steps", n, id=f"{name}-{n}")
+                times.append(perf_counter_ns())
+                state = await app.wait_workflow(wid)
+                times.append(perf_counter_ns())
+            finally:
+                del marks[n]
             if state.status != COMPLETED or app.workflows.result(state) != n + 3:
                 raise BenchError(f"workflow {wid} on {backend} ended {state.status}: {state.error}")
+            record(times)
 
         async with app:
             try:
                 await op(0)  # self-check: one workflow end to end
-                yield op
+                yield Phased(op, phases)
             finally:
                 if backend == "postgres":
                     async with store.pool.acquire() as conn:
@@ -108,6 +170,10 @@ def _catga(backend: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Op]
 
 
 _DBOS_WORKFLOWS: dict[str, Any] = {}
+# Timestamps of the DBOS workflows under way, by input, as for catga. The workflows are registered
+# once per process and shared by the three DBOS implementations, so the inputs come from one counter.
+_DBOS_MARKS: dict[int, list[int]] = {}
+_DBOS_COUNTER = itertools.count()
 
 
 def _dbos_workflows() -> dict[str, Any]:
@@ -130,7 +196,15 @@ def _dbos_workflows() -> dict[str, Any]:
 
         @DBOS.workflow(name="catga_bench_three_steps")
         async def three_steps(n: int) -> int:
-            return await three(await two(await one(n)))
+            mark = _DBOS_MARKS[n].append
+            mark(perf_counter_ns())
+            a = await one(n)
+            mark(perf_counter_ns())
+            b = await two(a)
+            mark(perf_counter_ns())
+            c = await three(b)
+            mark(perf_counter_ns())
+            return c
 
         @DBOS.step(name="catga_bench_sync_one")
         def sync_one(n: int) -> int:
@@ -146,7 +220,15 @@ def _dbos_workflows() -> dict[str, Any]:
 
         @DBOS.workflow(name="catga_bench_sync_three_steps")
         def sync_three_steps(n: int) -> int:
-            return sync_three(sync_two(sync_one(n)))
+            mark = _DBOS_MARKS[n].append
+            mark(perf_counter_ns())
+            a = sync_one(n)
+            mark(perf_counter_ns())
+            b = sync_two(a)
+            mark(perf_counter_ns())
+            c = sync_three(b)
+            mark(perf_counter_ns())
+            return c
 
         _DBOS_WORKFLOWS.update(async_=three_steps, sync=sync_three_steps)
     return _DBOS_WORKFLOWS
@@ -210,39 +292,62 @@ async def _dbos_launched(env: BenchEnv) -> AsyncIterator[Any]:
 _DBOS_DATABASES: list[str] = []
 
 
-def _dbos(how: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Any]]:
+def _dbos(how: str) -> Callable[[BenchEnv], AbstractAsyncContextManager[Phased]]:
     """``how``: ``start`` (start_workflow_async + get_result), ``call`` (await it), ``threads``."""
 
     @asynccontextmanager
-    async def make(env: BenchEnv) -> AsyncIterator[Any]:
-        counter = itertools.count()
+    async def make(env: BenchEnv) -> AsyncIterator[Phased]:
         async with _dbos_launched(env) as dbos:
             workflows = _dbos_workflows()
             wf, sync_wf = workflows["async_"], workflows["sync"]
+            names = STARTED_PHASES if how == "start" else CALLED_PHASES
+            phases = Phases(names)
+            record = phases.marks_recorder(names)
+
+            def check(n: int, result: object, times: list[int]) -> None:
+                if result != n + 3:
+                    raise BenchError(f"the DBOS workflow returned {result!r} for {n}, not {n + 3}")
+                record(times)
 
             async def started(worker: int) -> None:
-                n = next(counter)
-                handle = await dbos.start_workflow_async(wf, n)
-                if await handle.get_result() != n + 3:
-                    raise BenchError("the DBOS workflow returned a wrong result")
+                n = next(_DBOS_COUNTER)
+                _DBOS_MARKS[n] = times = [perf_counter_ns()]
+                try:
+                    handle = await dbos.start_workflow_async(wf, n)
+                    times.append(perf_counter_ns())
+                    result = await handle.get_result()
+                    times.append(perf_counter_ns())
+                finally:
+                    del _DBOS_MARKS[n]
+                check(n, result, times)
 
             async def called(worker: int) -> None:
-                n = next(counter)
-                if await wf(n) != n + 3:
-                    raise BenchError("the DBOS workflow returned a wrong result")
+                n = next(_DBOS_COUNTER)
+                _DBOS_MARKS[n] = times = [perf_counter_ns()]
+                try:
+                    result = await wf(n)
+                    times.append(perf_counter_ns())
+                finally:
+                    del _DBOS_MARKS[n]
+                check(n, result, times)
 
             def in_thread(worker: int) -> None:
-                n = next(counter)
-                if sync_wf(n) != n + 3:
-                    raise BenchError("the DBOS workflow returned a wrong result")
+                n = next(_DBOS_COUNTER)
+                _DBOS_MARKS[n] = times = [perf_counter_ns()]
+                try:
+                    result = sync_wf(n)
+                    times.append(perf_counter_ns())
+                finally:
+                    del _DBOS_MARKS[n]
+                check(n, result, times)
 
             if how == "threads":
                 await asyncio.to_thread(in_thread, 0)  # self-check
-                yield in_thread
+                yield Phased(in_thread, phases)
             else:
                 op = started if how == "start" else called
                 await op(0)  # self-check
-                yield op
+                yield Phased(op, phases)
 
     return make
 

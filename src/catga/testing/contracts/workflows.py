@@ -11,6 +11,7 @@ from catga.errors import ConcurrencyError, InvalidIdentifierError, StaleFencingT
 from catga.testing.contracts._util import eventually, unique
 from catga.workflows.store import (
     CANCELLED,
+    COMPENSATING,
     COMPLETED,
     FAILED,
     PENDING,
@@ -309,6 +310,74 @@ class WorkflowStoreContract:
         for wid in (woken, cancelled):
             found = await b.get(wid)
             assert found is not None and (found.status, found.wait_for, found.wait_spec) == (PENDING, "", b"")
+
+    async def test_a_running_workflow_keeps_the_wait_it_opened(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        running, sleeping, plain = unique("wf1"), unique("wf2"), unique("wf3")
+        spec = b'{"seq":1,"match":{}}'
+        tokens = {}
+        for wid in (running, sleeping, plain):
+            await a.create(_instance(wid))
+            await asyncio.sleep(0.002)  # distinct creation times
+            token = await a.acquire(wid, "r1", LONG)
+            assert token is not None
+            tokens[wid] = token
+        await a.update(running, tokens[running], RUNNING, wait_for="shop.Paid", wait_spec=spec)
+        await a.update(sleeping, tokens[sleeping], RUNNING, wait_for="shop.Paid", wait_spec=spec)
+        await a.update(sleeping, tokens[sleeping], SLEEPING, wake_at=time.time() + 3600,
+                       wait_for="shop.Paid", wait_spec=spec)  # fmt: skip
+        await a.update(plain, tokens[plain], RUNNING)
+        assert [i.id for i in await b.waiting("shop.Paid")] == [running, sleeping]
+        got = await b.get(running)
+        assert got is not None and (got.status, got.wait_for, got.wait_spec) == (RUNNING, "shop.Paid", spec)
+        await a.update(running, tokens[running], RUNNING)  # the wait is over: not given, so cleared
+        await a.update(sleeping, tokens[sleeping], COMPENSATING, wait_for="shop.Paid", wait_spec=spec)
+        assert await b.waiting("shop.Paid") == []
+        for wid in (running, sleeping):
+            got = await b.get(wid)
+            assert got is not None and (got.wait_for, got.wait_spec) == ("", b"")
+
+    async def test_offer_is_insert_if_absent_and_needs_no_lease(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        await a.create(_instance(wid))
+        token = await a.acquire(wid, "r1", LONG)  # the runner holds the lease: the offer needs none
+        assert token is not None
+        await a.record(wid, token, HistoryEntry(seq=0, kind="wait", name="shop.Paid", value=b"0.0"))
+        event = HistoryEntry(seq=1, kind="event", name="shop.Paid", value=b'{"order_id":"o-1"}')
+        assert await b.offer(wid, event) is True
+        assert await b.offer(wid, HistoryEntry(seq=1, kind="event", name="shop.Paid", value=b"2")) is False
+        with pytest.raises(ConcurrencyError):  # the runner's timeout loses to the offer
+            await a.record(wid, token, HistoryEntry(seq=1, kind="event", name="shop.Paid", value=b"null"))
+        found = await a.history(wid)
+        assert [(e.seq, e.kind, e.name, e.value, e.ok) for e in found] == [
+            (0, "wait", "shop.Paid", b"0.0", True),
+            (1, "event", "shop.Paid", b'{"order_id":"o-1"}', True),
+        ]
+        assert found[1].at > 0
+        await a.record(wid, token, HistoryEntry(seq=3, kind="event", name="shop.Paid", value=b"null"))
+        assert await b.offer(wid, HistoryEntry(seq=3, kind="event", name="shop.Paid")) is False
+        await a.release(wid, token)
+        assert await b.offer(wid, HistoryEntry(seq=2, kind="event", name="x")) is True  # not leased
+        assert [e.seq for e in await a.history(wid)] == [0, 1, 2, 3]
+
+    async def test_offer_is_refused_for_a_finished_or_unknown_workflow(
+        self, workflow_stores: tuple[WorkflowStore, WorkflowStore]
+    ) -> None:
+        a, b = workflow_stores
+        wid = unique("wf")
+        assert await b.offer(wid, HistoryEntry(seq=0, kind="event", name="shop.Paid")) is False
+        await a.create(_instance(wid))
+        token = await a.acquire(wid, "r1", LONG)
+        assert token is not None
+        await a.update(wid, token, COMPLETED, result=b"null")
+        assert await b.offer(wid, HistoryEntry(seq=0, kind="event", name="shop.Paid")) is False
+        assert await a.history(wid) == []
+        assert await b.history(unique("wf")) == []
 
     # -- cancel and due ------------------------------------------------------------------------------
 
