@@ -24,6 +24,8 @@ pytestmark = pytest.mark.nats
 
 
 class TestNatsWorkflowStore(WorkflowStoreContract):
+    record_reports_cancel = True
+
     @pytest.fixture(params=["memory", "file"])
     async def workflow_stores(
         self,
@@ -317,6 +319,8 @@ class TestNatsWorkflowStoreOnACluster(WorkflowStoreContract):
     """The contract on a bucket with 3 replicas, the two store objects on different nodes (their
     reads may be answered by a follower)."""
 
+    record_reports_cancel = True
+
     @pytest.fixture
     async def workflow_stores(
         self, nats_cluster: NatsCluster, unique_name: str
@@ -384,3 +388,34 @@ async def test_a_wait_opened_before_the_send_gets_the_event_its_handler_publishe
 ) -> None:
     doomed_streams.append(f"KV_{unique_name}")
     await check_send_then_wait(NatsWorkflowStore(nats_connection, bucket=unique_name, storage="memory"))
+
+
+async def test_a_claim_right_after_create_reads_nothing_and_a_stale_one_reads_again(
+    two_stores: tuple[NatsWorkflowStore, NatsWorkflowStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = two_stores
+    reads: list[str] = []
+    read_all = a._read_all
+
+    async def counting(id: str, s: object) -> object:
+        reads.append(id)
+        return await read_all(id, s)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(a, "_read_all", counting)
+    await a.create(_new("wf-1"))
+    claim = await a.claim("wf-1", "r1", 60.0)
+    assert claim is not None and (claim.token, claim.history, claim.instance.status) == (1, [], RUNNING)
+    assert reads == []  # one publish, fenced on the view the create left
+    await a.finish("wf-1", claim.token, COMPLETED, result=b"1")
+
+    # b runs a step of wf-2 behind a's back: a's view (no steps) is stale, its claim write is refused
+    await a.create(_new("wf-2"))
+    token = await b.acquire("wf-2", "r2", 60.0)
+    assert token is not None
+    assert await b.record("wf-2", token, HistoryEntry(seq=0, kind="step", name="one")) is False
+    await b.release("wf-2", token)
+    reads.clear()
+    claim = await a.claim("wf-2", "r1", 60.0)
+    assert claim is not None and claim.token == token + 1
+    assert [e.name for e in claim.history] == ["one"]  # read again, not taken from the stale view
+    assert reads == ["wf-2"]

@@ -22,8 +22,11 @@ workflow, instance and history, is therefore exact as of that revision or its wr
 
 **Views.** A store object keeps what it last wrote or read of a workflow while the workflow is
 leased, and from its create to its first lease (up to :data:`KEPT_VIEWS` workflows), so a runner's
-writes need no read first: ``create``, ``acquire``, ``update``, ``record``, ``release`` are one
-publish each. A view may be stale (another replica wrote): the write is refused, the store reads the
+writes need no read first: ``create``, ``acquire``, ``update``, ``record``, ``release`` and
+``finish`` are one publish each, and so is ``claim`` right after this store object created the
+workflow (else one read of the workflow and one publish); ``record`` returns the cancel flag of the
+view its fenced write landed on, which is therefore current. A view may be stale (another replica
+wrote): the write is refused, the store reads the
 workflow again -- the last message of ``$KV.B.<id>.>`` when that is the instance, else every message
 of the workflow in one batch direct get -- and decides again. A decision *not* to write (a lease
 held, a stale token) taken on a kept view is checked again on a fresh read before it is returned.
@@ -64,13 +67,16 @@ from catga.nats._workflow_layout import (
 from catga.nats._workflow_sweep import Sweep
 from catga.nats.connection import OUTBOX_SERVER, NatsConnection
 from catga.workflows.store import (
+    COMPENSATING,
     FINISHED,
     PENDING,
     RUNNING,
     SLEEPING,
     STATUSES,
+    Claim,
     HistoryEntry,
     WorkflowInstance,
+    check_final,
 )
 
 __all__ = ("KEPT_VIEWS", "NatsWorkflowStore")
@@ -276,6 +282,64 @@ class NatsWorkflowStore(KvStore):
         taken = await self._change(id, take, "acquire")
         return None if taken is None else taken.token
 
+    async def claim(self, id: str, owner: str, ttl: float) -> Claim | None:
+        """See :meth:`ClaimingWorkflowStore.claim <catga.workflows.store.ClaimingWorkflowStore.claim>`:
+        one publish when this store object's view of the workflow has no steps (it created it), else
+        one read of the whole workflow and one publish."""
+        s = self._subjects(id)
+        view = self._views.get(id)
+        entries: list[HistoryEntry] | None = [] if view is not None and view.seqs == set() else None
+        fresh = False
+        for _ in range(_RETRIES):
+            if view is None or entries is None:
+                view, entries = await self._read_all(id, s)
+                fresh = True
+                if view is None:
+                    return None
+            now = self.clock()
+            i = view.instance
+            if i.status in FINISHED or (i.owner and i.owner != owner and i.lease_until > now):
+                if fresh:
+                    return None
+                view = entries = None
+                continue
+            compensating = i.status == COMPENSATING  # a running one's open wait stays armed
+            claimed = msgspec.structs.replace(
+                i, token=i.token + 1, owner=owner, lease_until=now + ttl,
+                status=COMPENSATING if compensating else RUNNING, result=b"", error="", wake_at=0.0,
+                wait_for="" if compensating else i.wait_for, wait_spec=b"" if compensating else i.wait_spec,
+                updated_at=now,
+            )  # fmt: skip
+            revision = await self._write(id, s, s.instance, encode(claimed), view.last, "claim")
+            if revision is not None:
+                self._keep(id, View(claimed, revision, view.seqs))
+                entries.sort(key=lambda e: e.seq)
+                return Claim(claimed.token, public(id, claimed), entries)
+            view = entries = None
+        raise BackendError(f"claim of workflow {id!r}: {_RETRIES} concurrent writers won first; try again")
+
+    async def finish(
+        self, id: str, token: int, status: str, *, result: bytes = b"", error: str = ""
+    ) -> WorkflowInstance:
+        """See :meth:`ClaimingWorkflowStore.finish <catga.workflows.store.ClaimingWorkflowStore.finish>`
+        (one publish with a current view)."""
+        check_final(status)
+        seen: list[int] = []
+
+        def done(i: Instance) -> Instance | None:
+            if i.token != token or not i.owner:
+                seen.append(i.token)
+                return None
+            return msgspec.structs.replace(
+                i, status=status, result=bytes(result), error=error, wake_at=0.0, wait_for="",
+                wait_spec=b"", owner="", lease_until=0.0, updated_at=self.clock(),
+            )  # fmt: skip
+
+        finished = await self._change(id, done, "finish")
+        if finished is None:
+            raise StaleFencingTokenError(f"workflow {id}", token, seen[-1] if seen else 0)
+        return public(id, finished)
+
     async def renew(self, id: str, token: int, ttl: float) -> bool:
         """See :meth:`WorkflowStore.renew <catga.workflows.WorkflowStore.renew>`."""
 
@@ -294,11 +358,13 @@ class NatsWorkflowStore(KvStore):
 
         await self._change(id, free, "release")
 
-    async def record(self, id: str, token: int, entry: HistoryEntry) -> None:
-        """See :meth:`WorkflowStore.record <catga.workflows.WorkflowStore.record>`."""
+    async def record(self, id: str, token: int, entry: HistoryEntry) -> bool:
+        """See :meth:`WorkflowStore.record <catga.workflows.WorkflowStore.record>` (the cancel flag
+        returned is exact: the write was fenced on the view it comes from)."""
         stored, view = await self._insert(id, entry, lambda i: i.token == token and bool(i.owner), "record")
-        if not stored:
+        if not stored or view is None:
             raise StaleFencingTokenError(f"workflow {id}", token, 0 if view is None else view.instance.token)
+        return view.instance.cancel_requested
 
     async def offer(self, id: str, entry: HistoryEntry) -> bool:
         """See :meth:`WorkflowStore.offer <catga.workflows.WorkflowStore.offer>` (``record``'s fenced
