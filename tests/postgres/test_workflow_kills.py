@@ -59,6 +59,26 @@ def _expected(name: str, k: int) -> dict[str, str]:
     return keys
 
 
+async def _open_store(
+    backend: str, url: str, name: str, pool: Any
+) -> tuple[WorkflowStore, NatsConnection | None]:
+    """The test's view of the runners' workflow store (and its NATS connection, if any)."""
+    if backend == "redis":
+        return RedisWorkflowStore.connect(url, prefix=name), None
+    if backend == "nats":
+        nats = await NatsConnection.connect(url)
+        return NatsWorkflowStore(nats, bucket=name, storage="memory"), nats
+    return PostgresWorkflowStore(pool, table=f"wf_{name}"), None
+
+
+async def _close_store(store: WorkflowStore, nats: NatsConnection | None, name: str) -> None:
+    await store.aclose()
+    if nats is not None:
+        with contextlib.suppress(Exception):
+            await nats.js.delete_stream(f"KV_{name}")
+        await nats.aclose()
+
+
 @pytest.fixture(
     params=[
         "postgres",
@@ -86,15 +106,7 @@ async def test_killed_runners_hand_every_workflow_over(
     rng = random.Random(13)
     kills = 0
     started = time.monotonic()
-    store: WorkflowStore
-    nats: NatsConnection | None = None
-    if backend == "redis":
-        store = RedisWorkflowStore.connect(url, prefix=name)
-    elif backend == "nats":
-        nats = await NatsConnection.connect(url)
-        store = NatsWorkflowStore(nats, bucket=name, storage="memory")
-    else:
-        store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    store, nats = await _open_store(backend, url, name, pool)
 
     async def finished() -> int:
         return sum(i.status in FINISHED for i in await store.list_instances(limit=n))
@@ -113,11 +125,7 @@ async def test_killed_runners_hand_every_workflow_over(
         proc.kill()
         await proc.wait()
     instances = await store.list_instances(limit=n)
-    await store.aclose()
-    if nats is not None:
-        with contextlib.suppress(Exception):
-            await nats.js.delete_stream(f"KV_{name}")
-        await nats.aclose()
+    await _close_store(store, nats, name)
     effects = {r["key"]: r["kind"] for r in await pool.fetch(f"SELECT key, kind FROM effects_{name}")}
     reruns = await pool.fetchval(f"SELECT coalesce(sum(n - 1), 0) FROM runs_{name}")
     expected: dict[str, str] = {}
@@ -148,7 +156,7 @@ async def test_killed_runners_hand_every_workflow_over(
 @pytest.mark.chaos
 @pytest.mark.timeout(400)
 async def test_a_runner_killed_at_every_step_boundary_and_inside_every_step(
-    postgres_url: str, pool: Any, unique_name: str, chaos: Chaos
+    postgres_url: str, pool: Any, unique_name: str, chaos: Chaos, workflow_backend: tuple[str, str]
 ) -> None:
     """Deterministic kill points: the runner SIGKILLs itself before and after the effect of every
     step and compensation of the first workflows; each time a new runner takes over."""
@@ -157,7 +165,8 @@ async def test_a_runner_killed_at_every_step_boundary_and_inside_every_step(
     await pool.execute(f"CREATE TABLE effects_{name} (key text PRIMARY KEY, kind text NOT NULL)")
     await pool.execute(f"CREATE TABLE runs_{name} (key text PRIMARY KEY, n int NOT NULL)")
     await pool.execute(f"CREATE TABLE kills_{name} (point text PRIMARY KEY)")
-    store = PostgresWorkflowStore(pool, table=f"wf_{name}")
+    backend, url = workflow_backend
+    store, nats = await _open_store(backend, url, name, pool)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     env["WF_SELF_KILL_BELOW"] = str(doomed)
@@ -171,6 +180,7 @@ async def test_a_runner_killed_at_every_step_boundary_and_inside_every_step(
         while True:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(HERE / "workflow_child.py"), postgres_url, name, str(n),
+                *workflow_backend,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
             )  # fmt: skip
             while proc.returncode is None and await finished() < n:
@@ -193,7 +203,7 @@ async def test_a_runner_killed_at_every_step_boundary_and_inside_every_step(
         expected |= _expected(name, k)
     doomed_keys = {key for key in expected if int(key.split(":")[0].rsplit("-", 1)[1]) < doomed}
     chaos.record(
-        "workflows on PostgreSQL, runner SIGKILLed before and after every step's effect",
+        f"workflows on {backend}, runner SIGKILLed before and after every step's effect",
         messages=n,
         kills=deaths,
         lost=len(set(expected) - set(effects)),
@@ -205,6 +215,7 @@ async def test_a_runner_killed_at_every_step_boundary_and_inside_every_step(
     assert 1 <= deaths <= len(points)
     assert effects == expected
     by_id = {i.id: i for i in await store.list_instances(limit=n)}
+    await _close_store(store, nats, name)
     for k in range(n):
         state = by_id[f"{name}-{k}"]
         assert state.status == (COMPENSATED if k % 4 == 0 else COMPLETED), (k, state.status, state.error)

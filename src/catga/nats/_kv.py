@@ -137,6 +137,11 @@ class KvBucket:
                 return False
         return True
 
+    @property
+    def prefix(self) -> str:
+        """The subject prefix of the bucket's keys, ``$KV.<bucket>.``."""
+        return self._prefix
+
     def subject(self, key: str) -> bytes:
         """The subject of ``key`` (validated).
 
@@ -184,6 +189,28 @@ class KvBucket:
             )
             return decode_ack(reply, what).error is None
         return True
+
+    async def write_subject(
+        self, subject: bytes, value: bytes, *, last: int, last_subject: bytes | None = None, what: str
+    ) -> int | None:
+        """Store ``value`` on ``subject`` (a key's :meth:`subject`, possibly with more tokens after it)
+        only if the last revision on ``last_subject`` (default ``subject``; wildcards allowed: then the
+        last of every subject it matches) is ``last`` (0: none).
+
+        Returns:
+            The new revision, or None when ``last`` did not match.
+        """
+        await self.ready()
+        block = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n" % last
+        if last_subject is not None:
+            block += b"Nats-Expected-Last-Subject-Sequence-Subject: %b\r\n" % last_subject
+        try:
+            reply = await self._wire.send(subject, value, block + b"\r\n", self._timeout)
+            ack = decode_ack(reply, what)
+        except BackendUnavailableError:
+            self.init.reset()
+            raise
+        return None if ack.error is not None else ack.seq
 
     async def write(
         self,
@@ -271,6 +298,22 @@ class KvBucket:
             async for message in messages:
                 key = token_to_identifier(message.subject[start:])
                 yield KvEntry(key, message.data, message.seq, message.headers)
+
+    async def messages(self, subject: str, start: int = 1) -> AsyncGenerator[StreamMessage, None]:
+        """The entries on ``subject`` (a filter, wildcards allowed) from revision ``start`` on, in
+        revision order, as stream messages (their subjects unparsed)."""
+        await self.ready()
+        messages = iter_direct(
+            self._wire,
+            self._direct,
+            start=start,
+            subject=subject,
+            timeout=self._timeout,
+            operation=f"list bucket {self.bucket!r}",
+        )
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                yield message
 
     async def count(self) -> int:
         """Number of entries (one message per key, no tombstones)."""
