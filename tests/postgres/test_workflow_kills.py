@@ -114,7 +114,7 @@ async def test_killed_runners_hand_every_workflow_over(
     async with asyncio.timeout(WAIT):
         proc = await _start(postgres_url, name, n, workflow_backend)
         while True:
-            await asyncio.sleep(rng.uniform(0.3, 1.5) if chaos.full else rng.uniform(0.05, 0.4))
+            await asyncio.sleep(rng.uniform(0.3, 1.2) if chaos.full else rng.uniform(0.05, 0.4))
             done = await finished()
             proc.kill()  # SIGKILL, whatever it is doing: between steps, inside one, compensating
             await proc.wait()

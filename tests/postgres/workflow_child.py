@@ -26,6 +26,8 @@ from catga.postgres import PostgresWorkflowStore
 from catga.redis import RedisWorkflowStore
 from catga.workflows import Workflow, WorkflowStore, current_step_key
 
+SPREAD = 0.4 if os.environ.get("CATGA_CHAOS", "").lower() == "full" else 0.1
+
 
 async def main(postgres_url: str, name: str, n: int, backend: str, url: str, self_kill: int) -> None:
     pool = await asyncpg.create_pool(postgres_url, min_size=2, max_size=8)
@@ -73,7 +75,8 @@ async def main(postgres_url: str, name: str, n: int, backend: str, url: str, sel
     @app.workflow
     async def order(wf: Workflow, k: int) -> int:
         a = await wf.step(effect, "reserve", k, compensate=undo)
-        await wf.sleep(0.1 * (k % 30))  # workflows end over three seconds: kills find work
+        # workflows end over 3 s (12 s under `make chaos`, whose kills come every 0.3-1.2 s): kills find work
+        await wf.sleep(SPREAD * (k % 30))
         b, c = await wf.all(
             wf.step(effect, "charge", k, compensate=undo),
             wf.step(effect, "notify", k),
