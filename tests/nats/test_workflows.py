@@ -176,8 +176,10 @@ class _CountingReads:
         bucket = store._bucket
         messages, get_subject = bucket.messages, bucket.get_subject
 
-        async def counting_messages(subject: str, start: int = 1) -> AsyncIterator[StreamMessage]:
-            async for m in messages(subject, start):
+        async def counting_messages(
+            subject: str, start: int = 1, *, fresh: bool = False
+        ) -> AsyncIterator[StreamMessage]:
+            async for m in messages(subject, start, fresh=fresh):
                 self.scanned += 1
                 yield m
 
