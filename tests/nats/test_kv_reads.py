@@ -11,6 +11,7 @@ store's reads carry its mark after its own writes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -30,7 +31,9 @@ _UP_TO = re.compile(rb"Nats-UpTo-Sequence: (\d+)")
 
 
 @pytest.fixture
-async def nodes(nats_cluster: NatsCluster, unique_name: str) -> AsyncIterator[tuple[NatsConnection, NatsConnection]]:
+async def nodes(
+    nats_cluster: NatsCluster, unique_name: str
+) -> AsyncIterator[tuple[NatsConnection, NatsConnection]]:
     """Connections to two different nodes of the cluster."""
     async with (
         await NatsConnection.connect(nats_cluster.node(0).url, name="catga-tests-a") as one,
@@ -60,16 +63,28 @@ async def test_a_read_beyond_the_streams_last_sequence_is_held_then_refused(
 
 
 async def test_a_read_beyond_the_streams_last_sequence_succeeds_once_a_write_reaches_it(
-    nodes: tuple[NatsConnection, NatsConnection], unique_name: str
+    nodes: tuple[NatsConnection, NatsConnection], unique_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     one, other = nodes
-    reader, writer = _bucket(one, unique_name), _bucket(other, unique_name)
+    reader, writer = _bucket(one, unique_name, timeout=30.0), _bucket(other, unique_name)
     first = await writer.write("k", b"v1", last=None)
     assert first is not None
     reader.seen = first + 2
+    answered = asyncio.Event()
+    request_many = reader._wire.request_many
+
+    async def noting(subject: bytes, payload: bytes, *, timeout: float) -> list[Reply]:
+        replies = await request_many(subject, payload, timeout=timeout)
+        answered.set()
+        return replies
+
+    monkeypatch.setattr(reader._wire, "request_many", noting)
+    read = asyncio.create_task(reader.get("k"))
+    await answered.wait()  # a replica answered the read without sequence first + 2: it is held
+    assert not read.done()
     assert await writer.write("other", b"x", last=None) == first + 1
     assert await writer.write("k", b"v2", last=first) == first + 2
-    entry = await reader.get("k")
+    entry = await read
     assert entry is not None and (entry.value, entry.revision) == (b"v2", first + 2)
     assert reader.seen == first + 2
 
@@ -151,7 +166,10 @@ async def test_a_workflow_store_gives_up_with_an_error_when_replicas_stay_behind
 
 
 async def test_one_replica_buckets_read_with_plain_direct_gets(
-    nats_connection: NatsConnection, unique_name: str, doomed_streams: list[str], monkeypatch: pytest.MonkeyPatch
+    nats_connection: NatsConnection,
+    unique_name: str,
+    doomed_streams: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     doomed_streams.append(f"KV_{unique_name}")
     store = NatsWorkflowStore(nats_connection, bucket=unique_name)
