@@ -176,8 +176,10 @@ class _CountingReads:
         bucket = store._bucket
         messages, get_subject = bucket.messages, bucket.get_subject
 
-        async def counting_messages(subject: str, start: int = 1) -> AsyncIterator[StreamMessage]:
-            async for m in messages(subject, start):
+        async def counting_messages(
+            subject: str, start: int = 1, *, fresh: bool = False
+        ) -> AsyncIterator[StreamMessage]:
+            async for m in messages(subject, start, fresh=fresh):
                 self.scanned += 1
                 yield m
 
@@ -354,6 +356,13 @@ class TestNatsWorkflowStoreOnACluster(WorkflowStoreContract):
             assert sum(not isinstance(o, BaseException) for o in outcomes) == 1
             assert all(isinstance(o, ConcurrencyError) for o in outcomes if isinstance(o, BaseException))
             assert len(await a.history(wid)) == 1
+
+    async def test_a_wait_opened_before_the_send_gets_its_event_on_a_replicated_bucket(
+        self, workflow_stores: tuple[NatsWorkflowStore, NatsWorkflowStore]
+    ) -> None:
+        # the runner's history read after storing the workflow sleeping and the deliverer's instance
+        # read after offering the event must see each other's write though a follower may answer
+        await check_send_then_wait(workflow_stores[0])
 
 
 async def test_a_bucket_of_another_layout_is_reported(

@@ -5,6 +5,14 @@ replicated stream, so it may miss a message the leader has just acknowledged; :f
 the stream leader (``$JS.API.STREAM.MSG.GET``), whose view includes every acknowledged publish -- use
 it for reads a concurrency decision depends on.
 
+:func:`direct_last_of` is a direct get that also says how far the answering replica is: a multi-last
+direct get (``multi_last``) ends with ``Nats-UpTo-Sequence``, the stream's last sequence on that replica
+as of the read (taken under the stream's read lock, so consistent with the messages returned). A replica
+holds a prefix of the stream, so a reply with ``UpTo >= n`` reflects every write up to sequence ``n``;
+the caller checks it against what it has written or read (read-your-writes, monotonic reads). The
+``min_last_seq`` request field of ADR-53 (server PR #6970), which would have had the server do that
+check, was removed before nats-server 2.12.0 (PRs #7167, #7285) and is ignored by 2.12-2.15.
+
 Replies are decoded with msgspec. Status replies are checked here once: ``503`` (no responders: the
 stream does not exist or JetStream is down) becomes :class:`~catga.errors.BackendUnavailableError`.
 """
@@ -37,6 +45,7 @@ __all__ = (
     "decode_ack",
     "delete_message",
     "direct_last",
+    "direct_last_of",
     "iter_direct",
     "leader_last",
     "leader_next",
@@ -150,6 +159,37 @@ async def direct_last(
     if status:
         raise BackendError(f"JetStream {operation} got status {status}", backend="nats", status=status)
     return _message(*reply)
+
+
+async def direct_last_of(
+    wire: LeanConnection, direct: bytes, subject: str, *, timeout: float, operation: str
+) -> tuple[list[StreamMessage], int] | None:
+    """The last message of every subject matching ``subject``, in sequence order, and the stream's last
+    sequence on the replica that answered (one multi-last direct get; see the module docs).
+
+    Returns:
+        ``(messages, up_to)``; ``([], 0)`` when nothing matched (the reply does not say how far the
+        replica is then); None when the answer does not fit one reply (more than 1024 subjects, or
+        more bytes than the server sends at once): read them with :func:`iter_direct` instead.
+
+    Raises:
+        BackendUnavailableError: no responders.
+        BackendError: any other status.
+    """
+    request = b'{"multi_last":[%b]}' % _json.encode(subject)
+    replies = await wire.request_many(direct, request, timeout=timeout)
+    end_hdr, _ = replies[-1]
+    status = check_reply(replies[-1], operation)
+    if status == 404:
+        return [], 0
+    if status == 413:  # Too Many Results
+        return None
+    if status != 204:
+        raise BackendError(f"JetStream {operation} got status {status}", backend="nats", status=status)
+    end = parse_headers(end_hdr)
+    if int(end.get("Nats-Num-Pending", "0")) > 0:  # cut short by the reply size limit
+        return None
+    return [_message(hdr, data) for hdr, data in replies[:-1]], int(end.get("Nats-UpTo-Sequence", "0"))
 
 
 async def leader_last(

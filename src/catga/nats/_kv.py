@@ -16,10 +16,26 @@ slower publish/request path. Here:
   deleted key can be created again with "must not exist";
 * expiry: stores put an expiry time inside the value (checked on read, so sub-second TTLs work) and
   may add ``Nats-TTL`` (whole seconds, rounded up) so the server drops the entry later.
+
+**Reads see the bucket object's own writes, on replicated buckets too.** A direct get is answered by
+any replica of the stream, and a follower may not have applied what the leader acknowledged yet, so a
+plain direct get can miss a write its caller has just made (NATS documents it; nothing says which
+replica answers). Each :class:`KvBucket` keeps :attr:`KvBucket.seen`, the highest stream sequence it
+wrote (publish acks) or read -- one int. On a bucket with ``replicas > 1``, :meth:`KvBucket.get` and
+``messages(..., fresh=True)`` read with a multi-last direct get, whose reply says how far the answering
+replica is (:func:`~catga.nats._jsapi.direct_last_of`); a reply from a replica behind ``seen`` is
+dropped and the read tried again, backing off, for up to the bucket's timeout (then a
+:class:`~catga.errors.BackendError` that says so); "no such key" is confirmed by the stream leader
+(a not-found reply does not say how far its replica is). So a bucket object's reads are monotonic and
+see its writes. The server-side form of that check, ``min_last_seq`` on direct gets (ADR-53), was
+taken out of nats-server before 2.12.0 and is ignored by the servers catga supports. Deletes
+(:meth:`KvBucket.delete`) do not move the stream's last sequence: a follower may still show an entry
+this object deleted. One-replica buckets read as before (their one replica is the leader).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import secrets
@@ -30,10 +46,18 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from catga.errors import BackendUnavailableError, ConfigurationError
+from catga.errors import BackendError, BackendUnavailableError, ConfigurationError
 from catga.nats._base import NatsStoreBase, check_name
 from catga.nats._errors import translate_errors
-from catga.nats._jsapi import StreamMessage, decode_ack, delete_message, direct_last, iter_direct
+from catga.nats._jsapi import (
+    StreamMessage,
+    decode_ack,
+    delete_message,
+    direct_last,
+    direct_last_of,
+    iter_direct,
+    leader_last,
+)
 from catga.nats._subjects import key_token, subject_token, token_to_identifier
 from catga.nats.connection import STORES_SERVER, LazyInit, NatsConnection, check_replicas
 
@@ -94,6 +118,11 @@ class KvBucket:
         self._timeout = timeout
         self._prefix = f"$KV.{bucket}."
         self._direct = f"{conn.api_prefix}.DIRECT.GET.{self.stream}".encode()
+        self._msg_get = f"{conn.api_prefix}.STREAM.MSG.GET.{self.stream}".encode()
+        #: Reads check that the replica answering holds every write this object made or saw.
+        self.replicated = replicas > 1
+        #: The highest stream sequence this object wrote or read (see the module docs).
+        self.seen = 0
         self._config = StreamConfig(
             name=self.stream,
             subjects=[f"$KV.{bucket}.>"],
@@ -159,14 +188,76 @@ class KvBucket:
         """The entry on ``subject`` (a key's :meth:`subject`, possibly with more tokens after it), or
         None; ``key`` names it in errors and in the entry."""
         await self.ready()
+        operation = f"get {self.kind} {key!r}"
         try:
-            message = await direct_last(
-                self._wire, self._direct, subject, timeout=self._timeout, operation=f"get {self.kind} {key!r}"
-            )
+            if self.replicated:
+                message = await self._fresh_last(subject, operation)
+            else:
+                message = await direct_last(
+                    self._wire, self._direct, subject, timeout=self._timeout, operation=operation
+                )
         except BackendUnavailableError:
             self.init.reset()  # the bucket may have been deleted: check it again on the next call
             raise
-        return None if message is None else KvEntry(key, message.data, message.seq, message.headers)
+        if message is None:
+            return None
+        if message.seq > self.seen:
+            self.seen = message.seq
+        return KvEntry(key, message.data, message.seq, message.headers)
+
+    async def _fresh_last(self, subject: bytes, operation: str) -> StreamMessage | None:
+        messages = await self.fresh(subject.decode(), operation)
+        if messages is None:  # too many subjects for one reply: the leader has them all
+            return await leader_last(
+                self._wire, self._msg_get, subject, timeout=self._timeout, operation=operation
+            )
+        return messages[-1] if messages else None
+
+    async def fresh(self, subject: str, operation: str) -> list[StreamMessage] | None:
+        """The last message of every subject matching ``subject``, in sequence order, from a replica
+        that holds every write this object made or saw (see the module docs); raises :attr:`seen` to that
+        replica's last sequence.
+
+        Returns:
+            None when they do not fit one reply (more than 1024 subjects or too many bytes).
+
+        Raises:
+            BackendError: for the bucket's timeout, only replicas behind :attr:`seen` answered.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        stale = 0
+        while True:
+            read = await direct_last_of(
+                self._wire, self._direct, subject, timeout=self._timeout, operation=operation
+            )
+            if read is None:
+                return None
+            messages, up_to = read
+            if messages:
+                if up_to >= self.seen:
+                    self.seen = up_to
+                    return messages
+            elif self.seen == 0:
+                return []
+            else:  # "not found" does not say how far that replica is: ask the leader
+                last = await leader_last(
+                    self._wire, self._msg_get, subject.encode(), timeout=self._timeout, operation=operation
+                )
+                if last is None:
+                    return []
+                self.seen = max(self.seen, last.seq)
+            stale += 1
+            pause = min(0.001 * 2**stale, 0.05)  # a follower applies within milliseconds
+            if loop.time() + pause > deadline:
+                raise BackendError(
+                    f"JetStream {operation}: for {self._timeout:g} s ({stale} replies) only replicas of "
+                    f"stream {self.stream!r} answered that did not hold sequence {self.seen} yet, which "
+                    "this store object wrote or read (replicas behind their leader: a node catching up "
+                    "or overloaded); try again",
+                    backend="nats",
+                )
+            await asyncio.sleep(pause)
 
     async def write_batch(self, items: list[tuple[bytes, bytes, int]], what: str) -> bool:
         """Write ``(subject, value, expected revision)`` items in one atomic batch (the bucket must be
@@ -187,7 +278,10 @@ class KvBucket:
             reply = await self._wire.send(
                 subject, value, block + b"Nats-Batch-Commit: 1\r\n\r\n", self._timeout
             )
-            return decode_ack(reply, what).error is None
+            ack = decode_ack(reply, what)
+            if ack.error is None and ack.seq > self.seen:
+                self.seen = ack.seq
+            return ack.error is None
         return True
 
     async def write_subject(
@@ -210,7 +304,11 @@ class KvBucket:
         except BackendUnavailableError:
             self.init.reset()
             raise
-        return None if ack.error is not None else ack.seq
+        if ack.error is not None:
+            return None
+        if ack.seq > self.seen:
+            self.seen = ack.seq
+        return ack.seq
 
     async def write(
         self,
@@ -247,7 +345,11 @@ class KvBucket:
         except BackendUnavailableError:
             self.init.reset()
             raise
-        return None if ack.error is not None else ack.seq
+        if ack.error is not None:
+            return None
+        if ack.seq > self.seen:
+            self.seen = ack.seq
+        return ack.seq
 
     async def create_many(self, items: list[tuple[str, bytes]]) -> bool:
         """Create all keys in one atomic batch (each must not exist); False stores nothing.
@@ -271,6 +373,8 @@ class KvBucket:
         commit = blocks[-1] + b"Nats-Batch-Commit: 1\r\n\r\n"
         reply = await self._wire.send(subjects[-1], items[-1][1], commit, self._timeout)
         ack = decode_ack(reply, f"create {len(items)} {self.kind}s")
+        if ack.error is None and ack.seq > self.seen:
+            self.seen = ack.seq
         return ack.error is None
 
     async def delete(self, revision: int) -> bool:
@@ -299,10 +403,24 @@ class KvBucket:
                 key = token_to_identifier(message.subject[start:])
                 yield KvEntry(key, message.data, message.seq, message.headers)
 
-    async def messages(self, subject: str, start: int = 1) -> AsyncGenerator[StreamMessage, None]:
+    async def messages(
+        self, subject: str, start: int = 1, *, fresh: bool = False
+    ) -> AsyncGenerator[StreamMessage, None]:
         """The entries on ``subject`` (a filter, wildcards allowed) from revision ``start`` on, in
-        revision order, as stream messages (their subjects unparsed)."""
+        revision order, as stream messages (their subjects unparsed).
+
+        Args:
+            fresh: on a replicated bucket, read them from a replica that holds every write this object
+                made or saw (:meth:`fresh`; all the entries must fit one reply, else they are read as
+                without it).
+        """
         await self.ready()
+        if fresh and self.replicated and start <= 1:
+            found = await self.fresh(subject, f"list bucket {self.bucket!r}")
+            if found is not None:
+                for message in found:
+                    yield message
+                return
         messages = iter_direct(
             self._wire,
             self._direct,

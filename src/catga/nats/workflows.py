@@ -34,6 +34,16 @@ held, a stale token) taken on a kept view is checked again on a fresh read befor
 exact whichever replica of a replicated stream answered: each read is one direct get (or one batch)
 of one replica, which holds a prefix of the stream.
 
+**Reads see the store object's own writes** (read-your-writes, monotonic reads), on a replicated
+bucket too: ``get``, ``history`` and the reads before a write are answered only by a replica that
+holds every write this store object made or saw (see :mod:`catga.nats._kv`). ``wf.expect`` /
+``wf.wait_for`` depend on it: the runner stores the workflow ``sleeping`` and then reads its history,
+the deliverer offers the event (``offer``) and then reads the instance; as both writes are in one stream,
+one of them is first, and the other side's read, holding its own later write, holds that one too.
+With plain direct gets a follower behind both writes could answer both reads, and the workflow would
+sleep with its event recorded. The sweeps (``due``, ``waiting``, ``list_instances``) read any replica:
+what they miss, the next sweep finds.
+
 **Sweeps.** ``due`` and ``waiting`` read the unfinished instances from a watermark, so a finished
 workflow is read by the first sweep of a store object and never again; ``list_instances`` scans every
 instance (see :mod:`catga.nats._workflow_sweep`).
@@ -157,7 +167,10 @@ class NatsWorkflowStore(KvStore):
             del self._views[next(iter(self._views))]
 
     async def _read_last(self, id: str, s: Subjects) -> View | None:
-        """A fresh view: the workflow's last message when that is the instance, else a full read."""
+        """A fresh view: the workflow's last message when that is the instance, else a full read (always
+        on a replicated bucket: its checked read returns every message of the workflow anyway)."""
+        if self._bucket.replicated:
+            return (await self._read_all(id, s))[0]
         entry = await self._bucket.get_subject(s.workflow, id)
         if entry is None:
             return None
@@ -173,7 +186,7 @@ class NatsWorkflowStore(KvStore):
         last = 0
         entries: list[HistoryEntry] = []
         instance_subject, steps = s.instance.decode(), s.base.decode() + ".h."
-        async for m in self._bucket.messages(s.workflow.decode()):
+        async for m in self._bucket.messages(s.workflow.decode(), fresh=True):
             last = m.seq
             if m.subject == instance_subject:
                 instance = self._decode(id, m.data)
