@@ -282,13 +282,23 @@ class NatsCluster:
             return None
 
     def meta_leader(self) -> int | None:
-        """The node that leads the JetStream meta group (it says so itself), or None."""
+        """The node that leads the JetStream meta group (it says so itself) and reports every other
+        running node as a current peer, or None.
+
+        A leader elected a moment ago may not know every peer yet: placing a replicated stream then
+        fails with "no suitable peers for placement", so such a leader does not count yet.
+        """
         for index in range(len(self.nodes)):
             document = self.jsz(index)
-            if document is not None:
-                meta = document.get("meta_cluster") or {}
-                if meta.get("leader") == f"n{index}":
-                    return index
+            if document is None:
+                continue
+            meta = document.get("meta_cluster") or {}
+            if meta.get("leader") != f"n{index}":
+                continue
+            current = {r.get("name") for r in meta.get("replicas") or () if r.get("current")}
+            others = {f"n{i}" for i, node in enumerate(self.nodes) if i != index and node.running}
+            if others <= current:
+                return index
         return None
 
     def stream_leader(self, stream: str, *, account: str | None = None) -> int | None:
