@@ -123,8 +123,16 @@ async def test_a_killed_primary_is_replaced_and_the_client_follows(
         failover_s = await asyncio.to_thread(redis_sentinel.wait_for_failover, victim)
         if durable:  # the promoted primary has no replica: WAIT 1 fails until the old node is back
             await asyncio.to_thread(redis_sentinel.restart, victim)
-        async with asyncio.timeout(60):
-            await stop.wait()
+        try:
+            async with asyncio.timeout(60):
+                await stop.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"no recovery within 60 s of the failover: {len(acked)} of {n} appends acknowledged, "
+                f"{failures} failed calls, client primary {client.primary} (old {old}), first append on "
+                f"the new primary {'seen' if first_ok else 'never seen'}; sentinels say "
+                f"{redis_sentinel.primary_port()}"
+            ) from None
     finally:
         stop.set()
         await task
