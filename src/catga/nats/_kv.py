@@ -298,17 +298,7 @@ class KvBucket:
         block = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n" % last
         if last_subject is not None:
             block += b"Nats-Expected-Last-Subject-Sequence-Subject: %b\r\n" % last_subject
-        try:
-            reply = await self._wire.send(subject, value, block + b"\r\n", self._timeout)
-            ack = decode_ack(reply, what)
-        except BackendUnavailableError:
-            self.init.reset()
-            raise
-        if ack.error is not None:
-            return None
-        if ack.seq > self.seen:
-            self.seen = ack.seq
-        return ack.seq
+        return await self._publish(subject, value, block + b"\r\n", what)
 
     async def write(
         self,
@@ -339,9 +329,14 @@ class KvBucket:
         if ttl is not None:
             lines += b"Nats-TTL: %d\r\n" % max(1, math.ceil(ttl))
         block = b"NATS/1.0\r\n" + lines + b"\r\n" if lines else None
+        return await self._publish(subject, value, block, f"write {self.kind} {key!r}")
+
+    async def _publish(self, subject: bytes, value: bytes, block: bytes | None, what: str) -> int | None:
+        """Publish with the header ``block`` (None: none); the new revision, raising :attr:`seen` to
+        it, or None when the server refused an expected-sequence condition."""
         try:
             reply = await self._wire.send(subject, value, block, self._timeout)
-            ack = decode_ack(reply, f"write {self.kind} {key!r}")
+            ack = decode_ack(reply, what)
         except BackendUnavailableError:
             self.init.reset()
             raise
